@@ -1,0 +1,82 @@
+"""DataLoader: minibatches of Tensors over a Dataset."""
+import numpy as np
+
+from .dataset import Dataset, _supports_batch_fetch
+
+__all__ = ["DataLoader"]
+
+
+class DataLoader:
+    """Iterate over ``dataset`` in minibatches.
+
+    Batches are the index groups ``np.array_split(order, range(batch_size, N,
+    batch_size))`` (the last may be short). ``order`` is ``arange(N)``, or with
+    ``shuffle`` exactly one ``np.random.permutation(N)`` drawn when each pass
+    (``iter``) starts (RNG: no other use of the random state here; transforms of the
+    dataset draw per item in batch order).
+
+    Each batch is a tuple with one Tensor per dataset field, built as
+    ``Tensor(np.stack(items))``. The keyword-only extras ``device``, ``dtype`` and
+    ``requires_grad`` are passed to Tensor only when not None.
+    """
+
+    dataset: Dataset
+    batch_size: int
+
+    def __init__(self, dataset, batch_size=1, shuffle=False, *, device=None,
+                 dtype=None, requires_grad=None):
+        if batch_size is None or int(batch_size) < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.dataset = dataset
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.device = device
+        self.dtype = dtype
+        self.requires_grad = requires_grad
+        self.ordering = None if shuffle else self._split(np.arange(len(dataset)))
+        self._idx = 0
+
+    def _split(self, order):
+        n = len(order)
+        if n == 0:
+            return []
+        return np.array_split(order, range(self.batch_size, n, self.batch_size))
+
+    def __len__(self):
+        n = len(self.dataset)
+        return (n + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self):
+        if self.shuffle:
+            self.ordering = self._split(np.random.permutation(len(self.dataset)))
+        self._idx = 0
+        return self
+
+    def __next__(self):
+        if self.ordering is None or self._idx >= len(self.ordering):
+            raise StopIteration
+        indices = self.ordering[self._idx]
+        self._idx += 1
+        return self._make_batch(self._fetch(indices))
+
+    def _fetch(self, indices):
+        """A list with one stacked numpy array per dataset field."""
+        ds = self.dataset
+        if _supports_batch_fetch(ds):
+            return [np.asarray(f) for f in ds._fetch_batch(indices)]
+        items = [ds[int(i)] for i in indices]
+        if not isinstance(items[0], (tuple, list)):
+            return [np.stack(items)]
+        return [np.stack([item[k] for item in items]) for k in range(len(items[0]))]
+
+    def _make_batch(self, fields):
+        from ..autograd import Tensor
+
+        kwargs = {}
+        if self.device is not None:
+            kwargs["device"] = self.device
+        if self.dtype is not None:
+            kwargs["dtype"] = self.dtype
+        if self.requires_grad is not None:
+            kwargs["requires_grad"] = self.requires_grad
+        return tuple(Tensor(f, **kwargs) for f in fields)
