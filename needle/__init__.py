@@ -1,0 +1,16 @@
+"""needle: a deep-learning framework with the CMU 10-414/714 Needle API and a graph compiler."""
+from . import backend_selection
+from .backend_selection import BACKEND, Device, all_devices, cpu, cuda, default_device  # noqa: F401
+from . import autograd
+from .autograd import Tensor, TensorTuple, Value, no_grad, is_grad_enabled  # noqa: F401
+from . import ops
+from .ops import *  # noqa: F401,F403
+from . import init
+from .threads import set_num_threads, get_num_threads  # noqa: F401
+
+if BACKEND == "nd":
+    from . import backend_ndarray  # noqa: F401
+    from .backend_ndarray import cpu_numpy  # noqa: F401
+from . import backend_numpy  # noqa: F401
+
+__version__ = "0.1.0"

@@ -1,0 +1,378 @@
+"""Tensor, TensorTuple and reverse-mode automatic differentiation (the eager tape)."""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator, List, Optional
+
+import numpy
+
+from .backend_selection import BACKEND, Device, NDArray, array_api, cpu, default_device
+
+#: When True, op results are computed only when read (`realize_cached_data`).
+LAZY_MODE = False
+#: Number of live Values (+1 on init, -1 on __del__).
+TENSOR_COUNTER = 0
+
+_grad_enabled = True
+
+
+@contextlib.contextmanager
+def no_grad() -> Iterator[None]:
+    """Within this context op results record no history (like `torch.no_grad()`)."""
+    global _grad_enabled
+    previous, _grad_enabled = _grad_enabled, False
+    try:
+        yield
+    finally:
+        _grad_enabled = previous
+
+
+def is_grad_enabled() -> bool:
+    return _grad_enabled
+
+
+class Value:
+    """A node of the computational graph: an op applied to inputs, or a leaf."""
+
+    op: Optional["Op"]
+    inputs: List["Value"]
+    cached_data: Any
+    requires_grad: bool
+
+    def realize_cached_data(self):
+        """The value's array, computing it (and its inputs) if needed."""
+        if self.cached_data is not None:
+            return self.cached_data
+        self.cached_data = _compute(self.op, [x.realize_cached_data() for x in self.inputs], self.inputs)
+        return self.cached_data
+
+    def is_leaf(self) -> bool:
+        return self.op is None
+
+    def __del__(self):
+        global TENSOR_COUNTER
+        TENSOR_COUNTER -= 1
+
+    def _init(self, op, inputs, *, num_outputs: int = 1, cached_data=None, requires_grad=None):
+        global TENSOR_COUNTER
+        TENSOR_COUNTER += 1
+        if requires_grad is None:
+            requires_grad = _grad_enabled and op.differentiable and any(x.requires_grad for x in inputs)
+        self.op = op
+        self.inputs = inputs
+        self.num_outputs = num_outputs
+        self.cached_data = cached_data
+        self.requires_grad = requires_grad
+        self.grad = None
+
+    @classmethod
+    def make_const(cls, data, requires_grad: bool = False):
+        value = cls.__new__(cls)
+        value._init(None, [], cached_data=data, requires_grad=requires_grad)
+        return value
+
+    @classmethod
+    def make_from_op(cls, op, inputs):
+        value = cls.__new__(cls)
+        inputs = list(inputs)
+        value._init(op, inputs)
+        if not LAZY_MODE:
+            op.infer(*inputs)
+            value.realize_cached_data()
+            if not value.requires_grad:
+                value.op, value.inputs = None, []
+        return value
+
+
+def _compute(op, arrays, inputs):
+    """Run an op's eager kernel; backend errors are re-raised naming the op and the shapes."""
+    try:
+        return op.compute(*arrays)
+    except OpError:
+        raise
+    except (ValueError, IndexError, TypeError, RuntimeError) as e:
+        shapes = ", ".join(str(getattr(x, "shape", "?")) for x in inputs)
+        where = user_location()
+        raise type(e)(f"{op.name}: {e} [input shapes {shapes}]" + (f" (at {where})" if where else "")) from e
+
+
+class TensorTuple(Value):
+    """A tuple of tensors produced by one op (split, make_tuple)."""
+
+    def __len__(self) -> int:
+        return len(self.realize_cached_data())
+
+    def __getitem__(self, index: int):
+        return ops.tuple_get_item(self, index)
+
+    def tuple(self) -> tuple:
+        return tuple(self[i] for i in range(len(self)))
+
+    def __repr__(self) -> str:
+        return "needle.TensorTuple" + str(self.tuple())
+
+    def __str__(self) -> str:
+        return self.__repr__()
+
+    def __add__(self, other: "TensorTuple") -> "TensorTuple":
+        if not isinstance(other, TensorTuple) or len(self) != len(other):
+            raise OpError("TensorTuple.__add__", "needs another TensorTuple of the same length")
+        return ops.make_tuple(*[self[i] + other[i] for i in range(len(self))])
+
+    def detach(self) -> "TensorTuple":
+        return TensorTuple.make_const(self.realize_cached_data())
+
+
+class Tensor(Value):
+    """An n-dimensional array with reverse-mode autodiff."""
+
+    grad: Optional["Tensor"]
+
+    def __init__(self, array, *, device: Optional[Device] = None, dtype=None,
+                 requires_grad: bool = True, **kwargs):
+        if isinstance(array, Tensor):
+            device = array.device if device is None else device
+            dtype = array.dtype if dtype is None else dtype
+            if device == array.device and dtype == array.dtype:
+                cached_data = array.realize_cached_data()
+            else:
+                cached_data = Tensor._array_from_numpy(array.numpy(), device=device, dtype=dtype)
+        else:
+            device = device if device else default_device()
+            cached_data = Tensor._array_from_numpy(array, device=device, dtype=dtype)
+        self._init(None, [], cached_data=cached_data, requires_grad=requires_grad)
+
+    @staticmethod
+    def _array_from_numpy(numpy_array, device, dtype):
+        if BACKEND == "np":
+            if isinstance(numpy_array, numpy.ndarray) and dtype is None:
+                return numpy_array.copy()
+            return numpy.array(numpy_array, dtype=dtype)
+        if isinstance(numpy_array, NDArray) and numpy_array.device == device:
+            return numpy_array if dtype in (None, "float32", numpy.float32) else numpy_array.astype(dtype)
+        return array_api.array(numpy_array, device=device, dtype="float32" if dtype is None else dtype)
+
+    @staticmethod
+    def make_const(data, requires_grad: bool = False) -> "Tensor":
+        if isinstance(data, Tensor):
+            data = data.realize_cached_data()
+        return Value.make_const.__func__(Tensor, data, requires_grad)
+
+    @staticmethod
+    def make_from_op(op, inputs) -> "Tensor":
+        return Value.make_from_op.__func__(Tensor, op, inputs)
+
+    # ---- data access -------------------------------------------------------------
+    @property
+    def data(self) -> "Tensor":
+        return self.detach()
+
+    @data.setter
+    def data(self, value: "Tensor") -> None:
+        if not isinstance(value, Tensor):
+            raise TypeError(f"Tensor.data must be set to a Tensor, got {type(value).__name__}")
+        if value.dtype != self.dtype:
+            raise TypeError(f"Tensor.data: dtype {value.dtype} does not match {self.dtype}")
+        self.cached_data = value.realize_cached_data()
+
+    def detach(self) -> "Tensor":
+        """A new constant leaf sharing this tensor's data."""
+        return Tensor.make_const(self.realize_cached_data())
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.realize_cached_data().shape)
+
+    @property
+    def dtype(self):
+        return self.realize_cached_data().dtype
+
+    @property
+    def device(self):
+        if BACKEND == "np":
+            return cpu()
+        return self.realize_cached_data().device
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(numpy.prod(self.shape))
+
+    def numpy(self):
+        data = self.realize_cached_data()
+        return data if BACKEND == "np" else data.numpy()
+
+    def item(self) -> float:
+        """The value of a one-element tensor as a Python number."""
+        return self.numpy().reshape(-1)[0].item() if self.size == 1 else _not_scalar(self)
+
+    def __float__(self) -> float:
+        return float(self.item())
+
+    def to(self, device) -> "Tensor":
+        """This tensor on `device` (differentiable; itself if already there)."""
+        return self if device == self.device else ops.to_device(self, device)
+
+    def __repr__(self) -> str:
+        return "needle.Tensor(" + str(self.realize_cached_data()) + ")"
+
+    def __str__(self) -> str:
+        return str(self.realize_cached_data())
+
+    __hash__ = object.__hash__
+
+    # ---- autograd ----------------------------------------------------------------
+    def backward(self, out_grad: Optional["Tensor"] = None) -> None:
+        if out_grad is None:
+            out_grad = Tensor.make_const(array_api.full(self.shape, 1.0, dtype=self.dtype, device=self.device))
+        compute_gradient_of_variables(self, out_grad)
+
+    # ---- operators ---------------------------------------------------------------
+    def __add__(self, other):
+        return ops.add(self, other) if isinstance(other, Tensor) else ops.add_scalar(self, other)
+
+    def __mul__(self, other):
+        return ops.multiply(self, other) if isinstance(other, Tensor) else ops.mul_scalar(self, other)
+
+    def __pow__(self, other):
+        return ops.power(self, other) if isinstance(other, Tensor) else ops.power_scalar(self, other)
+
+    def __sub__(self, other):
+        return ops.add(self, ops.negate(other)) if isinstance(other, Tensor) else ops.add_scalar(self, -other)
+
+    def __truediv__(self, other):
+        return ops.divide(self, other) if isinstance(other, Tensor) else ops.divide_scalar(self, other)
+
+    def __rsub__(self, other):
+        return ops.add_scalar(ops.negate(self), other)
+
+    def __rtruediv__(self, other):
+        return ops.mul_scalar(ops.power_scalar(self, -1), other)
+
+    def __matmul__(self, other):
+        return ops.matmul(self, other)
+
+    def __neg__(self):
+        return ops.negate(self)
+
+    __radd__ = __add__
+    __rmul__ = __mul__
+
+    def __gt__(self, other):
+        return ops.compare(self, other, "gt")
+
+    def __ge__(self, other):
+        return ops.compare(self, other, "ge")
+
+    def __lt__(self, other):
+        return ops.compare(self, other, "lt")
+
+    def __le__(self, other):
+        return ops.compare(self, other, "le")
+
+    def __getitem__(self, index):
+        return ops.get_item(self, index)
+
+    def matmul(self, other):
+        return ops.matmul(self, other)
+
+    def sum(self, axes=None):
+        return ops.summation(self, axes)
+
+    def mean(self, axes=None):
+        return ops.mean(self, axes)
+
+    def max(self, axes=None):
+        return ops.max(self, axes)
+
+    def argmax(self, axis=None):
+        return ops.argmax(self, axis)
+
+    def broadcast_to(self, shape):
+        return ops.broadcast_to(self, shape)
+
+    def reshape(self, *shape):
+        return ops.reshape(self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
+
+    def transpose(self, axes=None):
+        return ops.transpose(self, axes)
+
+    def permute(self, axes):
+        return ops.permute(self, axes)
+
+    def exp(self):
+        return ops.exp(self)
+
+    def log(self):
+        return ops.log(self)
+
+    def tanh(self):
+        return ops.tanh(self)
+
+    def relu(self):
+        return ops.relu(self)
+
+    def sigmoid(self):
+        return ops.sigmoid(self)
+
+
+def _not_scalar(t: Tensor):
+    raise ValueError(f"item(): tensor of shape {t.shape} has {t.size} elements, not one")
+
+
+def compute_gradient_of_variables(output_tensor: Tensor, out_grad: Tensor) -> None:
+    """Take the gradient of `output_tensor` w.r.t. every node of its graph (stored in `.grad`)."""
+    node_to_output_grads_list: dict = {output_tensor: [out_grad]}
+    for node in reversed(find_topo_sort([output_tensor])):
+        grads = node_to_output_grads_list.pop(node, None)
+        if grads is None:
+            continue
+        node.grad = sum_node_list(grads)
+        if node.op is None:
+            continue
+        for inp, grad in zip(node.inputs, node.op.gradient_as_tuple(node.grad, node)):
+            if inp.requires_grad:
+                node_to_output_grads_list.setdefault(inp, []).append(grad)
+
+
+def find_topo_sort(node_list: List[Value]) -> List[Value]:
+    """Post-order DFS from each node in order, inputs left to right, each node once."""
+    visited: set = set()
+    topo_order: List[Value] = []
+    for root in node_list:
+        if id(root) in visited:
+            continue
+        visited.add(id(root))
+        stack = [(root, iter(root.inputs))]
+        while stack:
+            node, children = stack[-1]
+            for child in children:
+                if id(child) not in visited:
+                    visited.add(id(child))
+                    stack.append((child, iter(child.inputs)))
+                    break
+            else:
+                stack.pop()
+                topo_order.append(node)
+    return topo_order
+
+
+def sum_node_list(node_list: List[Value]) -> Value:
+    """Sum of the partial adjoints (left to right)."""
+    total = node_list[0]
+    for node in node_list[1:]:
+        total = total + node
+    return total
+
+
+# Bottom imports: ops needs Tensor/TensorTuple defined above.
+from . import ops  # noqa: E402
+from .errors import OpError, user_location  # noqa: E402
+from .ops import registry as _registry  # noqa: E402
+from .ops.registry import Op, TensorOp, TensorTupleOp  # noqa: E402,F401
+
+_registry.Tensor = Tensor
+_registry.TensorTuple = TensorTuple

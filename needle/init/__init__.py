@@ -1,0 +1,3 @@
+"""Tensor initialisers (`needle.init`)."""
+from .init_basic import *  # noqa: F401,F403
+from .init_initializers import *  # noqa: F401,F403

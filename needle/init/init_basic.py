@@ -1,0 +1,70 @@
+"""Basic tensor constructors. Each random helper makes exactly one call on numpy's global RNG."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..autograd import Tensor
+from ..backend_selection import BACKEND, cpu
+
+
+def _device(device):
+    return cpu() if device is None else device
+
+
+def rand(*shape, low=0.0, high=1.0, device=None, dtype="float32", requires_grad=False) -> Tensor:
+    """Uniform on [low, high): `np.random.rand(*shape) * (high - low) + low`."""
+    device = _device(device)
+    array = device.rand(*shape) * (high - low) + low
+    return Tensor(array, device=device, dtype=dtype, requires_grad=requires_grad)
+
+
+def randn(*shape, mean=0.0, std=1.0, device=None, dtype="float32", requires_grad=False) -> Tensor:
+    """Normal: `np.random.randn(*shape) * std + mean`."""
+    device = _device(device)
+    array = device.randn(*shape) * std + mean
+    return Tensor(array, device=device, dtype=dtype, requires_grad=requires_grad)
+
+
+def constant(*shape, c=1.0, device=None, dtype="float32", requires_grad=False) -> Tensor:
+    device = _device(device)
+    if BACKEND == "np":
+        array = np.full(shape, c, dtype=dtype)
+    else:
+        array = device.full(shape, c, dtype=dtype)
+    return Tensor.make_const(array, requires_grad=requires_grad)
+
+
+def ones(*shape, device=None, dtype="float32", requires_grad=False) -> Tensor:
+    return constant(*shape, c=1.0, device=device, dtype=dtype, requires_grad=requires_grad)
+
+
+def zeros(*shape, device=None, dtype="float32", requires_grad=False) -> Tensor:
+    return constant(*shape, c=0.0, device=device, dtype=dtype, requires_grad=requires_grad)
+
+
+def randb(*shape, p=0.5, device=None, dtype="bool", requires_grad=False) -> Tensor:
+    """Bernoulli(p): `np.random.rand(*shape) <= p`."""
+    device = _device(device)
+    array = device.rand(*shape) <= p
+    return Tensor(array, device=device, dtype=dtype, requires_grad=requires_grad)
+
+
+def one_hot(n, i, device=None, dtype="float32", requires_grad=False) -> Tensor:
+    """One-hot rows of length n for the integer ids in `i` (any shape; adds a trailing axis)."""
+    device = _device(device)
+    ids = i.numpy() if isinstance(i, Tensor) else np.asarray(i)
+    ids_int = ids.astype("int64")
+    if ids.size and (ids_int.min() < 0 or ids_int.max() >= n or not np.array_equal(ids_int, ids)):
+        raise ValueError(f"one_hot: ids must be integers in [0, {n}), got range [{ids.min()}, {ids.max()}]")
+    return Tensor(device.one_hot(n, ids_int, dtype=dtype), device=device, dtype=dtype,
+                  requires_grad=requires_grad)
+
+
+def zeros_like(array, *, device=None, requires_grad=False) -> Tensor:
+    device = device if device else array.device
+    return zeros(*array.shape, dtype=array.dtype, device=device, requires_grad=requires_grad)
+
+
+def ones_like(array, *, device=None, requires_grad=False) -> Tensor:
+    device = device if device else array.device
+    return ones(*array.shape, dtype=array.dtype, device=device, requires_grad=requires_grad)

@@ -1,0 +1,93 @@
+"""Composite ops: functions of primitives with their own eager kernel and VJP.
+
+The compiler's decompose pass expands them into primitives before autodiff.
+"""
+from __future__ import annotations
+
+from ..backend_selection import array_api
+from .elementwise import compare, exp
+from .reduce import Reduce, summation
+from .registry import TensorOp
+from .shape import broadcast_to, reshape
+
+
+class ReLU(TensorOp):
+    kind = "elementwise"
+    composite = True
+
+    def compute(self, a):
+        return array_api.maximum(a, 0.0)
+
+    def gradient(self, out_grad, node):
+        return out_grad * compare(node.inputs[0], 0.0, "gt")
+
+
+class Sigmoid(TensorOp):
+    """1 / (1 + exp(-a)), computed as (tanh(a/2) + 1) / 2 so it never overflows."""
+
+    kind = "elementwise"
+    composite = True
+
+    def compute(self, a):
+        return (array_api.tanh(a * 0.5) + 1.0) * 0.5
+
+    def gradient(self, out_grad, node):
+        return out_grad * node * (1.0 - node)
+
+
+class LogSumExp(Reduce):
+    """log(sum(exp(a), axes)), stable for inputs of any magnitude."""
+
+    composite = True
+
+    def compute(self, a):
+        axes = self._axes(len(a.shape))
+        m = a.max(axis=axes, keepdims=True)
+        z = array_api.exp(a - array_api.broadcast_to(m, a.shape))
+        out = array_api.log(array_api.sum(z, axis=axes, keepdims=True)) + m
+        return array_api.reshape(out, self.infer(a)[0])
+
+    def gradient(self, out_grad, node):
+        a = node.inputs[0]
+        return self._keepdims_grad(out_grad, node) * exp(a - self._keepdims_grad(node, node))
+
+
+class LogSoftmax(TensorOp):
+    """log-softmax over axis 1 of a 2-D input."""
+
+    composite = True
+    kind = "reduce"
+
+    def infer(self, a):
+        if len(a.shape) != 2:
+            raise self.error(f"expects a 2-D input, got shape {a.shape}")
+        return a.shape, a.dtype
+
+    def compute(self, a):
+        z = a - array_api.broadcast_to(a.max(axis=1, keepdims=True), a.shape)
+        lse = array_api.log(array_api.sum(array_api.exp(z), axis=1, keepdims=True))
+        return z - array_api.broadcast_to(lse, a.shape)
+
+    def gradient(self, out_grad, node):
+        n, c = node.shape
+        total = broadcast_to(reshape(summation(out_grad, (1,)), (n, 1)), (n, c))
+        return out_grad - exp(node) * total
+
+
+def relu(a):
+    return ReLU()(a)
+
+
+def sigmoid(a):
+    return Sigmoid()(a)
+
+
+def logsumexp(a, axes=None):
+    return LogSumExp(axes)(a)
+
+
+def logsoftmax(a):
+    return LogSoftmax()(a)
+
+
+__all__ = ["ReLU", "Sigmoid", "LogSumExp", "LogSoftmax", "relu", "sigmoid", "logsumexp", "logsoftmax"]

@@ -1,0 +1,291 @@
+"""Elementwise primitives: binary, scalar, unary, compare and where."""
+from __future__ import annotations
+
+from ..backend_selection import array_api
+from .registry import Op, TensorOp, broadcast_shapes
+from .shape import broadcast_to, sum_to_shape
+
+
+class EWiseBinary(TensorOp, abstract=True):
+    """Base of same-shape binary elementwise ops (the function forms broadcast explicitly)."""
+
+    kind = "elementwise"
+
+    def infer(self, a, b):
+        if a.shape != b.shape:
+            raise self.error(f"shapes {a.shape} and {b.shape} differ (broadcast_to one of them first)")
+        return a.shape, a.dtype
+
+
+class ScalarOp(TensorOp, abstract=True):
+    """Base of ops combining a tensor with a Python scalar attribute."""
+
+    kind = "elementwise"
+
+    def __init__(self, scalar):
+        self.scalar = scalar
+
+
+def _broadcast_pair(op: Op, a, b):
+    """Insert explicit BroadcastTo nodes when the shapes differ (numpy rules)."""
+    sa, sb = a.shape, b.shape
+    if sa == sb:
+        return a, b
+    shape = broadcast_shapes(op, sa, sb)
+    return (a if sa == shape else broadcast_to(a, shape)), (b if sb == shape else broadcast_to(b, shape))
+
+
+class EWiseAdd(EWiseBinary):
+    def compute(self, a, b):
+        return a + b
+
+    def gradient(self, out_grad, node):
+        return out_grad, out_grad
+
+
+class AddScalar(ScalarOp):
+    def compute(self, a):
+        return a + self.scalar
+
+    def gradient(self, out_grad, node):
+        return out_grad
+
+
+class EWiseMul(EWiseBinary):
+    def compute(self, a, b):
+        return a * b
+
+    def gradient(self, out_grad, node):
+        lhs, rhs = node.inputs
+        return out_grad * rhs, out_grad * lhs
+
+
+class MulScalar(ScalarOp):
+    def compute(self, a):
+        return a * self.scalar
+
+    def gradient(self, out_grad, node):
+        return out_grad * self.scalar
+
+
+class EWiseDiv(EWiseBinary):
+    def compute(self, a, b):
+        return a / b
+
+    def gradient(self, out_grad, node):
+        lhs, rhs = node.inputs
+        return out_grad / rhs, -out_grad * lhs / (rhs * rhs)
+
+
+class DivScalar(ScalarOp):
+    def compute(self, a):
+        return a / self.scalar
+
+    def gradient(self, out_grad, node):
+        return out_grad / self.scalar
+
+
+class EWisePow(EWiseBinary):
+    """a ** b elementwise, differentiable in both arguments."""
+
+    def compute(self, a, b):
+        return a ** b
+
+    def gradient(self, out_grad, node):
+        a, b = node.inputs
+        return out_grad * b * power(a, b - 1), out_grad * node * log(a)
+
+
+class PowerScalar(ScalarOp):
+    """a ** scalar for an integer or float (possibly negative) exponent."""
+
+    def compute(self, a):
+        return a ** self.scalar
+
+    def gradient(self, out_grad, node):
+        a = node.inputs[0]
+        if self.scalar == 0:
+            return out_grad * 0.0
+        return out_grad * power_scalar(a, self.scalar - 1) * self.scalar
+
+
+class Negate(TensorOp):
+    kind = "elementwise"
+
+    def compute(self, a):
+        return -a
+
+    def gradient(self, out_grad, node):
+        return -out_grad
+
+
+class Log(TensorOp):
+    kind = "elementwise"
+
+    def compute(self, a):
+        return array_api.log(a)
+
+    def gradient(self, out_grad, node):
+        return out_grad / node.inputs[0]
+
+
+class Exp(TensorOp):
+    kind = "elementwise"
+
+    def compute(self, a):
+        return array_api.exp(a)
+
+    def gradient(self, out_grad, node):
+        return out_grad * node
+
+
+class Tanh(TensorOp):
+    kind = "elementwise"
+
+    def compute(self, a):
+        return array_api.tanh(a)
+
+    def gradient(self, out_grad, node):
+        return out_grad * (1.0 - node * node)
+
+
+_COMPARE = {
+    "eq": lambda a, b: a == b,
+    "ne": lambda a, b: a != b,
+    "gt": lambda a, b: a > b,
+    "ge": lambda a, b: a >= b,
+    "lt": lambda a, b: a < b,
+    "le": lambda a, b: a <= b,
+}
+
+
+class Compare(TensorOp):
+    """Elementwise comparison giving 1.0/0.0 in the input's dtype; not differentiable.
+
+    With `scalar` set the op has one input and compares it with the scalar.
+    """
+
+    kind = "elementwise"
+    differentiable = False
+
+    def __init__(self, cmp: str, scalar=None):
+        if cmp not in _COMPARE:
+            raise ValueError(f"Compare: unknown comparison {cmp!r}; use one of {sorted(_COMPARE)}")
+        self.cmp = cmp
+        self.scalar = scalar
+
+    def infer(self, a, b=None):
+        if b is not None and a.shape != b.shape:
+            raise self.error(f"shapes {a.shape} and {b.shape} differ")
+        return a.shape, a.dtype
+
+    def compute(self, a, b=None):
+        out = _COMPARE[self.cmp](a, self.scalar if b is None else b)
+        return out.astype(a.dtype)
+
+    def gradient(self, out_grad, node):
+        return tuple(zeros_like(x) for x in node.inputs)
+
+
+class Where(TensorOp):
+    """where(cond, a, b): a where cond is nonzero, else b (same shapes)."""
+
+    kind = "elementwise"
+
+    def infer(self, cond, a, b):
+        if not cond.shape == a.shape == b.shape:
+            raise self.error(f"shapes {cond.shape}, {a.shape} and {b.shape} differ")
+        return a.shape, a.dtype
+
+    def compute(self, cond, a, b):
+        return array_api.where(cond, a, b).astype(a.dtype)
+
+    def gradient(self, out_grad, node):
+        cond = node.inputs[0]
+        zero = zeros_like(out_grad)
+        return zeros_like(cond), where(cond, out_grad, zero), where(cond, zero, out_grad)
+
+
+def zeros_like(t):
+    from .. import init
+
+    return init.zeros_like(t)
+
+
+# ---- function forms --------------------------------------------------------------------
+def add(a, b):
+    op = EWiseAdd()
+    return op(*_broadcast_pair(op, a, b))
+
+
+def add_scalar(a, scalar):
+    return AddScalar(scalar)(a)
+
+
+def multiply(a, b):
+    op = EWiseMul()
+    return op(*_broadcast_pair(op, a, b))
+
+
+def mul_scalar(a, scalar):
+    return MulScalar(scalar)(a)
+
+
+def divide(a, b):
+    op = EWiseDiv()
+    return op(*_broadcast_pair(op, a, b))
+
+
+def divide_scalar(a, scalar):
+    return DivScalar(scalar)(a)
+
+
+def power(a, b):
+    op = EWisePow()
+    return op(*_broadcast_pair(op, a, b))
+
+
+def power_scalar(a, scalar):
+    return PowerScalar(scalar)(a)
+
+
+def negate(a):
+    return Negate()(a)
+
+
+def log(a):
+    return Log()(a)
+
+
+def exp(a):
+    return Exp()(a)
+
+
+def tanh(a):
+    return Tanh()(a)
+
+
+def compare(a, b, cmp: str):
+    """Elementwise a <cmp> b (cmp in eq, ne, gt, ge, lt, le) as 1.0/0.0; b a tensor or scalar."""
+    from ..autograd import Tensor
+
+    if isinstance(b, Tensor):
+        op = Compare(cmp)
+        return op(*_broadcast_pair(op, a, b))
+    return Compare(cmp, b)(a)
+
+
+def where(cond, a, b):
+    """Elementwise select; the three inputs broadcast together."""
+    op = Where()
+    shape = broadcast_shapes(op, cond.shape, a.shape, b.shape)
+    cond, a, b = (x if x.shape == shape else broadcast_to(x, shape) for x in (cond, a, b))
+    return op(cond, a, b)
+
+
+__all__ = [
+    "EWiseAdd", "AddScalar", "EWiseMul", "MulScalar", "EWiseDiv", "DivScalar", "EWisePow",
+    "PowerScalar", "Negate", "Log", "Exp", "Tanh", "Compare", "Where",
+    "add", "add_scalar", "multiply", "mul_scalar", "divide", "divide_scalar", "power",
+    "power_scalar", "negate", "log", "exp", "tanh", "compare", "where", "sum_to_shape",
+]

@@ -1,0 +1,108 @@
+"""Reductions: sum, max (primitives), argmax, and mean (a composite function)."""
+from __future__ import annotations
+
+from math import prod
+
+from ..backend_selection import array_api
+from .registry import TensorOp, normalize_axes
+from .shape import broadcast_to, reshape
+
+
+def _reduced_shape(shape, axes, keepdims=False):
+    if axes is None:
+        return (1,) * len(shape) if keepdims else ()
+    if keepdims:
+        return tuple(1 if i in axes else d for i, d in enumerate(shape))
+    return tuple(d for i, d in enumerate(shape) if i not in axes)
+
+
+class Reduce(TensorOp, abstract=True):
+    """Base of reductions over `axes` (None, an int or a tuple); reduced axes are removed."""
+
+    kind = "reduce"
+
+    def __init__(self, axes=None):
+        self.axes = axes
+
+    def _axes(self, ndim):
+        return normalize_axes(self, self.axes, ndim)
+
+    def infer(self, a):
+        return _reduced_shape(a.shape, self._axes(len(a.shape))), a.dtype
+
+    def _keepdims_grad(self, out_grad, node):
+        """out_grad reshaped with the reduced axes kept (size 1), broadcast to the input."""
+        shape = node.inputs[0].shape
+        kd = _reduced_shape(shape, self._axes(len(shape)), keepdims=True)
+        return broadcast_to(reshape(out_grad, kd), shape)
+
+
+class Summation(Reduce):
+    def compute(self, a):
+        return array_api.sum(a, axis=self._axes(len(a.shape)))
+
+    def gradient(self, out_grad, node):
+        return self._keepdims_grad(out_grad, node)
+
+
+class Max(Reduce):
+    """Maximum over axes; the gradient is shared equally among tied maxima."""
+
+    def compute(self, a):
+        return array_api.max(a, axis=self._axes(len(a.shape)))
+
+    def gradient(self, out_grad, node):
+        from .elementwise import compare
+
+        a = node.inputs[0]
+        mask = compare(a, self._keepdims_grad(node.detach(), node), "eq")
+        count = self._keepdims_grad(Summation(self.axes)(mask), node)
+        return self._keepdims_grad(out_grad, node) * mask / count
+
+
+class Argmax(TensorOp):
+    """Index of the maximum along `axis` (all axes flattened when None); not differentiable."""
+
+    kind = "reduce"
+    differentiable = False
+
+    def __init__(self, axis=None):
+        self.axis = axis
+
+    def infer(self, a):
+        axes = normalize_axes(self, self.axis, len(a.shape))
+        return _reduced_shape(a.shape, axes), a.dtype
+
+    def compute(self, a):
+        if self.axis is None:
+            return array_api.argmax(array_api.reshape(a.compact() if hasattr(a, "compact") else a,
+                                                      (prod(a.shape),)), axis=0)
+        return array_api.argmax(a, axis=self.axis)
+
+    def gradient(self, out_grad, node):
+        from .elementwise import zeros_like
+
+        return zeros_like(node.inputs[0])
+
+
+def summation(a, axes=None):
+    return Summation(axes)(a)
+
+
+def max(a, axes=None):  # noqa: A001  (course/numpy name)
+    return Max(axes)(a)
+
+
+def argmax(a, axis=None):
+    return Argmax(axis)(a)
+
+
+def mean(a, axes=None):
+    """Mean over axes (all when None), as summation / count."""
+    shape = a.shape
+    ax = normalize_axes(Summation(axes), axes, len(shape))
+    count = prod(shape) if ax is None else prod(shape[i] for i in ax)
+    return summation(a, axes) / count
+
+
+__all__ = ["Summation", "Max", "Argmax", "summation", "max", "argmax", "mean"]

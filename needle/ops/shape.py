@@ -1,0 +1,332 @@
+"""View and data-movement primitives: reshape, permute, broadcast, slice, flip, dilate, device."""
+from __future__ import annotations
+
+from math import prod
+from typing import Optional
+
+from ..backend_selection import array_api
+from .registry import TensorOp, normalize_axes
+
+
+def _compact(a):
+    """A compact (contiguous) array: NDArray.compact(), numpy arrays as they are."""
+    return a.compact() if hasattr(a, "compact") else a
+
+
+class Reshape(TensorOp):
+    kind = "injective"
+
+    def __init__(self, shape):
+        self.shape = tuple(shape)
+
+    def infer(self, a):
+        shape = _resolve_shape(self, a.shape, self.shape)
+        return shape, a.dtype
+
+    def compute(self, a):
+        return array_api.reshape(_compact(a), _resolve_shape(self, a.shape, self.shape))
+
+    def gradient(self, out_grad, node):
+        return reshape(out_grad, node.inputs[0].shape)
+
+
+def _resolve_shape(op, in_shape, shape):
+    """`shape` with one -1 filled in; a size mismatch raises OpError naming both shapes."""
+    if shape.count(-1) > 1 or any((not isinstance(d, int)) or d < -1 for d in shape):
+        raise op.error(f"invalid target shape {shape}")
+    size = prod(in_shape)
+    if -1 in shape:
+        known = prod(d for d in shape if d != -1)
+        if known == 0 or size % known:
+            raise op.error(f"cannot reshape {in_shape} (size {size}) into {shape}")
+        shape = tuple(size // known if d == -1 else d for d in shape)
+    if prod(shape) != size:
+        raise op.error(f"cannot reshape {in_shape} (size {size}) into {shape} (size {prod(shape)})")
+    return shape
+
+
+class Permute(TensorOp):
+    """General axis permutation (numpy's transpose)."""
+
+    kind = "injective"
+
+    def __init__(self, axes):
+        self.axes = tuple(axes)
+
+    def infer(self, a):
+        if sorted(self.axes) != list(range(len(a.shape))):
+            raise self.error(f"axes {self.axes} are not a permutation of the {len(a.shape)} axes of {a.shape}")
+        return tuple(a.shape[i] for i in self.axes), a.dtype
+
+    def compute(self, a):
+        return array_api.transpose(a, self.axes)
+
+    def gradient(self, out_grad, node):
+        inverse = [0] * len(self.axes)
+        for i, ax in enumerate(self.axes):
+            inverse[ax] = i
+        return permute(out_grad, inverse)
+
+
+class Transpose(Permute):
+    """Swaps two axes: the last two by default, else the pair `axes=(i, j)` (course semantics)."""
+
+    def __init__(self, axes: Optional[tuple] = None):
+        self.axes = axes
+
+    def _perm(self, ndim):
+        i, j = self.axes if self.axes is not None else (ndim - 2, ndim - 1)
+        if ndim < 2 or not (-ndim <= i < ndim and -ndim <= j < ndim):
+            raise self.error(f"cannot swap axes {(i, j)} of a {ndim}-d input")
+        perm = list(range(ndim))
+        perm[i], perm[j] = perm[j], perm[i]
+        return tuple(perm)
+
+    def infer(self, a):
+        perm = self._perm(len(a.shape))
+        return tuple(a.shape[i] for i in perm), a.dtype
+
+    def compute(self, a):
+        return array_api.transpose(a, self._perm(len(a.shape)))
+
+    def gradient(self, out_grad, node):
+        return Transpose(self.axes)(out_grad)
+
+
+class BroadcastTo(TensorOp):
+    kind = "broadcast"
+
+    def __init__(self, shape):
+        self.shape = tuple(shape)
+
+    def infer(self, a):
+        ok = len(self.shape) >= len(a.shape) and all(
+            d == 1 or d == t for d, t in zip(reversed(a.shape), reversed(self.shape)))
+        if not ok:
+            raise self.error(f"cannot broadcast shape {a.shape} to {self.shape}")
+        return self.shape, a.dtype
+
+    def compute(self, a):
+        if len(a.shape) != len(self.shape):
+            a = array_api.reshape(_compact(a), (1,) * (len(self.shape) - len(a.shape)) + tuple(a.shape))
+        return array_api.broadcast_to(a, self.shape)
+
+    def gradient(self, out_grad, node):
+        return sum_to_shape(out_grad, node.inputs[0].shape)
+
+
+def sum_to_shape(t, shape):
+    """Sum `t` over the axes numpy broadcasting added or stretched, giving `shape`."""
+    shape = tuple(shape)
+    if t.shape == shape:
+        return t
+    lead = len(t.shape) - len(shape)
+    axes = tuple(range(lead)) + tuple(
+        i + lead for i, d in enumerate(shape) if d == 1 and t.shape[i + lead] != 1)
+    from .reduce import summation
+
+    out = summation(t, axes) if axes else t
+    return reshape(out, shape) if out.shape != shape else out
+
+
+class GetItem(TensorOp):
+    """Strided slice keeping every axis: `slices` holds (start, stop, step) per axis, step > 0."""
+
+    kind = "injective"
+
+    def __init__(self, slices):
+        self.slices = tuple(tuple(s) for s in slices)
+
+    def infer(self, a):
+        if len(self.slices) != len(a.shape):
+            raise self.error(f"{len(self.slices)} slices for an input of shape {a.shape}")
+        return tuple(_slice_len(s) for s in self.slices), a.dtype
+
+    def compute(self, a):
+        return a[tuple(slice(*s) for s in self.slices)]
+
+    def gradient(self, out_grad, node):
+        return UnSlice(self.slices, node.inputs[0].shape)(out_grad)
+
+
+def _slice_len(s) -> int:
+    start, stop, step = s
+    return max(0, (stop - start + step - 1) // step)
+
+
+class UnSlice(TensorOp):
+    """Zeros of `shape` with the input written at `slices` (the transpose of GetItem)."""
+
+    kind = "injective"
+
+    def __init__(self, slices, shape):
+        self.slices = tuple(tuple(s) for s in slices)
+        self.shape = tuple(shape)
+
+    def infer(self, a):
+        expected = tuple(_slice_len(s) for s in self.slices)
+        if expected != a.shape:
+            raise self.error(f"input shape {a.shape} does not fill slices of shape {expected}")
+        return self.shape, a.dtype
+
+    def compute(self, a):
+        out = array_api.full(self.shape, 0.0, dtype=a.dtype, device=a.device)
+        out[tuple(slice(*s) for s in self.slices)] = a
+        return out
+
+    def gradient(self, out_grad, node):
+        return GetItem(self.slices)(out_grad)
+
+
+def get_item(a, index):
+    """`a[index]` with ints and slices (positive step); ints drop their axis."""
+    shape = a.shape
+    op = GetItem(())
+    if not isinstance(index, tuple):
+        index = (index,)
+    if len(index) > len(shape):
+        raise op.error(f"too many indices ({len(index)}) for a tensor of shape {shape}")
+    slices, out_shape = [], []
+    for axis, dim in enumerate(shape):
+        idx = index[axis] if axis < len(index) else slice(None)
+        if isinstance(idx, slice):
+            start, stop, step = idx.indices(dim)
+            if step <= 0:
+                raise op.error(f"slice step must be positive, got {idx.step}")
+            stop = max(stop, start)
+            slices.append((start, stop, step))
+            out_shape.append(_slice_len((start, stop, step)))
+        elif isinstance(idx, int) or hasattr(idx, "__index__"):
+            i = int(idx)
+            if not -dim <= i < dim:
+                raise IndexError(f"GetItem: index {i} is out of range for axis {axis} of size {dim}")
+            i %= dim
+            slices.append((i, i + 1, 1))
+        else:
+            raise op.error(f"unsupported index {idx!r} (ints and slices are supported)")
+    out = GetItem(slices)(a)
+    return reshape(out, tuple(out_shape)) if tuple(out_shape) != out.shape else out
+
+
+class Flip(TensorOp):
+    kind = "injective"
+
+    def __init__(self, axes):
+        self.axes = (axes,) if isinstance(axes, int) else tuple(axes)
+
+    def infer(self, a):
+        normalize_axes(self, self.axes, len(a.shape))
+        return a.shape, a.dtype
+
+    def compute(self, a):
+        return _compact(array_api.flip(a, self.axes))
+
+    def gradient(self, out_grad, node):
+        return flip(out_grad, self.axes)
+
+
+class Dilate(TensorOp):
+    """Insert `dilation` zeros after every element along each of `axes`."""
+
+    kind = "injective"
+
+    def __init__(self, axes: tuple, dilation: int):
+        self.axes = (axes,) if isinstance(axes, int) else tuple(axes)
+        self.dilation = dilation
+
+    def infer(self, a):
+        axes = normalize_axes(self, self.axes, len(a.shape))
+        shape = tuple(d * (self.dilation + 1) if i in axes else d for i, d in enumerate(a.shape))
+        return shape, a.dtype
+
+    def compute(self, a):
+        if self.dilation == 0:
+            return a
+        shape, _ = self.infer(a)
+        axes = normalize_axes(self, self.axes, len(a.shape))
+        out = array_api.full(shape, 0.0, dtype=a.dtype, device=a.device)
+        out[tuple(slice(None, None, self.dilation + 1) if i in axes else slice(None)
+                  for i in range(len(shape)))] = a
+        return out
+
+    def gradient(self, out_grad, node):
+        return undilate(out_grad, self.axes, self.dilation)
+
+
+class UnDilate(TensorOp):
+    """Keep every (dilation+1)-th element along each of `axes` (inverse of Dilate)."""
+
+    kind = "injective"
+
+    def __init__(self, axes: tuple, dilation: int):
+        self.axes = (axes,) if isinstance(axes, int) else tuple(axes)
+        self.dilation = dilation
+
+    def infer(self, a):
+        axes = normalize_axes(self, self.axes, len(a.shape))
+        step = self.dilation + 1
+        shape = tuple((d + step - 1) // step if i in axes else d for i, d in enumerate(a.shape))
+        return shape, a.dtype
+
+    def compute(self, a):
+        axes = normalize_axes(self, self.axes, len(a.shape))
+        return _compact(a[tuple(slice(None, None, self.dilation + 1) if i in axes else slice(None)
+                                for i in range(len(a.shape)))])
+
+    def gradient(self, out_grad, node):
+        return dilate(out_grad, self.axes, self.dilation)
+
+
+class ToDevice(TensorOp):
+    """Copy to another device (differentiable)."""
+
+    kind = "opaque"
+
+    def __init__(self, device):
+        self.device = device
+
+    def compute(self, a):
+        return a.to(self.device) if hasattr(a, "to") else a
+
+    def gradient(self, out_grad, node):
+        return to_device(out_grad, node.inputs[0].device)
+
+
+# ---- function forms --------------------------------------------------------------------
+def reshape(a, shape):
+    return Reshape(shape)(a)
+
+
+def permute(a, axes):
+    return Permute(axes)(a)
+
+
+def transpose(a, axes=None):
+    return Transpose(axes)(a)
+
+
+def broadcast_to(a, shape):
+    return BroadcastTo(shape)(a)
+
+
+def flip(a, axes):
+    return Flip(axes)(a)
+
+
+def dilate(a, axes, dilation):
+    return Dilate(axes, dilation)(a)
+
+
+def undilate(a, axes, dilation):
+    return UnDilate(axes, dilation)(a)
+
+
+def to_device(a, device):
+    return ToDevice(device)(a)
+
+
+__all__ = [
+    "Reshape", "Permute", "Transpose", "BroadcastTo", "GetItem", "UnSlice", "Flip", "Dilate",
+    "UnDilate", "ToDevice", "reshape", "permute", "transpose", "broadcast_to", "get_item",
+    "flip", "dilate", "undilate", "to_device", "sum_to_shape",
+]
