@@ -74,13 +74,13 @@ def index_add(indices, values: np.ndarray, num_rows: int) -> np.ndarray:
     return out
 
 
-def im2col(a: np.ndarray, kernel_size: int, stride: int) -> np.ndarray:
-    """(N, H, W, C) -> (N, Ho, Wo, K, K, C) patches, compact."""
+def im2col(a: np.ndarray, kernel_size, stride: int) -> np.ndarray:
+    """(N, H, W, C) -> (N, Ho, Wo, KH, KW, C) patches, compact; kernel_size is K or (KH, KW)."""
     n, h, w, c = a.shape
-    k = kernel_size
-    ho, wo = (h - k) // stride + 1, (w - k) // stride + 1
+    kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+    ho, wo = (h - kh) // stride + 1, (w - kw) // stride + 1
     s = a.strides
     view = np.lib.stride_tricks.as_strided(
-        a, (n, ho, wo, k, k, c), (s[0], s[1] * stride, s[2] * stride, s[1], s[2], s[3]),
+        a, (n, ho, wo, kh, kw, c), (s[0], s[1] * stride, s[2] * stride, s[1], s[2], s[3]),
         writeable=False)
     return np.ascontiguousarray(view)
