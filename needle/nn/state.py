@@ -1,0 +1,119 @@
+"""Module state dicts and safetensors checkpoints.
+
+* `module_state_dict(module)`: every Tensor attribute (Parameters and buffers such as
+  BatchNorm's running statistics) reachable from the module, with PyTorch-like dotted
+  names ("modules.0.weight": attribute names, list/tuple indices and dict keys).
+* `load_module_state_dict(module, state, strict=True)`: validates every key and shape
+  first and raises ValueError (naming the first offending key and both shapes) without
+  changing anything; then copies the values into the existing tensors (same objects, so
+  optimizers that hold them keep working).
+* `save_checkpoint(path, tensors, metadata)` / `load_checkpoint(path)`: safetensors files,
+  written atomically (temporary file in the same directory, then `os.replace`).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Dict, Iterator, Tuple
+
+import numpy as np
+
+from ..autograd import Tensor
+
+
+def _named_tensors(value, prefix: str) -> Iterator[Tuple[str, Tensor]]:
+    from .nn_basic import Module
+
+    if isinstance(value, Tensor):
+        yield prefix, value
+    elif isinstance(value, Module):
+        yield from _named_tensors(value.__dict__, prefix)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(k, str) and k.startswith("_"):
+                continue
+            yield from _named_tensors(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _named_tensors(v, f"{prefix}.{i}" if prefix else str(i))
+
+
+def named_tensors(module) -> Dict[str, Tensor]:
+    """Dotted name -> Tensor (the module's own objects, first occurrence wins)."""
+    out: Dict[str, Tensor] = {}
+    for name, t in _named_tensors(module, ""):
+        out.setdefault(name, t)
+    return out
+
+
+def module_state_dict(module) -> Dict[str, np.ndarray]:
+    return {name: np.array(t.numpy(), copy=True) for name, t in named_tensors(module).items()}
+
+
+def _as_numpy(value) -> np.ndarray:
+    return value.numpy() if isinstance(value, Tensor) else np.asarray(value)
+
+
+def load_module_state_dict(module, state, strict: bool = True) -> None:
+    current = named_tensors(module)
+    arrays = {k: _as_numpy(v) for k, v in state.items()}
+    if strict:
+        for name, t in current.items():
+            if name not in arrays:
+                raise ValueError(f"load_state_dict: missing key {name!r} (model shape {tuple(t.shape)}, "
+                                 f"not in the state dict)")
+        for name, a in arrays.items():
+            if name not in current:
+                raise ValueError(f"load_state_dict: unexpected key {name!r} (state dict shape "
+                                 f"{tuple(a.shape)}, not in the model)")
+    for name, t in current.items():
+        if name in arrays and tuple(arrays[name].shape) != tuple(t.shape):
+            raise ValueError(f"load_state_dict: shape mismatch for key {name!r}: state dict has "
+                             f"{tuple(arrays[name].shape)}, model has {tuple(t.shape)}")
+    new_data = {name: Tensor(arrays[name].astype(np.dtype(str(t.dtype)), copy=True), device=t.device,
+                             dtype=t.dtype, requires_grad=False)
+                for name, t in current.items() if name in arrays}
+    for name, value in new_data.items():
+        current[name].data = value
+
+
+def save_checkpoint(path, tensors: Dict[str, np.ndarray], metadata: Dict[str, str] = None) -> None:
+    """Write `tensors` (name -> numpy array) and string `metadata` as a safetensors file, atomically."""
+    from safetensors.numpy import save_file
+
+    path = os.fspath(path)
+    metadata = dict(metadata or {})
+    for k, v in metadata.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise TypeError(f"save_checkpoint: metadata must map str to str, got {k!r}: {type(v).__name__}")
+    arrays = {}
+    for k, v in tensors.items():
+        if not isinstance(k, str):
+            raise TypeError(f"save_checkpoint: tensor names must be strings, got {k!r}")
+        arrays[k] = np.ascontiguousarray(_as_numpy(v))
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    os.close(fd)
+    try:
+        save_file(arrays, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
+    """(tensors, metadata) from a safetensors file; a corrupt file raises ValueError naming it."""
+    from safetensors import safe_open
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"load_checkpoint: no such file {path!r}")
+    try:
+        with safe_open(path, framework="np") as f:
+            metadata = dict(f.metadata() or {})
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own SafetensorError (and others) on bad files
+        raise ValueError(f"load_checkpoint: {path!r} is not a valid safetensors file: {e}") from e
+    return tensors, metadata

@@ -1,0 +1,170 @@
+"""Optimizers (SGD with dampened momentum, Adam) and `optim.lr_scheduler`.
+
+Steps run under `no_grad()` on detached data: they keep no autograd history, never
+modify gradient tensors in place and keep each parameter's dtype.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict
+
+import numpy as np
+
+from .autograd import Tensor, no_grad
+
+
+def _cast(t: Tensor, like: Tensor) -> Tensor:
+    """`t` with `like`'s dtype (a constant)."""
+    if str(t.dtype) == str(like.dtype):
+        return t
+    return Tensor(t.numpy().astype(np.dtype(str(like.dtype))), device=like.device, dtype=like.dtype,
+                  requires_grad=False)
+
+
+def _buffers_to_numpy(buffers: Dict[int, Tensor]) -> Dict[int, np.ndarray]:
+    return {i: np.array(t.numpy(), copy=True) for i, t in buffers.items()}
+
+
+class Optimizer:
+    """Base optimizer over a list of parameters."""
+
+    _hyper: tuple = ("lr",)
+    _buffer_names: tuple = ()
+
+    def __init__(self, params):
+        self.params = list(params)
+
+    def step(self):
+        raise NotImplementedError()
+
+    def reset_grad(self):
+        for p in self.params:
+            p.grad = None
+
+    zero_grad = reset_grad
+
+    def clip_grad_norm(self, max_norm=0.25):
+        """Scale all gradients (new tensors) so their global L2 norm is at most max_norm.
+
+        Returns the norm before clipping.
+        """
+        total = 0.0
+        for p in self.params:
+            if p.grad is not None:
+                g = p.grad.numpy().astype(np.float64)
+                total += float((g * g).sum())
+        norm = math.sqrt(total)
+        if norm > max_norm:
+            scale = max_norm / (norm + 1e-6)
+            with no_grad():
+                for p in self.params:
+                    if p.grad is not None:
+                        p.grad = _cast(p.grad.detach() * scale, p.grad)
+        return norm
+
+    # ---- state -----------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Hyper-parameters (floats), step counter and per-parameter buffers
+        ({buffer_name: {param_index: numpy array}})."""
+        state = {name: getattr(self, name) for name in self._hyper}
+        if hasattr(self, "t"):
+            state["t"] = self.t
+        for name in self._buffer_names:
+            state[name] = _buffers_to_numpy(getattr(self, name))
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore `state_dict()` output; validates buffer indices and shapes first."""
+        for name in self._buffer_names:
+            for i, arr in state.get(name, {}).items():
+                i = int(i)
+                if not 0 <= i < len(self.params):
+                    raise ValueError(f"load_state_dict: buffer {name}[{i}] has no parameter "
+                                     f"(optimizer has {len(self.params)})")
+                shape = tuple(np.shape(arr))
+                if shape != tuple(self.params[i].shape):
+                    raise ValueError(f"load_state_dict: buffer {name}[{i}] has shape {shape}, "
+                                     f"parameter has {tuple(self.params[i].shape)}")
+        for name in self._hyper:
+            if name in state:
+                setattr(self, name, float(state[name]))
+        if "t" in state and hasattr(self, "t"):
+            self.t = int(state["t"])
+        for name in self._buffer_names:
+            buffers = {}
+            for i, arr in state.get(name, {}).items():
+                p = self.params[int(i)]
+                buffers[int(i)] = Tensor(np.asarray(arr).astype(np.dtype(str(p.dtype))), device=p.device,
+                                         dtype=p.dtype, requires_grad=False)
+            setattr(self, name, buffers)
+
+
+class SGD(Optimizer):
+    """g = grad + wd*p; u = momentum*u + (1-momentum)*g; p -= lr*u."""
+
+    _hyper = ("lr", "momentum", "weight_decay")
+    _buffer_names = ("u",)
+
+    def __init__(self, params, lr=0.01, momentum=0.0, weight_decay=0.0):
+        super().__init__(params)
+        self.lr = lr
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+        self.u: Dict[int, Tensor] = {}
+
+    def step(self):
+        with no_grad():
+            for i, p in enumerate(self.params):
+                if p.grad is None:
+                    continue
+                w = p.detach()
+                g = _cast(p.grad.detach(), p)
+                if self.weight_decay:
+                    g = g + w * self.weight_decay
+                if self.momentum:
+                    prev = self.u.get(i)
+                    u = g * (1 - self.momentum) if prev is None else prev * self.momentum + g * (1 - self.momentum)
+                    self.u[i] = _cast(u, p)
+                    g = self.u[i]
+                p.data = _cast(w - g * self.lr, p)
+
+
+class Adam(Optimizer):
+    """Adam with bias correction and L2 weight decay added to the gradient."""
+
+    _hyper = ("lr", "beta1", "beta2", "eps", "weight_decay")
+    _buffer_names = ("m", "v")
+
+    def __init__(self, params, lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
+        super().__init__(params)
+        self.lr = lr
+        self.beta1 = beta1
+        self.beta2 = beta2
+        self.eps = eps
+        self.weight_decay = weight_decay
+        self.t = 0
+        self.m: Dict[int, Tensor] = {}
+        self.v: Dict[int, Tensor] = {}
+
+    def step(self):
+        self.t += 1
+        b1, b2 = self.beta1, self.beta2
+        c1, c2 = 1 - b1 ** self.t, 1 - b2 ** self.t
+        with no_grad():
+            for i, p in enumerate(self.params):
+                if p.grad is None:
+                    continue
+                w = p.detach()
+                g = _cast(p.grad.detach(), p)
+                if self.weight_decay:
+                    g = g + w * self.weight_decay
+                m, v = self.m.get(i), self.v.get(i)
+                m = g * (1 - b1) if m is None else m * b1 + g * (1 - b1)
+                v = g * g * (1 - b2) if v is None else v * b2 + g * g * (1 - b2)
+                self.m[i], self.v[i] = _cast(m, p), _cast(v, p)
+                m_hat = self.m[i] / c1
+                v_hat = self.v[i] / c2
+                p.data = _cast(w - m_hat * self.lr / (v_hat ** 0.5 + self.eps), p)
+
+
+from . import lr_scheduler  # noqa: E402,F401
