@@ -57,7 +57,12 @@ class Value:
         global TENSOR_COUNTER
         TENSOR_COUNTER += 1
         if requires_grad is None:
-            requires_grad = _grad_enabled and op.differentiable and any(x.requires_grad for x in inputs)
+            requires_grad = False
+            if _grad_enabled and op.differentiable:
+                for x in inputs:
+                    if x.requires_grad:
+                        requires_grad = True
+                        break
         self.op = op
         self.inputs = inputs
         self.num_outputs = num_outputs
@@ -77,7 +82,8 @@ class Value:
         inputs = list(inputs)
         value._init(op, inputs)
         if not LAZY_MODE:
-            op.infer(*inputs)
+            if op.validates:
+                op.infer(*inputs)
             value.realize_cached_data()
             if not value.requires_grad:
                 value.op, value.inputs = None, []

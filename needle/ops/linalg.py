@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..backend_selection import array_api
+from ..errors import OpError
 from .registry import TensorOp, broadcast_shapes
 from .shape import GetItem, dilate, flip, permute, sum_to_shape, transpose
 
@@ -15,7 +16,10 @@ class MatMul(TensorOp):
         sa, sb = a.shape, b.shape
         if len(sa) < 2 or len(sb) < 2 or sa[-1] != sb[-2]:
             raise self.error(f"cannot multiply shapes {sa} and {sb}")
-        batch = broadcast_shapes(self, sa[:-2], sb[:-2])
+        try:
+            batch = broadcast_shapes(self, sa[:-2], sb[:-2])
+        except OpError:
+            raise self.error(f"batch dimensions of shapes {sa} and {sb} do not broadcast") from None
         return batch + (sa[-2], sb[-1]), a.dtype
 
     def compute(self, a, b):

@@ -38,9 +38,12 @@ class Op:
     differentiable: ClassVar[bool] = True
     composite: ClassVar[bool] = False
     lowering: ClassVar[Any] = None
+    #: True when the op defines its own `infer` (eager mode then validates inputs with it)
+    validates: ClassVar[bool] = False
 
     def __init_subclass__(cls, abstract: bool = False, **kwargs):
         super().__init_subclass__(**kwargs)
+        cls.validates = cls.infer is not Op.infer
         if not abstract:
             OPS[cls.__name__] = cls
 
