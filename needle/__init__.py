@@ -6,6 +6,7 @@ from .autograd import Tensor, TensorTuple, Value, no_grad, is_grad_enabled  # no
 from . import ops
 from .ops import *  # noqa: F401,F403
 from . import init
+from . import data, nn, optim
 from .threads import set_num_threads, get_num_threads  # noqa: F401
 
 if BACKEND == "nd":
