@@ -1,0 +1,156 @@
+// Shared definitions for the needle CPU NDArray backend (pybind11 module
+// needle.backend_ndarray.ndarray_backend_cpu).
+//
+// Every entry point validates its arguments against the buffer sizes before
+// touching memory and raises a Python exception (ValueError / IndexError)
+// instead of crashing.
+#pragma once
+
+#include <pybind11/pybind11.h>
+#include <pybind11/numpy.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace needle {
+namespace cpu {
+
+namespace py = pybind11;
+
+typedef float scalar_t;
+constexpr size_t ELEM_SIZE = sizeof(scalar_t);
+constexpr size_t ALIGNMENT = 64;
+constexpr int TILE = 8;
+
+// Element counts above which loops are split across OpenMP threads.
+constexpr int64_t PAR_THRESHOLD = 1 << 16;
+
+// Float buffer, 64-byte aligned (2 MiB aligned + MADV_HUGEPAGE when large).
+struct Array {
+  explicit Array(size_t size);
+  ~Array();
+  Array(const Array&) = delete;
+  Array& operator=(const Array&) = delete;
+  size_t ptr_as_int() const { return reinterpret_cast<size_t>(ptr); }
+  scalar_t* ptr;
+  size_t size;
+};
+
+// ---- error helpers ------------------------------------------------------
+[[noreturn]] inline void value_error(const std::string& msg) { throw py::value_error(msg); }
+[[noreturn]] inline void index_error(const std::string& msg) { throw py::index_error(msg); }
+
+inline std::string vec_str(const std::vector<int64_t>& v) {
+  std::string s = "(";
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (i) s += ", ";
+    s += std::to_string(v[i]);
+  }
+  if (v.size() == 1) s += ",";
+  return s + ")";
+}
+
+// Check a.size == expected.
+inline void check_size(const char* fn, const char* what, const Array& a, int64_t expected) {
+  if (expected < 0 || a.size != static_cast<size_t>(expected))
+    value_error(std::string(fn) + ": " + what + " has size " + std::to_string(a.size) +
+                ", expected " + std::to_string(expected));
+}
+
+// Check a non-negative dimension argument.
+inline void check_dim(const char* fn, const char* what, int64_t v) {
+  if (v < 0 || v > (int64_t(1) << 40))
+    value_error(std::string(fn) + ": invalid " + what + " = " + std::to_string(v));
+}
+
+// checked a*b for dimension products
+inline int64_t checked_mul(const char* fn, int64_t a, int64_t b) {
+  int64_t r;
+  if (__builtin_mul_overflow(a, b, &r) || r > (int64_t(1) << 48))
+    value_error(std::string(fn) + ": size overflow");
+  return r;
+}
+
+// Validates a strided view (shape, strides in elements, offset) of a buffer of
+// `buf_size` elements: every reachable index must lie in [0, buf_size).
+// Strides may be negative (used by flip) or zero (broadcast).  Returns the
+// number of elements of the view.
+int64_t check_view(const char* fn, size_t buf_size, const std::vector<int64_t>& shape,
+                   const std::vector<int64_t>& strides, int64_t offset);
+
+// Iterate over the elements [begin, end) (row-major logical order) of a
+// strided view, calling f(logical_index_start, pointer_offset, count, inner_stride)
+// for each contiguous run along the last axis.
+template <typename F>
+inline void for_each_run(const std::vector<int64_t>& shape, const std::vector<int64_t>& strides,
+                         int64_t offset, int64_t begin, int64_t end, F&& f) {
+  const int nd = static_cast<int>(shape.size());
+  if (begin >= end) return;
+  if (nd == 0) {
+    f(begin, offset, int64_t(1), int64_t(1));
+    return;
+  }
+  std::vector<int64_t> idx(nd, 0);
+  int64_t rem = begin, pos = offset;
+  for (int d = nd - 1; d >= 0; --d) {
+    idx[d] = rem % shape[d];
+    rem /= shape[d];
+    pos += idx[d] * strides[d];
+  }
+  const int64_t inner = shape[nd - 1], inner_stride = strides[nd - 1];
+  int64_t i = begin;
+  while (i < end) {
+    int64_t cnt = inner - idx[nd - 1];
+    if (cnt > end - i) cnt = end - i;
+    f(i, pos, cnt, inner_stride);
+    i += cnt;
+    if (i >= end) break;
+    // advance to the start of the next run
+    pos += (cnt)*inner_stride;
+    idx[nd - 1] += cnt;
+    for (int d = nd - 1; d > 0 && idx[d] == shape[d]; --d) {
+      pos -= idx[d] * strides[d];
+      idx[d] = 0;
+      idx[d - 1] += 1;
+      pos += strides[d - 1];
+    }
+  }
+}
+
+// Run f(begin, end) over [0, n) in parallel chunks when n is large.
+template <typename F>
+inline void parallel_range(int64_t n, int64_t threshold, F&& f) {
+#ifdef _OPENMP
+  int nt = omp_get_max_threads();
+  if (n >= threshold && nt > 1) {
+#pragma omp parallel num_threads(nt)
+    {
+      int t = omp_get_thread_num(), T = omp_get_num_threads();
+      // chunk boundaries aligned to 16 elements (64 bytes)
+      int64_t chunk = ((n + T - 1) / T + 15) & ~int64_t(15);
+      int64_t b = chunk * t, e = b + chunk;
+      if (e > n) e = n;
+      if (b < e) f(b, e);
+    }
+    return;
+  }
+#endif
+  f(int64_t(0), n);
+}
+
+void register_strided(py::module_& m);
+void register_ewise(py::module_& m);
+void register_reduce(py::module_& m);
+void register_matmul(py::module_& m);
+void register_gather(py::module_& m);
+void blas_set_num_threads(int n);
+
+}  // namespace cpu
+}  // namespace needle

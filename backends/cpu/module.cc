@@ -1,0 +1,121 @@
+// pybind11 entry point of needle.backend_ndarray.ndarray_backend_cpu:
+// the Array buffer type, numpy conversion, threading control.
+#include "common.h"
+
+#include <sys/mman.h>
+#include <cstring>
+#include <new>
+
+namespace needle {
+namespace cpu {
+
+constexpr size_t HUGE_BYTES = size_t(4) << 20;  // like numpy: madvise >= 4 MiB
+constexpr size_t HUGE_ALIGN = size_t(2) << 20;
+
+Array::Array(size_t size_) : ptr(nullptr), size(size_) {
+  if (size > (size_t(1) << 40)) throw py::value_error("Array: size too large: " + std::to_string(size));
+  size_t bytes = (size ? size : 1) * ELEM_SIZE;
+  bool huge = bytes >= HUGE_BYTES;
+  size_t align = huge ? HUGE_ALIGN : ALIGNMENT;
+  bytes = (bytes + align - 1) / align * align;
+  void* p = nullptr;
+  if (posix_memalign(&p, align, bytes) != 0 || p == nullptr) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+  if (huge) madvise(p, bytes, MADV_HUGEPAGE);
+#endif
+  ptr = static_cast<scalar_t*>(p);
+}
+
+Array::~Array() { free(ptr); }
+
+int64_t check_view(const char* fn, size_t buf_size, const std::vector<int64_t>& shape,
+                   const std::vector<int64_t>& strides, int64_t offset) {
+  if (shape.size() != strides.size())
+    value_error(std::string(fn) + ": shape " + vec_str(shape) + " and strides " + vec_str(strides) +
+                " have different lengths");
+  if (offset < 0) value_error(std::string(fn) + ": negative offset " + std::to_string(offset));
+  int64_t numel = 1;
+  for (int64_t s : shape) {
+    if (s < 0) value_error(std::string(fn) + ": negative dimension in shape " + vec_str(shape));
+    numel = checked_mul(fn, numel, s);
+  }
+  if (numel == 0) return 0;
+  int64_t lo = offset, hi = offset;
+  for (size_t i = 0; i < shape.size(); ++i) {
+    int64_t st = strides[i];
+    if (st > (int64_t(1) << 40) || st < -(int64_t(1) << 40))
+      value_error(std::string(fn) + ": invalid stride in " + vec_str(strides));
+    int64_t ext = checked_mul(fn, shape[i] - 1, st < 0 ? -st : st);
+    if (st < 0) lo -= ext; else hi += ext;
+  }
+  if (lo < 0 || hi >= static_cast<int64_t>(buf_size))
+    index_error(std::string(fn) + ": view (shape " + vec_str(shape) + ", strides " + vec_str(strides) +
+                ", offset " + std::to_string(offset) + ") reaches elements [" + std::to_string(lo) + ", " +
+                std::to_string(hi) + "] outside the buffer of size " + std::to_string(buf_size));
+  return numel;
+}
+
+void strided_copy_out(const Array& a, scalar_t* out, const std::vector<int64_t>& shape,
+                      const std::vector<int64_t>& strides, int64_t offset, int64_t numel);
+
+static py::array_t<scalar_t> to_numpy(const Array& a, std::vector<int64_t> shape,
+                                      std::vector<int64_t> strides, int64_t offset) {
+  int64_t numel = check_view("to_numpy", a.size, shape, strides, offset);
+  std::vector<py::ssize_t> np_shape(shape.begin(), shape.end());
+  py::array_t<scalar_t> result(np_shape);
+  if (numel > 0) strided_copy_out(a, result.mutable_data(), shape, strides, offset, numel);
+  return result;
+}
+
+static void from_numpy(py::array_t<scalar_t, py::array::c_style | py::array::forcecast> a, Array& out) {
+  if (static_cast<size_t>(a.size()) != out.size)
+    value_error("from_numpy: array has " + std::to_string(a.size()) + " elements, buffer has " +
+                std::to_string(out.size));
+  if (out.size) std::memcpy(out.ptr, a.data(), out.size * ELEM_SIZE);
+}
+
+static int g_num_threads = 0;
+
+static void set_num_threads(int n) {
+  if (n < 1) value_error("set_num_threads: n must be >= 1, got " + std::to_string(n));
+  g_num_threads = n;
+#ifdef _OPENMP
+  omp_set_num_threads(n);
+#endif
+  blas_set_num_threads(n);
+}
+
+static int get_num_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+}  // namespace cpu
+}  // namespace needle
+
+PYBIND11_MODULE(ndarray_backend_cpu, m) {
+  namespace py = pybind11;
+  using namespace needle::cpu;
+  m.attr("__device_name__") = "cpu";
+  m.attr("__tile_size__") = TILE;
+
+  py::class_<Array>(m, "Array")
+      .def(py::init<size_t>(), py::return_value_policy::take_ownership)
+      .def("ptr", &Array::ptr_as_int)
+      .def_readonly("size", &Array::size)
+      .def("__repr__", [](const Array& a) { return "<ndarray_backend_cpu.Array size=" + std::to_string(a.size) + ">"; });
+
+  m.def("to_numpy", &to_numpy, py::arg("a"), py::arg("shape"), py::arg("strides"), py::arg("offset"));
+  m.def("from_numpy", &from_numpy, py::arg("a"), py::arg("out"));
+  m.def("set_num_threads", &set_num_threads, py::arg("n"));
+  m.def("get_num_threads", &get_num_threads);
+
+  register_strided(m);
+  register_ewise(m);
+  register_reduce(m);
+  register_matmul(m);
+  register_gather(m);
+}

@@ -1,0 +1,201 @@
+// Reductions over consecutive groups: reduce_sum, reduce_max, reduce_argmax.
+#include "common.h"
+#include "simd.h"
+
+#include <cmath>
+#include <limits>
+
+namespace needle {
+namespace cpu {
+
+namespace {
+
+constexpr int64_t SUM_BLOCK = 4096;
+
+// float sum of a short block with 4 vector accumulators
+inline float sum_block(const float* p, int64_t n) {
+  int64_t i = 0;
+  float s = 0.0f;
+#ifdef NEEDLE_AVX2
+  __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+  for (; i + 32 <= n; i += 32) {
+    a0 = _mm256_add_ps(a0, _mm256_loadu_ps(p + i));
+    a1 = _mm256_add_ps(a1, _mm256_loadu_ps(p + i + 8));
+    a2 = _mm256_add_ps(a2, _mm256_loadu_ps(p + i + 16));
+    a3 = _mm256_add_ps(a3, _mm256_loadu_ps(p + i + 24));
+  }
+  for (; i + 8 <= n; i += 8) a0 = _mm256_add_ps(a0, _mm256_loadu_ps(p + i));
+  s = hsum(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+#endif
+  for (; i < n; ++i) s += p[i];
+  return s;
+}
+
+// sum with float blocks accumulated in double (accurate and fast)
+inline double sum_range(const float* p, int64_t n) {
+  if (n <= SUM_BLOCK) return sum_block(p, n);
+  double total = 0.0;
+  for (int64_t i = 0; i < n; i += SUM_BLOCK) total += sum_block(p + i, std::min(SUM_BLOCK, n - i));
+  return total;
+}
+
+// NaN-propagating max of p[0..n), n >= 1
+inline float max_range(const float* p, int64_t n) {
+  int64_t i = 0;
+  float m = p[0];
+#ifdef NEEDLE_AVX2
+  if (n >= 8) {
+    __m256 a0 = _mm256_loadu_ps(p), a1 = a0, a2 = a0, a3 = a0;
+    __m256 nan0 = _mm256_setzero_ps(), nan1 = nan0;
+    i = 8;
+    for (; i + 32 <= n; i += 32) {
+      __m256 x0 = _mm256_loadu_ps(p + i), x1 = _mm256_loadu_ps(p + i + 8);
+      __m256 x2 = _mm256_loadu_ps(p + i + 16), x3 = _mm256_loadu_ps(p + i + 24);
+      a0 = _mm256_max_ps(a0, x0);
+      a1 = _mm256_max_ps(a1, x1);
+      a2 = _mm256_max_ps(a2, x2);
+      a3 = _mm256_max_ps(a3, x3);
+      nan0 = _mm256_or_ps(nan0, _mm256_cmp_ps(x0, x1, _CMP_UNORD_Q));
+      nan1 = _mm256_or_ps(nan1, _mm256_cmp_ps(x2, x3, _CMP_UNORD_Q));
+    }
+    for (; i + 8 <= n; i += 8) {
+      __m256 x = _mm256_loadu_ps(p + i);
+      a0 = _mm256_max_ps(a0, x);
+      nan0 = _mm256_or_ps(nan0, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+    }
+    // first vector was loaded into the accumulators directly; check it too
+    __m256 first = _mm256_loadu_ps(p);
+    nan0 = _mm256_or_ps(nan0, _mm256_cmp_ps(first, first, _CMP_UNORD_Q));
+    if (_mm256_movemask_ps(_mm256_or_ps(nan0, nan1))) return std::numeric_limits<float>::quiet_NaN();
+    a0 = _mm256_max_ps(_mm256_max_ps(a0, a1), _mm256_max_ps(a2, a3));
+    alignas(32) float buf[8];
+    _mm256_store_ps(buf, a0);
+    m = buf[0];
+    for (int k = 1; k < 8; ++k) m = buf[k] > m ? buf[k] : m;
+  }
+#endif
+  for (; i < n; ++i) m = s_max_nan(m, p[i]);
+  return m;
+}
+
+inline float argmax_range(const float* p, int64_t n) {
+  int64_t best = 0;
+  float m = p[0];
+  if (m != m) return 0.0f;
+  for (int64_t i = 1; i < n; ++i) {
+    float x = p[i];
+    if (x > m) {
+      m = x;
+      best = i;
+    } else if (x != x) {
+      return static_cast<float>(i);
+    }
+  }
+  return static_cast<float>(best);
+}
+
+// Check sizes; returns number of groups.
+int64_t check_reduce(const char* fn, const Array& a, const Array& out, int64_t n) {
+  if (n < 0) value_error(std::string(fn) + ": negative reduction size " + std::to_string(n));
+  int64_t groups = static_cast<int64_t>(out.size);
+  if (n == 0) {
+    if (a.size != 0)
+      value_error(std::string(fn) + ": reduction size 0 with a non-empty input of size " + std::to_string(a.size));
+  } else {
+    check_size(fn, "a", a, checked_mul(fn, groups, n));
+  }
+  return groups;
+}
+
+// Run op over every group, parallelising over groups or, for few large groups,
+// within each group (combine(partials) merges per-thread results).
+template <class R, class C>
+void reduce_groups(const float* pa, float* po, int64_t groups, int64_t n, R range_op, C combine) {
+  int nt = 1;
+#ifdef _OPENMP
+  nt = omp_get_max_threads();
+#endif
+  int64_t total = groups * n;
+  if (nt == 1 || total < PAR_THRESHOLD) {
+    for (int64_t g = 0; g < groups; ++g) po[g] = static_cast<float>(range_op(pa + g * n, n));
+    return;
+  }
+  if (groups >= 4 * nt) {
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int64_t g = 0; g < groups; ++g) po[g] = static_cast<float>(range_op(pa + g * n, n));
+    return;
+  }
+  for (int64_t g = 0; g < groups; ++g) {
+    const float* p = pa + g * n;
+    std::vector<double> partial(nt, 0.0);
+    std::vector<char> used(nt, 0);
+    parallel_range(n, 0, [&](int64_t b, int64_t e) {
+      int t = 0;
+#ifdef _OPENMP
+      t = omp_get_thread_num();
+#endif
+      partial[t] = range_op(p + b, e - b);
+      used[t] = 1;
+    });
+    po[g] = combine(partial, used);
+  }
+}
+
+void reduce_sum(const Array& a, Array& out, int64_t n) {
+  int64_t groups = check_reduce("reduce_sum", a, out, n);
+  if (n == 0) {
+    for (int64_t g = 0; g < groups; ++g) out.ptr[g] = 0.0f;
+    return;
+  }
+  reduce_groups(a.ptr, out.ptr, groups, n, [](const float* p, int64_t k) { return sum_range(p, k); },
+                [](const std::vector<double>& part, const std::vector<char>& used) {
+                  double s = 0.0;
+                  for (size_t t = 0; t < part.size(); ++t)
+                    if (used[t]) s += part[t];
+                  return static_cast<float>(s);
+                });
+}
+
+void reduce_max(const Array& a, Array& out, int64_t n) {
+  int64_t groups = check_reduce("reduce_max", a, out, n);
+  if (n == 0) {
+    if (groups > 0) value_error("reduce_max: zero-size reduction has no identity");
+    return;
+  }
+  reduce_groups(a.ptr, out.ptr, groups, n, [](const float* p, int64_t k) { return double(max_range(p, k)); },
+                [](const std::vector<double>& part, const std::vector<char>& used) {
+                  float m = 0.0f;
+                  bool first = true;
+                  for (size_t t = 0; t < part.size(); ++t) {
+                    if (!used[t]) continue;
+                    float v = static_cast<float>(part[t]);
+                    m = first ? v : s_max_nan(m, v);
+                    first = false;
+                  }
+                  return m;
+                });
+}
+
+void reduce_argmax(const Array& a, Array& out, int64_t n) {
+  int64_t groups = check_reduce("reduce_argmax", a, out, n);
+  if (n == 0) {
+    if (groups > 0) value_error("reduce_argmax: attempt to get argmax of an empty sequence");
+    return;
+  }
+  const float* pa = a.ptr;
+  float* po = out.ptr;
+  parallel_range(groups, n >= 1024 ? 2 : PAR_THRESHOLD / (n + 1) + 1, [&](int64_t b, int64_t e) {
+    for (int64_t g = b; g < e; ++g) po[g] = argmax_range(pa + g * n, n);
+  });
+}
+
+}  // namespace
+
+void register_reduce(py::module_& m) {
+  m.def("reduce_sum", &reduce_sum, py::arg("a"), py::arg("out"), py::arg("n"));
+  m.def("reduce_max", &reduce_max, py::arg("a"), py::arg("out"), py::arg("n"));
+  m.def("reduce_argmax", &reduce_argmax, py::arg("a"), py::arg("out"), py::arg("n"));
+}
+
+}  // namespace cpu
+}  // namespace needle
