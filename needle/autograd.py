@@ -154,9 +154,10 @@ class Tensor(Value):
             if isinstance(numpy_array, numpy.ndarray) and dtype is None:
                 return numpy_array.copy()
             return numpy.array(numpy_array, dtype=dtype)
-        if isinstance(numpy_array, NDArray) and numpy_array.device == device:
-            return numpy_array if dtype in (None, "float32", numpy.float32) else numpy_array.astype(dtype)
-        return array_api.array(numpy_array, device=device, dtype="float32" if dtype is None else dtype)
+        # The nd backend stores float32 only: bool and integer data become 0/1 and float ids.
+        if isinstance(numpy_array, NDArray):
+            return numpy_array if numpy_array.device == device else numpy_array.to(device)
+        return array_api.array(numpy.asarray(numpy_array, dtype=numpy.float32), device=device)
 
     @staticmethod
     def make_const(data, requires_grad: bool = False) -> "Tensor":
