@@ -103,9 +103,10 @@ def test_tensor_count_bounded(make):
         loss.backward()
         opt.step()
         del loss, x, y
-        gc.collect()  # the tape has reference cycles (node.grad <-> gradient graph)
-        counts.append(autograd.TENSOR_COUNTER)
-    assert counts[-1] <= counts[5], counts
+        if step in (5, 29):
+            gc.collect()  # the tape has reference cycles (node.grad <-> gradient graph)
+            counts.append(autograd.TENSOR_COUNTER)
+    assert counts[1] <= counts[0], counts
     for p in model.parameters():
         assert p.dtype == "float32"
 
