@@ -50,6 +50,9 @@ def _child_modules(value: object) -> List["Module"]:
 class Module:
     """Base class of layers: parameters are found by walking the instance __dict__."""
 
+    #: class-level default, so subclasses that skip super().__init__() still work
+    training = True
+
     def __init__(self):
         self.training = True
 

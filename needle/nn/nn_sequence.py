@@ -40,6 +40,15 @@ def _project_inputs(cell, X, width):
     return ops.reshape(out, tuple(shape[:-1]) + (width,)) if len(shape) != 2 else out
 
 
+def _time_step(seq, t):
+    """seq[t] as a strided slice. Its gradient is one UnSlice per step: O(T) graph nodes.
+
+    (Indexing a `split` TensorTuple instead costs O(T) nodes per step in backward, since each
+    TupleGetItem's gradient materialises a zero tensor for every other element of the tuple.)
+    """
+    return seq[t]
+
+
 class RNNCell(Module):
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh",
                  device=None, dtype="float32"):
@@ -95,10 +104,10 @@ class RNN(Module):
         layer_in = X
         h_n = []
         for cell, h in zip(self.rnn_cells, h_init):
-            proj = ops.split(_project_inputs(cell, layer_in, self.hidden_size), 0)
+            proj = _project_inputs(cell, layer_in, self.hidden_size)
             outs = []
             for t in range(seq_len):
-                h = cell._step(proj[t], h)
+                h = cell._step(_time_step(proj, t), h)
                 outs.append(h)
             h_n.append(h)
             layer_in = ops.stack(outs, 0)
@@ -164,10 +173,10 @@ class LSTM(Module):
         layer_in = X
         h_n, c_n = [], []
         for cell, state in zip(self.lstm_cells, states):
-            proj = ops.split(_project_inputs(cell, layer_in, 4 * self.hidden_size), 0)
+            proj = _project_inputs(cell, layer_in, 4 * self.hidden_size)
             outs = []
             for t in range(seq_len):
-                state = cell._step(proj[t], state)
+                state = cell._step(_time_step(proj, t), state)
                 outs.append(state[0])
             h_n.append(state[0])
             c_n.append(state[1])
