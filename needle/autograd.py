@@ -331,18 +331,49 @@ def _not_scalar(t: Tensor):
 
 
 def compute_gradient_of_variables(output_tensor: Tensor, out_grad: Tensor) -> None:
-    """Take the gradient of `output_tensor` w.r.t. every node of its graph (stored in `.grad`)."""
+    """Take the gradient of `output_tensor` w.r.t. every node of its graph (stored in `.grad`).
+
+    Adjoints flowing into a TensorTuple through TupleGetItem are collected per index and
+    assembled into one tuple, so indexing all T parts of a split costs O(T), not O(T^2).
+    """
     node_to_output_grads_list: dict = {output_tensor: [out_grad]}
+    tuple_parts: dict = {}
     for node in reversed(find_topo_sort([output_tensor])):
         grads = node_to_output_grads_list.pop(node, None)
+        parts = tuple_parts.pop(node, None)
+        if parts is not None:
+            grads = (grads or []) + [_assemble_tuple_grad(node, parts)]
         if grads is None:
             continue
         node.grad = sum_node_list(grads)
         if node.op is None:
             continue
+        if isinstance(node.op, ops.TupleGetItem):
+            source = node.inputs[0]
+            if source.requires_grad:
+                index = node.op.index % len(source.realize_cached_data())
+                tuple_parts.setdefault(source, {}).setdefault(index, []).append(node.grad)
+            continue
         for inp, grad in zip(node.inputs, node.op.gradient_as_tuple(node.grad, node)):
             if inp.requires_grad:
                 node_to_output_grads_list.setdefault(inp, []).append(grad)
+
+
+def _assemble_tuple_grad(node: "TensorTuple", parts: dict) -> "TensorTuple":
+    """The adjoint of a TensorTuple from its per-index adjoints (zeros where none)."""
+    from . import init
+
+    items = []
+    for i, data in enumerate(node.realize_cached_data()):
+        if i in parts:
+            items.append(sum_node_list(parts[i]))
+        else:
+            items.append(init.zeros(*data.shape, dtype=data.dtype, device=_device_of(data)))
+    return ops.make_tuple(*items)
+
+
+def _device_of(array):
+    return cpu() if BACKEND == "np" else array.device
 
 
 def find_topo_sort(node_list: List[Value]) -> List[Value]:

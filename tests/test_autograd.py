@@ -152,3 +152,15 @@ def test_deep_chain_backward_no_recursion_limit():
         y = y * 1.0
     y.sum().backward()
     close(x.grad, np.ones(2))
+
+
+def test_split_indexing_backward_is_linear_in_parts():
+    """Adjoints of tuple items are assembled once per tuple, not once per TupleGetItem."""
+    sizes = {}
+    for n in (20, 40):
+        x = tensor(np.random.randn(n, 3))
+        parts = ndl.split(x, 0)
+        ndl.stack([parts[i] * float(i) for i in range(n)], 0).sum().backward()
+        close(x.grad, np.arange(n)[:, None] * np.ones((n, 3)))
+        sizes[n] = len(autograd.find_topo_sort([x.grad]))
+    assert sizes[40] <= 2.2 * sizes[20], sizes

@@ -43,12 +43,12 @@ class TupleGetItem(TensorOp):
         return a[self.index]
 
     def gradient(self, out_grad, node):
-        from .elementwise import zeros_like
+        from .. import init
 
-        parts = [
-            TupleGetItem(i)(node.inputs[0]) for i in range(len(node.inputs[0].realize_cached_data()))]
-        return make_tuple(*[out_grad if i == self.index % len(parts) else zeros_like(v)
-                            for i, v in enumerate(parts)])
+        data = node.inputs[0].realize_cached_data()
+        index = self.index % len(data)
+        return make_tuple(*[out_grad if i == index else init.zeros(
+            *arr.shape, dtype=arr.dtype, device=out_grad.device) for i, arr in enumerate(data)])
 
 
 def _shape_tuple(op, args):
