@@ -41,7 +41,6 @@ def _probe(compiler, source, compile_args=(), link_args=()):
 
 
 _MAIN = "int main() { return 0; }\n"
-_OMP = "#include <omp.h>\nint main() { return omp_get_max_threads() > 0 ? 0 : 1; }\n"
 _MVEC = """
 #include <immintrin.h>
 extern "C" __m256 _ZGVdN8v_expf(__m256);
@@ -73,9 +72,8 @@ class NeedleBuildExt(build_ext):
         else:
             if _probe(cc, _MAIN, ["-mavx2", "-mfma"]):
                 pass  # leave generic: only native builds assume the host's ISA
-        if _probe(cc, _OMP, ["-fopenmp"], ["-fopenmp"]):
-            compile_args.append("-fopenmp")
-            link_args.append("-fopenmp")
+        compile_args.append("-pthread")
+        link_args.append("-pthread")
         if "-march=native" in compile_args and _probe(cc, _MVEC, ["-march=native"], ["-lmvec"]):
             compile_args.append("-DNEEDLE_HAVE_LIBMVEC=1")
             link_args.append("-lmvec")

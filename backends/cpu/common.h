@@ -15,9 +15,7 @@
 #include <string>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "threadpool.h"
 
 namespace needle {
 namespace cpu {
@@ -42,6 +40,8 @@ struct Array {
   scalar_t* ptr;
   size_t size;
 };
+
+size_t release_cache();  // frees cached buffers, returns bytes freed
 
 // ---- error helpers ------------------------------------------------------
 [[noreturn]] inline void value_error(const std::string& msg) { throw py::value_error(msg); }
@@ -124,25 +124,23 @@ inline void for_each_run(const std::vector<int64_t>& shape, const std::vector<in
   }
 }
 
-// Run f(begin, end) over [0, n) in parallel chunks when n is large.
+// Run f(begin, end) over [0, n), split into chunks across the thread pool
+// when n >= threshold.  Chunk boundaries are multiples of 16 elements.
 template <typename F>
-inline void parallel_range(int64_t n, int64_t threshold, F&& f) {
-#ifdef _OPENMP
-  int nt = omp_get_max_threads();
-  if (n >= threshold && nt > 1) {
-#pragma omp parallel num_threads(nt)
-    {
-      int t = omp_get_thread_num(), T = omp_get_num_threads();
-      // chunk boundaries aligned to 16 elements (64 bytes)
-      int64_t chunk = ((n + T - 1) / T + 15) & ~int64_t(15);
-      int64_t b = chunk * t, e = b + chunk;
-      if (e > n) e = n;
-      if (b < e) f(b, e);
-    }
+inline void parallel_range(int64_t n, int64_t threshold, F&& f, int64_t min_chunk = 16384) {
+  int nt = pool_num_threads();
+  if (n < threshold || nt <= 1 || n <= 16) {
+    f(int64_t(0), n);
     return;
   }
-#endif
-  f(int64_t(0), n);
+  int64_t chunk = (n + nt * 8 - 1) / (nt * 8);
+  if (chunk < min_chunk) chunk = min_chunk;
+  chunk = (chunk + 15) & ~int64_t(15);
+  int64_t n_chunks = (n + chunk - 1) / chunk;
+  parallel_chunks(n_chunks, [&](int64_t c) {
+    int64_t b = c * chunk, e = b + chunk;
+    f(b, e < n ? e : n);
+  });
 }
 
 void register_strided(py::module_& m);

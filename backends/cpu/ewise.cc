@@ -10,6 +10,11 @@ namespace cpu {
 
 namespace {
 
+// Outputs this large (elements) are written with non-temporal stores: they do
+// not fit in cache anyway, and streaming saves the read-for-ownership traffic.
+// Buffers are 64-byte aligned and chunks start at multiples of 16 elements.
+constexpr size_t STREAM_MIN = size_t(2) << 20;
+
 // ---- generic drivers ------------------------------------------------------
 // V: vector functor (on __m256), S: scalar functor.  All buffers must have equal size.
 
@@ -18,9 +23,14 @@ void map_unary(const char* fn, const Array& a, Array& out, V vf, S sf, int64_t t
   check_size(fn, "out", out, static_cast<int64_t>(a.size));
   const float* pa = a.ptr;
   float* po = out.ptr;
+  const bool stream = a.size >= STREAM_MIN;
   parallel_range(static_cast<int64_t>(a.size), threshold, [&](int64_t b, int64_t e) {
     int64_t i = b;
 #ifdef NEEDLE_AVX2
+    if (stream) {
+      for (; i + 8 <= e; i += 8) _mm256_stream_ps(po + i, vf(_mm256_loadu_ps(pa + i)));
+      _mm_sfence();
+    }
     for (; i + 8 <= e; i += 8) _mm256_storeu_ps(po + i, vf(_mm256_loadu_ps(pa + i)));
     if (i < e) {
       __m256i mask = v_tail_mask(e - i);
@@ -43,9 +53,14 @@ void map_binary(const char* fn, const Array& a, const Array& b, Array& out, V vf
   const float* pa = a.ptr;
   const float* pb = b.ptr;
   float* po = out.ptr;
+  const bool stream = a.size >= STREAM_MIN;
   parallel_range(static_cast<int64_t>(a.size), threshold, [&](int64_t s, int64_t e) {
     int64_t i = s;
 #ifdef NEEDLE_AVX2
+    if (stream) {
+      for (; i + 8 <= e; i += 8) _mm256_stream_ps(po + i, vf(_mm256_loadu_ps(pa + i), _mm256_loadu_ps(pb + i)));
+      _mm_sfence();
+    }
     for (; i + 8 <= e; i += 8) _mm256_storeu_ps(po + i, vf(_mm256_loadu_ps(pa + i), _mm256_loadu_ps(pb + i)));
 #endif
     for (; i < e; ++i) po[i] = sf(pa[i], pb[i]);

@@ -58,8 +58,7 @@ constexpr int64_t KC = 256, MC = 64;
 // Packs B into panels: panel j holds B[:, j*NR : j*NR+NR] as n rows of NR (zero padded).
 void pack_b(const float* b, float* bp, int64_t n, int64_t p, bool parallel) {
   int64_t panels = (p + NR - 1) / NR;
-#pragma omp parallel for schedule(static) if (parallel)
-  for (int64_t jp = 0; jp < panels; ++jp) {
+  auto body = [&](int64_t jp) {
     int64_t j0 = jp * NR, w = std::min<int64_t>(NR, p - j0);
     float* dst = bp + jp * n * NR;
     for (int64_t k = 0; k < n; ++k) {
@@ -68,7 +67,9 @@ void pack_b(const float* b, float* bp, int64_t n, int64_t p, bool parallel) {
       for (; c < w; ++c) dst[k * NR + c] = src[c];
       for (; c < NR; ++c) dst[k * NR + c] = 0.0f;
     }
-  }
+  };
+  if (parallel && n * p > (1 << 16)) parallel_chunks(panels, body);
+  else for (int64_t jp = 0; jp < panels; ++jp) body(jp);
 }
 
 // acc(MR x NR) = A[rows, k0:k0+kc] @ panel[k0:k0+kc]; then C tile (=|+=) acc
@@ -129,8 +130,7 @@ void gemm_fallback(const float* a, const float* b, float* c, int64_t m, int64_t 
   if (posix_memalign(reinterpret_cast<void**>(&bp), 64, sizeof(float) * panels * n * NR) != 0) throw std::bad_alloc();
   pack_b(b, bp, n, p, parallel);
   int64_t mblocks = (m + MC - 1) / MC;
-#pragma omp parallel for schedule(dynamic) if (parallel && m * n * p > (1 << 18))
-  for (int64_t ib = 0; ib < mblocks; ++ib) {
+  auto block = [&](int64_t ib) {
     int64_t i0 = ib * MC, i1 = std::min(m, i0 + MC);
     for (int64_t jp = 0; jp < panels; ++jp) {
       int64_t j0 = jp * NR;
@@ -144,7 +144,9 @@ void gemm_fallback(const float* a, const float* b, float* c, int64_t m, int64_t 
         }
       }
     }
-  }
+  };
+  if (parallel && m * n * p > (1 << 18)) parallel_chunks(mblocks, block);
+  else for (int64_t ib = 0; ib < mblocks; ++ib) block(ib);
   free(bp);
 }
 
@@ -201,9 +203,10 @@ void matmul_batched(const Array& a, const Array& b, Array& out, int64_t batch, i
   float* po = out.ptr;
   bool small = m * n * p < 48 * 48 * 48;
   if (small && batch > 1) {
-#pragma omp parallel for schedule(static) if (batch * m * n * p > (1 << 16))
-    for (int64_t i = 0; i < batch; ++i)
-      gemm_fallback(pa + i * a_batch_stride, pb + i * b_batch_stride, po + i * mp, m, n, p, false);
+    parallel_range(batch, (1 << 16) / (m * n * p + 1) + 2, [&](int64_t b0, int64_t b1) {
+      for (int64_t i = b0; i < b1; ++i)
+        gemm_fallback(pa + i * a_batch_stride, pb + i * b_batch_stride, po + i * mp, m, n, p, false);
+    }, 1);
   } else {
     for (int64_t i = 0; i < batch; ++i) gemm(pa + i * a_batch_stride, pb + i * b_batch_stride, po + i * mp, m, n, p, true);
   }
@@ -223,8 +226,7 @@ void matmul_tiled(const Array& a, const Array& b, Array& out, int64_t m, int64_t
   const int64_t mt = m / TILE, nt = n / TILE, pt = p / TILE, TT = TILE * TILE;
   const float *pa = a.ptr, *pb = b.ptr;
   float* po = out.ptr;
-#pragma omp parallel for collapse(2) schedule(static) if (m * n * p > (1 << 18))
-  for (int64_t i = 0; i < mt; ++i) {
+  auto row = [&](int64_t i) {
     for (int64_t j = 0; j < pt; ++j) {
       float* o = po + (i * pt + j) * TT;
 #ifdef NEEDLE_AVX2
@@ -251,7 +253,9 @@ void matmul_tiled(const Array& a, const Array& b, Array& out, int64_t m, int64_t
       std::memcpy(o, acc, sizeof(acc));
 #endif
     }
-  }
+  };
+  if (m * n * p > (1 << 18)) parallel_chunks(mt, row);
+  else for (int64_t i = 0; i < mt; ++i) row(i);
 }
 
 }  // namespace

@@ -4,6 +4,8 @@
 
 #include <sys/mman.h>
 #include <cstring>
+#include <deque>
+#include <mutex>
 #include <new>
 
 namespace needle {
@@ -11,22 +13,88 @@ namespace cpu {
 
 constexpr size_t HUGE_BYTES = size_t(4) << 20;  // like numpy: madvise >= 4 MiB
 constexpr size_t HUGE_ALIGN = size_t(2) << 20;
+constexpr size_t CACHE_MIN_BYTES = size_t(256) << 10;
+
+// Cache of freed large buffers (like numpy's/PyTorch's allocators): reusing
+// already-faulted pages avoids paying page faults on every new result array.
+namespace {
+struct BlockCache {
+  std::mutex mu;
+  std::deque<std::pair<size_t, void*>> blocks;  // (bytes, ptr), oldest first
+  size_t cached = 0;
+  size_t limit = size_t(512) << 20;
+};
+BlockCache& block_cache() {
+  static BlockCache* c = new BlockCache();  // never destroyed (arrays may outlive statics)
+  return *c;
+}
+
+size_t round_bytes(size_t bytes) {
+  if (bytes < CACHE_MIN_BYTES) return (bytes + ALIGNMENT - 1) / ALIGNMENT * ALIGNMENT;
+  size_t q = bytes >= HUGE_BYTES ? HUGE_ALIGN : (size_t(64) << 10);
+  return (bytes + q - 1) / q * q;
+}
+
+void* alloc_block(size_t bytes) {
+  if (bytes >= CACHE_MIN_BYTES) {
+    BlockCache& c = block_cache();
+    std::lock_guard<std::mutex> lk(c.mu);
+    for (auto it = c.blocks.rbegin(); it != c.blocks.rend(); ++it) {
+      if (it->first == bytes) {
+        void* p = it->second;
+        c.cached -= bytes;
+        c.blocks.erase(std::next(it).base());
+        return p;
+      }
+    }
+  }
+  bool huge = bytes >= HUGE_BYTES;
+  void* p = nullptr;
+  if (posix_memalign(&p, huge ? HUGE_ALIGN : ALIGNMENT, bytes) != 0 || p == nullptr) {
+    release_cache();
+    if (posix_memalign(&p, huge ? HUGE_ALIGN : ALIGNMENT, bytes) != 0 || p == nullptr) throw std::bad_alloc();
+  }
+#ifdef MADV_HUGEPAGE
+  if (huge && getenv("NEEDLE_NO_HUGEPAGE") == nullptr) madvise(p, bytes, MADV_HUGEPAGE);
+#endif
+  return p;
+}
+
+void free_block(void* p, size_t bytes) {
+  if (bytes >= CACHE_MIN_BYTES) {
+    BlockCache& c = block_cache();
+    std::lock_guard<std::mutex> lk(c.mu);
+    if (bytes <= c.limit) {
+      while (c.cached + bytes > c.limit && !c.blocks.empty()) {
+        free(c.blocks.front().second);
+        c.cached -= c.blocks.front().first;
+        c.blocks.pop_front();
+      }
+      c.blocks.emplace_back(bytes, p);
+      c.cached += bytes;
+      return;
+    }
+  }
+  free(p);
+}
+}  // namespace
+
+size_t release_cache() {
+  BlockCache& c = block_cache();
+  std::lock_guard<std::mutex> lk(c.mu);
+  size_t freed = c.cached;
+  for (auto& b : c.blocks) free(b.second);
+  c.blocks.clear();
+  c.cached = 0;
+  return freed;
+}
 
 Array::Array(size_t size_) : ptr(nullptr), size(size_) {
   if (size > (size_t(1) << 40)) throw py::value_error("Array: size too large: " + std::to_string(size));
-  size_t bytes = (size ? size : 1) * ELEM_SIZE;
-  bool huge = bytes >= HUGE_BYTES;
-  size_t align = huge ? HUGE_ALIGN : ALIGNMENT;
-  bytes = (bytes + align - 1) / align * align;
-  void* p = nullptr;
-  if (posix_memalign(&p, align, bytes) != 0 || p == nullptr) throw std::bad_alloc();
-#ifdef MADV_HUGEPAGE
-  if (huge) madvise(p, bytes, MADV_HUGEPAGE);
-#endif
-  ptr = static_cast<scalar_t*>(p);
+  ptr = static_cast<scalar_t*>(alloc_block(round_bytes((size ? size : 1) * ELEM_SIZE)));
 }
 
-Array::~Array() { free(ptr); }
+Array::~Array() { free_block(ptr, round_bytes((size ? size : 1) * ELEM_SIZE)); }
 
 int64_t check_view(const char* fn, size_t buf_size, const std::vector<int64_t>& shape,
                    const std::vector<int64_t>& strides, int64_t offset) {
@@ -74,24 +142,13 @@ static void from_numpy(py::array_t<scalar_t, py::array::c_style | py::array::for
   if (out.size) std::memcpy(out.ptr, a.data(), out.size * ELEM_SIZE);
 }
 
-static int g_num_threads = 0;
-
 static void set_num_threads(int n) {
   if (n < 1) value_error("set_num_threads: n must be >= 1, got " + std::to_string(n));
-  g_num_threads = n;
-#ifdef _OPENMP
-  omp_set_num_threads(n);
-#endif
+  pool_set_num_threads(n);
   blas_set_num_threads(n);
 }
 
-static int get_num_threads() {
-#ifdef _OPENMP
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
-}
+static int get_num_threads() { return pool_num_threads(); }
 
 }  // namespace cpu
 }  // namespace needle
@@ -112,6 +169,7 @@ PYBIND11_MODULE(ndarray_backend_cpu, m) {
   m.def("from_numpy", &from_numpy, py::arg("a"), py::arg("out"));
   m.def("set_num_threads", &set_num_threads, py::arg("n"));
   m.def("get_num_threads", &get_num_threads);
+  m.def("release_cached_memory", &release_cache, "free the cached large buffers; returns the bytes freed");
 
   register_strided(m);
   register_ewise(m);

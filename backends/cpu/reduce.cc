@@ -3,6 +3,7 @@
 #include "simd.h"
 
 #include <cmath>
+#include <algorithm>
 #include <limits>
 
 namespace needle {
@@ -108,36 +109,31 @@ int64_t check_reduce(const char* fn, const Array& a, const Array& out, int64_t n
 }
 
 // Run op over every group, parallelising over groups or, for few large groups,
-// within each group (combine(partials) merges per-thread results).
+// within each group (combine merges the per-chunk results in order).
 template <class R, class C>
 void reduce_groups(const float* pa, float* po, int64_t groups, int64_t n, R range_op, C combine) {
-  int nt = 1;
-#ifdef _OPENMP
-  nt = omp_get_max_threads();
-#endif
+  int nt = pool_num_threads();
   int64_t total = groups * n;
   if (nt == 1 || total < PAR_THRESHOLD) {
     for (int64_t g = 0; g < groups; ++g) po[g] = static_cast<float>(range_op(pa + g * n, n));
     return;
   }
   if (groups >= 4 * nt) {
-#pragma omp parallel for schedule(static) num_threads(nt)
-    for (int64_t g = 0; g < groups; ++g) po[g] = static_cast<float>(range_op(pa + g * n, n));
+    parallel_range(groups, 0, [&](int64_t b, int64_t e) {
+      for (int64_t g = b; g < e; ++g) po[g] = static_cast<float>(range_op(pa + g * n, n));
+    }, (16384 + n - 1) / n);
     return;
   }
+  const int64_t chunk = std::max<int64_t>(16384, ((n + nt * 8 - 1) / (nt * 8) + 15) & ~int64_t(15));
+  const int64_t n_chunks = (n + chunk - 1) / chunk;
+  std::vector<double> partial(n_chunks);
   for (int64_t g = 0; g < groups; ++g) {
     const float* p = pa + g * n;
-    std::vector<double> partial(nt, 0.0);
-    std::vector<char> used(nt, 0);
-    parallel_range(n, 0, [&](int64_t b, int64_t e) {
-      int t = 0;
-#ifdef _OPENMP
-      t = omp_get_thread_num();
-#endif
-      partial[t] = range_op(p + b, e - b);
-      used[t] = 1;
+    parallel_chunks(n_chunks, [&](int64_t c) {
+      int64_t b = c * chunk, e = std::min(n, b + chunk);
+      partial[c] = range_op(p + b, e - b);
     });
-    po[g] = combine(partial, used);
+    po[g] = combine(partial);
   }
 }
 
@@ -148,10 +144,9 @@ void reduce_sum(const Array& a, Array& out, int64_t n) {
     return;
   }
   reduce_groups(a.ptr, out.ptr, groups, n, [](const float* p, int64_t k) { return sum_range(p, k); },
-                [](const std::vector<double>& part, const std::vector<char>& used) {
+                [](const std::vector<double>& part) {
                   double s = 0.0;
-                  for (size_t t = 0; t < part.size(); ++t)
-                    if (used[t]) s += part[t];
+                  for (double v : part) s += v;
                   return static_cast<float>(s);
                 });
 }
@@ -163,15 +158,9 @@ void reduce_max(const Array& a, Array& out, int64_t n) {
     return;
   }
   reduce_groups(a.ptr, out.ptr, groups, n, [](const float* p, int64_t k) { return double(max_range(p, k)); },
-                [](const std::vector<double>& part, const std::vector<char>& used) {
-                  float m = 0.0f;
-                  bool first = true;
-                  for (size_t t = 0; t < part.size(); ++t) {
-                    if (!used[t]) continue;
-                    float v = static_cast<float>(part[t]);
-                    m = first ? v : s_max_nan(m, v);
-                    first = false;
-                  }
+                [](const std::vector<double>& part) {
+                  float m = static_cast<float>(part[0]);
+                  for (double v : part) m = s_max_nan(m, static_cast<float>(v));
                   return m;
                 });
 }
@@ -184,9 +173,63 @@ void reduce_argmax(const Array& a, Array& out, int64_t n) {
   }
   const float* pa = a.ptr;
   float* po = out.ptr;
-  parallel_range(groups, n >= 1024 ? 2 : PAR_THRESHOLD / (n + 1) + 1, [&](int64_t b, int64_t e) {
+  parallel_range(groups, PAR_THRESHOLD / n + 1, [&](int64_t b, int64_t e) {
     for (int64_t g = b; g < e; ++g) po[g] = argmax_range(pa + g * n, n);
-  });
+  }, 16384 / n + 1);
+}
+
+// out[o, j] = reduce_k a[o, k, j] for a compact (outer, n, inner) array:
+// rows are combined elementwise, so memory is read contiguously.
+template <bool IS_MAX>
+void reduce_axis(const char* fn, const Array& a, Array& out, int64_t outer, int64_t n, int64_t inner) {
+  check_dim(fn, "outer", outer);
+  check_dim(fn, "n", n);
+  check_dim(fn, "inner", inner);
+  int64_t groups = checked_mul(fn, outer, inner);
+  check_size(fn, "out", out, groups);
+  check_size(fn, "a", a, checked_mul(fn, groups, n));
+  if (n == 0) {
+    if (IS_MAX && groups > 0) value_error(std::string(fn) + ": zero-size reduction has no identity");
+    for (int64_t g = 0; g < groups; ++g) out.ptr[g] = 0.0f;
+    return;
+  }
+  const float* pa = a.ptr;
+  float* po = out.ptr;
+  // work items: (o, inner chunk of 1024)
+  const int64_t JC = 1024;
+  const int64_t jchunks = (inner + JC - 1) / JC;
+  auto item = [&](int64_t it) {
+    int64_t o = it / jchunks, j0 = (it % jchunks) * JC, j1 = std::min(inner, j0 + JC);
+    float* dst = po + o * inner;
+    const float* src = pa + o * n * inner;
+    for (int64_t j = j0; j < j1; ++j) dst[j] = src[j];
+    for (int64_t k = 1; k < n; ++k) {
+      const float* row = src + k * inner;
+      int64_t j = j0;
+#ifdef NEEDLE_AVX2
+      for (; j + 8 <= j1; j += 8) {
+        __m256 x = _mm256_loadu_ps(row + j), acc = _mm256_loadu_ps(dst + j);
+        _mm256_storeu_ps(dst + j, IS_MAX ? v_max_nan(acc, x) : _mm256_add_ps(acc, x));
+      }
+#endif
+      for (; j < j1; ++j) dst[j] = IS_MAX ? s_max_nan(dst[j], row[j]) : dst[j] + row[j];
+    }
+  };
+  int64_t items = outer * jchunks;
+  if (items > 1 && groups * n >= PAR_THRESHOLD) {
+    parallel_range(items, 0, [&](int64_t b, int64_t e) {
+      for (int64_t it = b; it < e; ++it) item(it);
+    }, 1);
+  } else {
+    for (int64_t it = 0; it < items; ++it) item(it);
+  }
+}
+
+void reduce_sum_axis(const Array& a, Array& out, int64_t outer, int64_t n, int64_t inner) {
+  reduce_axis<false>("reduce_sum_axis", a, out, outer, n, inner);
+}
+void reduce_max_axis(const Array& a, Array& out, int64_t outer, int64_t n, int64_t inner) {
+  reduce_axis<true>("reduce_max_axis", a, out, outer, n, inner);
 }
 
 }  // namespace
@@ -194,6 +237,10 @@ void reduce_argmax(const Array& a, Array& out, int64_t n) {
 void register_reduce(py::module_& m) {
   m.def("reduce_sum", &reduce_sum, py::arg("a"), py::arg("out"), py::arg("n"));
   m.def("reduce_max", &reduce_max, py::arg("a"), py::arg("out"), py::arg("n"));
+  m.def("reduce_sum_axis", &reduce_sum_axis, py::arg("a"), py::arg("out"), py::arg("outer"), py::arg("n"),
+        py::arg("inner"));
+  m.def("reduce_max_axis", &reduce_max_axis, py::arg("a"), py::arg("out"), py::arg("outer"), py::arg("n"),
+        py::arg("inner"));
   m.def("reduce_argmax", &reduce_argmax, py::arg("a"), py::arg("out"), py::arg("n"));
 }
 

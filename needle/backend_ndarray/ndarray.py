@@ -64,7 +64,7 @@ class BackendDevice:
 
     def __getattr__(self, name):
         # only reached for attributes not found normally: fall through to the module
-        if name.startswith("__") or name in ("name", "mod"):
+        if (name.startswith("__") and name not in ("__tile_size__", "__device_name__")) or name in ("name", "mod"):
             raise AttributeError(name)
         mod = self.__dict__.get("mod")
         if mod is None:
@@ -223,6 +223,11 @@ def _norm_axes(axis, ndim):
             raise ValueError(f"duplicate value in 'axis': {axis}")
         return tuple(sorted(axes))
     return (_norm_axis(axis, ndim),)
+
+
+def n_axes_contiguous(axes):
+    """True if the sorted axes are consecutive (e.g. (1, 2))."""
+    return all(b == a + 1 for a, b in zip(axes, axes[1:]))
 
 
 def _is_scalar(x):
@@ -694,12 +699,26 @@ class NDArray:
     def _reduce(self, axis, keepdims, fn_name):
         if isinstance(axis, (tuple, list)) and len(axis) == 0:
             return self._copy()
-        view, n, out_shape, final = self._reduce_view(axis, keepdims, fn_name)
-        out = NDArray.make(out_shape, device=self._device)
-        if n == 0 and fn_name == "reduce_max" and out.size:
-            raise ValueError("zero-size array to reduction operation maximum which has no identity")
-        getattr(self._device, fn_name)(view._handle, out._handle, n)
-        return out if final == out_shape else NDArray.make(final, device=self._device, handle=out._handle)
+        axes = _norm_axes(axis, self.ndim)
+        if self.size and n_axes_contiguous(axes) and axes[-1] != self.ndim - 1 \
+                and hasattr(self._device.mod, fn_name + "_axis"):
+            # reduced axes form one block followed by kept axes: combine rows, no transpose
+            outer = prod(self._shape[:axes[0]])
+            n = prod(self._shape[axes[0]:axes[-1] + 1])
+            inner = prod(self._shape[axes[-1] + 1:])
+            out_shape = tuple(s for i, s in enumerate(self._shape) if i not in axes)
+            out = NDArray.make(out_shape, device=self._device)
+            getattr(self._device, fn_name + "_axis")(self.compact()._handle, out._handle, outer, n, inner)
+        else:
+            view, n, out_shape, _ = self._reduce_view(axes, keepdims, fn_name)
+            out = NDArray.make(out_shape, device=self._device)
+            if n == 0 and fn_name == "reduce_max" and out.size:
+                raise ValueError("zero-size array to reduction operation maximum which has no identity")
+            getattr(self._device, fn_name)(view._handle, out._handle, n)
+        if keepdims:
+            final = tuple(1 if i in axes else s for i, s in enumerate(self._shape))
+            return NDArray.make(final, device=self._device, handle=out._handle)
+        return out
 
     def sum(self, axis=None, keepdims=False):
         return self._reduce(axis, keepdims, "reduce_sum")

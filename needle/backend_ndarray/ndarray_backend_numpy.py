@@ -220,6 +220,26 @@ def reduce_max(a, out, n):
     out.array[:] = a.array.reshape(out.size, n).max(axis=1)
 
 
+def _reduce_axis(fn, a, out, outer, n, inner, op):
+    _check_dims(fn, outer, n, inner)
+    _check_size(fn, "out", out, outer * inner)
+    _check_size(fn, "a", a, outer * n * inner)
+    if n == 0:
+        if op is np.max and out.size:
+            raise ValueError(f"{fn}: zero-size reduction has no identity")
+        out.array[:] = 0.0
+        return
+    out.array[:] = op(a.array.reshape(outer, n, inner), axis=1).reshape(-1)
+
+
+def reduce_sum_axis(a, out, outer, n, inner):
+    _reduce_axis("reduce_sum_axis", a, out, outer, n, inner, np.sum)
+
+
+def reduce_max_axis(a, out, outer, n, inner):
+    _reduce_axis("reduce_max_axis", a, out, outer, n, inner, np.max)
+
+
 def reduce_argmax(a, out, n):
     n = _check_reduce("reduce_argmax", a, out, n)
     if n == 0:
