@@ -31,6 +31,8 @@ class Array:
 
 
 def _check_size(fn, what, a, expected):
+    if not isinstance(a, Array):
+        raise TypeError(f"{fn}: {what} must be an Array, got {type(a).__name__}")
     if a.size != expected:
         raise ValueError(f"{fn}: {what} has size {a.size}, expected {expected}")
 
@@ -208,7 +210,8 @@ def _check_reduce(fn, a, out, n):
 
 def reduce_sum(a, out, n):
     n = _check_reduce("reduce_sum", a, out, n)
-    out.array[:] = a.array.reshape(out.size, n).sum(axis=1) if n else 0.0
+    with np.errstate(all="ignore"):
+        out.array[:] = a.array.reshape(out.size, n).sum(axis=1) if n else 0.0
 
 
 def reduce_max(a, out, n):
@@ -229,7 +232,8 @@ def _reduce_axis(fn, a, out, outer, n, inner, op):
             raise ValueError(f"{fn}: zero-size reduction has no identity")
         out.array[:] = 0.0
         return
-    out.array[:] = op(a.array.reshape(outer, n, inner), axis=1).reshape(-1)
+    with np.errstate(all="ignore"):
+        out.array[:] = op(a.array.reshape(outer, n, inner), axis=1).reshape(-1)
 
 
 def reduce_sum_axis(a, out, outer, n, inner):
