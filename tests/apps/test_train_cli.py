@@ -1,0 +1,269 @@
+"""needle-train (tools/train.py): output format, data lookup, CIFAR files, PTB, checkpoints."""
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import needle.nn as nn
+from tools import train
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = REPO.parent / "shared" / "data"
+
+FAST_MNIST = ["mnist", "--synthetic", "--train-limit", "300", "--eval-limit", "100",
+              "--hidden-size", "16", "--batch-size", "50", "--lr", "0.01", "--no-progress"]
+
+
+def _run(capsys, argv):
+    rc = train.main(argv)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _result(out):
+    lines = [l for l in out.strip().splitlines() if l.strip()]
+    return json.loads(lines[-1]), lines[:-1]
+
+
+def test_help_lists_defaults(capsys):
+    with pytest.raises(SystemExit) as e:
+        train.main(["mnist", "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for s in ("--epochs", "--batch-size", "default 100", "default adam", "--synthetic",
+              "--checkpoint", "--resume", "--seed", "--data-dir", "--device"):
+        assert s in text
+    with pytest.raises(SystemExit):
+        train.main(["ptb", "--help"])
+    text = capsys.readouterr().out
+    for s in ("--seq-len", "default 35", "--embedding-size", "--num-layers", "transformer"):
+        assert s in text
+
+
+def test_mnist_synthetic_output_format(capsys):
+    rc, out, err = _run(capsys, FAST_MNIST + ["--epochs", "2"])
+    assert rc == 0, err
+    res, summaries = _result(out)
+    assert [l.split()[1] for l in summaries] == ["1/2", "2/2"]
+    assert set(res) == {"task", "model", "epochs", "train_loss", "eval_loss", "eval_accuracy",
+                        "samples_per_s", "steps_per_s", "compiled", "data"}
+    assert res["task"] == "mnist" and res["model"] == "mlpresnet" and res["epochs"] == 2
+    assert res["compiled"] is False
+    assert 0.0 <= res["eval_accuracy"] <= 1.0
+    assert res["samples_per_s"] > 0 and res["steps_per_s"] > 0
+    assert "synthetic" in res["data"]
+    assert res["eval_accuracy"] > 0.5  # the synthetic classes are learnable
+
+
+def test_tqdm_progress_goes_to_stderr(capsys):
+    argv = [a for a in FAST_MNIST if a != "--no-progress"]
+    rc, out, err = _run(capsys, argv + ["--epochs", "1"])
+    assert rc == 0
+    assert "epoch 1/1" in err and "loss" in err
+    assert "it/s" not in out and "%|" not in out
+
+
+def test_data_not_found_exit_2(capsys, tmp_path):
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    for task in ("mnist", "cifar10", "ptb"):
+        rc, out, err = _run(capsys, [task, "--data-dir", str(empty), "--epochs", "1"])
+        assert rc == 2
+        assert "looked in" in err and str(empty) in err
+        assert out == ""
+
+
+def _write_cifar(root, n=6, seed=0):
+    rng = np.random.RandomState(seed)
+    base = root / "cifar-10-batches-py"
+    base.mkdir(parents=True)
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for name in names:
+        d = {
+            b"batch_label": name.encode(),
+            b"labels": [int(v) for v in rng.randint(0, 10, size=n)],
+            b"data": rng.randint(0, 256, size=(n, 3072)).astype(np.uint8),
+            b"filenames": [f"img_{i}.png".encode() for i in range(n)],
+        }
+        with open(base / name, "wb") as f:
+            pickle.dump(d, f, protocol=4)
+    return base
+
+
+def test_cifar10_end_to_end_on_written_files(capsys, tmp_path):
+    base = _write_cifar(tmp_path)
+    rc, out, err = _run(capsys, ["cifar10", "--data-dir", str(tmp_path), "--epochs", "1",
+                                 "--batch-size", "16", "--no-progress"])
+    assert rc == 0, err
+    res, summaries = _result(out)
+    assert res["task"] == "cifar10" and res["model"] == "resnet9"
+    assert 0.0 <= res["eval_accuracy"] <= 1.0 and np.isfinite(res["train_loss"])
+    assert "data_batch_1-5 (30)" in res["data"] and "test_batch (6)" in res["data"]
+    assert str(base) in res["data"]
+    assert len(summaries) == 1
+
+
+def test_cifar10_incomplete_split_not_used(capsys, tmp_path):
+    base = _write_cifar(tmp_path)
+    (base / "data_batch_3").unlink()
+    rc, out, err = _run(capsys, ["cifar10", "--data-dir", str(tmp_path), "--epochs", "1"])
+    assert rc == 2 and "looked in" in err
+
+
+def test_cifar10_synthetic(capsys):
+    rc, out, err = _run(capsys, ["cifar10", "--synthetic", "--epochs", "1", "--train-limit", "64",
+                                 "--eval-limit", "32", "--batch-size", "32", "--no-progress"])
+    assert rc == 0, err
+    res, _ = _result(out)
+    assert "synthetic cifar10" in res["data"]
+
+
+def _write_ptb(root, names=("ptb.valid.txt", "ptb.test.txt"), seed=0):
+    rng = np.random.RandomState(seed)
+    words = [f"w{i}" for i in range(30)]
+    p = np.arange(30, 0, -1, dtype=np.float64)
+    p /= p.sum()
+    base = root / "ptb"
+    base.mkdir(parents=True)
+    for name in names:
+        lines = [" ".join(rng.choice(words, size=8, p=p)) for _ in range(60)]
+        (base / name).write_text("\n".join(lines) + "\n")
+    return base
+
+
+@pytest.mark.parametrize("model", ["lstm", "rnn", "transformer"])
+def test_ptb_tiny(capsys, tmp_path, model):
+    _write_ptb(tmp_path)
+    rc, out, err = _run(capsys, ["ptb", "--model", model, "--data-dir", str(tmp_path),
+                                 "--epochs", "2", "--batch-size", "4", "--seq-len", "6",
+                                 "--embedding-size", "8", "--hidden-size", "8", "--no-progress"])
+    assert rc == 0, err
+    res, summaries = _result(out)
+    assert set(res) == {"task", "model", "epochs", "train_loss", "eval_loss", "eval_perplexity",
+                        "unigram_perplexity", "samples_per_s", "steps_per_s", "compiled", "data"}
+    assert res["model"] == model and len(summaries) == 2
+    assert res["eval_perplexity"] == pytest.approx(np.exp(res["eval_loss"]), rel=1e-6)
+    assert "training on valid" in res["data"] and "ptb.test.txt" in res["data"]
+    assert "unigram_perplexity" in summaries[-1]
+
+
+def test_ptb_uses_train_split_when_present(capsys, tmp_path):
+    _write_ptb(tmp_path, names=("train.txt", "test.txt"))
+    rc, out, err = _run(capsys, ["ptb", "--data-dir", str(tmp_path), "--epochs", "1",
+                                 "--batch-size", "4", "--seq-len", "6", "--embedding-size", "8",
+                                 "--hidden-size", "8", "--no-progress"])
+    assert rc == 0, err
+    res, _ = _result(out)
+    assert "train.txt" in res["data"] and "training on valid" not in res["data"]
+
+
+def test_unigram_perplexity_add_one():
+    train_ids = [0, 0, 1, 2]
+    vocab = 4
+    probs = np.array([3, 2, 2, 1]) / 8.0
+    ev = [0, 3, 3, 1]
+    expected = np.exp(-np.mean(np.log(probs[ev])))
+    assert train.unigram_perplexity(train_ids, np.array(ev), vocab) == pytest.approx(expected)
+
+
+def test_training_softmax_loss_matches_nn():
+    import needle as ndl
+    rng = np.random.RandomState(0)
+    z = ndl.Tensor(rng.randn(6, 5).astype(np.float32))
+    y = ndl.Tensor(rng.randint(0, 5, size=6).astype(np.float32), requires_grad=False)
+    a = train.SoftmaxLoss()(z, y)
+    b = nn.SoftmaxLoss()(z, y)
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
+
+
+def _model_tensors(path):
+    tensors, meta = nn.load_checkpoint(path)
+    return {k: v for k, v in tensors.items() if not k.startswith("rng.")}, meta
+
+
+def test_resume_gives_same_weights_as_straight_run(capsys, tmp_path):
+    straight = tmp_path / "straight.safetensors"
+    half = tmp_path / "half.safetensors"
+    rc, out_a, err = _run(capsys, FAST_MNIST + ["--epochs", "2", "--checkpoint", str(straight)])
+    assert rc == 0, err
+    rc, _, err = _run(capsys, FAST_MNIST + ["--epochs", "1", "--checkpoint", str(half)])
+    assert rc == 0, err
+    _, meta = nn.load_checkpoint(half)
+    assert meta["epoch"] == "1"
+    rc, out_b, err = _run(capsys, FAST_MNIST + ["--epochs", "2", "--resume", str(half)])
+    assert rc == 0, err
+    assert "resumed from" in err
+    a, meta_a = _model_tensors(straight)
+    b, meta_b = _model_tensors(half)  # --resume keeps saving to the same file
+    assert meta_a["epoch"] == meta_b["epoch"] == "2"
+    assert set(a) == set(b)
+    assert any(k.startswith("optim.") for k in a)
+    for k in a:
+        np.testing.assert_allclose(a[k], b[k], rtol=0, atol=1e-6, err_msg=k)
+    ra, rb = _result(out_a)[0], _result(out_b)[0]
+    assert ra["eval_accuracy"] == rb["eval_accuracy"]
+    assert ra["eval_loss"] == pytest.approx(rb["eval_loss"], abs=1e-6)
+    assert len(_result(out_b)[1]) == 1  # only epoch 2 ran
+
+
+def test_resume_other_model_is_an_error(capsys, tmp_path):
+    ck = tmp_path / "c.safetensors"
+    assert _run(capsys, FAST_MNIST + ["--epochs", "1", "--checkpoint", str(ck)])[0] == 0
+    rc, out, err = _run(capsys, ["cifar10", "--synthetic", "--resume", str(ck)])
+    assert rc == 2 and "cannot resume" in err
+    rc, out, err = _run(capsys, FAST_MNIST + ["--hidden-size", "32",  # the last value wins
+                                              "--resume", str(ck), "--epochs", "2"])
+    assert rc == 2 and "shape" in err
+
+
+def test_ctrl_c_exits_130_and_says_how_to_resume(capsys, tmp_path, monkeypatch):
+    ck = tmp_path / "c.safetensors"
+    orig = train.ClassificationJob.train_epoch
+    calls = []
+
+    def interrupted(self, bar):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return orig(self, bar)
+
+    monkeypatch.setattr(train.ClassificationJob, "train_epoch", interrupted)
+    rc, out, err = _run(capsys, FAST_MNIST + ["--epochs", "3", "--checkpoint", str(ck)])
+    assert rc == 130
+    assert "interrupted during epoch 2" in err
+    assert f"--resume {ck}" in err and "epoch 1" in err
+
+
+def test_console_script_module_help():
+    env = dict(os.environ)
+    out = subprocess.run([sys.executable, "-m", "tools.train", "--help"], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0
+    assert "mnist" in out.stdout and "ptb" in out.stdout and "cifar10" in out.stdout
+
+
+@pytest.mark.skipif(not (SHARED / "mnist" / "t10k-images-idx3-ubyte.gz").is_file(),
+                    reason="shared MNIST not available")
+def test_mnist_real_t10k_split_named(capsys):
+    rc, out, err = _run(capsys, ["mnist", "--data-dir", str(SHARED), "--epochs", "1",
+                                 "--train-limit", "200", "--eval-limit", "100", "--hidden-size",
+                                 "16", "--no-progress"])
+    assert rc == 0, err
+    res, _ = _result(out)
+    assert "t10k[:8000] (train)" in res["data"] and "t10k[8000:]" in res["data"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED / "mnist" / "t10k-images-idx3-ubyte.gz").is_file(),
+                    reason="shared MNIST not available")
+def test_mnist_real_one_epoch_2000_images(capsys):
+    rc, out, err = _run(capsys, ["mnist", "--data-dir", str(SHARED), "--epochs", "1",
+                                 "--train-limit", "2000", "--no-progress"])
+    assert rc == 0, err
+    res, _ = _result(out)
+    assert res["eval_accuracy"] > 0.5  # 20 Adam steps at the default lr
