@@ -13,6 +13,7 @@ import glob
 import os
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -81,7 +82,36 @@ class NeedleBuildExt(build_ext):
             ext.extra_compile_args = list(ext.extra_compile_args or []) + compile_args
             ext.extra_link_args = list(ext.extra_link_args or []) + link_args
         self.announce("needle: compile flags %s, link flags %s" % (compile_args, link_args), level=2)
+        self._parallel_compile()
         super().build_extensions()
+
+    def _parallel_compile(self):
+        """Compile the sources of an extension concurrently (one job per core)."""
+        cc = self.compiler
+        if not all(hasattr(cc, a) for a in ("_setup_compile", "_get_cc_args", "_compile")):
+            return
+        serial = cc.compile
+
+        def compile(sources, output_dir=None, macros=None, include_dirs=None, debug=0, extra_preargs=None,
+                    extra_postargs=None, depends=None):
+            try:
+                macros, objects, extra_postargs, pp_opts, build = cc._setup_compile(
+                    output_dir, macros, include_dirs, sources, depends, extra_postargs)
+                cc_args = cc._get_cc_args(pp_opts, debug, extra_preargs)
+            except Exception:
+                return serial(sources, output_dir, macros, include_dirs, debug, extra_preargs, extra_postargs,
+                              depends)
+
+            def one(obj):
+                if obj in build:
+                    src, ext = build[obj]
+                    cc._compile(obj, src, ext, cc_args, extra_postargs, pp_opts)
+
+            with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as ex:
+                list(ex.map(one, objects))
+            return objects
+
+        cc.compile = compile
 
 
 class _LazyInclude(os.PathLike):
