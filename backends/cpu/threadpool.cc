@@ -39,10 +39,12 @@ struct Pool {
   std::mutex dispatch;  // one job at a time
 };
 
-Pool& pool() {
+Pool*& pool_ptr() {
   static Pool* p = new Pool();  // never destroyed: workers may outlive static destructors
-  return *p;
+  return p;
 }
+
+Pool& pool() { return *pool_ptr(); }
 
 thread_local bool t_in_job = false;
 
@@ -110,6 +112,15 @@ void ensure_started() {
     unsigned hc = std::thread::hardware_concurrency();
     start_workers(pool(), hc ? static_cast<int>(hc) : 1);
   });
+  Pool* P = pool_ptr();
+  if (P->pid != getpid()) {
+    // forked child: the parent's workers do not exist here.  Leak the old pool
+    // (its thread handles must not be destroyed) and start a fresh one.
+    int n = P->nthreads;
+    Pool* fresh = new Pool();
+    start_workers(*fresh, n);
+    pool_ptr() = fresh;
+  }
 }
 
 }  // namespace
@@ -123,15 +134,14 @@ void pool_set_num_threads(int n) {
   ensure_started();
   Pool& P = pool();
   std::lock_guard<std::mutex> lk(P.dispatch);
-  if (P.pid == getpid()) stop_workers(P);
-  else P.workers.clear();  // after fork: the threads do not exist in this process
+  stop_workers(P);
   start_workers(P, n);
 }
 
 void pool_run(int64_t n_chunks, void (*call)(void*, int64_t), void* ctx) {
   ensure_started();
   Pool& P = pool();
-  if (t_in_job || n_chunks >= (int64_t(1) << 31) || P.pid != getpid() || !P.dispatch.try_lock()) {
+  if (t_in_job || n_chunks >= (int64_t(1) << 31) || !P.dispatch.try_lock()) {
     for (int64_t c = 0; c < n_chunks; ++c) call(ctx, c);
     return;
   }

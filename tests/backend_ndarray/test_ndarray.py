@@ -664,3 +664,25 @@ def test_cpu_threads_and_blas():
     finally:
         mod.set_num_threads(n0)
     assert isinstance(nd.BLAS_LOADED, bool)
+
+
+def _child_work(q):
+    X = np.arange(1 << 20, dtype=np.float32) / (1 << 20)
+    q.put(float((nd.array(X).exp() + 1.0).sum().numpy()))
+
+
+def test_cpu_pool_after_fork():
+    """Kernels keep working (multi-threaded) in a forked child, e.g. a DataLoader worker."""
+    import multiprocessing as mp
+
+    X = np.arange(1 << 20, dtype=np.float32) / (1 << 20)
+    expected = float((np.exp(X.astype(np.float64)) + 1.0).sum())
+    nd.array(X).exp().sum()  # parent pool in use before the fork
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    p = ctx.Process(target=_child_work, args=(q,))
+    p.start()
+    got = q.get(timeout=60)
+    p.join(timeout=60)
+    assert p.exitcode == 0
+    assert abs(got - expected) / expected < 1e-5
