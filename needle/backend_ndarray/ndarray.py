@@ -700,7 +700,7 @@ class NDArray:
         if isinstance(axis, (tuple, list)) and len(axis) == 0:
             return self._copy()
         axes = _norm_axes(axis, self.ndim)
-        if self.size and n_axes_contiguous(axes) and axes[-1] != self.ndim - 1 \
+        if self.size and axes and n_axes_contiguous(axes) and axes[-1] != self.ndim - 1 \
                 and hasattr(self._device.mod, fn_name + "_axis"):
             # reduced axes form one block followed by kept axes: combine rows, no transpose
             outer = prod(self._shape[:axes[0]])

@@ -686,3 +686,15 @@ def test_cpu_pool_after_fork():
     p.join(timeout=60)
     assert p.exitcode == 0
     assert abs(got - expected) / expected < 1e-5
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_zero_dim(device):
+    a = nd.array(np.float32(2.5), device=device)
+    assert a.shape == () and a.size == 1
+    check(a + 1.0, np.float32(3.5))
+    check(a.sum(), np.float32(2.5))
+    check(a.max(keepdims=True), np.float32(2.5))
+    check(a.argmax(), np.float32(0))
+    check(a.reshape((1, 1)), np.full((1, 1), 2.5, np.float32))
+    check(a.broadcast_to((2, 3)), np.full((2, 3), 2.5, np.float32))
