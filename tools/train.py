@@ -647,7 +647,7 @@ def _resume_command(argv, path):
 
 
 def _summary_line(epoch, epochs, train_loss, ev, seconds, rate, unit):
-    parts = [f"epoch {epoch}/{epochs}", f"train_loss {train_loss:.4f}",
+    parts = [f"epoch {epoch}/{epochs}", "train_loss " + ("n/a" if train_loss is None else f"{train_loss:.4f}"),
              f"eval_loss {ev['eval_loss']:.4f}"]
     if "eval_accuracy" in ev:
         parts.append(f"eval_accuracy {ev['eval_accuracy']:.4f}")
@@ -702,7 +702,7 @@ def run(args, argv, state):
             bar.close()
         seconds = time.perf_counter() - t0
         ev = job.evaluate()
-        last = {"train_loss": float(np.mean(losses)) if losses else float("nan"),
+        last = {"train_loss": float(np.mean(losses)) if losses else None,
                 "samples_per_s": n / seconds if seconds > 0 else 0.0,
                 "steps_per_s": steps / seconds if seconds > 0 else 0.0,
                 "seconds": seconds}
@@ -715,8 +715,8 @@ def run(args, argv, state):
 
     if ev is None:  # nothing left to train after --resume
         ev = job.evaluate()
-    if last is None:
-        last = {"train_loss": float("nan"), "samples_per_s": 0.0, "steps_per_s": 0.0}
+    if last is None:  # --epochs 0: nothing trained
+        last = {"train_loss": None, "samples_per_s": 0.0, "steps_per_s": 0.0}
     result = {
         "task": args.task,
         "model": args.model,
