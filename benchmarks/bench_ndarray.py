@@ -1,6 +1,6 @@
 """Benchmark: needle cpu() NDArray kernels against numpy in the same run.
 
-    python benchmarks/bench_ndarray.py [--repeat 15] [--quick]
+    python benchmarks/bench_ndarray.py [--repeat 15] [--quick] [--threads N]
 
 Prints median timings after warm-up: matmul GFLOP/s, elementwise GB/s
 (bytes read + written) and reductions GB/s (bytes read), with ratio =
@@ -60,9 +60,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=15)
     ap.add_argument("--quick", action="store_true", help="smaller sizes (smoke test)")
+    ap.add_argument("--threads", type=int, default=0, help="needle cpu threads (default: all cores)")
     args = ap.parse_args()
     rep = args.repeat
     dev = nd.cpu()
+    if args.threads and nd.CPU_BACKEND_COMPILED:
+        dev.set_num_threads(args.threads)
     print(f"device {dev}  compiled={nd.CPU_BACKEND_COMPILED}  blas={nd.BLAS_LOADED}  "
           f"threads={dev.get_num_threads() if nd.CPU_BACKEND_COMPILED else 1}  numpy {np.__version__}")
     print(f"{'benchmark':<28} {'needle':>10} {'numpy':>10}  {'unit':<7} {'ratio':>6}")

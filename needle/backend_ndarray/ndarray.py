@@ -161,7 +161,7 @@ def cuda():
         try:
             from . import ndarray_backend_cuda
             _CUDA = BackendDevice("cuda", ndarray_backend_cuda)
-        except ImportError:
+        except Exception:  # ImportError, or a CUDA runtime that fails to load
             _CUDA = BackendDevice("cuda", None)
     return _CUDA
 
