@@ -10,13 +10,13 @@ that needle's ops can call ``array_api.<fn>`` on either numpy or this module.
 from __future__ import annotations
 
 import builtins
+import functools
 import glob
 import math
 import numbers
 import operator
 import os
 import warnings
-from functools import reduce
 
 import numpy as np
 
@@ -38,7 +38,7 @@ _builtin_sum = builtins.sum
 
 
 def prod(x):
-    return reduce(operator.mul, x, 1)
+    return math.prod(x)
 
 
 # ---------------------------------------------------------------------------
@@ -70,7 +70,10 @@ class BackendDevice:
         if mod is None:
             raise AttributeError(f"device {self.__dict__.get('name')}() is not enabled (no backend module); "
                                  f"cannot use '{name}'")
-        return getattr(mod, name)
+        value = getattr(mod, name)
+        if callable(value):
+            self.__dict__[name] = value  # cache: later lookups skip __getattr__
+        return value
 
     def enabled(self):
         return self.mod is not None
@@ -180,6 +183,16 @@ def all_devices():
 _FLOAT_NAMES = {"float32", "float", "float64", "float16", "f4", "f8", "<f4", "single", "double"}
 
 
+@functools.lru_cache(maxsize=4096)
+def _compact_strides(shape):
+    stride = 1
+    res = []
+    for s in reversed(shape):
+        res.append(stride)
+        stride *= s
+    return tuple(res[::-1])
+
+
 def _check_dtype(dtype):
     """Accept float-ish dtypes (all stored as float32); reject anything else."""
     if dtype is None:
@@ -271,19 +284,14 @@ class NDArray:
 
     @staticmethod
     def compact_strides(shape):
-        stride = 1
-        res = []
-        for i in range(1, len(shape) + 1):
-            res.append(stride)
-            stride *= shape[-i]
-        return tuple(res[::-1])
+        return _compact_strides(tuple(shape))
 
     @staticmethod
     def make(shape, strides=None, device=None, handle=None, offset=0):
         """An NDArray with the given fields; a new buffer when handle is None."""
         array = NDArray.__new__(NDArray)
-        array._shape = shape = tuple(int(s) for s in shape)
-        array._strides = NDArray.compact_strides(shape) if strides is None else tuple(int(s) for s in strides)
+        array._shape = shape = tuple(map(int, shape))
+        array._strides = _compact_strides(shape) if strides is None else tuple(map(int, strides))
         array._offset = int(offset)
         array._device = device if device is not None else default_device()
         if handle is None:
@@ -394,8 +402,8 @@ class NDArray:
         """True when the array is the whole buffer in row-major order."""
         if self._offset != 0 or prod(self._shape) != self._handle.size:
             return False
-        cs = self.compact_strides(self._shape)
-        return all(st == c for s, st, c in zip(self._shape, self._strides, cs) if s != 1)
+        cs = _compact_strides(self._shape)
+        return self._strides == cs or all(st == c for s, st, c in zip(self._shape, self._strides, cs) if s != 1)
 
     def compact(self):
         """Self if compact, otherwise a compact copy."""
@@ -572,7 +580,7 @@ class NDArray:
 
     def ewise_or_scalar(self, other, ewise_func, scalar_func, opname="op"):
         out = self._new()
-        if _is_scalar(other):
+        if not isinstance(other, NDArray) and _is_scalar(other):
             scalar_func(self.compact()._handle, float(other), out._handle)
         else:
             other = self._other_array(other, opname)
