@@ -84,7 +84,7 @@ class Value:
         if not LAZY_MODE:
             if op.validates:
                 op.infer(*inputs)
-            value.realize_cached_data()
+            value.cached_data = _compute(op, [x.realize_cached_data() for x in inputs], inputs)
             if not value.requires_grad:
                 value.op, value.inputs = None, []
         return value
@@ -165,10 +165,6 @@ class Tensor(Value):
             data = data.realize_cached_data()
         return Value.make_const.__func__(Tensor, data, requires_grad)
 
-    @staticmethod
-    def make_from_op(op, inputs) -> "Tensor":
-        return Value.make_from_op.__func__(Tensor, op, inputs)
-
     # ---- data access -------------------------------------------------------------
     @property
     def data(self) -> "Tensor":
@@ -188,7 +184,8 @@ class Tensor(Value):
 
     @property
     def shape(self) -> tuple:
-        return tuple(self.realize_cached_data().shape)
+        data = self.cached_data if self.cached_data is not None else self.realize_cached_data()
+        return data.shape
 
     @property
     def dtype(self):

@@ -49,3 +49,12 @@ def test_constants_and_one_hot():
     close(ndl.init.one_hot(4, ids), np.eye(4)[[[1, 0], [3, 2]]])
     with pytest.raises(ValueError, match="one_hot"):
         ndl.init.one_hot(3, ndl.Tensor(np.array([3.0], dtype=np.float32)))
+
+
+def test_one_hot_large_vocabulary_is_cheap():
+    """one_hot never builds an n x n identity (10k vocabulary, 560 ids)."""
+    ids = np.random.randint(0, 10000, size=560)
+    t = ndl.init.one_hot(10000, ndl.Tensor(ids.astype(np.float32), requires_grad=False))
+    out = t.numpy()
+    assert out.shape == (560, 10000) and out.sum() == 560
+    assert np.array_equal(out.argmax(1), ids)

@@ -469,26 +469,6 @@ def _bar(args, total, desc, unit):
                  dynamic_ncols=True, mininterval=0.5)
 
 
-class SoftmaxLoss(nn.Module):
-    """nn.SoftmaxLoss with the one-hot built directly in numpy.
-
-    Same value and gradient as ``nn.SoftmaxLoss`` (mean of logsumexp(row) - row[y]);
-    it avoids ``init.one_hot``, whose numpy-backend device builds an (n, n) identity
-    matrix per call (400 MB for PTB's 10,000-word vocabulary).
-    """
-
-    def forward(self, logits, y):
-        n, k = logits.shape
-        ids = np.asarray(y.numpy()).reshape(-1).astype(np.int64)
-        onehot = np.zeros((n, k), dtype=np.float32)
-        onehot[np.arange(n), ids] = 1.0
-        y_one_hot = ndl.Tensor(onehot, device=logits.device, dtype=logits.dtype,
-                               requires_grad=False)
-        lse = ndl.ops.logsumexp(logits, axes=(1,))
-        picked = ndl.ops.summation(logits * y_one_hot, axes=(1,))
-        return ndl.ops.summation(lse - picked) / n
-
-
 def _scalar(t):
     return float(np.asarray(t.numpy()).reshape(-1)[0])
 
@@ -500,7 +480,7 @@ class ClassificationJob:
 
     def __init__(self, args, model, opt, Xtr, ytr, Xev, yev, device):
         self.args, self.model, self.opt, self.device = args, model, opt, device
-        self.loss_fn = SoftmaxLoss()
+        self.loss_fn = nn.SoftmaxLoss()
         self.train_loader = ndata.DataLoader(ndata.NDArrayDataset(Xtr, ytr), args.batch_size,
                                              shuffle=True, device=device)
         self.eval_loader = ndata.DataLoader(ndata.NDArrayDataset(Xev, yev), args.batch_size,
@@ -564,7 +544,7 @@ class PTBJob:
 
     def __init__(self, args, model, opt, train_ids, eval_ids, vocab_size, device):
         self.args, self.model, self.opt, self.device = args, model, opt, device
-        self.loss_fn = SoftmaxLoss()
+        self.loss_fn = nn.SoftmaxLoss()
         bs = args.batch_size
         if len(train_ids) < 2 * bs or len(eval_ids) < 2 * bs:
             raise DataNotFound(f"PTB: too few tokens ({len(train_ids)} train, {len(eval_ids)} "

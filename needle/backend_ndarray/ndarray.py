@@ -97,7 +97,9 @@ class BackendDevice:
         i = np.asarray(i)
         if i.dtype.kind == "f":
             i = i.astype(np.int64)
-        return NDArray(np.eye(n, dtype=np.float32)[i], device=self)
+        out = np.zeros(i.shape + (n,), dtype=np.float32)
+        np.put_along_axis(out, i[..., None], 1.0, axis=-1)
+        return NDArray(out, device=self)
 
     def empty(self, shape, dtype="float32"):
         _check_dtype(dtype)
@@ -191,6 +193,19 @@ def _compact_strides(shape):
         res.append(stride)
         stride *= s
     return tuple(res[::-1])
+
+
+_LAYOUTS: dict = {}
+
+
+def _layout(shape: tuple) -> tuple:
+    """(compact strides, size) of a shape tuple, memoised (hot path of every op)."""
+    layout = _LAYOUTS.get(shape)
+    if layout is None:
+        if len(_LAYOUTS) > 4096:
+            _LAYOUTS.clear()
+        layout = _LAYOUTS[shape] = (_compact_strides(shape), prod(shape))
+    return layout
 
 
 def _check_dtype(dtype):
@@ -400,9 +415,9 @@ class NDArray:
 
     def is_compact(self):
         """True when the array is the whole buffer in row-major order."""
-        if self._offset != 0 or prod(self._shape) != self._handle.size:
+        cs, size = _layout(self._shape)
+        if self._offset != 0 or size != self._handle.size:
             return False
-        cs = _compact_strides(self._shape)
         return self._strides == cs or all(st == c for s, st, c in zip(self._shape, self._strides, cs) if s != 1)
 
     def compact(self):
@@ -566,7 +581,14 @@ class NDArray:
 
     # ---- elementwise -----------------------------------------------------------
     def _new(self):
-        return NDArray.make(self._shape, device=self._device)
+        """A new compact array of this shape on this device (the hot path of every op)."""
+        out = NDArray.__new__(NDArray)
+        out._shape = shape = self._shape
+        out._strides, size = _layout(shape)
+        out._offset = 0
+        out._device = device = self._device
+        out._handle = device.Array(size)
+        return out
 
     def _other_array(self, other, opname):
         if not isinstance(other, NDArray):

@@ -14,6 +14,8 @@ class MatMul(TensorOp):
 
     def infer(self, a, b):
         sa, sb = a.shape, b.shape
+        if len(sa) == 2 and len(sb) == 2 and sa[1] == sb[0]:
+            return (sa[0], sb[1]), a.dtype
         if len(sa) < 2 or len(sb) < 2 or sa[-1] != sb[-2]:
             raise self.error(f"cannot multiply shapes {sa} and {sb}")
         try:

@@ -171,16 +171,6 @@ def test_unigram_perplexity_add_one():
     assert train.unigram_perplexity(train_ids, np.array(ev), vocab) == pytest.approx(expected)
 
 
-def test_training_softmax_loss_matches_nn():
-    import needle as ndl
-    rng = np.random.RandomState(0)
-    z = ndl.Tensor(rng.randn(6, 5).astype(np.float32))
-    y = ndl.Tensor(rng.randint(0, 5, size=6).astype(np.float32), requires_grad=False)
-    a = train.SoftmaxLoss()(z, y)
-    b = nn.SoftmaxLoss()(z, y)
-    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-6)
-
-
 def _model_tensors(path):
     tensors, meta = nn.load_checkpoint(path)
     return {k: v for k, v in tensors.items() if not k.startswith("rng.")}, meta
