@@ -203,7 +203,36 @@ void reduce_axis(const char* fn, const Array& a, Array& out, int64_t outer, int6
     float* dst = po + o * inner;
     const float* src = pa + o * n * inner;
     for (int64_t j = j0; j < j1; ++j) dst[j] = src[j];
-    for (int64_t k = 1; k < n; ++k) {
+    int64_t k = 1;
+#ifdef NEEDLE_AVX2
+    // four rows per pass over dst: a quarter of the accumulator loads and stores
+    for (; k + 4 <= n; k += 4) {
+      const float* r0 = src + k * inner;
+      const float* r1 = r0 + inner;
+      const float* r2 = r1 + inner;
+      const float* r3 = r2 + inner;
+      int64_t j = j0;
+      for (; j + 8 <= j1; j += 8) {
+        __m256 acc = _mm256_loadu_ps(dst + j);
+        __m256 x0 = _mm256_loadu_ps(r0 + j), x1 = _mm256_loadu_ps(r1 + j);
+        __m256 x2 = _mm256_loadu_ps(r2 + j), x3 = _mm256_loadu_ps(r3 + j);
+        if (IS_MAX) {
+          acc = v_max_nan(v_max_nan(acc, x0), x1);
+          acc = v_max_nan(v_max_nan(acc, x2), x3);
+        } else {
+          acc = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(_mm256_add_ps(acc, x0), x1), x2), x3);
+        }
+        _mm256_storeu_ps(dst + j, acc);
+      }
+      for (; j < j1; ++j) {
+        float v = dst[j];
+        v = IS_MAX ? s_max_nan(s_max_nan(v, r0[j]), r1[j]) : v + r0[j] + r1[j];
+        v = IS_MAX ? s_max_nan(s_max_nan(v, r2[j]), r3[j]) : v + r2[j] + r3[j];
+        dst[j] = v;
+      }
+    }
+#endif
+    for (; k < n; ++k) {
       const float* row = src + k * inner;
       int64_t j = j0;
 #ifdef NEEDLE_AVX2
