@@ -602,7 +602,7 @@ class NDArray:
 
     def ewise_or_scalar(self, other, ewise_func, scalar_func, opname="op"):
         out = self._new()
-        if not isinstance(other, NDArray) and _is_scalar(other):
+        if type(other) is float or (not isinstance(other, NDArray) and _is_scalar(other)):
             scalar_func(self.compact()._handle, float(other), out._handle)
         else:
             other = self._other_array(other, opname)
