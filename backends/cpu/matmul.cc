@@ -44,6 +44,9 @@ bool init_blas(const std::string& path) {
   g_sgemm = f;
   g_blas_set_threads = st;
   g_blas_path = path;
+  // OpenBLAS runs single-threaded: needle's pool splits each product across threads
+  // (OpenBLAS's own spinning threads stall badly when another process takes a core).
+  if (st) st(1);
   return true;  // the handle stays open for the life of the process
 }
 
@@ -158,8 +161,23 @@ void gemm(const float* a, const float* b, float* c, int64_t m, int64_t n, int64_
     return;
   }
   if (use_blas()) {
-    g_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(m), static_cast<int>(p), static_cast<int>(n),
-            1.0f, a, static_cast<int>(n), b, static_cast<int>(p), 0.0f, c, static_cast<int>(p));
+    const int nt = pool_num_threads();
+    auto sgemm = [&](int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+      g_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(i1 - i0), static_cast<int>(j1 - j0),
+              static_cast<int>(n), 1.0f, a + i0 * n, static_cast<int>(n), b + j0, static_cast<int>(p), 0.0f,
+              c + i0 * p + j0, static_cast<int>(p));
+    };
+    if (!parallel || nt <= 1 || m * n * p < (int64_t(1) << 18)) {
+      sgemm(0, m, 0, p);
+    } else if (m >= p) {  // row blocks of A and C (multiples of 16 rows)
+      int64_t rows = ((m + nt - 1) / nt + 15) / 16 * 16;
+      int64_t chunks = (m + rows - 1) / rows;
+      parallel_chunks(chunks, [&](int64_t k) { sgemm(k * rows, std::min(m, (k + 1) * rows), 0, p); });
+    } else {  // column blocks of B and C (multiples of 16 columns)
+      int64_t cols = ((p + nt - 1) / nt + 15) / 16 * 16;
+      int64_t chunks = (p + cols - 1) / cols;
+      parallel_chunks(chunks, [&](int64_t k) { sgemm(0, m, k * cols, std::min(p, (k + 1) * cols)); });
+    }
   } else {
     gemm_fallback(a, b, c, m, n, p, parallel);
   }
@@ -260,8 +278,9 @@ void matmul_tiled(const Array& a, const Array& b, Array& out, int64_t m, int64_t
 
 }  // namespace
 
-void blas_set_num_threads(int n) {
-  if (g_blas_set_threads) g_blas_set_threads(n);
+void blas_set_num_threads(int) {
+  // OpenBLAS stays single-threaded (see init_blas); needle's pool sets the parallelism.
+  if (g_blas_set_threads) g_blas_set_threads(1);
 }
 
 void register_matmul(py::module_& m) {

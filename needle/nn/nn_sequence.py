@@ -40,13 +40,9 @@ def _project_inputs(cell, X, width):
     return ops.reshape(out, tuple(shape[:-1]) + (width,)) if len(shape) != 2 else out
 
 
-def _time_step(seq, t):
-    """seq[t] as a strided slice. Its gradient is one UnSlice per step: O(T) graph nodes.
-
-    (Indexing a `split` TensorTuple instead costs O(T) nodes per step in backward, since each
-    TupleGetItem's gradient materialises a zero tensor for every other element of the tuple.)
-    """
-    return seq[t]
+def _time_steps(seq):
+    """The time steps of a (seq_len, ...) tensor as one Split (backward assembles one adjoint)."""
+    return ops.split(seq, 0).tuple()
 
 
 class RNNCell(Module):
@@ -99,15 +95,14 @@ class RNN(Module):
         ]
 
     def forward(self, X, h0=None):
-        seq_len = X.shape[0]
         h_init = list(ops.split(h0, 0).tuple()) if h0 is not None else [None] * self.num_layers
         layer_in = X
         h_n = []
         for cell, h in zip(self.rnn_cells, h_init):
             proj = _project_inputs(cell, layer_in, self.hidden_size)
             outs = []
-            for t in range(seq_len):
-                h = cell._step(_time_step(proj, t), h)
+            for x_t in _time_steps(proj):
+                h = cell._step(x_t, h)
                 outs.append(h)
             h_n.append(h)
             layer_in = ops.stack(outs, 0)
@@ -164,7 +159,6 @@ class LSTM(Module):
         ]
 
     def forward(self, X, h=None):
-        seq_len = X.shape[0]
         if h is None:
             states = [None] * self.num_layers
         else:
@@ -175,8 +169,8 @@ class LSTM(Module):
         for cell, state in zip(self.lstm_cells, states):
             proj = _project_inputs(cell, layer_in, 4 * self.hidden_size)
             outs = []
-            for t in range(seq_len):
-                state = cell._step(_time_step(proj, t), state)
+            for x_t in _time_steps(proj):
+                state = cell._step(x_t, state)
                 outs.append(state[0])
             h_n.append(state[0])
             c_n.append(state[1])
