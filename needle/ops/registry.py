@@ -58,6 +58,22 @@ class Op:
         """The op's static attributes (part of its identity in the IR)."""
         return dict(vars(self))
 
+    def ir_attrs(self) -> dict[str, Any]:
+        """Attributes as IR literals (devices become their names)."""
+        return {k: (str(v)[:-2] if _is_device(v) else v) for k, v in self.attrs().items()}
+
+    @classmethod
+    def from_attrs(cls, attrs: dict[str, Any]) -> "Op":
+        """Rebuild an op instance from its IR attributes (inverse of `ir_attrs`)."""
+        op = cls.__new__(cls)
+        for key, value in attrs.items():
+            if key == "device" and isinstance(value, str):
+                from .. import backend_selection
+
+                value = getattr(backend_selection, value)()
+            setattr(op, key, value)
+        return op
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.attrs().items())
         return f"{self.name}({args})"
@@ -101,6 +117,17 @@ class TensorTupleOp(Op, abstract=True):
 
     def __call__(self, *args):
         return TensorTuple.make_from_op(self, args)
+
+
+def _is_device(value) -> bool:
+    return hasattr(value, "enabled") and callable(getattr(value, "enabled"))
+
+
+def op_from_node(name: str, attrs: dict[str, Any]) -> Op:
+    """The registry op named `name` with the given IR attributes."""
+    if name not in OPS:
+        raise KeyError(f"unknown op {name!r}; registered ops: {', '.join(sorted(OPS))}")
+    return OPS[name].from_attrs(attrs)
 
 
 def normalize_axes(op: Op, axes, ndim: int) -> Optional[tuple[int, ...]]:
