@@ -139,3 +139,9 @@ class Graph:
         return Graph(self.name if name is None else name,
                      tuple(self.nodes if nodes is None else nodes),
                      tuple(self.outputs if outputs is None else outputs))
+
+    def __str__(self) -> str:
+        """The graph in the IR text format (`needle.ir.printer.print_graph`)."""
+        from .printer import print_graph
+
+        return print_graph(self)
