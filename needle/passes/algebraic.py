@@ -1,0 +1,142 @@
+"""Algebraic identities: local rewrites that remove work without changing any value.
+
+    MulScalar(x, 1), DivScalar(x, 1), PowerScalar(x, 1), AddScalar(x, 0)   -> x
+    Negate(Negate(x))                                                       -> x
+    Reshape(x) to x's own shape                                             -> x
+    Reshape(Reshape(x))                                                     -> Reshape(x)
+    Permute/Transpose that moves no axis                                    -> x
+    Permute/Transpose of Permute/Transpose composing to the identity        -> x
+    Permute(Permute(x))                                                     -> Permute(x)
+    BroadcastTo(x) to x's own shape                                         -> x
+    BroadcastTo(BroadcastTo(x))                                             -> BroadcastTo(x)
+    Summation(x, axes=())                                                   -> x
+    BroadcastTo(c) of a const with one element                             -> const, when the
+                                                            result has <= MAX_FOLD_ELEMENTS
+
+A replaced node's users (and graph outputs) read the replacement; a node rewritten into a new
+node keeps its id and source location. Producers left without users are DCE's business.
+"""
+from __future__ import annotations
+
+from math import prod
+from typing import Callable, Optional, Union
+
+import numpy as np
+
+from ..ir.graph import Node, make_attrs
+from .fold import MAX_FOLD_ELEMENTS, const_array, make_const
+from .manager import Pass, PassResult
+from .rewrite import replace_node, rewrite
+
+Get = Callable[[int], Node]
+Result = Union[None, int, Node]
+
+#: ScalarOp name -> the scalar that makes it the identity
+_NEUTRAL_SCALAR = {"MulScalar": 1, "DivScalar": 1, "PowerScalar": 1, "AddScalar": 0}
+
+
+def _shape(node: Node) -> tuple:
+    return tuple(node.type.shape)
+
+
+def _scalar_identity(node: Node, get: Get) -> Result:
+    scalar = node.attr("scalar")
+    neutral = _NEUTRAL_SCALAR[node.op]
+    if isinstance(scalar, (int, float)) and not isinstance(scalar, bool) and scalar == neutral:
+        return node.inputs[0]
+    return None
+
+
+def _negate(node: Node, get: Get) -> Result:
+    inner = get(node.inputs[0])
+    return inner.inputs[0] if inner.op == "Negate" else None
+
+
+def _reshape(node: Node, get: Get) -> Result:
+    inner = get(node.inputs[0])
+    if _shape(node) == _shape(inner):
+        return inner.id
+    if inner.op == "Reshape":  # reshape of reshape: one reshape of the innermost input
+        return replace_node(node, inputs=inner.inputs, attrs=make_attrs({"shape": _shape(node)}))
+    return None
+
+
+def _perm(node: Node, ndim: int) -> Optional[tuple[int, ...]]:
+    """The axis permutation a Permute or Transpose node applies to an ndim-d input."""
+    axes = node.attr("axes")
+    if node.op == "Permute":
+        return tuple(axes)
+    if ndim < 2:
+        return None
+    i, j = axes if axes is not None else (ndim - 2, ndim - 1)
+    perm = list(range(ndim))
+    perm[i], perm[j] = perm[j], perm[i]
+    return tuple(perm)
+
+
+def _permute(node: Node, get: Get) -> Result:
+    inner = get(node.inputs[0])
+    ndim = len(_shape(node))
+    perm = _perm(node, ndim)
+    if perm is None:
+        return None
+    if perm == tuple(range(ndim)):
+        return inner.id
+    if inner.op not in ("Permute", "Transpose"):
+        return None
+    inner_perm = _perm(inner, ndim)
+    if inner_perm is None:
+        return None
+    combined = tuple(inner_perm[p] for p in perm)  # out axis i reads x axis inner[perm[i]]
+    if combined == tuple(range(ndim)):
+        return inner.inputs[0]
+    if node.op == "Permute" and inner.op == "Permute":
+        return replace_node(node, inputs=inner.inputs, attrs=make_attrs({"axes": combined}))
+    return None
+
+
+def _broadcast(node: Node, get: Get) -> Result:
+    inner = get(node.inputs[0])
+    shape = _shape(node)
+    if shape == _shape(inner):
+        return inner.id
+    if inner.op == "BroadcastTo":
+        return replace_node(node, inputs=inner.inputs, attrs=make_attrs({"shape": shape}))
+    if inner.op == "const" and prod(_shape(inner)) == 1 and prod(shape) <= MAX_FOLD_ELEMENTS:
+        return make_const(node, np.broadcast_to(const_array(inner), shape))
+    return None
+
+
+def _summation(node: Node, get: Get) -> Result:
+    axes = node.attr("axes")
+    if axes is not None and not isinstance(axes, int) and len(axes) == 0:
+        return node.inputs[0]
+    return None
+
+
+RULES: dict[str, Callable[[Node, Get], Result]] = {
+    **{op: _scalar_identity for op in _NEUTRAL_SCALAR},
+    "Negate": _negate,
+    "Reshape": _reshape,
+    "Permute": _permute,
+    "Transpose": _permute,
+    "BroadcastTo": _broadcast,
+    "Summation": _summation,
+}
+
+
+class AlgebraicSimplification(Pass):
+    name = "algebraic"
+
+    def run(self, graph, ctx):
+        counts: dict[str, int] = {}
+
+        def rule(node, get):
+            fn = RULES.get(node.op)
+            out = fn(node, get) if fn is not None else None
+            if out is not None:
+                counts[node.op] = counts.get(node.op, 0) + 1
+            return out
+
+        new, rewritten = rewrite(graph, rule, self.name)
+        return PassResult(new, rewritten > 0, {"rewritten": rewritten, "by_op": counts})

@@ -1,0 +1,105 @@
+"""Constant folding: a registry op whose inputs are all `const` nodes becomes a `const`.
+
+The op is evaluated with its own eager kernel (`op.compute`) on the configured array backend
+(numpy arrays under NEEDLE_BACKEND=np; NDArrays on the `cpu_numpy` device under nd), so a
+folded value is what eager mode would compute. Results larger than `MAX_FOLD_ELEMENTS` stay
+ops (no huge literals in the IR); so do tuple values, ops without inputs, ops marked
+`pure = False`, and, under the NDArray backend (float32 only), non-float values. A kernel
+that raises leaves the node alone (it will fail, with its source line, when it runs); the
+report lists such nodes under "skipped".
+"""
+from __future__ import annotations
+
+from math import prod
+from typing import Any
+
+import numpy as np
+
+from ..ir.graph import Node, TensorType, make_attrs
+from .manager import Pass, PassResult
+from .rewrite import is_pure, replace_node, rewrite
+
+#: the largest constant (in elements) folding may create
+MAX_FOLD_ELEMENTS = 1024
+
+
+def const_array(node: Node) -> np.ndarray:
+    """A `const` node's value as a numpy array of its type."""
+    value = np.array(node.attr("value"), dtype=node.type.dtype)
+    return np.array(np.broadcast_to(value, node.type.shape))  # a scalar value fills the shape
+
+
+def const_value(arr: np.ndarray, dtype: str) -> Any:
+    """The IR literal of an array: nested tuples of Python numbers, or a scalar for shape ()."""
+    arr = np.asarray(arr, dtype=dtype)
+    return _tupleify(arr.tolist())
+
+
+def _tupleify(value):
+    if isinstance(value, list):
+        return tuple(_tupleify(v) for v in value)
+    return value
+
+
+def make_const(node: Node, arr: np.ndarray) -> Node:
+    """`node` (same id, type and location) turned into a const holding `arr`."""
+    return replace_node(node, op="const", inputs=(),
+                        attrs=make_attrs({"value": const_value(arr, node.type.dtype)}))
+
+
+def evaluate(node: Node, inputs: list[np.ndarray]) -> np.ndarray:
+    """Run a registry node's eager kernel on numpy inputs; a numpy result."""
+    from .. import backend_selection
+    from ..ops.registry import op_from_node
+
+    array_api = backend_selection.array_api
+    op = op_from_node(node.op, node.attr_dict)
+    device = getattr(backend_selection, "cpu_numpy", None)
+    device = device() if device is not None else None
+    arrays = [array_api.array(x, device=device) if device is not None else array_api.array(x)
+              for x in inputs]
+    out = op.compute(*arrays)
+    out = out.numpy() if hasattr(out, "numpy") else out
+    return np.asarray(out)
+
+
+def _foldable(node: Node, get) -> bool:
+    if node.op in ("input", "const", "grad") or not node.inputs or not is_pure(node.op):
+        return False
+    if not isinstance(node.type, TensorType) or prod(node.type.shape) > MAX_FOLD_ELEMENTS:
+        return False
+    ins = [get(i) for i in node.inputs]
+    if not all(n.op == "const" and isinstance(n.type, TensorType) for n in ins):
+        return False
+    from .. import backend_selection
+
+    if backend_selection.BACKEND != "np":
+        if any(np.dtype(t.dtype).kind != "f" for t in [node.type] + [n.type for n in ins]):
+            return False
+    return True
+
+
+class ConstantFolding(Pass):
+    name = "fold"
+
+    def run(self, graph, ctx):
+        skipped: list[str] = []
+
+        def rule(node, get):
+            if not _foldable(node, get):
+                return None
+            try:
+                out = evaluate(node, [const_array(get(i)) for i in node.inputs])
+            except Exception as e:  # leave it to fail at run time, with its source line
+                skipped.append(f"%{node.id} = {node.op}: {type(e).__name__}: {e}")
+                return None
+            if tuple(out.shape) != tuple(node.type.shape):
+                raise self.error(f"the kernel gave shape {tuple(out.shape)}, but the node's type "
+                                 f"is {node.type}", node)
+            return make_const(node, out)
+
+        new, folded = rewrite(graph, rule, self.name)
+        report = {"folded": folded}
+        if skipped:
+            report["skipped"] = skipped
+        return PassResult(new, folded > 0, report)

@@ -1,0 +1,292 @@
+"""The pass manager: runs a pipeline of graph passes with timing, IR snapshots, verification,
+numbered IR dumps and errors that name the pass and the user's source line.
+
+A pass is an object with a `name` and `run(graph, ctx) -> PassResult(graph, changed, report)`;
+it never mutates its input graph. `PassManager(passes).run(graph, ctx)` runs them in order and,
+after each one:
+
+* records `ctx.timings[name]` (seconds), `ctx.reports[name]` and `ctx.snapshots[name]` (the IR
+  after the pass; `ctx.snapshots["input"]` is the IR before the first pass);
+* verifies the result when `ctx.verify` (`NEEDLE_VERIFY=1`; the test suite turns it on);
+* writes `NN-<name>.ir` to `ctx.dump_dir` (`NEEDLE_DUMP_IR=dir`), `00-input.ir` first. When a
+  pass raises, its input is written as `NN-<name>.FAILED.ir` with the error at the top; when
+  the verifier rejects a pass's output, that output is written as `NN-<name>.FAILED.ir`.
+
+`ctx.pass_limit` (`NEEDLE_PASS_LIMIT=n`) runs only the first n passes, for bisecting a wrong
+result to the pass that introduced it; the names of the skipped passes go to `ctx.skipped`.
+
+Named passes live in `PASSES`; `register_pass(p)` adds one. Passes whose names appear in
+`PIPELINE_ORDER` form the default pipeline (`list_passes()`, `default_pipeline()`), in that
+order whatever the import order; other registered passes (dce, cse, fold, algebraic) can be
+run by name (`PassManager.from_names([...])`).
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+from ..ir.graph import Graph, Node
+
+__all__ = [
+    "Pass", "FunctionPass", "PassResult", "PassContext", "PassManager", "PassError",
+    "PASSES", "PIPELINE_ORDER", "register_pass", "get_pass", "list_passes", "default_pipeline",
+]
+
+
+class PassError(RuntimeError):
+    """A pass failed: names the pass and, when known, the node `%id = Op` and its user line.
+
+    Passes raise `PassError(self.name, message, node)` to point at the node they choke on;
+    the manager wraps any other exception in a PassError naming the pass (and the node, when
+    the exception has a `node` attribute holding a `Node`).
+    """
+
+    def __init__(self, pass_name: str, message: str, node: Optional[Node] = None):
+        self.pass_name = pass_name
+        self.message = message
+        self.node = node
+        self.loc = getattr(node, "loc", None)
+        text = f"pass {pass_name!r} failed"
+        if node is not None:
+            text += f" at %{node.id} = {node.op}"
+            if node.loc is not None:
+                text += f" ({node.loc})"
+        super().__init__(f"{text}: {message}")
+
+
+@dataclass
+class PassResult:
+    """What a pass returns: the new graph, whether it differs from the input, and a report."""
+
+    graph: Graph
+    changed: bool = False
+    report: dict = field(default_factory=dict)
+
+
+class Pass:
+    """Base class of graph passes: set `name`, implement `run(graph, ctx) -> PassResult`."""
+
+    name: str = ""
+    #: the verifier stage whose invariants hold after this pass (None: its name, if a stage)
+    stage: Optional[str] = None
+
+    def run(self, graph: Graph, ctx: "PassContext") -> PassResult:
+        raise NotImplementedError
+
+    def error(self, message: str, node: Optional[Node] = None) -> PassError:
+        """A PassError naming this pass (and `node`); `raise self.error(...)` in `run`."""
+        return PassError(self.name, message, node)
+
+    def __repr__(self) -> str:
+        return f"<pass {self.name}>"
+
+
+class FunctionPass(Pass):
+    """A pass from a function `fn(graph, ctx) -> PassResult | Graph`."""
+
+    def __init__(self, name: str, fn: Callable[[Graph, "PassContext"], Any]):
+        self.name = name
+        self.fn = fn
+
+    def run(self, graph, ctx):
+        out = self.fn(graph, ctx)
+        if isinstance(out, PassResult):
+            return out
+        return PassResult(out, out != graph, {})
+
+
+def _env_int(name: str) -> Optional[int]:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+
+
+class PassContext:
+    """Options and results of one pipeline run.
+
+    Arguments left as None are read from the environment: `verify` from `NEEDLE_VERIFY=1`,
+    `dump_dir` from `NEEDLE_DUMP_IR=dir`, `pass_limit` from `NEEDLE_PASS_LIMIT=n`.
+    """
+
+    def __init__(self, options: Optional[dict] = None, verify: Optional[bool] = None,
+                 dump_dir: Optional[str] = None, pass_limit: Optional[int] = None):
+        self.options: dict = dict(options or {})
+        self.verify: bool = (os.environ.get("NEEDLE_VERIFY", "") not in ("", "0")
+                             if verify is None else bool(verify))
+        self.dump_dir: Optional[str] = (os.environ.get("NEEDLE_DUMP_IR") or None
+                                        if dump_dir is None else dump_dir)
+        self.pass_limit: Optional[int] = _env_int("NEEDLE_PASS_LIMIT") if pass_limit is None else pass_limit
+        self.timings: dict[str, float] = {}
+        self.reports: dict[str, dict] = {}
+        self.snapshots: dict[str, Graph] = {}
+        self.skipped: list[str] = []
+        self.dumped: list[str] = []
+
+    def __repr__(self) -> str:
+        return (f"PassContext(verify={self.verify}, dump_dir={self.dump_dir!r}, "
+                f"pass_limit={self.pass_limit}, timings={self.timings})")
+
+
+def _format(graph: Graph) -> str:
+    try:
+        from ..ir.printer import print_graph
+    except ImportError:
+        return repr(graph) + "\n"
+    try:
+        return print_graph(graph)
+    except Exception as e:  # a broken graph must still be dumped
+        return f"# print_graph failed: {type(e).__name__}: {e}\n{graph!r}\n"
+
+
+def _verifier():
+    try:
+        from ..ir.verifier import verify
+    except ModuleNotFoundError as e:
+        if e.name and e.name.endswith("ir.verifier"):
+            return None
+        raise
+    return verify
+
+
+class PassManager:
+    """Runs passes in order over a graph (see the module docstring)."""
+
+    def __init__(self, passes: Sequence[Pass]):
+        self.passes = list(passes)
+
+    @classmethod
+    def from_names(cls, names: Sequence[str]) -> "PassManager":
+        return cls([get_pass(n) for n in names])
+
+    @property
+    def names(self) -> list[str]:
+        return [p.name for p in self.passes]
+
+    def run(self, graph: Graph, ctx: Optional[PassContext] = None) -> Graph:
+        ctx = PassContext() if ctx is None else ctx
+        ctx.snapshots["input"] = graph
+        self._dump(ctx, 0, "input", graph)
+        limit = len(self.passes) if ctx.pass_limit is None else max(0, ctx.pass_limit)
+        for number, p in enumerate(self.passes, start=1):
+            if number > limit:
+                ctx.skipped.append(p.name)
+                continue
+            start = time.perf_counter()
+            try:
+                result = p.run(graph, ctx)
+                if not isinstance(result, PassResult):
+                    raise TypeError(f"run() returned {type(result).__name__}, expected a PassResult")
+            except Exception as e:
+                ctx.timings[p.name] = ctx.timings.get(p.name, 0.0) + time.perf_counter() - start
+                error = _as_pass_error(p.name, e, graph)
+                self._dump(ctx, number, p.name + ".FAILED", graph, error=str(error))
+                if error is e:
+                    raise
+                raise error from e
+            ctx.timings[p.name] = ctx.timings.get(p.name, 0.0) + time.perf_counter() - start
+            new = result.graph
+            ctx.reports[p.name] = result.report
+            if ctx.verify:
+                verify = _verifier()
+                if verify is not None:
+                    try:
+                        verify(new, stage=_stage(p))
+                    except Exception as e:
+                        error = PassError(p.name, f"the IR after the pass fails verification: {e}",
+                                          _error_node(e, new))
+                        self._dump(ctx, number, p.name + ".FAILED", new, error=str(error))
+                        raise error from e
+            ctx.snapshots[p.name] = new
+            self._dump(ctx, number, p.name, new)
+            graph = new
+        return graph
+
+    @staticmethod
+    def _dump(ctx: PassContext, number: int, name: str, graph: Graph, error: str = "") -> None:
+        if not ctx.dump_dir:
+            return
+        os.makedirs(ctx.dump_dir, exist_ok=True)
+        path = os.path.join(ctx.dump_dir, f"{number:02d}-{name}.ir")
+        text = _format(graph)
+        if error:
+            header = "".join(f"# {line}\n" for line in f"FAILED: {error}".splitlines())
+            text = header + "# the IR below is the input of the failing pass (or its output,\n" \
+                            "# when the verifier rejected it)\n" + text
+        with open(path, "w") as f:
+            f.write(text)
+        ctx.dumped.append(path)
+
+
+def _as_pass_error(pass_name: str, e: Exception, graph: Graph) -> PassError:
+    if isinstance(e, PassError):
+        return e
+    return PassError(pass_name, f"{type(e).__name__}: {e}", _error_node(e, graph))
+
+
+def _error_node(e: Exception, graph: Graph) -> Optional[Node]:
+    """The node an exception points at: its `node` (a Node) or `node_id` (IRVerifyError)."""
+    node = getattr(e, "node", None)
+    if isinstance(node, Node):
+        return node
+    node_id = getattr(e, "node_id", None)
+    if isinstance(node_id, int) and node_id in graph:
+        return graph.node(node_id)
+    return None
+
+
+def _stage(p: Pass) -> Optional[str]:
+    """The verifier stage after pass `p`: `p.stage` if set, else its name when the verifier
+    knows it as a stage, else None (structural checks only)."""
+    stage = getattr(p, "stage", None) or p.name
+    try:
+        from ..ir.verifier import STAGES
+    except ImportError:
+        return stage
+    return stage if stage in STAGES else None
+
+
+# ---- the pass registry ----------------------------------------------------------------
+#: every named pass
+PASSES: dict[str, Pass] = {}
+
+#: names of the default pipeline, in order; registered passes with these names run by default
+PIPELINE_ORDER: list[str] = ["decompose", "autodiff", "simplify", "fusion", "schedule", "memory_plan"]
+
+
+def register_pass(p: Pass, *, pipeline_after: Optional[str] = None) -> Pass:
+    """Register a pass under `p.name` (replacing one of the same name) and return it.
+
+    A name in `PIPELINE_ORDER` joins the default pipeline at its place; `pipeline_after=name`
+    adds a new name to `PIPELINE_ORDER` right after `name`.
+    """
+    if not p.name:
+        raise ValueError(f"cannot register a pass without a name: {p!r}")
+    if pipeline_after is not None and p.name not in PIPELINE_ORDER:
+        PIPELINE_ORDER.insert(PIPELINE_ORDER.index(pipeline_after) + 1, p.name)
+    PASSES[p.name] = p
+    return p
+
+
+def get_pass(name: str) -> Pass:
+    if name not in PASSES:
+        raise KeyError(f"unknown pass {name!r}; registered passes: {', '.join(list_passes(all=True))}")
+    return PASSES[name]
+
+
+def list_passes(all: bool = False) -> list[str]:  # noqa: A002
+    """Names of the default pipeline's registered passes, in order (`all=True`: then the rest)."""
+    names = [n for n in PIPELINE_ORDER if n in PASSES]
+    if all:
+        names += sorted(n for n in PASSES if n not in PIPELINE_ORDER)
+    return names
+
+
+def default_pipeline() -> PassManager:
+    """A PassManager over the registered passes of the default pipeline."""
+    return PassManager([PASSES[n] for n in list_passes()])
