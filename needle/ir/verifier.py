@@ -199,7 +199,9 @@ def _check_registry_op(node: Node, in_types: list, fail):
             result = op.infer(*args)
         except OpError as e:
             raise fail(f"shape inference failed: {e.detail}") from None
-        except (TypeError, AttributeError) as e:
+        except AttributeError as e:
+            raise fail(_attribute_error_text(node, e, in_types)) from None
+        except TypeError as e:
             raise fail(f"cannot infer the type from inputs {_types_text(in_types)} and attributes "
                        f"{dict(node.attrs)}: {type(e).__name__}: {e}") from None
         except (ValueError, IndexError, KeyError, ZeroDivisionError) as e:
@@ -220,6 +222,18 @@ def _check_registry_op(node: Node, in_types: list, fail):
     if isinstance(dtype, str) and dtype != node.type.dtype:
         raise fail(f"{node.op} gives dtype {dtype} but the node is typed {format_type(node.type)}")
     _check_device(node, node.type, tensors, fail)
+
+
+def _attribute_error_text(node, e: AttributeError, in_types) -> str:
+    obj = getattr(e, "obj", None)
+    kinds = ", ".join(f"%{i}: {format_type(t)}" for i, t in zip(node.inputs, in_types))
+    if isinstance(obj, _StandTuple):
+        return f"{node.op} reads a tensor but got a tuple input ({kinds})"
+    if isinstance(obj, _Stand):
+        return f"{node.op} reads a tuple but got a tensor input ({kinds})"
+    if obj is not None and type(obj).__name__ == node.op:
+        return f"{node.op} is missing its attribute {getattr(e, 'name', '?')!r} (has {dict(node.attrs)})"
+    return f"cannot infer the type from inputs ({kinds}) and attributes {dict(node.attrs)}: {e}"
 
 
 def _compare_tuple(node, items, in_types, fail):
