@@ -224,11 +224,11 @@ def parse_graphs(text: str) -> list[Graph]:
             name, nodes, outputs, header_line, state = m.group(1), [], (), lineno, "body"
         elif state == "body":
             if line.startswith("return") and (len(line) == 6 or line[6] in " \t%"):
-                outputs, state = _outputs(line, lineno), "after_return"
+                outputs, state = _outputs(raw.rstrip(), lineno), "after_return"
             elif line == "}":
                 raise IRParseError("expected 'return ...' before '}'", lineno, raw)
             else:
-                nodes.append(_node(line, lineno))
+                nodes.append(_node(raw.rstrip(), lineno))
         else:  # after_return
             if line != "}":
                 raise IRParseError("expected '}' after the return line", lineno, raw)

@@ -233,3 +233,16 @@ def test_dot_renders_with_graphviz_when_available(tmp_path):
     path = tmp_path / "g.dot"
     path.write_text(to_dot(parse_graph(TUPLES)))
     subprocess.run(["dot", "-Tsvg", str(path), "-o", str(tmp_path / "g.svg")], check=True)
+
+
+def test_docs_example_parses_verifies_and_round_trips():
+    import os
+    import re
+
+    docs = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "ir.md")
+    blocks = re.findall(r"```text\n(graph @.*?\n}\n)```", open(docs).read(), re.S)
+    assert blocks
+    for text in blocks:
+        g = parse_graph(text)
+        verify(g)
+        assert print_graph(g) == text
