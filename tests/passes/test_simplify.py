@@ -450,3 +450,21 @@ def test_passes_do_not_mutate_input():
     for name in ("dce", "cse", "fold", "algebraic", "simplify"):
         run(name, before)
     assert print_graph(before) == text
+
+
+def test_view_rewrites_keep_values():
+    before = ir(alg("""
+          %1 = Permute(%0) {axes=(1, 2, 0)} : f32[3,4,2] cpu
+          %2 = Permute(%1) {axes=(2, 0, 1)} : f32[2,3,4] cpu
+          %3 = Permute(%2) {axes=(2, 1, 0)} : f32[4,3,2] cpu
+          %4 = Permute(%3) {axes=(1, 0, 2)} : f32[3,4,2] cpu
+          %5 = Transpose(%4) {axes=(-1, 0)} : f32[2,4,3] cpu
+          %6 = Transpose(%5) {axes=(0, 2)} : f32[3,4,2] cpu
+          %7 = Reshape(%6) {shape=(-1, 2)} : f32[12,2] cpu
+          %8 = Reshape(%7) {shape=(4, 6)} : f32[4,6] cpu
+          %9 = Reshape(%8) {shape=(1, 4, 6)} : f32[1,4,6] cpu
+          %10 = BroadcastTo(%9) {shape=(3, 4, 6)} : f32[3,4,6] cpu
+          %11 = BroadcastTo(%10) {shape=(2, 3, 4, 6)} : f32[2,3,4,6] cpu""", "%4, %6, %11"))
+    out, ctx = run("simplify", before)
+    assert len(out) < len(before)
+    same_values(before, out, rtol=0)
