@@ -8,6 +8,7 @@ from .ops import *  # noqa: F401,F403
 from . import init
 from . import data, nn, optim
 from .threads import set_num_threads, get_num_threads  # noqa: F401
+from .compile import compile, grad, value_and_grad  # noqa: F401,A001
 
 if BACKEND == "nd":
     from . import backend_ndarray  # noqa: F401

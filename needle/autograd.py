@@ -12,6 +12,9 @@ from .backend_selection import BACKEND, Device, NDArray, array_api, cpu, default
 LAZY_MODE = False
 #: Number of live Values (+1 on init, -1 on __del__).
 TENSOR_COUNTER = 0
+#: Values created so far (each Value records its birth number; tracing uses it to tell
+#: tensors that existed before a trace, which become graph inputs, from constants)
+_BIRTHS = 0
 
 _grad_enabled = True
 
@@ -39,10 +42,14 @@ class Value:
     cached_data: Any
     requires_grad: bool
 
+    _trace = None  # a tracer.TraceRef while the value stands for a node of a trace
+
     def realize_cached_data(self):
         """The value's array, computing it (and its inputs) if needed."""
         if self.cached_data is not None:
             return self.cached_data
+        if self._trace is not None:
+            raise tracer.read_error("realize_cached_data")
         self.cached_data = _compute(self.op, [x.realize_cached_data() for x in self.inputs], self.inputs)
         return self.cached_data
 
@@ -54,8 +61,10 @@ class Value:
         TENSOR_COUNTER -= 1
 
     def _init(self, op, inputs, *, num_outputs: int = 1, cached_data=None, requires_grad=None):
-        global TENSOR_COUNTER
+        global TENSOR_COUNTER, _BIRTHS
         TENSOR_COUNTER += 1
+        _BIRTHS += 1
+        self._birth = _BIRTHS
         if requires_grad is None:
             requires_grad = False
             if _grad_enabled and op.differentiable:
@@ -78,6 +87,11 @@ class Value:
 
     @classmethod
     def make_from_op(cls, op, inputs):
+        if tracer.ACTIVE is not None:
+            birth = tracer.ACTIVE.birth
+            for x in inputs:  # traced values and tensors from outside the trace are graph values
+                if x._trace is not None or x._birth < birth:
+                    return tracer.trace_op(cls, op, inputs)
         value = cls.__new__(cls)
         inputs = list(inputs)
         value._init(op, inputs)
@@ -106,6 +120,8 @@ class TensorTuple(Value):
     """A tuple of tensors produced by one op (split, make_tuple)."""
 
     def __len__(self) -> int:
+        if self._trace is not None:
+            return len(self._trace.type)
         return len(self.realize_cached_data())
 
     def __getitem__(self, index: int):
@@ -176,25 +192,38 @@ class Tensor(Value):
             raise TypeError(f"Tensor.data must be set to a Tensor, got {type(value).__name__}")
         if value.dtype != self.dtype:
             raise TypeError(f"Tensor.data: dtype {value.dtype} does not match {self.dtype}")
+        if tracer.ACTIVE is not None and (value._trace is not None or self._trace is not None):
+            raise tracer.TraceError("assigning Tensor.data inside a compiled function is not "
+                                    "supported yet; return the new value instead")
         self.cached_data = value.realize_cached_data()
 
     def detach(self) -> "Tensor":
         """A new constant leaf sharing this tensor's data."""
+        if self._trace is not None or (tracer.ACTIVE is not None and self._birth < tracer.ACTIVE.birth):
+            return ops.Detach()(self)
         return Tensor.make_const(self.realize_cached_data())
 
     @property
     def shape(self) -> tuple:
-        data = self.cached_data if self.cached_data is not None else self.realize_cached_data()
-        return data.shape
+        if self.cached_data is not None:
+            return self.cached_data.shape
+        if self._trace is not None:
+            return self._trace.type.shape
+        return self.realize_cached_data().shape
 
     @property
     def dtype(self):
+        if self._trace is not None:
+            return self._trace.type.dtype
         return self.realize_cached_data().dtype
 
     @property
     def device(self):
         if BACKEND == "np":
             return cpu()
+        if self._trace is not None:
+            from . import backend_selection
+            return getattr(backend_selection, self._trace.type.device)()
         return self.realize_cached_data().device
 
     @property
@@ -206,15 +235,26 @@ class Tensor(Value):
         return int(numpy.prod(self.shape))
 
     def numpy(self):
+        if self._trace is not None:
+            raise tracer.read_error(".numpy()")
         data = self.realize_cached_data()
         return data if BACKEND == "np" else data.numpy()
 
     def item(self) -> float:
         """The value of a one-element tensor as a Python number."""
-        return self.numpy().reshape(-1)[0].item() if self.size == 1 else _not_scalar(self)
+        if self._trace is not None:
+            raise tracer.read_error(".item() / float()")
+        if self.size != 1:
+            raise ValueError(f"item(): tensor of shape {self.shape} has {self.size} elements, not one")
+        return self.numpy().reshape(-1)[0].item()
 
     def __float__(self) -> float:
         return float(self.item())
+
+    def __bool__(self) -> bool:
+        if self._trace is not None:
+            raise tracer.read_error("bool(tensor), e.g. `if t > 0:`")
+        return bool(self.item())
 
     def to(self, device) -> "Tensor":
         """This tensor on `device` (differentiable; itself if already there)."""
@@ -230,6 +270,10 @@ class Tensor(Value):
 
     # ---- autograd ----------------------------------------------------------------
     def backward(self, out_grad: Optional["Tensor"] = None) -> None:
+        if self._trace is not None:
+            from .ir.autodiff_request import request_gradients
+            request_gradients(self, out_grad)
+            return
         if out_grad is None:
             out_grad = Tensor.make_const(array_api.full(self.shape, 1.0, dtype=self.dtype, device=self.device))
         compute_gradient_of_variables(self, out_grad)
@@ -323,15 +367,13 @@ class Tensor(Value):
         return ops.sigmoid(self)
 
 
-def _not_scalar(t: Tensor):
-    raise ValueError(f"item(): tensor of shape {t.shape} has {t.size} elements, not one")
-
-
-def compute_gradient_of_variables(output_tensor: Tensor, out_grad: Tensor) -> None:
+def compute_gradient_of_variables(output_tensor: Tensor, out_grad: Tensor, before_vjp=None) -> None:
     """Take the gradient of `output_tensor` w.r.t. every node of its graph (stored in `.grad`).
 
     Adjoints flowing into a TensorTuple through TupleGetItem are collected per index and
     assembled into one tuple, so indexing all T parts of a split costs O(T), not O(T^2).
+    `before_vjp(node)`, when given, runs before each node's VJP (the autodiff pass uses it
+    to give the emitted nodes the source location of the node they differentiate).
     """
     node_to_output_grads_list: dict = {output_tensor: [out_grad]}
     tuple_parts: dict = {}
@@ -351,6 +393,8 @@ def compute_gradient_of_variables(output_tensor: Tensor, out_grad: Tensor) -> No
                 index = node.op.index % len(source.realize_cached_data())
                 tuple_parts.setdefault(source, {}).setdefault(index, []).append(node.grad)
             continue
+        if before_vjp is not None:
+            before_vjp(node)
         for inp, grad in zip(node.inputs, node.op.gradient_as_tuple(node.grad, node)):
             if inp.requires_grad:
                 node_to_output_grads_list.setdefault(inp, []).append(grad)
@@ -405,6 +449,7 @@ def sum_node_list(node_list: List[Value]) -> Value:
 
 # Bottom imports: ops needs Tensor/TensorTuple defined above.
 from . import ops  # noqa: E402
+from .ir import tracer  # noqa: E402
 from .errors import OpError, user_location  # noqa: E402
 from .ops import registry as _registry  # noqa: E402
 from .ops.registry import Op, TensorOp, TensorTupleOp  # noqa: E402,F401

@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 
+os.environ.setdefault("NEEDLE_VERIFY", "1")  # the IR verifier runs after every pass in tests
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
@@ -33,6 +34,7 @@ def close(actual, expected, rtol=None, atol=None):
     rtol = (1e-9 if BACKEND == "np" else 2e-5) if rtol is None else rtol
     atol = (1e-9 if BACKEND == "np" else 2e-5) if atol is None else atol
     actual = actual.numpy() if isinstance(actual, ndl.Tensor) else actual
+    expected = expected.numpy() if isinstance(expected, ndl.Tensor) else expected
     np.testing.assert_allclose(np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64),
                                rtol=rtol, atol=atol)
 

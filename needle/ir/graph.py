@@ -15,8 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional, Union
 
-#: roles of graph inputs
-ROLES = ("arg", "param", "state", "hyper")
+#: roles of graph inputs: function arguments, parameters, optimizer/module state,
+#: hyper-parameters read at every call (learning rate), and constants captured at trace time
+ROLES = ("arg", "param", "state", "hyper", "const")
 
 #: ops that exist only in the IR (not in the op registry)
 GRAPH_OPS = ("input", "const", "grad")

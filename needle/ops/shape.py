@@ -277,6 +277,21 @@ class UnDilate(TensorOp):
         return dilate(out_grad, self.axes, self.dilation)
 
 
+class Detach(TensorOp):
+    """Identity that stops gradients (`Tensor.detach()` of a traced value)."""
+
+    kind = "elementwise"
+    differentiable = False
+
+    def compute(self, a):
+        return a
+
+    def gradient(self, out_grad, node):
+        from .elementwise import zeros_like
+
+        return zeros_like(node.inputs[0])
+
+
 class ToDevice(TensorOp):
     """Copy to another device (differentiable)."""
 
@@ -327,6 +342,6 @@ def to_device(a, device):
 
 __all__ = [
     "Reshape", "Permute", "Transpose", "BroadcastTo", "GetItem", "UnSlice", "Flip", "Dilate",
-    "UnDilate", "ToDevice", "reshape", "permute", "transpose", "broadcast_to", "get_item",
+    "UnDilate", "Detach", "ToDevice", "reshape", "permute", "transpose", "broadcast_to", "get_item",
     "flip", "dilate", "undilate", "to_device", "sum_to_shape",
 ]

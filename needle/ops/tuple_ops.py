@@ -6,6 +6,14 @@ from .registry import TensorOp, TensorTupleOp
 from .shape import GetItem, _compact
 
 
+def part_types(value) -> list:
+    """(shape, dtype) of each element of a TensorTuple, traced or computed."""
+    trace = getattr(value, "_trace", None)
+    if trace is not None:
+        return [(t.shape, t.dtype) for t in trace.type]
+    return [(tuple(a.shape), a.dtype) for a in value.realize_cached_data()]
+
+
 class MakeTensorTuple(TensorTupleOp):
     def infer(self, *args):
         return tuple((a.shape, a.dtype) for a in args), None
@@ -33,11 +41,11 @@ class TupleGetItem(TensorOp):
         return super().__call__(value)
 
     def infer(self, a):
-        n = len(a.realize_cached_data())
+        parts = part_types(a)
+        n = len(parts)
         if not -n <= self.index < n:
             raise IndexError(f"TupleGetItem: index {self.index} out of range for a tuple of {n}")
-        arr = a.realize_cached_data()[self.index]
-        return tuple(arr.shape), arr.dtype
+        return parts[self.index]
 
     def compute(self, a):
         return a[self.index]
@@ -45,14 +53,14 @@ class TupleGetItem(TensorOp):
     def gradient(self, out_grad, node):
         from .. import init
 
-        data = node.inputs[0].realize_cached_data()
-        index = self.index % len(data)
+        parts = part_types(node.inputs[0])
+        index = self.index % len(parts)
         return make_tuple(*[out_grad if i == index else init.zeros(
-            *arr.shape, dtype=arr.dtype, device=out_grad.device) for i, arr in enumerate(data)])
+            *shape, dtype=dtype, device=out_grad.device) for i, (shape, dtype) in enumerate(parts)])
 
 
 def _shape_tuple(op, args):
-    shapes = [tuple(a.shape) for a in args.realize_cached_data()]
+    shapes = [tuple(shape) for shape, _ in part_types(args)]
     if not shapes:
         raise op.error("needs at least one tensor")
     return shapes
@@ -75,7 +83,7 @@ class Stack(TensorOp):
             raise self.error(f"axis {self.axis} out of range for {ndim}-d output")
         out = list(shapes[0])
         out.insert(self.axis % ndim, len(shapes))
-        return tuple(out), args.realize_cached_data()[0].dtype
+        return tuple(out), part_types(args)[0][1]
 
     def compute(self, args):
         return array_api.stack(list(args), axis=self.axis)
@@ -129,7 +137,7 @@ class Concat(TensorOp):
             raise self.error(f"shapes {shapes} differ outside axis {self.axis}")
         out = list(shapes[0])
         out[ax] = sum(s[ax] for s in shapes)
-        return tuple(out), args.realize_cached_data()[0].dtype
+        return tuple(out), part_types(args)[0][1]
 
     def compute(self, args):
         return array_api.concatenate(list(args), axis=self.axis)
@@ -138,8 +146,8 @@ class Concat(TensorOp):
         shape = out_grad.shape
         ax = self.axis % len(shape)
         parts, start = [], 0
-        for arr in node.inputs[0].realize_cached_data():
-            size = arr.shape[ax]
+        for part_shape, _ in part_types(node.inputs[0]):
+            size = part_shape[ax]
             slices = [(0, d, 1) for d in shape]
             slices[ax] = (start, start + size, 1)
             parts.append(GetItem(slices)(out_grad))

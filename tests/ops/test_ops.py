@@ -23,6 +23,12 @@ def away_from_zero(*shape):
     return np.where(np.abs(x) < 0.1, x + np.sign(x) * 0.2 + 0.2 * (x == 0), x)
 
 
+def distinct(*shape):
+    """Values at least 0.1 apart, so finite differences never cross a max's tie."""
+    n = int(np.prod(shape))
+    return (np.random.permutation(n) * 0.1 + np.random.rand(n) * 0.02 - n * 0.05).reshape(shape)
+
+
 def np_logsumexp(x, axes):
     m = np.max(x, axis=axes, keepdims=True)
     return np.squeeze(np.log(np.sum(np.exp(x - m), axis=axes, keepdims=True)) + m,
@@ -65,9 +71,9 @@ CASES = [
     ("sum_neg_axis", lambda a: a.sum(axes=-1), lambda a: np.sum(a, -1), [randn(3, 4, 2)]),
     ("mean", lambda a: ndl.mean(a, axes=(1,)), lambda a: np.mean(a, 1), [randn(3, 4)]),
     ("mean_all", lambda a: a.mean(), lambda a: np.mean(a), [randn(3, 4)]),
-    ("max_axis", lambda a: ndl.max(a, axes=1), lambda a: np.max(a, 1), [randn(4, 5)]),
-    ("max_all", lambda a: a.max(), lambda a: np.max(a), [randn(4, 5)]),
-    ("max_axes", lambda a: ndl.max(a, axes=(0, 2)), lambda a: np.max(a, (0, 2)), [randn(3, 2, 4)]),
+    ("max_axis", lambda a: ndl.max(a, axes=1), lambda a: np.max(a, 1), [distinct(4, 5)]),
+    ("max_all", lambda a: a.max(), lambda a: np.max(a), [distinct(4, 5)]),
+    ("max_axes", lambda a: ndl.max(a, axes=(0, 2)), lambda a: np.max(a, (0, 2)), [distinct(3, 2, 4)]),
     ("broadcast_to", lambda a: ndl.broadcast_to(a, (3, 4)), lambda a: np.broadcast_to(a, (3, 4)), [randn(1, 4)]),
     ("broadcast_new_axes", lambda a: ndl.broadcast_to(a, (2, 3, 4)), lambda a: np.broadcast_to(a, (2, 3, 4)), [randn(3, 1)]),
     ("reshape", lambda a: ndl.reshape(a, (2, 6)), lambda a: a.reshape(2, 6), [randn(3, 4)]),

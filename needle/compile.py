@@ -1,0 +1,332 @@
+"""`@needle.compile`: trace a function of Tensors into graph IR, run passes, execute.
+
+    @needle.compile
+    def f(x, w):
+        return ndl.relu(x @ w).sum()
+
+The first call with a new signature traces `f` (ops append IR nodes instead of
+computing), runs the pass pipeline (autodiff, simplify) and caches the result; later calls
+with the same signature run the cached graph. Tensors used by `f` that existed before the
+call (parameters, closed-over tensors) become graph inputs read at every call, so updated
+parameter values are always seen. `loss.backward()` inside `f` becomes a `grad` request
+that the autodiff pass expands; each such tensor's `.grad` is written after every call.
+The graph runs on the reference interpreter (`needle.runtime`).
+
+Not yet captured (raise TraceError): assigning `Tensor.data` inside the function, which is
+what `opt.step()` does — compiled optimizer steps come with the next compiler milestone.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+from typing import Any, Callable, Optional
+
+from . import autograd, init
+from .autograd import Tensor, TensorTuple
+from .backend_selection import BACKEND
+from .ir import tracer
+from .ir.graph import Graph
+from .ir.tracer import GraphBuilder, tensor_type_of, tracing
+from .runtime.interpreter import run_graph
+
+PIPELINE = ("autodiff", "simplify")
+
+
+def _pass_manager():
+    from .passes import autodiff  # noqa: F401  (registers the pass)
+    from .passes.manager import PASSES, PassManager
+
+    return PassManager([PASSES[name] for name in PIPELINE if name in PASSES])
+
+
+class _Entry:
+    """One compiled signature: its graph, pass snapshots and input bindings."""
+
+    def __init__(self, graph: Graph, snapshots: dict, bindings: list, n_outputs: int,
+                 grad_targets: list, structure: Any):
+        self.graph = graph
+        self.snapshots = snapshots
+        self.bindings = bindings          # per input node: ("arg", index) | ("tensor", obj) | ("const", array)
+        self.n_outputs = n_outputs
+        self.grad_targets = grad_targets  # external tensors whose .grad the trailing outputs fill
+        self.structure = structure        # how to rebuild the returned Python value
+
+
+def _signature(args: tuple, kwargs: dict) -> tuple:
+    def one(a):
+        if isinstance(a, Tensor):
+            return ("Tensor", tuple(a.shape), str(a.dtype), str(a.device), a.requires_grad)
+        if hasattr(a, "training") and hasattr(a, "parameters"):
+            return ("Module", id(a), tuple(m.training for m in _modules(a)))
+        try:
+            hash(a)
+            return ("static", a)
+        except TypeError:
+            return ("static", id(a))
+    return (tuple(one(a) for a in args), tuple(sorted((k, one(v)) for k, v in kwargs.items())),
+            ("backend", BACKEND))
+
+
+def _training_flags(fn) -> tuple:
+    """Training flags of every module the function closes over or names as a global."""
+    roots = []
+    for cell in getattr(fn, "__closure__", None) or ():
+        try:
+            roots.append(cell.cell_contents)
+        except ValueError:
+            continue
+    code = getattr(fn, "__code__", None)
+    fn_globals = getattr(fn, "__globals__", {})
+    roots += [fn_globals[n] for n in (code.co_names if code else ()) if n in fn_globals]
+    bound = getattr(fn, "__self__", None)
+    if bound is not None:
+        roots.append(bound)
+    return tuple(tuple(m.training for m in _modules(r)) for r in roots
+                 if hasattr(r, "training") and hasattr(r, "_children"))
+
+
+def _modules(module) -> list:
+    children = getattr(module, "_children", None)
+    return [module] + (list(children()) if callable(children) else [])
+
+
+class CompiledFunction:
+    """A traced-and-compiled function with a per-signature cache (see module docstring)."""
+
+    def __init__(self, fn: Callable):
+        functools.update_wrapper(self, fn)
+        self.fn = fn
+        self._cache: dict = {}
+        self._last_key: Optional[tuple] = None
+        self.stats = {"traces": 0, "compiles": 0, "cache_hits": 0, "nodes": 0, "kernels": 0,
+                      "compile_seconds": 0.0}
+
+    def __call__(self, *args, **kwargs):
+        key = _signature(args, kwargs) + (("training", _training_flags(self.fn)),)
+        entry = self._cache.get(key)
+        if entry is None:
+            self._explain_miss(key)
+            entry = self._cache[key] = self._compile(args, kwargs)
+        else:
+            self.stats["cache_hits"] += 1
+        self._last_key = key
+        return self._run(entry, args)
+
+    # ---- tracing ------------------------------------------------------------------------
+    def _compile(self, args: tuple, kwargs: dict) -> _Entry:
+        start = time.perf_counter()
+        builder = GraphBuilder(getattr(self.fn, "__qualname__", "fn"), birth=autograd._BIRTHS + 1)
+        traced_args = []
+        arg_bindings = {}
+        for i, a in enumerate(args):
+            if isinstance(a, Tensor):
+                type_ = tensor_type_of(a.realize_cached_data())
+                nid = builder.add_input(f"arg{i}", "arg", type_, ("arg", i))
+                arg_bindings[nid] = i
+                traced_args.append(builder.traced(Tensor, nid, type_, requires_grad=a.requires_grad))
+            else:
+                traced_args.append(a)
+        saved_grads = {}
+        holders = _state_snapshot(self.fn, args, kwargs)
+        try:
+            with tracing(builder):
+                result = self.fn(*traced_args, **kwargs)
+                flat, structure = _flatten(result)
+                out_ids = [(x if x._trace is not None else builder.lift(x))._trace.node_id for x in flat]
+        finally:
+            leaked = _restore_state(holders)
+        if leaked:
+            raise tracer.TraceError(
+                f"{self.fn.__qualname__} assigns {', '.join(leaked)} while compiled: state updates "
+                "(BatchNorm running statistics, optimizer steps) are not captured by the compiler "
+                "yet; call model.eval() or compile the forward and loss only")
+        for external, _ in builder.grad_targets:
+            saved_grads.setdefault(id(external), (external, None))
+        grad_targets = [ext for ext, _ in builder.grad_targets]
+        out_ids += [g._trace.node_id for _, g in builder.grad_targets]
+        for external, previous in saved_grads.values():
+            external.grad = previous  # no traced value leaks out of the trace
+        graph = builder.graph(out_ids)
+        self.stats["traces"] += 1
+        from .passes.manager import PassContext
+
+        ctx = PassContext()
+        final = _pass_manager().run(graph, ctx)
+        bindings = []
+        for node_id, bound, role in builder.inputs:
+            if node_id in arg_bindings:
+                bindings.append(("arg", arg_bindings[node_id]))
+            elif role == "const":
+                bindings.append(("const", _to_backend(bound)))
+            else:
+                bindings.append(("tensor", bound))
+        self.stats["compiles"] += 1
+        self.stats["nodes"] = len(final.nodes)
+        self.stats["kernels"] = sum(1 for n in final.nodes if n.op not in ("input", "const"))
+        self.stats["compile_seconds"] += time.perf_counter() - start
+        return _Entry(final, dict(ctx.snapshots), bindings, len(flat), grad_targets, structure)
+
+    def _explain_miss(self, key: tuple) -> None:
+        if self._last_key is None or "recompile" not in os.environ.get("NEEDLE_LOG", ""):
+            return
+        old, new = self._last_key, key
+        for field, a, b in _diff(old, new):
+            print(f"needle: recompiling {self.fn.__qualname__}: {field} changed from {a!r} to {b!r}",
+                  file=sys.stderr)
+
+    # ---- running ------------------------------------------------------------------------
+    def _run(self, entry: _Entry, args: tuple):
+        inputs = []
+        for kind, what in entry.bindings:
+            if kind == "arg":
+                inputs.append(args[what].realize_cached_data())
+            elif kind == "const":
+                inputs.append(what)
+            else:
+                inputs.append(what.realize_cached_data())
+        outputs = run_graph(entry.graph, inputs)
+        results = [Tensor.make_const(o) if not isinstance(o, tuple) else TensorTuple.make_const(o)
+                   for o in outputs[:entry.n_outputs]]
+        for external, value in zip(entry.grad_targets, outputs[entry.n_outputs:]):
+            external.grad = Tensor.make_const(value)
+        return _unflatten(results, entry.structure)
+
+    def ir(self, stage: str = "final") -> str:
+        """Text IR of the most recent signature after pass `stage` ('input' = as traced)."""
+        from .ir.printer import print_graph
+
+        if not self._cache:
+            raise RuntimeError(f"{self.fn.__qualname__} has not been compiled yet: call it first")
+        entry = self._cache[self._last_key]
+        graph = entry.graph if stage == "final" else entry.snapshots.get(stage)
+        if graph is None:
+            raise KeyError(f"no IR after pass {stage!r}; stages: {['input', *entry.snapshots, 'final']}")
+        return print_graph(graph)
+
+    @property
+    def graphs(self) -> list:
+        """(signature, final graph) for every compiled signature."""
+        return [(key, entry.graph) for key, entry in self._cache.items()]
+
+
+def _state_snapshot(fn, args, kwargs) -> dict:
+    """Attributes holding Tensors on the modules/optimizers the function can reach."""
+    roots = list(args) + list(kwargs.values())
+    for cell in getattr(fn, "__closure__", None) or ():
+        try:
+            roots.append(cell.cell_contents)
+        except ValueError:
+            continue
+    code = getattr(fn, "__code__", None)
+    for name in (code.co_names if code else ()):
+        if name in getattr(fn, "__globals__", {}):
+            roots.append(fn.__globals__[name])
+    snapshot: dict = {}
+    seen: set = set()
+
+    def visit(obj, depth):
+        if depth > 6 or id(obj) in seen:
+            return
+        seen.add(id(obj))
+        if isinstance(obj, (list, tuple)):
+            for item in obj:
+                visit(item, depth + 1)
+        elif isinstance(obj, dict):
+            for key, item in list(obj.items()):
+                if isinstance(item, autograd.Value):
+                    snapshot[(id(obj), key)] = (obj, key, item)
+                visit(item, depth + 1)
+        elif type(obj).__module__.startswith(("needle.nn", "needle.optim", "apps.")):
+            for key, item in list(vars(obj).items()):
+                if isinstance(item, autograd.Value):
+                    snapshot[(id(obj), key)] = (obj, key, item)
+                else:
+                    visit(item, depth + 1)
+
+    for root in roots:
+        visit(root, 0)
+    return snapshot
+
+
+def _restore_state(snapshot: dict) -> list:
+    """Put back every snapshotted attribute that now holds a traced value; name them."""
+    leaked = []
+    for obj, key, old in snapshot.values():
+        current = obj[key] if isinstance(obj, dict) else getattr(obj, key, None)
+        if isinstance(current, autograd.Value) and current._trace is not None:
+            leaked.append(f"{type(obj).__name__}.{key}" if not isinstance(obj, dict) else f"[{key!r}]")
+            if isinstance(obj, dict):
+                obj[key] = old
+            else:
+                setattr(obj, key, old)
+    return leaked
+
+
+def _diff(old, new, path="signature"):
+    if isinstance(old, tuple) and isinstance(new, tuple) and len(old) == len(new):
+        for i, (a, b) in enumerate(zip(old, new)):
+            yield from _diff(a, b, f"{path}[{i}]")
+    elif old != new:
+        yield path, old, new
+
+
+def _to_backend(array):
+    if BACKEND == "np":
+        return array
+    from .backend_ndarray import array as nd_array
+
+    return nd_array(array)
+
+
+def _flatten(result):
+    if isinstance(result, Tensor):
+        return [result], None
+    if isinstance(result, (tuple, list)) and all(isinstance(r, Tensor) for r in result):
+        return list(result), (type(result), len(result))
+    raise tracer.TraceError(
+        f"a compiled function must return a Tensor or a tuple/list of Tensors, got {type(result).__name__}")
+
+
+def _unflatten(results, structure):
+    if structure is None:
+        return results[0]
+    kind, _ = structure
+    return kind(results)
+
+
+def compile(fn: Optional[Callable] = None):  # noqa: A001  (the public name is needle.compile)
+    """Compile a function of Tensors (or a Module's forward) into a cached graph."""
+    if fn is None:
+        return compile
+    if hasattr(fn, "forward") and hasattr(fn, "parameters"):
+        return CompiledFunction(fn.forward)
+    return CompiledFunction(fn)
+
+
+def value_and_grad(f: Callable, argnums=0) -> Callable:
+    """JAX-style: a function returning (f(*args), gradient(s) of f w.r.t. args[argnums])."""
+    nums = (argnums,) if isinstance(argnums, int) else tuple(argnums)
+
+    def wrapped(*args):
+        args = list(args)
+        for i in nums:
+            if not args[i].requires_grad:  # differentiate w.r.t. a fresh leaf
+                d = args[i].detach()
+                d.requires_grad = True
+                args[i] = d
+        for i in nums:
+            args[i].grad = None
+        value = f(*args)
+        value.backward()
+        grads = [args[i].grad if args[i].grad is not None else init.zeros_like(args[i]) for i in nums]
+        return value, (grads[0] if isinstance(argnums, int) else tuple(grads))
+
+    return wrapped
+
+
+def grad(f: Callable, argnums=0) -> Callable:
+    """JAX-style: a function returning the gradient(s) of f w.r.t. args[argnums]."""
+    vg = value_and_grad(f, argnums)
+    return lambda *args: vg(*args)[1]

@@ -1,0 +1,88 @@
+"""autodiff: replace each `grad` request by the gradient subgraph (a graph transformation).
+
+The pass re-traces the graph: every node is replayed as a traced needle Value (so the
+usual autograd structure, `op` and `inputs`, is rebuilt), and at each `grad` node the
+eager reverse-mode algorithm (`compute_gradient_of_variables`) runs on those traced
+values. Because every op's VJP is written with needle ops, the VJPs emit graph nodes
+instead of computing: eager `backward()` and this pass share one definition per op.
+Emitted nodes carry the source location of the node they differentiate.
+"""
+from __future__ import annotations
+
+from ..ir.graph import Graph
+from ..ir.tracer import GraphBuilder, tracing
+
+
+def autodiff(graph: Graph, ctx=None) -> Graph:
+    """`graph` with every `grad` node expanded into forward-and-backward nodes."""
+    if not any(n.op == "grad" for n in graph.nodes):
+        return graph
+    from .. import autograd, init, ops
+    from ..autograd import Tensor, TensorTuple
+    from ..ops.registry import op_from_node
+
+    builder = GraphBuilder(graph.name, birth=autograd._BIRTHS + 1)
+    env: dict = {}
+    # values differentiated by some grad request must carry requires_grad from the start
+    wrt_ids = set()
+    for node in graph.nodes:
+        if node.op == "grad":
+            wrt_ids.update(node.inputs[1:-1] if node.attr("seeded", False) else node.inputs[1:])
+    with tracing(builder):
+        for node in graph.nodes:
+            builder.loc_override = node.loc
+            if node.op == "input":
+                nid = builder.add_input(node.attr("name"), node.attr("role"), node.type)
+                env[node.id] = builder.traced(Tensor, nid, node.type, requires_grad=True)
+            elif node.op == "const":
+                nid = builder.add("const", (), node.attr_dict, node.type)
+                env[node.id] = builder.traced(Tensor, nid, node.type)
+            elif node.op == "grad":
+                env[node.id] = _expand_grad(node, env, builder, init, ops)
+            else:
+                cls = TensorTuple if node.is_tuple else Tensor
+                value = op_from_node(node.op, node.attr_dict)(*[env[i] for i in node.inputs])
+                if not isinstance(value, cls):
+                    raise TypeError(f"autodiff: replaying %{node.id} = {node.op} gave {type(value).__name__}")
+                if node.id in wrt_ids:
+                    value.requires_grad = True
+                env[node.id] = value
+        builder.loc_override = None
+    return builder.graph([env[i]._trace.node_id for i in graph.outputs])
+
+
+def _expand_grad(node, env, builder, init, ops):
+    """Gradients of the loss w.r.t. the wrt inputs of one `grad` node, as a traced tuple."""
+    from ..autograd import compute_gradient_of_variables
+
+    seeded = node.attr("seeded", False)
+    loss = env[node.inputs[0]]
+    wrt_ids = node.inputs[1:-1] if seeded else node.inputs[1:]
+    wrt = [env[i] for i in wrt_ids]
+    seed = env[node.inputs[-1]] if seeded else init.ones(*loss.shape, dtype=loss.dtype,
+                                                           device=loss.device)
+    for w in wrt:
+        w.grad = None
+
+    def locate(value):
+        loc = builder.nodes[value._trace.node_id].loc if value._trace is not None else None
+        builder.loc_override = loc or node.loc
+
+    compute_gradient_of_variables(loss, seed, before_vjp=locate)
+    builder.loc_override = node.loc
+    grads = [w.grad if w.grad is not None else init.zeros(*w.shape, dtype=w.dtype, device=w.device)
+             for w in wrt]
+    if not grads:
+        raise ValueError(f"autodiff: %{node.id} = grad has nothing to differentiate with respect to")
+    return ops.make_tuple(*grads)
+
+
+def _register() -> None:
+    try:
+        from .manager import FunctionPass, register_pass
+    except ImportError:  # the pass manager is optional for direct use
+        return
+    register_pass(FunctionPass("autodiff", autodiff))
+
+
+_register()
