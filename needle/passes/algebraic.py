@@ -10,8 +10,12 @@
     BroadcastTo(x) to x's own shape                                         -> x
     BroadcastTo(BroadcastTo(x))                                             -> BroadcastTo(x)
     Summation(x, axes=())                                                   -> x
-    BroadcastTo(c) of a const with one element                             -> const, when the
-                                                            result has <= MAX_FOLD_ELEMENTS
+    BroadcastTo(c) of a const with one element                             -> const c (a scalar
+                                                            value fills any shape: no big literal)
+    EWiseMul(x, c), EWiseMul(c, x) with c a const of one repeated value    -> MulScalar(x, c)
+    EWiseAdd(x, c), EWiseAdd(c, x)                                         -> AddScalar(x, c)
+    EWiseDiv(x, c)                                                         -> DivScalar(x, c)
+    (and then MulScalar 1 / AddScalar 0 / DivScalar 1 vanish)
 
 A replaced node's users (and graph outputs) read the replacement; a node rewritten into a new
 node keeps its id and source location. Producers left without users are DCE's business.
@@ -21,10 +25,8 @@ from __future__ import annotations
 from math import prod
 from typing import Callable, Optional, Union
 
-import numpy as np
-
 from ..ir.graph import Node, make_attrs
-from .fold import MAX_FOLD_ELEMENTS, const_array, make_const
+from .fold import uniform_value
 from .manager import Pass, PassResult
 from .rewrite import replace_node, rewrite
 
@@ -102,8 +104,26 @@ def _broadcast(node: Node, get: Get) -> Result:
         return inner.id
     if inner.op == "BroadcastTo":
         return replace_node(node, inputs=inner.inputs, attrs=make_attrs({"shape": shape}))
-    if inner.op == "const" and prod(_shape(inner)) == 1 and prod(shape) <= MAX_FOLD_ELEMENTS:
-        return make_const(node, np.broadcast_to(const_array(inner), shape))
+    if inner.op == "const" and prod(_shape(inner)) == 1:
+        return replace_node(node, op="const", inputs=(),
+                            attrs=make_attrs({"value": uniform_value(inner)}))
+    return None
+
+
+#: binary op -> (scalar op, whether the const may be the first operand)
+_SCALAR_FORM = {"EWiseMul": ("MulScalar", True), "EWiseAdd": ("AddScalar", True),
+                "EWiseDiv": ("DivScalar", False)}
+
+
+def _binary_with_const(node: Node, get: Get) -> Result:
+    """x (op) c, c a const holding one repeated float: the scalar op (one input fewer)."""
+    scalar_op, commutes = _SCALAR_FORM[node.op]
+    a, b = (get(i) for i in node.inputs)
+    for x, c in ((a, b), (b, a)) if commutes else ((a, b),):
+        value = uniform_value(c)
+        if isinstance(value, float) and x.type == node.type:
+            return replace_node(node, op=scalar_op, inputs=(x.id,),
+                                attrs=make_attrs({"scalar": value}))
     return None
 
 
@@ -122,6 +142,7 @@ RULES: dict[str, Callable[[Node, Get], Result]] = {
     "Transpose": _permute,
     "BroadcastTo": _broadcast,
     "Summation": _summation,
+    **{op: _binary_with_const for op in _SCALAR_FORM},
 }
 
 

@@ -30,9 +30,24 @@ def const_array(node: Node) -> np.ndarray:
 
 
 def const_value(arr: np.ndarray, dtype: str) -> Any:
-    """The IR literal of an array: nested tuples of Python numbers, or a scalar for shape ()."""
+    """The IR literal of an array: nested tuples of Python numbers, or one scalar when every
+    element is the same (a scalar `value` fills the const's whole shape)."""
     arr = np.asarray(arr, dtype=dtype)
+    flat = arr.reshape(-1)
+    if flat.size and flat.tobytes() == flat[:1].tobytes() * flat.size:  # bitwise uniform
+        return flat[0].item()
     return _tupleify(arr.tolist())
+
+
+def uniform_value(node: Node) -> Any:
+    """The scalar of a const node whose every element is equal (else None)."""
+    if node.op != "const" or not isinstance(node.type, TensorType):
+        return None
+    value = node.attr("value")
+    if not isinstance(value, tuple):
+        return value
+    arr = const_array(node)
+    return const_value(arr, node.type.dtype) if arr.size == 1 else None
 
 
 def _tupleify(value):
@@ -66,9 +81,11 @@ def evaluate(node: Node, inputs: list[np.ndarray]) -> np.ndarray:
 def _foldable(node: Node, get) -> bool:
     if node.op in ("input", "const", "grad") or not node.inputs or not is_pure(node.op):
         return False
-    if not isinstance(node.type, TensorType) or prod(node.type.shape) > MAX_FOLD_ELEMENTS:
+    if not isinstance(node.type, TensorType):
         return False
     ins = [get(i) for i in node.inputs]
+    if prod(node.type.shape) > MAX_FOLD_ELEMENTS and not _cheap_uniform(node, ins):
+        return False
     if not all(n.op == "const" and isinstance(n.type, TensorType) for n in ins):
         return False
     from .. import backend_selection
@@ -77,6 +94,23 @@ def _foldable(node: Node, get) -> bool:
         if any(np.dtype(t.dtype).kind != "f" for t in [node.type] + [n.type for n in ins]):
             return False
     return True
+
+
+def _one_element(node: Node) -> Node:
+    """The node computing a single element of itself (BroadcastTo to all-ones)."""
+    if node.op == "BroadcastTo":
+        return replace_node(node, attrs=make_attrs({"shape": (1,) * len(node.type.shape)}))
+    return node
+
+
+def _cheap_uniform(node: Node, ins: list[Node]) -> bool:
+    """A large result known to be uniform without computing it: an elementwise op of
+    scalar-fill consts (folded on one element), or a broadcast of one."""
+    from ..ops import OPS
+
+    if not all(n.op == "const" and not isinstance(n.attr("value"), tuple) for n in ins):
+        return False
+    return node.op == "BroadcastTo" or getattr(OPS.get(node.op), "kind", None) == "elementwise"
 
 
 class ConstantFolding(Pass):
@@ -88,8 +122,13 @@ class ConstantFolding(Pass):
         def rule(node, get):
             if not _foldable(node, get):
                 return None
+            ins = [get(i) for i in node.inputs]
             try:
-                out = evaluate(node, [const_array(get(i)) for i in node.inputs])
+                if prod(node.type.shape) > MAX_FOLD_ELEMENTS:  # uniform: evaluate one element
+                    one = evaluate(_one_element(node), [np.array(n.attr("value"), dtype=n.type.dtype)
+                                                        .reshape((1,) * len(n.type.shape)) for n in ins])
+                    return make_const(node, one.reshape(-1)[:1])
+                out = evaluate(node, [const_array(n) for n in ins])
             except Exception as e:  # leave it to fail at run time, with its source line
                 skipped.append(f"%{node.id} = {node.op}: {type(e).__name__}: {e}")
                 return None

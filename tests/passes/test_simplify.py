@@ -217,12 +217,37 @@ def test_fold_does_not_fire_on_non_const_input():
 
 
 def test_fold_does_not_create_huge_constants():
-    n = MAX_FOLD_ELEMENTS + 1
-    unchanged("fold", f"""
+    n = MAX_FOLD_ELEMENTS // 2 + 1
+    ctx = unchanged("fold", f"""
         graph @f {{
-          %0 = const() {{value=1.0}} : f32[] cpu
-          %1 = BroadcastTo(%0) {{shape=({n},)}} : f32[{n}] cpu
-          return %1
+          %0 = const() {{value=(1.0, 2.0)}} : f32[2] cpu
+          %1 = BroadcastTo(%0) {{shape=({n}, 2)}} : f32[{n},2] cpu
+          %2 = Exp(%1) : f32[{n},2] cpu
+          return %2
+        }}""")
+    assert ctx.reports["fold"] == {"folded": 0}
+
+
+def test_fold_uniform_results_to_scalar_fill_consts_of_any_size():
+    n = MAX_FOLD_ELEMENTS * 4
+    check("fold", f"""
+        graph @f {{
+          %0 = const() {{value=2.0}} : f32[] cpu
+          %1 = BroadcastTo(%0) {{shape=({n}, 2)}} : f32[{n},2] cpu
+          %2 = Exp(%1) : f32[{n},2] cpu
+          %3 = const() {{value=((1.0, 1.0), (1.0, 1.0))}} : f32[2,2] cpu
+          %4 = AddScalar(%3) {{scalar=-1.0}} : f32[2,2] cpu
+          %5 = Negate(%4) : f32[2,2] cpu
+          return %2, %5
+        }}""", f"""
+        graph @f {{
+          %0 = const() {{value=2.0}} : f32[] cpu
+          %1 = const() {{value=2.0}} : f32[{n},2] cpu
+          %2 = const() {{value={float(np.exp(np.float32(2.0)))!r}}} : f32[{n},2] cpu
+          %3 = const() {{value=((1.0, 1.0), (1.0, 1.0))}} : f32[2,2] cpu
+          %4 = const() {{value=0.0}} : f32[2,2] cpu
+          %5 = const() {{value=-0.0}} : f32[2,2] cpu
+          return %2, %5
         }}""")
 
 
@@ -235,7 +260,7 @@ def test_fold_scalar_fill_const():
         }""", """
         graph @f {
           %0 = const() {value=2.0} : f32[2] cpu
-          %1 = const() {value=(-2.0, -2.0)} : f32[2] cpu
+          %1 = const() {value=-2.0} : f32[2] cpu
           return %1
         }""")
 
@@ -338,7 +363,7 @@ def test_broadcast_identity_and_broadcast_of_broadcast():
 
 
 def test_broadcast_of_scalar_const():
-    n = MAX_FOLD_ELEMENTS + 1
+    n = MAX_FOLD_ELEMENTS * 10
     check("algebraic", f"""
         graph @f {{
           %0 = const() {{value=1.5}} : f32[] cpu
@@ -350,12 +375,48 @@ def test_broadcast_of_scalar_const():
         }}""", f"""
         graph @f {{
           %0 = const() {{value=1.5}} : f32[] cpu
-          %1 = const() {{value=((1.5, 1.5, 1.5), (1.5, 1.5, 1.5))}} : f32[2,3] cpu  # m.py:1
+          %1 = const() {{value=1.5}} : f32[2,3] cpu  # m.py:1
           %2 = const() {{value=((2.0,),)}} : f32[1,1] cpu
-          %3 = const() {{value=((2.0, 2.0), (2.0, 2.0))}} : f32[2,2] cpu
-          %4 = BroadcastTo(%0) {{shape=({n},)}} : f32[{n}] cpu
+          %3 = const() {{value=2.0}} : f32[2,2] cpu
+          %4 = const() {{value=1.5}} : f32[{n}] cpu
           return %1, %3, %4
         }}""")
+
+
+def test_binary_with_uniform_const_becomes_scalar_op():
+    check("algebraic", """
+        graph @f {
+          %0 = input() {name="x", role="arg"} : f32[2,2] cpu
+          %1 = const() {value=0.125} : f32[2,2] cpu
+          %2 = EWiseMul(%1, %0) : f32[2,2] cpu  # m.py:2
+          %3 = EWiseAdd(%2, %1) : f32[2,2] cpu  # m.py:3
+          %4 = EWiseDiv(%3, %1) : f32[2,2] cpu  # m.py:4
+          %5 = EWiseDiv(%1, %4) : f32[2,2] cpu  # m.py:5
+          %6 = const() {value=1.0} : f32[2,2] cpu
+          %7 = EWiseMul(%5, %6) : f32[2,2] cpu  # m.py:7
+          return %7
+        }""", """
+        graph @f {
+          %0 = input() {name="x", role="arg"} : f32[2,2] cpu
+          %1 = const() {value=0.125} : f32[2,2] cpu
+          %2 = MulScalar(%0) {scalar=0.125} : f32[2,2] cpu  # m.py:2
+          %3 = AddScalar(%2) {scalar=0.125} : f32[2,2] cpu  # m.py:3
+          %4 = DivScalar(%3) {scalar=0.125} : f32[2,2] cpu  # m.py:4
+          %5 = EWiseDiv(%1, %4) : f32[2,2] cpu  # m.py:5
+          %6 = const() {value=1.0} : f32[2,2] cpu
+          return %5
+        }""")
+
+
+def test_binary_with_nonuniform_const_stays():
+    unchanged("algebraic", """
+        graph @f {
+          %0 = input() {name="x", role="arg"} : f32[2] cpu
+          %1 = const() {value=(1.0, 2.0)} : f32[2] cpu
+          %2 = EWiseMul(%0, %1) : f32[2] cpu
+          %3 = EWiseAdd(%1, %2) : f32[2] cpu
+          return %3
+        }""")
 
 
 def test_broadcast_to_another_shape_stays():
@@ -408,8 +469,7 @@ def test_simplify_reaches_fixed_point():
         graph @f {
           %0 = input() {name="x", role="arg"} : f32[2,3] cpu
           %1 = input() {name="w", role="param"} : f32[3,2] cpu
-          %3 = const() {value=((2.0, 2.0, 2.0), (2.0, 2.0, 2.0))} : f32[2,3] cpu
-          %7 = EWiseMul(%0, %3) : f32[2,3] cpu  # m.py:7
+          %7 = MulScalar(%0) {scalar=2.0} : f32[2,3] cpu  # m.py:7
           %11 = EWiseAdd(%7, %7) : f32[2,3] cpu  # m.py:11
           %14 = MatMul(%11, %1) : f32[2,2] cpu  # m.py:14
           %16 = Exp(%14) : f32[2,2] cpu
