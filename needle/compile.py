@@ -92,11 +92,21 @@ def _modules(module) -> list:
     return [module] + (list(children()) if callable(children) else [])
 
 
+#: every CompiledFunction created in this process (needle-ir lists their graphs)
+REGISTRY: list = []
+
+
+def compiled_functions() -> list:
+    """All compiled functions created so far, in creation order."""
+    return list(REGISTRY)
+
+
 class CompiledFunction:
     """A traced-and-compiled function with a per-signature cache (see module docstring)."""
 
     def __init__(self, fn: Callable):
         functools.update_wrapper(self, fn)
+        REGISTRY.append(self)
         self.fn = fn
         self._cache: dict = {}
         self._last_key: Optional[tuple] = None
@@ -210,6 +220,16 @@ class CompiledFunction:
         """(signature, final graph) for every compiled signature."""
         return [(key, entry.graph) for key, entry in self._cache.items()]
 
+    def entries(self) -> list:
+        """(signature text, {stage: Graph}) per compiled signature; stages are 'input'
+        (as traced), each pass name in pipeline order, and 'final'."""
+        out = []
+        for key, entry in self._cache.items():
+            stages = dict(entry.snapshots)
+            stages["final"] = entry.graph
+            out.append((_signature_text(key), stages))
+        return out
+
 
 def _state_snapshot(fn, args, kwargs) -> dict:
     """Attributes holding Tensors on the modules/optimizers the function can reach."""
@@ -262,6 +282,19 @@ def _restore_state(snapshot: dict) -> list:
             else:
                 setattr(obj, key, old)
     return leaked
+
+
+def _signature_text(key: tuple) -> str:
+    """A short readable form of a cache key: the argument types."""
+    args = []
+    for a in key[0]:
+        if a[0] == "Tensor":
+            args.append(f"{a[2]}[{','.join(map(str, a[1]))}]")
+        elif a[0] == "Module":
+            args.append("module")
+        else:
+            args.append(repr(a[1]))
+    return "(" + ", ".join(args) + ")"
 
 
 def _diff(old, new, path="signature"):
