@@ -21,6 +21,12 @@ class ReLU(TensorOp):
     def gradient(self, out_grad, node):
         return out_grad * compare(node.inputs[0], 0.0, "gt")
 
+    def decompose(self, a):
+        """where(a <= 0, 0, a): like maximum(a, 0) also for -inf and NaN inputs."""
+        from .elementwise import where, zeros_like
+
+        return where(compare(a, 0.0, "le"), zeros_like(a), a)
+
 
 class Sigmoid(TensorOp):
     """1 / (1 + exp(-a)), computed as (tanh(a/2) + 1) / 2 so it never overflows."""
@@ -33,6 +39,11 @@ class Sigmoid(TensorOp):
 
     def gradient(self, out_grad, node):
         return out_grad * node * (1.0 - node)
+
+    def decompose(self, a):
+        from .elementwise import tanh
+
+        return (tanh(a * 0.5) + 1.0) * 0.5
 
 
 class LogSumExp(Reduce):
@@ -50,6 +61,17 @@ class LogSumExp(Reduce):
     def gradient(self, out_grad, node):
         a = node.inputs[0]
         return self._keepdims_grad(out_grad, node) * exp(a - self._keepdims_grad(node, node))
+
+    def decompose(self, a):
+        """log(sum(exp(a - m))) + m with m = max(a) detached (its gradient would cancel)."""
+        from .elementwise import log
+        from .reduce import _reduced_shape, max as reduce_max
+
+        axes = self._axes(len(a.shape))
+        m = reduce_max(a, axes).detach()
+        kept = _reduced_shape(a.shape, axes, keepdims=True)
+        z = a - broadcast_to(reshape(m, kept), a.shape)
+        return log(summation(exp(z), axes)) + m
 
 
 class LogSoftmax(TensorOp):
@@ -72,6 +94,18 @@ class LogSoftmax(TensorOp):
         n, c = node.shape
         total = broadcast_to(reshape(summation(out_grad, (1,)), (n, 1)), (n, c))
         return out_grad - exp(node) * total
+
+    def decompose(self, a):
+        """z - log(sum(exp(z), 1)) with z = a - max(a, 1) (max detached), as `compute` does:
+        subtracting the shift first keeps small results exact for inputs of any magnitude."""
+        from .elementwise import log
+        from .reduce import max as reduce_max
+
+        n, c = a.shape
+        m = reduce_max(a, (1,)).detach()
+        z = a - broadcast_to(reshape(m, (n, 1)), (n, c))
+        lse = log(summation(exp(z), (1,)))
+        return z - broadcast_to(reshape(lse, (n, 1)), (n, c))
 
 
 def relu(a):

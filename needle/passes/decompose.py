@@ -1,0 +1,109 @@
+"""decompose: expand every composite op into primitives (the first pass of the pipeline).
+
+A composite op class (`composite = True` in the registry: ReLU, Sigmoid, LogSumExp,
+LogSoftmax, ...) defines `decompose(self, *inputs)`, the same function written with
+primitive needle ops. The pass re-traces the graph, as `autodiff` does: every composite
+node calls its op's `decompose` on traced inputs, so the primitive ops it uses emit graph
+nodes; every other node (inputs, consts, `grad` requests, primitives) is copied through
+unchanged with its inputs renumbered. Emitted nodes carry the source location of the
+composite node they replace; graph inputs and outputs are kept. A decomposition that
+itself uses composite ops is expanded again (up to `MAX_ROUNDS` rounds).
+
+Invariant after the pass: no composite op remains (a `PassError` names the node otherwise,
+also when a composite op class has no `decompose`). `grad` nodes stay `grad` nodes for the
+autodiff pass, which then differentiates the primitives.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from ..ir.graph import Graph, Node
+from ..ir.tracer import GraphBuilder, tracing
+from .manager import FunctionPass, PassError, PassResult, register_pass
+
+#: expansion rounds before giving up on decompositions that keep producing composites
+MAX_ROUNDS = 8
+
+
+def is_composite(node: Node) -> bool:
+    """True when `node` is a registry op whose class sets `composite = True`."""
+    from ..ops.registry import OPS
+
+    cls = OPS.get(node.op)
+    return cls is not None and getattr(cls, "composite", False)
+
+
+def decompose_graph(graph: Graph) -> tuple[Graph, dict]:
+    """`graph` with every composite node expanded into primitives, and counts by op."""
+    counts: dict[str, int] = {}
+    for _ in range(MAX_ROUNDS):
+        if not any(is_composite(n) for n in graph.nodes):
+            return graph, counts
+        graph = _expand_once(graph, counts)
+    left = [n for n in graph.nodes if is_composite(n)]
+    if left:
+        raise PassError("decompose", f"composite ops remain after {MAX_ROUNDS} rounds of "
+                        "expansion (a decomposition that keeps producing composites?)", left[0])
+    return graph, counts
+
+
+def _expand_once(graph: Graph, counts: dict) -> Graph:
+    from .. import autograd
+    from ..autograd import Tensor, TensorTuple
+    from ..ops.registry import op_from_node
+
+    builder = GraphBuilder(graph.name, birth=autograd._BIRTHS + 1)
+    env: dict = {}  # old id -> traced value in the new graph
+    with tracing(builder):
+        for node in graph.nodes:
+            builder.loc_override = node.loc
+            if is_composite(node):
+                op = op_from_node(node.op, node.attr_dict)
+                if not callable(getattr(op, "decompose", None)):
+                    raise PassError("decompose", f"composite op {node.op} has no decompose() "
+                                    "method (define it with primitive ops)", node)
+                start = len(builder.nodes)
+                try:
+                    value = op.decompose(*[env[i] for i in node.inputs])
+                except PassError:
+                    raise
+                except Exception as e:  # name the node and the user's line
+                    raise PassError("decompose", f"{node.op}.decompose failed: "
+                                    f"{type(e).__name__}: {e}", node) from e
+                _check_result(node, value, builder)
+                for k in range(start, len(builder.nodes)):  # exactly the node's location
+                    builder.nodes[k] = dataclasses.replace(builder.nodes[k], loc=node.loc)
+                env[node.id] = value
+                counts[node.op] = counts.get(node.op, 0) + 1
+            else:  # copied through as is, inputs renumbered
+                nid = builder.add(node.op, [_id(env[i]) for i in node.inputs], node.attr_dict,
+                                  node.type, loc=node.loc)
+                if node.loc is None:
+                    builder.nodes[nid] = dataclasses.replace(builder.nodes[nid], loc=None)
+                cls = TensorTuple if node.is_tuple else Tensor
+                env[node.id] = builder.traced(cls, nid, node.type)
+        builder.loc_override = None
+    return builder.graph([_id(env[i]) for i in graph.outputs])
+
+
+def _id(value) -> int:
+    return value._trace.node_id
+
+
+def _check_result(node: Node, value, builder: GraphBuilder) -> None:
+    trace = getattr(value, "_trace", None)
+    if trace is None or trace.builder is not builder:
+        raise PassError("decompose", f"{node.op}.decompose did not return a traced value "
+                        f"(got {type(value).__name__})", node)
+    if trace.type != node.type:
+        raise PassError("decompose", f"{node.op}.decompose gives type {trace.type}, "
+                        f"but the node has type {node.type}", node)
+
+
+def decompose(graph: Graph, ctx=None) -> PassResult:
+    """The pass: every composite node replaced by its primitive decomposition."""
+    out, counts = decompose_graph(graph)
+    return PassResult(out, bool(counts), {"expanded": sum(counts.values()), "by_op": counts})
+
+
+register_pass(FunctionPass("decompose", decompose))
