@@ -1,0 +1,257 @@
+"""needle-ir: run a script and print the IR of every graph it compiled.
+
+    needle-ir [--after PASS | --all] [--function NAME] [--format text|dot] [--list-passes]
+              SCRIPT.py [ARGS...]
+
+Runs SCRIPT.py to completion as ``python SCRIPT.py ARGS`` would (its directory first on
+``sys.path``, ``__name__ == "__main__"``), with the script's own stdout sent to stderr.
+Then prints to stdout, for every distinct graph compiled during the run (each compiled
+function and signature once, in compile order), a header line
+
+    # needle-ir: <qualname> <signature> after <pass>
+
+followed by the IR after that pass (``print_graph``: each node keeps the user's
+``file:line``), or Graphviz DOT with ``--format dot``. The default pass is the last one
+that ran; ``--after input`` shows the graph as traced (with its ``grad`` requests);
+``--all`` prints every stage in order. ``--function NAME`` keeps the functions whose
+``__qualname__`` or its last dotted component is NAME. ``--list-passes`` prints the stage
+names ``--after`` takes (``input`` first, then the pipeline's passes) and exits.
+
+Both outputs parse back: the header lines are ``#`` comments, which ``needle.ir.parse_graphs``
+and Graphviz both skip.
+
+Exit codes: 0 success; 1 no graph was compiled (or the script raised); the script's own
+exit code when it exits non-zero (the graphs compiled so far are printed first); 2 usage
+errors (an unknown ``--after`` name lists the valid ones).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import runpy
+import sys
+import traceback
+from pathlib import Path
+from typing import Optional
+
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+try:
+    import needle  # noqa: F401
+except ImportError:  # pragma: no cover - running from a checkout without installing
+    sys.path.insert(0, str(_REPO_ROOT))
+
+HEADER = "# needle-ir:"
+
+# options that take a value (everything else before the script is a flag)
+_VALUE_OPTIONS = ("--after", "--function", "--format")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="needle-ir",
+        usage="needle-ir [--after PASS | --all] [--function NAME] [--format text|dot] "
+              "[--list-passes] SCRIPT.py [ARGS...]",
+        description="Run a script and print the graph IR of every function it compiled with "
+                    "@needle.compile (the script's own stdout goes to stderr).")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--after", metavar="PASS",
+                       help="show the IR after this pass ('input': as traced; default: the last "
+                            "pass that ran); names as --list-passes prints")
+    group.add_argument("--all", action="store_true", help="show every stage, each with its header")
+    p.add_argument("--function", metavar="NAME",
+                   help="only functions whose __qualname__ or its last component is NAME")
+    p.add_argument("--format", choices=("text", "dot"), default="text",
+                   help="text IR (default) or Graphviz DOT")
+    p.add_argument("--list-passes", action="store_true",
+                   help="print the stage names --after takes, one per line, and exit")
+    return p
+
+
+def _split_argv(argv: list) -> tuple:
+    """(needle-ir's own options, the script or None, the script's arguments).
+
+    Everything from the first non-option token (or the token after ``--``) on belongs to
+    the script, so its arguments may look like needle-ir's options."""
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a == "--":
+            i += 1
+            break
+        if not a.startswith("-") or a == "-":
+            break
+        if a in _VALUE_OPTIONS:
+            i += 1
+        i += 1
+    own = [a for a in argv[:i] if a != "--"]
+    if i >= len(argv):
+        return own, None, []
+    return own, argv[i], list(argv[i + 1:])
+
+
+def pass_names() -> list:
+    """The stage names `--after` takes: 'input', then the default pipeline's passes."""
+    import needle.passes  # noqa: F401  (registers every pass)
+    from needle.passes.manager import list_passes
+
+    return ["input", *list_passes()]
+
+
+def _qualname(cf) -> str:
+    fn = getattr(cf, "fn", None)
+    return (getattr(cf, "__qualname__", None) or getattr(fn, "__qualname__", None)
+            or getattr(cf, "__name__", None) or type(cf).__name__)
+
+
+def _matches(cf, name: Optional[str]) -> bool:
+    if name is None:
+        return True
+    qualname = _qualname(cf)
+    return name in (qualname, qualname.rsplit(".", 1)[-1])
+
+
+def _snapshot() -> dict:
+    """id(compiled function) -> how many signatures it had compiled."""
+    from needle.compile import compiled_functions
+
+    return {id(cf): len(cf.entries()) for cf in compiled_functions()}
+
+
+def _new_graphs(before: dict) -> list:
+    """(qualname, signature text, {stage: Graph}) for each signature compiled since `before`."""
+    from needle.compile import compiled_functions
+
+    out = []
+    for cf in compiled_functions():
+        entries = cf.entries()
+        for signature, stages in entries[before.get(id(cf), 0):]:
+            out.append((cf, signature, stages))
+    return out
+
+
+def _run_script(script: str, args: list) -> int:
+    """Run the script as `python SCRIPT ARGS` would; its stdout goes to stderr. Returns its
+    exit code (0 when it ran to completion)."""
+    path = os.path.abspath(script)
+    saved_argv, saved_path = sys.argv, list(sys.path)
+    sys.argv = [script, *args]
+    sys.path.insert(0, os.path.dirname(path))
+    code = 0
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            runpy.run_path(path, run_name="__main__")
+    except SystemExit as e:
+        if e.code is None or e.code == 0:
+            code = 0
+        elif isinstance(e.code, int):
+            code = e.code
+        else:  # sys.exit("message"): Python prints it and exits 1
+            print(e.code, file=sys.stderr)
+            code = 1
+        if code:
+            print(f"needle-ir: {script} exited with code {code}", file=sys.stderr)
+    except KeyboardInterrupt:
+        traceback.print_exc(file=sys.stderr)
+        code = 130
+    except BaseException:  # noqa: BLE001  (report any failure of the user's script)
+        traceback.print_exc(file=sys.stderr)
+        print(f"needle-ir: {script} raised an exception (exit code 1)", file=sys.stderr)
+        code = 1
+    finally:
+        sys.argv = saved_argv
+        sys.path[:] = saved_path
+        sys.stdout.flush()
+    return code
+
+
+def _stage_to_show(stages: dict, after: Optional[str], order: list) -> tuple:
+    """(stage name, graph) to print for one signature; `after=None` is the last pass that
+    ran. A valid pass that did not run for this graph falls back to the last stage before it
+    (so the header says what is really shown)."""
+    ran = [s for s in stages if s != "final"]
+    if after is None:
+        name = ran[-1] if ran else "final"
+        return name, stages[name]
+    if after in stages:
+        return after, stages[after]
+    position = order.index(after) if after in order else len(order)
+    earlier = [s for s in ran if s in order and order.index(s) < position]
+    name = earlier[-1] if earlier else ran[0] if ran else "final"
+    return name, stages[name]
+
+
+def _render(graph, fmt: str) -> str:
+    if fmt == "dot":
+        from needle.ir.dot import to_dot
+
+        return to_dot(graph)
+    from needle.ir.printer import print_graph
+
+    return print_graph(graph)
+
+
+def main(argv: Optional[list] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    own, script, script_args = _split_argv(argv)
+    parser = _parser()
+    try:
+        opts = parser.parse_args(own)
+    except SystemExit as e:  # argparse already printed the usage message
+        return int(e.code or 0)
+
+    if opts.list_passes:
+        print("\n".join(pass_names()))
+        return 0
+    if script is None:
+        parser.print_usage(sys.stderr)
+        print("needle-ir: error: SCRIPT.py is required (or --list-passes)", file=sys.stderr)
+        return 2
+    valid = pass_names()
+    if opts.after is not None and opts.after not in valid + ["final"]:
+        print(f"needle-ir: error: unknown pass {opts.after!r} for --after; valid names: "
+              f"{', '.join(valid)} (and 'final')", file=sys.stderr)
+        return 2
+    if not os.path.isfile(script):
+        print(f"needle-ir: error: no such script: {script}", file=sys.stderr)
+        return 2
+
+    before = _snapshot()
+    code = _run_script(script, script_args)
+    graphs = _new_graphs(before)
+    if not graphs:
+        print(f"needle-ir: {script} compiled no graph (no @needle.compile function was called)",
+              file=sys.stderr)
+        return code or 1
+    shown = [(cf, sig, stages) for cf, sig, stages in graphs if _matches(cf, opts.function)]
+    if not shown:
+        names = sorted({_qualname(cf) for cf, _, _ in graphs})
+        print(f"needle-ir: no compiled function matches --function {opts.function!r}; compiled: "
+              f"{', '.join(names)}", file=sys.stderr)
+        return code or 1
+
+    out = []
+    for cf, signature, stages in shown:
+        qualname = _qualname(cf)
+        if opts.all:
+            ran = [s for s in stages if s != "final"]
+            selected = [(s, stages[s]) for s in ran]
+            final = stages.get("final")
+            if final is not None and (not ran or final != stages[ran[-1]]):
+                selected.append(("final", final))
+        else:
+            name, graph = _stage_to_show(stages, opts.after, valid)
+            if opts.after is not None and name != opts.after:
+                print(f"needle-ir: pass {opts.after!r} did not run for {qualname} {signature}; "
+                      f"showing the IR after {name!r}", file=sys.stderr)
+            selected = [(name, graph)]
+        for name, graph in selected:
+            out.append(f"{HEADER} {qualname} {signature} after {name}\n")
+            out.append(_render(graph, opts.format))
+    sys.stdout.write("".join(out))
+    sys.stdout.flush()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
