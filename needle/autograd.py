@@ -192,9 +192,10 @@ class Tensor(Value):
             raise TypeError(f"Tensor.data must be set to a Tensor, got {type(value).__name__}")
         if value.dtype != self.dtype:
             raise TypeError(f"Tensor.data: dtype {value.dtype} does not match {self.dtype}")
-        if tracer.ACTIVE is not None and (value._trace is not None or self._trace is not None):
-            raise tracer.TraceError("assigning Tensor.data inside a compiled function is not "
-                                    "supported yet; return the new value instead")
+        if tracer.ACTIVE is not None and (value._trace is not None or self._trace is not None
+                                          or self._birth < tracer.ACTIVE.birth):
+            tracer.ACTIVE.assign_data(self, value)
+            return
         self.cached_data = value.realize_cached_data()
 
     def detach(self) -> "Tensor":
@@ -390,7 +391,7 @@ def compute_gradient_of_variables(output_tensor: Tensor, out_grad: Tensor, befor
         if isinstance(node.op, ops.TupleGetItem):
             source = node.inputs[0]
             if source.requires_grad:
-                index = node.op.index % len(source.realize_cached_data())
+                index = node.op.index % len(source)
                 tuple_parts.setdefault(source, {}).setdefault(index, []).append(node.grad)
             continue
         if before_vjp is not None:
@@ -404,17 +405,15 @@ def _assemble_tuple_grad(node: "TensorTuple", parts: dict) -> "TensorTuple":
     """The adjoint of a TensorTuple from its per-index adjoints (zeros where none)."""
     from . import init
 
+    from .ops.tuple_ops import part_types
+
     items = []
-    for i, data in enumerate(node.realize_cached_data()):
+    for i, (shape, dtype) in enumerate(part_types(node)):
         if i in parts:
             items.append(sum_node_list(parts[i]))
         else:
-            items.append(init.zeros(*data.shape, dtype=data.dtype, device=_device_of(data)))
+            items.append(init.zeros(*shape, dtype=dtype, device=parts[next(iter(parts))][0].device))
     return ops.make_tuple(*items)
-
-
-def _device_of(array):
-    return cpu() if BACKEND == "np" else array.device
 
 
 def find_topo_sort(node_list: List[Value]) -> List[Value]:

@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional
 
 from . import autograd, init
 from .autograd import Tensor, TensorTuple
-from .backend_selection import BACKEND
+from .backend_selection import BACKEND, array_api, default_device as _default_device
 from .ir import tracer
 from .ir.graph import Graph
 from .ir.tracer import GraphBuilder, tensor_type_of, tracing
@@ -45,12 +45,14 @@ class _Entry:
     """One compiled signature: its graph, pass snapshots and input bindings."""
 
     def __init__(self, graph: Graph, snapshots: dict, bindings: list, n_outputs: int,
-                 grad_targets: list, structure: Any):
+                 writes: list, structure: Any):
         self.graph = graph
         self.snapshots = snapshots
-        self.bindings = bindings          # per input node: ("arg", index) | ("tensor", obj) | ("const", array)
+        # per input node: ("arg", i) | ("tensor", t) | ("slot", holder, key) | ("hyper", obj, attr) | ("const", a)
+        self.bindings = bindings
         self.n_outputs = n_outputs
-        self.grad_targets = grad_targets  # external tensors whose .grad the trailing outputs fill
+        # per trailing output: ("grad", tensor) | ("data", tensor) | ("slot", (holder, key)) | ("hyper", (obj, attr))
+        self.writes = writes
         self.structure = structure        # how to rebuild the returned Python value
 
 
@@ -69,22 +71,16 @@ def _signature(args: tuple, kwargs: dict) -> tuple:
             ("backend", BACKEND))
 
 
-def _training_flags(fn) -> tuple:
-    """Training flags of every module the function closes over or names as a global."""
-    roots = []
-    for cell in getattr(fn, "__closure__", None) or ():
-        try:
-            roots.append(cell.cell_contents)
-        except ValueError:
-            continue
-    code = getattr(fn, "__code__", None)
-    fn_globals = getattr(fn, "__globals__", {})
-    roots += [fn_globals[n] for n in (code.co_names if code else ()) if n in fn_globals]
-    bound = getattr(fn, "__self__", None)
-    if bound is not None:
-        roots.append(bound)
-    return tuple(tuple(m.training for m in _modules(r)) for r in roots
-                 if hasattr(r, "training") and hasattr(r, "_children"))
+def _closure_key(fn) -> tuple:
+    """Training flags of the modules and hyper-parameters (but the learning rate and step
+    count, which are graph inputs) of the optimizers that the function reaches."""
+    key = []
+    for _, r in _roots(fn):
+        if hasattr(r, "training") and hasattr(r, "_children"):
+            key.append(tuple(m.training for m in _modules(r)))
+        for opt in _optimizers(r):
+            key.append(tuple((h, getattr(opt, h)) for h in opt._hyper if h != "lr"))
+    return tuple(key)
 
 
 def _modules(module) -> list:
@@ -114,7 +110,7 @@ class CompiledFunction:
                       "compile_seconds": 0.0}
 
     def __call__(self, *args, **kwargs):
-        key = _signature(args, kwargs) + (("training", _training_flags(self.fn)),)
+        key = _signature(args, kwargs) + (("closure", _closure_key(self.fn)),)
         entry = self._cache.get(key)
         if entry is None:
             self._explain_miss(key)
@@ -127,56 +123,54 @@ class CompiledFunction:
     # ---- tracing ------------------------------------------------------------------------
     def _compile(self, args: tuple, kwargs: dict) -> _Entry:
         start = time.perf_counter()
+        roots = _roots(self.fn, args, kwargs)
+        for _, obj in roots:
+            for opt in _optimizers(obj):
+                opt.init_state()
+        holders = _state_snapshot(roots)
         builder = GraphBuilder(getattr(self.fn, "__qualname__", "fn"), birth=autograd._BIRTHS + 1)
+        builder.slots = {id(t): (obj, key, path) for obj, key, t, path in holders.values()}
         traced_args = []
-        arg_bindings = {}
         for i, a in enumerate(args):
             if isinstance(a, Tensor):
                 type_ = tensor_type_of(a.realize_cached_data())
                 nid = builder.add_input(f"arg{i}", "arg", type_, ("arg", i))
-                arg_bindings[nid] = i
                 traced_args.append(builder.traced(Tensor, nid, type_, requires_grad=a.requires_grad))
             else:
                 traced_args.append(a)
         saved_grads = {}
-        holders = _state_snapshot(self.fn, args, kwargs)
         try:
             with tracing(builder):
                 result = self.fn(*traced_args, **kwargs)
                 flat, structure = _flatten(result)
                 out_ids = [(x if x._trace is not None else builder.lift(x))._trace.node_id for x in flat]
         finally:
-            leaked = _restore_state(holders)
-        if leaked:
-            raise tracer.TraceError(
-                f"{self.fn.__qualname__} assigns {', '.join(leaked)} while compiled: state updates "
-                "(BatchNorm running statistics, optimizer steps) are not captured by the compiler "
-                "yet; call model.eval() or compile the forward and loss only")
-        for external, _ in builder.grad_targets:
-            saved_grads.setdefault(id(external), (external, None))
-        grad_targets = [ext for ext, _ in builder.grad_targets]
-        out_ids += [g._trace.node_id for _, g in builder.grad_targets]
-        for external, previous in saved_grads.values():
-            external.grad = previous  # no traced value leaks out of the trace
+            slot_updates = _take_slot_updates(holders)
+            for target, _ in builder.data_updates.values():
+                target._trace = None
+            for external, _ in builder.grad_targets:
+                saved_grads.setdefault(id(external), (external, None))
+            for external, previous in saved_grads.values():
+                external.grad = previous  # no traced value leaks out of the trace
+        writes = ([("grad", ext, g) for ext, g in builder.grad_targets]
+                  + [("data", t, v) for t, v in builder.data_updates.values()]
+                  + [("slot", (obj, key), v) for obj, key, v in slot_updates]
+                  + [("hyper", (obj, attr), v) for obj, attr, v in builder.hyper_updates.values()])
+        out_ids += [_node_of(builder, v) for _, _, v in writes]
         graph = builder.graph(out_ids)
         self.stats["traces"] += 1
         from .passes.manager import PassContext
 
         ctx = PassContext()
         final = _pass_manager().run(graph, ctx)
-        bindings = []
-        for node_id, bound, role in builder.inputs:
-            if node_id in arg_bindings:
-                bindings.append(("arg", arg_bindings[node_id]))
-            elif role == "const":
-                bindings.append(("const", _to_backend(bound)))
-            else:
-                bindings.append(("tensor", bound))
+        bindings = [("const", _to_backend(bound)) if role == "const" else bound
+                    for _, bound, role in builder.inputs]
         self.stats["compiles"] += 1
         self.stats["nodes"] = len(final.nodes)
         self.stats["kernels"] = sum(1 for n in final.nodes if n.op not in ("input", "const"))
         self.stats["compile_seconds"] += time.perf_counter() - start
-        return _Entry(final, dict(ctx.snapshots), bindings, len(flat), grad_targets, structure)
+        return _Entry(final, dict(ctx.snapshots), bindings, len(flat),
+                      [(kind, target) for kind, target, _ in writes], structure)
 
     def _explain_miss(self, key: tuple) -> None:
         if self._last_key is None or "recompile" not in os.environ.get("NEEDLE_LOG", ""):
@@ -187,20 +181,53 @@ class CompiledFunction:
                   file=sys.stderr)
 
     # ---- running ------------------------------------------------------------------------
-    def _run(self, entry: _Entry, args: tuple):
+    def _inputs(self, entry: _Entry, args: tuple) -> Optional[list]:
+        """Backend arrays for the graph inputs, read now; None if a bound shape changed."""
         inputs = []
-        for kind, what in entry.bindings:
-            if kind == "arg":
-                inputs.append(args[what].realize_cached_data())
+        for binding, node in zip(entry.bindings, entry.graph.inputs):
+            kind = binding[0]
+            if kind == "hyper":
+                value = array_api.full((), float(getattr(binding[1], binding[2])), dtype="float32",
+                                       device=_default_device())
             elif kind == "const":
-                inputs.append(what)
+                value = binding[1]
             else:
-                inputs.append(what.realize_cached_data())
+                if kind == "arg":
+                    tensor = args[binding[1]]
+                elif kind == "slot":
+                    holder, key = binding[1], binding[2]
+                    tensor = holder[key] if isinstance(holder, dict) else getattr(holder, key)
+                else:
+                    tensor = binding[1]
+                value = tensor.realize_cached_data()
+                if tuple(value.shape) != node.type.shape:
+                    return None
+            inputs.append(value)
+        return inputs
+
+    def _run(self, entry: _Entry, args: tuple):
+        inputs = self._inputs(entry, args)
+        if inputs is None:  # a module attribute was replaced by a tensor of another shape
+            self._cache = {k: e for k, e in self._cache.items() if e is not entry}
+            return self(*args)
         outputs = run_graph(entry.graph, inputs)
         results = [Tensor.make_const(o) if not isinstance(o, tuple) else TensorTuple.make_const(o)
                    for o in outputs[:entry.n_outputs]]
-        for external, value in zip(entry.grad_targets, outputs[entry.n_outputs:]):
-            external.grad = Tensor.make_const(value)
+        for (kind, target), value in zip(entry.writes, outputs[entry.n_outputs:]):
+            if kind == "grad":
+                target.grad = Tensor.make_const(value)
+            elif kind == "data":
+                target.cached_data = value
+            elif kind == "slot":
+                holder, key = target
+                if isinstance(holder, dict):
+                    holder[key] = Tensor.make_const(value)
+                else:
+                    setattr(holder, key, Tensor.make_const(value))
+            else:
+                holder, attr = target
+                number = float(value.numpy() if hasattr(value, "numpy") else value)
+                setattr(holder, attr, int(round(number)) if isinstance(getattr(holder, attr), int) else number)
         return _unflatten(results, entry.structure)
 
     def ir(self, stage: str = "final") -> str:
@@ -231,57 +258,78 @@ class CompiledFunction:
         return out
 
 
-def _state_snapshot(fn, args, kwargs) -> dict:
-    """Attributes holding Tensors on the modules/optimizers the function can reach."""
-    roots = list(args) + list(kwargs.values())
-    for cell in getattr(fn, "__closure__", None) or ():
+def _node_of(builder, value) -> int:
+    """The node id of a value written back after the call (lifted if it is a real tensor)."""
+    if value._trace is None:
+        value = builder.lift(value)
+    return value._trace.node_id
+
+
+def _roots(fn, args=(), kwargs=None) -> list:
+    """(name, object) for what a function can reach: arguments, closure cells, globals it
+    names, and the bound instance of a method."""
+    roots = [(f"arg{i}", a) for i, a in enumerate(args)] + list((kwargs or {}).items())
+    code = getattr(fn, "__code__", None)
+    for name, cell in zip(code.co_freevars if code else (), getattr(fn, "__closure__", None) or ()):
         try:
-            roots.append(cell.cell_contents)
+            roots.append((name, cell.cell_contents))
         except ValueError:
             continue
-    code = getattr(fn, "__code__", None)
-    for name in (code.co_names if code else ()):
-        if name in getattr(fn, "__globals__", {}):
-            roots.append(fn.__globals__[name])
+    fn_globals = getattr(fn, "__globals__", {})
+    roots += [(n, fn_globals[n]) for n in (code.co_names if code else ()) if n in fn_globals]
+    bound = getattr(fn, "__self__", None)
+    if bound is not None:
+        roots.append(("self", bound))
+    return roots
+
+
+def _optimizers(obj) -> list:
+    return [obj] if hasattr(obj, "params") and hasattr(obj, "_buffer_names") else []
+
+
+def _state_snapshot(roots: list) -> dict:
+    """Attributes and dict entries holding Tensors on the modules/optimizers reachable from
+    roots: {(id(holder), key): (holder, key, tensor, path)}, path like `model.modules[0].weight`."""
     snapshot: dict = {}
     seen: set = set()
 
-    def visit(obj, depth):
-        if depth > 6 or id(obj) in seen:
+    def visit(obj, depth, path):
+        if depth > 64 or id(obj) in seen:
             return
         seen.add(id(obj))
         if isinstance(obj, (list, tuple)):
-            for item in obj:
-                visit(item, depth + 1)
+            for i, item in enumerate(obj):
+                visit(item, depth + 1, f"{path}[{i}]")
         elif isinstance(obj, dict):
             for key, item in list(obj.items()):
                 if isinstance(item, autograd.Value):
-                    snapshot[(id(obj), key)] = (obj, key, item)
-                visit(item, depth + 1)
+                    snapshot[(id(obj), key)] = (obj, key, item, f"{path}[{key!r}]")
+                visit(item, depth + 1, f"{path}[{key!r}]")
         elif type(obj).__module__.startswith(("needle.nn", "needle.optim", "apps.")):
             for key, item in list(vars(obj).items()):
                 if isinstance(item, autograd.Value):
-                    snapshot[(id(obj), key)] = (obj, key, item)
+                    snapshot[(id(obj), key)] = (obj, key, item, f"{path}.{key}")
                 else:
-                    visit(item, depth + 1)
+                    visit(item, depth + 1, f"{path}.{key}")
 
-    for root in roots:
-        visit(root, 0)
+    for name, root in roots:
+        visit(root, 0, name)
     return snapshot
 
 
-def _restore_state(snapshot: dict) -> list:
-    """Put back every snapshotted attribute that now holds a traced value; name them."""
-    leaked = []
-    for obj, key, old in snapshot.values():
+def _take_slot_updates(snapshot: dict) -> list:
+    """(holder, key, traced value) for every snapshotted slot the trace reassigned; each
+    slot gets its old tensor back (the compiled call writes the new value after running)."""
+    updates = []
+    for obj, key, old, _ in snapshot.values():
         current = obj[key] if isinstance(obj, dict) else getattr(obj, key, None)
-        if isinstance(current, autograd.Value) and current._trace is not None:
-            leaked.append(f"{type(obj).__name__}.{key}" if not isinstance(obj, dict) else f"[{key!r}]")
+        if current is not old and isinstance(current, autograd.Value) and current._trace is not None:
+            updates.append((obj, key, current))
             if isinstance(obj, dict):
                 obj[key] = old
             else:
                 setattr(obj, key, old)
-    return leaked
+    return updates
 
 
 def _signature_text(key: tuple) -> str:

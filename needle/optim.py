@@ -11,6 +11,7 @@ from typing import Dict
 import numpy as np
 
 from .autograd import Tensor, no_grad
+from .ir import tracer
 
 
 def _cast(t: Tensor, like: Tensor) -> Tensor:
@@ -36,6 +37,18 @@ class Optimizer:
 
     def step(self):
         raise NotImplementedError()
+
+    def init_state(self) -> None:
+        """Create every state buffer, zero-filled, that the first step() would create.
+
+        Eager steps create buffers lazily; a compiled step needs them to exist before
+        tracing so that they are graph state (zeros give the same first update)."""
+        for name in self._buffer_names:
+            buffers = getattr(self, name)
+            for i, p in enumerate(self.params):
+                if i not in buffers:
+                    buffers[i] = Tensor(np.zeros(p.shape, dtype=np.dtype(str(p.dtype))), device=p.device,
+                                        dtype=p.dtype, requires_grad=False)
 
     def reset_grad(self):
         for p in self.params:
@@ -105,6 +118,10 @@ class SGD(Optimizer):
     _hyper = ("lr", "momentum", "weight_decay")
     _buffer_names = ("u",)
 
+    def init_state(self) -> None:
+        if self.momentum:
+            super().init_state()
+
     def __init__(self, params, lr=0.01, momentum=0.0, weight_decay=0.0):
         super().__init__(params)
         self.lr = lr
@@ -126,7 +143,7 @@ class SGD(Optimizer):
                     u = g * (1 - self.momentum) if prev is None else prev * self.momentum + g * (1 - self.momentum)
                     self.u[i] = _cast(u, p)
                     g = self.u[i]
-                p.data = _cast(w - g * self.lr, p)
+                p.data = _cast(w - g * tracer.hyper(self, "lr"), p)
 
 
 class Adam(Optimizer):
@@ -146,10 +163,26 @@ class Adam(Optimizer):
         self.m: Dict[int, Tensor] = {}
         self.v: Dict[int, Tensor] = {}
 
+    @property
+    def next_bias_correction1(self) -> float:
+        """1 - beta1**(t+1): the first-moment correction of the coming step."""
+        return 1 - self.beta1 ** (self.t + 1)
+
+    @property
+    def next_bias_correction2(self) -> float:
+        """1 - beta2**(t+1): the second-moment correction of the coming step."""
+        return 1 - self.beta2 ** (self.t + 1)
+
     def step(self):
-        self.t += 1
         b1, b2 = self.beta1, self.beta2
-        c1, c2 = 1 - b1 ** self.t, 1 - b2 ** self.t
+        if tracer.ACTIVE is None:
+            self.t += 1
+            c1, c2 = 1 - b1 ** self.t, 1 - b2 ** self.t
+        else:  # the step count is graph state: read at each call, written back after it;
+            # the bias corrections are read in float64 like eager's (1 - 0.999**t cancels)
+            tracer.ACTIVE.set_hyper(self, "t", tracer.hyper(self, "t") + 1.0)
+            c1, c2 = tracer.hyper(self, "next_bias_correction1"), tracer.hyper(self, "next_bias_correction2")
+        lr = tracer.hyper(self, "lr")
         with no_grad():
             for i, p in enumerate(self.params):
                 if p.grad is None:
@@ -164,7 +197,7 @@ class Adam(Optimizer):
                 self.m[i], self.v[i] = _cast(m, p), _cast(v, p)
                 m_hat = self.m[i] / c1
                 v_hat = self.v[i] / c2
-                p.data = _cast(w - m_hat * self.lr / (v_hat ** 0.5 + self.eps), p)
+                p.data = _cast(w - m_hat * lr / (v_hat ** 0.5 + self.eps), p)
 
 
 from . import lr_scheduler  # noqa: E402,F401

@@ -35,4 +35,5 @@ def request_gradients(loss, out_grad: Optional[object] = None) -> None:
         leaf.grad = g
         external = externals.get(id(leaf))
         if external is not None:
+            external.grad = g  # read by opt.step() later in the trace; restored afterwards
             builder.grad_targets.append((external, g))

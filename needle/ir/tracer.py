@@ -69,6 +69,10 @@ class GraphBuilder:
         self.lifted: dict[int, tuple[Any, Any]] = {}  # id(external) -> (external, traced proxy)
         self.inputs: list[tuple[int, Any, str]] = []  # (node id, bound object, role)
         self.grad_targets: list[tuple[Any, Any]] = []  # (external tensor, traced gradient)
+        self.slots: dict[int, tuple[Any, Any]] = {}   # id(tensor) -> (holder, key) it was read from
+        self.data_updates: dict[int, tuple[Any, Any]] = {}  # id(external) -> (tensor, new value)
+        self.hyper_updates: dict[tuple[int, str], tuple[Any, str, Any]] = {}
+        self.hypers: dict[tuple[int, str], Any] = {}  # (id(obj), attr) -> traced scalar input
         self.loc_override: Optional[SourceLoc] = None  # set by passes that re-trace nodes
 
     # ---- nodes ------------------------------------------------------------------------
@@ -103,14 +107,60 @@ class GraphBuilder:
         data = value.realize_cached_data()
         type_ = tensor_type_of(data)
         if getattr(value, "_birth", 0) < self.birth:
+            slot = self.slots.get(key)
             role = "param" if type(value).__name__ == "Parameter" else (
-                "arg" if value.requires_grad else "state")
-            node_id = self.add_input(f"t{len(self.inputs)}", role, type_, value)
+                "state" if slot is not None or not value.requires_grad else "arg")
+            binding = ("slot",) + slot[:2] if slot is not None else ("tensor", value)
+            name = slot[2] if slot is not None else f"t{len(self.inputs)}"
+            node_id = self.add_input(self._unique(name), role, type_, binding)
         else:
             node_id = self._const(data, type_)
         proxy = self.traced(Tensor, node_id, type_, requires_grad=value.requires_grad)
         self.lifted[key] = (value, proxy)
         return proxy
+
+    def _unique(self, name: str) -> str:
+        taken = {n.attr("name") for n in self.nodes if n.op == "input"}
+        if name not in taken:
+            return name
+        i = 1
+        while f"{name}#{i}" in taken:
+            i += 1
+        return f"{name}#{i}"
+
+    def assign_data(self, target, value) -> None:
+        """`target.data = value` inside the trace: later reads of target see value; an
+        external target's new data is a graph output written back after each call."""
+        from .. import ops
+
+        if not is_traced(value):
+            value = self.lift(value)
+        if target._trace is None or target._trace.builder is not self:
+            if getattr(target, "_birth", 0) >= self.birth:
+                target._trace = value._trace  # a tensor made during the trace: just rebind
+                return
+            self.lift(target)  # earlier graph reads keep the old value
+        value = ops.Detach()(value)  # .data carries no history
+        target._trace = value._trace
+        if getattr(target, "_birth", 0) < self.birth:
+            self.data_updates[id(target)] = (target, value)
+
+    def hyper_input(self, obj, attr: str):
+        """A scalar graph input read from `obj.attr` (a Python number) at every call."""
+        from ..autograd import Tensor
+
+        key = (id(obj), attr)
+        if key not in self.hypers:
+            type_ = TensorType((), "float32", "cpu")
+            node_id = self.add_input(self._unique(f"{type(obj).__name__}.{attr}"), "hyper", type_,
+                                     ("hyper", obj, attr))
+            self.hypers[key] = self.traced(Tensor, node_id, type_)
+        return self.hypers[key]
+
+    def set_hyper(self, obj, attr: str, value) -> None:
+        """Write traced scalar `value` back to `obj.attr` (as a Python number) after each call."""
+        self.hyper_updates[(id(obj), attr)] = (obj, attr, value)
+        self.hypers[(id(obj), attr)] = value
 
     def _const(self, data, type_) -> int:
         arr = data if isinstance(data, np.ndarray) else data.numpy()
@@ -180,6 +230,11 @@ def tracing(builder: GraphBuilder) -> Iterator[GraphBuilder]:
         yield builder
     finally:
         ACTIVE = previous
+
+
+def hyper(obj, attr: str):
+    """`obj.attr` as a traced scalar input inside a trace, else the Python value itself."""
+    return ACTIVE.hyper_input(obj, attr) if ACTIVE is not None else getattr(obj, attr)
 
 
 def read_error(what: str) -> TraceError:

@@ -141,12 +141,44 @@ def test_shape_error_inside_compiled_function_names_op_and_line():
         f(rand(3, 4))
 
 
-def test_state_updates_are_refused_and_rolled_back():
-    bn = nn.BatchNorm1d(4)
-    f = ndl.compile(lambda x: bn(x).sum())
-    with pytest.raises(TraceError, match="running_mean"):
-        f(rand(5, 4))
-    assert bn.running_mean._trace is None
-    bn.eval()
+def test_batchnorm_running_statistics_are_graph_state():
+    np.random.seed(3)
+    bn_c, bn_e = nn.BatchNorm1d(4), nn.BatchNorm1d(4)
+    f = ndl.compile(lambda x: bn_c(x).sum())
+    for _ in range(3):
+        x = rand(5, 4)
+        close(f(x), bn_e(x).sum().numpy(), rtol=1e-5, atol=1e-5)
+    close(bn_c.running_mean, bn_e.running_mean.numpy(), rtol=1e-5, atol=1e-6)
+    close(bn_c.running_var, bn_e.running_var.numpy(), rtol=1e-5, atol=1e-6)
+    assert bn_c.running_mean._trace is None and f.stats["traces"] == 1
+    bn_c.eval()
+    bn_e.eval()
     x = rand(5, 4)
-    close(f(x), bn(x).sum().numpy(), rtol=1e-5, atol=1e-5)
+    close(f(x), bn_e(x).sum().numpy(), rtol=1e-5, atol=1e-5)
+    assert f.stats["traces"] == 2  # the training flag is part of the signature
+
+
+def test_learning_rate_is_read_at_every_call():
+    np.random.seed(4)
+    lin = nn.Linear(3, 2)
+    opt = ndl.optim.SGD(lin.parameters(), lr=0.1)
+
+    @ndl.compile
+    def step(x):
+        opt.reset_grad()
+        loss = lin(x).sum()
+        loss.backward()
+        opt.step()
+        return loss
+
+    x = rand(4, 3)
+    w0 = lin.weight.numpy().copy()
+    step(x)
+    g = lin.weight.grad.numpy()
+    close(lin.weight, w0 - 0.1 * g, rtol=1e-5, atol=1e-6)
+    opt.lr = 0.5
+    w1 = lin.weight.numpy().copy()
+    step(x)
+    close(lin.weight, w1 - 0.5 * g, rtol=1e-5, atol=1e-6)
+    assert step.stats["traces"] == 1
+    assert 'role="hyper"' in step.ir("input")
