@@ -31,11 +31,11 @@ from .ir.graph import Graph
 from .ir.tracer import GraphBuilder, tensor_type_of, tracing
 from .runtime.interpreter import run_graph
 
-PIPELINE = ("autodiff", "simplify")
+PIPELINE = ("decompose", "autodiff", "simplify")
 
 
 def _pass_manager():
-    from .passes import autodiff  # noqa: F401  (registers the pass)
+    from . import passes  # noqa: F401  (registers the passes)
     from .passes.manager import PASSES, PassManager
 
     return PassManager([PASSES[name] for name in PIPELINE if name in PASSES])

@@ -73,6 +73,7 @@ class GraphBuilder:
         self.data_updates: dict[int, tuple[Any, Any]] = {}  # id(external) -> (tensor, new value)
         self.hyper_updates: dict[tuple[int, str], tuple[Any, str, Any]] = {}
         self.hypers: dict[tuple[int, str], Any] = {}  # (id(obj), attr) -> traced scalar input
+        self.rng_streams = 0  # random ops traced so far (each gets its own stream)
         self.loc_override: Optional[SourceLoc] = None  # set by passes that re-trace nodes
 
     # ---- nodes ------------------------------------------------------------------------

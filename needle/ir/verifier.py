@@ -9,8 +9,8 @@ Checks, for every graph:
 * `input` nodes have no inputs, a str `name` (unique in the graph) and a `role` in ROLES;
 * `const` nodes have no inputs and a `value` whose nested shape is the type's shape
   (a scalar value fills any shape);
-* `grad` nodes have a loss and at least one wrt input, and their type is the tuple of the
-  wrt inputs' types;
+* `grad` nodes have a loss and at least one wrt input (then the seed, when `seeded`), and
+  their type is the tuple of the wrt inputs' types;
 * registry ops: the op is rebuilt from its attributes and its shape inference is re-run on
   stand-ins of the input types; inferred shape and dtype (and, for tuple-valued ops, the
   tuple's length) must match the node's type; the output device is the inputs' device
@@ -131,7 +131,8 @@ def _check_graph_op(node: Node, types, input_names, fail):
             raise fail("grad needs the loss and at least one input to differentiate with respect to")
         if any(isinstance(types[i], tuple) for i in node.inputs):
             raise fail("grad inputs must be tensors, not tuples")
-        expected = tuple(types[i] for i in node.inputs[1:])
+        wrt = node.inputs[1:-1] if node.attr("seeded", False) else node.inputs[1:]  # last: the seed
+        expected = tuple(types[i] for i in wrt)
         if node.type != expected:
             raise fail(f"grad is typed {format_type(node.type)} but the types of its wrt inputs "
                        f"are {format_type(expected)}")

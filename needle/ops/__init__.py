@@ -7,6 +7,7 @@ from .tuple_ops import *  # noqa: F401,F403
 from .gather import *  # noqa: F401,F403
 from .linalg import *  # noqa: F401,F403
 from .composite import *  # noqa: F401,F403
+from .random import *  # noqa: F401,F403
 
 # Course-compatible aliases.
 MakeTuple = MakeTensorTuple  # noqa: F405

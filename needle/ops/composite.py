@@ -50,6 +50,7 @@ class LogSumExp(Reduce):
     """log(sum(exp(a), axes)), stable for inputs of any magnitude."""
 
     composite = True
+    custom_vjp = True  # autodiff uses `gradient` below; decompose expands it afterwards
 
     def compute(self, a):
         axes = self._axes(len(a.shape))
@@ -78,6 +79,7 @@ class LogSoftmax(TensorOp):
     """log-softmax over axis 1 of a 2-D input."""
 
     composite = True
+    custom_vjp = True  # autodiff uses `gradient` below; decompose expands it afterwards
     kind = "reduce"
 
     def infer(self, a):

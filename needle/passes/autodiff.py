@@ -48,7 +48,10 @@ def autodiff(graph: Graph, ctx=None) -> Graph:
                     value.requires_grad = True
                 env[node.id] = value
         builder.loc_override = None
-    return builder.graph([env[i]._trace.node_id for i in graph.outputs])
+    out = builder.graph([env[i]._trace.node_id for i in graph.outputs])
+    from .decompose import decompose_graph  # composites kept for their custom VJP
+
+    return decompose_graph(out)[0]
 
 
 def _expand_grad(node, env, builder, init, ops):

@@ -25,29 +25,36 @@ from .manager import FunctionPass, PassError, PassResult, register_pass
 MAX_ROUNDS = 8
 
 
-def is_composite(node: Node) -> bool:
-    """True when `node` is a registry op whose class sets `composite = True`."""
+def is_composite(node: Node, keep_custom_vjp: bool = False) -> bool:
+    """True when `node` is a registry op whose class sets `composite = True` (and, with
+    keep_custom_vjp, does not ask to keep its own VJP through autodiff)."""
     from ..ops.registry import OPS
 
     cls = OPS.get(node.op)
-    return cls is not None and getattr(cls, "composite", False)
+    return (cls is not None and getattr(cls, "composite", False)
+            and not (keep_custom_vjp and getattr(cls, "custom_vjp", False)))
 
 
 def decompose_graph(graph: Graph) -> tuple[Graph, dict]:
-    """`graph` with every composite node expanded into primitives, and counts by op."""
+    """`graph` with composite nodes expanded into primitives, and counts by op.
+
+    While the graph still holds `grad` requests, composites with `custom_vjp = True`
+    (logsumexp, logsoftmax: their own VJP is the numerically better one, and the one eager
+    mode uses) are kept for autodiff; the autodiff pass expands them afterwards."""
     counts: dict[str, int] = {}
+    keep = any(n.op == "grad" for n in graph.nodes)
     for _ in range(MAX_ROUNDS):
-        if not any(is_composite(n) for n in graph.nodes):
+        if not any(is_composite(n, keep) for n in graph.nodes):
             return graph, counts
-        graph = _expand_once(graph, counts)
-    left = [n for n in graph.nodes if is_composite(n)]
+        graph = _expand_once(graph, counts, keep)
+    left = [n for n in graph.nodes if is_composite(n, keep)]
     if left:
         raise PassError("decompose", f"composite ops remain after {MAX_ROUNDS} rounds of "
                         "expansion (a decomposition that keeps producing composites?)", left[0])
     return graph, counts
 
 
-def _expand_once(graph: Graph, counts: dict) -> Graph:
+def _expand_once(graph: Graph, counts: dict, keep_custom_vjp: bool = False) -> Graph:
     from .. import autograd
     from ..autograd import Tensor, TensorTuple
     from ..ops.registry import op_from_node
@@ -57,7 +64,7 @@ def _expand_once(graph: Graph, counts: dict) -> Graph:
     with tracing(builder):
         for node in graph.nodes:
             builder.loc_override = node.loc
-            if is_composite(node):
+            if is_composite(node, keep_custom_vjp):
                 op = op_from_node(node.op, node.attr_dict)
                 if not callable(getattr(op, "decompose", None)):
                     raise PassError("decompose", f"composite op {node.op} has no decompose() "

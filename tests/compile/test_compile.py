@@ -182,3 +182,34 @@ def test_learning_rate_is_read_at_every_call():
     close(lin.weight, w1 - 0.5 * g, rtol=1e-5, atol=1e-6)
     assert step.stats["traces"] == 1
     assert 'role="hyper"' in step.ir("input")
+
+
+def test_dropout_uses_a_counter_based_rng_in_compiled_mode():
+    drop = nn.Dropout(0.5)
+    f = ndl.compile(lambda x: drop(x))
+    x = tensor(np.ones((200, 50)))
+    from needle.ops.random import COMPILED_RNG
+
+    start = COMPILED_RNG.counter
+    a, b = f(x).numpy(), f(x).numpy()
+    assert COMPILED_RNG.counter == start + 2 and f.stats["traces"] == 1
+    for out in (a, b):
+        assert set(np.unique(out)) <= {0.0, 2.0}
+        assert abs((out == 0).mean() - 0.5) < 0.02
+    assert (a != b).mean() > 0.3  # a fresh mask per call
+    COMPILED_RNG.counter = start
+    np.testing.assert_array_equal(f(x).numpy(), a)  # reproducible from the counter
+    assert "RandomUniform" in f.ir("final")
+
+
+def test_module_attribute_reassigned_is_read_at_call_time():
+    lin = nn.Linear(3, 2)
+    f = ndl.compile(lambda x: lin(x))
+    x = rand(4, 3)
+    f(x)
+    lin.weight = nn.Parameter(rand(3, 2))
+    close(f(x), lin(x).numpy(), rtol=1e-5, atol=1e-5)
+    assert f.stats["traces"] == 1
+    lin.weight = nn.Parameter(rand(3, 5))  # a new shape recompiles
+    lin.bias = nn.Parameter(rand(1, 5))
+    assert f(x).shape == (4, 5) and f.stats["traces"] == 2

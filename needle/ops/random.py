@@ -1,0 +1,86 @@
+"""Counter-based random numbers for compiled graphs (Dropout's masks under @needle.compile).
+
+Eager mode draws from numpy's global RNG (the course's RNG rules). A compiled graph cannot
+call numpy's RNG per call, so `RandomUniform` hashes (seed, stream, element index) with
+splitmix64: the seed is a scalar graph input read from `COMPILED_RNG.counter` at every
+call and advanced by one after it, and each random op of a graph has its own stream.
+Compiled masks therefore differ from eager ones (same distribution, other numbers).
+"""
+from __future__ import annotations
+
+from math import prod
+
+import numpy as np
+
+from ..backend_selection import BACKEND, array_api
+from .registry import TensorOp
+
+
+class CompiledRNGState:
+    """The seed of compiled random ops; `counter` advances by one per compiled call."""
+
+    def __init__(self, counter: int = 0):
+        self.counter = counter
+
+
+COMPILED_RNG = CompiledRNGState()
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+class RandomUniform(TensorOp):
+    """Uniform [0, 1) floats of `shape` from a scalar seed input and a stream number."""
+
+    kind = "opaque"
+    differentiable = False
+    pure = False
+
+    def __init__(self, shape, stream: int = 0):
+        self.shape = tuple(shape)
+        self.stream = stream
+
+    def infer(self, seed):
+        if tuple(seed.shape) != ():
+            raise self.error(f"the seed must be a scalar, got shape {seed.shape}")
+        return self.shape, seed.dtype
+
+    def compute(self, seed):
+        value = seed.numpy() if hasattr(seed, "numpy") else np.asarray(seed)
+        s = np.uint64(int(round(float(value))))
+        with np.errstate(over="ignore"):
+            key = _splitmix64(np.array([s * _GOLDEN + np.uint64(self.stream)], dtype=np.uint64))[0]
+            bits = _splitmix64(np.arange(prod(self.shape), dtype=np.uint64) + key)
+        u = ((bits >> np.uint64(40)).astype(np.float32) / np.float32(1 << 24)).reshape(self.shape)
+        return u if BACKEND == "np" else array_api.array(u, device=seed.device)
+
+    def gradient(self, out_grad, node):
+        from .elementwise import zeros_like
+
+        return zeros_like(node.inputs[0])
+
+
+def random_uniform(shape):
+    """Uniform [0, 1) tensor inside a compiled function (seeded by COMPILED_RNG)."""
+    from ..ir import tracer
+
+    builder = tracer.ACTIVE
+    if builder is None:
+        raise RuntimeError("random_uniform is for compiled functions; eager code uses init.rand")
+    stream = builder.rng_streams
+    builder.rng_streams += 1
+    if stream == 0:
+        seed = builder.hyper_input(COMPILED_RNG, "counter")
+        builder.set_hyper(COMPILED_RNG, "counter", seed + 1.0)
+    seed = builder.hyper_updates[(id(COMPILED_RNG), "counter")][2] - 1.0
+    return RandomUniform(shape, stream)(seed)
+
+
+__all__ = ["RandomUniform", "random_uniform", "COMPILED_RNG"]
