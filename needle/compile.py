@@ -162,6 +162,8 @@ class CompiledFunction:
         from .passes.manager import PassContext
 
         ctx = PassContext()
+        if ctx.dump_dir:  # one folder per function and signature, so dumps never overwrite
+            ctx.dump_dir = os.path.join(ctx.dump_dir, f"{graph.name}-{len(self._cache)}")
         final = _pass_manager().run(graph, ctx)
         bindings = [("const", _to_backend(bound)) if role == "const" else bound
                     for _, bound, role in builder.inputs]

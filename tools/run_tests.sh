@@ -12,7 +12,7 @@ run() {
 }
 run python3 -m pytest -q "$@"
 rc_nd=$?
-NEEDLE_BACKEND=np run python3 -m pytest -q tests/ops tests/test_autograd.py tests/test_init.py tests/nn tests/compile tests/passes tests/ir
+NEEDLE_BACKEND=np run python3 -m pytest -q tests/ops tests/test_autograd.py tests/test_init.py tests/nn tests/compile tests/passes tests/ir tests/tools
 rc_np=$?
 if [ "$rc_nd" -eq 5 ] && [ "$rc_np" -eq 5 ]; then exit 5; fi
 for rc in "$rc_nd" "$rc_np"; do
