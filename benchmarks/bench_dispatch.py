@@ -35,9 +35,8 @@ def chain(x, w, n_ops: int):
     return y
 
 
-def time_needle(n_ops: int, repeats: int):
-    x = ndl.Tensor(np.random.randn(8, 8).astype(np.float32))
-    w = ndl.Tensor(np.random.randn(8, 8).astype(np.float32) * 0.3)
+def time_chain(x, w, n_ops: int, repeats: int):
+    """Median seconds of the forward chain and of its backward (first run is warm-up)."""
     fwd, bwd = [], []
     for _ in range(repeats + 1):
         t0 = time.perf_counter()
@@ -48,6 +47,12 @@ def time_needle(n_ops: int, repeats: int):
         fwd.append(t1 - t0)
         bwd.append(t2 - t1)
     return statistics.median(fwd[1:]), statistics.median(bwd[1:])
+
+
+def time_needle(n_ops: int, repeats: int):
+    x = ndl.Tensor(np.random.randn(8, 8).astype(np.float32))
+    w = ndl.Tensor(np.random.randn(8, 8).astype(np.float32) * 0.3)
+    return time_chain(x, w, n_ops, repeats)
 
 
 def time_torch(n_ops: int, repeats: int):
@@ -58,16 +63,7 @@ def time_torch(n_ops: int, repeats: int):
     torch.set_num_threads(2)
     x = torch.randn(8, 8, requires_grad=True)
     w = (torch.randn(8, 8) * 0.3).requires_grad_()
-    fwd, bwd = [], []
-    for _ in range(repeats + 1):
-        t0 = time.perf_counter()
-        y = chain(x, w, n_ops).sum()
-        t1 = time.perf_counter()
-        y.backward()
-        t2 = time.perf_counter()
-        fwd.append(t1 - t0)
-        bwd.append(t2 - t1)
-    return statistics.median(fwd[1:]), statistics.median(bwd[1:])
+    return time_chain(x, w, n_ops, repeats)
 
 
 def main() -> None:

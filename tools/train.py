@@ -469,6 +469,14 @@ def _bar(args, total, desc, unit):
                  dynamic_ncols=True, mininterval=0.5)
 
 
+def _record_step(bar, losses, loss, n, t0, rate_name):
+    """Append the step's loss and show it with the running rate on the progress bar."""
+    losses.append(_scalar(loss))
+    bar.update(1)
+    bar.set_postfix(loss=f"{losses[-1]:.4f}",
+                    **{rate_name: f"{n / max(time.perf_counter() - t0, 1e-9):.0f}"}, refresh=False)
+
+
 def _scalar(t):
     return float(np.asarray(t.numpy()).reshape(-1)[0])
 
@@ -495,13 +503,9 @@ class ClassificationJob:
             loss = self.loss_fn(self.model(X), y)
             loss.backward()
             self.opt.step()
-            losses.append(_scalar(loss))
             n += X.shape[0]
             steps += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.4f}",
-                            samples_s=f"{n / max(time.perf_counter() - t0, 1e-9):.0f}",
-                            refresh=False)
+            _record_step(bar, losses, loss, n, t0, "samples_s")
         return losses, n, steps
 
     def n_steps(self):
@@ -573,13 +577,9 @@ class PTBJob:
                 self.opt.clip_grad_norm(self.args.clip)
             self.opt.step()
             h = _detach_hidden(h)
-            losses.append(_scalar(loss))
             n += y.shape[0]
             steps += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.4f}",
-                            tokens_s=f"{n / max(time.perf_counter() - t0, 1e-9):.0f}",
-                            refresh=False)
+            _record_step(bar, losses, loss, n, t0, "tokens_s")
         return losses, n, steps
 
     def evaluate(self):
