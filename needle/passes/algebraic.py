@@ -16,6 +16,7 @@
     EWiseAdd(x, c), EWiseAdd(c, x)                                         -> AddScalar(x, c)
     EWiseDiv(x, c)                                                         -> DivScalar(x, c)
     (and then MulScalar 1 / AddScalar 0 / DivScalar 1 vanish)
+    Detach(x), once no grad request is left in the graph                   -> x
 
 A replaced node's users (and graph outputs) read the replacement; a node rewritten into a new
 node keeps its id and source location. Producers left without users are DCE's business.
@@ -152,7 +153,12 @@ class AlgebraicSimplification(Pass):
     def run(self, graph, ctx):
         counts: dict[str, int] = {}
 
+        differentiating = any(n.op == "grad" for n in graph.nodes)
+
         def rule(node, get):
+            if node.op == "Detach" and not differentiating:  # stops gradients only
+                counts["Detach"] = counts.get("Detach", 0) + 1
+                return node.inputs[0]
             fn = RULES.get(node.op)
             out = fn(node, get) if fn is not None else None
             if out is not None:

@@ -528,3 +528,18 @@ def test_view_rewrites_keep_values():
     out, ctx = run("simplify", before)
     assert len(out) < len(before)
     same_values(before, out, rtol=0)
+
+
+def test_detach_vanishes_once_no_grad_request_is_left():
+    check("algebraic", alg("""
+          %1 = Detach(%0) : f32[2,3,4] cpu
+          %2 = Negate(%1) : f32[2,3,4] cpu""", "%2"), alg("""
+          %2 = Negate(%0) : f32[2,3,4] cpu""", "%2"))
+
+
+def test_detach_stays_while_a_grad_request_needs_it():
+    unchanged("algebraic", alg("""
+          %1 = Detach(%0) : f32[2,3,4] cpu
+          %2 = EWiseMul(%1, %0) : f32[2,3,4] cpu
+          %3 = Summation(%2) {axes=None} : f32[] cpu
+          %4 = grad(%3, %0) {seeded=False} : (f32[2,3,4] cpu)""", "%4"))
