@@ -1,0 +1,370 @@
+"""The fusion pass: groups primitives into `FusedGroup` kernels and explains every refusal.
+
+The graph is returned unchanged; the plan is an annotation stored in
+`ctx.options["fusion_plan"]` and in the pass report (`{"kernels", "fused_ops", "plan"}`).
+
+Rules (docs/passes.md, "fusion"):
+
+* `input`/`const` nodes belong to no group (they are group inputs).
+* Elementwise, broadcast and injective ops (views) fuse freely, producer into consumer.
+  `Gather` fuses like an injective op (a data-dependent index map); a group holding one is
+  "elementwise", not "view", because it reads indices at run time.
+* A reduction absorbs its elementwise producers (prologue) and takes elementwise consumers as
+  an epilogue only when they read the reduced result (directly or through the epilogue).
+  One reduction per group.
+* `MatMul`/`Conv` (extern) take an elementwise epilogue, never a prologue.
+* Tuple ops and opaque ops stay alone; tuple ops (aliases/slices) are "view" groups.
+* A cheap view chain of graph inputs read by several groups is not merged into any of them:
+  it stays a "view" group that each consumer recomputes as index arithmetic.
+* Domains: the outputs of an elementwise group all have the size of its domain (the largest
+  elementwise shape in it); a reduce group's outputs have its anchor's input or output size;
+  an extern group's outputs have the GEMM's output size. Elementwise nodes inside a group
+  may be smaller than the domain (broadcast into it, recomputed), never larger.
+* No merge may create a cycle between groups (reachability check before each merge).
+
+Merging runs in sweeps over the edges producer -> consumer in graph order: (1) elementwise
+and view groups among themselves, (2) reductions absorb elementwise producers, (3) reductions
+and externs take elementwise consumers, (4) every rule on every edge until nothing changes.
+"""
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from dataclasses import dataclass, field
+from math import prod
+from typing import Optional
+
+from ..ir.graph import Graph, Node
+from .manager import Pass, PassResult, register_pass
+
+__all__ = ["FusedGroup", "FusionPlan", "FusionPass", "plan_fusion", "format_plan", "format_why_not", "node_class",
+           "VIEW_OPS"]
+
+#: graph ops outside every group
+_FREE = ("input", "const")
+
+#: pure index maps (no arithmetic): their groups do no work unless they hold other ops
+VIEW_OPS = frozenset({"Reshape", "Permute", "Transpose", "BroadcastTo", "GetItem", "Flip",
+                      "Dilate", "UnDilate", "UnSlice", "Concat", "Stack"})
+
+
+def node_class(node: Node) -> str:
+    """Fusion class of a node: view, elementwise, reduce, extern, tuple or opaque."""
+    from ..ops import OPS
+
+    cls = OPS.get(node.op)
+    kind = getattr(cls, "kind", "opaque") if cls is not None else "opaque"
+    if kind in ("broadcast", "injective"):
+        return "view" if node.op in VIEW_OPS else "elementwise"   # Gather: fusable, does work
+    if kind in ("elementwise", "reduce", "extern", "tuple"):
+        return kind
+    return "opaque"
+
+
+@dataclass(frozen=True)
+class FusedGroup:
+    """One kernel: nodes in topological order, the values it reads from outside (first-use
+    order), the values it produces for the outside (or the graph's return), its kind
+    ("elementwise" | "reduce" | "extern" | "opaque" | "view") and the reduce/extern anchor."""
+
+    id: int
+    node_ids: tuple[int, ...]
+    inputs: tuple[int, ...]
+    outputs: tuple[int, ...]
+    kind: str
+    anchor: Optional[int] = None
+
+    def subgraph(self, graph: Graph) -> Graph:
+        """The group as a standalone graph: `input` nodes in0.. for its inputs, its nodes
+        re-numbered after them, and `return` of its outputs."""
+        nodes: list[Node] = []
+        new_id: dict[int, int] = {}
+        for i, v in enumerate(self.inputs):
+            src = graph.node(v)
+            new_id[v] = i
+            nodes.append(Node(i, "input", (), (("name", f"in{i}"), ("role", "arg")), src.type))
+        for j, nid in enumerate(self.node_ids):
+            n = graph.node(nid)
+            new_id[nid] = len(self.inputs) + j
+            nodes.append(Node(new_id[nid], n.op, tuple(new_id[i] for i in n.inputs), n.attrs,
+                              n.type, n.loc))
+        return Graph(f"{graph.name}.k{self.id}", tuple(nodes),
+                     tuple(new_id[o] for o in self.outputs))
+
+
+@dataclass
+class FusionPlan:
+    """The groups (in a topological order of groups; `id` = index) and every refused merge
+    that stayed refused: `(producer node id, consumer node id, reason)`."""
+
+    groups: list[FusedGroup]
+    why_not: list[tuple[int, int, str]] = field(default_factory=list)
+
+    @property
+    def kernels(self) -> int:
+        """Groups that do work (not view-only)."""
+        return sum(1 for g in self.groups if g.kind != "view")
+
+    @property
+    def fused_ops(self) -> int:
+        """Nodes that share a working group with at least one other node."""
+        return sum(len(g.node_ids) for g in self.groups if g.kind != "view" and len(g.node_ids) > 1)
+
+    def group_of(self, node_id: int) -> Optional[FusedGroup]:
+        for g in self.groups:
+            if node_id in g.node_ids:
+                return g
+        return None
+
+
+# ---- planning -----------------------------------------------------------------------------
+def _numel(node: Node) -> int:
+    return prod(node.type.shape) if not node.is_tuple else -1
+
+
+class _Planner:
+    def __init__(self, graph: Graph):
+        self.g = graph
+        self.pos = {n.id: i for i, n in enumerate(graph.nodes)}
+        self.users = graph.users()
+        self.returned = set(graph.outputs)
+        self.cls = {n.id: node_class(n) for n in graph.nodes if n.op not in _FREE}
+        self.group: dict[int, int] = {}            # node id -> group key
+        self.members: dict[int, list[int]] = {}    # group key -> node ids
+        for nid in self.cls:
+            self.group[nid] = nid
+            self.members[nid] = [nid]
+        self.refused: dict[tuple[int, int], list[str]] = {}
+        self.input_views = self._input_views()
+
+    def _input_views(self) -> set:
+        """View nodes computed from graph inputs/consts only (cheap to recompute)."""
+        out = set()
+        for n in self.g.nodes:
+            if self.cls.get(n.id) == "view" and all(
+                    self.g.node(i).op in _FREE or i in out for i in n.inputs):
+                out.add(n.id)
+        return out
+
+    # -- group facts
+    def kind(self, key: int) -> str:
+        classes = {self.cls[n] for n in self.members[key]}
+        for k in ("tuple", "opaque", "extern", "reduce"):
+            if k in classes:
+                return k
+        return "elementwise" if "elementwise" in classes else "view"
+
+    def anchor(self, nodes) -> Optional[int]:
+        for n in nodes:
+            if self.cls[n] in ("reduce", "extern"):
+                return n
+        return None
+
+    def outputs(self, nodes: set) -> list[int]:
+        return [n for n in nodes if n in self.returned or any(u not in nodes for u in self.users[n])]
+
+    # -- rules
+    def reason(self, p: int, c: int) -> Optional[str]:
+        """Why the group of producer p may not absorb the group of consumer c (None: it may)."""
+        P, C = self.group[p], self.group[c]
+        kp, kc = self.kind(P), self.kind(C)
+        if "tuple" in (kp, kc):
+            return "tuple op"
+        if "opaque" in (kp, kc):
+            return "opaque op"
+        pn, cn = set(self.members[P]), set(self.members[C])
+        if kp in ("reduce", "extern") and kc in ("reduce", "extern"):
+            if kc == "extern":
+                return "extern takes no prologue"
+            if kp == "extern":
+                return "extern epilogue takes no reduction"
+            return ("reduce output feeds a reduction" if self._after_anchor(P, p)
+                    else "a group holds one reduction")
+        if kc == "extern":      # elementwise/view producer into an extern group
+            a = self.anchor(cn)
+            if any(i in pn for i in self.g.node(a).inputs):
+                return "extern takes no prologue"
+        if kp in ("reduce", "extern") and kc in ("elementwise", "view"):
+            post = self._post_anchor(P)
+            if not any(i in post for n in cn for i in self.g.node(n).inputs):
+                return f"consumer reads only the {kp}'s prologue"
+        if self.input_views & pn and pn <= self.input_views:
+            if any(u not in pn and u not in cn for n in pn for u in self.users[n]) or \
+                    any(n in self.returned for n in pn):
+                return "cheap view of an input shared by several groups: each recomputes it"
+        bad = self._domain(pn | cn)
+        if bad:
+            return bad
+        if self._cycle(P, C):
+            return "would create a cycle"
+        return None
+
+    def _post_anchor(self, key: int) -> set:
+        nodes = sorted(self.members[key], key=self.pos.get)
+        a = self.anchor(nodes)
+        post = {a}
+        for n in nodes:
+            if any(i in post for i in self.g.node(n).inputs):
+                post.add(n)
+        return post
+
+    def _after_anchor(self, key: int, n: int) -> bool:
+        return n in self._post_anchor(key)
+
+    def _domain(self, nodes: set) -> Optional[str]:
+        a = self.anchor(nodes)
+        outs = self.outputs(nodes)
+        if a is not None:
+            an = self.g.node(a)
+            if self.cls[a] == "reduce":
+                src = self.g.node(an.inputs[0])
+                sizes = {_numel(src), _numel(an)}
+            else:
+                sizes = {_numel(an)}
+        else:
+            shaped = [n for n in nodes if self.cls[n] == "elementwise"] + outs
+            sizes = {max((_numel(self.g.node(n)) for n in shaped), default=0)}
+        big = max(sizes)
+        for n in nodes:
+            if self.cls[n] == "elementwise" and _numel(self.g.node(n)) > big:
+                return "shape mismatch: consumer iterates a different domain"
+        for n in outs:
+            if _numel(self.g.node(n)) not in sizes and not (a is None and self.kind_of(nodes) == "view"):
+                return "shape mismatch: consumer iterates a different domain"
+        return None
+
+    def kind_of(self, nodes) -> str:
+        return "elementwise" if any(self.cls[n] != "view" for n in nodes) else "view"
+
+    def _succ(self, key: int) -> set:
+        return {self.group[u] for n in self.members[key] for u in self.users[n]} - {key}
+
+    def _cycle(self, P: int, C: int) -> bool:
+        """A path P -> X -> ... -> C through another group X (merging would close a cycle)."""
+        start = self._succ(P) - {C}
+        seen, todo = set(start), deque(start)
+        while todo:
+            k = todo.popleft()
+            succ = self._succ(k)
+            if C in succ:
+                return True
+            for s in succ - seen:
+                seen.add(s)
+                todo.append(s)
+        return False
+
+    def merge(self, P: int, C: int) -> None:
+        for n in self.members[C]:
+            self.group[n] = P
+        self.members[P].extend(self.members.pop(C))
+
+    # -- sweeps
+    def sweep(self, allow) -> bool:
+        changed = False
+        for cnode in self.g.nodes:
+            c = cnode.id
+            if c not in self.cls:
+                continue
+            for p in dict.fromkeys(cnode.inputs):
+                if p not in self.cls or self.group[p] == self.group[c]:
+                    continue
+                if not allow(self.kind(self.group[p]), self.kind(self.group[c])):
+                    continue
+                why = self.reason(p, c)
+                if why is None:
+                    self.merge(self.group[p], self.group[c])
+                    changed = True
+                else:
+                    reasons = self.refused.setdefault((p, c), [])
+                    if why not in reasons:
+                        reasons.append(why)
+        return changed
+
+    def run(self) -> FusionPlan:
+        light = ("elementwise", "view")
+        self.sweep(lambda kp, kc: kp in light and kc in light)
+        self.sweep(lambda kp, kc: kp in light and kc == "reduce")
+        self.sweep(lambda kp, kc: kp in ("reduce", "extern") and kc in light)
+        while self.sweep(lambda kp, kc: True):
+            pass
+        return self.plan()
+
+    def plan(self) -> FusionPlan:
+        keys = list(self.members)
+        first = {k: min(self.pos[n] for n in self.members[k]) for k in keys}
+        indeg = {k: 0 for k in keys}
+        succ = {k: self._succ(k) for k in keys}
+        for k in keys:
+            for s in succ[k]:
+                indeg[s] += 1
+        heap = [(first[k], k) for k in keys if indeg[k] == 0]
+        heapq.heapify(heap)
+        order = []
+        while heap:
+            _, k = heapq.heappop(heap)
+            order.append(k)
+            for s in succ[k]:
+                indeg[s] -= 1
+                if indeg[s] == 0:
+                    heapq.heappush(heap, (first[s], s))
+        assert len(order) == len(keys), "fusion produced a cycle between groups"
+        groups = []
+        for gid, k in enumerate(order):
+            nodes = sorted(self.members[k], key=self.pos.get)
+            nodeset = set(nodes)
+            ins: list[int] = []
+            for n in nodes:
+                for i in self.g.node(n).inputs:
+                    if i not in nodeset and i not in ins:
+                        ins.append(i)
+            kind = self.kind(k)
+            if kind == "tuple":
+                kind = "view"
+            groups.append(FusedGroup(gid, tuple(nodes), tuple(ins),
+                                     tuple(n for n in nodes if n in set(self.outputs(nodeset))),
+                                     kind, self.anchor(nodes)))
+        why_not = [(p, c, r) for (p, c), reasons in sorted(
+            self.refused.items(), key=lambda e: (self.pos[e[0][1]], self.pos[e[0][0]]))
+            if self.group[p] != self.group[c] for r in reasons]
+        return FusionPlan(groups, why_not)
+
+
+def plan_fusion(graph: Graph) -> FusionPlan:
+    """The fusion plan of `graph` (see the module docstring for the rules)."""
+    return _Planner(graph).run()
+
+
+def format_plan(plan: FusionPlan, graph: Optional[Graph] = None, why_not: bool = False) -> str:
+    """One line per group: `k0 [reduce @5]: %3 %4 %5 <- ins %0 -> outs %5` (`-` for none);
+    with `why_not=True`, then the refusal log (`format_why_not`)."""
+    lines = []
+    for g in plan.groups:
+        head = f"k{g.id} [{g.kind}" + (f" @{g.anchor}" if g.anchor is not None else "") + "]"
+        body = " ".join(f"%{n}" for n in g.node_ids)
+        ins = " ".join(f"%{i}" for i in g.inputs) or "-"
+        outs = " ".join(f"%{o}" for o in g.outputs) or "-"
+        lines.append(f"{head}: {body} <- ins {ins} -> outs {outs}\n")
+    text = "".join(lines)
+    return text + format_why_not(plan, graph) if why_not else text
+
+
+def format_why_not(plan: FusionPlan, graph: Optional[Graph] = None) -> str:
+    """The refusal log, one line per refused merge: `why-not %p Op -> %c Op: reason`."""
+    out = []
+    for p, c, r in plan.why_not:
+        ops = (f" {graph.node(p).op}", f" {graph.node(c).op}") if graph is not None else ("", "")
+        out.append(f"why-not %{p}{ops[0]} -> %{c}{ops[1]}: {r}\n")
+    return "".join(out)
+
+
+class FusionPass(Pass):
+    name = "fusion"
+
+    def run(self, graph: Graph, ctx) -> PassResult:
+        plan = plan_fusion(graph)
+        ctx.options["fusion_plan"] = plan
+        return PassResult(graph, False, {"kernels": plan.kernels, "fused_ops": plan.fused_ops,
+                                         "plan": plan})
+
+
+register_pass(FusionPass())
