@@ -85,10 +85,14 @@ def check_partition(graph: Graph, plan: FusionPlan) -> None:
         assert seen[p] != seen[c]
 
 
-def check_chained(graph: Graph, plan: FusionPlan, seed: int = 0) -> None:
-    """Run each group's subgraph alone, chained in group order: equals the whole graph."""
+def check_chained(graph: Graph, plan: FusionPlan, seed: int = 0, given=None) -> None:
+    """Run each group's subgraph alone, chained in group order: equals the whole graph.
+    Inputs are random unless `given` ({input name: numpy array}) names them."""
     rng = np.random.RandomState(seed)
-    args = [random_value(n.type, rng) for n in graph.inputs]
+    given = given or {}
+    args = [ndl.Tensor(np.asarray(given[n.attr("name")], dtype=np.float32),
+                       dtype="float32").realize_cached_data()
+            if n.attr("name") in given else random_value(n.type, rng) for n in graph.inputs]
     expected = run_graph(graph, args)
     env = {n.id: a for n, a in zip(graph.inputs, args)}
     for n in graph.nodes:
@@ -111,7 +115,7 @@ def check_chained(graph: Graph, plan: FusionPlan, seed: int = 0) -> None:
             np.testing.assert_array_equal(to_numpy(got), to_numpy(want))
 
 
-def plan_of(graph: Graph) -> FusionPlan:
+def plan_of(graph: Graph, given=None) -> FusionPlan:
     out, ctx = fuse(graph)
     assert out is graph                       # the graph itself is unchanged
     plan = ctx.options["fusion_plan"]
@@ -119,7 +123,7 @@ def plan_of(graph: Graph) -> FusionPlan:
     assert report["plan"] is plan
     assert report["kernels"] == plan.kernels and report["fused_ops"] == plan.fused_ops
     check_partition(graph, plan)
-    check_chained(graph, plan)
+    check_chained(graph, plan, given=given)
     return plan
 
 
