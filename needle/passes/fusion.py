@@ -14,6 +14,8 @@ Rules (docs/passes.md, "fusion"):
   One reduction per group.
 * `MatMul`/`Conv` (extern) take an elementwise epilogue, never a prologue.
 * Tuple ops and opaque ops stay alone; tuple ops (aliases/slices) are "view" groups.
+* A transpose/reshape chain read only by MatMul/Conv stays a "view" group (a strided GEMM
+  operand), even over computed values.
 * A cheap view chain of graph inputs read by several groups is not merged into any of them:
   it stays a "view" group that each consumer recomputes as index arithmetic.
 * Domains: the outputs of an elementwise group all have the size of its domain (the largest
@@ -188,6 +190,8 @@ class _Planner:
             post = self._post_anchor(P)
             if not any(i in post for n in cn for i in self.g.node(n).inputs):
                 return f"consumer reads only the {kp}'s prologue"
+        if kc == "view" and self._gemm_operand(cn):
+            return "view of a GEMM operand stays a view"
         if self.input_views & pn and pn <= self.input_views:
             if any(u not in pn and u not in cn for n in pn for u in self.users[n]) or \
                     any(n in self.returned for n in pn):
@@ -198,6 +202,14 @@ class _Planner:
         if self._cycle(P, C):
             return "would create a cycle"
         return None
+
+    def _gemm_operand(self, nodes: set) -> bool:
+        """Transposes/reshapes read only by extern ops: the GEMM reads them as strided operands."""
+        if not all(self.g.node(n).op in ("Transpose", "Permute", "Reshape") for n in nodes):
+            return False
+        outside = [u for n in nodes for u in self.users[n] if u not in nodes]
+        return bool(outside) and not (nodes & self.returned) and \
+            all(self.cls[u] == "extern" for u in outside)
 
     def _post_anchor(self, key: int) -> set:
         nodes = sorted(self.members[key], key=self.pos.get)

@@ -283,6 +283,23 @@ def test_shared_view_of_an_input_is_recomputed_not_merged():
     assert plan.kernels == 2
 
 
+def test_transpose_feeding_a_gemm_stays_a_view():
+    g = ir("""
+        graph @tg {
+          %0 = input() {name="x", role="arg"} : f32[4,8] cpu
+          %1 = input() {name="w", role="param"} : f32[4,3] cpu
+          %2 = Exp(%0) : f32[4,8] cpu
+          %3 = Transpose(%2) {axes=None} : f32[8,4] cpu
+          %4 = MatMul(%3, %1) : f32[8,3] cpu
+          return %4
+        }
+    """)
+    plan = plan_of(g)
+    assert plan.group_of(3).kind == "view"
+    assert (2, 3, "view of a GEMM operand stays a view") in plan.why_not
+    assert plan.kernels == 2
+
+
 def test_format_plan_text():
     g = ir("""
         graph @small {
