@@ -1,0 +1,263 @@
+"""Loop IR -> LLVM IR text with llvmlite's `ir.IRBuilder`.
+
+The kernel is one function `void name(float* noalias, ...)` taking the buffers in
+`LoopKernel.params` order. Loops count with i64 allocas (mem2reg turns them into phis at
+O3). A `vector` loop runs its body on <W x float> values over the largest multiple of W,
+then the same body on scalars for the tail. Inside a vector body a value that does not
+depend on the vector variable stays scalar (uniform) and is splatted where it meets a
+vector; a load whose index has stride 1 in the vector variable is one vector load, stride 0
+a scalar load, any other stride a gather of scalar loads. Accumulators updated in a vector
+loop get a vector partial accumulator, reduced horizontally after the loop.
+Fast-math flags are `reassoc contract` only, so NaN and Inf keep their IEEE meaning.
+"""
+from __future__ import annotations
+
+from llvmlite import ir
+
+from . import vmath
+from .loop_ir import (AccInit, AccRef, AccUpdate, Binary, Cmp, FConst, For, IBin, IConst, IVar,
+                      Load, LoopKernel, Select, Store, Unary, coefficient)
+
+F32 = ir.FloatType()
+I64 = ir.IntType(64)
+FM = ("reassoc", "contract")
+VECTOR_WIDTH = 8
+_CMP = {"eq": "==", "gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+
+
+class _Renderer:
+    def __init__(self, kernel: LoopKernel, width: int):
+        self.k = kernel
+        self.W = width
+        self.module = ir.Module(name=kernel.name)
+        ptr = ir.PointerType(F32)
+        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [ptr] * len(kernel.params)),
+                         kernel.name)
+        for a, p in zip(fn.args, kernel.params):
+            a.name = p.name
+            a.add_attribute("noalias")
+        self.fn = fn
+        self.bufs = {p.name: a for a, p in zip(fn.args, kernel.params)}
+        self.entry = fn.append_basic_block("entry")
+        body = fn.append_basic_block("body")
+        self.b = ir.IRBuilder(body)
+        self.vars: dict = {}  # loop var -> i64 value
+        self.vvar = None  # (name, width) of the vector var while rendering a vector body
+        self.accs: dict = {}  # acc -> scalar alloca
+        self.vaccs: dict = {}  # acc -> vector alloca inside a vector loop
+        self.memo: dict = {}
+
+    def alloca(self, typ, name=""):
+        with self.b.goto_block(self.entry):
+            return self.b.alloca(typ, name=name)
+
+    def render(self) -> ir.Module:
+        for s in self.k.body:
+            self.stmt(s)
+        self.b.ret_void()
+        with self.b.goto_block(self.entry):
+            self.b.branch(self.fn.basic_blocks[1])
+        return self.module
+
+    # ---- statements ----------------------------------------------------------------------
+    def stmt(self, s):
+        b = self.b
+        if isinstance(s, For):
+            if s.kind == "vector" and s.extent >= self.W and self.vvar is None:
+                self.vector_loop(s)
+            else:
+                self.loop(s.var, 0, s.extent, 1, s.body)
+        elif isinstance(s, Store):
+            v = self.fexpr(s.value)
+            self.store(s.buf, s.index, v)
+        elif isinstance(s, AccInit):
+            if s.acc not in self.accs:
+                self.accs[s.acc] = self.alloca(F32, s.acc)
+            b.store(ir.Constant(F32, _identity(s.op)), self.accs[s.acc])
+        elif isinstance(s, AccUpdate):
+            v = self.fexpr(s.value)
+            if self.vvar is not None and s.acc in self.vaccs:
+                ptr = self.vaccs[s.acc]
+                b.store(_combine(b, s.op, b.load(ptr), self.splat(v)), ptr)
+            else:
+                ptr = self.accs[s.acc]
+                b.store(_combine(b, s.op, b.load(ptr), v), ptr)
+        else:
+            raise TypeError(f"unknown statement {s!r}")
+
+    def loop(self, var, start, end, step, body, on_body=None):
+        b = self.b
+        ctr = self.alloca(I64, var)
+        b.store(ir.Constant(I64, start), ctr)
+        cond = self.fn.append_basic_block(f"{var}.cond")
+        blk = self.fn.append_basic_block(f"{var}.body")
+        done = self.fn.append_basic_block(f"{var}.end")
+        b.branch(cond)
+        b.position_at_end(cond)
+        i = b.load(ctr)
+        b.cbranch(b.icmp_signed("<", i, ir.Constant(I64, end)), blk, done)
+        b.position_at_end(blk)
+        saved_vars, saved_memo = dict(self.vars), self.memo
+        self.vars[var] = i
+        self.memo = {}
+        for s in body:
+            self.stmt(s)
+        self.vars, self.memo = saved_vars, saved_memo
+        b.store(b.add(b.load(ctr), ir.Constant(I64, step)), ctr)
+        b.branch(cond)
+        b.position_at_end(done)
+
+    def vector_loop(self, s: For):
+        b, W = self.b, self.W
+        vend = s.extent - s.extent % W
+        accs = [x.acc for x in s.body if isinstance(x, AccUpdate)]
+        ops = {x.acc: x.op for x in s.body if isinstance(x, AccUpdate)}
+        vt = ir.VectorType(F32, W)
+        for a in accs:
+            self.vaccs[a] = self.alloca(vt, a + ".v")
+            b.store(ir.Constant(vt, [_identity(ops[a])] * W), self.vaccs[a])
+        self.vvar = s.var
+        self.loop(s.var, 0, vend, W, s.body)
+        self.vvar = None
+        for a in accs:  # horizontal reduction of the vector partials into the scalar acc
+            v = b.load(self.vaccs.pop(a))
+            acc = b.load(self.accs[a])
+            for lane in range(W):
+                acc = _combine(b, ops[a], acc, b.extract_element(v, ir.Constant(ir.IntType(32), lane)))
+            b.store(acc, self.accs[a])
+        if vend < s.extent:
+            self.loop(s.var, vend, s.extent, 1, s.body)
+
+    def store(self, buf, index, v):
+        b = self.b
+        base = self.bufs[buf]
+        if self.vvar is None:
+            b.store(v, b.gep(base, [self.iexpr_scalar(index)]))
+            return
+        v = self.splat(v)
+        c = coefficient(index, self.vvar)
+        if c == 1:
+            p = b.bitcast(b.gep(base, [self.iexpr_scalar(index)]), ir.PointerType(v.type))
+            b.store(v, p, align=4)
+        else:
+            idx = self.splat_i(self.iexpr(index))
+            for lane in range(self.W):
+                ln = ir.Constant(ir.IntType(32), lane)
+                b.store(b.extract_element(v, ln), b.gep(base, [b.extract_element(idx, ln)]))
+
+    # ---- index expressions ---------------------------------------------------------------
+    def iexpr_scalar(self, e):
+        """Index at lane 0 (the vector var's current base)."""
+        saved, self.vvar = self.vvar, None
+        try:
+            return self.iexpr(e)
+        finally:
+            self.vvar = saved
+
+    def iexpr(self, e):
+        b = self.b
+        if isinstance(e, IConst):
+            return ir.Constant(I64, e.value)
+        if isinstance(e, IVar):
+            v = self.vars[e.name]
+            if e.name == self.vvar:
+                vt = ir.VectorType(I64, self.W)
+                return b.add(self.splat_i(v), ir.Constant(vt, list(range(self.W))))
+            return v
+        x, y = self.iexpr(e.a), self.iexpr(e.b)
+        if isinstance(x.type, ir.VectorType) or isinstance(y.type, ir.VectorType):
+            x, y = self.splat_i(x), self.splat_i(y)
+        return {"add": b.add, "mul": b.mul, "div": b.sdiv, "mod": b.srem}[e.op](x, y)
+
+    def splat_i(self, v):
+        return self._splat(v, I64)
+
+    def splat(self, v):
+        return self._splat(v, F32) if self.vvar is not None else v
+
+    def _splat(self, v, t):
+        if isinstance(v.type, ir.VectorType):
+            return v
+        vt = ir.VectorType(t, self.W)
+        if isinstance(v, ir.Constant):
+            return ir.Constant(vt, [v.constant] * self.W)
+        one = self.b.insert_element(ir.Constant(vt, ir.Undefined), v, ir.Constant(ir.IntType(32), 0))
+        return self.b.shuffle_vector(one, ir.Constant(vt, ir.Undefined),
+                                     ir.Constant(ir.VectorType(ir.IntType(32), self.W), [0] * self.W))
+
+    # ---- value expressions ---------------------------------------------------------------
+    def fexpr(self, e):
+        key = id(e)
+        if key in self.memo:
+            return self.memo[key][1]
+        v = self._fexpr(e)
+        self.memo[key] = (e, v)
+        return v
+
+    def _fexpr(self, e):
+        b = self.b
+        if isinstance(e, FConst):
+            return ir.Constant(F32, e.value)
+        if isinstance(e, AccRef):
+            return b.load(self.accs[e.acc])
+        if isinstance(e, Load):
+            base = self.bufs[e.buf]
+            c = coefficient(e.index, self.vvar) if self.vvar else 0
+            if c == 0:
+                return b.load(b.gep(base, [self.iexpr_scalar(e.index)]))
+            if c == 1:
+                p = b.bitcast(b.gep(base, [self.iexpr_scalar(e.index)]),
+                              ir.PointerType(ir.VectorType(F32, self.W)))
+                return b.load(p, align=4)
+            idx = self.splat_i(self.iexpr(e.index))
+            out = ir.Constant(ir.VectorType(F32, self.W), ir.Undefined)
+            for lane in range(self.W):
+                ln = ir.Constant(ir.IntType(32), lane)
+                out = b.insert_element(out, b.load(b.gep(base, [b.extract_element(idx, ln)])), ln)
+            return out
+        if isinstance(e, Unary):
+            x = self.fexpr(e.a)
+            if e.op == "neg":
+                return b.fneg(x)
+            return getattr(vmath, e.op)(b, x)
+        if isinstance(e, Binary):
+            x, y = self._pair(self.fexpr(e.a), self.fexpr(e.b))
+            if e.op == "pow":
+                return vmath.pow(b, x, y)
+            return {"add": b.fadd, "sub": b.fsub, "mul": b.fmul, "div": b.fdiv}[e.op](x, y, flags=FM)
+        if isinstance(e, Cmp):
+            x, y = self._pair(self.fexpr(e.a), self.fexpr(e.b))
+            if e.op == "ne":
+                return b.fcmp_unordered("!=", x, y)
+            return b.fcmp_ordered(_CMP[e.op], x, y)
+        if isinstance(e, Select):
+            c = self.fexpr(e.cond)
+            x, y = self._pair(self.fexpr(e.a), self.fexpr(e.b))
+            if isinstance(x.type, ir.VectorType) and not isinstance(c.type, ir.VectorType):
+                c = self._splat(c, ir.IntType(1))
+            elif isinstance(c.type, ir.VectorType) and not isinstance(x.type, ir.VectorType):
+                x, y = self._splat(x, F32), self._splat(y, F32)
+            return b.select(c, x, y)
+        raise TypeError(f"unknown expression {e!r}")
+
+    def _pair(self, x, y):
+        if isinstance(x.type, ir.VectorType) != isinstance(y.type, ir.VectorType):
+            return self._splat(x, F32), self._splat(y, F32)
+        return x, y
+
+
+def _identity(op):
+    return 0.0 if op == "sum" else float("-inf")
+
+
+def _combine(b, op, acc, v):
+    if op == "sum":
+        return b.fadd(acc, v, flags=FM)
+    # max that propagates NaN: take v when v is NaN or greater
+    take = b.or_(b.fcmp_unordered("uno", v, v), b.fcmp_ordered(">", v, acc))
+    return b.select(take, v, acc)
+
+
+def render_llvm(kernel: LoopKernel, width: int = VECTOR_WIDTH) -> ir.Module:
+    """The kernel as an llvmlite module (str() of it is LLVM IR text)."""
+    return _Renderer(kernel, width).render()

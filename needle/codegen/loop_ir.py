@@ -1,0 +1,273 @@
+"""Loop IR: the loop nests that kernels are lowered to, between the graph IR and machine code.
+
+A `LoopKernel` has float32 buffer parameters (inputs first, then outputs) and a body of
+statements. Index expressions (`IExpr`) are integer trees over loop variables; value
+expressions (`FExpr`) are float32 scalar trees whose leaves are `Load`s, constants and
+accumulator reads. Every node is a frozen dataclass: equal text means an equal kernel.
+
+Statements:
+* `For(var, extent, kind, body)` -- `kind` is serial, parallel or vector (the innermost,
+  contiguous loop; renderers emit it with vector registers plus a scalar tail);
+* `Store(buf, index, value)`;
+* `AccInit(acc, op)` / `AccUpdate(acc, op, value)` -- a reduction accumulator (`sum` or
+  `max`) set to its identity and combined with a value; `AccRef(acc)` reads it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+LOOP_KINDS = ("serial", "parallel", "vector")
+ACC_OPS = ("sum", "max")
+UNARY_OPS = ("neg", "exp", "log", "tanh", "sqrt")
+BINARY_OPS = ("add", "sub", "mul", "div", "pow")
+CMP_OPS = ("eq", "ne", "gt", "ge", "lt", "le")
+
+
+# ---- index expressions --------------------------------------------------------------------
+@dataclass(frozen=True)
+class IVar:
+    name: str
+
+
+@dataclass(frozen=True)
+class IConst:
+    value: int
+
+
+@dataclass(frozen=True)
+class IBin:
+    op: str  # add, mul, div (floor division), mod
+    a: "IExpr"
+    b: "IExpr"
+
+
+IExpr = Union[IVar, IConst, IBin]
+
+
+def iadd(a: IExpr, b: IExpr) -> IExpr:
+    if isinstance(a, IConst) and isinstance(b, IConst):
+        return IConst(a.value + b.value)
+    if isinstance(a, IConst) and a.value == 0:
+        return b
+    if isinstance(b, IConst) and b.value == 0:
+        return a
+    return IBin("add", a, b)
+
+
+def imul(a: IExpr, b: IExpr) -> IExpr:
+    if isinstance(a, IConst) and isinstance(b, IConst):
+        return IConst(a.value * b.value)
+    for x, y in ((a, b), (b, a)):
+        if isinstance(x, IConst):
+            if x.value == 0:
+                return IConst(0)
+            if x.value == 1:
+                return y
+    return IBin("mul", a, b)
+
+
+def idiv(a: IExpr, b: int) -> IExpr:
+    if b == 1:
+        return a
+    if isinstance(a, IConst):
+        return IConst(a.value // b)
+    return IBin("div", a, IConst(b))
+
+
+def imod(a: IExpr, b: int) -> IExpr:
+    if b == 1:
+        return IConst(0)
+    if isinstance(a, IConst):
+        return IConst(a.value % b)
+    return IBin("mod", a, IConst(b))
+
+
+def linearize(idx, shape) -> IExpr:
+    """Row-major linear index of a multi-index into `shape`."""
+    out: IExpr = IConst(0)
+    stride = 1
+    for i, d in reversed(list(zip(idx, shape))):
+        out = iadd(out, imul(i, IConst(stride)))
+        stride *= d
+    return out
+
+
+def unravel(lin: IExpr, shape) -> list:
+    """Row-major multi-index of a linear index into `shape`."""
+    out = []
+    stride = 1
+    for d in reversed(shape):
+        out.append(IConst(0) if d == 1 else imod(idiv(lin, stride), d))
+        stride *= d
+    return out[::-1]
+
+
+def coefficient(e: IExpr, var: str):
+    """d(e)/d(var) when e is affine in var (an int), else None."""
+    if isinstance(e, IVar):
+        return 1 if e.name == var else 0
+    if isinstance(e, IConst):
+        return 0
+    ca, cb = coefficient(e.a, var), coefficient(e.b, var)
+    if e.op == "add":
+        return None if ca is None or cb is None else ca + cb
+    if e.op == "mul":
+        if isinstance(e.b, IConst) and ca is not None:
+            return ca * e.b.value
+        if isinstance(e.a, IConst) and cb is not None:
+            return cb * e.a.value
+        return 0 if ca == 0 and cb == 0 else None
+    return 0 if ca == 0 and cb == 0 else None  # div/mod: affine only when var is absent
+
+
+def ivars(e: IExpr) -> set:
+    if isinstance(e, IVar):
+        return {e.name}
+    if isinstance(e, IConst):
+        return set()
+    return ivars(e.a) | ivars(e.b)
+
+
+# ---- value expressions --------------------------------------------------------------------
+@dataclass(frozen=True)
+class FConst:
+    value: float
+
+
+@dataclass(frozen=True)
+class Load:
+    buf: str
+    index: IExpr
+
+
+@dataclass(frozen=True)
+class Unary:
+    op: str
+    a: "FExpr"
+
+
+@dataclass(frozen=True)
+class Binary:
+    op: str
+    a: "FExpr"
+    b: "FExpr"
+
+
+@dataclass(frozen=True)
+class Cmp:
+    """a <op> b as a boolean (ordered, except `ne` which is true for NaN like numpy)."""
+    op: str
+    a: "FExpr"
+    b: "FExpr"
+
+
+@dataclass(frozen=True)
+class Select:
+    cond: Cmp
+    a: "FExpr"
+    b: "FExpr"
+
+
+@dataclass(frozen=True)
+class AccRef:
+    acc: str
+
+
+FExpr = Union[FConst, Load, Unary, Binary, Select, AccRef]
+
+
+# ---- statements ---------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Store:
+    buf: str
+    index: IExpr
+    value: FExpr
+
+
+@dataclass(frozen=True)
+class AccInit:
+    acc: str
+    op: str
+
+
+@dataclass(frozen=True)
+class AccUpdate:
+    acc: str
+    op: str
+    value: FExpr
+
+
+@dataclass(frozen=True)
+class For:
+    var: str
+    extent: int
+    kind: str
+    body: tuple
+
+    def __post_init__(self):
+        if self.kind not in LOOP_KINDS:
+            raise ValueError(f"For: unknown loop kind {self.kind!r}")
+
+
+Stmt = Union[For, Store, AccInit, AccUpdate]
+
+
+@dataclass(frozen=True)
+class Buffer:
+    name: str
+    size: int  # elements
+    role: str  # "in" or "out"
+    shape: tuple = ()
+
+
+@dataclass(frozen=True)
+class LoopKernel:
+    name: str
+    params: tuple  # Buffer, inputs then outputs
+    body: tuple
+
+    @property
+    def inputs(self):
+        return tuple(p for p in self.params if p.role == "in")
+
+    @property
+    def outputs(self):
+        return tuple(p for p in self.params if p.role == "out")
+
+
+def walk_exprs(e, seen=None):
+    """Every sub-expression of a value expression, each once (by identity)."""
+    seen = set() if seen is None else seen
+    stack = [e]
+    while stack:
+        x = stack.pop()
+        if id(x) in seen:
+            continue
+        seen.add(id(x))
+        yield x
+        if isinstance(x, Unary):
+            stack.append(x.a)
+        elif isinstance(x, (Binary, Cmp)):
+            stack += [x.a, x.b]
+        elif isinstance(x, Select):
+            stack += [x.cond, x.a, x.b]
+
+
+def map_loads(e, fn, memo=None):
+    """A copy of `e` with every Load replaced by fn(load)."""
+    memo = {} if memo is None else memo
+    if id(e) in memo:
+        return memo[id(e)]
+    if isinstance(e, Load):
+        out = fn(e)
+    elif isinstance(e, Unary):
+        out = Unary(e.op, map_loads(e.a, fn, memo))
+    elif isinstance(e, (Binary, Cmp)):
+        out = type(e)(e.op, map_loads(e.a, fn, memo), map_loads(e.b, fn, memo))
+    elif isinstance(e, Select):
+        out = Select(map_loads(e.cond, fn, memo), map_loads(e.a, fn, memo), map_loads(e.b, fn, memo))
+    else:
+        out = e
+    memo[id(e)] = out
+    return out
