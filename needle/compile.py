@@ -21,7 +21,10 @@ import functools
 import os
 import sys
 import time
+import types
 from typing import Any, Callable, Optional
+
+import numpy as np
 
 from . import autograd, init
 from .autograd import Tensor, TensorTuple
@@ -71,15 +74,15 @@ def _signature(args: tuple, kwargs: dict) -> tuple:
             ("backend", BACKEND))
 
 
-def _closure_key(fn) -> tuple:
+def _closure_key(stateful: list) -> tuple:
     """Training flags of the modules and hyper-parameters (but the learning rate and step
     count, which are graph inputs) of the optimizers that the function reaches."""
     key = []
-    for _, r in _roots(fn):
-        if hasattr(r, "training") and hasattr(r, "_children"):
-            key.append(tuple(m.training for m in _modules(r)))
-        for opt in _optimizers(r):
-            key.append(tuple((h, getattr(opt, h)) for h in opt._hyper if h != "lr"))
+    for obj in stateful:
+        if _optimizers(obj):
+            key.append(tuple((h, getattr(obj, h)) for h in obj._hyper if h != "lr"))
+        else:
+            key.append(obj.training)
     return tuple(key)
 
 
@@ -106,11 +109,14 @@ class CompiledFunction:
         self.fn = fn
         self._cache: dict = {}
         self._last_key: Optional[tuple] = None
+        self._stateful: Optional[list] = None  # modules and optimizers the function reaches
         self.stats = {"traces": 0, "compiles": 0, "cache_hits": 0, "nodes": 0, "kernels": 0,
                       "compile_seconds": 0.0}
 
     def __call__(self, *args, **kwargs):
-        key = _signature(args, kwargs) + (("closure", _closure_key(self.fn)),)
+        if self._stateful is None:
+            self._stateful = _state_snapshot(_roots(self.fn, args, kwargs))[1]
+        key = _signature(args, kwargs) + (("closure", _closure_key(self._stateful)),)
         entry = self._cache.get(key)
         if entry is None:
             self._explain_miss(key)
@@ -124,10 +130,10 @@ class CompiledFunction:
     def _compile(self, args: tuple, kwargs: dict) -> _Entry:
         start = time.perf_counter()
         roots = _roots(self.fn, args, kwargs)
-        for _, obj in roots:
+        for obj in _state_snapshot(roots)[1]:
             for opt in _optimizers(obj):
-                opt.init_state()
-        holders = _state_snapshot(roots)
+                opt.init_state()  # buffers eager creates on the first step, zero-filled
+        holders, self._stateful = _state_snapshot(roots)
         builder = GraphBuilder(getattr(self.fn, "__qualname__", "fn"), birth=autograd._BIRTHS + 1)
         builder.slots = {id(t): (obj, key, path) for obj, key, t, path in holders.values()}
         traced_args = []
@@ -146,12 +152,18 @@ class CompiledFunction:
                 out_ids = [(x if x._trace is not None else builder.lift(x))._trace.node_id for x in flat]
         finally:
             slot_updates = _take_slot_updates(holders)
+            created = _take_new_traced_entries(roots, holders)
             for target, _ in builder.data_updates.values():
                 target._trace = None
             for external, _ in builder.grad_targets:
                 saved_grads.setdefault(id(external), (external, None))
             for external, previous in saved_grads.values():
                 external.grad = previous  # no traced value leaks out of the trace
+        if created:
+            raise tracer.TraceError(
+                f"{self.fn.__qualname__} creates state while compiled ({', '.join(created)}): a "
+                "compiled function can only update state that exists before it is called; create "
+                "it (e.g. zero-filled) before the first call")
         writes = ([("grad", ext, g) for ext, g in builder.grad_targets]
                   + [("data", t, v) for t, v in builder.data_updates.values()]
                   + [("slot", (obj, key), v) for obj, key, v in slot_updates]
@@ -289,10 +301,12 @@ def _optimizers(obj) -> list:
     return [obj] if hasattr(obj, "params") and hasattr(obj, "_buffer_names") else []
 
 
-def _state_snapshot(roots: list) -> dict:
-    """Attributes and dict entries holding Tensors on the modules/optimizers reachable from
-    roots: {(id(holder), key): (holder, key, tensor, path)}, path like `model.modules[0].weight`."""
+def _state_snapshot(roots: list) -> tuple[dict, list]:
+    """Attributes and dict entries holding Tensors on the objects reachable from roots:
+    {(id(holder), key): (holder, key, tensor, path)}, path like `model.modules[0].weight`;
+    and the modules and optimizers found on the way."""
     snapshot: dict = {}
+    stateful: list = []
     seen: set = set()
 
     def visit(obj, depth, path):
@@ -307,7 +321,9 @@ def _state_snapshot(roots: list) -> dict:
                 if isinstance(item, autograd.Value):
                     snapshot[(id(obj), key)] = (obj, key, item, f"{path}[{key!r}]")
                 visit(item, depth + 1, f"{path}[{key!r}]")
-        elif type(obj).__module__.startswith(("needle.nn", "needle.optim", "apps.")):
+        elif _is_state_holder(obj):
+            if _optimizers(obj) or (hasattr(obj, "training") and hasattr(obj, "_children")):
+                stateful.append(obj)
             for key, item in list(vars(obj).items()):
                 if isinstance(item, autograd.Value):
                     snapshot[(id(obj), key)] = (obj, key, item, f"{path}.{key}")
@@ -316,7 +332,30 @@ def _state_snapshot(roots: list) -> dict:
 
     for name, root in roots:
         visit(root, 0, name)
-    return snapshot
+    return snapshot, stateful
+
+
+def _take_new_traced_entries(roots: list, snapshot: dict) -> list:
+    """Remove dict entries and attributes that the trace created holding traced values; name them."""
+    current, _ = _state_snapshot(roots)
+    created = []
+    for key, (obj, name, value, path) in current.items():
+        if key not in snapshot and value._trace is not None:
+            created.append(path)
+            if isinstance(obj, dict):
+                del obj[name]
+            else:
+                delattr(obj, name)
+    return created
+
+
+def _is_state_holder(obj) -> bool:
+    """Objects whose attributes may hold tensors: instances of user or needle classes
+    (modules, optimizers, training jobs), not modules, functions, classes or arrays."""
+    if isinstance(obj, (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type,
+                        np.ndarray, str, bytes, autograd.Value)):
+        return False
+    return hasattr(obj, "__dict__") and type(obj).__module__ not in ("builtins", "numpy")
 
 
 def _take_slot_updates(snapshot: dict) -> list:

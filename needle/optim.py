@@ -11,6 +11,7 @@ from typing import Dict
 import numpy as np
 
 from .autograd import Tensor, no_grad
+from .init import ones_like as ndl_ones_like
 from .ir import tracer
 
 
@@ -61,6 +62,8 @@ class Optimizer:
 
         Returns the norm before clipping.
         """
+        if tracer.ACTIVE is not None:
+            return self._clip_grad_norm_traced(max_norm)
         total = 0.0
         for p in self.params:
             if p.grad is not None:
@@ -73,6 +76,26 @@ class Optimizer:
                 for p in self.params:
                     if p.grad is not None:
                         p.grad = _cast(p.grad.detach() * scale, p.grad)
+        return norm
+
+    def _clip_grad_norm_traced(self, max_norm):
+        """clip_grad_norm inside a compiled step: the same scaling, as graph ops."""
+        from . import ops
+
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if not grads:
+            return 0.0
+        total = None
+        for g in grads:
+            sq = ops.summation(g.detach() * g.detach())
+            total = sq if total is None else total + sq
+        norm = ops.power_scalar(total, 0.5)
+        scale = ops.where(ops.compare(norm, max_norm, "gt"), max_norm / (norm + 1e-6),
+                          ndl_ones_like(norm))
+        with no_grad():
+            for p in self.params:
+                if p.grad is not None:
+                    p.grad = p.grad.detach() * scale
         return norm
 
     # ---- state -----------------------------------------------------------------------

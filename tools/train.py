@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"use only the first N evaluation {unit} (quick runs)")
         p.add_argument("--no-progress", action="store_true",
                        help="no tqdm progress bars on stderr")
+        p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
+                       help="run each training step through @needle.compile (default: eager; "
+                            "compiled Dropout masks come from needle's counter-based RNG)")
     return parser
 
 
@@ -493,16 +496,22 @@ class ClassificationJob:
                                              shuffle=True, device=device)
         self.eval_loader = ndata.DataLoader(ndata.NDArrayDataset(Xev, yev), args.batch_size,
                                             shuffle=False, device=device)
+        self.step = ndl.compile(self._step) if args.compile else self._step
+
+    def _step(self, X, y):
+        """One training step: forward, loss, backward, optimizer update."""
+        self.opt.reset_grad()
+        loss = self.loss_fn(self.model(X), y)
+        loss.backward()
+        self.opt.step()
+        return loss
 
     def train_epoch(self, bar):
         """Returns (per-batch mean losses, examples, steps)."""
         self.model.train()
         losses, n, steps, t0 = [], 0, 0, time.perf_counter()
         for X, y in self.train_loader:  # one np.random.permutation per pass
-            self.opt.reset_grad()
-            loss = self.loss_fn(self.model(X), y)
-            loss.backward()
-            self.opt.step()
+            loss = self.step(X, y)
             n += X.shape[0]
             steps += 1
             _record_step(bar, losses, loss, n, t0, "samples_s")
@@ -523,6 +532,18 @@ class ClassificationJob:
                 correct += int((out.numpy().argmax(axis=1) == yn).sum())
                 n += len(yn)
         return {"eval_loss": total_loss / max(n, 1), "eval_accuracy": correct / max(n, 1)}
+
+
+def _flatten_hidden(h) -> tuple:
+    if h is None:
+        return ()
+    return tuple(h) if isinstance(h, (tuple, list)) else (h,)
+
+
+def _unflatten_hidden(flat: tuple, kind):
+    if not flat:
+        return None
+    return tuple(flat) if kind == "tuple" else flat[0]
 
 
 def _detach_hidden(h):
@@ -556,6 +577,35 @@ class PTBJob:
         self.train_data = ndata.batchify(train_ids, bs, device=device, dtype="float32")
         self.eval_data = ndata.batchify(eval_ids, bs, device=device, dtype="float32")
         self.unigram_ppl = unigram_perplexity(train_ids, self.eval_data[1:], vocab_size)
+        self._h_kind = None
+        self.step = self._compiled_step() if args.compile else self._step
+
+    def _step(self, X, y, h):
+        """One truncated-BPTT step: (loss, new hidden state)."""
+        self.opt.reset_grad()
+        out, h = self.model(X, h)
+        loss = self.loss_fn(out, y)
+        loss.backward()
+        if self.args.clip:
+            self.opt.clip_grad_norm(self.args.clip)
+        self.opt.step()
+        return loss, h
+
+    def _compiled_step(self):
+        """The step through @needle.compile: the hidden state travels as flat tensors."""
+        def flat_step(X, y, *h_flat):
+            h = _unflatten_hidden(h_flat, self._h_kind)
+            loss, h_new = self._step(X, y, h)
+            return (loss,) + _flatten_hidden(h_new)
+
+        compiled = ndl.compile(flat_step)
+
+        def step(X, y, h):
+            self._h_kind = None if h is None else ("tuple" if isinstance(h, tuple) else "tensor")
+            out = compiled(X, y, *_flatten_hidden(h))
+            return out[0], _unflatten_hidden(tuple(out[1:]), "tuple" if len(out) == 3 else "tensor")
+
+        return step
 
     def _starts(self, data):
         return range(0, data.shape[0] - 1, self.args.seq_len)
@@ -569,13 +619,7 @@ class PTBJob:
         for i in self._starts(self.train_data):
             X, y = ndata.get_batch(self.train_data, i, self.args.seq_len, device=self.device,
                                    dtype="float32")
-            self.opt.reset_grad()
-            out, h = self.model(X, h)
-            loss = self.loss_fn(out, y)
-            loss.backward()
-            if self.args.clip:
-                self.opt.clip_grad_norm(self.args.clip)
-            self.opt.step()
+            loss, h = self.step(X, y, h)
             h = _detach_hidden(h)
             n += y.shape[0]
             steps += 1
@@ -712,7 +756,7 @@ def run(args, argv, state):
     result.update({
         "samples_per_s": last["samples_per_s"],
         "steps_per_s": last["steps_per_s"],
-        "compiled": False,
+        "compiled": bool(args.compile),
         "data": desc,
     })
     print(json.dumps(result), flush=True)

@@ -257,3 +257,26 @@ def test_mnist_real_one_epoch_2000_images(capsys):
     assert rc == 0, err
     res, _ = _result(out)
     assert res["eval_accuracy"] > 0.5  # 20 Adam steps at the default lr
+
+
+def test_mnist_compiled_training_runs(capsys):
+    rc, out, err = _run(capsys, FAST_MNIST + ["--epochs", "2", "--compile"])
+    assert rc == 0, err
+    res, _ = _result(out)
+    assert res["compiled"] is True and res["eval_accuracy"] > 0.5
+
+
+@pytest.mark.parametrize("model", ["lstm", "transformer"])
+def test_ptb_compiled_matches_eager(capsys, tmp_path, model):
+    """No dropout in these models: compiled and eager training give the same losses."""
+    _write_ptb(tmp_path)
+    args = ["ptb", "--model", model, "--data-dir", str(tmp_path), "--epochs", "1", "--batch-size", "4",
+            "--seq-len", "6", "--embedding-size", "8", "--hidden-size", "8", "--no-progress"]
+    results = []
+    for flag in ("--no-compile", "--compile"):
+        rc, out, err = _run(capsys, args + [flag])
+        assert rc == 0, err
+        results.append(_result(out)[0])
+    assert results[1]["compiled"] is True
+    assert results[1]["train_loss"] == pytest.approx(results[0]["train_loss"], rel=1e-4)
+    assert results[1]["eval_loss"] == pytest.approx(results[0]["eval_loss"], rel=1e-4)

@@ -213,3 +213,47 @@ def test_module_attribute_reassigned_is_read_at_call_time():
     lin.weight = nn.Parameter(rand(3, 5))  # a new shape recompiles
     lin.bias = nn.Parameter(rand(1, 5))
     assert f(x).shape == (4, 5) and f.stats["traces"] == 2
+
+
+class _Job:
+    """A training job object holding the model and the optimizer (as needle-train does)."""
+
+    def __init__(self):
+        np.random.seed(5)
+        self.model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+        self.opt = ndl.optim.Adam(self.model.parameters(), lr=1e-2)
+        self.loss_fn = nn.SoftmaxLoss()
+
+    def step(self, x, y):
+        self.opt.reset_grad()
+        loss = self.loss_fn(self.model(x), y)
+        loss.backward()
+        self.opt.step()
+        return loss
+
+
+def test_compiled_bound_method_reaches_state_through_self():
+    """State found through `self` (not the closure): Adam buffers are created before
+    tracing, so every step matches eager, not only the first two."""
+    rng = np.random.RandomState(0)
+    data = [(rng.randn(10, 6), rng.randint(0, 3, 10)) for _ in range(4)]
+    losses = []
+    for compiled in (False, True):
+        job = _Job()
+        step = ndl.compile(job.step) if compiled else job.step
+        losses.append([float(step(tensor(x), tensor(y, requires_grad=False)).numpy()) for x, y in data])
+    np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
+
+
+def test_state_created_inside_a_compiled_function_is_refused():
+    cache = {}
+    w = rand(3)
+
+    @ndl.compile
+    def f(x):
+        cache["y"] = x * w
+        return x.sum()
+
+    with pytest.raises(TraceError, match="creates state"):
+        f(rand(3))
+    assert "y" not in cache
