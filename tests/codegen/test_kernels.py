@@ -280,3 +280,88 @@ def test_kernel_text_dumps():
     assert "for (int64_t" in k.c_source and "// vector" in k.c_source
     assert "define void" in k.llvm_ir and "<8 x float>" in k.llvm_ir
     assert "nnan" not in k.llvm_ir and "ninf" not in k.llvm_ir and "reassoc contract" in k.llvm_ir
+
+
+# ---- differential testing: random small elementwise + reduce subgraphs -----------------
+from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+
+H_SHAPES = [(9,), (2, 5), (3, 1, 4), (4, 11)]
+H_UNARY = [("Negate", ""), ("Tanh", ""), ("Exp", ""), ("AddScalar", " {scalar=0.5}"),
+           ("MulScalar", " {scalar=-1.5}"), ("DivScalar", " {scalar=4.0}"),
+           ("PowerScalar", " {scalar=2}"), ("Sigmoid", ""), ("ReLU", ""), ("Detach", "")]
+
+
+class _G:
+    def __init__(self, shape):
+        self.shape = shape
+        self.lines = []
+        self.n = 0
+
+    def t(self, shape=None):
+        return "f32[" + ",".join(map(str, self.shape if shape is None else shape)) + "] cpu"
+
+    def add(self, rhs, shape=None):
+        self.lines.append(f"  %{self.n} = {rhs} : {self.t(shape)}")
+        self.n += 1
+        return self.n - 1
+
+
+@st.composite
+def random_kernel(draw):
+    shape = draw(st.sampled_from(H_SHAPES))
+    g = _G(shape)
+    n_in = draw(st.integers(1, 3))
+    ins = [g.add(f'input() {{name="x{i}", role="arg"}}') for i in range(n_in)]
+    # a broadcast input over the last axis and a transposed view when 2-d
+    bshape = (shape[-1],)
+    bin_ = g.add('input() {name="b", role="arg"}', bshape)
+    vals = list(ins) + [g.add(f"BroadcastTo(%{bin_}) {{shape={shape!r}}}".replace(",)", ",)"))]
+    for _ in range(draw(st.integers(1, 5))):
+        kind = draw(st.sampled_from(["unary", "binary", "where", "log"]))
+        a = draw(st.sampled_from(vals))
+        if kind == "unary":
+            op, attrs = draw(st.sampled_from(H_UNARY))
+            if op == "Exp":
+                a = g.add(f"Tanh(%{a})")
+            vals.append(g.add(f"{op}(%{a}){attrs}"))
+        elif kind == "binary":
+            op = draw(st.sampled_from(["EWiseAdd", "EWiseMul", "EWiseDiv"]))
+            b = draw(st.sampled_from(vals))
+            if op == "EWiseDiv":
+                b = g.add(f"AddScalar(%{g.add(f'EWiseMul(%{b}, %{b})')}) {{scalar=1.0}}")
+            vals.append(g.add(f"{op}(%{a}, %{b})"))
+        elif kind == "where":
+            c = g.add(f'Compare(%{ins[0]}) {{cmp="gt", scalar=0.0}}')
+            vals.append(g.add(f"Where(%{c}, %{a}, %{draw(st.sampled_from(vals))})"))
+        else:
+            sq = g.add(f"EWiseMul(%{a}, %{a})")
+            vals.append(g.add(f"Log(%{g.add(f'AddScalar(%{sq}) {{scalar=1.0}}')})"))
+    out = vals[-1]
+    outs = [out]
+    red = draw(st.sampled_from([None, "Summation", "Max"]))
+    if red:
+        nd = len(shape)
+        axes = draw(st.sampled_from([None] + [(k,) for k in range(nd)] + ([(0, nd - 1)] if nd > 1 else [])))
+        ax = range(nd) if axes is None else axes
+        rshape = tuple(d for k, d in enumerate(shape) if k not in ax)
+        r = g.add(f"{red}(%{out}) {{axes={axes!r}}}", rshape)
+        outs = [r]
+        if draw(st.booleans()):  # an elementwise consumer of the reduction
+            outs.append(g.add(f"MulScalar(%{r}) {{scalar=2.0}}", rshape))
+        if draw(st.booleans()):  # the full-domain value as a second output
+            outs.append(out)
+    text = "graph @h {\n" + "\n".join(g.lines) + "\n  return " + ", ".join(f"%{o}" for o in outs) + "\n}\n"
+    return text, n_in, shape, bshape
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(random_kernel(), st.integers(0, 2**31 - 1))
+def test_differential_random_kernels(case, seed):
+    text, n_in, shape, bshape = case
+    rng = np.random.default_rng(seed)
+    arrays = [rng.standard_normal(shape).astype(np.float32) for _ in range(n_in)]
+    arrays.append(rng.standard_normal(bshape).astype(np.float32))
+    g = parse_graph(text)
+    with np.errstate(all="ignore"):
+        out = compile_kernel(g)(*arrays)
+    check(out, reference(g, arrays), tol=1e-5)
