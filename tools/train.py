@@ -33,6 +33,7 @@ except ImportError:  # pragma: no cover - running from a checkout without instal
 import needle as ndl
 import needle.data as ndata
 import needle.nn as nn
+from needle.ops.random import COMPILED_RNG
 import needle.optim as optim
 
 try:
@@ -399,7 +400,9 @@ def save_training_checkpoint(path, args, model, opt, epoch, last):
         "optimizer_scalars": json.dumps(scalars),
         "optimizer_buffers": json.dumps(sorted({k for k, v in ostate.items() if isinstance(v, dict)})),
         "rng": json.dumps({"kind": kind, "pos": int(pos), "has_gauss": int(has_gauss),
-                           "cached_gaussian": float(cached).hex()}),
+                           "cached_gaussian": float(cached).hex(),
+                           "compiled_base": int(COMPILED_RNG.base),
+                           "compiled_counter": int(COMPILED_RNG.counter)}),
         "last_epoch": json.dumps(last),
     }
     nn.save_checkpoint(path, tensors, metadata)
@@ -445,6 +448,8 @@ def restore_checkpoint(path, tensors, meta, args, model, opt):
     rng = json.loads(meta["rng"])
     np.random.set_state((rng["kind"], np.asarray(tensors["rng.keys"], dtype=np.uint32),
                          rng["pos"], rng["has_gauss"], float.fromhex(rng["cached_gaussian"])))
+    COMPILED_RNG.seed(int(rng.get("compiled_base", 0)))  # compiled Dropout's generator
+    COMPILED_RNG.counter = int(rng.get("compiled_counter", 0))
     return int(meta["epoch"])
 
 
@@ -692,6 +697,7 @@ def run(args, argv, state):
     device = _device(args.device)
 
     np.random.seed(args.seed)  # the one seeding; everything after draws from it in order
+    COMPILED_RNG.seed(args.seed)  # compiled Dropout: its own counter-based streams
     if args.task == "ptb":
         corpus, train_ids, eval_ids, desc = load_ptb(args)
         vocab = len(corpus.dictionary)

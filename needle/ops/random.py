@@ -3,7 +3,8 @@
 Eager mode draws from numpy's global RNG (the course's RNG rules). A compiled graph cannot
 call numpy's RNG per call, so `RandomUniform` hashes (seed, stream, element index) with
 splitmix64: the seed is a scalar graph input read from `COMPILED_RNG.counter` at every
-call and advanced by one after it, and each random op of a graph has its own stream.
+call and advanced by one after it, `COMPILED_RNG.base` (set by `seed(n)`) is a second
+scalar input, and each random op of a graph has its own stream.
 Compiled masks therefore differ from eager ones (same distribution, other numbers).
 """
 from __future__ import annotations
@@ -17,10 +18,16 @@ from .registry import TensorOp
 
 
 class CompiledRNGState:
-    """The seed of compiled random ops; `counter` advances by one per compiled call."""
+    """The state of compiled random ops: `base` (the seed) and `counter`, which advances
+    by one per compiled call."""
 
-    def __init__(self, counter: int = 0):
+    def __init__(self, base: int = 0, counter: int = 0):
+        self.base = base
         self.counter = counter
+
+    def seed(self, base: int) -> None:
+        """Restart the compiled random streams from `base` (needle-train uses --seed)."""
+        self.base, self.counter = int(base), 0
 
 
 COMPILED_RNG = CompiledRNGState()
@@ -47,24 +54,24 @@ class RandomUniform(TensorOp):
         self.shape = tuple(shape)
         self.stream = stream
 
-    def infer(self, seed):
-        if tuple(seed.shape) != ():
-            raise self.error(f"the seed must be a scalar, got shape {seed.shape}")
-        return self.shape, seed.dtype
+    def infer(self, counter, base):
+        if tuple(counter.shape) != () or tuple(base.shape) != ():
+            raise self.error(f"counter and base must be scalars, got shapes {counter.shape} and {base.shape}")
+        return self.shape, counter.dtype
 
-    def compute(self, seed):
-        value = seed.numpy() if hasattr(seed, "numpy") else np.asarray(seed)
-        s = np.uint64(int(round(float(value))))
+    def compute(self, counter, base):
+        c, b = (np.uint64(int(round(float(v.numpy() if hasattr(v, "numpy") else v)))) for v in (counter, base))
         with np.errstate(over="ignore"):
-            key = _splitmix64(np.array([s * _GOLDEN + np.uint64(self.stream)], dtype=np.uint64))[0]
+            seed = _splitmix64(np.array([b], dtype=np.uint64))[0] + c * _GOLDEN
+            key = _splitmix64(np.array([seed + np.uint64(self.stream)], dtype=np.uint64))[0]
             bits = _splitmix64(np.arange(prod(self.shape), dtype=np.uint64) + key)
         u = ((bits >> np.uint64(40)).astype(np.float32) / np.float32(1 << 24)).reshape(self.shape)
-        return u if BACKEND == "np" else array_api.array(u, device=seed.device)
+        return u if BACKEND == "np" else array_api.array(u, device=counter.device)
 
     def gradient(self, out_grad, node):
         from .elementwise import zeros_like
 
-        return zeros_like(node.inputs[0])
+        return tuple(zeros_like(x) for x in node.inputs)
 
 
 def random_uniform(shape):
@@ -79,8 +86,8 @@ def random_uniform(shape):
     if stream == 0:
         seed = builder.hyper_input(COMPILED_RNG, "counter")
         builder.set_hyper(COMPILED_RNG, "counter", seed + 1.0)
-    seed = builder.hyper_updates[(id(COMPILED_RNG), "counter")][2] - 1.0
-    return RandomUniform(shape, stream)(seed)
+    counter = builder.hyper_updates[(id(COMPILED_RNG), "counter")][2] - 1.0
+    return RandomUniform(shape, stream)(counter, builder.hyper_input(COMPILED_RNG, "base"))
 
 
 __all__ = ["RandomUniform", "random_uniform", "COMPILED_RNG"]
