@@ -35,21 +35,34 @@ from .ir.tracer import GraphBuilder, tensor_type_of, tracing
 from .runtime.interpreter import run_graph
 
 PIPELINE = ("decompose", "autodiff", "simplify")
+#: analysis passes the kernel executor needs (the graph is unchanged by them)
+KERNEL_PIPELINE = ("fusion", "schedule", "memory_plan")
 
 
-def _pass_manager():
+def executor_kind() -> str:
+    """`NEEDLE_EXECUTOR`: 'interp' (the reference interpreter, the default) or 'kernels'
+    (fused groups as LLVM kernels, the rest interpreted, in schedule order)."""
+    kind = os.environ.get("NEEDLE_EXECUTOR", "interp")
+    if kind not in ("interp", "kernels"):
+        raise ValueError(f"NEEDLE_EXECUTOR={kind!r}: use 'interp' or 'kernels'")
+    return kind
+
+
+def _pass_manager(kind: str):
     from . import passes  # noqa: F401  (registers the passes)
     from .passes.manager import PASSES, PassManager
 
-    return PassManager([PASSES[name] for name in PIPELINE if name in PASSES])
+    names = PIPELINE + (KERNEL_PIPELINE if kind == "kernels" else ())
+    return PassManager([PASSES[name] for name in names if name in PASSES])
 
 
 class _Entry:
     """One compiled signature: its graph, pass snapshots and input bindings."""
 
-    def __init__(self, graph: Graph, snapshots: dict, bindings: list, n_outputs: int,
-                 writes: list, structure: Any):
+    def __init__(self, graph: Graph, runner: Callable, snapshots: dict, bindings: list,
+                 n_outputs: int, writes: list, structure: Any):
         self.graph = graph
+        self.runner = runner              # runs the graph on the input arrays
         self.snapshots = snapshots
         # per input node: ("arg", i) | ("tensor", t) | ("slot", holder, key) | ("hyper", obj, attr) | ("const", a)
         self.bindings = bindings
@@ -176,14 +189,23 @@ class CompiledFunction:
         ctx = PassContext()
         if ctx.dump_dir:  # one folder per function and signature, so dumps never overwrite
             ctx.dump_dir = os.path.join(ctx.dump_dir, f"{graph.name}-{len(self._cache)}")
-        final = _pass_manager().run(graph, ctx)
+        kind = executor_kind()
+        final = _pass_manager(kind).run(graph, ctx)
+        if kind == "kernels":
+            from .runtime.executor import KernelExecutor
+
+            runner = KernelExecutor(final, ctx.options["fusion_plan"], ctx.options["schedule"])
+            self.stats["llvm_kernels"] = runner.llvm_kernels
+        else:
+            runner = functools.partial(run_graph, final)
         bindings = [("const", _to_backend(bound)) if role == "const" else bound
                     for _, bound, role in builder.inputs]
         self.stats["compiles"] += 1
         self.stats["nodes"] = len(final.nodes)
         self.stats["kernels"] = sum(1 for n in final.nodes if n.op not in ("input", "const"))
         self.stats["compile_seconds"] += time.perf_counter() - start
-        return _Entry(final, dict(ctx.snapshots), bindings, len(flat),
+        self.stats["kernels"] = (len(runner.steps) if kind == "kernels" else self.stats["kernels"])
+        return _Entry(final, runner, dict(ctx.snapshots), bindings, len(flat),
                       [(kind, target) for kind, target, _ in writes], structure)
 
     def _explain_miss(self, key: tuple) -> None:
@@ -224,7 +246,7 @@ class CompiledFunction:
         if inputs is None:  # a module attribute was replaced by a tensor of another shape
             self._cache = {k: e for k, e in self._cache.items() if e is not entry}
             return self(*args)
-        outputs = run_graph(entry.graph, inputs)
+        outputs = entry.runner(inputs)
         results = [Tensor.make_const(o) if not isinstance(o, tuple) else TensorTuple.make_const(o)
                    for o in outputs[:entry.n_outputs]]
         for (kind, target), value in zip(entry.writes, outputs[entry.n_outputs:]):

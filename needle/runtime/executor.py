@@ -1,0 +1,96 @@
+"""The kernel executor: runs a graph kernel by kernel, following its fusion plan.
+
+Each fused group of kind elementwise or reduce becomes one LLVM kernel
+(`needle.codegen.compile_kernel` on the group's subgraph); GEMM/conv groups, views,
+tuple and opaque ops run on the reference interpreter, group by group, in the schedule's
+order. Values cross between the two as numpy arrays (LLVM kernels) and backend arrays
+(interpreter), converted only where a value changes sides.
+
+This is the stepping stone to the native executor (one entry point per graph, arena
+memory from the memory plan): the kernels are the same, Python still drives the order.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..backend_selection import BACKEND, array_api
+from ..ir.graph import Graph
+from .interpreter import const_array, run_graph
+
+
+def _to_numpy(x):
+    if isinstance(x, tuple):
+        return tuple(_to_numpy(v) for v in x)
+    return x if isinstance(x, np.ndarray) else x.numpy()
+
+
+def _to_backend(x, device):
+    if isinstance(x, tuple):
+        return tuple(_to_backend(v, device) for v in x)
+    if BACKEND == "np" or not isinstance(x, np.ndarray):
+        return x
+    return array_api.array(x, device=device)
+
+
+class _Step:
+    __slots__ = ("group", "inputs", "outputs", "kernel", "subgraph")
+
+    def __init__(self, group, subgraph, kernel):
+        self.group = group
+        self.inputs = group.inputs
+        self.outputs = group.outputs
+        self.kernel = kernel
+        self.subgraph = subgraph
+
+
+class KernelExecutor:
+    """Runs `graph` by the groups of `fusion_plan` in `schedule` order."""
+
+    def __init__(self, graph: Graph, fusion_plan, schedule):
+        from ..codegen import LoweringError, compile_kernel
+
+        self.graph = graph
+        groups = {g.id: g for g in (fusion_plan.groups.values() if isinstance(fusion_plan.groups, dict)
+                                   else fusion_plan.groups)}
+        self.steps: list[_Step] = []
+        self.llvm_kernels = 0
+        for gid in schedule.order:
+            group = groups[gid]
+            sub = group.subgraph(graph)
+            kernel = None
+            if group.kind in ("elementwise", "reduce") and _float32_only(sub):
+                try:
+                    kernel = compile_kernel(sub)
+                    self.llvm_kernels += 1
+                except LoweringError:
+                    kernel = None
+            self.steps.append(_Step(group, sub, kernel))
+        self.consts = [n for n in graph.nodes if n.op == "const"]
+
+    def __call__(self, inputs: Sequence[Any]) -> list:
+        env: dict[int, Any] = {}
+        device = None
+        for node, value in zip(self.graph.inputs, inputs):
+            env[node.id] = value
+            device = device or getattr(value, "device", None)
+        for node in self.consts:
+            env[node.id] = const_array(node)
+        for step in self.steps:
+            args = [env[i] for i in step.inputs]
+            if step.kernel is not None:
+                outs = step.kernel(*[_to_numpy(a) for a in args])
+            else:
+                outs = run_graph(step.subgraph, [_to_backend(a, device) for a in args])
+            for i, value in zip(step.outputs, outs):
+                env[i] = value
+        return [_to_backend(env[i], device) for i in self.graph.outputs]
+
+
+def _float32_only(graph: Graph) -> bool:
+    for n in graph.nodes:
+        types = n.type if isinstance(n.type, tuple) else (n.type,)
+        if any(t.dtype != "float32" for t in types):
+            return False
+    return True
