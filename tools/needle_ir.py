@@ -1,7 +1,7 @@
 """needle-ir: run a script and print the IR of every graph it compiled.
 
-    needle-ir [--after PASS | --all] [--function NAME] [--format text|dot] [--list-passes]
-              SCRIPT.py [ARGS...]
+    needle-ir [--after PASS | --all] [--function NAME] [--format text|dot|c|llvm]
+              [--why-not-fused] [--list-passes] SCRIPT.py [ARGS...]
 
 Runs SCRIPT.py to completion as ``python SCRIPT.py ARGS`` would (its directory first on
 ``sys.path``, ``__name__ == "__main__"``), with the script's own stdout sent to stderr.
@@ -11,14 +11,20 @@ function and signature once, in compile order), a header line
     # needle-ir: <qualname> <signature> after <pass>
 
 followed by the IR after that pass (``print_graph``: each node keeps the user's
-``file:line``), or Graphviz DOT with ``--format dot``. The default pass is the last one
-that ran; ``--after input`` shows the graph as traced (with its ``grad`` requests);
-``--all`` prints every stage in order. ``--function NAME`` keeps the functions whose
+``file:line``), or Graphviz DOT with ``--format dot``. ``--format c`` / ``--format llvm``
+show the generated code instead: the graph's fusion plan (``plan_fusion``), and for each
+group in plan order either a line ``# kernel k<id> [<kind>] nodes %a %b ...`` followed by
+the kernel's readable C or its (unoptimised) LLVM IR module, or, for a group that runs on
+the interpreter (GEMM/conv, views, opaque ops, non-float32 values, lowering errors), one
+line ``# k<id> [<kind>] runs on the interpreter: <reason>``. ``--why-not-fused`` prints
+the fusion plan (one line per group) and the refused merges (``why-not ...`` lines)
+instead of the IR. The default pass is the last one that ran; ``--after input`` shows the
+graph as traced (with its ``grad`` requests); ``--all`` prints every stage in order. ``--function NAME`` keeps the functions whose
 ``__qualname__`` or its last dotted component is NAME. ``--list-passes`` prints the stage
 names ``--after`` takes (``input`` first, then the pipeline's passes) and exits.
 
-Both outputs parse back: the header lines are ``#`` comments, which ``needle.ir.parse_graphs``
-and Graphviz both skip.
+The text and DOT outputs parse back: the header lines are ``#`` comments, which
+``needle.ir.parse_graphs`` and Graphviz both skip.
 
 Exit codes: 0 success; 1 no graph was compiled (or the script raised); the script's own
 exit code when it exits non-zero (the graphs compiled so far are printed first); 2 usage
@@ -50,8 +56,8 @@ _VALUE_OPTIONS = ("--after", "--function", "--format")
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="needle-ir",
-        usage="needle-ir [--after PASS | --all] [--function NAME] [--format text|dot] "
-              "[--list-passes] SCRIPT.py [ARGS...]",
+        usage="needle-ir [--after PASS | --all] [--function NAME] "
+              "[--format text|dot|c|llvm] [--why-not-fused] [--list-passes] SCRIPT.py [ARGS...]",
         description="Run a script and print the graph IR of every function it compiled with "
                     "@needle.compile (the script's own stdout goes to stderr).")
     group = p.add_mutually_exclusive_group()
@@ -61,8 +67,12 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument("--all", action="store_true", help="show every stage, each with its header")
     p.add_argument("--function", metavar="NAME",
                    help="only functions whose __qualname__ or its last component is NAME")
-    p.add_argument("--format", choices=("text", "dot"), default="text",
-                   help="text IR (default) or Graphviz DOT")
+    p.add_argument("--format", choices=("text", "dot", "c", "llvm"), default="text",
+                   help="text IR (default), Graphviz DOT, or the generated kernels of the "
+                        "graph's fusion groups as readable C or LLVM IR")
+    p.add_argument("--why-not-fused", action="store_true",
+                   help="print the graph's fusion plan and every refused merge with its reason "
+                        "instead of the IR")
     p.add_argument("--list-passes", action="store_true",
                    help="print the stage names --after takes, one per line, and exit")
     return p
@@ -181,7 +191,65 @@ def _stage_to_show(stages: dict, after: Optional[str], order: list) -> tuple:
     return name, stages[name]
 
 
-def _render(graph, fmt: str) -> str:
+def _not_generated(group, graph, subgraph) -> Optional[str]:
+    """Why the kernel executor runs `group` on the interpreter, or None when it becomes an
+    LLVM kernel (elementwise/reduce groups of float32 values; lowering may still refuse)."""
+    if group.kind == "extern":
+        op = graph.node(group.anchor).op if group.anchor is not None else "GEMM/conv"
+        extra = len(group.node_ids) - 1
+        return f"extern {op}" + (f" with {extra} epilogue op{'s' * (extra != 1)}" if extra else "")
+    if group.kind == "view":
+        return "view-only group (no work to generate)"
+    if group.kind not in ("elementwise", "reduce"):
+        ops = sorted({n.op for n in subgraph.nodes if n.op != "input"})
+        return f"{group.kind} op {'/'.join(ops)} (no kernel lowering)"
+    dtypes = set()
+    for n in subgraph.nodes:
+        for t in (n.type if isinstance(n.type, tuple) else (n.type,)):
+            dtypes.add(t.dtype)
+    if dtypes - {"float32"}:
+        return f"non-float32 values ({', '.join(sorted(dtypes - {'float32'}))}); kernels are float32 only"
+    return None
+
+
+def _render_kernels(graph, fmt: str) -> str:
+    """Every fusion group of `graph` in plan order: a kernel header and its C / LLVM IR, or
+    one comment line saying why it runs on the interpreter."""
+    from needle.codegen import LoweringError, compile_kernel
+    from needle.passes.fusion import plan_fusion
+
+    out = []
+    for group in plan_fusion(graph).groups:
+        sub = group.subgraph(graph)
+        reason = _not_generated(group, graph, sub)
+        kernel = None
+        if reason is None:
+            try:
+                kernel = compile_kernel(sub)
+            except LoweringError as e:
+                reason = f"lowering error: {e}"
+        if kernel is None:
+            out.append(f"# k{group.id} [{group.kind}] runs on the interpreter: {reason}\n")
+            continue
+        nodes = " ".join(f"%{n}" for n in group.node_ids)
+        out.append(f"# kernel k{group.id} [{group.kind}] nodes {nodes}\n")
+        code = kernel.c_source if fmt == "c" else kernel.llvm_ir
+        out.append(code if code.endswith("\n") else code + "\n")
+    return "".join(out)
+
+
+def _render_why_not(graph) -> str:
+    from needle.passes.fusion import format_plan, format_why_not, plan_fusion
+
+    plan = plan_fusion(graph)
+    return format_plan(plan, graph) + format_why_not(plan, graph)
+
+
+def _render(graph, fmt: str, why_not: bool = False) -> str:
+    if why_not:
+        return _render_why_not(graph)
+    if fmt in ("c", "llvm"):
+        return _render_kernels(graph, fmt)
     if fmt == "dot":
         from needle.ir.dot import to_dot
 
@@ -211,6 +279,10 @@ def main(argv: Optional[list] = None) -> int:
     if opts.after is not None and opts.after not in valid + ["final"]:
         print(f"needle-ir: error: unknown pass {opts.after!r} for --after; valid names: "
               f"{', '.join(valid)} (and 'final')", file=sys.stderr)
+        return 2
+    if opts.why_not_fused and opts.format != "text":
+        print(f"needle-ir: error: --why-not-fused prints the fusion log as text; it does not "
+              f"combine with --format {opts.format}", file=sys.stderr)
         return 2
     if not os.path.isfile(script):
         print(f"needle-ir: error: no such script: {script}", file=sys.stderr)
@@ -247,7 +319,7 @@ def main(argv: Optional[list] = None) -> int:
             selected = [(name, graph)]
         for name, graph in selected:
             out.append(f"{HEADER} {qualname} {signature} after {name}\n")
-            out.append(_render(graph, opts.format))
+            out.append(_render(graph, opts.format, opts.why_not_fused))
     sys.stdout.write("".join(out))
     sys.stdout.flush()
     return code

@@ -202,3 +202,121 @@ def test_subprocess(tmp_path):
     for _, _, _, body in parts:
         parse_graph(body)
         assert f"{script}:" in body
+
+
+# ---- generated code: --format c|llvm, --why-not-fused ---------------------------------------
+KERNEL_SCRIPT = """
+import numpy as np
+import needle as ndl
+from needle import ops
+
+
+@ndl.compile
+def gelu(x):
+    return 0.5 * x * (1.0 + ops.tanh(0.7978845608 * (x + 0.044715 * x * x * x)))
+
+
+@ndl.compile
+def softmax(x):
+    m = ops.broadcast_to(ops.reshape(ops.max(x, axes=(1,)), (4, 1)), x.shape)
+    e = ops.exp(x - m)
+    s = ops.broadcast_to(ops.reshape(ops.summation(e, axes=(1,)), (4, 1)), x.shape)
+    return e / s
+
+
+x = ndl.Tensor(np.random.randn(4, 16).astype("float32"))
+gelu(x)
+softmax(x)
+"""
+KERNEL_HEAD = re.compile(r"^# kernel k(\d+) \[(elementwise|reduce)\] nodes( %\d+)+$", re.M)
+INTERP_LINE = re.compile(r"^# k(\d+) \[(\w+)\] runs on the interpreter: .+$", re.M)
+
+
+def write_kernels(tmp_path):
+    path = tmp_path / "kernels_tiny.py"
+    path.write_text(textwrap.dedent(KERNEL_SCRIPT))
+    return str(path)
+
+
+def kernel_bodies(body):
+    """[(group id, code)] for the generated kernels of one graph's --format c|llvm output."""
+    heads = list(KERNEL_HEAD.finditer(body))
+    return [(int(m.group(1)), body[m.end() + 1:nxt.start() if nxt else len(body)])
+            for m, nxt in zip(heads, heads[1:] + [None])]
+
+
+def group_ids(body):
+    """Group ids in output order, from both the kernel headers and the interpreter lines."""
+    found = [(m.start(), int(m.group(1))) for m in KERNEL_HEAD.finditer(body)]
+    found += [(m.start(), int(m.group(1))) for m in INTERP_LINE.finditer(body)]
+    return [gid for _, gid in sorted(found)]
+
+
+def test_format_c_prints_each_generated_kernel(tmp_path, capsys):
+    script = write_kernels(tmp_path)
+    code, out, err = run(capsys, "--format", "c", script)
+    assert code == 0, err
+    parts = {q: body for q, _, _, body in chunks(out)}
+    assert set(parts) == {"gelu", "softmax"}
+    (gelu,) = kernel_bodies(parts["gelu"])           # GELU chain: one fused kernel
+    assert gelu[0] == 0 and "for (" in gelu[1] and "tanh" in gelu[1]
+    assert KERNEL_HEAD.search(parts["gelu"]).group(0).startswith("# kernel k0 [elementwise] nodes %")
+    soft = kernel_bodies(parts["softmax"])
+    assert 1 <= len(soft) <= 2
+    assert all("for (" in c and "void kernel(" in c for _, c in soft)
+    assert "exp" in parts["softmax"]
+    # every group of the plan appears once, in plan order
+    assert group_ids(parts["softmax"]) == list(range(len(group_ids(parts["softmax"]))))
+
+
+def test_format_llvm_prints_parseable_modules(tmp_path, capsys):
+    import llvmlite.binding as llvm
+
+    script = write_kernels(tmp_path)
+    code, out, err = run(capsys, "--format", "llvm", "--function", "gelu", script)
+    assert code == 0, err
+    ((_, _, _, body),) = chunks(out)
+    ((gid, module),) = kernel_bodies(body)
+    assert gid == 0 and "define " in module and "<8 x float>" in module
+    llvm.parse_assembly(module).verify()             # the unoptimised module, as printed
+
+
+def test_format_c_marks_interpreter_groups(tmp_path, capsys):
+    script = write(tmp_path)                         # Linear/ReLU/SoftmaxLoss: GEMMs, views
+    code, out, err = run(capsys, "--format", "c", "--function", "loss_and_grads", script)
+    assert code == 0, err
+    ((_, _, _, body),) = chunks(out)
+    lines = INTERP_LINE.findall(body)
+    assert any(kind == "extern" for _, kind in lines)
+    assert "runs on the interpreter: extern MatMul" in body
+    ids = group_ids(body)
+    assert ids == list(range(len(ids))) and kernel_bodies(body)
+
+
+def test_why_not_fused_lists_groups_and_refusals(tmp_path, capsys):
+    script = write_kernels(tmp_path)
+    code, out, err = run(capsys, "--why-not-fused", script)
+    assert code == 0, err
+    parts = {q: body for q, _, _, body in chunks(out)}
+    assert re.fullmatch(r"k0 \[elementwise\]: (%\d+ )+<- ins %0 -> outs %\d+\n", parts["gelu"])
+    lines = parts["softmax"].splitlines()
+    groups = [line for line in lines if re.match(r"k\d+ \[\w+( @\d+)?\]: ", line)]
+    why = [line for line in lines if line.startswith("why-not ")]
+    assert 1 <= len(groups) <= 2 and lines == groups + why
+    assert any("Max" in line and "reduc" in line for line in why), why
+
+
+def test_why_not_fused_refuses_other_formats(tmp_path, capsys):
+    script = write_kernels(tmp_path)
+    code, out, err = run(capsys, "--why-not-fused", "--format", "c", script)
+    assert code == 2 and out == "" and "--why-not-fused" in err
+
+
+def test_text_format_of_the_kernel_script_parses_back(tmp_path, capsys):
+    from needle.ir import parse_graphs
+
+    script = write_kernels(tmp_path)
+    code, out, err = run(capsys, script)
+    assert code == 0, err
+    graphs = parse_graphs(out)
+    assert [g.name for g in graphs] == ["gelu", "softmax"]
