@@ -92,6 +92,11 @@ class Kernel:
         self._fn(*[x.ctypes.data for x in ins + outs])
         return outs
 
+    def launch(self, addresses) -> None:
+        """Run on raw buffer addresses (inputs then outputs, compact float32, sizes as
+        `self.inputs`/`self.outputs` say): the executor's path, with no copies."""
+        self._fn(*addresses)
+
     def asm(self) -> str:
         return target_machine().emit_assembly(llvm.parse_assembly(self.llvm_ir_optimized))
 

@@ -80,12 +80,29 @@ class KernelExecutor:
         for step in self.steps:
             args = [env[i] for i in step.inputs]
             if step.kernel is not None:
-                outs = step.kernel(*[_to_numpy(a) for a in args])
+                outs = _launch(step.kernel, args, device)
             else:
                 outs = run_graph(step.subgraph, [_to_backend(a, device) for a in args])
             for i, value in zip(step.outputs, outs):
                 env[i] = value
         return [_to_backend(env[i], device) for i in self.graph.outputs]
+
+
+def _launch(kernel, args, device) -> list:
+    """Run an LLVM kernel on backend arrays: NDArray buffers are passed by address (no
+    copies); numpy arrays (NEEDLE_BACKEND=np, or values that came from numpy) go through
+    the kernel's numpy wrapper."""
+    if BACKEND == "np" or any(isinstance(a, (np.ndarray, tuple)) for a in args):
+        return kernel(*[_to_numpy(a) for a in args])
+    from ..backend_ndarray import NDArray
+
+    ins = [a.compact() for a in args]
+    for a, p in zip(ins, kernel.inputs):
+        if a.size != p.size:
+            raise ValueError(f"kernel input {p.name}: expected shape {p.shape}, got {a.shape}")
+    outs = [NDArray.make(p.shape, device=device) for p in kernel.outputs]
+    kernel.launch([x._handle.ptr() for x in ins + outs])
+    return outs
 
 
 def _float32_only(graph: Graph) -> bool:
