@@ -13,9 +13,9 @@ from math import prod
 
 from ..ir.graph import Graph, Node
 from ..ops.registry import OPS, normalize_axes, op_from_node
-from .loop_ir import (AccInit, AccRef, AccUpdate, Binary, Buffer, Cmp, FConst, For, IConst, IVar,
-                      Load, LoopKernel, Select, Store, Unary, coefficient, iadd, imul, linearize,
-                      map_loads, unravel, walk_exprs)
+from .loop_ir import (AccInit, AccRef, AccUpdate, Binary, Buffer, Cmp, FConst, For, IBin, IConst,
+                      IVar, Load, LoopKernel, Select, Store, Unary, coefficient, iadd, imul,
+                      linearize, map_loads, unravel, walk_exprs)
 
 REDUCTIONS = {"Summation": "sum", "Max": "max"}
 VIEWS = ("Reshape", "BroadcastTo", "Permute", "Transpose", "GetItem")
@@ -37,6 +37,10 @@ class _Lowerer:
         self.memo: dict = {}
         self.bufs = {n.id: f"in{k}" for k, n in enumerate(graph.inputs)}
         self.red = None  # (node, kept-index tuple) of the kernel's reduction
+        self.ranges: dict = {}  # loop variable -> extent (for index simplification)
+
+    def simp(self, idx):
+        return tuple(simplify(e, self.ranges) for e in idx)
 
     def shape(self, nid):
         t = self.g.node(nid).type
@@ -65,7 +69,7 @@ class _Lowerer:
         if op in REDUCTIONS:
             if self.red is None or self.red[0] is not n:
                 raise LoweringError("more than one reduction in a kernel")
-            if idx != self.red[1]:
+            if self.simp(idx) != self.red[1]:
                 raise LoweringError(f"reduction %{n.id} is read at an index other than its loop's")
             return AccRef(f"acc{n.id}")
         if op in VIEWS:
@@ -128,7 +132,7 @@ class _Lowerer:
         if [d for _, d in kept] == in_kept:
             it = iter(i for i, _ in kept)
             return tuple(IConst(0) if d == 1 else next(it) for d in in_shape)
-        return tuple(unravel(linearize(idx, out_shape), in_shape))
+        return self.simp(unravel(linearize(idx, out_shape), in_shape))
 
 
 def _power(x, p):
@@ -149,6 +153,123 @@ def _power(x, p):
         out = FConst(1.0) if out is None else out
         return Binary("div", FConst(1.0), out) if p < 0 else out
     return Binary("pow", x, FConst(p))
+
+
+def _affine(e, ranges, memo):
+    """`e` as ({atom: coefficient}, constant) with atoms IVar or non-affine sub-expressions."""
+    if isinstance(e, IConst):
+        return {}, e.value
+    if isinstance(e, IBin) and e.op == "add":
+        ta, ca = _affine(e.a, ranges, memo)
+        tb, cb = _affine(e.b, ranges, memo)
+        t = dict(ta)
+        for k, v in tb.items():
+            t[k] = t.get(k, 0) + v
+        return _recombine({k: v for k, v in t.items() if v}), ca + cb
+    if isinstance(e, IBin) and e.op == "mul" and (isinstance(e.a, IConst) or isinstance(e.b, IConst)):
+        c, x = (e.a.value, e.b) if isinstance(e.a, IConst) else (e.b.value, e.a)
+        t, k = _affine(x, ranges, memo)
+        return {a: v * c for a, v in t.items() if v * c}, k * c
+    return {e: 1}, 0
+
+
+def _recombine(terms):
+    """(x div c)*(m*c) + (x mod c)*m -> x*m, repeatedly."""
+    changed = True
+    while changed:
+        changed = False
+        for t, v in list(terms.items()):
+            if isinstance(t, IBin) and t.op == "mod" and isinstance(t.b, IConst):
+                dv = IBin("div", t.a, t.b)
+                if terms.get(dv) == v * t.b.value:
+                    del terms[t], terms[dv]
+                    sub, _ = _affine(t.a, {}, {}) if isinstance(t.a, IBin) else ({t.a: 1}, 0)
+                    if _ != 0:
+                        sub = {t.a: 1}
+                    for a, w in sub.items():
+                        terms[a] = terms.get(a, 0) + w * v
+                    terms = {a: w for a, w in terms.items() if w}
+                    changed = True
+                    break
+    return terms
+
+
+def _range(e, ranges, memo):
+    """(lo, hi) bounds of an index expression, or None when unknown."""
+    if e in memo:
+        return memo[e]
+    r = None
+    if isinstance(e, IConst):
+        r = (e.value, e.value)
+    elif isinstance(e, IVar):
+        r = (0, ranges[e.name] - 1) if e.name in ranges else None
+    else:
+        a, b = _range(e.a, ranges, memo), _range(e.b, ranges, memo)
+        if a is not None and b is not None:
+            if e.op == "add":
+                r = (a[0] + b[0], a[1] + b[1])
+            elif e.op == "mul":
+                ps = [x * y for x in a for y in b]
+                r = (min(ps), max(ps))
+            elif e.op in ("div", "mod") and b[0] == b[1] and b[0] > 0 and a[0] >= 0:
+                c = b[0]
+                r = (a[0] // c, a[1] // c) if e.op == "div" else (
+                    (a[0], a[1]) if a[1] < c else (0, c - 1))
+    memo[e] = r
+    return r
+
+
+def _build(terms, const):
+    out: IExpr = IConst(0)
+    for atom, c in terms.items():
+        out = iadd(out, imul(atom, IConst(c)))
+    return iadd(out, IConst(const))
+
+
+def simplify(e, ranges, memo=None):
+    """Index expression `e` with div/mod by constants folded where the loop ranges allow:
+    (c*q + r) div c = q and (c*q + r) mod c = r when 0 <= r < c."""
+    memo = {} if memo is None else memo
+    if not isinstance(e, IBin):
+        return e
+    a, b = simplify(e.a, ranges, memo), simplify(e.b, ranges, memo)
+    if e.op in ("add", "mul"):
+        x = iadd(a, b) if e.op == "add" else imul(a, b)
+        if isinstance(x, IBin) and (e.op == "add" or isinstance(a, IConst) or isinstance(b, IConst)):
+            x = _build(*_affine(x, ranges, memo))
+        return x
+    if not (isinstance(b, IConst) and b.value > 0):
+        return IBin(e.op, a, b)
+    c = b.value
+    if c == 1:
+        return a if e.op == "div" else IConst(0)
+    terms, k = _affine(a, ranges, memo)
+    if any((_range(t, ranges, memo) or (-1, 0))[0] < 0 for t in terms):
+        return IBin(e.op, a, b)
+    for d in _divisors_desc(c):  # e = d*q + r with 0 <= r < d: e div c = q div (c/d)
+        q = {t: v // d for t, v in terms.items() if v % d == 0}
+        r = {t: v for t, v in terms.items() if v % d != 0}
+        rest = _build(r, k % d)
+        rr = _range(rest, ranges, memo)
+        if rr is None or rr[0] < 0 or rr[1] >= d:
+            continue
+        qe = _build(q, k // d)
+        if d == c:
+            return qe if e.op == "div" else rest
+        qr = _range(qe, ranges, memo)
+        if qr is not None and qr[0] >= 0 and qr[1] < c // d:  # q < c/d: e div c = 0
+            return IConst(0) if e.op == "div" else _build(*_affine(iadd(imul(qe, IConst(d)), rest),
+                                                                   ranges, memo))
+        if e.op == "div":
+            return IBin("div", qe, IConst(c // d))
+        return _build(*_affine(iadd(imul(IBin("mod", qe, IConst(c // d)), IConst(d)), rest),
+                               ranges, memo))
+    return IBin(e.op, a, b)
+
+
+def _divisors_desc(c):
+    small = [d for d in range(2, int(c ** 0.5) + 1) if c % d == 0]
+    return sorted(set(small + [c // d for d in small] + [c]), reverse=True)
 
 
 def _loads(exprs):
@@ -250,6 +371,49 @@ def _uses_acc(e):
     return any(isinstance(x, AccRef) for x in walk_exprs(e))
 
 
+def _domain_index(lw: _Lowerer, o: int, shape, dom_idx, dom_shape):
+    """An index into `shape` (the shape of output `o`, of the same size as `dom_shape`) as a
+    bijective function of `dom_idx`: the inverse of the view chain (Reshape/Permute/
+    Transpose through elementwise nodes of o's shape) from o down to a node of `dom_shape`
+    if there is one, else the row-major reshape (same linear order)."""
+    def chain(nid, seen):
+        n = lw.g.node(nid)
+        if n.type.shape == tuple(dom_shape):
+            return []
+        if nid in seen or n.op in ("input", "const") or n.op in REDUCTIONS:
+            return None
+        seen.add(nid)
+        if n.op in ("Reshape", "Permute", "Transpose"):
+            if prod(lw.shape(n.inputs[0])) != prod(dom_shape):
+                return None
+            rest = chain(n.inputs[0], seen)
+            return None if rest is None else rest + [n]
+        if n.op in VIEWS:
+            return None
+        for i in n.inputs:
+            if lw.shape(i) == n.type.shape:
+                rest = chain(i, seen)
+                if rest is not None:
+                    return rest
+        return None
+
+    idx = tuple(dom_idx)
+    cur = tuple(dom_shape)
+    steps = chain(o, set()) if tuple(shape) != cur else []
+    for n in steps or []:  # from the domain up to o: invert each view
+        out_shape = n.type.shape
+        if n.op == "Reshape":
+            idx = lw.simp(unravel(linearize(idx, cur), out_shape))
+        else:
+            perm = op_from_node(n.op, n.attr_dict)
+            perm = perm._perm(len(cur)) if n.op == "Transpose" else perm.axes
+            idx = tuple(idx[ax] for ax in perm)
+        cur = out_shape
+    if cur != tuple(shape):
+        idx = lw.simp(unravel(linearize(idx, cur), shape))
+    return idx
+
+
 def _lower_reduce(lw: _Lowerer, red: Node, outs):
     src = red.inputs[0]
     full = lw.shape(src)
@@ -258,30 +422,33 @@ def _lower_reduce(lw: _Lowerer, red: Node, outs):
     rshape = red.type.shape
     full_idx = _var_index(full, "i")
     kept_idx = tuple(full_idx[k] for k in kept)
-    lw.red = (red, kept_idx)
+    lw.ranges = {f"i{k}": d for k, d in enumerate(full) if d != 1}
+    lw.red = (red, lw.simp(kept_idx))
     acc, op = f"acc{red.id}", REDUCTIONS[red.op]
     value = lw.val(src, full_idx)
     first, second, after = [], [], []
     for b, o, s in outs:
-        if s == rshape:
-            after.append(Store(b, linearize(kept_idx, rshape), lw.val(o, kept_idx)))
-        elif s == full:
-            v = lw.val(o, full_idx)
-            (second if _uses_acc(v) else first).append(Store(b, linearize(full_idx, full), v))
+        if s == rshape or (prod(s) == prod(rshape) and prod(s) != prod(full)):
+            # the kept domain (or a reshape of it): stored at the kept index
+            oidx = kept_idx if s == rshape else _domain_index(lw, o, s, kept_idx, rshape)
+            after.append(Store(b, linearize(oidx, s), lw.val(o, oidx)))
+        elif prod(s) == prod(full):
+            # the full domain, or a view of it: stored at the element the loop visits
+            oidx = full_idx if s == full else _domain_index(lw, o, s, full_idx, full)
+            v = lw.val(o, oidx)
+            (second if _uses_acc(v) else first).append(Store(b, linearize(oidx, s), v))
         else:
             raise LoweringError(f"output of shape {s} in a reduction kernel over {full} -> {rshape}")
     rdims = tuple(d if k in raxes else 1 for k, d in enumerate(full))
     inner = [AccInit(acc, op)]
     inner += _nest(rdims, "i", [AccUpdate(acc, op, value)] + first, outer_parallel=False)
-    if second:
+    if second:  # epilogue over the full domain that reads the reduced value: a second pass
         inner += _nest(rdims, "i", second, outer_parallel=False)
     inner += after
-    kdims = tuple(d if k in kept else 1 for k, d in enumerate(full))
     axes = [k for k in kept if full[k] != 1]
     body = tuple(inner)
     for pos, k in enumerate(reversed(axes)):
         body = (For(f"i{k}", full[k], "parallel" if pos == len(axes) - 1 else "serial", body),)
-    del kdims
     return list(body)
 
 

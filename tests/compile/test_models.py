@@ -135,7 +135,10 @@ def test_kernel_executor_training_step_matches_eager(model_name, opt_name, monke
         norms = [np.linalg.norm(g) for g in ge[0]]
         keep = [i for i, n in enumerate(norms) if n > 1e-4 * max(norms)]
         pc, pe = [pc[i] for i in keep], [pe[i] for i in keep]
+    # ResNet9's BatchNorm2d over 4 images (1x1 maps in the last blocks) amplifies the
+    # kernels' reassociated float32 sums about 60x over three steps
+    tol = 3e-5 if model_name == "resnet9" else 1e-5
     for got, want in [(step_c, step_e) for step_c, step_e in zip(gc, ge)] + [(pc, pe), (sc, se)]:
         total = np.sqrt(sum(float(np.sum(np.asarray(w, np.float64) ** 2)) for w in want)) or 1.0
         for a, b in zip(got, want):
-            assert np.linalg.norm(np.asarray(a, np.float64) - b) / total < 1e-5
+            assert np.linalg.norm(np.asarray(a, np.float64) - b) / total < tol
