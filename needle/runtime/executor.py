@@ -11,6 +11,7 @@ memory from the memory plan): the kernels are the same, Python still drives the 
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Sequence
 
 import numpy as np
@@ -57,16 +58,16 @@ class KernelExecutor:
         self.steps: list[_Step] = []
         self.llvm_kernels = 0
         for gid in schedule.order:
-            group = groups[gid]
-            sub = group.subgraph(graph)
-            kernel = None
-            if group.kind in ("elementwise", "reduce") and _float32_only(sub):
-                try:
-                    kernel = compile_kernel(sub)
-                    self.llvm_kernels += 1
-                except LoweringError:
-                    kernel = None
-            self.steps.append(_Step(group, sub, kernel))
+            for part in _split_extern(groups[gid], graph):
+                sub = part.subgraph(graph)
+                kernel = None
+                if part.kind in ("elementwise", "reduce") and _float32_only(sub):
+                    try:
+                        kernel = compile_kernel(sub)
+                        self.llvm_kernels += 1
+                    except LoweringError:
+                        kernel = None
+                self.steps.append(_Step(part, sub, kernel))
         self.consts = [n for n in graph.nodes if n.op == "const"]
 
     def __call__(self, inputs: Sequence[Any]) -> list:
@@ -103,6 +104,24 @@ def _launch(kernel, args, device) -> list:
     outs = [NDArray.make(p.shape, device=device) for p in kernel.outputs]
     kernel.launch([x._handle.ptr() for x in ins + outs])
     return outs
+
+
+def _split_extern(group, graph: Graph) -> list:
+    """A GEMM/conv group with an epilogue as two steps: the extern op alone (library GEMM
+    on the interpreter), then its epilogue as an elementwise group (an LLVM kernel)."""
+    if group.kind != "extern" or group.anchor is None or len(group.node_ids) == 1:
+        return [group]
+    rest = tuple(i for i in group.node_ids if i != group.anchor)
+    inside = set(rest)
+    inputs: list[int] = []
+    for i in rest:
+        for j in graph.node(i).inputs:
+            if j not in inside and j not in inputs:
+                inputs.append(j)
+    head = dataclasses.replace(group, node_ids=(group.anchor,), outputs=(group.anchor,))
+    tail = dataclasses.replace(group, kind="elementwise", anchor=None, node_ids=rest, inputs=tuple(inputs),
+                               outputs=tuple(o for o in group.outputs if o != group.anchor))
+    return [head, tail] if tail.outputs else [head]
 
 
 def _float32_only(graph: Graph) -> bool:
