@@ -4,11 +4,21 @@
 text, and returns the cached `Kernel` when that text (plus target and options) was compiled
 before; otherwise it renders LLVM IR, optimises it for the host CPU (its name and
 features, e.g. AVX2/FMA or AVX-512) and JIT-compiles it with MCJIT.
+
+Compiled object code is also cached on disk under `NEEDLE_CACHE_DIR` (default
+`$XDG_CACHE_HOME/needle`, i.e. `~/.cache/needle`; `NEEDLE_CACHE_DIR=""` or `0` disables it)
+through MCJIT's object cache. A warm disk entry skips both the O3 passes and codegen; the
+optimised IR is then only rebuilt when asked for (`Kernel.llvm_ir_optimized`). Entries are
+written atomically (temp file + `os.replace`) and validated on read (magic, key, length and
+payload digest); anything invalid is ignored, recompiled and overwritten.
 """
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import os
+import struct
+import tempfile
 import threading
 
 import numpy as np
@@ -24,24 +34,99 @@ from .lower import lower
 _LOCK = threading.Lock()
 _TM = None
 _CACHE: dict = {}
-STATS = {"hits": 0, "misses": 0}
+STATS = {"hits": 0, "misses": 0, "disk_hits": 0, "disk_misses": 0}
+OPT_OPTIONS = "speed_level=3;loop_vectorization;slp_vectorization;opt=3;codemodel=jitdefault"
+_MAGIC = b"NEEDLEOBJ1\n"
+_HEADER = struct.Struct("<32sQ32s")  # key digest, payload length, payload sha256
+
+
+def _new_target_machine():
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    target = llvm.Target.from_default_triple()
+    return target.create_target_machine(cpu=llvm.get_host_cpu_name(),
+                                        features=llvm.get_host_cpu_features().flatten(),
+                                        opt=3, codemodel="jitdefault")
 
 
 def target_machine():
+    """The shared host target machine (for passes, keys and assembly; engines get their own,
+    since an MCJIT engine takes ownership of its target machine and frees it with itself)."""
     global _TM
     if _TM is None:
-        llvm.initialize_native_target()
-        llvm.initialize_native_asmprinter()
-        target = llvm.Target.from_default_triple()
-        _TM = target.create_target_machine(cpu=llvm.get_host_cpu_name(),
-                                           features=llvm.get_host_cpu_features().flatten(),
-                                           opt=3, codemodel="jitdefault")
+        _TM = _new_target_machine()
     return _TM
 
 
 def target_key() -> str:
     tm = target_machine()
     return f"{llvm.get_process_triple()};{llvm.get_host_cpu_name()};{tm.feature_string if hasattr(tm, 'feature_string') else llvm.get_host_cpu_features().flatten()};llvmlite {llvmlite.__version__};w{VECTOR_WIDTH}"
+
+
+def cache_dir() -> str | None:
+    """The disk cache directory, or None when disabled (`NEEDLE_CACHE_DIR` empty or `0`)."""
+    d = os.environ.get("NEEDLE_CACHE_DIR")
+    if d is None:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        return os.path.join(base, "needle")
+    if d.strip() in ("", "0"):
+        return None
+    return d
+
+
+def disk_key(c_source: str) -> str:
+    """sha256 over everything that determines the object code."""
+    from .. import __version__ as needle_version
+    tm = target_machine()
+    parts = [c_source, llvm.get_process_triple(), tm.triple, llvm.get_host_cpu_name(),
+             llvm.get_host_cpu_features().flatten(), f"llvmlite {llvmlite.__version__}",
+             "llvm " + ".".join(map(str, llvm.llvm_version_info)), f"needle {needle_version}",
+             OPT_OPTIONS, f"w{VECTOR_WIDTH}"]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def _cache_path(d: str, key: str) -> str:
+    return os.path.join(d, "kernels", key[:2], key + ".o")
+
+
+def _read_object(path: str, key: str) -> bytes | None:
+    """The cached object bytes, or None if missing, truncated or corrupt."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    n = len(_MAGIC) + _HEADER.size
+    if len(data) < n or not data.startswith(_MAGIC):
+        return None
+    kd, length, digest = _HEADER.unpack_from(data, len(_MAGIC))
+    payload = data[n:]
+    if (kd != bytes.fromhex(key) or length != len(payload) or length == 0
+            or hashlib.sha256(payload).digest() != digest):
+        return None
+    return payload
+
+
+def _write_object(path: str, key: str, payload: bytes) -> None:
+    """Write atomically: a temp file in the same directory, then os.replace. Never raises."""
+    tmp = None
+    try:
+        d = os.path.dirname(path)
+        os.makedirs(d, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".o", dir=d)
+        with os.fdopen(fd, "wb") as f:
+            f.write(_MAGIC + _HEADER.pack(bytes.fromhex(key), len(payload),
+                                          hashlib.sha256(payload).digest()) + payload)
+        os.replace(tmp, path)
+        tmp = None
+    except OSError:
+        pass
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
 
 
 def _optimize(mod):
@@ -69,9 +154,28 @@ class Kernel:
         self.llvm_ir = str(module)
         mod = llvm.parse_assembly(self.llvm_ir)
         mod.verify()
-        _optimize(mod)
-        self.llvm_ir_optimized = str(mod)
-        self._engine = llvm.create_mcjit_compiler(mod, tm)
+        d = cache_dir()
+        self.disk_key = disk_key(c_source) if d is not None else None
+        path = _cache_path(d, self.disk_key) if d is not None else None
+        cached = _read_object(path, self.disk_key) if path is not None else None
+        self.from_disk = cached is not None
+        self._llvm_ir_optimized = None
+        if cached is None:
+            _optimize(mod)  # warm disk entry: the object is already optimised code
+            self._llvm_ir_optimized = str(mod)
+        if d is not None:
+            STATS["disk_hits" if cached is not None else "disk_misses"] += 1
+        self._engine = llvm.create_mcjit_compiler(mod, _new_target_machine())
+        if d is not None:
+            dk = self.disk_key
+
+            def notify(_module, buf):
+                _write_object(path, dk, bytes(buf))
+
+            def getbuffer(_module):
+                return cached
+
+            self._engine.set_object_cache(notify, getbuffer)
         self._engine.finalize_object()
         addr = self._engine.get_function_address(self.name)
         n = len(loop.params)
@@ -97,6 +201,14 @@ class Kernel:
         `self.inputs`/`self.outputs` say): the executor's path, with no copies."""
         self._fn(*addresses)
 
+    @property
+    def llvm_ir_optimized(self) -> str:
+        if self._llvm_ir_optimized is None:  # loaded from disk: rebuild on demand
+            mod = llvm.parse_assembly(self.llvm_ir)
+            _optimize(mod)
+            self._llvm_ir_optimized = str(mod)
+        return self._llvm_ir_optimized
+
     def asm(self) -> str:
         return target_machine().emit_assembly(llvm.parse_assembly(self.llvm_ir_optimized))
 
@@ -120,6 +232,10 @@ def compile_kernel(subgraph: Graph) -> Kernel:
     return compile_loop_kernel(lower(subgraph))
 
 
-def clear_cache():
+def clear_memory_cache():
+    """Forget in-memory kernels (the disk cache stays)."""
     with _LOCK:
         _CACHE.clear()
+
+
+clear_cache = clear_memory_cache
