@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("NEEDLE_VERIFY", "1")  # the IR verifier runs after every pass in tests
+# compiled kernels go to a fresh cache folder, not the user's ~/.cache/needle
+os.environ.setdefault("NEEDLE_CACHE_DIR", tempfile.mkdtemp(prefix="needle-test-cache-"))
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
