@@ -278,6 +278,26 @@ class CompiledFunction:
             raise KeyError(f"no IR after pass {stage!r}; stages: {['input', *entry.snapshots, 'final']}")
         return print_graph(graph)
 
+    def profile(self) -> str:
+        """Per-kernel time, GFLOP/s, GB/s and roofline fraction of every compiled signature
+        (one table each), as printed at exit under NEEDLE_PROFILE=1 with NEEDLE_EXECUTOR=kernels."""
+        from .runtime.profile import format_table
+
+        name = self.fn.__qualname__
+        if not self._cache:
+            raise RuntimeError(f"{name} has not been compiled yet: call it first")
+        tables = []
+        for key, entry in self._cache.items():
+            steps = getattr(entry.runner, "profile", None)
+            if not hasattr(entry.runner, "steps"):
+                raise RuntimeError(f"{name} runs on the interpreter executor: profiling needs "
+                                   "NEEDLE_EXECUTOR=kernels (and NEEDLE_PROFILE=1) when it is compiled")
+            if steps is None:
+                raise RuntimeError(f"{name} was compiled without profiling: set NEEDLE_PROFILE=1 "
+                                   "before its first call")
+            tables.append(format_table(steps, f"{name} {_signature_text(key)}"))
+        return "\n\n".join(tables)
+
     @property
     def graphs(self) -> list:
         """(signature, final graph) for every compiled signature."""

@@ -12,12 +12,14 @@ memory from the memory plan): the kernels are the same, Python still drives the 
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any, Sequence
 
 import numpy as np
 
 from ..backend_selection import BACKEND, array_api
 from ..ir.graph import Graph
+from . import profile as _profile
 from .interpreter import const_array, run_graph
 
 
@@ -69,6 +71,13 @@ class KernelExecutor:
                         kernel = None
                 self.steps.append(_Step(part, sub, kernel))
         self.consts = [n for n in graph.nodes if n.op == "const"]
+        # NEEDLE_PROFILE=1 (read now): per-step counters, in step order (needle.runtime.profile)
+        self.profile: list | None = None
+        if _profile.enabled():
+            self.profile = [_profile.step_profile(s.group, s.subgraph, s.kernel,
+                                                  epilogue=k > 0 and self.steps[k - 1].group.id == s.group.id)
+                            for k, s in enumerate(self.steps)]
+            _profile.register(self, graph.name)
 
     def __call__(self, inputs: Sequence[Any]) -> list:
         env: dict[int, Any] = {}
@@ -78,12 +87,19 @@ class KernelExecutor:
             device = device or getattr(value, "device", None)
         for node in self.consts:
             env[node.id] = const_array(node)
-        for step in self.steps:
+        prof = self.profile
+        for k, step in enumerate(self.steps):
             args = [env[i] for i in step.inputs]
+            if prof is not None:
+                start = time.perf_counter()
             if step.kernel is not None:
                 outs = _launch(step.kernel, args, device)
             else:
                 outs = run_graph(step.subgraph, [_to_backend(a, device) for a in args])
+            if prof is not None:
+                counter = prof[k]
+                counter.seconds += time.perf_counter() - start
+                counter.calls += 1
             for i, value in zip(step.outputs, outs):
                 env[i] = value
         return [_to_backend(env[i], device) for i in self.graph.outputs]
