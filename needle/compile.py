@@ -32,6 +32,7 @@ from .backend_selection import BACKEND, array_api, default_device as _default_de
 from .ir import tracer
 from .ir.graph import Graph
 from .ir.tracer import GraphBuilder, tensor_type_of, tracing
+from .runtime import graph_cache
 from .runtime.interpreter import run_graph
 
 PIPELINE = ("decompose", "autodiff", "simplify")
@@ -49,10 +50,13 @@ def executor_kind() -> str:
 
 
 def _pass_manager(kind: str):
+    return _pass_manager_for(PIPELINE + (KERNEL_PIPELINE if kind == "kernels" else ()))
+
+
+def _pass_manager_for(names):
     from . import passes  # noqa: F401  (registers the passes)
     from .passes.manager import PASSES, PassManager
 
-    names = PIPELINE + (KERNEL_PIPELINE if kind == "kernels" else ())
     return PassManager([PASSES[name] for name in names if name in PASSES])
 
 
@@ -190,7 +194,20 @@ class CompiledFunction:
         if ctx.dump_dir:  # one folder per function and signature, so dumps never overwrite
             ctx.dump_dir = os.path.join(ctx.dump_dir, f"{graph.name}-{len(self._cache)}")
         kind = executor_kind()
-        final = _pass_manager(kind).run(graph, ctx)
+        # dumping IR or bisecting passes needs the passes to run: no warm start then
+        debugging = ctx.dump_dir or ctx.pass_limit is not None
+        cached = None if debugging else graph_cache.load(graph, PIPELINE)
+        if cached is None:
+            final = _pass_manager(kind).run(graph, ctx)
+            if not debugging:
+                graph_cache.store(graph, PIPELINE, {name: g for name, g in ctx.snapshots.items()
+                                                   if name == "input" or name in PIPELINE})
+        else:  # warm start: no graph pass runs; the kernel executor's analyses still do
+            self.stats["graph_cache_hits"] = self.stats.get("graph_cache_hits", 0) + 1
+            ctx.snapshots.update(cached)
+            final = list(cached.values())[-1]
+            if kind == "kernels":
+                final = _pass_manager_for(KERNEL_PIPELINE).run(final, ctx)
         if kind == "kernels":
             from .runtime.executor import KernelExecutor
 

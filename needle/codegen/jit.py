@@ -18,13 +18,13 @@ import ctypes
 import hashlib
 import os
 import struct
-import tempfile
 import threading
 
 import numpy as np
 import llvmlite
 import llvmlite.binding as llvm
 
+from ..cache import cache_dir, write_atomic
 from ..ir.graph import Graph
 from .c_render import render_c
 from .llvm_render import VECTOR_WIDTH, render_llvm
@@ -63,17 +63,6 @@ def target_key() -> str:
     return f"{llvm.get_process_triple()};{llvm.get_host_cpu_name()};{tm.feature_string if hasattr(tm, 'feature_string') else llvm.get_host_cpu_features().flatten()};llvmlite {llvmlite.__version__};w{VECTOR_WIDTH}"
 
 
-def cache_dir() -> str | None:
-    """The disk cache directory, or None when disabled (`NEEDLE_CACHE_DIR` empty or `0`)."""
-    d = os.environ.get("NEEDLE_CACHE_DIR")
-    if d is None:
-        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        return os.path.join(base, "needle")
-    if d.strip() in ("", "0"):
-        return None
-    return d
-
-
 def disk_key(c_source: str) -> str:
     """sha256 over everything that determines the object code."""
     from .. import __version__ as needle_version
@@ -108,25 +97,12 @@ def _read_object(path: str, key: str) -> bytes | None:
 
 
 def _write_object(path: str, key: str, payload: bytes) -> None:
-    """Write atomically: a temp file in the same directory, then os.replace. Never raises."""
-    tmp = None
+    """Write atomically (temp file, then rename); a failed write is ignored."""
     try:
-        d = os.path.dirname(path)
-        os.makedirs(d, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".o", dir=d)
-        with os.fdopen(fd, "wb") as f:
-            f.write(_MAGIC + _HEADER.pack(bytes.fromhex(key), len(payload),
-                                          hashlib.sha256(payload).digest()) + payload)
-        os.replace(tmp, path)
-        tmp = None
+        write_atomic(path, _MAGIC + _HEADER.pack(bytes.fromhex(key), len(payload),
+                                                 hashlib.sha256(payload).digest()) + payload)
     except OSError:
         pass
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
 
 
 def _optimize(mod):

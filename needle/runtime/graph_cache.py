@@ -1,0 +1,67 @@
+"""On-disk cache of compiled graphs: a warm start skips every graph-changing pass.
+
+The key is the traced graph's text (with source locations), the pass pipeline, needle's
+version and the array backend; the value is the text of the graph after each of those
+passes (so `.ir(stage)` and needle-ir work on a warm start too), written atomically under `<NEEDLE_CACHE_DIR>/graphs/`. A missing, unreadable or
+unparsable entry is a miss (the graph is compiled and the entry rewritten).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Optional, Sequence
+
+from ..cache import cache_dir, write_atomic
+from ..ir.graph import Graph
+from ..ir.parser import parse_graph
+from ..ir.printer import print_graph
+
+_HEADER = "# needle compiled graph, key "
+_STAGE = "# stage: "
+
+
+def _key(graph: Graph, pipeline: Sequence[str]) -> str:
+    from .. import __version__
+    from ..backend_selection import BACKEND
+
+    text = "\n".join([print_graph(graph), ",".join(pipeline), __version__, BACKEND])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _path(key: str) -> Optional[str]:
+    d = cache_dir()
+    return None if d is None else os.path.join(d, "graphs", key[:2], key + ".ir")
+
+
+def load(graph: Graph, pipeline: Sequence[str]) -> Optional[dict[str, Graph]]:
+    """{stage: graph after that pass} cached for running `pipeline` on `graph`, or None."""
+    key = _key(graph, pipeline)
+    path = _path(key)
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            header = f.readline()
+            text = f.read()
+        if header.strip() != _HEADER + key:
+            return None
+        stages = {}
+        for chunk in text.split(_STAGE)[1:]:
+            name, _, body = chunk.partition("\n")
+            stages[name.strip()] = parse_graph(body)
+        return stages or None
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+
+
+def store(graph: Graph, pipeline: Sequence[str], stages: dict[str, Graph]) -> None:
+    """Remember the graph after each pass of `pipeline` on `graph` (errors are ignored)."""
+    key = _key(graph, pipeline)
+    path = _path(key)
+    if path is None:
+        return
+    body = "".join(f"{_STAGE}{name}\n{print_graph(g)}" for name, g in stages.items())
+    try:
+        write_atomic(path, (_HEADER + key + "\n" + body).encode())
+    except OSError:
+        pass
