@@ -154,15 +154,7 @@ def nd_variant(wid, mode, quick):
     model, opt = nd_model(wid)
     model.train()
     loss_fn = nn.SoftmaxLoss()
-
-    def step(x, y):
-        opt.reset_grad()
-        out = model(x)
-        logits = out[0] if isinstance(out, tuple) else out
-        loss = loss_fn(logits, y)
-        loss.backward()
-        opt.step()
-        return loss
+    step = optim.train_step(model, loss_fn, opt)
 
     fn = step if mode == "eager" else ndl.compile(step)
     x, y = train_batch(wid, quick)

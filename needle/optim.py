@@ -223,4 +223,21 @@ class Adam(Optimizer):
                 p.data = _cast(w - m_hat * lr / (v_hat ** 0.5 + self.eps), p)
 
 
+def train_step(model, loss_fn, opt):
+    """`step(x, y) -> loss`: reset grads, forward, loss, backward, optimizer update.
+
+    A model returning a tuple (the language models' `(logits, h)`) is scored on its first
+    element. The step is a plain function of Tensors, ready for `@needle.compile`."""
+
+    def step(x, y):
+        opt.reset_grad()
+        out = model(x)
+        loss = loss_fn(out[0] if isinstance(out, tuple) else out, y)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return step
+
+
 from . import lr_scheduler  # noqa: E402,F401

@@ -501,15 +501,8 @@ class ClassificationJob:
                                              shuffle=True, device=device)
         self.eval_loader = ndata.DataLoader(ndata.NDArrayDataset(Xev, yev), args.batch_size,
                                             shuffle=False, device=device)
-        self.step = ndl.compile(self._step) if args.compile else self._step
-
-    def _step(self, X, y):
-        """One training step: forward, loss, backward, optimizer update."""
-        self.opt.reset_grad()
-        loss = self.loss_fn(self.model(X), y)
-        loss.backward()
-        self.opt.step()
-        return loss
+        step = optim.train_step(model, self.loss_fn, opt)
+        self.step = ndl.compile(step) if args.compile else step
 
     def train_epoch(self, bar):
         """Returns (per-batch mean losses, examples, steps)."""

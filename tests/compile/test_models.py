@@ -74,15 +74,7 @@ def train(model_name, opt_name, compiled):
         drop_bias_before_batchnorm(model)
     opt = opt_cls(model.parameters(), **kw)
     loss_fn = nn.SoftmaxLoss()
-
-    def step(x, y):
-        opt.reset_grad()
-        out = model(x)
-        logits = out[0] if isinstance(out, tuple) else out
-        loss = loss_fn(logits, y)
-        loss.backward()
-        opt.step()
-        return loss
+    step = optim.train_step(model, loss_fn, opt)
 
     fn = ndl.compile(step) if compiled else step
     losses, grads = [], []

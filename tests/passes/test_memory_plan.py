@@ -311,15 +311,7 @@ def traced_step(model, x, y, opt_cls, **kw):
 
     opt = opt_cls(model.parameters(), **kw)
     loss_fn = nn.SoftmaxLoss()
-
-    def step(x, y):
-        opt.reset_grad()
-        out = model(x)
-        logits = out[0] if isinstance(out, tuple) else out
-        loss = loss_fn(logits, y)
-        loss.backward()
-        opt.step()
-        return loss
+    step = ndl.optim.train_step(model, loss_fn, opt)
 
     fn = ndl.compile(step)
     fn(ndl.Tensor(x.astype(np.float32), requires_grad=False),
