@@ -40,17 +40,23 @@ PIPELINE = ("decompose", "autodiff", "simplify")
 KERNEL_PIPELINE = ("fusion", "schedule", "memory_plan")
 
 
+EXECUTORS = ("native", "kernels", "interp")
+
+
 def executor_kind() -> str:
-    """`NEEDLE_EXECUTOR`: 'interp' (the reference interpreter, the default) or 'kernels'
-    (fused groups as LLVM kernels, the rest interpreted, in schedule order)."""
-    kind = os.environ.get("NEEDLE_EXECUTOR", "interp")
-    if kind not in ("interp", "kernels"):
-        raise ValueError(f"NEEDLE_EXECUTOR={kind!r}: use 'interp' or 'kernels'")
+    """`NEEDLE_EXECUTOR`: 'native' (the default on the nd backend: the whole graph as one
+    native program, needle.runtime.native), 'kernels' (fused groups as LLVM kernels driven
+    from Python) or 'interp' (the reference interpreter; the default under NEEDLE_BACKEND=np)."""
+    from .backend_selection import BACKEND
+
+    kind = os.environ.get("NEEDLE_EXECUTOR") or ("native" if BACKEND == "nd" else "interp")
+    if kind not in EXECUTORS:
+        raise ValueError(f"NEEDLE_EXECUTOR={kind!r}: use one of {', '.join(EXECUTORS)}")
     return kind
 
 
 def _pass_manager(kind: str):
-    return _pass_manager_for(PIPELINE + (KERNEL_PIPELINE if kind == "kernels" else ()))
+    return _pass_manager_for(PIPELINE + (KERNEL_PIPELINE if kind != "interp" else ()))
 
 
 def _pass_manager_for(names):
@@ -206,14 +212,27 @@ class CompiledFunction:
             self.stats["graph_cache_hits"] = self.stats.get("graph_cache_hits", 0) + 1
             ctx.snapshots.update(cached)
             final = list(cached.values())[-1]
-            if kind == "kernels":
+            if kind != "interp":
                 final = _pass_manager_for(KERNEL_PIPELINE).run(final, ctx)
+        runner = None
+        if kind == "native":
+            from .runtime.native import NativeExecutor, NativeUnsupported
+
+            try:
+                runner = NativeExecutor(final, ctx.options["fusion_plan"], ctx.options["schedule"],
+                                        ctx.options["memory_plan"])
+                self.stats.update(native=runner.stats)
+                self.stats["llvm_kernels"] = runner.stats["llvm_kernels"]
+            except NativeUnsupported as e:
+                if "recompile" in os.environ.get("NEEDLE_LOG", "") or "native" in os.environ.get("NEEDLE_LOG", ""):
+                    print(f"needle: {self.fn.__qualname__} runs on the kernel executor: {e}", file=sys.stderr)
+                kind = "kernels"
         if kind == "kernels":
             from .runtime.executor import KernelExecutor
 
             runner = KernelExecutor(final, ctx.options["fusion_plan"], ctx.options["schedule"])
             self.stats["llvm_kernels"] = runner.llvm_kernels
-        else:
+        elif runner is None:
             runner = functools.partial(run_graph, final)
         bindings = [("const", _to_backend(bound)) if role == "const" else bound
                     for _, bound, role in builder.inputs]
@@ -221,7 +240,8 @@ class CompiledFunction:
         self.stats["nodes"] = len(final.nodes)
         self.stats["kernels"] = sum(1 for n in final.nodes if n.op not in ("input", "const"))
         self.stats["compile_seconds"] += time.perf_counter() - start
-        self.stats["kernels"] = (len(runner.steps) if kind == "kernels" else self.stats["kernels"])
+        self.stats["kernels"] = (len(runner.steps) if kind != "interp" else self.stats["kernels"])
+        self.stats["executor"] = kind
         return _Entry(final, runner, dict(ctx.snapshots), bindings, len(flat),
                       [(kind, target) for kind, target, _ in writes], structure)
 

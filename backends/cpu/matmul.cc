@@ -283,6 +283,51 @@ void blas_set_num_threads(int) {
   if (g_blas_set_threads) g_blas_set_threads(1);
 }
 
+void gemm_ex(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+             const float* b, int64_t ldb, float* c, int64_t ldc, bool parallel) {
+  if (m == 0 || n == 0) return;
+  if (!trans_a && !trans_b && lda == k && ldb == n && ldc == n) {
+    gemm(a, b, c, m, k, n, parallel);
+    return;
+  }
+  if (k == 0) {
+    for (int64_t i = 0; i < m; ++i) std::memset(c + i * ldc, 0, sizeof(float) * n);
+    return;
+  }
+  if (use_blas()) {
+    const int ta = trans_a ? 112 : CblasNoTrans, tb = trans_b ? 112 : CblasNoTrans;
+    const int nt = pool_num_threads();
+    auto rows = [&](int64_t i0, int64_t i1) {
+      const float* pa = trans_a ? a + i0 : a + i0 * lda;
+      g_sgemm(CblasRowMajor, ta, tb, static_cast<int>(i1 - i0), static_cast<int>(n), static_cast<int>(k), 1.0f, pa,
+              static_cast<int>(lda), b, static_cast<int>(ldb), 0.0f, c + i0 * ldc, static_cast<int>(ldc));
+    };
+    auto cols = [&](int64_t j0, int64_t j1) {
+      const float* pb = trans_b ? b + j0 * ldb : b + j0;
+      g_sgemm(CblasRowMajor, ta, tb, static_cast<int>(m), static_cast<int>(j1 - j0), static_cast<int>(k), 1.0f, a,
+              static_cast<int>(lda), pb, static_cast<int>(ldb), 0.0f, c + j0, static_cast<int>(ldc));
+    };
+    if (!parallel || nt <= 1 || m * n * k < (int64_t(1) << 18)) {
+      rows(0, m);
+    } else if (m >= n) {
+      int64_t r = ((m + nt - 1) / nt + 15) / 16 * 16, chunks = (m + r - 1) / r;
+      parallel_chunks(chunks, [&](int64_t q) { rows(q * r, std::min(m, (q + 1) * r)); });
+    } else {
+      int64_t r = ((n + nt - 1) / nt + 15) / 16 * 16, chunks = (n + r - 1) / r;
+      parallel_chunks(chunks, [&](int64_t q) { cols(q * r, std::min(n, (q + 1) * r)); });
+    }
+    return;
+  }
+  // no BLAS: compact copies of the operands, then the fallback kernel
+  std::vector<float> ca(m * k), cb(k * n), cc(m * n);
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t p = 0; p < k; ++p) ca[i * k + p] = trans_a ? a[p * lda + i] : a[i * lda + p];
+  for (int64_t p = 0; p < k; ++p)
+    for (int64_t j = 0; j < n; ++j) cb[p * n + j] = trans_b ? b[j * ldb + p] : b[p * ldb + j];
+  gemm_fallback(ca.data(), cb.data(), cc.data(), m, k, n, parallel);
+  for (int64_t i = 0; i < m; ++i) std::memcpy(c + i * ldc, cc.data() + i * n, sizeof(float) * n);
+}
+
 void register_matmul(py::module_& m) {
   m.def("init_blas", &init_blas, py::arg("path"),
         "dlopen a CBLAS library (scipy-openblas32) and use its sgemm; returns True on success");

@@ -176,4 +176,5 @@ PYBIND11_MODULE(ndarray_backend_cpu, m) {
   register_reduce(m);
   register_matmul(m);
   register_gather(m);
+  register_program(m);
 }

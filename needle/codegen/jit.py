@@ -27,7 +27,7 @@ import llvmlite.binding as llvm
 from ..cache import cache_dir, write_atomic
 from ..ir.graph import Graph
 from .c_render import render_c
-from .llvm_render import VECTOR_WIDTH, render_llvm
+from .llvm_render import VECTOR_WIDTH, range_extent, render_llvm
 from .loop_ir import LoopKernel
 from .lower import lower
 
@@ -37,6 +37,8 @@ _CACHE: dict = {}
 STATS = {"hits": 0, "misses": 0, "disk_hits": 0, "disk_misses": 0}
 OPT_OPTIONS = "speed_level=3;loop_vectorization;slp_vectorization;opt=3;codemodel=jitdefault"
 _MAGIC = b"NEEDLEOBJ1\n"
+#: bumped when the renderer's output for the same kernel text changes (entry points, ABI)
+RENDER_VERSION = 2
 _HEADER = struct.Struct("<32sQ32s")  # key digest, payload length, payload sha256
 
 
@@ -70,7 +72,7 @@ def disk_key(c_source: str) -> str:
     parts = [c_source, llvm.get_process_triple(), tm.triple, llvm.get_host_cpu_name(),
              llvm.get_host_cpu_features().flatten(), f"llvmlite {llvmlite.__version__}",
              "llvm " + ".".join(map(str, llvm.llvm_version_info)), f"needle {needle_version}",
-             OPT_OPTIONS, f"w{VECTOR_WIDTH}"]
+             OPT_OPTIONS, f"w{VECTOR_WIDTH}", f"render {RENDER_VERSION}"]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
@@ -156,6 +158,10 @@ class Kernel:
         addr = self._engine.get_function_address(self.name)
         n = len(loop.params)
         self._fn = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * n))(addr)
+        #: `void name_range(void** args, int64 lo, int64 hi)`: iterations [lo, hi) of the
+        #: kernel's top-level loop (of `range_extent`; 1 = not splittable), for the native executor
+        self.range_address = self._engine.get_function_address(self.name + "_range")
+        self.range_extent = range_extent(loop)
         self.inputs = loop.inputs
         self.outputs = loop.outputs
 

@@ -1,7 +1,11 @@
 """Loop IR -> LLVM IR text with llvmlite's `ir.IRBuilder`.
 
-The kernel is one function `void name(float* noalias, ...)` taking the buffers in
-`LoopKernel.params` order. Loops count with i64 allocas (mem2reg turns them into phis at
+The kernel body is one internal function `name.body(float* noalias, ..., i64 lo, i64 hi)`
+taking the buffers in `LoopKernel.params` order; when the body is a single top-level loop
+it runs that loop's iterations [lo, hi) only (`range_extent` is the loop's extent, else 1
+and the body ignores lo/hi). Two entry points call it: `void name(float*, ...)` (the whole
+range) and `void name_range(i8** args, i64 lo, i64 hi)`, the native executor's entry,
+which splits the range across the thread pool. Loops count with i64 allocas (mem2reg turns them into phis at
 O3). A `vector` loop runs its body on <W x float> values over the largest multiple of W,
 then the same body on scalars for the tail. Inside a vector body a value that does not
 depend on the vector variable stays scalar (uniform) and is splatted where it meets a
@@ -31,11 +35,15 @@ class _Renderer:
         self.W = width
         self.module = ir.Module(name=kernel.name)
         ptr = ir.PointerType(F32)
-        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [ptr] * len(kernel.params)),
-                         kernel.name)
+        n = len(kernel.params)
+        fn = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [ptr] * n + [I64, I64]),
+                         kernel.name + ".body")
+        fn.linkage = "internal"
         for a, p in zip(fn.args, kernel.params):
             a.name = p.name
             a.add_attribute("noalias")
+        fn.args[n].name, fn.args[n + 1].name = "lo", "hi"
+        self.lo, self.hi = fn.args[n], fn.args[n + 1]
         self.fn = fn
         self.bufs = {p.name: a for a, p in zip(fn.args, kernel.params)}
         self.entry = fn.append_basic_block("entry")
@@ -52,12 +60,36 @@ class _Renderer:
             return self.b.alloca(typ, name=name)
 
     def render(self) -> ir.Module:
-        for s in self.k.body:
-            self.stmt(s)
+        body = self.k.body
+        if range_extent(self.k) > 1:
+            s = body[0]
+            if s.kind == "vector" and self.vvar is None:
+                self.vector_loop(s, self.lo, self.hi)
+            else:
+                self.loop(s.var, self.lo, self.hi, 1, s.body)
+        else:
+            for s in body:
+                self.stmt(s)
         self.b.ret_void()
         with self.b.goto_block(self.entry):
             self.b.branch(self.fn.basic_blocks[1])
+        self._entry_points()
         return self.module
+
+    def _entry_points(self):
+        """`name(float*...)` over the whole range and `name_range(i8**, lo, hi)`."""
+        n = len(self.k.params)
+        ptr = ir.PointerType(F32)
+        whole = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [ptr] * n), self.k.name)
+        b = ir.IRBuilder(whole.append_basic_block("entry"))
+        b.call(self.fn, list(whole.args) + [ir.Constant(I64, 0), ir.Constant(I64, range_extent(self.k))])
+        b.ret_void()
+        i8pp = ir.PointerType(ir.PointerType(ir.IntType(8)))
+        ranged = ir.Function(self.module, ir.FunctionType(ir.VoidType(), [i8pp, I64, I64]), self.k.name + "_range")
+        b = ir.IRBuilder(ranged.append_basic_block("entry"))
+        args = [b.bitcast(b.load(b.gep(ranged.args[0], [ir.Constant(I64, k)])), ptr) for k in range(n)]
+        b.call(self.fn, args + [ranged.args[1], ranged.args[2]])
+        b.ret_void()
 
     # ---- statements ----------------------------------------------------------------------
     def stmt(self, s):
@@ -85,17 +117,19 @@ class _Renderer:
         else:
             raise TypeError(f"unknown statement {s!r}")
 
-    def loop(self, var, start, end, step, body, on_body=None):
+    def loop(self, var, start, end, step, body):
+        """for var in [start, end) by step; bounds are ints or i64 values."""
         b = self.b
+        start, end = (x if isinstance(x, ir.Value) else ir.Constant(I64, x) for x in (start, end))
         ctr = self.alloca(I64, var)
-        b.store(ir.Constant(I64, start), ctr)
+        b.store(start, ctr)
         cond = self.fn.append_basic_block(f"{var}.cond")
         blk = self.fn.append_basic_block(f"{var}.body")
         done = self.fn.append_basic_block(f"{var}.end")
         b.branch(cond)
         b.position_at_end(cond)
         i = b.load(ctr)
-        b.cbranch(b.icmp_signed("<", i, ir.Constant(I64, end)), blk, done)
+        b.cbranch(b.icmp_signed("<", i, end), blk, done)
         b.position_at_end(blk)
         saved_vars, saved_memo = dict(self.vars), self.memo
         self.vars[var] = i
@@ -107,9 +141,14 @@ class _Renderer:
         b.branch(cond)
         b.position_at_end(done)
 
-    def vector_loop(self, s: For):
+    def vector_loop(self, s: For, lo=None, hi=None):
+        """The body on <W x float> over the largest multiple of W, then a scalar tail;
+        over [lo, hi) (i64 values) when given, else over the whole extent."""
         b, W = self.b, self.W
-        vend = s.extent - s.extent % W
+        if lo is None:
+            vend = s.extent - s.extent % W
+        else:
+            vend = b.sub(hi, b.srem(b.sub(hi, lo), ir.Constant(I64, W)))
         accs = [x.acc for x in s.body if isinstance(x, AccUpdate)]
         ops = {x.acc: x.op for x in s.body if isinstance(x, AccUpdate)}
         vt = ir.VectorType(F32, W)
@@ -117,7 +156,7 @@ class _Renderer:
             self.vaccs[a] = self.alloca(vt, a + ".v")
             b.store(ir.Constant(vt, [_identity(ops[a])] * W), self.vaccs[a])
         self.vvar = s.var
-        self.loop(s.var, 0, vend, W, s.body)
+        self.loop(s.var, 0 if lo is None else lo, vend, W, s.body)
         self.vvar = None
         for a in accs:  # horizontal reduction of the vector partials into the scalar acc
             v = b.load(self.vaccs.pop(a))
@@ -125,7 +164,9 @@ class _Renderer:
             for lane in range(W):
                 acc = _combine(b, ops[a], acc, b.extract_element(v, ir.Constant(ir.IntType(32), lane)))
             b.store(acc, self.accs[a])
-        if vend < s.extent:
+        if lo is not None:
+            self.loop(s.var, vend, hi, 1, s.body)
+        elif vend < s.extent:
             self.loop(s.var, vend, s.extent, 1, s.body)
 
     def store(self, buf, index, v):
@@ -256,6 +297,14 @@ def _combine(b, op, acc, v):
     # max that propagates NaN: take v when v is NaN or greater
     take = b.or_(b.fcmp_unordered("uno", v, v), b.fcmp_ordered(">", v, acc))
     return b.select(take, v, acc)
+
+
+def range_extent(kernel: LoopKernel) -> int:
+    """The extent `name_range` splits: the single top-level loop's, else 1 (not splittable)."""
+    body = kernel.body
+    if len(body) == 1 and isinstance(body[0], For) and body[0].extent > 1:
+        return body[0].extent
+    return 1
 
 
 def render_llvm(kernel: LoopKernel, width: int = VECTOR_WIDTH) -> ir.Module:

@@ -90,7 +90,9 @@ def train(model_name, opt_name, compiled):
 
 @pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
 @pytest.mark.parametrize("model_name", list(MODELS))
-def test_compiled_training_step_matches_eager(model_name, opt_name):
+def test_compiled_training_step_matches_eager(model_name, opt_name, monkeypatch):
+    """The reference interpreter: compiled == eager up to the order of float32 sums."""
+    monkeypatch.setenv("NEEDLE_EXECUTOR", "interp")
     le, ge, pe, se, _ = train(model_name, opt_name, compiled=False)
     lc, gc, pc, sc, fn = train(model_name, opt_name, compiled=True)
     for a, b in zip(lc, le):
@@ -109,18 +111,19 @@ def test_compiled_training_step_matches_eager(model_name, opt_name):
         assert print_graph(parse_graph(text)) == text
 
 
+@pytest.mark.parametrize("executor", ["native", "kernels"])
 @pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
 @pytest.mark.parametrize("model_name", list(MODELS))
-def test_kernel_executor_training_step_matches_eager(model_name, opt_name, monkeypatch):
-    """NEEDLE_EXECUTOR=kernels: fused groups run as LLVM kernels (their exp/tanh/log are
+def test_kernel_executor_training_step_matches_eager(model_name, opt_name, executor, monkeypatch):
+    """NEEDLE_EXECUTOR=native|kernels: fused groups run as LLVM kernels (their exp/tanh/log are
     polynomials and their sums reassociate, so results differ from eager by rounding).
     Losses within 1e-5; gradients and parameters within 1e-5 of their global norms:
     parameters whose exact gradient is zero (a LayerNorm bias before attention keys)
     move by rounding noise only, so a per-tensor relative error means nothing for them."""
-    monkeypatch.setenv("NEEDLE_EXECUTOR", "kernels")
+    monkeypatch.setenv("NEEDLE_EXECUTOR", executor)
     le, ge, pe, se, _ = train(model_name, opt_name, compiled=False)
     lc, gc, pc, sc, fn = train(model_name, opt_name, compiled=True)
-    assert fn.stats["llvm_kernels"] > 0
+    assert fn.stats["llvm_kernels"] > 0 and fn.stats["executor"] == executor
     for a, b in zip(lc, le):
         assert rel(a, b) < 1e-5
     if opt_name == "adam":  # Adam turns a zero gradient's rounding noise into lr-sized steps

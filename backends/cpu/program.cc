@@ -1,0 +1,289 @@
+// The native executor's program: a compiled graph as a list of steps over buffer slots,
+// run by one call from Python (needle.runtime.native builds it).
+//
+// A slot is a buffer address: the first `n_io` slots are bound at every run (graph
+// inputs, then outputs); the others are static (arena offsets, constants, scratch),
+// set once with set_slot. Steps, in order:
+//   kernel    an LLVM kernel's `name_range(void** args, lo, hi)`, its top-level loop split
+//             across the thread pool when the work is large enough;
+//   gemm      batched C = op(A) @ op(B) through BLAS, optionally followed per row block by
+//             an epilogue kernel's range (the rows still in cache);
+//   conv      NHWC convolution as im2col (with zero padding) + GEMM;
+//   random    counter-based uniform floats (RandomUniform's splitmix64 streams);
+//   gather / index_add   rows along axis 0 (embedding lookup and its gradient);
+//   copy      a contiguous copy of n floats;
+//   callback  a Python function given the slots' addresses (ops with no native step).
+#include "common.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+namespace needle {
+namespace cpu {
+
+namespace {
+
+typedef void (*range_fn)(void** args, int64_t lo, int64_t hi);
+
+enum StepKind { KERNEL, GEMM, CONV, RANDOM, GATHER, INDEX_ADD, COPY, CALLBACK };
+
+struct Step {
+  StepKind kind;
+  std::vector<int> slots;
+  std::vector<int64_t> p;            // integer parameters (meaning per kind)
+  range_fn fn = nullptr;             // KERNEL, or GEMM's epilogue
+  std::vector<int> epi_slots;        // GEMM's epilogue arguments
+  py::object callback;               // CALLBACK
+  std::string name;                  // for error messages
+};
+
+uint64_t splitmix64(uint64_t x) {
+  x ^= x >> 30;
+  x *= 0xBF58476D1CE4E5B9ULL;
+  x ^= x >> 27;
+  x *= 0x94D049BB133111EBULL;
+  return x ^ (x >> 31);
+}
+
+int64_t checked_row(const char* fn, float v, int64_t n_rows, int64_t pos) {
+  if (!(v >= 0.0f) || !(v < static_cast<float>(n_rows)) || std::floor(v) != v)
+    index_error(std::string(fn) + ": index " + (std::isnan(v) ? std::string("nan") : std::to_string(v)) +
+                " at position " + std::to_string(pos) + " is out of bounds for axis 0 with size " +
+                std::to_string(n_rows));
+  return static_cast<int64_t>(v);
+}
+
+// Runs fn over [0, extent) in at most `threads` contiguous chunks of >= min_chunk
+// iterations (boundaries rounded to `align`).
+void run_range(range_fn fn, void** args, int64_t extent, int64_t min_chunk, int64_t align) {
+  int64_t nt = pool_num_threads();
+  int64_t chunks = std::min<int64_t>(nt, extent / std::max<int64_t>(min_chunk, 1));
+  if (chunks <= 1) {
+    fn(args, 0, extent);
+    return;
+  }
+  int64_t per = (extent + chunks - 1) / chunks;
+  per = (per + align - 1) / align * align;
+  chunks = (extent + per - 1) / per;
+  parallel_chunks(chunks, [&](int64_t c) { fn(args, c * per, std::min(extent, (c + 1) * per)); });
+}
+
+class Program {
+ public:
+  Program(int n_slots, int n_io) : addr_(n_slots, nullptr), n_io_(n_io) {}
+
+  void set_slot(int slot, size_t address) { addr_.at(slot) = reinterpret_cast<float*>(address); }
+
+  void add_kernel(const std::string& name, size_t fn, std::vector<int> slots, int64_t extent, int64_t min_chunk,
+                  int64_t align) {
+    Step s{KERNEL, check(slots), {extent, min_chunk, align}};
+    s.fn = reinterpret_cast<range_fn>(fn);
+    s.name = name;
+    steps_.push_back(std::move(s));
+  }
+
+  // slots a, b, c; p = batch, m, n, k, trans_a, trans_b, lda, ldb, batch strides of a, b, c
+  // (elements; 0 broadcasts); epilogue: kernel range over [0, epi_extent), split by rows of C.
+  void add_gemm(std::vector<int> slots, std::vector<int64_t> p, size_t epi_fn, std::vector<int> epi_slots,
+                int64_t epi_extent) {
+    if (slots.size() != 3 || p.size() != 11) value_error("Program.add_gemm: expects 3 slots and 11 parameters");
+    Step s{GEMM, check(slots), p};
+    s.p.push_back(epi_extent);
+    s.fn = reinterpret_cast<range_fn>(epi_fn);
+    s.epi_slots = check(epi_slots);
+    steps_.push_back(std::move(s));
+  }
+
+  // slots x, w, out, scratch; p = n, h, w, c_in, kh, kw, c_out, stride, padding
+  void add_conv(std::vector<int> slots, std::vector<int64_t> p) {
+    if (slots.size() != 4 || p.size() != 9) value_error("Program.add_conv: expects 4 slots and 9 parameters");
+    steps_.push_back(Step{CONV, check(slots), p});
+  }
+
+  // slots counter, base, out; p = size, stream
+  void add_random(std::vector<int> slots, int64_t size, int64_t stream) {
+    steps_.push_back(Step{RANDOM, check(slots), {size, stream}});
+  }
+
+  // slots a/values, indices, out; p = n_indices, n_rows, row_size
+  void add_gather(std::vector<int> slots, int64_t n_idx, int64_t n_rows, int64_t row) {
+    steps_.push_back(Step{GATHER, check(slots), {n_idx, n_rows, row}});
+  }
+  void add_index_add(std::vector<int> slots, int64_t n_idx, int64_t n_rows, int64_t row) {
+    steps_.push_back(Step{INDEX_ADD, check(slots), {n_idx, n_rows, row}});
+  }
+
+  void add_copy(std::vector<int> slots, int64_t n) { steps_.push_back(Step{COPY, check(slots), {n}}); }
+
+  void add_callback(py::function f, std::vector<int> slots, const std::string& name) {
+    Step s{CALLBACK, check(slots), {}};
+    s.callback = std::move(f);
+    s.name = name;
+    steps_.push_back(std::move(s));
+  }
+
+  size_t size() const { return steps_.size(); }
+
+  // Binds the io slots to `io` (addresses) and runs every step in order.
+  void run(const std::vector<size_t>& io) {
+    if (static_cast<int>(io.size()) != n_io_)
+      value_error("Program.run: expects " + std::to_string(n_io_) + " addresses, got " + std::to_string(io.size()));
+    for (int k = 0; k < n_io_; ++k) addr_[k] = reinterpret_cast<float*>(io[k]);
+    std::vector<void*> args;
+    for (Step& s : steps_) {
+      switch (s.kind) {
+        case KERNEL:
+          gather_args(s.slots, args);
+          run_range(s.fn, args.data(), s.p[0], s.p[1], s.p[2]);
+          break;
+        case GEMM: run_gemm(s, args); break;
+        case CONV: run_conv(s); break;
+        case RANDOM: run_random(s); break;
+        case GATHER: run_gather(s); break;
+        case INDEX_ADD: run_index_add(s); break;
+        case COPY: std::memcpy(at(s, 1), at(s, 0), sizeof(float) * s.p[0]); break;
+        case CALLBACK: {
+          py::list a;
+          for (int slot : s.slots) a.append(reinterpret_cast<size_t>(addr_[slot]));
+          s.callback(a);
+          break;
+        }
+      }
+    }
+  }
+
+ private:
+  std::vector<int> check(const std::vector<int>& slots) const {
+    for (int slot : slots)
+      if (slot < 0 || slot >= static_cast<int>(addr_.size())) value_error("Program: slot out of range");
+    return slots;
+  }
+  float* at(const Step& s, int k) const { return addr_[s.slots[k]]; }
+  void gather_args(const std::vector<int>& slots, std::vector<void*>& args) const {
+    args.resize(slots.size());
+    for (size_t k = 0; k < slots.size(); ++k) args[k] = addr_[slots[k]];
+  }
+
+  void run_gemm(const Step& s, std::vector<void*>& args) {
+    const int64_t batch = s.p[0], m = s.p[1], n = s.p[2], k = s.p[3];
+    const bool ta = s.p[4], tb = s.p[5];
+    const int64_t lda = s.p[6], ldb = s.p[7], sa = s.p[8], sb = s.p[9], sc = s.p[10], epi_extent = s.p[11];
+    const float *a = at(s, 0), *b = at(s, 1);
+    float* c = at(s, 2);
+    if (s.fn != nullptr) gather_args(s.epi_slots, args);
+    if (batch == 1 && s.fn != nullptr && m > 0 && epi_extent % m == 0) {
+      // row blocks: GEMM then the epilogue on the same rows, while they are in cache
+      const int64_t per_row = epi_extent / m;
+      const int64_t rows = std::max<int64_t>(1, std::min<int64_t>(m, (int64_t(1) << 15) / std::max<int64_t>(n, 1)));
+      const int64_t blocks = (m + rows - 1) / rows;
+      auto block = [&](int64_t q) {
+        int64_t i0 = q * rows, i1 = std::min(m, i0 + rows);
+        const float* pa = ta ? a + i0 : a + i0 * lda;
+        gemm_ex(ta, tb, i1 - i0, n, k, pa, lda, b, ldb, c + i0 * n, n, false);
+        s.fn(args.data(), i0 * per_row, i1 * per_row);
+      };
+      if (blocks > 1 && m * n * k >= (int64_t(1) << 18)) parallel_chunks(blocks, block);
+      else for (int64_t q = 0; q < blocks; ++q) block(q);
+      return;
+    }
+    for (int64_t i = 0; i < batch; ++i) gemm_ex(ta, tb, m, n, k, a + i * sa, lda, b + i * sb, ldb, c + i * sc, n, true);
+    if (s.fn != nullptr) run_range(s.fn, args.data(), epi_extent, 4096, 8);
+  }
+
+  void run_conv(const Step& s) {
+    const int64_t n = s.p[0], h = s.p[1], w = s.p[2], ci = s.p[3], kh = s.p[4], kw = s.p[5], co = s.p[6];
+    const int64_t st = s.p[7], pad = s.p[8];
+    const int64_t ho = (h + 2 * pad - kh) / st + 1, wo = (w + 2 * pad - kw) / st + 1;
+    const float *x = at(s, 0), *wt = at(s, 1);
+    float *out = at(s, 2), *cols = at(s, 3);
+    const int64_t row = kh * kw * ci;
+    if (kh == 1 && kw == 1 && st == 1 && pad == 0) {
+      gemm_ex(false, false, n * h * w, co, ci, x, ci, wt, co, out, co, true);
+      return;
+    }
+    parallel_range(n * ho, std::max<int64_t>(1, PAR_THRESHOLD / std::max<int64_t>(wo * row, 1)),
+                   [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t b = r / ho, oy = r % ho;
+        for (int64_t ox = 0; ox < wo; ++ox) {
+          float* dst = cols + ((r * wo) + ox) * row;
+          for (int64_t dy = 0; dy < kh; ++dy) {
+            const int64_t iy = oy * st + dy - pad;
+            for (int64_t dx = 0; dx < kw; ++dx, dst += ci) {
+              const int64_t ix = ox * st + dx - pad;
+              if (iy < 0 || iy >= h || ix < 0 || ix >= w) std::memset(dst, 0, sizeof(float) * ci);
+              else std::memcpy(dst, x + ((b * h + iy) * w + ix) * ci, sizeof(float) * ci);
+            }
+          }
+        }
+      }
+    }, 1);
+    gemm_ex(false, false, n * ho * wo, co, row, cols, row, wt, co, out, co, true);
+  }
+
+  void run_random(const Step& s) {
+    const uint64_t counter = static_cast<uint64_t>(std::llround(*at(s, 0)));
+    const uint64_t base = static_cast<uint64_t>(std::llround(*at(s, 1)));
+    const uint64_t seed = splitmix64(base) + counter * 0x9E3779B97F4A7C15ULL;
+    const uint64_t key = splitmix64(seed + static_cast<uint64_t>(s.p[1]));
+    float* out = at(s, 2);
+    const int64_t size = s.p[0];
+    parallel_range(size, PAR_THRESHOLD, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i)
+        out[i] = static_cast<float>(splitmix64(static_cast<uint64_t>(i) + key) >> 40) / 16777216.0f;
+    });
+  }
+
+  void run_gather(const Step& s) {
+    const float *a = at(s, 0), *idx = at(s, 1);
+    float* out = at(s, 2);
+    const int64_t k = s.p[0], n_rows = s.p[1], row = s.p[2];
+    for (int64_t i = 0; i < k; ++i) {
+      int64_t r = checked_row("gather", idx[i], n_rows, i);
+      std::memcpy(out + i * row, a + r * row, sizeof(float) * row);
+    }
+  }
+
+  void run_index_add(const Step& s) {
+    const float *v = at(s, 0), *idx = at(s, 1);
+    float* out = at(s, 2);
+    const int64_t k = s.p[0], n_rows = s.p[1], row = s.p[2];
+    for (int64_t i = 0; i < k; ++i) checked_row("index_add", idx[i], n_rows, i);  // before any write
+    std::memset(out, 0, sizeof(float) * n_rows * row);
+    for (int64_t i = 0; i < k; ++i) {
+      float* o = out + static_cast<int64_t>(idx[i]) * row;
+      const float* x = v + i * row;
+      for (int64_t j = 0; j < row; ++j) o[j] += x[j];
+    }
+  }
+
+  std::vector<float*> addr_;
+  int n_io_;
+  std::vector<Step> steps_;
+};
+
+}  // namespace
+
+void register_program(py::module_& m) {
+  py::class_<Program>(m, "Program", "A compiled graph's steps over buffer slots (needle.runtime.native).")
+      .def(py::init<int, int>(), py::arg("n_slots"), py::arg("n_io"))
+      .def("set_slot", &Program::set_slot, py::arg("slot"), py::arg("address"))
+      .def("add_kernel", &Program::add_kernel, py::arg("name"), py::arg("fn"), py::arg("slots"), py::arg("extent"),
+           py::arg("min_chunk"), py::arg("align"))
+      .def("add_gemm", &Program::add_gemm, py::arg("slots"), py::arg("params"), py::arg("epilogue_fn"),
+           py::arg("epilogue_slots"), py::arg("epilogue_extent"))
+      .def("add_conv", &Program::add_conv, py::arg("slots"), py::arg("params"))
+      .def("add_random", &Program::add_random, py::arg("slots"), py::arg("size"), py::arg("stream"))
+      .def("add_gather", &Program::add_gather, py::arg("slots"), py::arg("n_indices"), py::arg("n_rows"),
+           py::arg("row_size"))
+      .def("add_index_add", &Program::add_index_add, py::arg("slots"), py::arg("n_indices"), py::arg("n_rows"),
+           py::arg("row_size"))
+      .def("add_copy", &Program::add_copy, py::arg("slots"), py::arg("n"))
+      .def("add_callback", &Program::add_callback, py::arg("fn"), py::arg("slots"), py::arg("name"))
+      .def("__len__", &Program::size)
+      .def("run", &Program::run, py::arg("io"));
+}
+
+}  // namespace cpu
+}  // namespace needle
