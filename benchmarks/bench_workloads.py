@@ -1,11 +1,11 @@
-"""WORKLOADS.md M1-M5 and T1-T4: needle eager / compiled (interp, kernels) vs peers.
+"""WORKLOADS.md M1-M5 and T1-T4: needle eager / compiled (native, kernels, interp) vs peers.
 
     python benchmarks/bench_workloads.py [--only M1,M2,T1] [--repeats N] [--quick]
-                                         [--torch-compile] [--threads 2]
+                                         [--modes eager,native] [--torch-compile] [--threads 2]
 
-Variants per workload: needle eager; needle compiled with the reference interpreter
-(`NEEDLE_EXECUTOR=interp`); needle compiled with the kernel executor
-(`NEEDLE_EXECUTOR=kernels`); and, when importable, PyTorch eager (optionally
+Variants per workload (`--modes`, default eager,native): needle eager; needle compiled with
+the native executor (`NEEDLE_EXECUTOR=native`, the default), the kernel executor
+(`kernels`) or the reference interpreter (`interp`); and, when importable, PyTorch eager (optionally
 torch.compile) and JAX jit. Each compiled variant is a fresh `ndl.compile` object, the env
 var set before its first call. float32, 2 threads, seeded inputs, the same batch reused.
 A training step is forward + backward + optimizer update + `float(loss)`.
@@ -144,7 +144,7 @@ def nd_model(wid):
 
 
 def nd_variant(wid, mode, quick):
-    """Returns (call, compiled function or None). mode: eager | interp | kernels."""
+    """Returns (call, compiled function or None). mode: eager | native | kernels | interp."""
     if mode != "eager":
         os.environ["NEEDLE_EXECUTOR"] = mode  # read at the first call (the compile)
     if wid in MICRO:
@@ -368,7 +368,7 @@ def run_workload(wid, args, peers):
     heavy = wid in HEAVY
     repeats = args.repeats or (3 if args.quick else (5 if heavy else 10))
     warmup = 1 if (heavy or args.quick) else 2
-    for mode in ("eager", "interp", "kernels"):
+    for mode in args.modes.split(","):
         name = "needle eager" if mode == "eager" else f"needle compiled ({mode})"
         log(f"[{wid}] {name}: building")
         try:
@@ -415,6 +415,8 @@ def main(argv=None):
                     help="timed calls per variant (default 10; 5 for T2-T4; 3 with --quick)")
     ap.add_argument("--quick", action="store_true",
                     help="3 repeats and small T2/T3/T4 batches: a smoke run")
+    ap.add_argument("--modes", default="eager,native",
+                    help="needle variants, comma-separated: eager, native, kernels, interp")
     ap.add_argument("--torch-compile", action="store_true", help="also time torch.compile")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)

@@ -317,7 +317,7 @@ class CompiledFunction:
 
     def profile(self) -> str:
         """Per-kernel time, GFLOP/s, GB/s and roofline fraction of every compiled signature
-        (one table each), as printed at exit under NEEDLE_PROFILE=1 with NEEDLE_EXECUTOR=kernels."""
+        (one table each), as printed at exit under NEEDLE_PROFILE=1 (native or kernel executor)."""
         from .runtime.profile import format_table
 
         name = self.fn.__qualname__
@@ -328,7 +328,7 @@ class CompiledFunction:
             steps = getattr(entry.runner, "profile", None)
             if not hasattr(entry.runner, "steps"):
                 raise RuntimeError(f"{name} runs on the interpreter executor: profiling needs "
-                                   "NEEDLE_EXECUTOR=kernels (and NEEDLE_PROFILE=1) when it is compiled")
+                                   "NEEDLE_EXECUTOR=native or kernels (and NEEDLE_PROFILE=1) when it is compiled")
             if steps is None:
                 raise RuntimeError(f"{name} was compiled without profiling: set NEEDLE_PROFILE=1 "
                                    "before its first call")

@@ -16,6 +16,7 @@
 #include "common.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 
@@ -131,7 +132,13 @@ class Program {
       value_error("Program.run: expects " + std::to_string(n_io_) + " addresses, got " + std::to_string(io.size()));
     for (int k = 0; k < n_io_; ++k) addr_[k] = reinterpret_cast<float*>(io[k]);
     std::vector<void*> args;
-    for (Step& s : steps_) {
+    if (profile_ && seconds_.size() != steps_.size()) {
+      seconds_.assign(steps_.size(), 0.0);
+      calls_.assign(steps_.size(), 0);
+    }
+    for (size_t k = 0; k < steps_.size(); ++k) {
+      Step& s = steps_[k];
+      auto start = profile_ ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point();
       switch (s.kind) {
         case KERNEL:
           gather_args(s.slots, args);
@@ -150,8 +157,16 @@ class Program {
           break;
         }
       }
+      if (profile_) {
+        seconds_[k] += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        calls_[k] += 1;
+      }
     }
   }
+
+  // Per-step timing (NEEDLE_PROFILE): on/off, and (seconds, calls) per step so far.
+  void set_profile(bool on) { profile_ = on; }
+  std::pair<std::vector<double>, std::vector<int64_t>> profile() const { return {seconds_, calls_}; }
 
  private:
   std::vector<int> check(const std::vector<int>& slots) const {
@@ -260,6 +275,9 @@ class Program {
 
   std::vector<float*> addr_;
   int n_io_;
+  bool profile_ = false;
+  std::vector<double> seconds_;
+  std::vector<int64_t> calls_;
   std::vector<Step> steps_;
 };
 
@@ -282,6 +300,8 @@ void register_program(py::module_& m) {
       .def("add_copy", &Program::add_copy, py::arg("slots"), py::arg("n"))
       .def("add_callback", &Program::add_callback, py::arg("fn"), py::arg("slots"), py::arg("name"))
       .def("__len__", &Program::size)
+      .def("set_profile", &Program::set_profile, py::arg("on"))
+      .def("profile", &Program::profile, "(seconds, calls) per step since profiling was turned on")
       .def("run", &Program::run, py::arg("io"));
 }
 

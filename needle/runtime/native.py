@@ -25,7 +25,6 @@ address to `Program.run`.
 """
 from __future__ import annotations
 
-import dataclasses
 from math import prod
 from typing import Any, Optional, Sequence
 
@@ -35,6 +34,7 @@ from ..backend_selection import array_api
 from ..ir.graph import Graph, TensorType
 from ..passes.fusion import node_class
 from ..passes.schedule import plan_groups
+from . import profile as _profile
 from .interpreter import const_array, run_graph
 
 _F32 = 4
@@ -96,6 +96,7 @@ class NativeExecutor:
         self.scratch_top = 0
         self.scratch_size = 0
         self.steps: list = []            # (kind, args...) recorded, then replayed into the Program
+        self._profiles: list = []        # a StepProfile per step (NEEDLE_PROFILE)
         for gid in self.order:
             self._group(self.groups[gid])
         for v, slot in late_copies:      # returned inputs, consts and views (bases are still live)
@@ -111,6 +112,34 @@ class NativeExecutor:
         for kind, *args in self.steps:
             getattr(self.program, "add_" + kind)(*args)
         self.stats["steps"] = len(self.program)
+        if _profile.enabled():
+            self.program.set_profile(True)
+            _profile.register(self, graph.name)
+
+    @property
+    def profile(self) -> Optional[list]:
+        """StepProfile per step with the program's counters (None unless NEEDLE_PROFILE=1
+        was set when this executor was built)."""
+        if not _profile.enabled() and not any(p.calls for p in self._profiles):
+            return None
+        seconds, calls = self.program.profile()
+        for p, sec, n in zip(self._profiles, seconds, calls):
+            p.seconds, p.calls = sec, n
+        return self._profiles
+
+    def _profiled(self, node_ids, outputs) -> tuple:
+        """(group, subgraph) of some nodes with their views inlined, for profile estimates."""
+        ex = self._expand(tuple(node_ids), tuple(outputs))
+        return ex, ex.subgraph(self.graph)
+
+    def _emit(self, step: list, node_ids, outputs, where: str, label: str = "") -> list:
+        """Append a program step, with its profile label and estimates."""
+        prof = _profile.step_profile(*self._profiled(node_ids, outputs), None, where=where)
+        if label:
+            prof.label = label + prof.label[prof.label.index(" "):]
+        self.steps.append(step)
+        self._profiles.append(prof)
+        return step
 
     # ---- slots --------------------------------------------------------------------------
     def _new_slot(self, where: Optional[tuple] = None) -> int:
@@ -186,12 +215,13 @@ class NativeExecutor:
         except LoweringError:
             return None
 
-    def _add_kernel(self, kernel, slots, name: str) -> None:
+    def _add_kernel(self, kernel, slots, name: str, group) -> None:
         extent = kernel.range_extent
         per_iter = max(1, max((p.size for p in kernel.outputs), default=1) // extent)
         min_chunk = max(1, 16384 // per_iter)   # ~16k elements per thread before splitting pays
         align = 8 if per_iter == 1 else 1
-        self.steps.append(("kernel", name, kernel.range_address, slots, extent, min_chunk, align))
+        self._emit(["kernel", name, kernel.range_address, slots, extent, min_chunk, align],
+                   group.node_ids, group.outputs, "llvm", name)
         self.stats["llvm_kernels"] += 1
 
     def _copy_into(self, v: int, slot: int) -> None:
@@ -199,17 +229,16 @@ class NativeExecutor:
         node = self.graph.node(v)
         if v in self.loc or node.op == "const" and not self._is_view(v):
             src = self._slot_of(v)
-            self.steps.append(("copy", [src, slot], prod(node.type.shape)))
+            self._emit(["copy", [src, slot], prod(node.type.shape)], (), (v,), "copy", f"copy%{v}")
             self.stats["copies"] += 1
             return
         group = self._expand((v,), (v,))
-        group = dataclasses.replace(group, node_ids=tuple(i for i in group.node_ids))
         kernel = self._kernel(group)
         ins = [self._slot_of(i) for i in group.inputs]
         if kernel is None:
             self._callback(group, ins, [slot])
         else:
-            self._add_kernel(kernel, ins + [slot], f"copy%{v}")
+            self._add_kernel(kernel, ins + [slot], f"copy%{v}", group)
         self.stats["copies"] += 1
 
     def _out_slot(self, v: int) -> int:
@@ -237,17 +266,18 @@ class NativeExecutor:
         outs = [self._out_slot(v) for v in outputs]
         if kernel is not None:
             moved = self._unalias(ex, ins, outs)
-            self._add_kernel(kernel, ins + outs, f"k{group.id}")
+            self._add_kernel(kernel, ins + outs, f"k{group.id}", ex)
             for tmp, dst, n in moved:
-                self.steps.append(("copy", [tmp, dst], n))
+                self._emit(["copy", [tmp, dst], n], (), (), "copy", f"k{group.id}.unalias")
             return
         ops = {self.graph.node(i).op for i in node_ids}
         if ops == {"Gather"} and len(node_ids) == 1:
             a, idx = self.graph.node(node_ids[0]).inputs
-            self.steps.append(("gather", [self._slot_of(a), self._slot_of(idx), outs[0]],
-                               prod(self._shape(idx)), self._shape(a)[0], prod(self._shape(a)[1:])))
+            self._emit(["gather", [self._slot_of(a), self._slot_of(idx), outs[0]],
+                        prod(self._shape(idx)), self._shape(a)[0], prod(self._shape(a)[1:])],
+                       node_ids, outputs, "native", f"k{group.id}")
             return
-        self._callback(ex, ins, outs)
+        self._callback(ex, ins, outs, f"k{group.id}")
 
     def _unalias(self, ex, ins, outs) -> list:
         """An output placed in place of an input that the kernel also reads through a view
@@ -270,16 +300,18 @@ class NativeExecutor:
             n = g.node(group.node_ids[0])
             if n.op == "RandomUniform" and n.id in group.outputs:
                 counter, base = n.inputs
-                self.steps.append(("random", [self._slot_of(counter), self._slot_of(base), self._out_slot(n.id)],
-                                   prod(n.type.shape), int(n.attr("stream"))))
+                self._emit(["random", [self._slot_of(counter), self._slot_of(base), self._out_slot(n.id)],
+                            prod(n.type.shape), int(n.attr("stream"))], (n.id,), (n.id,), "native", f"k{group.id}")
                 return
             if n.op == "IndexAdd" and n.id in group.outputs:
                 values, idx = n.inputs
-                self.steps.append(("index_add", [self._slot_of(values), self._slot_of(idx), self._out_slot(n.id)],
-                                   prod(self._shape(idx)), n.type.shape[0], prod(n.type.shape[1:])))
+                self._emit(["index_add", [self._slot_of(values), self._slot_of(idx), self._out_slot(n.id)],
+                            prod(self._shape(idx)), n.type.shape[0], prod(n.type.shape[1:])],
+                           (n.id,), (n.id,), "native", f"k{group.id}")
                 return
         ex = self._expand(group.node_ids, group.outputs)
-        self._callback(ex, [self._slot_of(i) for i in ex.inputs], [self._out_slot(v) for v in group.outputs])
+        self._callback(ex, [self._slot_of(i) for i in ex.inputs], [self._out_slot(v) for v in group.outputs],
+                       f"k{group.id}")
 
     def _extern(self, group) -> None:
         g = self.graph
@@ -296,14 +328,13 @@ class NativeExecutor:
         params = self._gemm_params(anchor)
         if params is None:
             ex = self._expand((anchor.id,), (anchor.id,))
-            self._callback(ex, [self._slot_of(i) for i in ex.inputs], [c])
+            self._callback(ex, [self._slot_of(i) for i in ex.inputs], [c], f"k{group.id}")
             if rest:
                 self._epilogue(group, anchor, rest, c, gemm=False)
             return
         slots, p = params
         self.stats["gemms"] += 1
-        step = ["gemm", slots + [c], p, 0, [], 0]
-        self.steps.append(step)
+        step = self._emit(["gemm", slots + [c], p, 0, [], 0], (anchor.id,), (anchor.id,), "blas", f"k{group.id}")
         if rest:
             self._epilogue(group, anchor, rest, c, gemm=step)
 
@@ -321,13 +352,17 @@ class NativeExecutor:
         if kernel is not None and gemm and gemm[2][0] == 1 and self._rowwise(anchor, rest, outputs) \
                 and kernel.range_extent % gemm[2][1] == 0:
             gemm[3], gemm[4], gemm[5] = kernel.range_address, ins + outs, kernel.range_extent
+            k = next(i for i, st in enumerate(self.steps) if st is gemm)
+            prof = _profile.step_profile(*self._profiled(group.node_ids, group.outputs), None, where="blas+llvm")
+            prof.label = f"k{group.id}" + prof.label[prof.label.index(" "):]
+            self._profiles[k] = prof
             self.stats["fused_epilogues"] += 1
             self.stats["llvm_kernels"] += 1
             return
         if kernel is not None:
-            self._add_kernel(kernel, ins + outs, f"k{group.id}.epilogue")
+            self._add_kernel(kernel, ins + outs, f"k{group.id}.epi", ex)
         else:
-            self._callback(ex, ins, outs)
+            self._callback(ex, ins, outs, f"k{group.id}.epi")
 
     def _rowwise(self, anchor, rest, outputs) -> bool:
         """True if the epilogue reads the GEMM result only at the element it writes: every
@@ -385,10 +420,11 @@ class NativeExecutor:
         ho, wo = (h + 2 * p - kh) // s + 1, (wd + 2 * p - kw) // s + 1
         xs, ws = self._slot_of(x), self._slot_of(w)
         cols = self._scratch(n * ho * wo * kh * kw * ci * _F32)
-        self.steps.append(("conv", [xs, ws, out_slot, cols], [n, h, wd, ci, kh, kw, co, s, p]))
+        self._emit(["conv", [xs, ws, out_slot, cols], [n, h, wd, ci, kh, kw, co, s, p]], (node.id,), (node.id,),
+                   "im2col+blas", f"conv%{node.id}")
         self.stats["convs"] += 1
 
-    def _callback(self, group, in_slots, out_slots) -> None:
+    def _callback(self, group, in_slots, out_slots, label: str = "") -> None:
         sub = group.subgraph(self.graph)
         in_types = [n.type for n in sub.inputs]
         out_types = [sub.node(o).type for o in sub.outputs]
@@ -401,7 +437,8 @@ class NativeExecutor:
             for a, t, o in zip(addresses[len(ins):], out_types, outs):
                 _view(a, t)[...] = o.numpy()
 
-        self.steps.append(("callback", run, list(in_slots) + list(out_slots), name))
+        self._emit(["callback", run, list(in_slots) + list(out_slots), name], group.node_ids, group.outputs,
+                   "interp", label or "callback")
         self._callbacks.append((name, sub))
         self.stats["callbacks"] += 1
 

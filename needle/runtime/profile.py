@@ -1,8 +1,9 @@
 """Per-kernel profiling of the kernel executor (`NEEDLE_PROFILE=1`).
 
-When `NEEDLE_PROFILE=1` is set at the time a `KernelExecutor` is built, it times every
-step (one fused group: an LLVM kernel or an interpreted group) with `time.perf_counter`
-and counts calls and seconds per step. Each step also carries static estimates from the
+When `NEEDLE_PROFILE=1` is set at the time an executor is built, it times every step and
+counts calls and seconds per step: the native executor's program times each of its steps
+(an LLVM kernel, a GEMM with its fused epilogue, a conv, a callback...) in C++ with a
+steady clock; the kernel executor times each fused group with `time.perf_counter`. Each step also carries static estimates from the
 node types: bytes moved (its input and output arrays, 4 bytes per element) and FLOPs
 (MatMul 2*M*N*K per batch, Conv output size * KH*KW*Cin*2, one FLOP per element for
 every elementwise/reduce node).
@@ -79,16 +80,17 @@ class StepProfile:
         self.seconds = 0.0
 
 
-def step_profile(group, subgraph, kernel, epilogue: bool = False) -> StepProfile:
+def step_profile(group, subgraph, kernel, epilogue: bool = False, where: Optional[str] = None) -> StepProfile:
     """The label and estimates of a step (its group, the group's subgraph, its kernel or None;
-    `epilogue`: the elementwise tail split off a GEMM/conv group, labelled `k<id>.epi`)."""
+    `epilogue`: the elementwise tail split off a GEMM/conv group, labelled `k<id>.epi`;
+    `where` overrides how it runs: llvm, interp, blas, native...)."""
     work = [n for n in subgraph.nodes if n.op != "input"]
     ops: list[str] = []
     for n in work:
         if n.op not in ops:
             ops.append(n.op)
     shown = ",".join(ops[:4]) + (f",+{len(ops) - 4}" if len(ops) > 4 else "")
-    where = "llvm" if kernel is not None else "interp"
+    where = where or ("llvm" if kernel is not None else "interp")
     loc = next((n.loc for n in work if n.loc is not None), None)
     label = f"k{group.id}{'.epi' if epilogue else ''} [{group.kind}/{where}] {shown}"
     if loc is not None:
