@@ -6,7 +6,7 @@ transcendentals the LLVM renderer inlines as polynomials (`exp_poly`, `tanh_poly
 """
 from __future__ import annotations
 
-from .loop_ir import (AccInit, AccRef, AccUpdate, Binary, Cmp, FConst, For, IBin, IConst, IVar,
+from .loop_ir import (AccInit, AccRef, AccUpdate, Binary, Cmp, FConst, For, IBin, ICmp, IConst, IVar,
                       Load, LoopKernel, Select, Store, Unary)
 
 _IOP = {"add": "+", "mul": "*", "div": "/", "mod": "%"}
@@ -45,6 +45,8 @@ def c_expr(e) -> str:
         return f"({c_expr(e.a)} {_FOP[e.op]} {c_expr(e.b)})"
     if isinstance(e, Cmp):
         return f"({c_expr(e.a)} {_COP[e.op]} {c_expr(e.b)})"
+    if isinstance(e, ICmp):
+        return f"({c_index(e.a)} {_COP[e.op]} {c_index(e.b)})"
     if isinstance(e, Select):
         return f"({c_expr(e.cond)} ? {c_expr(e.a)} : {c_expr(e.b)})"
     raise TypeError(f"unknown expression {e!r}")

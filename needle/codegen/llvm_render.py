@@ -19,7 +19,7 @@ from __future__ import annotations
 from llvmlite import ir
 
 from . import vmath
-from .loop_ir import (AccInit, AccRef, AccUpdate, Binary, Cmp, FConst, For, IBin, IConst, IVar,
+from .loop_ir import (AccInit, AccRef, AccUpdate, Binary, Cmp, FConst, For, IBin, ICmp, IConst, IVar,
                       Load, LoopKernel, Select, Store, Unary, coefficient)
 
 F32 = ir.FloatType()
@@ -27,6 +27,7 @@ I64 = ir.IntType(64)
 FM = ("reassoc", "contract")
 VECTOR_WIDTH = 8
 _CMP = {"eq": "==", "gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+_ICMP = dict(_CMP, ne="!=")
 
 
 class _Renderer:
@@ -271,6 +272,11 @@ class _Renderer:
             if e.op == "ne":
                 return b.fcmp_unordered("!=", x, y)
             return b.fcmp_ordered(_CMP[e.op], x, y)
+        if isinstance(e, ICmp):
+            x, y = self.iexpr(e.a), self.iexpr(e.b)
+            if isinstance(x.type, ir.VectorType) or isinstance(y.type, ir.VectorType):
+                x, y = self.splat_i(x), self.splat_i(y)
+            return b.icmp_signed(_ICMP[e.op], x, y)
         if isinstance(e, Select):
             c = self.fexpr(e.cond)
             x, y = self._pair(self.fexpr(e.a), self.fexpr(e.b))

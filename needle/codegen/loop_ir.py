@@ -163,8 +163,16 @@ class Cmp:
 
 
 @dataclass(frozen=True)
+class ICmp:
+    """a <op> b on index expressions (e.g. "is this output element inside the slice")."""
+    op: str
+    a: "IExpr"
+    b: "IExpr"
+
+
+@dataclass(frozen=True)
 class Select:
-    cond: Cmp
+    cond: Union[Cmp, ICmp]
     a: "FExpr"
     b: "FExpr"
 
@@ -175,6 +183,7 @@ class AccRef:
 
 
 FExpr = Union[FConst, Load, Unary, Binary, Select, AccRef]
+
 
 
 # ---- statements ---------------------------------------------------------------------------

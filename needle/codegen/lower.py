@@ -13,12 +13,14 @@ from math import prod
 
 from ..ir.graph import Graph, Node
 from ..ops.registry import OPS, normalize_axes, op_from_node
-from .loop_ir import (AccInit, AccRef, AccUpdate, Binary, Buffer, Cmp, FConst, For, IBin, IConst,
-                      IVar, Load, LoopKernel, Select, Store, Unary, coefficient, iadd, imul,
+from .loop_ir import (AccInit, AccRef, AccUpdate, Binary, Buffer, Cmp, FConst, For, IBin, ICmp, IConst,
+                      IVar, Load, LoopKernel, Select, Store, Unary, coefficient, iadd, idiv, imod, imul,
                       linearize, map_loads, unravel, walk_exprs)
 
 REDUCTIONS = {"Summation": "sum", "Max": "max"}
-VIEWS = ("Reshape", "BroadcastTo", "Permute", "Transpose", "GetItem")
+VIEWS = ("Reshape", "BroadcastTo", "Permute", "Transpose", "GetItem", "Flip", "UnDilate")
+#: index maps that pick between pieces or zeros (index comparisons and selects)
+PIECEWISE = ("Dilate", "UnSlice", "TupleGetItem", "Stack", "Concat")
 
 
 class LoweringError(NotImplementedError):
@@ -74,6 +76,8 @@ class _Lowerer:
             return AccRef(f"acc{n.id}")
         if op in VIEWS:
             return self.val(ins[0], self._view_index(n, idx))
+        if op in PIECEWISE:
+            return self._piecewise(n, idx)
         a = [self.val(i, idx) for i in ins]
         s = n.attr("scalar")
         if op == "EWiseAdd":
@@ -110,9 +114,71 @@ class _Lowerer:
             return Select(Cmp("ne", a[0], FConst(0.0)), a[1], a[2])
         raise LoweringError(f"op {op} (%{n.id}) cannot be lowered into a loop kernel")
 
+    def _piecewise(self, n: Node, idx):
+        """Dilate / UnSlice (zeros outside the input's positions), TupleGetItem of Split or
+        MakeTensorTuple, Stack and Concat of MakeTensorTuple (a select between the pieces).
+        Indices of the branches not taken are kept in bounds (they are still loaded)."""
+        op, ndim = n.op, len(idx)
+        zero = FConst(0.0)
+        if op == "Dilate":
+            axes = normalize_axes(op_from_node(op, n.attr_dict), n.attr("axes"), ndim)
+            k = int(n.attr("dilation")) + 1
+            conds = [ICmp("eq", imod(idx[a], k), IConst(0)) for a in axes]
+            v = self.val(n.inputs[0], self.simp(tuple(idiv(i, k) if a in axes else i for a, i in enumerate(idx))))
+            return _guard(conds, v)
+        if op == "UnSlice":
+            in_shape = self.shape(n.inputs[0])
+            conds, src = [], []
+            for i, (start, _, step), d in zip(idx, n.attr("slices"), in_shape):
+                t = iadd(i, IConst(-start))
+                conds += [ICmp("ge", t, IConst(0)), ICmp("lt", t, IConst(d * step))]
+                if step != 1:
+                    conds.append(ICmp("eq", imod(t, step), IConst(0)))
+                src.append(_wrap(idiv(t, step), d))
+            return _guard(conds, self.val(n.inputs[0], self.simp(tuple(src))))
+        if op == "TupleGetItem":
+            src = self.g.node(n.inputs[0])
+            k = int(n.attr("index"))
+            if src.op == "MakeTensorTuple":
+                return self.val(src.inputs[k], idx)
+            if src.op == "Split":
+                ax = int(src.attr("axis")) % (ndim + 1)
+                return self.val(src.inputs[0], idx[:ax] + (IConst(k),) + idx[ax:])
+            raise LoweringError(f"TupleGetItem of {src.op} (%{n.id}) cannot be lowered")
+        src = self.g.node(n.inputs[0])
+        if src.op != "MakeTensorTuple":
+            raise LoweringError(f"{op} of {src.op} (%{n.id}) cannot be lowered")
+        pieces = src.inputs
+        if op == "Stack":
+            ax = int(n.attr("axis")) % ndim
+            rest = idx[:ax] + idx[ax + 1:]
+            v = self.val(pieces[-1], rest)
+            for j in range(len(pieces) - 2, -1, -1):
+                v = Select(ICmp("eq", idx[ax], IConst(j)), self.val(pieces[j], rest), v)
+            return v
+        ax = int(n.attr("axis")) % ndim   # Concat
+        ends, end = [], 0
+        for p in pieces:
+            end += self.shape(p)[ax]
+            ends.append(end)
+        v = None
+        for j in range(len(pieces) - 1, -1, -1):
+            d = self.shape(pieces[j])[ax]
+            local = _wrap(iadd(idx[ax], IConst(-(ends[j] - d))), d)
+            pv = self.val(pieces[j], self.simp(idx[:ax] + (local,) + idx[ax + 1:]))
+            v = pv if v is None else Select(ICmp("lt", idx[ax], IConst(ends[j])), pv, v)
+        return v
+
     def _view_index(self, n: Node, idx):
         in_shape = self.shape(n.inputs[0])
         out_shape = n.type.shape
+        if n.op in ("Flip", "UnDilate"):
+            axes = normalize_axes(op_from_node(n.op, n.attr_dict), n.attr("axes"), len(idx))
+            if n.op == "Flip":
+                return tuple(iadd(IConst(d - 1), imul(i, IConst(-1))) if a in axes else i
+                             for a, (i, d) in enumerate(zip(idx, in_shape)))
+            k = int(n.attr("dilation")) + 1
+            return tuple(imul(i, IConst(k)) if a in axes else i for a, i in enumerate(idx))
         if n.op == "BroadcastTo":
             lead = len(out_shape) - len(in_shape)
             return tuple(IConst(0) if d == 1 else idx[lead + k] for k, d in enumerate(in_shape))
@@ -133,6 +199,20 @@ class _Lowerer:
             it = iter(i for i, _ in kept)
             return tuple(IConst(0) if d == 1 else next(it) for d in in_shape)
         return self.simp(unravel(linearize(idx, out_shape), in_shape))
+
+
+def _guard(conds, v):
+    """v where every index condition holds, else 0."""
+    for c in reversed(conds):
+        v = Select(c, v, FConst(0.0))
+    return v
+
+
+def _wrap(i, d: int):
+    """i mod d in [0, d) for any sign of i: an in-bounds index where a select discards it."""
+    if isinstance(i, IConst):
+        return IConst(i.value % d)
+    return imod(iadd(imod(i, d), IConst(d)), d)
 
 
 def _power(x, p):
@@ -331,6 +411,8 @@ def _lower_elementwise(lw: _Lowerer, outs):
             coef = None
             break
         coef[ld] = cs
+    if any(isinstance(x, ICmp) for v in values for x in walk_exprs(v)):
+        coef = None  # index conditions name the i-variables: keep the nest unmerged
     if coef is None or len(axes) <= 1:
         stores = [Store(b, linearize(idx, shape), v) for (b, _, _), v in zip(outs, values)]
         return list(_nest(shape, "i", stores))

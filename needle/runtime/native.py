@@ -229,7 +229,7 @@ class NativeExecutor:
         node = self.graph.node(v)
         if v in self.loc or node.op == "const" and not self._is_view(v):
             src = self._slot_of(v)
-            self._emit(["copy", [src, slot], prod(node.type.shape)], (), (v,), "copy", f"copy%{v}")
+            self._emit(["copy", [src, slot], prod(node.type.shape)], (), (), "copy", f"copy%{v}")
             self.stats["copies"] += 1
             return
         group = self._expand((v,), (v,))
@@ -259,25 +259,35 @@ class NativeExecutor:
         else:
             self._opaque(group)
 
-    def _working(self, group, node_ids, outputs, pre: Optional[list] = None) -> None:
+    def _working(self, group, node_ids, outputs) -> None:
+        g = self.graph
         ex = self._expand(node_ids, outputs)
         kernel = self._kernel(ex)
+        gathers = [i for i in node_ids if g.node(i).op == "Gather"]
+        if kernel is None and gathers:
+            # a gather reads indices at run time: a native step into scratch, then the rest
+            for i in gathers:
+                a, idx = g.node(i).inputs
+                slot = self._out_slot(i) if i in outputs else self._scratch(prod(self._shape(i)) * _F32)
+                self._emit(["gather", [self._slot_of(a), self._slot_of(idx), slot],
+                            prod(self._shape(idx)), self._shape(a)[0], prod(self._shape(a)[1:])],
+                           (i,), (i,), "native", f"k{group.id}.gather")
+                self.loc[i] = slot
+            node_ids = tuple(i for i in node_ids if i not in gathers)
+            outputs = tuple(o for o in outputs if o not in gathers)
+            if not outputs:
+                return
+            ex = self._expand(node_ids, outputs)
+            kernel = self._kernel(ex)
         ins = [self._slot_of(i) for i in ex.inputs]
         outs = [self._out_slot(v) for v in outputs]
-        if kernel is not None:
-            moved = self._unalias(ex, ins, outs)
-            self._add_kernel(kernel, ins + outs, f"k{group.id}", ex)
-            for tmp, dst, n in moved:
-                self._emit(["copy", [tmp, dst], n], (), (), "copy", f"k{group.id}.unalias")
+        if kernel is None:
+            self._callback(ex, ins, outs, f"k{group.id}")
             return
-        ops = {self.graph.node(i).op for i in node_ids}
-        if ops == {"Gather"} and len(node_ids) == 1:
-            a, idx = self.graph.node(node_ids[0]).inputs
-            self._emit(["gather", [self._slot_of(a), self._slot_of(idx), outs[0]],
-                        prod(self._shape(idx)), self._shape(a)[0], prod(self._shape(a)[1:])],
-                       node_ids, outputs, "native", f"k{group.id}")
-            return
-        self._callback(ex, ins, outs, f"k{group.id}")
+        moved = self._unalias(ex, ins, outs)
+        self._add_kernel(kernel, ins + outs, f"k{group.id}", ex)
+        for tmp, dst, n in moved:
+            self._emit(["copy", [tmp, dst], n], (), (), "copy", f"k{group.id}.unalias")
 
     def _unalias(self, ex, ins, outs) -> list:
         """An output placed in place of an input that the kernel also reads through a view
