@@ -522,6 +522,9 @@ def _lower_reduce(lw: _Lowerer, red: Node, outs):
         else:
             raise LoweringError(f"output of shape {s} in a reduction kernel over {full} -> {rshape}")
     rdims = tuple(d if k in raxes else 1 for k, d in enumerate(full))
+    columns = _lower_columns(lw, red, full, raxes, rshape, kept_idx, value, outs, first, second, after)
+    if columns is not None:
+        return columns
     inner = [AccInit(acc, op)]
     inner += _nest(rdims, "i", [AccUpdate(acc, op, value)] + first, outer_parallel=False)
     if second:  # epilogue over the full domain that reads the reduced value: a second pass
@@ -532,6 +535,62 @@ def _lower_reduce(lw: _Lowerer, red: Node, outs):
     for pos, k in enumerate(reversed(axes)):
         body = (For(f"i{k}", full[k], "parallel" if pos == len(axes) - 1 else "serial", body),)
     return list(body)
+
+
+def _lower_columns(lw, red, full, raxes, rshape, kept_idx, value, outs, first, second, after):
+    """A reduction over outer axes of rows that the innermost axis keeps (column sums, e.g.
+    BatchNorm statistics or bias gradients): accumulate whole rows into a kept-domain output
+    buffer, so every access is contiguous along the innermost axis and vectorises, instead of
+    one strided accumulator per column. Then the second pass (full-domain outputs reading the
+    reduced value) and the kept-domain outputs, the accumulator's own buffer written last.
+    None when the innermost axis is reduced or no output has the kept shape."""
+    last = max((k for k, d in enumerate(full) if d != 1), default=None)
+    if last is None or last in raxes or all(full[k] == 1 for k in raxes):
+        return None
+    buf = next((b for b, o, s in outs if s == rshape and o == red.id), None) \
+        or next((b for b, o, s in outs if s == rshape), None)
+    if buf is None:
+        return None
+    acc, op = f"acc{red.id}", REDUCTIONS[red.op]
+    cur = Load(buf, linearize(kept_idx, rshape))
+    memo: dict = {}
+
+    def sub(st):
+        return Store(st.buf, st.index, _replace_acc(st.value, acc, cur, memo))
+
+    if op == "sum":
+        update = Binary("add", cur, value)
+    else:  # NaN-propagating max, as the accumulators combine
+        update = Select(Cmp("ne", value, value), value, Select(Cmp("gt", value, cur), value, cur))
+    kdims = tuple(1 if k in raxes else d for k, d in enumerate(full))
+    body = list(_nest(kdims, "i", [Store(buf, cur.index, FConst(0.0 if op == "sum" else float("-inf")))],
+                      outer_parallel=False))
+    body += _nest(full, "i", [Store(buf, cur.index, update)] + first, outer_parallel=False)
+    if second:
+        body += _nest(full, "i", [sub(st) for st in second], outer_parallel=False)
+    tail = sorted((st for st in map(sub, after) if not (st.buf == buf and st.value == cur)),
+                  key=lambda st: st.buf == buf)
+    body += _nest(kdims, "i", tail, outer_parallel=False)
+    return body
+
+
+def _replace_acc(e, acc: str, repl, memo: dict):
+    """A copy of value expression e with AccRef(acc) replaced by `repl`."""
+    if id(e) in memo:
+        return memo[id(e)]
+    if isinstance(e, AccRef):
+        out = repl if e.acc == acc else e
+    elif isinstance(e, Unary):
+        out = Unary(e.op, _replace_acc(e.a, acc, repl, memo))
+    elif isinstance(e, (Binary, Cmp)):
+        out = type(e)(e.op, _replace_acc(e.a, acc, repl, memo), _replace_acc(e.b, acc, repl, memo))
+    elif isinstance(e, Select):
+        out = Select(_replace_acc(e.cond, acc, repl, memo), _replace_acc(e.a, acc, repl, memo),
+                     _replace_acc(e.b, acc, repl, memo))
+    else:
+        out = e
+    memo[id(e)] = out
+    return out
 
 
 __all__ = ["lower", "LoweringError", "REDUCTIONS", "VIEWS", "OPS"]
