@@ -1,0 +1,717 @@
+"""A compiled graph as a CUDA program: every kernel launch in schedule order, with buffers.
+
+`build_program(graph, fusion_plan, schedule, memory_plan)` turns each fusion group into
+one or more GPU kernels (`CudaProgram.launches`), each launch's arguments being locations:
+an offset in the arena (the memory plan's buffers, then a scratch area for values internal
+to one group), a graph input or a graph output. `render.render_program` prints the
+translation unit; `emulate.emulate_program` runs it on the CPU.
+
+How each group becomes kernels:
+
+* **elementwise / reduce**: the group plus the view nodes it reads through (`views.expand`)
+  is lowered with `needle.codegen.lower` and bound to the grid (`schedule.bind`). When
+  `lower` refuses (ops it does not handle yet: UnSlice, Dilate, Concat, Stack, Gather,
+  Flip), the group is *split*: each such op is materialised into scratch by a pointwise
+  kernel built with the view walker (values it reads that are computed in the group are
+  materialised first by their own lowered kernels), and the rest of the group is lowered
+  with those values as inputs.
+* **extern** (MatMul, Conv): the tiled GEMM template (`templates.gemm_kernel`; a conv is
+  an implicit GEMM with im2col computed in the operand loads), operands read through their
+  views in place; an epilogue runs as a second, lowered kernel reading the GEMM result
+  (from scratch unless the result is itself a buffer; a reshape-only epilogue costs nothing).
+* **opaque**: RandomUniform (the compiled RNG), IndexAdd (zero + atomicAdd), ToDevice (a copy).
+* **view** groups make no kernel: their consumers recompute them.
+* graph outputs that no kernel writes in place (inputs, constants, views, values returned
+  twice) are copied at the end.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from math import prod
+
+import numpy as np
+
+from ...ir.graph import Graph, Node
+from ..loop_ir import (AccInit, AccRef, AccUpdate, Binary, Cmp, FConst, For, IBin, IConst, IVar, Load, LoopKernel,
+                       Select, Store, Unary, linearize)
+from .gpu_ir import GpuKernel
+from .schedule import bind
+from .templates import Operand, conv_operands, fill_kernel, gemm_kernel, pointwise_kernel, rand_kernel, scatter_add_kernels
+from .views import NotWalkable, Walker, expand, rewrite_tuples
+
+ALIGN = 256
+#: ops materialised by the split path when `lower` refuses a group
+HARD_OPS = ("UnSlice", "Dilate", "Concat", "Stack", "Gather", "Flip", "UnDilate", "ToDevice")
+
+
+class CudaCodegenError(NotImplementedError):
+    """A group of the graph cannot be emitted as CUDA (the message names it)."""
+
+
+@dataclass(frozen=True)
+class Loc:
+    """Where a buffer lives: `arena` (byte `offset`), `in`/`out` (graph input/output
+    `index`, byte `offset` within it)."""
+    space: str
+    index: int = 0
+    offset: int = 0
+
+
+@dataclass
+class Launch:
+    kernel: GpuKernel
+    args: tuple          # one Loc per kernel parameter
+    group: int
+    note: str = ""
+
+
+@dataclass
+class GroupReport:
+    id: int
+    kind: str
+    how: str             # lowered | split | gemm | conv | rng | index_add | copy | view | output
+    launches: int
+    detail: str = ""
+
+
+@dataclass
+class CudaProgram:
+    name: str
+    inputs: list                 # shapes
+    outputs: list                # shapes
+    launches: list
+    consts: dict                 # symbol -> np.ndarray (float32)
+    arena_bytes: int
+    plan_arena_bytes: int
+    scratch_bytes: int
+    groups: list = field(default_factory=list)
+    #: graph value -> Loc of its buffer (inputs, arena, outputs); group id -> values it writes
+    homes: dict = field(default_factory=dict)
+    writes: dict = field(default_factory=dict)
+
+    def source(self) -> str:
+        from .render import render_program
+        return render_program(self)
+
+    @property
+    def symbol(self) -> str:
+        from .render import graph_symbol
+        return graph_symbol(self.name)
+
+    def summary(self) -> dict:
+        hows: dict = {}
+        for g in self.groups:
+            hows[g.how] = hows.get(g.how, 0) + 1
+        return {"launches": len(self.launches), "groups": hows, "arena_bytes": self.arena_bytes}
+
+
+def _align(n, a=ALIGN):
+    return (n + a - 1) // a * a
+
+
+class _Unknown(Exception):
+    pass
+
+
+_KNOWN_UNARY = ("neg", "exp", "log", "tanh", "sqrt")
+_KNOWN_BINARY = ("add", "sub", "mul", "div", "pow")
+
+
+def check_known(lk: LoopKernel) -> None:
+    """Raise _Unknown unless the loop kernel uses only node types the CUDA renderer and the
+    emulator know (the loop IR may grow; unknown nodes send the group to the split path)."""
+    def idx(e):
+        if isinstance(e, (IVar, IConst)):
+            return
+        if isinstance(e, IBin) and e.op in ("add", "mul", "div", "mod"):
+            idx(e.a)
+            idx(e.b)
+            return
+        raise _Unknown(f"index expression {type(e).__name__}")
+
+    seen = set()
+
+    def val(e):
+        if id(e) in seen:
+            return
+        seen.add(id(e))
+        if isinstance(e, (FConst, AccRef)):
+            return
+        if isinstance(e, Load):
+            return idx(e.index)
+        if isinstance(e, Unary) and e.op in _KNOWN_UNARY:
+            return val(e.a)
+        if isinstance(e, Binary) and e.op in _KNOWN_BINARY:
+            val(e.a)
+            return val(e.b)
+        if isinstance(e, Cmp):
+            val(e.a)
+            return val(e.b)
+        if isinstance(e, Select) and isinstance(e.cond, Cmp):
+            val(e.cond)
+            val(e.a)
+            return val(e.b)
+        raise _Unknown(f"value expression {type(e).__name__}")
+
+    def stmts(body):
+        for s in body:
+            if type(s) is For:
+                stmts(s.body)
+            elif type(s) is Store:
+                idx(s.index)
+                val(s.value)
+            elif type(s) is AccInit:
+                pass
+            elif type(s) is AccUpdate:
+                val(s.value)
+            else:
+                raise _Unknown(f"statement {type(s).__name__}")
+
+    stmts(lk.body)
+
+
+def _rename_loads(lk: LoopKernel, names: dict) -> LoopKernel:
+    """Loads of buffers in `names` read the given symbols instead (constants); those
+    parameters are dropped."""
+    if not names:
+        return lk
+    from ..loop_ir import map_loads
+
+    memo: dict = {}
+
+    def fix(ld):
+        return Load(names[ld.buf], ld.index) if ld.buf in names else ld
+
+    def stmts(body):
+        out = []
+        for s in body:
+            if isinstance(s, For):
+                out.append(For(s.var, s.extent, s.kind, stmts(s.body)))
+            elif isinstance(s, Store):
+                out.append(Store(s.buf, s.index, map_loads(s.value, fix, memo)))
+            elif isinstance(s, AccUpdate):
+                out.append(AccUpdate(s.acc, s.op, map_loads(s.value, fix, memo)))
+            else:
+                out.append(s)
+        return tuple(out)
+
+    return LoopKernel(lk.name, tuple(p for p in lk.params if p.name not in names), stmts(lk.body))
+
+
+class _Builder:
+    def __init__(self, graph: Graph, fusion_plan, schedule, memory_plan, force_split=False):
+        from ...passes.schedule import plan_groups
+
+        self.g = graph
+        self.groups = {g.id: g for g in plan_groups(fusion_plan)}
+        self.schedule = schedule
+        self.mp = memory_plan
+        self.force_split = force_split
+        self.launches: list = []
+        self.reports: list = []
+        self.consts: dict = {}
+        self.const_name: dict = {}
+        self.group_of = {n: g.id for g in self.groups.values() for n in g.node_ids}
+        self.view_groups = {gid for gid, g in self.groups.items() if self._is_view_group(g)}
+        home: dict = {}
+        for k, n in enumerate(graph.inputs):
+            home[n.id] = Loc("in", k)
+        for v, off in memory_plan.offsets.items():
+            if isinstance(graph.node(v).type, tuple):
+                raise CudaCodegenError(f"tuple-typed buffer %{v} ({graph.node(v).op}) is not supported")
+            home[v] = Loc("arena", 0, off)
+        for k, v in enumerate(graph.outputs):
+            n = graph.node(v)
+            if v in home or n.op in ("input", "const") or self.group_of.get(v) in self.view_groups:
+                continue
+            home[v] = Loc("out", k)
+        self.home = home
+        self.scratch_base = _align(memory_plan.arena_bytes)
+        self.scratch_top = 0
+        self.scratch_max = 0
+        self.gid = -1
+        self.count = 0
+
+    def _is_view_group(self, g) -> bool:
+        if g.kind in ("view", "tuple"):
+            return True
+        writes = self.schedule.writes.get(g.id, []) if hasattr(self.schedule, "writes") else []
+        return bool(writes) and all(v in self.mp.aliases for v in writes)
+
+    # ---- helpers ---------------------------------------------------------------------
+    def has_buffer(self, v) -> bool:
+        if v in self.home:
+            return True
+        gid = self.group_of.get(v)
+        if gid is not None and gid not in self.view_groups and gid != self.gid:
+            raise CudaCodegenError(f"%{v} ({self.g.node(v).op}, group k{gid}) is read by group k{self.gid} "
+                                   "but has no buffer in the memory plan")
+        return False
+
+    def scratch(self, nbytes) -> Loc:
+        loc = Loc("arena", 0, self.scratch_base + self.scratch_top)
+        self.scratch_top += _align(max(nbytes, 4))
+        self.scratch_max = max(self.scratch_max, self.scratch_top)
+        return loc
+
+    def const_symbol(self, v) -> str:
+        if v not in self.const_name:
+            n = self.g.node(v)
+            from ...passes.fold import const_array
+            arr = np.asarray(const_array(n), np.float32).reshape(n.type.shape)
+            name = f"ndl_const_{v}"
+            self.const_name[v] = name
+            self.consts[name] = arr
+        return self.const_name[v]
+
+    def name(self, suffix=""):
+        self.count += 1
+        return f"k{self.gid}_{self.count}{suffix}" if self.gid >= 0 else f"kout_{self.count}{suffix}"
+
+    def launch(self, kernel: GpuKernel, args: list, note=""):
+        """Record a launch; arguments whose memory overlaps lose __restrict__."""
+        spans = []
+        for loc, p in zip(args, kernel.params):
+            spans.append((loc.space, loc.index, loc.offset, loc.offset + 4 * p.size))
+        params = []
+        for i, p in enumerate(kernel.params):
+            s = spans[i]
+            alias = any(j != i and t[0] == s[0] and t[1] == s[1] and t[2] < s[3] and s[2] < t[3]
+                        for j, t in enumerate(spans))
+            params.append(dataclasses.replace(p, restrict=not alias))
+        kernel = dataclasses.replace(kernel, params=tuple(params))
+        self.launches.append(Launch(kernel, tuple(args), self.gid, note))
+
+    def leaf_loc(self, v) -> Loc:
+        if v not in self.home and self.g.node(v).op == "const":
+            return Loc("const", v)   # read from its __device__ array, never passed
+        return self.home[v]
+
+    def dtype_check(self, sub: Graph, what):
+        for n in sub.nodes:
+            types = n.type if isinstance(n.type, tuple) else (n.type,)
+            for t in types:
+                if t.dtype != "float32":
+                    raise CudaCodegenError(f"{what}: %{n.id} {n.op} has dtype {t.dtype} (float32 only)")
+
+    # ---- driver ----------------------------------------------------------------------
+    def build(self) -> None:
+        for gid in self.schedule.order:
+            g = self.groups[gid]
+            self.gid = gid
+            self.count = 0
+            self.scratch_top = 0
+            before = len(self.launches)
+            if gid in self.view_groups:
+                self.reports.append(GroupReport(gid, g.kind, "view", 0, "recomputed by its consumers"))
+                continue
+            try:
+                if g.kind == "extern":
+                    how, detail = self.extern(g)
+                elif g.kind == "opaque":
+                    how, detail = self.opaque(g)
+                else:
+                    how, detail = self.fused(g)
+            except CudaCodegenError as e:
+                raise CudaCodegenError(f"group k{gid} [{g.kind}] of @{self.g.name}: {e}") from e
+            self.reports.append(GroupReport(gid, g.kind, how, len(self.launches) - before, detail))
+        self.gid = -1
+        self.count = 0
+        self.scratch_top = 0
+        before = len(self.launches)
+        self.outputs()
+        if len(self.launches) > before:
+            self.reports.append(GroupReport(-1, "output", "copy", len(self.launches) - before,
+                                            "graph outputs no kernel writes in place"))
+
+    def writes(self, g) -> list:
+        return [v for v in g.node_ids if v in self.home]
+
+    # ---- fused groups ----------------------------------------------------------------
+    def fused(self, g):
+        outs = self.writes(g)
+        if not outs:
+            return "lowered", "no value of the group is used"
+        sub, leaves = expand(self.g, g.node_ids, outs, self.has_buffer, f"{self.g.name}.k{g.id}")
+        sub = rewrite_tuples(sub)
+        self.dtype_check(sub, f"k{g.id}")
+        locs = [self.leaf_loc(v) for v in leaves]
+        return self.subgraph(sub, leaves, locs, [self.home[o] for o in outs])
+
+    def subgraph(self, sub: Graph, leaves, in_locs, out_locs):
+        """Emit kernels computing `sub`'s outputs into out_locs (its inputs at in_locs)."""
+        from ..lower import LoweringError, lower
+
+        reason = "forced"
+        if not self.force_split:
+            try:
+                lk = lower(sub, self.name())
+                check_known(lk)
+                self.emit_loop_kernel(lk, leaves, in_locs, out_locs)
+                return "lowered", ""
+            except (LoweringError, _Unknown) as e:
+                reason = str(e)
+        self.split(sub, leaves, in_locs, out_locs)
+        return "split", f"lower: {reason}"
+
+    def emit_loop_kernel(self, lk: LoopKernel, leaves, in_locs, out_locs, note=""):
+        consts = {}
+        args = []
+        for k, (v, loc) in enumerate(zip(leaves, in_locs)):
+            if v is not None and self.g.node(v).op == "const":
+                consts[f"in{k}"] = self.const_symbol(v)
+        lk = _rename_loads(lk, consts)
+        kernel = bind(lk, lk.name)
+        by_name = {f"in{k}": loc for k, loc in enumerate(in_locs)}
+        by_name.update({f"out{k}": loc for k, loc in enumerate(out_locs)})
+        for p in kernel.params:
+            args.append(by_name[p.name])
+        self.launch(kernel, args, note)
+
+    # -- the split path
+    def split(self, sub: Graph, leaves, in_locs, out_locs):
+        from ..lower import LoweringError, lower
+
+        loc = {}      # sub node id -> Loc of its buffer
+        origin = {}   # sub node id -> graph value (for constants)
+        for k, n in enumerate(sub.inputs):
+            loc[n.id] = in_locs[k]
+            origin[n.id] = leaves[k]
+        done = set(loc)
+        hard = [n.id for n in sub.nodes if n.op in HARD_OPS]
+        if not hard:
+            try:
+                lower(sub)
+            except LoweringError as e:
+                raise CudaCodegenError(f"cannot lower {sorted({n.op for n in sub.nodes})}: {e}") from e
+        for h in hard:
+            while True:
+                try:
+                    self.walker_kernel(sub, h, loc, origin, done)
+                    break
+                except NotWalkable as e:
+                    self.materialize(sub, e.node_id, loc, origin, done)
+        final = _cut(sub, list(sub.outputs), done)
+        self.subgraph_from_cut(final, loc, origin, out_locs)
+
+    def materialize(self, sub, c, loc, origin, done):
+        if c in done:
+            raise CudaCodegenError(f"cannot materialise %{c} of {sub.name}")
+        cone = _cut(sub, [c], done)
+        out = self.scratch(4 * prod(sub.node(c).type.shape))
+        self.subgraph_from_cut(cone, loc, origin, [out])
+        loc[c] = out
+        done.add(c)
+
+    def subgraph_from_cut(self, cut, loc, origin, out_locs):
+        graph, ins = cut
+        in_locs = [loc[v] for v in ins]
+        leaves = [origin.get(v) for v in ins]
+        self.subgraph(graph, leaves, in_locs, out_locs)
+
+    def walker_kernel(self, sub, h, loc, origin, done):
+        """Materialise hard node h into scratch with a pointwise walker kernel."""
+        shape = sub.node(h).type.shape
+        names: dict = {}
+        inputs = []
+
+        def leaf(node, idx):
+            v = node.id
+            o = origin.get(v)
+            if o is not None and self.g.node(o).op == "const":
+                from ..loop_ir import Load as _Load
+                return _Load(self.const_symbol(o), linearize(idx, node.type.shape))
+            if v not in names:
+                names[v] = f"in{len(names)}"
+                inputs.append(v)
+            from ..loop_ir import Load as _Load
+            return _Load(names[v], linearize(idx, node.type.shape))
+
+        ranges = {f"i{k}": d for k, d in enumerate(shape) if d != 1}
+        walker = Walker(sub, leaf, ranges, stop=lambda nid: nid in done and nid != h)
+        walker.value(h, tuple(IConst(0) if d == 1 else IVar(f"i{k}") for k, d in enumerate(shape)))  # may raise
+        names.clear()
+        inputs.clear()
+        kernel = pointwise_kernel(self.name("_" + sub.node(h).op.lower()), shape, lambda idx: walker.value(h, idx),
+                                  [], out_size=prod(shape))
+        kernel = dataclasses.replace(kernel, params=tuple(
+            [self._gparam(names[v], prod(sub.node(v).type.shape)) for v in inputs]) + kernel.params)
+        out = self.scratch(4 * prod(shape))
+        self.launch(kernel, [loc[v] for v in inputs] + [out], note=f"materialise {sub.node(h).op}")
+        loc[h] = out
+        done.add(h)
+
+    @staticmethod
+    def _gparam(name, size):
+        from .gpu_ir import GParam
+        return GParam(name, size, "in")
+
+    # ---- extern groups ---------------------------------------------------------------
+    def extern(self, g):
+        anchor = self.g.node(g.anchor)
+        outs = self.writes(g)
+        epi = [v for v in g.node_ids if v != anchor.id]
+        if anchor.id in self.home:
+            aloc = self.home[anchor.id]
+        elif epi and self._reshape_chain(anchor.id, epi, outs):
+            aloc = self.home[outs[0]]
+            epi = []
+        else:
+            aloc = self.scratch(4 * prod(anchor.type.shape))
+        sub, leaves = expand(self.g, [anchor.id], [anchor.id], self.has_buffer, f"{self.g.name}.k{g.id}")
+        sub = rewrite_tuples(sub)
+        self.dtype_check(sub, f"k{g.id}")
+        names = {n.id: f"in{k}" for k, n in enumerate(sub.inputs)}
+        node = sub.node(sub.outputs[0])
+        used: list = []
+
+        def leaf(n, idx):
+            o = leaves[int(names[n.id][2:])]
+            if self.g.node(o).op == "const":
+                return Load(self.const_symbol(o), linearize(idx, n.type.shape))
+            if n.id not in used:
+                used.append(n.id)
+            return Load(names[n.id], linearize(idx, n.type.shape))
+
+        walker = Walker(sub, leaf)
+        size = prod(node.type.shape)
+        self._sizes = {f"in{k}": prod(n.type.shape) for k, n in enumerate(sub.inputs)}
+        if node.op == "MatMul":
+            kernel, detail = self.matmul(walker, sub, node, size)
+            how = "gemm"
+        elif node.op == "Conv":
+            kernel, detail = self.conv(walker, sub, node, size)
+            how = "conv"
+        else:
+            raise CudaCodegenError(f"extern op {node.op} has no CUDA template")
+        params = {f"in{k}": self.home[v] if self.g.node(v).op != "const" else None for k, v in enumerate(leaves)}
+        args = [params[p.name] if p.name != "out0" else aloc for p in kernel.params]
+        self.launch(kernel, args, note=f"{node.op} %{anchor.id}")
+        if epi:
+            has = lambda v: v == anchor.id or self.has_buffer(v)  # noqa: E731
+            esub, eleaves = expand(self.g, epi, [o for o in outs if o != anchor.id], has,
+                                   f"{self.g.name}.k{g.id}.epilogue")
+            esub = rewrite_tuples(esub)
+            locs = [aloc if v == anchor.id else self.leaf_loc(v) for v in eleaves]
+            self.subgraph(esub, eleaves, locs, [self.home[o] for o in outs if o != anchor.id])
+            detail += f"; epilogue of {len(epi)} ops"
+        return how, detail
+
+    def _reshape_chain(self, anchor, epi, outs) -> bool:
+        cur = anchor
+        for v in epi:
+            n = self.g.node(v)
+            if n.op != "Reshape" or n.inputs[0] != cur:
+                return False
+            cur = v
+        return outs == [cur]
+
+    def matmul(self, walker, sub, node, size):
+        a, b = node.inputs
+        sa, sb = sub.node(a).type.shape, sub.node(b).type.shape
+        out = node.type.shape
+        batch = out[:-2]
+        M, N, K = out[-2], out[-1], sa[-1]
+
+        def bidx(shape, bvars):
+            nb = len(shape) - 2
+            lead = len(batch) - nb
+            return tuple(IConst(0) if shape[i] == 1 else bvars[lead + i] for i in range(nb))
+
+        def a_fn(bvars, gm, gk):
+            return [], None, walker.value(a, bidx(sa, bvars) + (gm, gk)), gm.name, gk.name
+
+        def b_fn(bvars, gk, gn):
+            return [], None, walker.value(b, bidx(sb, bvars) + (gk, gn)), gk.name, gn.name
+
+        kernel = self._gemm(a_fn, b_fn, M, N, K, batch, size)
+        return kernel, f"M={M} N={N} K={K} batch={prod(batch)}"
+
+    def _gemm(self, a_fn, b_fn, M, N, K, batch, size, note=""):
+        # the operands' buffers are found by tracing them once
+        probe = []
+        for fn, args in ((a_fn, (IVar("gm"), IVar("gk"))), (b_fn, (IVar("hk"), IVar("hn")))):
+            bv = tuple(IVar(f"b{k}") for k in range(len(batch)))
+            probe.append(fn(bv, *args))
+        from ..loop_ir import walk_exprs
+        bufs = []
+        for _, _, val, _, _ in probe:
+            for e in walk_exprs(val):
+                if isinstance(e, Load) and e.buf.startswith("in") and e.buf not in bufs:
+                    bufs.append(e.buf)
+        inputs = [(n, self._size_of(n)) for n in sorted(bufs, key=lambda s: int(s[2:]))]
+        return gemm_kernel(self.name("_gemm"), M, N, K, batch, Operand(a_fn, inputs), Operand(b_fn, []),
+                           size, note=note)
+
+    def _size_of(self, name):
+        return self._sizes[name]
+
+    def conv(self, walker, sub, node, size):
+        x, w = node.inputs
+        sx, sw = sub.node(x).type.shape, sub.node(w).type.shape
+        stride, padding = node.attr("stride", 1), node.attr("padding", 0)
+        a, b, (M, N, K) = conv_operands(lambda idx: walker.value(x, idx), lambda idx: walker.value(w, idx),
+                                        sx, sw, stride, padding, [], [])
+        kernel = self._gemm(a.fn, b.fn, M, N, K, (), size, note=f"conv stride {stride} padding {padding}")
+        return kernel, f"implicit GEMM M={M} N={N} K={K} stride={stride} padding={padding}"
+
+    # ---- opaque groups ---------------------------------------------------------------
+    def opaque(self, g):
+        if len(g.node_ids) != 1:
+            raise CudaCodegenError(f"opaque group of {len(g.node_ids)} nodes")
+        v = g.node_ids[0]
+        node = self.g.node(v)
+        if v not in self.home:
+            return "skipped", "result unused"
+        sub, leaves = expand(self.g, [v], [v], self.has_buffer, f"{self.g.name}.k{g.id}")
+        sub = rewrite_tuples(sub)
+        n = sub.node(sub.outputs[0])
+        names: dict = {}
+        inputs: list = []
+
+        def leaf(node_, idx):
+            o = leaves[[m.id for m in sub.inputs].index(node_.id)]
+            if self.g.node(o).op == "const":
+                return Load(self.const_symbol(o), linearize(idx, node_.type.shape))
+            if node_.id not in names:
+                names[node_.id] = f"in{len(names)}"
+                inputs.append((node_.id, o))
+            return Load(names[node_.id], linearize(idx, node_.type.shape))
+
+        walker = Walker(sub, leaf)
+        shape = node.type.shape
+        if node.op == "RandomUniform":
+            counter = walker.value(n.inputs[0], ())
+            base = walker.value(n.inputs[1], ())
+            ins = [(names[i], prod(sub.node(i).type.shape)) for i, _ in inputs]
+            kernel = rand_kernel(self.name("_rng"), shape, counter, base, n.attr("stream", 0), ins)
+            self.launch(kernel, [self.home[o] for _, o in inputs] + [self.home[v]])
+            return "rng", f"stream {n.attr('stream', 0)}"
+        if node.op == "IndexAdd":
+            values, indices = n.inputs
+            vshape = sub.node(values).type.shape
+            k = len(sub.node(indices).type.shape)
+            vfn = lambda idx: walker.value(values, idx)  # noqa: E731
+            ifn = lambda idx: walker.value(indices, idx)  # noqa: E731
+            # trace once to learn the buffers
+            probe = [IVar(f"i{d}") for d in range(len(vshape))]
+            vfn(tuple(probe))
+            ifn(tuple(probe[:k]))
+            ins = [(names[i], prod(sub.node(i).type.shape)) for i, _ in inputs]
+            zero, scatter = scatter_add_kernels(self.name("_index_add"), shape, vshape, k, vfn, ifn, ins)
+            self.launch(zero, [self.home[v]])
+            self.launch(scatter, [self.home[o] for _, o in inputs] + [self.home[v]])
+            return "index_add", "zero + atomicAdd scatter"
+        if node.op == "ToDevice":
+            src = n.inputs[0]
+            fn = lambda idx: walker.value(src, idx)  # noqa: E731
+            fn(tuple(IVar(f"i{d}") for d in range(len(shape))))
+            ins = [(names[i], prod(sub.node(i).type.shape)) for i, _ in inputs]
+            kernel = pointwise_kernel(self.name("_copy"), shape, fn, ins)
+            self.launch(kernel, [self.home[o] for _, o in inputs] + [self.home[v]])
+            return "copy", "ToDevice"
+        raise CudaCodegenError(f"opaque op {node.op} has no CUDA template")
+
+    # ---- graph outputs ---------------------------------------------------------------
+    def outputs(self):
+        for k, v in enumerate(self.g.outputs):
+            if self.home.get(v) == Loc("out", k):
+                continue
+            node = self.g.node(v)
+            if isinstance(node.type, tuple):
+                raise CudaCodegenError(f"graph output %{v} is a tuple")
+            shape = node.type.shape
+            if prod(shape) == 0:
+                continue
+            if node.op == "const" and isinstance(node.attr("value"), (int, float)):
+                self.launch(fill_kernel(self.name("_fill"), prod(shape), node.attr("value")), [Loc("out", k)])
+                continue
+            if v in self.home or node.op == "const":
+                sub = Graph(f"{self.g.name}.out{k}", (Node(0, "input", (), (("name", "in0"), ("role", "arg")),
+                                                           node.type),), (0,))
+                leaves = [v]
+            else:
+                sub, leaves = expand(self.g, [v], [v], self.has_buffer, f"{self.g.name}.out{k}")
+                sub = rewrite_tuples(sub)
+            names: dict = {}
+            inputs: list = []
+
+            def leaf(node_, idx, sub=sub, leaves=leaves, names=names, inputs=inputs):
+                o = leaves[[m.id for m in sub.inputs].index(node_.id)]
+                if self.g.node(o).op == "const":
+                    return Load(self.const_symbol(o), linearize(idx, node_.type.shape))
+                if node_.id not in names:
+                    names[node_.id] = f"in{len(names)}"
+                    inputs.append((node_.id, o))
+                return Load(names[node_.id], linearize(idx, node_.type.shape))
+
+            walker = Walker(sub, leaf)
+            out_id = sub.outputs[0]
+            fn = (lambda idx, w=walker, o=out_id: w.value(o, idx))
+            fn(tuple(IConst(0) if d == 1 else IVar(f"i{j}") for j, d in enumerate(shape)))
+            ins = [(names[i], prod(sub.node(i).type.shape)) for i, _ in inputs]
+            kernel = pointwise_kernel(self.name("_copy"), shape, fn, ins)
+            self.launch(kernel, [self.home[o] for _, o in inputs] + [Loc("out", k)], note=f"output {k}: copy of %{v}")
+
+
+def _cut(sub: Graph, outputs, stops):
+    """(Graph, input ids): the nodes of `sub` that `outputs` need, with `stops` (and sub's
+    inputs) as inputs; scalar consts stay consts."""
+    need = set()
+    stack = list(outputs)
+    while stack:
+        v = stack.pop()
+        if v in need:
+            continue
+        need.add(v)
+        n = sub.node(v)
+        if v in stops or n.op in ("input", "const"):
+            continue
+        stack.extend(n.inputs)
+    nodes, ins, new = [], [], {}
+    for n in sub.nodes:
+        if n.id not in need:
+            continue
+        new[n.id] = len(nodes)
+        if n.op == "const" and isinstance(n.attr("value"), (int, float)) and n.id not in stops:
+            nodes.append(Node(len(nodes), "const", (), n.attrs, n.type, n.loc))
+        elif n.id in stops or n.op in ("input", "const"):
+            nodes.append(Node(len(nodes), "input", (), (("name", f"in{len(ins)}"), ("role", "arg")), n.type, n.loc))
+            ins.append(n.id)
+        else:
+            nodes.append(Node(len(nodes), n.op, tuple(new[i] for i in n.inputs), n.attrs, n.type, n.loc))
+    return Graph(sub.name, tuple(nodes), tuple(new[o] for o in outputs)), ins
+
+
+def build_program(graph: Graph, fusion_plan=None, schedule=None, memory_plan=None, name=None,
+                  force_split: bool = False) -> CudaProgram:
+    """The CUDA program of `graph` (plans computed when not given: fusion, schedule, and a
+    memory plan with the GPU's 256-byte alignment). `force_split` sends every fused group
+    through the split path (tests)."""
+    from ...passes.fusion import plan_fusion
+    from ...passes.memory_plan import GPU_ALIGNMENT, plan_memory
+    from ...passes.schedule import build_schedule
+
+    fusion_plan = plan_fusion(graph) if fusion_plan is None else fusion_plan
+    schedule = build_schedule(graph, fusion_plan) if schedule is None else schedule
+    if memory_plan is None:
+        memory_plan = plan_memory(graph, schedule, fusion_plan, alignment=GPU_ALIGNMENT)
+    for n in graph.inputs:
+        if n.type.dtype != "float32":
+            raise CudaCodegenError(f"graph input %{n.id} has dtype {n.type.dtype} (float32 only)")
+    b = _Builder(graph, fusion_plan, schedule, memory_plan, force_split)
+    b.build()
+    outs = []
+    for v in graph.outputs:
+        t = graph.node(v).type
+        if isinstance(t, tuple):
+            raise CudaCodegenError(f"graph output %{v} is a tuple")
+        outs.append(tuple(t.shape))
+    return CudaProgram(name or graph.name, [tuple(n.type.shape) for n in graph.inputs], outs, b.launches, b.consts,
+                       _align(memory_plan.arena_bytes) + b.scratch_max, memory_plan.arena_bytes, b.scratch_max,
+                       b.reports, dict(b.home),
+                       {gid: b.writes(b.groups[gid]) for gid in schedule.order if gid not in b.view_groups})
+
+
+__all__ = ["build_program", "CudaProgram", "Launch", "Loc", "GroupReport", "CudaCodegenError", "check_known"]

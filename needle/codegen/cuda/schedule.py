@@ -1,0 +1,337 @@
+"""GPU schedules: bind a `LoopKernel` (from `needle.codegen.lower`) to a CUDA grid.
+
+The kernel's outermost perfect loop nest is its *outer* iteration space; the statements
+inside it run once per outer point. Three schedules:
+
+* **pointwise** (no accumulator, or a reduction over at most `SERIAL_MAX` elements): one
+  thread per outer point. The outer loops are flattened into one linear index
+  `gid = bx * B + tx` (guarded `gid < total` for the partial last block) and decoded back
+  with div/mod, the innermost loop fastest, so neighbouring threads touch neighbouring
+  elements (coalesced). Inner loops run serially in the thread.
+* **row reduction** (the reduced elements are contiguous, or no outer loops): one block per
+  outer point. Each reduction loop nest is flattened and strided over the block's threads
+  (`r = k * B + tx`, guarded), each thread accumulating a partial; before the first
+  statement that reads the accumulator the block reduces it: `__shfl_down_sync` within each
+  warp, the warps' partials through shared memory, reduced by warp 0 and broadcast back
+  through shared memory, so every thread holds the total (a second pass over the reduced
+  elements, e.g. `e / sum(e)`, then runs on all threads). Statements outside loops (the
+  reduced-shape stores) run on thread 0.
+* **column reduction** (the innermost outer loop is the contiguous one): blocks of
+  32 x 8 threads; `tx` walks 32 consecutive outer points (coalesced), `ty` strides over the
+  reduced elements; partials are combined across `ty` by a shared-memory tree with a
+  barrier per level. Threads past the end of the outer loop (a partial block) keep
+  identity partials and still reach every barrier.
+"""
+from __future__ import annotations
+
+from math import prod
+
+from ..loop_ir import AccInit, AccRef, AccUpdate, Binary, For, IConst, IVar, Load, LoopKernel, Store, coefficient, walk_exprs
+from .gpu_ir import (ACC_IDENTITY, Assign, Barrier, Decl, FConst, GParam, GpuKernel, IAnd, ICmp, IDecl, If, Loop, Select,
+                     Shared, Shfl, SLoad, SStore, Var, walk_stmts)
+
+#: reductions over at most this many elements run serially, one thread per output
+SERIAL_MAX = 32
+MAX_BLOCK = 256
+COLUMN_TX, COLUMN_TY = 32, 8
+
+
+class ScheduleError(NotImplementedError):
+    pass
+
+
+def _div(a, b):
+    from ..loop_ir import idiv
+    return idiv(a, b)
+
+
+def _mod(a, b):
+    from ..loop_ir import imod
+    return imod(a, b)
+
+
+def _add(a, b):
+    from ..loop_ir import iadd
+    return iadd(a, b)
+
+
+def _mul(a, b):
+    from ..loop_ir import imul
+    return imul(a, b)
+
+
+def decode(lin, loops) -> list:
+    """IDecls of each loop's variable from a linear index over the loops' extents (the
+    last loop fastest)."""
+    out = []
+    stride = 1
+    strides = []
+    for lp in reversed(loops):
+        strides.append(stride)
+        stride *= lp.extent
+    strides.reverse()
+    for k, (lp, st) in enumerate(zip(loops, strides)):
+        e = _div(lin, st)
+        if k > 0:
+            e = _mod(e, lp.extent)
+        out.append(IDecl(lp.var, e))
+    return out
+
+
+def perfect_nest(body):
+    """(loops, inner body) of the outermost perfect nest of `body`."""
+    loops = []
+    while len(body) == 1 and isinstance(body[0], For):
+        loops.append(body[0])
+        body = body[0].body
+    return loops, tuple(body)
+
+
+def serial(stmts) -> tuple:
+    """Loop-IR statements as per-thread GPU statements (loops run serially). A run of
+    several stores computes every value before storing any: an output may share memory
+    with an input (the memory plan's in-place reuse), so a store must not precede a load
+    of the same element by a later store's expression."""
+    out = []
+    run: list = []
+
+    def flush():
+        if len(run) > 1:
+            base = sum(1 for x in out if isinstance(x, Decl))
+            names = [f"v{base + k}" for k in range(len(run))]
+            out.extend(Decl(n, st.value) for n, st in zip(names, run))
+            out.extend(Store(st.buf, st.index, Var(n)) for n, st in zip(names, run))
+        else:
+            out.extend(run)
+        run.clear()
+
+    for s in stmts:
+        if isinstance(s, Store):
+            run.append(s)
+            continue
+        flush()
+        if isinstance(s, For):
+            out.append(Loop(s.var, s.extent, serial(s.body)))
+        else:
+            out.append(s)
+    flush()
+    return tuple(out)
+
+
+def _has_acc(stmts) -> bool:
+    return any(isinstance(s, AccInit) for s in walk_stmts(stmts))
+
+
+def _acc_reads(s) -> set:
+    out = set()
+    for x in walk_stmts((s,)):
+        vals = []
+        if isinstance(x, (Store, AccUpdate)):
+            vals.append(x.value)
+        for v in vals:
+            for e in walk_exprs(v):
+                if isinstance(e, AccRef):
+                    out.add(e.acc)
+    return out
+
+
+def _acc_updates(s) -> set:
+    return {x.acc for x in walk_stmts((s,)) if isinstance(x, AccUpdate)}
+
+
+def _params(lk: LoopKernel, restrict=True) -> tuple:
+    return tuple(GParam(p.name, p.size, "in" if p.role == "in" else "out",
+                        restrict if isinstance(restrict, bool) else restrict.get(p.name, True))
+                 for p in lk.params)
+
+
+def _block_size(n: int) -> int:
+    b = 32
+    while b < n and b < MAX_BLOCK:
+        b *= 2
+    return b
+
+
+def bind(lk: LoopKernel, name: str | None = None, restrict=True, schedule: str | None = None) -> GpuKernel:
+    """The GPU kernel of a loop kernel; `schedule` forces pointwise/row/column."""
+    name = name or lk.name
+    loops, inner = perfect_nest(lk.body)
+    params = _params(lk, restrict)
+    if not _has_acc(inner):
+        return pointwise(name, params, loops, inner)
+    rmax = max([prod(lp.extent for lp in perfect_nest((s,))[0]) for s in inner if isinstance(s, For)] + [1])
+    choice = schedule or _choose(loops, inner, rmax)
+    if choice == "pointwise":
+        return pointwise(name, params, loops, inner, note=f"reduction of {rmax} per thread")
+    if choice == "column" and loops:
+        return column_reduce(name, params, loops, inner)
+    return row_reduce(name, params, loops, inner, rmax)
+
+
+def _choose(loops, inner, rmax) -> str:
+    if rmax <= SERIAL_MAX:
+        return "pointwise"
+    if not loops or loops[-1].extent < 16:
+        return "row"
+    kv = loops[-1].var
+    rvars = set()
+    for s in inner:
+        if isinstance(s, For):
+            nest, _ = perfect_nest((s,))
+            rvars.add(nest[-1].var)
+    col = row = 0
+    for s in walk_stmts(inner):
+        if isinstance(s, AccUpdate):
+            for e in walk_exprs(s.value):
+                if isinstance(e, Load):
+                    if coefficient(e.index, kv) == 1:
+                        col += 1
+                    if any(coefficient(e.index, v) == 1 for v in rvars):
+                        row += 1
+    return "column" if col > row else "row"
+
+
+def pointwise(name, params, loops, inner, note="") -> GpuKernel:
+    total = prod(lp.extent for lp in loops)
+    B = _block_size(total)
+    grid = (max(1, -(-total // B)), 1, 1)
+    body = []
+    if loops:
+        body.append(IDecl("gid", _add(_mul(IVar("bx"), IConst(B)), IVar("tx"))))
+        guarded = decode(IVar("gid"), loops) + list(serial(inner))
+        body.append(If(ICmp("lt", IVar("gid"), IConst(total)), tuple(guarded)))
+    else:
+        body.append(If(ICmp("eq", IVar("tx"), IConst(0)), serial(inner)))
+    return GpuKernel(name, params, grid, (B, 1, 1), tuple(body),
+                     note=f"pointwise: {total} threads in blocks of {B}" + (f"; {note}" if note else ""))
+
+
+def _combine(op, a, b):
+    return Binary("add", a, b) if op == "sum" else Binary("max_nan", a, b)
+
+
+def warp_reduce(acc, op, tmp, width=32) -> list:
+    out = []
+    off = width // 2
+    while off >= 1:
+        out += [Shfl(tmp, acc, off, "down"), Assign(acc, _combine(op, Var(acc), Var(tmp)))]
+        off //= 2
+    return out
+
+
+def block_reduce(acc, op, B, shared: list) -> list:
+    """Statements leaving the block-wide reduction of `acc` in every thread's `acc`
+    (1-D blocks of B threads, B a power of two >= 32)."""
+    tmp = f"{acc}_o"
+    out = [Decl(tmp, FConst(0.0))]
+    out += warp_reduce(acc, op, tmp)
+    if B == 32:
+        out.append(Shfl(acc, acc, 0, "idx"))
+        return out
+    nw = B // 32
+    sm = f"{acc}_s"
+    shared.append(Shared(sm, nw + 1))
+    tx = IVar("tx")
+    out.append(If(ICmp("eq", _mod(tx, 32), IConst(0)), (SStore(sm, _div(tx, 32), Var(acc)),)))
+    out.append(Barrier())
+    stage = [Assign(acc, Select(ICmp("lt", tx, IConst(nw)), SLoad(sm, tx), FConst(ACC_IDENTITY[op])))]
+    stage += warp_reduce(acc, op, tmp, nw)
+    stage.append(If(ICmp("eq", tx, IConst(0)), (SStore(sm, IConst(nw), Var(acc)),)))
+    out.append(If(ICmp("lt", tx, IConst(32)), tuple(stage)))
+    out.append(Barrier())
+    out.append(Assign(acc, SLoad(sm, IConst(nw))))
+    return out
+
+
+def _distribute(inner, lane: str, nlanes: int, guard, reduce_fn, accs_out: dict) -> list:
+    """The statements of one outer point spread over `nlanes` threads (`lane` their index):
+    loop nests strided over the lanes, other statements on lane 0; accumulators reduced
+    across lanes (reduce_fn) before their first read."""
+    out = []
+    accs: dict = {}
+    pending: set = set()
+    stored: set = set()
+    lv = IVar(lane)
+    for n, s in enumerate(inner):
+        if isinstance(s, AccInit):
+            accs[s.acc] = s.op
+            out.append(s)
+            continue
+        for a in sorted(_acc_reads(s) & pending):
+            out += reduce_fn(a, accs[a])
+            pending.discard(a)
+        loads = {e.buf for x in walk_stmts((s,)) if isinstance(x, (Store, AccUpdate))
+                 for e in walk_exprs(x.value) if isinstance(e, Load)}
+        if loads & stored:  # global values written by other threads of the block
+            out.append(Barrier())
+            stored.clear()
+        if isinstance(s, For):
+            nest, body = perfect_nest((s,))
+            R = prod(lp.extent for lp in nest)
+            rv = f"r{n}"
+            cond = ICmp("lt", IVar(rv), IConst(R))
+            if guard is not None:
+                cond = IAnd(guard, cond)
+            work = (If(cond, tuple(decode(IVar(rv), nest)) + serial(body)),)
+            if R <= nlanes:
+                out += [IDecl(rv, lv), *work]
+            else:
+                kv = f"k{n}"
+                out.append(Loop(kv, -(-R // nlanes), (IDecl(rv, _add(_mul(IVar(kv), IConst(nlanes)), lv)),) + work))
+        else:
+            cond = ICmp("eq", lv, IConst(0))
+            if guard is not None:
+                cond = IAnd(guard, cond)
+            out.append(If(cond, serial((s,))))
+        pending |= _acc_updates(s)
+        stored |= {x.buf for x in walk_stmts((s,)) if isinstance(x, Store)}
+    accs_out.update(accs)
+    return out
+
+
+def row_reduce(name, params, loops, inner, rmax) -> GpuKernel:
+    total = prod(lp.extent for lp in loops)
+    B = _block_size(rmax)
+    shared: list = []
+    body = decode(IVar("bx"), loops) if loops else []
+    body += _distribute(inner, "tx", B, None, lambda a, op: block_reduce(a, op, B, shared), {})
+    return GpuKernel(name, params, (max(total, 1), 1, 1), (B, 1, 1), tuple(body), tuple(shared),
+                     note=f"row reduction: {total} blocks of {B} threads, {rmax} elements per block")
+
+
+def column_reduce(name, params, loops, inner) -> GpuKernel:
+    TX, TY = COLUMN_TX, COLUMN_TY
+    last = loops[-1]
+    chunks = -(-last.extent // TX)
+    rest = loops[:-1]
+    total = prod(lp.extent for lp in rest) * chunks
+    shared: list = []
+    body = [IDecl("chunk", _mod(IVar("bx"), chunks))]
+    if rest:
+        body.append(IDecl("orow", _div(IVar("bx"), chunks)))
+        body += decode(IVar("orow"), rest)
+    body.append(IDecl(last.var, _add(_mul(IVar("chunk"), IConst(TX)), IVar("tx"))))
+    valid = ICmp("lt", IVar(last.var), IConst(last.extent))
+
+    def tree(acc, op):
+        sm = f"{acc}_s"
+        shared.append(Shared(sm, TX * TY))
+        tx, ty = IVar("tx"), IVar("ty")
+        out = [SStore(sm, _add(_mul(ty, IConst(TX)), tx), Var(acc)), Barrier()]
+        s = TY // 2
+        while s >= 1:
+            out.append(If(ICmp("lt", ty, IConst(s)), (
+                Assign(acc, _combine(op, Var(acc), SLoad(sm, _add(_mul(_add(ty, IConst(s)), IConst(TX)), tx)))),
+                SStore(sm, _add(_mul(ty, IConst(TX)), tx), Var(acc)))))
+            out.append(Barrier())
+            s //= 2
+        out.append(Assign(acc, SLoad(sm, tx)))
+        return out
+
+    body += _distribute(inner, "ty", TY, valid, tree, {})
+    return GpuKernel(name, params, (total, 1, 1), (TX, TY, 1), tuple(body), tuple(shared),
+                     note=f"column reduction: {total} blocks of {TX}x{TY} threads")
+
+
+__all__ = ["bind", "pointwise", "row_reduce", "column_reduce", "block_reduce", "decode", "perfect_nest",
+           "serial", "ScheduleError"]

@@ -1,0 +1,224 @@
+"""Kernels that `lower` does not produce, built directly as GPU IR.
+
+* `pointwise_kernel`: one thread per element of a shape, value from a function of the
+  index (copies through views, materialised UnSlice/Concat/Stack/Gather, fills, the RNG);
+* `scatter_add_kernels`: IndexAdd (zero the output, then `atomicAdd` every value row);
+* `gemm_kernel`: a tiled shared-memory GEMM (there is no cuBLAS): blocks of BM x BN outputs,
+  K in steps of BK staged through shared memory by all threads (the contiguous operand
+  dimension across neighbouring threads, out-of-range elements as zeros), each thread a
+  TM x TN register tile (`MicroGemm`); batch in `blockIdx.z`. Operands are functions of
+  (batch, row, k), so transposed/broadcast/permuted views are read in place, and a conv is
+  the same kernel with an im2col operand computed on the fly (implicit GEMM; padding is
+  a bounds condition).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import prod
+
+from ..loop_ir import Buffer, For, IConst, IVar, Load, LoopKernel, Store, coefficient, iadd, idiv, imod, imul, linearize, walk_exprs
+from .gpu_ir import (AtomicAdd, Barrier, FConst, GParam, GpuKernel, IAnd, ICmp, IDecl, IFloat, Loop, MicroGemm, Rand,
+                     Select, Shared, SStore, TileDecl, TileRef, If)
+from .schedule import bind, decode
+
+
+def loop_nest(shape, inner_fn, prefix="i"):
+    """For loops over the non-unit axes of `shape` around inner_fn(index tuple)."""
+    idx = tuple(IConst(0) if d == 1 else IVar(f"{prefix}{k}") for k, d in enumerate(shape))
+    body = tuple(inner_fn(idx))
+    axes = [k for k, d in enumerate(shape) if d != 1]
+    for pos, k in enumerate(reversed(axes)):
+        body = (For(f"{prefix}{k}", shape[k], "vector" if pos == 0 else "serial", body),)
+    return body, {f"{prefix}{k}": d for k, d in enumerate(shape) if d != 1}
+
+
+def pointwise_kernel(name, shape, value_fn, inputs, out_size=None, restrict=True, stmt=None) -> GpuKernel:
+    """out0[linear(i)] = value_fn(i) for every index i of `shape`; `inputs` are
+    (name, size) of the buffers value_fn loads. `stmt(idx, value)` replaces the store."""
+    out_size = prod(shape) if out_size is None else out_size
+    if stmt is None:
+        def stmt(idx, _shape=shape):
+            return [Store("out0", linearize(idx, _shape), value_fn(idx))]
+    body, _ = loop_nest(shape, stmt)
+    params = tuple(Buffer(n, s, "in") for n, s in inputs) + (Buffer("out0", out_size, "out"),)
+    return bind(LoopKernel(name, params, body), name, restrict=restrict)
+
+
+def fill_kernel(name, size, value=0.0) -> GpuKernel:
+    return pointwise_kernel(name, (size,), lambda idx: FConst(float(value)), [])
+
+
+def rand_kernel(name, shape, counter, base, stream, inputs) -> GpuKernel:
+    return pointwise_kernel(name, shape, lambda idx: Rand(counter, base, stream, linearize(idx, shape)), inputs)
+
+
+def scatter_add_kernels(name, out_shape, values_shape, k, values_fn, indices_fn, inputs) -> list:
+    """IndexAdd: out = zeros(out_shape); out[int(indices[i])] += values[i] for every i."""
+    zero = fill_kernel(f"{name}_zero", prod(out_shape))
+
+    def stmt(idx):
+        row = IFloat(indices_fn(idx[:k]))
+        return [AtomicAdd("out0", linearize((row,) + tuple(idx[k:]), out_shape), values_fn(idx))]
+
+    scatter = pointwise_kernel(f"{name}_scatter", values_shape, None, inputs, out_size=prod(out_shape), stmt=stmt)
+    return [zero, scatter]
+
+
+# ---- GEMM ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Tile:
+    BM: int
+    BN: int
+    BK: int
+    TM: int
+    TN: int
+
+    @property
+    def threads(self):
+        return (self.BM // self.TM) * (self.BN // self.TN)
+
+
+TILES = {"64x64": Tile(64, 64, 16, 4, 4), "32x32": Tile(32, 32, 16, 2, 2), "16x64": Tile(16, 64, 16, 1, 4),
+         "64x16": Tile(64, 16, 16, 4, 1)}
+
+
+def choose_tile(M, N) -> Tile:
+    if M <= 16 and N > 32:
+        return TILES["16x64"]
+    if N <= 16 and M > 32:
+        return TILES["64x16"]
+    if M >= 64 and N >= 64:
+        return TILES["64x64"]
+    return TILES["32x32"]
+
+
+@dataclass
+class Operand:
+    """A GEMM operand: `fn(batch vars, row, col)` -> (IDecls, extra condition or None,
+    value, name of the index variable that walks the row fastest, same for the column);
+    `inputs` the (buffer, size) pairs its values load."""
+    fn: object
+    inputs: list
+
+
+def _first_load(e):
+    for x in walk_exprs(e):
+        if isinstance(x, Load):
+            return x
+    return None
+
+
+def _fast(value, var) -> bool:
+    """Whether the operand's load has unit stride in the index variable `var`."""
+    ld = _first_load(value)
+    return ld is not None and coefficient(ld.index, var) == 1
+
+
+def gemm_kernel(name, M, N, K, batch_shape, a: Operand, b: Operand, out_size, tile: Tile | None = None,
+                restrict=True, note="") -> tuple:
+    """(GpuKernel, input names): C[batch, m, n] = sum_k A(batch, m, k) * B(batch, k, n), C
+    contiguous in `out0`. A's and B's buffers are the kernel's inputs in order."""
+    t = tile or choose_tile(M, N)
+    NT = t.threads
+    BM, BN, BK, TM, TN = t.BM, t.BN, t.BK, t.TM, t.TN
+    assert (BM * BK) % NT == 0 and (BN * BK) % NT == 0
+    nb = prod(batch_shape)
+    a_decls, a_cond, a_val, _, a_col = a.fn(tuple(IConst(0) if d == 1 else IVar(f"b{k}") for k, d in enumerate(batch_shape)),
+                                            IVar("gm"), IVar("gk"))
+    k_fast = _fast(a_val, a_col)
+    b_decls, b_cond, b_val, b_row, b_col = b.fn(tuple(IConst(0) if d == 1 else IVar(f"b{k}") for k, d in enumerate(batch_shape)),
+                                                IVar("hk"), IVar("hn"))
+    n_fast = _fast(b_val, b_col) or not _fast(b_val, b_row)
+    # shared tiles are k-major; a transposed store (consecutive threads along k) gets a
+    # padded row so that its 32 lanes hit 32 different banks
+    SA = BM + (1 if k_fast else 0)
+    SB = BN + (0 if n_fast else 1)
+    bvars = tuple(IConst(0) if d == 1 else IVar(f"b{k}") for k, d in enumerate(batch_shape))
+    body = [IDecl("m0", imul(IVar("by"), IConst(BM))), IDecl("n0", imul(IVar("bx"), IConst(BN)))]
+    if nb > 1:
+        loops = [For(f"b{k}", d, "serial", ()) for k, d in enumerate(batch_shape) if d != 1]
+        body += decode(IVar("bz"), loops)
+    body += [IDecl("trow", idiv(IVar("tx"), BN // TN)), IDecl("tcol", imod(IVar("tx"), BN // TN)),
+             TileDecl("c", TM, TN)]
+
+    # A tile: As[ak * SA + am] = A(batch, m0 + am, k0 + ak)
+    ea = iadd(imul(IVar("la"), IConst(NT)), IVar("tx"))
+    la = ([IDecl("am", idiv(ea, BK)), IDecl("ak", imod(ea, BK))] if k_fast else
+          [IDecl("am", imod(ea, BM)), IDecl("ak", idiv(ea, BM))])
+    la += [IDecl("gm", iadd(IVar("m0"), IVar("am"))), IDecl("gk", iadd(IVar("k0"), IVar("ak")))] + list(a_decls)
+    cond = IAnd(ICmp("lt", IVar("gm"), IConst(M)), ICmp("lt", IVar("gk"), IConst(K)))
+    if a_cond is not None:
+        cond = IAnd(cond, a_cond)
+    la.append(SStore("As", iadd(imul(IVar("ak"), IConst(SA)), IVar("am")), Select(cond, a_val, FConst(0.0))))
+
+    # B tile: Bs[bk * SB + bn] = B(batch, k0 + bk, n0 + bn)
+    eb = iadd(imul(IVar("lb"), IConst(NT)), IVar("tx"))
+    lb = ([IDecl("bk", idiv(eb, BN)), IDecl("bn", imod(eb, BN))] if n_fast else
+          [IDecl("bk", imod(eb, BK)), IDecl("bn", idiv(eb, BK))])
+    lb += [IDecl("hk", iadd(IVar("k0"), IVar("bk"))), IDecl("hn", iadd(IVar("n0"), IVar("bn")))] + list(b_decls)
+    cond = IAnd(ICmp("lt", IVar("hk"), IConst(K)), ICmp("lt", IVar("hn"), IConst(N)))
+    if b_cond is not None:
+        cond = IAnd(cond, b_cond)
+    lb.append(SStore("Bs", iadd(imul(IVar("bk"), IConst(SB)), IVar("bn")), Select(cond, b_val, FConst(0.0))))
+
+    ktiles = -(-K // BK)
+    step = [IDecl("k0", imul(IVar("kt"), IConst(BK))),
+            Loop("la", BM * BK // NT, tuple(la), unroll=True),
+            Loop("lb", BN * BK // NT, tuple(lb), unroll=True),
+            Barrier(),
+            MicroGemm("c", "As", iadd(iadd(imul(IVar("kk"), IConst(SA)), IVar("trow")), imul(IVar("mi"), IConst(BM // TM))),
+                      "Bs", iadd(iadd(imul(IVar("kk"), IConst(SB)), IVar("tcol")), imul(IVar("nj"), IConst(BN // TN))),
+                      BK, TM, TN),
+            Barrier()]
+    body.append(Loop("kt", ktiles, tuple(step)))
+    for mi in range(TM):
+        for nj in range(TN):
+            gm = iadd(iadd(IVar("m0"), IVar("trow")), IConst(mi * (BM // TM)))
+            gn = iadd(iadd(IVar("n0"), IVar("tcol")), IConst(nj * (BN // TN)))
+            row = iadd(imul(IVar("bz"), IConst(M)), gm) if nb > 1 else gm
+            body.append(If(IAnd(ICmp("lt", gm, IConst(M)), ICmp("lt", gn, IConst(N))),
+                           (Store("out0", iadd(imul(row, IConst(N)), gn), TileRef("c", mi, nj)),)))
+    ins = []
+    for n, s in a.inputs + b.inputs:
+        if n not in [x for x, _ in ins]:
+            ins.append((n, s))
+    params = tuple(GParam(n, s, "in", restrict if isinstance(restrict, bool) else restrict.get(n, True))
+                   for n, s in ins)
+    params += (GParam("out0", out_size, "out", restrict if isinstance(restrict, bool) else restrict.get("out0", True)),)
+    grid = (-(-N // BN), -(-M // BM), nb)
+    kernel = GpuKernel(name, params, grid, (NT, 1, 1), tuple(body), (Shared("As", BK * SA), Shared("Bs", BK * SB)),
+                       note=f"tiled GEMM {BM}x{BN}x{BK}, {TM}x{TN} per thread: M={M} N={N} K={K} batch={nb}"
+                            f" ({'k' if k_fast else 'm'}-contiguous A, {'n' if n_fast else 'k'}-contiguous B)"
+                            + (f"; {note}" if note else ""))
+    return kernel
+
+
+def conv_operands(x_fn, w_fn, x_shape, w_shape, stride, padding, x_inputs, w_inputs):
+    """Implicit-GEMM operands of a NHWC conv: A(m, k) = im2col(x), B(k, n) = w, with
+    m = (n, oh, ow), k = (kh, kw, ci)."""
+    n_, H, W, C = x_shape
+    KH, KW, _, CO = w_shape
+    Ho = (H + 2 * padding - KH) // stride + 1
+    Wo = (W + 2 * padding - KW) // stride + 1
+
+    def a_fn(bvars, gm, gk):
+        decls = [IDecl("an", idiv(gm, Ho * Wo)), IDecl("aoh", imod(idiv(gm, Wo), Ho)), IDecl("aow", imod(gm, Wo)),
+                 IDecl("akh", idiv(gk, KW * C)), IDecl("akw", imod(idiv(gk, C), KW)), IDecl("aci", imod(gk, C)),
+                 IDecl("ah", iadd(iadd(imul(IVar("aoh"), IConst(stride)), IVar("akh")), IConst(-padding))),
+                 IDecl("aw", iadd(iadd(imul(IVar("aow"), IConst(stride)), IVar("akw")), IConst(-padding)))]
+        cond = None
+        if padding:
+            cond = IAnd(IAnd(ICmp("ge", IVar("ah"), IConst(0)), ICmp("lt", IVar("ah"), IConst(H))),
+                        IAnd(ICmp("ge", IVar("aw"), IConst(0)), ICmp("lt", IVar("aw"), IConst(W))))
+        val = x_fn((IVar("an"), IVar("ah"), IVar("aw"), IVar("aci")))
+        return decls, cond, val, "aw", "aci"
+
+    def b_fn(bvars, gk, gn):
+        decls = [IDecl("bkh", idiv(gk, KW * C)), IDecl("bkw", imod(idiv(gk, C), KW)), IDecl("bci", imod(gk, C))]
+        return decls, None, w_fn((IVar("bkh"), IVar("bkw"), IVar("bci"), gn)), "bci", gn.name
+
+    return Operand(a_fn, x_inputs), Operand(b_fn, w_inputs), (n_ * Ho * Wo, CO, KH * KW * C)
+
+
+__all__ = ["pointwise_kernel", "fill_kernel", "rand_kernel", "scatter_add_kernels", "gemm_kernel", "conv_operands",
+           "Operand", "Tile", "TILES", "choose_tile", "loop_nest"]
