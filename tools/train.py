@@ -160,9 +160,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"use only the first N evaluation {unit} (quick runs)")
         p.add_argument("--no-progress", action="store_true",
                        help="no tqdm progress bars on stderr")
-        p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False,
-                       help="run each training step through @needle.compile (default: eager; "
-                            "compiled Dropout masks come from needle's counter-based RNG)")
+        p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                       help="run each training step through @needle.compile (the default; "
+                            "--no-compile runs eager; compiled Dropout masks come from needle's "
+                            "counter-based RNG)")
     return parser
 
 
