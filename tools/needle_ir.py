@@ -1,7 +1,7 @@
 """needle-ir: run a script and print the IR of every graph it compiled.
 
-    needle-ir [--after PASS | --all] [--function NAME] [--format text|dot|c|llvm]
-              [--why-not-fused] [--list-passes] SCRIPT.py [ARGS...]
+    needle-ir [--after PASS | --all] [--function NAME] [--format text|dot|c|llvm|cuda]
+              [--target cpu|cuda] [--out DIR] [--why-not-fused] [--list-passes] SCRIPT.py [ARGS...]
 
 Runs SCRIPT.py to completion as ``python SCRIPT.py ARGS`` would (its directory first on
 ``sys.path``, ``__name__ == "__main__"``), with the script's own stdout sent to stderr.
@@ -22,6 +22,20 @@ instead of the IR. The default pass is the last one that ran; ``--after input`` 
 graph as traced (with its ``grad`` requests); ``--all`` prints every stage in order. ``--function NAME`` keeps the functions whose
 ``__qualname__`` or its last dotted component is NAME. ``--list-passes`` prints the stage
 names ``--after`` takes (``input`` first, then the pipeline's passes) and exits.
+
+``--target cuda`` (or ``--format cuda``) lowers every graph the script compiled for CUDA,
+whatever device the script's tensors are on (no GPU is needed): the final graph's fusion
+plan, schedule and a memory plan with the GPU's 256-byte alignment become one complete
+translation unit (``needle.codegen.cuda``): every kernel as ``extern "C" __global__`` CUDA
+C and the host entry ``needle_graph_<name>(void** inputs, void** outputs, char* arena,
+cudaStream_t stream)`` launching them in schedule order, which ``nvcc -c`` accepts as is.
+It is printed after each graph's header line, or with ``--out DIR`` written to
+``DIR/<qualname>.cu`` (the qualname with characters other than letters, digits, ``_``,
+``.`` and ``-`` replaced by ``_``; ``-<k>`` added for the k-th signature when a function
+compiled several), one line ``# needle-ir: wrote PATH (N kernel launches)`` printed per
+file. A graph that cannot be emitted is reported on stderr (exit code 1). ``--target cuda``
+combines with ``--function`` but not with ``--after``/``--all`` (it always uses the
+final graph).
 
 The text and DOT outputs parse back: the header lines are ``#`` comments, which
 ``needle.ir.parse_graphs`` and Graphviz both skip.
@@ -50,14 +64,15 @@ except ImportError:  # pragma: no cover - running from a checkout without instal
 HEADER = "# needle-ir:"
 
 # options that take a value (everything else before the script is a flag)
-_VALUE_OPTIONS = ("--after", "--function", "--format")
+_VALUE_OPTIONS = ("--after", "--function", "--format", "--target", "--out")
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="needle-ir",
         usage="needle-ir [--after PASS | --all] [--function NAME] "
-              "[--format text|dot|c|llvm] [--why-not-fused] [--list-passes] SCRIPT.py [ARGS...]",
+              "[--format text|dot|c|llvm|cuda] [--target cpu|cuda] [--out DIR] [--why-not-fused] "
+              "[--list-passes] SCRIPT.py [ARGS...]",
         description="Run a script and print the graph IR of every function it compiled with "
                     "@needle.compile (the script's own stdout goes to stderr).")
     group = p.add_mutually_exclusive_group()
@@ -67,9 +82,16 @@ def _parser() -> argparse.ArgumentParser:
     group.add_argument("--all", action="store_true", help="show every stage, each with its header")
     p.add_argument("--function", metavar="NAME",
                    help="only functions whose __qualname__ or its last component is NAME")
-    p.add_argument("--format", choices=("text", "dot", "c", "llvm"), default="text",
-                   help="text IR (default), Graphviz DOT, or the generated kernels of the "
-                        "graph's fusion groups as readable C or LLVM IR")
+    p.add_argument("--format", choices=("text", "dot", "c", "llvm", "cuda"), default=None,
+                   help="text IR (default), Graphviz DOT, the generated kernels of the "
+                        "graph's fusion groups as readable C or LLVM IR, or the graph's CUDA "
+                        "translation unit (implies --target cuda)")
+    p.add_argument("--target", choices=("cpu", "cuda"), default=None,
+                   help="cuda: lower every compiled graph for CUDA (no GPU needed) and print "
+                        "its translation unit (--format cuda)")
+    p.add_argument("--out", metavar="DIR",
+                   help="with --target cuda: write DIR/<qualname>.cu per compiled graph instead "
+                        "of printing them")
     p.add_argument("--why-not-fused", action="store_true",
                    help="print the graph's fusion plan and every refused merge with its reason "
                         "instead of the IR")
@@ -238,6 +260,46 @@ def _render_kernels(graph, fmt: str) -> str:
     return "".join(out)
 
 
+def _file_stem(qualname: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "_.-" else "_" for ch in qualname) or "graph"
+
+
+def _cuda_outputs(shown, out_dir: Optional[str]) -> tuple:
+    """(text for stdout, exit code) of --target cuda: each graph's translation unit, printed
+    or written to out_dir."""
+    from needle.codegen.cuda import CudaCodegenError, build_program
+
+    per_function: dict = {}
+    for cf, _, _ in shown:
+        per_function[id(cf)] = per_function.get(id(cf), 0) + 1
+    seen: dict = {}
+    out, code = [], 0
+    if out_dir is not None:
+        os.makedirs(out_dir, exist_ok=True)
+    for cf, signature, stages in shown:
+        qualname = _qualname(cf)
+        k = seen.get(id(cf), 0)
+        seen[id(cf)] = k + 1
+        graph = stages.get("final") or list(stages.values())[-1]
+        try:
+            program = build_program(graph)
+            source = program.source()
+        except CudaCodegenError as e:
+            print(f"needle-ir: cannot emit CUDA for {qualname} {signature}: {e}", file=sys.stderr)
+            code = 1
+            continue
+        if out_dir is None:
+            out.append(f"{HEADER} {qualname} {signature} target cuda\n")
+            out.append(source)
+            continue
+        stem = _file_stem(qualname) + (f"-{k}" if per_function[id(cf)] > 1 else "")
+        path = os.path.join(out_dir, stem + ".cu")
+        with open(path, "w") as f:
+            f.write(source)
+        out.append(f"{HEADER} wrote {path} ({len(program.launches)} kernel launches)\n")
+    return "".join(out), code
+
+
 def _render_why_not(graph) -> str:
     from needle.passes.fusion import format_plan, format_why_not, plan_fusion
 
@@ -275,6 +337,24 @@ def main(argv: Optional[list] = None) -> int:
         parser.print_usage(sys.stderr)
         print("needle-ir: error: SCRIPT.py is required (or --list-passes)", file=sys.stderr)
         return 2
+    cuda = opts.target == "cuda" or opts.format == "cuda"
+    if opts.target == "cpu" and opts.format == "cuda":
+        print("needle-ir: error: --format cuda is the cuda target's output; it does not combine with "
+              "--target cpu", file=sys.stderr)
+        return 2
+    if cuda and opts.format not in (None, "cuda"):
+        print(f"needle-ir: error: --target cuda prints CUDA C; it does not combine with --format {opts.format}",
+              file=sys.stderr)
+        return 2
+    if cuda and (opts.after is not None or opts.all or opts.why_not_fused):
+        print("needle-ir: error: --target cuda lowers the final graph; it does not combine with "
+              "--after, --all or --why-not-fused", file=sys.stderr)
+        return 2
+    if opts.out is not None and not cuda:
+        print("needle-ir: error: --out writes CUDA translation units: use it with --target cuda",
+              file=sys.stderr)
+        return 2
+    opts.format = opts.format or ("cuda" if cuda else "text")
     valid = pass_names()
     if opts.after is not None and opts.after not in valid + ["final"]:
         print(f"needle-ir: error: unknown pass {opts.after!r} for --after; valid names: "
@@ -301,6 +381,12 @@ def main(argv: Optional[list] = None) -> int:
         print(f"needle-ir: no compiled function matches --function {opts.function!r}; compiled: "
               f"{', '.join(names)}", file=sys.stderr)
         return code or 1
+
+    if cuda:
+        text, cuda_code = _cuda_outputs(shown, opts.out)
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return code or cuda_code
 
     out = []
     for cf, signature, stages in shown:

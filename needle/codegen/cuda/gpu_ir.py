@@ -53,11 +53,14 @@ class IFloat:
     value: object
 
 
-@dataclass(frozen=True)
-class ICmp:
-    op: str  # lt, le, gt, ge, eq, ne
-    a: object
-    b: object
+try:  # the loop IR's own index comparison (lower emits it for slices and pieces)
+    from ..loop_ir import ICmp
+except ImportError:  # pragma: no cover - older loop IR
+    @dataclass(frozen=True)
+    class ICmp:
+        op: str  # lt, le, gt, ge, eq, ne
+        a: object
+        b: object
 
 
 @dataclass(frozen=True)

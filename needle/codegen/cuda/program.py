@@ -35,8 +35,8 @@ import numpy as np
 from ...ir.graph import Graph, Node
 from ..loop_ir import (AccInit, AccRef, AccUpdate, Binary, Cmp, FConst, For, IBin, IConst, IVar, Load, LoopKernel,
                        Select, Store, Unary, linearize)
-from .gpu_ir import GpuKernel
-from .schedule import bind
+from .gpu_ir import GpuKernel, ICmp
+from .schedule import bind_all
 from .templates import Operand, conv_operands, fill_kernel, gemm_kernel, pointwise_kernel, rand_kernel, scatter_add_kernels
 from .views import NotWalkable, Walker, expand, rewrite_tuples
 
@@ -150,6 +150,11 @@ def check_known(lk: LoopKernel) -> None:
             return val(e.b)
         if isinstance(e, Select) and isinstance(e.cond, Cmp):
             val(e.cond)
+            val(e.a)
+            return val(e.b)
+        if isinstance(e, Select) and isinstance(e.cond, ICmp) and e.cond.op in ("eq", "ne", "lt", "le", "gt", "ge"):
+            idx(e.cond.a)
+            idx(e.cond.b)
             val(e.a)
             return val(e.b)
         raise _Unknown(f"value expression {type(e).__name__}")
@@ -362,12 +367,10 @@ class _Builder:
             if v is not None and self.g.node(v).op == "const":
                 consts[f"in{k}"] = self.const_symbol(v)
         lk = _rename_loads(lk, consts)
-        kernel = bind(lk, lk.name)
         by_name = {f"in{k}": loc for k, loc in enumerate(in_locs)}
         by_name.update({f"out{k}": loc for k, loc in enumerate(out_locs)})
-        for p in kernel.params:
-            args.append(by_name[p.name])
-        self.launch(kernel, args, note)
+        for kernel in bind_all(lk, lk.name):
+            self.launch(kernel, [by_name[p.name] for p in kernel.params], note)
 
     # -- the split path
     def split(self, sub: Graph, leaves, in_locs, out_locs):

@@ -432,6 +432,9 @@ def render_program(program) -> str:
         launch_names.append(names[key])
     out.append(f'extern "C" size_t {sym}_arena_bytes(void) {{ return {program.arena_bytes}; }}')
     out.append(f'extern "C" int {sym}_num_launches(void) {{ return {len(program.launches)}; }}')
+    out.append(f'extern "C" int {sym}_synchronize(void) {{ return (int)cudaDeviceSynchronize(); }}')
+    out.append(f'extern "C" const char* {sym}_error_string(int code) '
+               f'{{ return cudaGetErrorString((cudaError_t)code); }}')
     out.append("")
     out.append(f'extern "C" int {sym}(void** inputs, void** outputs, char* arena, cudaStream_t stream) {{')
     out.append("  (void)inputs; (void)outputs; (void)arena;")

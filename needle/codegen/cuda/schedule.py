@@ -168,6 +168,111 @@ def bind(lk: LoopKernel, name: str | None = None, restrict=True, schedule: str |
     return row_reduce(name, params, loops, inner, rmax)
 
 
+def bind_all(lk: LoopKernel, name: str | None = None, restrict=True) -> list:
+    """The GPU kernels (launched in order) of a loop kernel. A body that is a sequence of
+    loop nests communicating through memory (lower's column sums: zero the kept-shape
+    output, accumulate every row into it, then passes that read it) becomes one launch
+    per nest, a launch boundary being the global barrier between them. A nest whose store
+    accumulates into the element it reads (`buf[I] = buf[I] + v`, or the NaN-propagating
+    max) is a reduction over the loops that I does not name: it is rebuilt as an
+    accumulator over those loops, inside loops over I's, and bound like any reduction."""
+    name = name or lk.name
+    body = tuple(lk.body)
+    if len(body) <= 1 or any(isinstance(s, AccInit) for s in body):
+        return [bind(lk, name, restrict)]
+    out = []
+    for k, s in enumerate(body):
+        if not _stores((s,)):
+            continue  # a nest that stores nothing (lower may leave an empty tail)
+        part = LoopKernel(f"{name}_p{k}", lk.params, (s,))
+        if not _has_acc((s,)):
+            part = _carried_to_accumulator(part) or part
+            if not _has_acc(part.body) and not _parallel_safe(part):
+                out.append(_single_thread(part, f"{name}_p{k}", restrict))
+                continue
+        out.append(bind(part, f"{name}_p{k}", restrict))
+    return out
+
+
+def _stores(stmts):
+    return [x for x in walk_stmts(stmts) if isinstance(x, Store)]
+
+
+def _reads(e, buf):
+    return [x for x in walk_exprs(e) if isinstance(x, Load) and x.buf == buf]
+
+
+def _parallel_safe(lk: LoopKernel) -> bool:
+    """Whether every iteration of the outer nest writes its own elements: each store's
+    index names every outer loop variable, and a buffer the nest stores is loaded only at
+    the index it is stored at."""
+    from ..loop_ir import ivars
+    loops, inner = perfect_nest(lk.body)
+    names = {lp.var for lp in loops}
+    stores = _stores(inner)
+    written = {st.buf: st.index for st in stores}
+    for st in stores:
+        if not names <= ivars(st.index):
+            return False
+    for x in walk_stmts(inner):
+        vals = [x.value] if isinstance(x, (Store, AccUpdate)) else []
+        for v in vals:
+            for ld in walk_exprs(v):
+                if isinstance(ld, Load) and ld.buf in written and ld.index != written[ld.buf]:
+                    return False
+    return True
+
+
+def _carried_to_accumulator(lk: LoopKernel):
+    """A nest `buf[I] = buf[I] (+|max) v` rebuilt as a reduction with an accumulator
+    (see bind_all), or None when the nest is not of that form."""
+    from ..loop_ir import Cmp, ivars
+    loops, inner = perfect_nest(lk.body)
+    if not loops or any(not isinstance(x, Store) for x in inner):
+        return None
+    carried = [st for st in inner if any(ld.index == st.index for ld in _reads(st.value, st.buf))]
+    if len(carried) != 1:
+        return None
+    st = carried[0]
+    cur = Load(st.buf, st.index)
+    v = st.value
+    op = value = None
+    if isinstance(v, Binary) and v.op == "add" and (v.a == cur or v.b == cur):
+        op, value = "sum", (v.b if v.a == cur else v.a)
+    elif isinstance(v, Select) and isinstance(v.cond, Cmp) and v.cond.op == "ne" and v.cond.a == v.cond.b:
+        x = v.cond.a
+        inner_sel = v.b
+        if (v.a == x and isinstance(inner_sel, Select) and isinstance(inner_sel.cond, Cmp)
+                and inner_sel.cond.op == "gt" and inner_sel.cond.a == x and inner_sel.cond.b == cur
+                and inner_sel.a == x and inner_sel.b == cur):
+            op, value = "max", x
+    if op is None or _reads(value, st.buf):
+        return None
+    others = [x for x in inner if x is not st]
+    if any(_reads(x.value, st.buf) for x in others):
+        return None
+    kept_names = ivars(st.index)
+    kept = [lp for lp in loops if lp.var in kept_names]
+    red = [lp for lp in loops if lp.var not in kept_names]
+    if not red:
+        return None
+    acc = "cacc"
+    body: tuple = (AccUpdate(acc, op, value),) + tuple(others)
+    for lp in reversed(red):
+        body = (For(lp.var, lp.extent, "serial", body),)
+    combine = Binary("add", cur, AccRef(acc)) if op == "sum" else Binary("max_nan", cur, AccRef(acc))
+    body = (AccInit(acc, op),) + body + (Store(st.buf, st.index, combine),)
+    for lp in reversed(kept):
+        body = (For(lp.var, lp.extent, "serial", body),)
+    return LoopKernel(lk.name, lk.params, body)
+
+
+def _single_thread(lk: LoopKernel, name, restrict) -> GpuKernel:
+    return GpuKernel(name, _params(lk, restrict), (1, 1, 1), (32, 1, 1),
+                     (If(ICmp("eq", IVar("tx"), IConst(0)), serial(lk.body)),),
+                     note="serial: the nest's iterations depend on each other")
+
+
 def _choose(loops, inner, rmax) -> str:
     if rmax <= SERIAL_MAX:
         return "pointwise"
@@ -333,5 +438,5 @@ def column_reduce(name, params, loops, inner) -> GpuKernel:
                      note=f"column reduction: {total} blocks of {TX}x{TY} threads")
 
 
-__all__ = ["bind", "pointwise", "row_reduce", "column_reduce", "block_reduce", "decode", "perfect_nest",
+__all__ = ["bind", "bind_all", "pointwise", "row_reduce", "column_reduce", "block_reduce", "decode", "perfect_nest",
            "serial", "ScheduleError"]

@@ -1,0 +1,85 @@
+"""The compiled CUDA executor: a whole graph as one native entry point on the GPU.
+
+    runner = CudaGraphExecutor(graph, fusion_plan, schedule, memory_plan)
+    outputs = runner(inputs)          # cuda NDArrays in (other arrays are copied over), out
+
+At construction the graph becomes a CUDA program (`needle.codegen.cuda.build_program`: every
+fusion group as generated kernels, GEMM/conv as tiled-GEMM kernels, arena offsets from the
+memory plan), rendered as one translation unit, compiled by nvcc for this GPU's compute
+capability into a shared library (cached on disk by source text, architecture and nvcc
+version) and loaded. The arena (the memory plan's bytes plus scratch for values internal to a
+group) is one device allocation owned by the executor. A call makes the output arrays,
+passes every input/output pointer to the library's entry `needle_graph_<name>`, which launches
+every kernel in schedule order on the legacy default stream (the stream the cuda NDArray
+backend uses), then waits for the GPU (`synchronize=False` leaves the work queued: the
+eager backend's later kernels and copies are ordered after it on the same stream).
+No Python runs per kernel.
+"""
+from __future__ import annotations
+
+from math import prod
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+
+class CudaGraphExecutor:
+    """Runs `graph` on the GPU (see the module docstring). `arch` overrides the detected
+    `sm_XY`; `program` may be given (a `CudaProgram` already built for this graph)."""
+
+    def __init__(self, graph, fusion_plan=None, schedule=None, memory_plan=None, *, arch: Optional[str] = None,
+                 synchronize: bool = True, program=None):
+        from ..backend_ndarray import cuda
+        from ..codegen.cuda import build_program
+        from ..codegen.cuda.build import GraphLibrary, compile_library, compute_capability
+
+        self.graph = graph
+        self.device = cuda()
+        if not self.device.enabled():
+            raise RuntimeError("CudaGraphExecutor needs the cuda device (ndarray_backend_cuda and a GPU)")
+        self.program = program or build_program(graph, fusion_plan, schedule, memory_plan)
+        self.source = self.program.source()
+        self.arch = arch or compute_capability()
+        self.library = GraphLibrary(compile_library(self.source, self.arch), self.program.symbol)
+        self.synchronize = synchronize
+        floats = max(self.library.arena_bytes // 4 + 1, 1)
+        self._arena = self.device.Array(floats)   # device memory owned by this executor
+        self._arena_ptr = int(self._arena.ptr())
+        self.output_shapes = [tuple(s) for s in self.program.outputs]
+        self.input_shapes = [tuple(s) for s in self.program.inputs]
+        self.steps = self.program.launches
+        self.stats = {"launches": len(self.program.launches), "arena_bytes": self.program.arena_bytes,
+                      "calls": 0}
+
+    def _on_device(self, x):
+        from ..backend_ndarray import NDArray
+
+        if isinstance(x, NDArray):
+            if x.device != self.device:
+                x = x.to(self.device)
+            return x.compact()
+        return NDArray(np.ascontiguousarray(np.asarray(x, dtype=np.float32)), device=self.device)
+
+    @staticmethod
+    def _ptr(a) -> int:
+        return int(a._handle.ptr()) + 4 * int(a._offset)
+
+    def __call__(self, inputs: Sequence[Any]) -> list:
+        from ..backend_ndarray import NDArray
+
+        if len(inputs) != len(self.input_shapes):
+            raise ValueError(f"graph @{self.graph.name} takes {len(self.input_shapes)} inputs, got {len(inputs)}")
+        ins = []
+        for x, shape in zip(inputs, self.input_shapes):
+            a = self._on_device(x)
+            if tuple(a.shape) != shape:
+                raise ValueError(f"input of shape {tuple(a.shape)}, expected {shape}")
+            ins.append(a)
+        outs = [NDArray.make(shape, device=self.device) for shape in self.output_shapes]
+        self.library.run([self._ptr(a) for a in ins], [self._ptr(o) if prod(o.shape) else 0 for o in outs],
+                         self._arena_ptr, 0, self.synchronize)
+        self.stats["calls"] += 1
+        return outs
+
+
+__all__ = ["CudaGraphExecutor"]
