@@ -284,14 +284,16 @@ void blas_set_num_threads(int) {
 }
 
 void gemm_ex(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
-             const float* b, int64_t ldb, float* c, int64_t ldc, bool parallel) {
+             const float* b, int64_t ldb, float* c, int64_t ldc, bool parallel, float beta) {
   if (m == 0 || n == 0) return;
-  if (!trans_a && !trans_b && lda == k && ldb == n && ldc == n) {
+  if (!trans_a && !trans_b && lda == k && ldb == n && ldc == n && beta == 0.0f) {
     gemm(a, b, c, m, k, n, parallel);
     return;
   }
   if (k == 0) {
-    for (int64_t i = 0; i < m; ++i) std::memset(c + i * ldc, 0, sizeof(float) * n);
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] *= beta;
+    if (beta == 0.0f) for (int64_t i = 0; i < m; ++i) std::memset(c + i * ldc, 0, sizeof(float) * n);
     return;
   }
   if (use_blas()) {
@@ -300,12 +302,12 @@ void gemm_ex(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const 
     auto rows = [&](int64_t i0, int64_t i1) {
       const float* pa = trans_a ? a + i0 : a + i0 * lda;
       g_sgemm(CblasRowMajor, ta, tb, static_cast<int>(i1 - i0), static_cast<int>(n), static_cast<int>(k), 1.0f, pa,
-              static_cast<int>(lda), b, static_cast<int>(ldb), 0.0f, c + i0 * ldc, static_cast<int>(ldc));
+              static_cast<int>(lda), b, static_cast<int>(ldb), beta, c + i0 * ldc, static_cast<int>(ldc));
     };
     auto cols = [&](int64_t j0, int64_t j1) {
       const float* pb = trans_b ? b + j0 * ldb : b + j0;
       g_sgemm(CblasRowMajor, ta, tb, static_cast<int>(m), static_cast<int>(j1 - j0), static_cast<int>(k), 1.0f, a,
-              static_cast<int>(lda), pb, static_cast<int>(ldb), 0.0f, c + j0, static_cast<int>(ldc));
+              static_cast<int>(lda), pb, static_cast<int>(ldb), beta, c + j0, static_cast<int>(ldc));
     };
     if (!parallel || nt <= 1 || m * n * k < (int64_t(1) << 18)) {
       rows(0, m);
@@ -325,7 +327,8 @@ void gemm_ex(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const 
   for (int64_t p = 0; p < k; ++p)
     for (int64_t j = 0; j < n; ++j) cb[p * n + j] = trans_b ? b[j * ldb + p] : b[p * ldb + j];
   gemm_fallback(ca.data(), cb.data(), cc.data(), m, k, n, parallel);
-  for (int64_t i = 0; i < m; ++i) std::memcpy(c + i * ldc, cc.data() + i * n, sizeof(float) * n);
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = cc[i * n + j] + (beta == 0.0f ? 0.0f : beta * c[i * ldc + j]);
 }
 
 void register_matmul(py::module_& m) {

@@ -8,7 +8,8 @@
 //             across the thread pool when the work is large enough;
 //   gemm      batched C = op(A) @ op(B) through BLAS, optionally followed per row block by
 //             an epilogue kernel's range (the rows still in cache);
-//   conv      NHWC convolution as im2col (with zero padding) + GEMM;
+//   conv      NHWC convolution: stride 1 as one GEMM per kernel tap over the padded input
+//             (conv_taps), other strides as im2col (with zero padding) + GEMM;
 //   random    counter-based uniform floats (RandomUniform's splitmix64 streams);
 //   gather / index_add   rows along axis 0 (embedding lookup and its gradient);
 //   copy      a contiguous copy of n floats;
@@ -217,6 +218,10 @@ class Program {
       gemm_ex(false, false, n * h * w, co, ci, x, ci, wt, co, out, co, true);
       return;
     }
+    if (st == 1) {
+      conv_taps(x, wt, out, cols, n, h, w, ci, kh, kw, co, pad);
+      return;
+    }
     parallel_range(n * ho, std::max<int64_t>(1, PAR_THRESHOLD / std::max<int64_t>(wo * row, 1)),
                    [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
@@ -235,6 +240,49 @@ class Program {
       }
     }, 1);
     gemm_ex(false, false, n * ho * wo, co, row, cols, row, wt, co, out, co, true);
+  }
+
+  // Stride-1 convolution as one GEMM per kernel tap over the zero-padded input seen as a
+  // flat grid of N*Hp*Wp pixel rows: output pixel r of the grid reads input row
+  // r + dy*Wp + dx at tap (dy, dx), so each tap is C[0:M] += Xp[off:off+M] @ W[dy,dx] with
+  // every operand contiguous (no im2col matrix, kh*kw times less scratch traffic). Grid
+  // rows that fall in the padding are computed and dropped when the output is copied out.
+  void conv_taps(const float* x, const float* wt, float* out, float* scratch, int64_t n, int64_t h, int64_t w,
+                 int64_t ci, int64_t kh, int64_t kw, int64_t co, int64_t pad) {
+    const int64_t hp = h + 2 * pad, wp = w + 2 * pad, ho = hp - kh + 1, wo = wp - kw + 1;
+    const float* xp = x;
+    float* grid = scratch;
+    if (pad > 0) {
+      float* padded = scratch;
+      grid = scratch + n * hp * wp * ci;
+      parallel_range(n * hp, std::max<int64_t>(1, PAR_THRESHOLD / std::max<int64_t>(wp * ci, 1)),
+                     [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+          const int64_t b = r / hp, y = r % hp - pad;
+          float* dst = padded + r * wp * ci;
+          if (y < 0 || y >= h) {
+            std::memset(dst, 0, sizeof(float) * wp * ci);
+            continue;
+          }
+          std::memset(dst, 0, sizeof(float) * pad * ci);
+          std::memcpy(dst + pad * ci, x + (b * h + y) * w * ci, sizeof(float) * w * ci);
+          std::memset(dst + (pad + w) * ci, 0, sizeof(float) * pad * ci);
+        }
+      }, 1);
+      xp = padded;
+    }
+    const int64_t m = n * hp * wp - (kh - 1) * wp - (kw - 1);
+    for (int64_t dy = 0; dy < kh; ++dy)
+      for (int64_t dx = 0; dx < kw; ++dx)
+        gemm_ex(false, false, m, co, ci, xp + (dy * wp + dx) * ci, ci, wt + (dy * kw + dx) * ci * co, co, grid, co,
+                true, (dy == 0 && dx == 0) ? 0.0f : 1.0f);
+    parallel_range(n * ho, std::max<int64_t>(1, PAR_THRESHOLD / std::max<int64_t>(wo * co, 1)),
+                   [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t b = r / ho, y = r % ho;
+        std::memcpy(out + r * wo * co, grid + ((b * hp + y) * wp) * co, sizeof(float) * wo * co);
+      }
+    }, 1);
   }
 
   void run_random(const Step& s) {

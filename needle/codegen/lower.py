@@ -522,6 +522,7 @@ def _lower_reduce(lw: _Lowerer, red: Node, outs):
         else:
             raise LoweringError(f"output of shape {s} in a reduction kernel over {full} -> {rshape}")
     rdims = tuple(d if k in raxes else 1 for k, d in enumerate(full))
+    _reuse_reduced_value(value, full, full_idx, first, second)
     columns = _lower_columns(lw, red, full, raxes, rshape, kept_idx, value, outs, first, second, after)
     if columns is not None:
         return columns
@@ -535,6 +536,21 @@ def _lower_reduce(lw: _Lowerer, red: Node, outs):
     for pos, k in enumerate(reversed(axes)):
         body = (For(f"i{k}", full[k], "parallel" if pos == len(axes) - 1 else "serial", body),)
     return list(body)
+
+
+def _reuse_reduced_value(value, full, full_idx, first, second) -> None:
+    """When a second-pass output (stored at the full index) recomputes the reduction's input
+    (softmax: exp(x - max) / sum), store that input into the output in the first pass and
+    read it back in the second, instead of computing it twice (exp is the costly part)."""
+    if isinstance(value, (Load, FConst, AccRef)):
+        return
+    for k, st in enumerate(second):
+        if st.index != linearize(full_idx, full) or not any(x is value for x in walk_exprs(st.value)):
+            continue
+        back = Load(st.buf, st.index)
+        first.append(Store(st.buf, st.index, value))
+        second[k] = Store(st.buf, st.index, _substitute(st.value, lambda x: x is value, back, {}))
+        return
 
 
 def _lower_columns(lw, red, full, raxes, rshape, kept_idx, value, outs, first, second, after):
@@ -576,17 +592,22 @@ def _lower_columns(lw, red, full, raxes, rshape, kept_idx, value, outs, first, s
 
 def _replace_acc(e, acc: str, repl, memo: dict):
     """A copy of value expression e with AccRef(acc) replaced by `repl`."""
+    return _substitute(e, lambda x: isinstance(x, AccRef) and x.acc == acc, repl, memo)
+
+
+def _substitute(e, match, repl, memo: dict):
+    """A copy of value expression e with every sub-expression x where match(x) replaced by `repl`."""
     if id(e) in memo:
         return memo[id(e)]
-    if isinstance(e, AccRef):
-        out = repl if e.acc == acc else e
+    if match(e):
+        out = repl
     elif isinstance(e, Unary):
-        out = Unary(e.op, _replace_acc(e.a, acc, repl, memo))
+        out = Unary(e.op, _substitute(e.a, match, repl, memo))
     elif isinstance(e, (Binary, Cmp)):
-        out = type(e)(e.op, _replace_acc(e.a, acc, repl, memo), _replace_acc(e.b, acc, repl, memo))
+        out = type(e)(e.op, _substitute(e.a, match, repl, memo), _substitute(e.b, match, repl, memo))
     elif isinstance(e, Select):
-        out = Select(_replace_acc(e.cond, acc, repl, memo), _replace_acc(e.a, acc, repl, memo),
-                     _replace_acc(e.b, acc, repl, memo))
+        out = Select(_substitute(e.cond, match, repl, memo), _substitute(e.a, match, repl, memo),
+                     _substitute(e.b, match, repl, memo))
     else:
         out = e
     memo[id(e)] = out

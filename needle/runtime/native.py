@@ -13,7 +13,8 @@ backends/cpu/program.cc) holds the steps in schedule order:
   is passed as a transposed/strided GEMM operand), batched with broadcast operands; its
   elementwise epilogue runs as an LLVM kernel on each block of rows right after the GEMM
   wrote them (while they are in cache), or after the GEMM when it reads them otherwise;
-* a Conv is im2col (with the zero padding) + GEMM, its epilogue likewise;
+* a Conv is one GEMM per kernel tap over the zero-padded input (stride 1), or im2col +
+  GEMM (other strides), its epilogue likewise;
 * RandomUniform, Gather and IndexAdd are native steps;
 * a view operand that no kernel can read in place is materialised by a copy kernel into
   scratch memory (one scratch region shared by all steps: it lives for one step);
@@ -217,7 +218,7 @@ class NativeExecutor:
 
     def _add_kernel(self, kernel, slots, name: str, group) -> None:
         extent = kernel.range_extent
-        per_iter = max(1, max((p.size for p in kernel.outputs), default=1) // extent)
+        per_iter = max(1, max((p.size for p in kernel.loop.params), default=1) // extent)
         min_chunk = max(1, 16384 // per_iter)   # ~16k elements per thread before splitting pays
         align = 8 if per_iter == 1 else 1
         self._emit(["kernel", name, kernel.range_address, slots, extent, min_chunk, align],
@@ -429,7 +430,12 @@ class NativeExecutor:
         s, p = int(node.attr("stride")), int(node.attr("padding"))
         ho, wo = (h + 2 * p - kh) // s + 1, (wd + 2 * p - kw) // s + 1
         xs, ws = self._slot_of(x), self._slot_of(w)
-        cols = self._scratch(n * ho * wo * kh * kw * ci * _F32)
+        if s == 1:  # backends/cpu/program.cc conv_taps: padded input + output grid
+            hp, wp = h + 2 * p, wd + 2 * p
+            floats = (n * hp * wp * ci if p else 0) + n * hp * wp * co
+        else:       # im2col matrix
+            floats = n * ho * wo * kh * kw * ci
+        cols = self._scratch(floats * _F32)
         self._emit(["conv", [xs, ws, out_slot, cols], [n, h, wd, ci, kh, kw, co, s, p]], (node.id,), (node.id,),
                    "im2col+blas", f"conv%{node.id}")
         self.stats["convs"] += 1
