@@ -80,9 +80,16 @@ def uniform(counter, base, stream, index):
 
 
 def _cdiv(a, b):
-    q = np.floor_divide(a, b)
-    if isinstance(b, (int, np.integer)) and b > 0 and (np.ndim(a) == 0 and a >= 0):
+    """C's integer division (truncation toward zero)."""
+    if isinstance(b, (int, np.integer)) and b > 0:
+        if np.ndim(a) == 0:
+            return a // b if a >= 0 else -((-a) // b)
+        q = a // b
+        neg = a < 0
+        if neg.any():
+            q = np.where(neg, -((-a) // b), q)
         return q
+    q = np.floor_divide(a, b)
     fix = (np.mod(a, b) != 0) & ((np.asarray(a) < 0) != (np.asarray(b) < 0))
     return np.where(fix, q + 1, q)
 
@@ -146,6 +153,7 @@ class KernelRun:
         self.sinit = {s.name: np.zeros((nb, max(s.size, 1)), bool) for s in k.shared}
         self.swriter = {s.name: np.full((nb, max(s.size, 1)), -1, np.int64) for s in k.shared}
         self.sreads: dict = {s.name: [] for s in k.shared}
+        self.sdirty = {s.name: False for s in k.shared}   # written since the last barrier
         with np.errstate(all="ignore"):
             self.block(k.body, None)
 
@@ -324,7 +332,9 @@ class KernelRun:
             if np.any(w[lb, i] != t):
                 raise EmulationError(f"{self.k.name}: shared {name}: threads of one statement write the "
                                      f"same slot at {s!r}")
-            for rb, ri, rt in self.sreads[name]:
+            self.sdirty[name] = True
+            for item in self.sreads[name]:
+                rb, ri, rt = item() if callable(item) else item
                 size = self.shared[name].shape[1]
                 rk = rb * size + ri
                 wk = lb * size + i
@@ -343,10 +353,11 @@ class KernelRun:
         idx = self.index(e.index, mask, memo)
         lb, i, t = self._slot(e.array, idx, mask, e)
         if self.checks:
-            if not self.sinit[e.array][lb, i].all():
+            init = self.sinit[e.array]
+            if not init.all() and not init[lb, i].all():
                 raise EmulationError(f"{self.k.name}: shared {e.array} read before any write at {e!r}")
-            w = self.swriter[e.array][lb, i]
-            if np.any((w != -1) & (w != t)):
+            w = self.swriter[e.array][lb, i] if self.sdirty[e.array] else None
+            if w is not None and np.any((w != -1) & (w != t)):
                 raise EmulationError(f"{self.k.name}: shared {e.array}: thread reads a slot another thread "
                                      f"wrote since the last barrier (missing __syncthreads) at {e!r}")
             self.sreads[e.array].append((lb, i, t))
@@ -359,27 +370,34 @@ class KernelRun:
 
     def _tile_operand(self, array, index, outer, n, depth, mask, s):
         """Shared-memory values read by a MicroGemm operand: shape (lanes, depth, n)."""
-        cols = []
-        for kk in range(depth):
-            self.iv["kk"] = kk
-            for j in range(n):
-                self.iv[outer] = j
-                cols.append(np.broadcast_to(np.asarray(self.index(index, mask, {}), np.int64), (self.L,)))
-        idx = np.stack(cols, axis=1).reshape(self.L, depth, n)
+        saved = self.iv  # evaluate once for all (lane, kk, j): lanes on axis 0, kk on 1, j on 2
+        iv = {k: (v.reshape(-1, 1, 1) if isinstance(v, np.ndarray) and v.ndim == 1 else v) for k, v in saved.items()}
+        iv["kk"] = np.arange(depth).reshape(1, depth, 1)
+        iv[outer] = np.arange(n).reshape(1, 1, n)
+        self.iv = iv
+        try:
+            idx = np.broadcast_to(np.asarray(self.index(index, None, {}), np.int64), (self.L, depth, n))
+        finally:
+            self.iv = saved
         size = self.shared[array].shape[1]
         if idx.min() < 0 or idx.max() >= size:
             raise EmulationError(f"{self.k.name}: shared {array} index out of bounds in {s!r}"[:2000])
         lb = self.blk_local[:, None, None]
         if self.checks:
-            if not self.sinit[array][lb, idx].all():
+            init = self.sinit[array]
+            if not init.all() and not init[lb, idx].all():
                 raise EmulationError(f"{self.k.name}: MicroGemm reads shared {array} before any write")
-            w = self.swriter[array][lb, idx]
-            if np.any((w != -1) & (w != self.t[:, None, None])):
-                raise EmulationError(f"{self.k.name}: MicroGemm reads shared {array} written by another thread "
-                                     f"since the last barrier (missing __syncthreads)")
-            flat_i = idx.reshape(self.L, -1)
-            self.sreads[array].append((np.repeat(self.blk_local, flat_i.shape[1]), flat_i.reshape(-1),
-                                       np.repeat(self.t, flat_i.shape[1])))
+            if self.sdirty[array]:
+                w = self.swriter[array][lb, idx]
+                if np.any((w != -1) & (w != self.t[:, None, None])):
+                    raise EmulationError(f"{self.k.name}: MicroGemm reads shared {array} written by another "
+                                         f"thread since the last barrier (missing __syncthreads)")
+            blk, t = self.blk_local, self.t
+
+            def reads(idx=idx, blk=blk, t=t):
+                flat_i = idx.reshape(idx.shape[0], -1)
+                return (np.repeat(blk, flat_i.shape[1]), flat_i.reshape(-1), np.repeat(t, flat_i.shape[1]))
+            self.sreads[array].append(reads)
         return self.shared[array][lb, idx]
 
     def _micro_gemm(self, s, mask):
@@ -400,7 +418,9 @@ class KernelRun:
             if np.any(some & ~every):
                 raise EmulationError(f"{self.k.name}: __syncthreads() reached by part of a block")
         for name in self.swriter:
-            self.swriter[name].fill(-1)
+            if self.sdirty[name]:
+                self.swriter[name].fill(-1)
+            self.sdirty[name] = False
             self.sreads[name] = []
 
     def _shfl(self, s, mask):
@@ -422,6 +442,18 @@ class KernelRun:
 
     # ---- expressions -----------------------------------------------------------------
     def index(self, e, mask, memo):
+        hit = _ICACHE.get(id(e))
+        if hit is None or hit[0] is not e:
+            hit = _ICACHE[id(e)] = (e, _compile_index(e))
+        fn = hit[1]
+        if fn is not None:
+            try:
+                return fn(self.iv)
+            except KeyError as err:
+                raise EmulationError(f"{self.k.name}: index variable {err} is not defined") from None
+        return self._index(e, mask, memo)
+
+    def _index(self, e, mask, memo):
         if isinstance(e, IConst):
             return e.value
         if isinstance(e, IVar):
@@ -542,6 +574,39 @@ class KernelRun:
                 if np.any(hit & (t[pos] != ltid)):
                     raise EmulationError(f"{self.k.name}: a thread reads an element of {lname} that another "
                                          f"thread of the same launch writes")
+
+
+_ICACHE: dict = {}
+
+
+def _compile_index(e):
+    """A Python closure evaluating a pure index expression (no float reads) on the index
+    variables, or None (evaluated by walking the tree)."""
+    if isinstance(e, IConst):
+        v = e.value
+        return lambda iv: v
+    if isinstance(e, IVar):
+        name = e.name
+        return lambda iv: iv[name]
+    if isinstance(e, (IBin, ICmp, IAnd, IOr)):
+        fa, fb = _compile_index(e.a), _compile_index(e.b)
+        if fa is None or fb is None:
+            return None
+        if isinstance(e, IAnd):
+            return lambda iv: np.logical_and(fa(iv), fb(iv))
+        if isinstance(e, IOr):
+            return lambda iv: np.logical_or(fa(iv), fb(iv))
+        if isinstance(e, ICmp):
+            cmp = _CMP[e.op]
+            return lambda iv: cmp(fa(iv), fb(iv))
+        if e.op == "add":
+            return lambda iv: fa(iv) + fb(iv)
+        if e.op == "mul":
+            return lambda iv: fa(iv) * fb(iv)
+        if e.op == "div":
+            return lambda iv: _cdiv(fa(iv), fb(iv))
+        return lambda iv: _cmod(fa(iv), fb(iv))
+    return None
 
 
 def _max_nan(a, b):

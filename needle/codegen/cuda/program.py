@@ -344,12 +344,12 @@ class _Builder:
         locs = [self.leaf_loc(v) for v in leaves]
         return self.subgraph(sub, leaves, locs, [self.home[o] for o in outs])
 
-    def subgraph(self, sub: Graph, leaves, in_locs, out_locs):
+    def subgraph(self, sub: Graph, leaves, in_locs, out_locs, force_split=None):
         """Emit kernels computing `sub`'s outputs into out_locs (its inputs at in_locs)."""
         from ..lower import LoweringError, lower
 
         reason = "forced"
-        if not self.force_split:
+        if not (self.force_split if force_split is None else force_split):
             try:
                 lk = lower(sub, self.name())
                 check_known(lk)
@@ -411,7 +411,7 @@ class _Builder:
         graph, ins = cut
         in_locs = [loc[v] for v in ins]
         leaves = [origin.get(v) for v in ins]
-        self.subgraph(graph, leaves, in_locs, out_locs)
+        self.subgraph(graph, leaves, in_locs, out_locs, force_split=False)
 
     def walker_kernel(self, sub, h, loc, origin, done):
         """Materialise hard node h into scratch with a pointwise walker kernel."""

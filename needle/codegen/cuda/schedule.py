@@ -107,6 +107,9 @@ def serial(stmts) -> tuple:
 
     for s in stmts:
         if isinstance(s, Store):
+            written = {st.buf for st in run}
+            if any(isinstance(e, Load) and e.buf in written for e in walk_exprs(s.value)):
+                flush()  # this store reads what the run stored: it comes after those stores
             run.append(s)
             continue
         flush()
@@ -168,7 +171,7 @@ def bind(lk: LoopKernel, name: str | None = None, restrict=True, schedule: str |
     return row_reduce(name, params, loops, inner, rmax)
 
 
-def bind_all(lk: LoopKernel, name: str | None = None, restrict=True) -> list:
+def bind_all(lk: LoopKernel, name: str | None = None, restrict=True, schedule: str | None = None) -> list:
     """The GPU kernels (launched in order) of a loop kernel. A body that is a sequence of
     loop nests communicating through memory (lower's column sums: zero the kept-shape
     output, accumulate every row into it, then passes that read it) becomes one launch
@@ -179,7 +182,7 @@ def bind_all(lk: LoopKernel, name: str | None = None, restrict=True) -> list:
     name = name or lk.name
     body = tuple(lk.body)
     if len(body) <= 1 or any(isinstance(s, AccInit) for s in body):
-        return [bind(lk, name, restrict)]
+        return [bind(lk, name, restrict, schedule)]
     out = []
     for k, s in enumerate(body):
         if not _stores((s,)):
@@ -190,7 +193,7 @@ def bind_all(lk: LoopKernel, name: str | None = None, restrict=True) -> list:
             if not _has_acc(part.body) and not _parallel_safe(part):
                 out.append(_single_thread(part, f"{name}_p{k}", restrict))
                 continue
-        out.append(bind(part, f"{name}_p{k}", restrict))
+        out.append(bind(part, f"{name}_p{k}", restrict, schedule if _has_acc(part.body) else None))
     return out
 
 
