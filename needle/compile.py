@@ -210,10 +210,13 @@ class CompiledFunction:
                                                    if name == "input" or name in PIPELINE})
         else:  # warm start: no graph pass runs; the kernel executor's analyses still do
             self.stats["graph_cache_hits"] = self.stats.get("graph_cache_hits", 0) + 1
-            ctx.snapshots.update(cached)
-            final = list(cached.values())[-1]
+            final = cached[list(cached)[-1]]  # the other stages are parsed when asked for
             if kind != "interp":
                 final = _pass_manager_for(KERNEL_PIPELINE).run(final, ctx)
+            for name, g in ctx.snapshots.items():
+                if name != "input":  # the analyses' own "input" is the cached final graph
+                    cached[name] = g
+            ctx.snapshots = cached
         runner = None
         if kind == "native":
             from .runtime.native import NativeExecutor, NativeUnsupported
@@ -242,7 +245,7 @@ class CompiledFunction:
         self.stats["compile_seconds"] += time.perf_counter() - start
         self.stats["kernels"] = (len(runner.steps) if kind != "interp" else self.stats["kernels"])
         self.stats["executor"] = kind
-        return _Entry(final, runner, dict(ctx.snapshots), bindings, len(flat),
+        return _Entry(final, runner, ctx.snapshots, bindings, len(flat),
                       [(kind, target) for kind, target, _ in writes], structure)
 
     def _explain_miss(self, key: tuple) -> None:

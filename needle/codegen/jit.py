@@ -124,23 +124,24 @@ class Kernel:
         self.c_source = c_source
         self.key = key
         self.name = "nk_" + hashlib.sha256(key.encode()).hexdigest()[:16]
-        loop = LoopKernel(self.name, loop.params, loop.body)
-        module = render_llvm(loop)
-        tm = target_machine()
-        module.triple = tm.triple
-        module.data_layout = str(tm.target_data)
-        self.llvm_ir = str(module)
-        mod = llvm.parse_assembly(self.llvm_ir)
-        mod.verify()
+        self._named = LoopKernel(self.name, loop.params, loop.body)
+        self._llvm_ir = None
+        self._llvm_ir_optimized = None
         d = cache_dir()
         self.disk_key = disk_key(c_source) if d is not None else None
         path = _cache_path(d, self.disk_key) if d is not None else None
         cached = _read_object(path, self.disk_key) if path is not None else None
         self.from_disk = cached is not None
-        self._llvm_ir_optimized = None
+        tm = target_machine()
         if cached is None:
-            _optimize(mod)  # warm disk entry: the object is already optimised code
+            mod = llvm.parse_assembly(self.llvm_ir)
+            mod.verify()
+            _optimize(mod)
             self._llvm_ir_optimized = str(mod)
+        else:  # the object on disk is the whole kernel: no IR to render, parse or optimise
+            mod = llvm.parse_assembly("")
+            mod.triple = tm.triple
+            mod.data_layout = str(tm.target_data)
         if d is not None:
             STATS["disk_hits" if cached is not None else "disk_misses"] += 1
         self._engine = llvm.create_mcjit_compiler(mod, _new_target_machine())
@@ -161,6 +162,9 @@ class Kernel:
         #: `void name_range(void** args, int64 lo, int64 hi)`: iterations [lo, hi) of the
         #: kernel's top-level loop (of `range_extent`; 1 = not splittable), for the native executor
         self.range_address = self._engine.get_function_address(self.name + "_range")
+        if not addr or not self.range_address:
+            raise RuntimeError(f"kernel {self.name}: entry points missing from its compiled object"
+                               + (f" (disk cache entry {path})" if self.from_disk else ""))
         self.range_extent = range_extent(loop)
         self.inputs = loop.inputs
         self.outputs = loop.outputs
@@ -182,6 +186,17 @@ class Kernel:
         """Run on raw buffer addresses (inputs then outputs, compact float32, sizes as
         `self.inputs`/`self.outputs` say): the executor's path, with no copies."""
         self._fn(*addresses)
+
+    @property
+    def llvm_ir(self) -> str:
+        """The kernel's LLVM IR module as rendered (before optimisation)."""
+        if self._llvm_ir is None:
+            module = render_llvm(self._named)
+            tm = target_machine()
+            module.triple = tm.triple
+            module.data_layout = str(tm.target_data)
+            self._llvm_ir = str(module)
+        return self._llvm_ir
 
     @property
     def llvm_ir_optimized(self) -> str:

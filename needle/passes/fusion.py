@@ -128,6 +128,7 @@ class _Planner:
     def __init__(self, graph: Graph):
         self.g = graph
         self.pos = {n.id: i for i, n in enumerate(graph.nodes)}
+        self.first_pos: dict[int, int] = {}  # group -> position of its first node (cycle search)
         self.users = graph.users()
         self.returned = set(graph.outputs)
         self.cls = {n.id: node_class(n) for n in graph.nodes if n.op not in _FREE}
@@ -251,9 +252,18 @@ class _Planner:
     def _succ(self, key: int) -> set:
         return {self.group[u] for n in self.members[key] for u in self.users[n]} - {key}
 
+    def _first(self, key: int) -> int:
+        """The graph position of the group's first node."""
+        if key not in self.first_pos:
+            self.first_pos[key] = min(self.pos[n] for n in self.members[key])
+        return self.first_pos[key]
+
     def _cycle(self, P: int, C: int) -> bool:
-        """A path P -> X -> ... -> C through another group X (merging would close a cycle)."""
-        start = self._succ(P) - {C}
+        """A path P -> X -> ... -> C through another group X (merging would close a cycle).
+        Groups whose first node comes after C's last cannot reach C (edges go forward in
+        graph order), so the search skips them."""
+        last = max(self.pos[n] for n in self.members[C])
+        start = {k for k in self._succ(P) - {C} if self._first(k) < last}
         seen, todo = set(start), deque(start)
         while todo:
             k = todo.popleft()
@@ -261,11 +271,14 @@ class _Planner:
             if C in succ:
                 return True
             for s in succ - seen:
-                seen.add(s)
-                todo.append(s)
+                if self._first(s) < last:
+                    seen.add(s)
+                    todo.append(s)
         return False
 
     def merge(self, P: int, C: int) -> None:
+        self.first_pos[P] = min(self._first(P), self._first(C))
+        self.first_pos.pop(C, None)
         for n in self.members[C]:
             self.group[n] = P
         self.members[P].extend(self.members.pop(C))

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Optional, Sequence
+from collections.abc import MutableMapping
+from typing import Iterator, Optional, Sequence
 
 from ..cache import cache_dir, write_atomic
 from ..ir.graph import Graph
@@ -33,8 +34,37 @@ def _path(key: str) -> Optional[str]:
     return None if d is None else os.path.join(d, "graphs", key[:2], key + ".ir")
 
 
-def load(graph: Graph, pipeline: Sequence[str]) -> Optional[dict[str, Graph]]:
-    """{stage: graph after that pass} cached for running `pipeline` on `graph`, or None."""
+class Stages(MutableMapping):
+    """{stage: Graph} whose cached stages are parsed from their text when first read (a warm
+    start needs only the last one; `.ir(stage)` and needle-ir parse the others on demand)."""
+
+    def __init__(self, texts: dict[str, str]):
+        self._texts = dict(texts)
+        self._graphs: dict[str, Graph] = {}
+
+    def __getitem__(self, name: str) -> Graph:
+        if name not in self._graphs:
+            self._graphs[name] = parse_graph(self._texts[name])
+        return self._graphs[name]
+
+    def __setitem__(self, name: str, graph: Graph) -> None:
+        self._texts.setdefault(name, "")
+        self._graphs[name] = graph
+
+    def __delitem__(self, name: str) -> None:
+        del self._texts[name]
+        self._graphs.pop(name, None)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._texts)
+
+    def __len__(self) -> int:
+        return len(self._texts)
+
+
+def load(graph: Graph, pipeline: Sequence[str]) -> Optional[Stages]:
+    """{stage: graph after that pass} cached for running `pipeline` on `graph`, or None.
+    The last stage is parsed now (an unparsable one is a miss), the others when read."""
     key = _key(graph, pipeline)
     path = _path(key)
     if path is None:
@@ -45,11 +75,15 @@ def load(graph: Graph, pipeline: Sequence[str]) -> Optional[dict[str, Graph]]:
             text = f.read()
         if header.strip() != _HEADER + key:
             return None
-        stages = {}
+        texts = {}
         for chunk in text.split(_STAGE)[1:]:
             name, _, body = chunk.partition("\n")
-            stages[name.strip()] = parse_graph(body)
-        return stages or None
+            texts[name.strip()] = body
+        if not texts:
+            return None
+        stages = Stages(texts)
+        stages[list(texts)[-1]]  # parse the final graph now: a broken entry is a miss
+        return stages
     except (OSError, ValueError, UnicodeDecodeError):
         return None
 
