@@ -402,3 +402,25 @@ def test_warp_shuffle_reduction_kernel():
     k = bind(lower(sub), "k", schedule="row")
     text = render_kernel(k)
     assert "__shfl_down_sync" in text and "__syncthreads" in text
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None and not os.path.exists("/usr/local/cuda/bin/nvcc"),
+                    reason="nvcc is not installed")
+def test_shared_library_build_cache_and_load(tmp_path, monkeypatch):
+    """The runtime's build path without a GPU: nvcc -shared into the disk cache (atomic,
+    keyed by source, arch and nvcc version), loaded with ctypes; its exported sizes match
+    the program. Without a GPU the launch reports the CUDA error instead of crashing."""
+    from needle.codegen.cuda.build import GraphLibrary, compile_library, library_key
+    monkeypatch.setenv("NEEDLE_CACHE_DIR", str(tmp_path))
+    prog, _ = emulate(lambda a, b: ndl.ops.relu(a @ b).sum(axes=(0,)), rnd(5, 7), rnd(7, 3))
+    path = compile_library(prog.source(), "sm_90")
+    key = library_key(prog.source(), "sm_90")
+    assert path == str(tmp_path / "cuda" / key[:2] / f"{key}.so")
+    stamp = os.stat(path).st_mtime_ns
+    assert compile_library(prog.source(), "sm_90") == path and os.stat(path).st_mtime_ns == stamp
+    assert library_key(prog.source(), "sm_80") != key
+    lib = GraphLibrary(path, prog.symbol)
+    assert lib.arena_bytes == prog.arena_bytes
+    if not ndl.backend_ndarray.cuda().enabled():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            lib.run([0, 0], [0], 0)
