@@ -80,6 +80,7 @@ class _Entry:
         # per trailing output: ("grad", tensor) | ("data", tensor) | ("slot", (holder, key)) | ("hyper", (obj, attr))
         self.writes = writes
         self.structure = structure        # how to rebuild the returned Python value
+        self.input_shapes = [n.type.shape for n in graph.inputs]
 
 
 def _signature(args: tuple, kwargs: dict) -> tuple:
@@ -260,11 +261,13 @@ class CompiledFunction:
     def _inputs(self, entry: _Entry, args: tuple) -> Optional[list]:
         """Backend arrays for the graph inputs, read now; None if a bound shape changed."""
         inputs = []
-        for binding, node in zip(entry.bindings, entry.graph.inputs):
+        scalars = getattr(entry.runner, "takes_scalars", False)
+        for binding, shape in zip(entry.bindings, entry.input_shapes):
             kind = binding[0]
             if kind == "hyper":
-                value = array_api.full((), float(getattr(binding[1], binding[2])), dtype="float32",
-                                       device=_default_device())
+                value = float(getattr(binding[1], binding[2]))
+                if not scalars:
+                    value = array_api.full((), value, dtype="float32", device=_default_device())
             elif kind == "const":
                 value = binding[1]
             else:
@@ -276,7 +279,7 @@ class CompiledFunction:
                 else:
                     tensor = binding[1]
                 value = tensor.realize_cached_data()
-                if tuple(value.shape) != node.type.shape:
+                if tuple(value.shape) != shape:
                     return None
             inputs.append(value)
         return inputs

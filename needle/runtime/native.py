@@ -459,22 +459,53 @@ class NativeExecutor:
         self.stats["callbacks"] += 1
 
     # ---- running ------------------------------------------------------------------------
+    #: CompiledFunction may pass hyper-parameters (lr, Adam's step...) as Python floats
+    takes_scalars = True
+
     def __call__(self, inputs: Sequence[Any]) -> list:
         from ..backend_ndarray import NDArray
 
+        if self._out_specs is None:
+            self._prepare_call()
         io = []
         keep = []
-        for x in inputs:
+        for k, x in enumerate(inputs):
+            if isinstance(x, float):
+                view, addr = self._scalar_buffers[k]
+                view[...] = x
+                io.append(addr)
+                continue
             if not isinstance(x, NDArray):
                 x = array_api.array(np.asarray(x, dtype=np.float32), device=self.device)
             elif not x.is_compact():
                 x = x.compact()
             keep.append(x)
-            io.append(x._handle.ptr() + x._offset * _F32)
-        outs = [NDArray.make(t.shape, device=self.device) for t in self.out_types]
-        io += [o._handle.ptr() for o in outs]
+            io.append(x._handle.ptr())
+        device, new = self.device, NDArray.__new__
+        outs = []
+        for shape, strides, size in self._out_specs:
+            o = new(NDArray)
+            o._shape, o._strides, o._offset, o._device = shape, strides, 0, device
+            o._handle = device.Array(size)
+            outs.append(o)
+            io.append(o._handle.ptr())
         self.program.run(io)
         return outs
+
+    _out_specs = None
+
+    def _prepare_call(self) -> None:
+        """Per-output (shape, strides, size) and a float32 buffer for every scalar input."""
+        from ..backend_ndarray import NDArray
+
+        self._out_specs = [(tuple(t.shape), NDArray.compact_strides(t.shape), max(prod(t.shape), 1))
+                           for t in self.out_types]
+        self._scalar_buffers = {}
+        for k, node in enumerate(self.graph.inputs):
+            if node.type.shape == ():
+                arr = np.zeros((), dtype=np.float32)
+                self._keep.append(arr)
+                self._scalar_buffers[k] = (arr, arr.ctypes.data)
 
 
 def _perm(node, ndim: int) -> tuple:
