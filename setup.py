@@ -8,10 +8,21 @@ linked here: the module dlopen()s scipy-openblas32 at import time.
 ``pip install -e .`` builds the extension in place (inside needle/backend_ndarray/)
 so that running from the checkout works; ``python setup.py build_ext --inplace``
 does the same by hand.
+
+The CUDA device module ``needle.backend_ndarray.ndarray_backend_cuda`` is built
+from ``backends/cuda/*.cu`` when nvcc is found (``$CUDA_HOME/bin`` or PATH) and
+``NEEDLE_NO_CUDA`` is not ``1``: nvcc compiles the .cu, the C++ compiler links it
+against the static cudart (so the module imports without a GPU or driver).
+``NEEDLE_CUDA_ARCHS`` (e.g. ``80,90``) picks the GPU architectures.  A failed CUDA
+build only prints a warning: the cpu module is built either way.
 """
 import glob
 import os
+import re
+import shutil
+import subprocess
 import sys
+import sysconfig
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
@@ -55,6 +66,70 @@ int main() {
 """
 
 
+# ---------------------------------------------------------------------------
+# CUDA
+# ---------------------------------------------------------------------------
+CUDA_SOURCES = sorted(glob.glob(os.path.join("backends", "cuda", "*.cu")))
+CUDA_DEFAULT_ARCHS = ("80", "90")
+
+
+def _find_nvcc():
+    """Path of nvcc ($CUDA_HOME/bin first, then PATH), or None."""
+    home = os.environ.get("CUDA_HOME")
+    if home:
+        path = os.path.join(home, "bin", "nvcc")
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return shutil.which("nvcc")
+
+
+def _cuda_roots(nvcc):
+    roots = []
+    if os.environ.get("CUDA_HOME"):
+        roots.append(os.environ["CUDA_HOME"])
+    roots.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    try:  # nvcc may be a wrapper script: ask it where its toolkit is
+        with tempfile.TemporaryDirectory() as tmp:  # a dry run prints its variables, TOP among them
+            out = subprocess.run([nvcc, "-dryrun", "-c", "probe.cu", "-o", "probe.o"], capture_output=True, text=True,
+                                 timeout=60, cwd=tmp)
+        for line in (out.stdout + out.stderr).splitlines():
+            m = re.match(r"#\$ TOP=(.*)$", line.strip())
+            if m:
+                roots.append(os.path.normpath(m.group(1).strip()))
+    except Exception:
+        pass
+    roots.append("/usr/local/cuda")
+    return roots
+
+
+def _cudart_static_dir(nvcc):
+    for root in _cuda_roots(nvcc):
+        for sub in ("lib64", "lib", os.path.join("targets", "x86_64-linux", "lib"),
+                    os.path.join("targets", "sbsa-linux", "lib")):
+            d = os.path.join(root, sub)
+            if os.path.isfile(os.path.join(d, "libcudart_static.a")):
+                return d
+    return None
+
+
+def _gencode_flags():
+    archs = [a.strip() for a in os.environ.get("NEEDLE_CUDA_ARCHS", ",".join(CUDA_DEFAULT_ARCHS)).split(",")
+             if a.strip()]
+    flags = []
+    for i, a in enumerate(archs):
+        code = f"[sm_{a},compute_{a}]" if i == len(archs) - 1 else f"sm_{a}"  # PTX of the newest for JIT
+        flags += ["-gencode", f"arch=compute_{a},code={code}"]
+    return flags
+
+
+class CUDAExtension(Extension):
+    """An extension compiled by nvcc (see NeedleBuildExt._build_cuda)."""
+
+    def __init__(self, name, sources, nvcc, **kw):
+        super().__init__(name, sources=sources, **kw)
+        self.nvcc = nvcc
+
+
 class NeedleBuildExt(build_ext):
     """build_ext that probes optional flags; always in place for editable installs."""
 
@@ -62,6 +137,51 @@ class NeedleBuildExt(build_ext):
         super().finalize_options()
         if getattr(self, "editable_mode", False):
             self.inplace = True
+
+    def build_extension(self, ext):
+        if not isinstance(ext, CUDAExtension):
+            return super().build_extension(ext)
+        try:
+            self._build_cuda(ext)
+        except Exception as e:  # the CUDA module is optional: never fail the install for it
+            stale = self.get_ext_fullpath(ext.name)
+            if os.path.exists(stale):  # do not install an old build of it (ext.optional: no copy)
+                os.remove(stale)
+            print(f"needle: WARNING: building the CUDA extension failed ({e}); it was not (re)built",
+                  file=sys.stderr)
+
+    def _build_cuda(self, ext):
+        try:
+            from setuptools.modified import newer_group
+        except ImportError:
+            from setuptools.dep_util import newer_group
+
+        ext_path = self.get_ext_fullpath(ext.name)
+        depends = list(ext.sources) + list(ext.depends)
+        if not (self.force or newer_group(depends, ext_path, "newer")):
+            self.announce(f"skipping '{ext.name}' CUDA extension (up-to-date)", level=2)
+            return
+        lib_dir = _cudart_static_dir(ext.nvcc)
+        if lib_dir is None:
+            raise RuntimeError(f"libcudart_static.a not found next to {ext.nvcc} (set CUDA_HOME)")
+        includes = [_pybind11_include(), sysconfig.get_paths()["include"], sysconfig.get_paths()["platinclude"]]
+        includes += list(self.include_dirs or []) + list(ext.include_dirs)
+        tmp = os.path.join(self.build_temp, "cuda")
+        os.makedirs(tmp, exist_ok=True)
+        os.makedirs(os.path.dirname(ext_path) or ".", exist_ok=True)
+        objects = []
+        for src in ext.sources:
+            obj = os.path.join(tmp, os.path.splitext(os.path.basename(src))[0] + ".o")
+            cmd = [ext.nvcc, "-c", src, "-o", obj, "-O3", "-std=c++17", "-Xcompiler", "-fPIC",
+                   "-Xcompiler", "-fvisibility=hidden", *_gencode_flags()]
+            for inc in dict.fromkeys(os.fspath(i) for i in includes):
+                cmd += ["-I", inc]
+            self.announce("needle: " + " ".join(cmd), level=2)
+            subprocess.run(cmd, check=True)
+            objects.append(obj)
+        self.compiler.link_shared_object(
+            objects, ext_path, libraries=["cudart_static", "dl", "rt", "pthread"], library_dirs=[lib_dir],
+            extra_postargs=["-pthread"], target_lang="c++")
 
     def build_extensions(self):
         cc = self.compiler
@@ -79,6 +199,8 @@ class NeedleBuildExt(build_ext):
             compile_args.append("-DNEEDLE_HAVE_LIBMVEC=1")
             link_args.append("-lmvec")
         for ext in self.extensions:
+            if isinstance(ext, CUDAExtension):
+                continue
             ext.extra_compile_args = list(ext.extra_compile_args or []) + compile_args
             ext.extra_link_args = list(ext.extra_link_args or []) + link_args
         self.announce("needle: compile flags %s, link flags %s" % (compile_args, link_args), level=2)
@@ -135,5 +257,19 @@ ext_modules = [
         language="c++",
     )
 ]
+
+_nvcc = None if os.environ.get("NEEDLE_NO_CUDA") == "1" else _find_nvcc()
+if _nvcc and CUDA_SOURCES:
+    ext_modules.append(
+        CUDAExtension(
+            "needle.backend_ndarray.ndarray_backend_cuda",
+            sources=CUDA_SOURCES,
+            nvcc=_nvcc,
+            include_dirs=[os.path.join("backends", "cuda")],
+            depends=sorted(glob.glob(os.path.join("backends", "cuda", "*.h"))),
+            language="c++",
+            optional=True,
+        )
+    )
 
 setup(ext_modules=ext_modules, cmdclass={"build_ext": NeedleBuildExt})

@@ -159,15 +159,24 @@ def cpu_numpy():
     return _CPU_NUMPY
 
 
+def _load_cuda_module():
+    """The compiled CUDA module, or None when it is not built or no GPU is usable."""
+    try:
+        from . import ndarray_backend_cuda as mod
+    except Exception:  # ImportError, or a CUDA runtime that fails to load
+        return None
+    try:
+        count = int(mod.device_count())
+    except Exception:
+        return None
+    return mod if count > 0 else None
+
+
 def cuda():
-    """The CUDA device; enabled() is False when its module cannot be imported."""
+    """The CUDA device; enabled() is True only when its module imports and a GPU is visible."""
     global _CUDA
     if _CUDA is None:
-        try:
-            from . import ndarray_backend_cuda
-            _CUDA = BackendDevice("cuda", ndarray_backend_cuda)
-        except Exception:  # ImportError, or a CUDA runtime that fails to load
-            _CUDA = BackendDevice("cuda", None)
+        _CUDA = BackendDevice("cuda", _load_cuda_module())
     return _CUDA
 
 
