@@ -183,6 +183,9 @@ def bind_all(lk: LoopKernel, name: str | None = None, restrict=True, schedule: s
     body = tuple(lk.body)
     if len(body) <= 1 or any(isinstance(s, AccInit) for s in body):
         return [bind(lk, name, restrict, schedule)]
+    merged = _merge_column_phases(lk)
+    if merged is not None:
+        return [bind(merged, name, restrict, schedule)]
     out = []
     for k, s in enumerate(body):
         if not _stores((s,)):
@@ -268,6 +271,86 @@ def _carried_to_accumulator(lk: LoopKernel):
     for lp in reversed(kept):
         body = (For(lp.var, lp.extent, "serial", body),)
     return LoopKernel(lk.name, lk.params, body)
+
+
+def _replace_load(e, target: Load, repl, memo: dict):
+    """A copy of value expression e with loads equal to `target` replaced by `repl`."""
+    from ..loop_ir import Cmp, Unary
+    if id(e) in memo:
+        return memo[id(e)]
+    if isinstance(e, Load):
+        out = repl if e == target else e
+    elif isinstance(e, Unary):
+        out = Unary(e.op, _replace_load(e.a, target, repl, memo))
+    elif isinstance(e, (Binary, Cmp)):
+        out = type(e)(e.op, _replace_load(e.a, target, repl, memo), _replace_load(e.b, target, repl, memo))
+    elif isinstance(e, Select):
+        cond = e.cond if not isinstance(e.cond, Cmp) else _replace_load(e.cond, target, repl, memo)
+        out = Select(cond, _replace_load(e.a, target, repl, memo), _replace_load(e.b, target, repl, memo))
+    else:
+        out = e
+    memo[id(e)] = out
+    return out
+
+
+def _merge_column_phases(lk: LoopKernel):
+    """lower's column sums (zero buf over the kept loops; add every element into buf; passes
+    over the full domain and the kept domain that read buf) as one reduction kernel: kept
+    loops around an accumulator, the reduced loops, the passes reading the accumulator, buf
+    stored once. None unless the body has exactly that form."""
+    from ..loop_ir import ivars
+    body = tuple(lk.body)
+    if len(body) < 2:
+        return None
+    conv = _carried_to_accumulator(LoopKernel(lk.name, lk.params, (body[1],)))
+    if conv is None:
+        return None
+    kept, inner = perfect_nest(conv.body)
+    final = inner[-1]                       # Store(buf, I, combine(buf[I], acc))
+    acc_init = inner[0]
+    reduce_nest = inner[1:-1]
+    buf, index = final.buf, final.index
+    cur = Load(buf, index)
+    loops0, inner0 = perfect_nest((body[0],))
+    if (len(inner0) != 1 or not isinstance(inner0[0], Store) or inner0[0].buf != buf or inner0[0].index != index
+            or not isinstance(inner0[0].value, FConst)
+            or inner0[0].value.value != ACC_IDENTITY[acc_init.op]
+            or [(lp.var, lp.extent) for lp in loops0] != [(lp.var, lp.extent) for lp in kept]):
+        return None
+    kept_vars = {lp.var for lp in kept}
+    red_loops = perfect_nest(reduce_nest)[0] if reduce_nest else []
+    red = {lp.var: lp for lp in red_loops}
+    acc = AccRef(acc_init.acc)
+    passes, tail = [], []
+    for s in body[2:]:
+        loops, stmts = perfect_nest((s,))
+        if any(not isinstance(x, Store) for x in stmts):
+            return None
+        names = {lp.var for lp in loops}
+        memo: dict = {}
+        fixed = []
+        for st in stmts:
+            value = _replace_load(st.value, cur, acc, memo)
+            if _reads(value, buf) or (st.buf == buf and st.index != index):
+                return None
+            fixed.append(Store(st.buf, st.index, value))
+        if names == kept_vars and [(lp.var, lp.extent) for lp in loops] == [(lp.var, lp.extent) for lp in kept]:
+            tail += fixed
+        elif kept_vars <= names and all(lp.var in kept_vars or (lp.var in red and red[lp.var].extent == lp.extent)
+                                        for lp in loops):
+            nest: tuple = tuple(fixed)
+            for lp in reversed([lp for lp in loops if lp.var not in kept_vars]):
+                nest = (For(lp.var, lp.extent, "serial", nest),)
+            passes += list(nest)
+        else:
+            return None
+        for st in fixed:
+            if not ivars(st.index) <= names:
+                return None
+    out: tuple = (acc_init,) + tuple(reduce_nest) + tuple(passes) + (Store(buf, index, acc),) + tuple(tail)
+    for lp in reversed(kept):
+        out = (For(lp.var, lp.extent, "serial", out),)
+    return LoopKernel(lk.name, lk.params, out)
 
 
 def _single_thread(lk: LoopKernel, name, restrict) -> GpuKernel:
