@@ -191,7 +191,11 @@ class Program {
     if (batch == 1 && s.fn != nullptr && m > 0 && epi_extent % m == 0) {
       // row blocks: GEMM then the epilogue on the same rows, while they are in cache
       const int64_t per_row = epi_extent / m;
-      const int64_t rows = std::max<int64_t>(1, std::min<int64_t>(m, (int64_t(1) << 15) / std::max<int64_t>(n, 1)));
+      // blocks of C about the size of L2 but never thin (each block re-reads all of B), and
+      // at least one block per thread when the product is worth splitting
+      int64_t rows = std::max<int64_t>(64, (int64_t(1) << 16) / std::max<int64_t>(n, 1));
+      if (m * n * k >= (int64_t(1) << 21)) rows = std::min<int64_t>(rows, (m + pool_num_threads() - 1) / pool_num_threads());
+      rows = std::min<int64_t>(m, std::max<int64_t>(rows, 8));
       const int64_t blocks = (m + rows - 1) / rows;
       auto block = [&](int64_t q) {
         int64_t i0 = q * rows, i1 = std::min(m, i0 + rows);
@@ -199,7 +203,7 @@ class Program {
         gemm_ex(ta, tb, i1 - i0, n, k, pa, lda, b, ldb, c + i0 * n, n, false);
         s.fn(args.data(), i0 * per_row, i1 * per_row);
       };
-      if (blocks > 1 && m * n * k >= (int64_t(1) << 18)) parallel_chunks(blocks, block);
+      if (blocks > 1 && m * n * k >= (int64_t(1) << 21)) parallel_chunks(blocks, block);
       else for (int64_t q = 0; q < blocks; ++q) block(q);
       return;
     }

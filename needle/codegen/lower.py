@@ -563,8 +563,12 @@ def _lower_columns(lw, red, full, raxes, rshape, kept_idx, value, outs, first, s
     last = max((k for k, d in enumerate(full) if d != 1), default=None)
     if last is None or last in raxes or all(full[k] == 1 for k in raxes):
         return None
-    buf = next((b for b, o, s in outs if s == rshape and o == red.id), None) \
-        or next((b for b, o, s in outs if s == rshape), None)
+    def squeeze(shape):
+        return tuple(d for d in shape if d != 1)
+
+    # an output laid out as the kept domain (its shape, or with unit axes added)
+    same = [(b, o) for b, o, s in outs if squeeze(s) == squeeze(rshape)]
+    buf = next((b for b, o in same if o == red.id), None) or next((b for b, o in same), None)
     if buf is None:
         return None
     acc, op = f"acc{red.id}", REDUCTIONS[red.op]

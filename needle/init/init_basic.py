@@ -66,8 +66,12 @@ def _traced_one_hot(n, i, device, dtype) -> Tensor:
     """one_hot of traced ids as graph ops: compare(ids[..., None], iota(n)) (no data read)."""
     from .. import ops
 
+    from ..ir import tracer
+
     shape = tuple(i.shape) + (n,)
     iota = Tensor(np.arange(n, dtype="float32"), device=device, dtype=dtype, requires_grad=False)
+    if tracer.ACTIVE is not None:  # a graph const: its reshape and broadcast stay graph views
+        iota = tracer.ACTIVE.lift(iota)
     ids = ops.broadcast_to(ops.reshape(i, tuple(i.shape) + (1,)), shape)
     return ops.compare(ids, ops.broadcast_to(ops.reshape(iota, (1,) * len(i.shape) + (n,)), shape), "eq")
 
