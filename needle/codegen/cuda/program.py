@@ -434,8 +434,6 @@ class _Builder:
         ranges = {f"i{k}": d for k, d in enumerate(shape) if d != 1}
         walker = Walker(sub, leaf, ranges, stop=lambda nid: nid in done and nid != h)
         walker.value(h, tuple(IConst(0) if d == 1 else IVar(f"i{k}") for k, d in enumerate(shape)))  # may raise
-        names.clear()
-        inputs.clear()
         kernel = pointwise_kernel(self.name("_" + sub.node(h).op.lower()), shape, lambda idx: walker.value(h, idx),
                                   [], out_size=prod(shape))
         kernel = dataclasses.replace(kernel, params=tuple(
@@ -455,43 +453,52 @@ class _Builder:
         anchor = self.g.node(g.anchor)
         outs = self.writes(g)
         epi = [v for v in g.node_ids if v != anchor.id]
+        aloc = None
         if anchor.id in self.home:
             aloc = self.home[anchor.id]
         elif epi and self._reshape_chain(anchor.id, epi, outs):
             aloc = self.home[outs[0]]
             epi = []
-        else:
-            aloc = self.scratch(4 * prod(anchor.type.shape))
         sub, leaves = expand(self.g, [anchor.id], [anchor.id], self.has_buffer, f"{self.g.name}.k{g.id}")
         sub = rewrite_tuples(sub)
         self.dtype_check(sub, f"k{g.id}")
         names = {n.id: f"in{k}" for k, n in enumerate(sub.inputs)}
         node = sub.node(sub.outputs[0])
-        used: list = []
 
         def leaf(n, idx):
             o = leaves[int(names[n.id][2:])]
             if self.g.node(o).op == "const":
                 return Load(self.const_symbol(o), linearize(idx, n.type.shape))
-            if n.id not in used:
-                used.append(n.id)
             return Load(names[n.id], linearize(idx, n.type.shape))
 
         walker = Walker(sub, leaf)
         size = prod(node.type.shape)
         self._sizes = {f"in{k}": prod(n.type.shape) for k, n in enumerate(sub.inputs)}
         if node.op == "MatMul":
-            kernel, detail = self.matmul(walker, sub, node, size)
-            how = "gemm"
+            index_of = self._matmul_index(node)
         elif node.op == "Conv":
-            kernel, detail = self.conv(walker, sub, node, size)
-            how = "conv"
+            index_of = self._conv_index(node)
         else:
             raise CudaCodegenError(f"extern op {node.op} has no CUDA template")
-        params = {f"in{k}": self.home[v] if self.g.node(v).op != "const" else None for k, v in enumerate(leaves)}
-        args = [params[p.name] if p.name != "out0" else aloc for p in kernel.params]
-        self.launch(kernel, args, note=f"{node.op} %{anchor.id}")
-        if epi:
+        fused = self._fused_epilogue(g, anchor, epi, outs, index_of, aloc is not None) if epi else None
+        if fused is None and aloc is None:
+            aloc = self.scratch(4 * size)
+        gemm_args = {} if fused is None else {"epilogue": fused[0], "outputs": [(n, s) for n, s, _ in fused[1]],
+                                              "extra_inputs": [(n, s) for n, s, _ in fused[2]]}
+        if node.op == "MatMul":
+            kernel, detail = self.matmul(walker, sub, node, size, **gemm_args)
+            how = "gemm"
+        else:
+            kernel, detail = self.conv(walker, sub, node, size, **gemm_args)
+            how = "conv"
+        locs = {f"in{k}": self.home[v] if self.g.node(v).op != "const" else None for k, v in enumerate(leaves)}
+        if fused is None:
+            locs["out0"] = aloc
+        else:
+            locs.update({n: loc for n, _, loc in fused[1] + fused[2]})
+            detail += f"; epilogue of {len(epi)} ops fused"
+        self.launch(kernel, [locs[p.name] for p in kernel.params], note=f"{node.op} %{anchor.id}")
+        if epi and fused is None:
             has = lambda v: v == anchor.id or self.has_buffer(v)  # noqa: E731
             esub, eleaves = expand(self.g, epi, [o for o in outs if o != anchor.id], has,
                                    f"{self.g.name}.k{g.id}.epilogue")
@@ -500,6 +507,75 @@ class _Builder:
             self.subgraph(esub, eleaves, locs, [self.home[o] for o in outs if o != anchor.id])
             detail += f"; epilogue of {len(epi)} ops"
         return how, detail
+
+    @staticmethod
+    def _matmul_index(node):
+        def index_of(bvars, gm, gn):
+            return tuple(bvars) + (gm, gn)
+        return index_of
+
+    @staticmethod
+    def _conv_index(node):
+        _, Ho, Wo, _ = node.type.shape
+        from ..loop_ir import idiv, imod
+
+        def index_of(bvars, gm, gn):
+            return (idiv(gm, Ho * Wo), imod(idiv(gm, Wo), Ho), imod(gm, Wo), gn)
+        return index_of
+
+    def _fused_epilogue(self, g, anchor, epi, outs, index_of, anchor_stored: bool):
+        """(epilogue(bvars, m, n, value) -> [Store], outputs [(name, size, Loc)], extra inputs
+        [(name, size, Loc)]) computing the group's elementwise epilogue in the GEMM's store,
+        or None when it is not elementwise at the GEMM's own element (views of the result,
+        outputs of another shape, ops the walker does not evaluate)."""
+        shape = anchor.type.shape
+        e_outs = [o for o in outs if o != anchor.id]
+        if any(self.g.node(o).type.shape != shape for o in e_outs):
+            return None
+        has = lambda v: v == anchor.id or self.has_buffer(v)  # noqa: E731
+        esub, eleaves = expand(self.g, epi, e_outs, has, f"{self.g.name}.k{g.id}.epilogue")
+        esub = rewrite_tuples(esub)
+        self.dtype_check(esub, f"k{g.id} epilogue")
+        origin = {n.id: v for n, v in zip(esub.inputs, eleaves)}
+        names: dict = {}
+        extra: list = []
+        current: dict = {}
+
+        def leaf(n, idx):
+            o = origin[n.id]
+            if o == anchor.id:
+                if tuple(idx) != current["idx"]:
+                    raise NotWalkable(n.id)
+                return current["tile"]
+            if self.g.node(o).op == "const":
+                return Load(self.const_symbol(o), linearize(idx, n.type.shape))
+            if n.id not in names:
+                names[n.id] = f"e{len(names)}"
+                extra.append((names[n.id], prod(n.type.shape), self.leaf_loc(o)))
+            return Load(names[n.id], linearize(idx, n.type.shape))
+
+        walker = Walker(esub, leaf, elementwise=True)
+        outputs = [(f"out{k}", prod(shape), self.home[o]) for k, o in enumerate(e_outs)]
+        if anchor_stored:
+            outputs.append(("outa", prod(shape), self.home[anchor.id]))
+
+        def epilogue(bvars, gm, gn, tile):
+            idx = tuple(index_of(bvars, gm, gn))
+            current["idx"], current["tile"] = idx, tile
+            lin = linearize(idx, shape)
+            stores = [Store(f"out{k}", lin, walker.value(o, idx)) for k, o in enumerate(esub.outputs)]
+            if anchor_stored:
+                stores.append(Store("outa", lin, tile))
+            return stores
+
+        from .gpu_ir import TileRef
+        try:
+            batch = len(shape) - 2 if anchor.op == "MatMul" else 0
+            epilogue(tuple(IVar(f"b{k}") for k in range(batch)), IVar("gm"), IVar("gn"), TileRef("c", 0, 0))
+        except NotWalkable:
+            return None
+        walker.memo.clear()
+        return epilogue, outputs, extra
 
     def _reshape_chain(self, anchor, epi, outs) -> bool:
         cur = anchor
@@ -510,7 +586,7 @@ class _Builder:
             cur = v
         return outs == [cur]
 
-    def matmul(self, walker, sub, node, size):
+    def matmul(self, walker, sub, node, size, **gemm_args):
         a, b = node.inputs
         sa, sb = sub.node(a).type.shape, sub.node(b).type.shape
         out = node.type.shape
@@ -528,10 +604,10 @@ class _Builder:
         def b_fn(bvars, gk, gn):
             return [], None, walker.value(b, bidx(sb, bvars) + (gk, gn)), gk.name, gn.name
 
-        kernel = self._gemm(a_fn, b_fn, M, N, K, batch, size)
+        kernel = self._gemm(a_fn, b_fn, M, N, K, batch, size, **gemm_args)
         return kernel, f"M={M} N={N} K={K} batch={prod(batch)}"
 
-    def _gemm(self, a_fn, b_fn, M, N, K, batch, size, note=""):
+    def _gemm(self, a_fn, b_fn, M, N, K, batch, size, note="", **gemm_args):
         # the operands' buffers are found by tracing them once
         probe = []
         for fn, args in ((a_fn, (IVar("gm"), IVar("gk"))), (b_fn, (IVar("hk"), IVar("hn")))):
@@ -545,18 +621,18 @@ class _Builder:
                     bufs.append(e.buf)
         inputs = [(n, self._size_of(n)) for n in sorted(bufs, key=lambda s: int(s[2:]))]
         return gemm_kernel(self.name("_gemm"), M, N, K, batch, Operand(a_fn, inputs), Operand(b_fn, []),
-                           size, note=note)
+                           size, note=note, **gemm_args)
 
     def _size_of(self, name):
         return self._sizes[name]
 
-    def conv(self, walker, sub, node, size):
+    def conv(self, walker, sub, node, size, **gemm_args):
         x, w = node.inputs
         sx, sw = sub.node(x).type.shape, sub.node(w).type.shape
         stride, padding = node.attr("stride", 1), node.attr("padding", 0)
         a, b, (M, N, K) = conv_operands(lambda idx: walker.value(x, idx), lambda idx: walker.value(w, idx),
                                         sx, sw, stride, padding, [], [])
-        kernel = self._gemm(a.fn, b.fn, M, N, K, (), size, note=f"conv stride {stride} padding {padding}")
+        kernel = self._gemm(a.fn, b.fn, M, N, K, (), size, note=f"conv stride {stride} padding {padding}", **gemm_args)
         return kernel, f"implicit GEMM M={M} N={N} K={K} stride={stride} padding={padding}"
 
     # ---- opaque groups ---------------------------------------------------------------

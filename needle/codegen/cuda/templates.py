@@ -115,9 +115,11 @@ def _fast(value, var) -> bool:
 
 
 def gemm_kernel(name, M, N, K, batch_shape, a: Operand, b: Operand, out_size, tile: Tile | None = None,
-                restrict=True, note="") -> tuple:
-    """(GpuKernel, input names): C[batch, m, n] = sum_k A(batch, m, k) * B(batch, k, n), C
-    contiguous in `out0`. A's and B's buffers are the kernel's inputs in order."""
+                restrict=True, note="", epilogue=None, outputs=None, extra_inputs=()) -> GpuKernel:
+    """C[batch, m, n] = sum_k A(batch, m, k) * B(batch, k, n), stored contiguously in `out0`
+    (A's and B's buffers are the kernel's inputs, in order). With `epilogue(bvars, m, n,
+    value)` -> [Store...] the tile's values are stored by those statements instead (fused
+    elementwise epilogue), into `outputs` [(name, size)], reading `extra_inputs` too."""
     t = tile or choose_tile(M, N)
     NT = t.threads
     BM, BN, BK, TM, TN = t.BM, t.BN, t.BK, t.TM, t.TN
@@ -176,15 +178,19 @@ def gemm_kernel(name, M, N, K, batch_shape, a: Operand, b: Operand, out_size, ti
             gm = iadd(iadd(IVar("m0"), IVar("trow")), IConst(mi * (BM // TM)))
             gn = iadd(iadd(IVar("n0"), IVar("tcol")), IConst(nj * (BN // TN)))
             row = iadd(imul(IVar("bz"), IConst(M)), gm) if nb > 1 else gm
-            body.append(If(IAnd(ICmp("lt", gm, IConst(M)), ICmp("lt", gn, IConst(N))),
-                           (Store("out0", iadd(imul(row, IConst(N)), gn), TileRef("c", mi, nj)),)))
+            if epilogue is None:
+                stores = (Store("out0", iadd(imul(row, IConst(N)), gn), TileRef("c", mi, nj)),)
+            else:
+                stores = tuple(epilogue(bvars, gm, gn, TileRef("c", mi, nj)))
+            body.append(If(IAnd(ICmp("lt", gm, IConst(M)), ICmp("lt", gn, IConst(N))), stores))
     ins = []
-    for n, s in a.inputs + b.inputs:
+    for n, s in list(a.inputs) + list(b.inputs) + list(extra_inputs):
         if n not in [x for x, _ in ins]:
             ins.append((n, s))
     params = tuple(GParam(n, s, "in", restrict if isinstance(restrict, bool) else restrict.get(n, True))
                    for n, s in ins)
-    params += (GParam("out0", out_size, "out", restrict if isinstance(restrict, bool) else restrict.get("out0", True)),)
+    for n, s in (outputs or [("out0", out_size)]):
+        params += (GParam(n, s, "out", restrict if isinstance(restrict, bool) else restrict.get(n, True)),)
     grid = (-(-N // BN), -(-M // BM), nb)
     kernel = GpuKernel(name, params, grid, (NT, 1, 1), tuple(body), (Shared("As", BK * SA), Shared("Bs", BK * SB)),
                        note=f"tiled GEMM {BM}x{BN}x{BK}, {TM}x{TN} per thread: M={M} N={N} K={K} batch={nb}"

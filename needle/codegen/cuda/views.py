@@ -23,7 +23,7 @@ from math import prod
 
 from ...ir.graph import Graph, Node, make_attrs
 from ...ops.registry import normalize_axes, op_from_node
-from ..loop_ir import FConst, IConst, Load, Select, iadd, idiv, imod, imul, linearize, unravel
+from ..loop_ir import Binary, Cmp, FConst, IConst, Load, Select, Unary, iadd, idiv, imod, imul, linearize, unravel
 from .gpu_ir import IAnd, ICmp, IFloat
 
 #: ops that only move data (their value at an index is another value at another index)
@@ -159,11 +159,13 @@ class Walker:
     `leaf(node, idx)` gives the value of an `input` node of `graph`; `ranges` maps index
     variables to their extents (for simplifying div/mod)."""
 
-    def __init__(self, graph: Graph, leaf, ranges=None, stop=None):
+    def __init__(self, graph: Graph, leaf, ranges=None, stop=None, elementwise: bool = False):
         self.g = graph
         self.leaf = leaf
         self.ranges = dict(ranges or {})
         self.stop = stop or (lambda nid: False)
+        self.elementwise = elementwise   # also evaluate elementwise ops (GEMM epilogues)
+        self.memo: dict = {}
 
     def simp(self, idx):
         return tuple(_simplify(e, self.ranges) for e in idx)
@@ -172,8 +174,14 @@ class Walker:
         return self.g.node(nid).type.shape
 
     def value(self, nid, idx):
+        key = (nid, tuple(idx))
+        hit = self.memo.get(key)
+        if hit is None:
+            hit = self.memo[key] = self._value(nid, tuple(idx))
+        return hit
+
+    def _value(self, nid, idx):
         n = self.g.node(nid)
-        idx = tuple(idx)
         if n.op == "input" or self.stop(nid):
             return self.leaf(n, idx)
         if n.op == "const":
@@ -255,7 +263,42 @@ class Walker:
             k = len(self.shape(ind))
             row = IFloat(self.value(ind, idx[:k]))
             return self.value(a, (row,) + idx[k:])
+        if self.elementwise:
+            v = self._elementwise(n, idx)
+            if v is not None:
+                return v
         raise NotWalkable(nid)
+
+    def _elementwise(self, n, idx):
+        """Elementwise ops as lower writes them (None for any other op)."""
+        op = n.op
+        binary = {"EWiseAdd": "add", "EWiseMul": "mul", "EWiseDiv": "div", "EWisePow": "pow"}
+        scalar = {"AddScalar": "add", "MulScalar": "mul", "DivScalar": "div"}
+        if op not in binary and op not in scalar and op not in (
+                "PowerScalar", "Negate", "Log", "Exp", "Tanh", "ReLU", "Sigmoid", "Compare", "Where"):
+            return None
+        a = [self.value(i, idx) for i in n.inputs]
+        s = n.attr("scalar")
+        if op in binary:
+            return Binary(binary[op], a[0], a[1])
+        if op in scalar:
+            return Binary(scalar[op], a[0], FConst(float(s)))
+        if op == "PowerScalar":
+            from ..lower import _power
+            return _power(a[0], s)
+        if op == "Negate":
+            return Unary("neg", a[0])
+        if op in ("Log", "Exp", "Tanh"):
+            return Unary(op.lower(), a[0])
+        if op == "ReLU":
+            return Select(Cmp("le", a[0], FConst(0.0)), FConst(0.0), a[0])
+        if op == "Sigmoid":
+            t = Unary("tanh", Binary("mul", a[0], FConst(0.5)))
+            return Binary("mul", Binary("add", t, FConst(1.0)), FConst(0.5))
+        if op == "Compare":
+            b = FConst(float(s)) if len(a) == 1 else a[1]
+            return Select(Cmp(n.attr("cmp"), a[0], b), FConst(1.0), FConst(0.0))
+        return Select(Cmp("ne", a[0], FConst(0.0)), a[1], a[2])   # Where
 
     def _sliced(self, src, idx, slices, shape):
         """Zero outside the slices, else src at (i - start) / step."""
