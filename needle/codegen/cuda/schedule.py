@@ -164,6 +164,9 @@ def bind(lk: LoopKernel, name: str | None = None, restrict=True, schedule: str |
         return pointwise(name, params, loops, inner)
     rmax = max([prod(lp.extent for lp in perfect_nest((s,))[0]) for s in inner if isinstance(s, For)] + [1])
     choice = schedule or _choose(loops, inner, rmax)
+    nested = [s for s in walk_stmts(inner) if isinstance(s, AccInit) and s not in inner]
+    if nested:  # accumulators inside inner loops: each thread runs the statements as they are
+        choice = "pointwise"
     if choice == "pointwise":
         return pointwise(name, params, loops, inner, note=f"reduction of {rmax} per thread")
     if choice == "column" and loops:
