@@ -770,7 +770,6 @@ def _rms(x) -> float:
 
 def group_scales(program, graph, ref) -> dict:
     """Group id -> the largest RMS of the values it reads (graph inputs and buffers)."""
-    from ...passes.fusion import plan_fusion  # noqa: F401  (documentation: groups are the plan's)
     written = {v: gid for gid, vs in program.writes.items() for v in vs}
     reads: dict = {}
     for gid, vs in program.writes.items():

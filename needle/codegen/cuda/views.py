@@ -19,8 +19,6 @@ the kernels that materialise ops `lower` cannot handle are built with it.
 """
 from __future__ import annotations
 
-from math import prod
-
 from ...ir.graph import Graph, Node, make_attrs
 from ...ops.registry import normalize_axes, op_from_node
 from ..loop_ir import Binary, Cmp, FConst, IConst, Load, Select, Unary, iadd, idiv, imod, imul, linearize, unravel
@@ -341,4 +339,3 @@ def leaf_loader(names: dict, consts: dict | None = None):
 
 
 __all__ = ["expand", "rewrite_tuples", "Walker", "NotWalkable", "MOVE_OPS", "leaf_loader"]
-del prod
