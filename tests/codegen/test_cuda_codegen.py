@@ -191,7 +191,7 @@ def test_conv_forward(stride, padding):
     assert hows(prog) == ["conv"]
 
 
-@pytest.mark.parametrize("stride,padding", [(1, 1), (2, 1)])
+@pytest.mark.parametrize("stride,padding", [(1, 1), (2, 1), (2, 0), (3, 2)])
 def test_conv_backward(stride, padding):
     """The gradient graph: flipped/permuted weights, dilated/padded output grads (views and
     the ops lower materialises as index conditions)."""

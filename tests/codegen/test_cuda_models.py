@@ -94,6 +94,7 @@ def test_every_group_has_kernels(programs):
     built, _ = programs
     for name, (graph, _, prog) in built.items():
         kinds = {r.how for r in prog.groups}
-        assert kinds <= {"lowered", "split", "gemm", "conv", "rng", "index_add", "copy", "view", "skipped"}, kinds
+        assert kinds <= {"lowered", "split", "gemm", "conv", "conv_grad", "rng", "index_add", "copy", "view",
+                         "skipped"}, kinds
         assert any(r.how in ("gemm", "conv") for r in prog.groups)
         assert prog.launches

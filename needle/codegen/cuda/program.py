@@ -37,7 +37,8 @@ from ..loop_ir import (AccInit, AccRef, AccUpdate, Binary, Cmp, FConst, For, IBi
                        Select, Store, Unary, linearize)
 from .gpu_ir import GpuKernel, ICmp
 from .schedule import bind_all
-from .templates import Operand, conv_operands, fill_kernel, gemm_kernel, pointwise_kernel, rand_kernel, scatter_add_kernels
+from .templates import (Operand, conv_data_operands, conv_filter_operands, conv_operands, fill_kernel, gemm_kernel,
+                        pointwise_kernel, rand_kernel, scatter_add_kernels)
 from .views import NotWalkable, Walker, expand, rewrite_tuples
 
 ALIGN = 256
@@ -476,7 +477,7 @@ class _Builder:
         self._sizes = {f"in{k}": prod(n.type.shape) for k, n in enumerate(sub.inputs)}
         if node.op == "MatMul":
             index_of = self._matmul_index(node)
-        elif node.op == "Conv":
+        elif node.op in ("Conv", "ConvBackwardData", "ConvBackwardFilter"):
             index_of = self._conv_index(node)
         else:
             raise CudaCodegenError(f"extern op {node.op} has no CUDA template")
@@ -490,7 +491,7 @@ class _Builder:
             how = "gemm"
         else:
             kernel, detail = self.conv(walker, sub, node, size, **gemm_args)
-            how = "conv"
+            how = "conv" if node.op == "Conv" else "conv_grad"
         locs = {f"in{k}": self.home[v] if self.g.node(v).op != "const" else None for k, v in enumerate(leaves)}
         if fused is None:
             locs["out0"] = aloc
@@ -516,11 +517,13 @@ class _Builder:
 
     @staticmethod
     def _conv_index(node):
-        _, Ho, Wo, _ = node.type.shape
+        """The output index of GEMM element (m, n) for the conv ops: m runs over the first
+        three output axes (row-major), n over the last."""
+        _, d1, d2, _ = node.type.shape
         from ..loop_ir import idiv, imod
 
         def index_of(bvars, gm, gn):
-            return (idiv(gm, Ho * Wo), imod(idiv(gm, Wo), Ho), imod(gm, Wo), gn)
+            return (idiv(gm, d1 * d2), imod(idiv(gm, d2), d1), imod(gm, d2), gn)
         return index_of
 
     def _fused_epilogue(self, g, anchor, epi, outs, index_of, anchor_stored: bool):
@@ -630,10 +633,16 @@ class _Builder:
         x, w = node.inputs
         sx, sw = sub.node(x).type.shape, sub.node(w).type.shape
         stride, padding = node.attr("stride", 1), node.attr("padding", 0)
-        a, b, (M, N, K) = conv_operands(lambda idx: walker.value(x, idx), lambda idx: walker.value(w, idx),
-                                        sx, sw, stride, padding, [], [])
-        kernel = self._gemm(a.fn, b.fn, M, N, K, (), size, note=f"conv stride {stride} padding {padding}", **gemm_args)
-        return kernel, f"implicit GEMM M={M} N={N} K={K} stride={stride} padding={padding}"
+        xf, wf = (lambda idx: walker.value(x, idx)), (lambda idx: walker.value(w, idx))
+        if node.op == "Conv":
+            a, b, (M, N, K) = conv_operands(xf, wf, sx, sw, stride, padding, [], [])
+        elif node.op == "ConvBackwardData":
+            a, b, (M, N, K) = conv_data_operands(xf, wf, sx, sw, tuple(node.attr("size")), stride, padding)
+        else:
+            a, b, (M, N, K) = conv_filter_operands(xf, wf, sx, sw, tuple(node.attr("kernel")), stride, padding)
+        kernel = self._gemm(a.fn, b.fn, M, N, K, (), size, note=f"{node.op} stride {stride} padding {padding}",
+                            **gemm_args)
+        return kernel, f"{node.op} as an implicit GEMM M={M} N={N} K={K} stride={stride} padding={padding}"
 
     # ---- opaque groups ---------------------------------------------------------------
     def opaque(self, g):

@@ -226,5 +226,74 @@ def conv_operands(x_fn, w_fn, x_shape, w_shape, stride, padding, x_inputs, w_inp
     return Operand(a_fn, x_inputs), Operand(b_fn, w_inputs), (n_ * Ho * Wo, CO, KH * KW * C)
 
 
-__all__ = ["pointwise_kernel", "fill_kernel", "rand_kernel", "scatter_add_kernels", "gemm_kernel", "conv_operands",
+def _unravel_decls(lin, dims, names):
+    """IDecls of names[i] = the i-th coordinate of `lin` in row-major `dims`."""
+    out, stride = [], 1
+    strides = []
+    for d in reversed(dims):
+        strides.append(stride)
+        stride *= d
+    strides.reverse()
+    for k, (name, d, st) in enumerate(zip(names, dims, strides)):
+        e = idiv(lin, st)
+        if k > 0:
+            e = imod(e, d)
+        out.append(IDecl(name, e))
+    return out
+
+
+def conv_data_operands(g_fn, w_fn, g_shape, w_shape, size, stride, padding):
+    """ConvBackwardData as an implicit GEMM: dx[(n, h, w), ci] = sum over k = (kh, kw, co) of
+    g[n, (h + p - kh) / s, (w + p - kw) / s, co] (where that is an integer inside the output
+    grid, else 0) * w[kh, kw, ci, co]; no scatter, no atomics."""
+    n_, Ho, Wo, CO = g_shape
+    KH, KW, CI, _ = w_shape
+    H, W = size
+
+    def a_fn(bvars, gm, gk):
+        decls = _unravel_decls(gm, (n_, H, W), ("an", "ah", "aw"))
+        decls += _unravel_decls(gk, (KH, KW, CO), ("akh", "akw", "aco"))
+        decls += [IDecl("th", iadd(iadd(IVar("ah"), IConst(padding)), imul(IVar("akh"), IConst(-1)))),
+                  IDecl("tw", iadd(iadd(IVar("aw"), IConst(padding)), imul(IVar("akw"), IConst(-1))))]
+        cond = IAnd(ICmp("ge", IVar("th"), IConst(0)), ICmp("ge", IVar("tw"), IConst(0)))
+        if stride != 1:
+            cond = IAnd(cond, IAnd(ICmp("eq", imod(IVar("th"), stride), IConst(0)),
+                                   ICmp("eq", imod(IVar("tw"), stride), IConst(0))))
+        oh, ow = idiv(IVar("th"), stride), idiv(IVar("tw"), stride)
+        cond = IAnd(cond, IAnd(ICmp("lt", oh, IConst(Ho)), ICmp("lt", ow, IConst(Wo))))
+        return decls, cond, g_fn((IVar("an"), oh, ow, IVar("aco"))), "aw", "aco"
+
+    def b_fn(bvars, gk, gn):
+        decls = _unravel_decls(gk, (KH, KW, CO), ("bkh", "bkw", "bco"))
+        return decls, None, w_fn((IVar("bkh"), IVar("bkw"), gn, IVar("bco"))), "bco", gn.name
+
+    return Operand(a_fn, []), Operand(b_fn, []), (n_ * H * W, CI, KH * KW * CO)
+
+
+def conv_filter_operands(a_fn_, g_fn, a_shape, g_shape, kernel, stride, padding):
+    """ConvBackwardFilter as one GEMM: dw[(kh, kw, ci), co] = sum over k = (n, oh, ow) of
+    a[n, oh * s - p + kh, ow * s - p + kw, ci] (0 in the padding) * g[n, oh, ow, co]."""
+    n_, H, W, CI = a_shape
+    _, Ho, Wo, CO = g_shape
+    KH, KW = kernel
+
+    def a_fn(bvars, gm, gk):
+        decls = _unravel_decls(gm, (KH, KW, CI), ("akh", "akw", "aci"))
+        decls += _unravel_decls(gk, (n_, Ho, Wo), ("an", "aoh", "aow"))
+        decls += [IDecl("ah", iadd(iadd(imul(IVar("aoh"), IConst(stride)), IVar("akh")), IConst(-padding))),
+                  IDecl("aw", iadd(iadd(imul(IVar("aow"), IConst(stride)), IVar("akw")), IConst(-padding)))]
+        cond = None
+        if padding:
+            cond = IAnd(IAnd(ICmp("ge", IVar("ah"), IConst(0)), ICmp("lt", IVar("ah"), IConst(H))),
+                        IAnd(ICmp("ge", IVar("aw"), IConst(0)), ICmp("lt", IVar("aw"), IConst(W))))
+        return decls, cond, a_fn_((IVar("an"), IVar("ah"), IVar("aw"), IVar("aci"))), "aci", "aow"
+
+    def b_fn(bvars, gk, gn):
+        decls = _unravel_decls(gk, (n_, Ho, Wo), ("qn", "qoh", "qow"))   # (bn is the tiler's)
+        return decls, None, g_fn((IVar("qn"), IVar("qoh"), IVar("qow"), gn)), "qow", gn.name
+
+    return Operand(a_fn, []), Operand(b_fn, []), (KH * KW * CI, CO, n_ * Ho * Wo)
+
+
+__all__ = ["conv_data_operands", "conv_filter_operands", "pointwise_kernel", "fill_kernel", "rand_kernel", "scatter_add_kernels", "gemm_kernel", "conv_operands",
            "Operand", "Tile", "TILES", "choose_tile", "loop_nest"]
