@@ -1,6 +1,8 @@
 """Where needle keeps its on-disk caches (compiled graphs, kernel object code)."""
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import tempfile
 from typing import Optional
@@ -30,3 +32,21 @@ def write_atomic(path: str, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+@functools.lru_cache(maxsize=None)
+def code_fingerprint() -> str:
+    """sha256 of needle's Python sources (ops, passes, lowering, renderers...): part of every
+    disk cache key, so that an entry made by other code (an edited VJP, a new pass) is never
+    reused even when needle's version string is the same."""
+    root = os.path.dirname(os.path.abspath(__file__))
+    h = hashlib.sha256()
+    for folder, dirs, files in sorted(os.walk(root)):
+        dirs.sort()
+        for name in sorted(files):
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                h.update(os.path.relpath(path, root).encode() + b"\0")
+                with open(path, "rb") as f:
+                    h.update(f.read())
+    return h.hexdigest()

@@ -74,6 +74,18 @@ def index_add(indices, values: np.ndarray, num_rows: int) -> np.ndarray:
     return out
 
 
+def col2im(cols: np.ndarray, shape, stride: int) -> np.ndarray:
+    """The adjoint of im2col: (N, Ho, Wo, KH, KW, C) patches summed into zeros of `shape`
+    (N, H, W, C) at the positions im2col read them from."""
+    _, ho, wo, kh, kw, _ = cols.shape
+    out = np.zeros(shape, dtype=cols.dtype)
+    for dy in range(kh):
+        for dx in range(kw):
+            out[:, dy:dy + stride * (ho - 1) + 1:stride, dx:dx + stride * (wo - 1) + 1:stride, :] += \
+                cols[:, :, :, dy, dx, :]
+    return out
+
+
 def im2col(a: np.ndarray, kernel_size, stride: int) -> np.ndarray:
     """(N, H, W, C) -> (N, Ho, Wo, KH, KW, C) patches, compact; kernel_size is K or (KH, KW)."""
     n, h, w, c = a.shape

@@ -8,8 +8,9 @@
 //             across the thread pool when the work is large enough;
 //   gemm      batched C = op(A) @ op(B) through BLAS, optionally followed per row block by
 //             an epilogue kernel's range (the rows still in cache);
-//   conv      NHWC convolution: stride 1 as one GEMM per kernel tap over the padded input
-//             (conv_taps), other strides as im2col (with zero padding) + GEMM;
+//   conv      NHWC convolution: one GEMM per kernel tap over the padded input (conv_taps,
+//             stride 1 and wide channels) or im2col (with zero padding) + GEMM; its input
+//             gradient as GEMM + col2im, its weight gradient as im2col + one GEMM;
 //   random    counter-based uniform floats (RandomUniform's splitmix64 streams);
 //   gather / index_add   rows along axis 0 (embedding lookup and its gradient);
 //   copy      a contiguous copy of n floats;
@@ -28,7 +29,7 @@ namespace {
 
 typedef void (*range_fn)(void** args, int64_t lo, int64_t hi);
 
-enum StepKind { KERNEL, GEMM, CONV, RANDOM, GATHER, INDEX_ADD, COPY, CALLBACK };
+enum StepKind { KERNEL, GEMM, CONV, CONV_DATA, CONV_FILTER, RANDOM, GATHER, INDEX_ADD, COPY, CALLBACK };
 
 struct Step {
   StepKind kind;
@@ -98,9 +99,13 @@ class Program {
   }
 
   // slots x, w, out, scratch; p = n, h, w, c_in, kh, kw, c_out, stride, padding
-  void add_conv(std::vector<int> slots, std::vector<int64_t> p) {
-    if (slots.size() != 4 || p.size() != 9) value_error("Program.add_conv: expects 4 slots and 9 parameters");
-    steps_.push_back(Step{CONV, check(slots), p});
+  // kind: 0 conv (x, w, out, scratch), 1 its input gradient (g, w, dx, scratch), 2 its
+  // weight gradient (x, g, dw, scratch); p = n, h, w, c_in, kh, kw, c_out, stride, padding
+  // (h, w: the conv's input size in every case)
+  void add_conv(int kind, std::vector<int> slots, std::vector<int64_t> p) {
+    if (slots.size() != 4 || p.size() != 9 || kind < 0 || kind > 2)
+      value_error("Program.add_conv: expects kind 0-2, 4 slots and 9 parameters");
+    steps_.push_back(Step{kind == 0 ? CONV : kind == 1 ? CONV_DATA : CONV_FILTER, check(slots), p});
   }
 
   // slots counter, base, out; p = size, stream
@@ -147,6 +152,8 @@ class Program {
           break;
         case GEMM: run_gemm(s, args); break;
         case CONV: run_conv(s); break;
+        case CONV_DATA: run_conv_data(s); break;
+        case CONV_FILTER: run_conv_filter(s); break;
         case RANDOM: run_random(s); break;
         case GATHER: run_gather(s); break;
         case INDEX_ADD: run_index_add(s); break;
@@ -211,39 +218,104 @@ class Program {
     if (s.fn != nullptr) run_range(s.fn, args.data(), epi_extent, 4096, 8);
   }
 
-  void run_conv(const Step& s) {
-    const int64_t n = s.p[0], h = s.p[1], w = s.p[2], ci = s.p[3], kh = s.p[4], kw = s.p[5], co = s.p[6];
-    const int64_t st = s.p[7], pad = s.p[8];
-    const int64_t ho = (h + 2 * pad - kh) / st + 1, wo = (w + 2 * pad - kw) / st + 1;
-    const float *x = at(s, 0), *wt = at(s, 1);
-    float *out = at(s, 2), *cols = at(s, 3);
-    const int64_t row = kh * kw * ci;
-    if (kh == 1 && kw == 1 && st == 1 && pad == 0) {
-      gemm_ex(false, false, n * h * w, co, ci, x, ci, wt, co, out, co, true);
-      return;
-    }
-    if (st == 1) {
-      conv_taps(x, wt, out, cols, n, h, w, ci, kh, kw, co, pad);
-      return;
-    }
-    parallel_range(n * ho, std::max<int64_t>(1, PAR_THRESHOLD / std::max<int64_t>(wo * row, 1)),
+  struct ConvDims {
+    int64_t n, h, w, ci, kh, kw, co, st, pad, ho, wo;
+    explicit ConvDims(const std::vector<int64_t>& p)
+        : n(p[0]), h(p[1]), w(p[2]), ci(p[3]), kh(p[4]), kw(p[5]), co(p[6]), st(p[7]), pad(p[8]),
+          ho((p[1] + 2 * p[8] - p[4]) / p[7] + 1), wo((p[2] + 2 * p[8] - p[5]) / p[7] + 1) {}
+    bool pointwise() const { return kh == 1 && kw == 1 && st == 1 && pad == 0; }
+  };
+
+  // cols (N*Ho*Wo, KH*KW*Ci) = the patches of x (zero outside it)
+  static void im2col(const ConvDims& d, const float* x, float* cols) {
+    const int64_t row = d.kh * d.kw * d.ci;
+    parallel_range(d.n * d.ho, std::max<int64_t>(1, PAR_THRESHOLD / std::max<int64_t>(d.wo * row, 1)),
                    [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
-        const int64_t b = r / ho, oy = r % ho;
-        for (int64_t ox = 0; ox < wo; ++ox) {
-          float* dst = cols + ((r * wo) + ox) * row;
-          for (int64_t dy = 0; dy < kh; ++dy) {
-            const int64_t iy = oy * st + dy - pad;
-            for (int64_t dx = 0; dx < kw; ++dx, dst += ci) {
-              const int64_t ix = ox * st + dx - pad;
-              if (iy < 0 || iy >= h || ix < 0 || ix >= w) std::memset(dst, 0, sizeof(float) * ci);
-              else std::memcpy(dst, x + ((b * h + iy) * w + ix) * ci, sizeof(float) * ci);
+        const int64_t b = r / d.ho, oy = r % d.ho;
+        for (int64_t ox = 0; ox < d.wo; ++ox) {
+          float* dst = cols + ((r * d.wo) + ox) * row;
+          for (int64_t dy = 0; dy < d.kh; ++dy) {
+            const int64_t iy = oy * d.st + dy - d.pad;
+            for (int64_t dx = 0; dx < d.kw; ++dx, dst += d.ci) {
+              const int64_t ix = ox * d.st + dx - d.pad;
+              if (iy < 0 || iy >= d.h || ix < 0 || ix >= d.w) std::memset(dst, 0, sizeof(float) * d.ci);
+              else std::memcpy(dst, x + ((b * d.h + iy) * d.w + ix) * d.ci, sizeof(float) * d.ci);
             }
           }
         }
       }
     }, 1);
-    gemm_ex(false, false, n * ho * wo, co, row, cols, row, wt, co, out, co, true);
+  }
+
+  void run_conv(const Step& s) {
+    const ConvDims d(s.p);
+    const float *x = at(s, 0), *wt = at(s, 1);
+    float *out = at(s, 2), *cols = at(s, 3);
+    if (d.pointwise()) {
+      gemm_ex(false, false, d.n * d.h * d.w, d.co, d.ci, x, d.ci, wt, d.co, out, d.co, true);
+      return;
+    }
+    if (use_taps(d)) {
+      conv_taps(x, wt, out, cols, d.n, d.h, d.w, d.ci, d.kh, d.kw, d.co, d.pad);
+      return;
+    }
+    im2col(d, x, cols);
+    const int64_t row = d.kh * d.kw * d.ci;
+    gemm_ex(false, false, d.n * d.ho * d.wo, d.co, row, cols, row, wt, d.co, out, d.co, true);
+  }
+
+  // One GEMM per tap pays when the padded grid is not much larger than the output and the
+  // channels are wide enough for the GEMMs to run near peak (else im2col's single GEMM wins).
+  static bool use_taps(const ConvDims& d) {
+    const int64_t hp = d.h + 2 * d.pad, wp = d.w + 2 * d.pad;
+    return d.st == 1 && d.ci >= 32 && hp * wp <= 2 * d.ho * d.wo;
+  }
+
+  // dx = col2im(g @ w^T): the patches' gradients scattered back (summed) into the input
+  void run_conv_data(const Step& s) {
+    const ConvDims d(s.p);
+    const float *g = at(s, 0), *wt = at(s, 1);
+    float *dx = at(s, 2), *cols = at(s, 3);
+    const int64_t row = d.kh * d.kw * d.ci, m = d.n * d.ho * d.wo;
+    if (d.pointwise()) {
+      gemm_ex(false, true, m, d.ci, d.co, g, d.co, wt, d.co, dx, d.ci, true);
+      return;
+    }
+    gemm_ex(false, true, m, row, d.co, g, d.co, wt, d.co, cols, row, true);
+    parallel_range(d.n, 1, [&](int64_t b0, int64_t b1) {  // images write disjoint rows of dx
+      for (int64_t b = b0; b < b1; ++b) {
+        float* img = dx + b * d.h * d.w * d.ci;
+        std::memset(img, 0, sizeof(float) * d.h * d.w * d.ci);
+        for (int64_t oy = 0; oy < d.ho; ++oy)
+          for (int64_t ox = 0; ox < d.wo; ++ox) {
+            const float* src = cols + ((b * d.ho + oy) * d.wo + ox) * row;
+            for (int64_t dy = 0; dy < d.kh; ++dy) {
+              const int64_t iy = oy * d.st + dy - d.pad;
+              for (int64_t dxx = 0; dxx < d.kw; ++dxx, src += d.ci) {
+                const int64_t ix = ox * d.st + dxx - d.pad;
+                if (iy < 0 || iy >= d.h || ix < 0 || ix >= d.w) continue;
+                float* dst = img + (iy * d.w + ix) * d.ci;
+                for (int64_t c = 0; c < d.ci; ++c) dst[c] += src[c];
+              }
+            }
+          }
+      }
+    }, 1);
+  }
+
+  // dw = im2col(x)^T @ g: one GEMM over every output position
+  void run_conv_filter(const Step& s) {
+    const ConvDims d(s.p);
+    const float *x = at(s, 0), *g = at(s, 1);
+    float *dw = at(s, 2), *cols = at(s, 3);
+    const int64_t row = d.kh * d.kw * d.ci, m = d.n * d.ho * d.wo;
+    const float* patches = x;
+    if (!d.pointwise()) {
+      im2col(d, x, cols);
+      patches = cols;
+    }
+    gemm_ex(true, false, row, d.co, m, patches, row, g, d.co, dw, d.co, true);
   }
 
   // Stride-1 convolution as one GEMM per kernel tap over the zero-padded input seen as a
@@ -343,7 +415,7 @@ void register_program(py::module_& m) {
            py::arg("min_chunk"), py::arg("align"))
       .def("add_gemm", &Program::add_gemm, py::arg("slots"), py::arg("params"), py::arg("epilogue_fn"),
            py::arg("epilogue_slots"), py::arg("epilogue_extent"))
-      .def("add_conv", &Program::add_conv, py::arg("slots"), py::arg("params"))
+      .def("add_conv", &Program::add_conv, py::arg("kind"), py::arg("slots"), py::arg("params"))
       .def("add_random", &Program::add_random, py::arg("slots"), py::arg("size"), py::arg("stream"))
       .def("add_gather", &Program::add_gather, py::arg("slots"), py::arg("n_indices"), py::arg("n_rows"),
            py::arg("row_size"))

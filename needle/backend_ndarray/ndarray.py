@@ -30,7 +30,7 @@ __all__ = [
     "maximum", "minimum", "log", "exp", "tanh", "sqrt", "negative", "abs",
     "add", "subtract", "multiply", "divide", "power", "equal", "greater_equal",
     "sum", "max", "min", "argmax", "flip", "pad", "matmul", "matmul_tiled", "where",
-    "concatenate", "stack", "split", "take", "index_add", "im2col",
+    "concatenate", "stack", "split", "take", "index_add", "im2col", "col2im",
 ]
 
 _builtin_max = builtins.max
@@ -1203,6 +1203,23 @@ def index_add(indices, values, num_rows):
     out = zeros((int(num_rows),) + row_shape, device=values.device)
     values.device.index_add_rows(values.compact()._handle, idx._handle, out._handle, int(num_rows),
                                  prod(row_shape))
+    return out
+
+
+def col2im(cols, shape, stride):
+    """The adjoint of im2col: (N, Ho, Wo, KH, KW, C) patches summed into zeros of `shape`
+    (N, H, W, C) at the positions im2col read them from."""
+    cols = _nd(cols).compact()
+    n, h, w, c = (int(d) for d in shape)
+    _, ho, wo, kh, kw, _ = cols.shape
+    stride = int(stride)
+    out = zeros((n, h, w, c), device=cols.device)
+    for dy in range(kh):
+        for dx in range(kw):
+            window = (slice(0, n), slice(dy, dy + stride * (ho - 1) + 1, stride),
+                      slice(dx, dx + stride * (wo - 1) + 1, stride), slice(0, c))
+            piece = cols[:, :, :, dy:dy + 1, dx:dx + 1, :].compact().reshape((n, ho, wo, c))
+            out[window] = out[window] + piece
     return out
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import llvmlite
 import llvmlite.binding as llvm
 
-from ..cache import cache_dir, write_atomic
+from ..cache import cache_dir, code_fingerprint, write_atomic
 from ..ir.graph import Graph
 from .c_render import render_c
 from .llvm_render import VECTOR_WIDTH, range_extent, render_llvm
@@ -72,7 +72,7 @@ def disk_key(c_source: str) -> str:
     parts = [c_source, llvm.get_process_triple(), tm.triple, llvm.get_host_cpu_name(),
              llvm.get_host_cpu_features().flatten(), f"llvmlite {llvmlite.__version__}",
              "llvm " + ".".join(map(str, llvm.llvm_version_info)), f"needle {needle_version}",
-             OPT_OPTIONS, f"w{VECTOR_WIDTH}", f"render {RENDER_VERSION}"]
+             OPT_OPTIONS, f"w{VECTOR_WIDTH}", f"render {RENDER_VERSION}", code_fingerprint()]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 

@@ -1,10 +1,12 @@
-"""Extern primitives: batched matmul and convolution (both lower to a library GEMM)."""
+"""Extern primitives: batched matmul and convolution with its two gradients (all lower to a
+library GEMM: conv as im2col @ weight, its input gradient as (g @ weight^T) scattered back
+by col2im, its weight gradient as im2col^T @ g)."""
 from __future__ import annotations
 
 from ..backend_selection import array_api
 from ..errors import OpError
 from .registry import TensorOp, broadcast_shapes
-from .shape import GetItem, dilate, flip, permute, sum_to_shape, transpose
+from .shape import sum_to_shape, transpose
 
 
 class MatMul(TensorOp):
@@ -66,53 +68,98 @@ class Conv(TensorOp):
 
     def gradient(self, out_grad, node):
         a, b = node.inputs
-        n, h, w, c_in = a.shape
-        kh, kw = b.shape[:2]
         s, p = self.stride, self.padding
-        ho, wo = out_grad.shape[1:3]
-        # stride-1 output grid, trimmed to the positions the kernel reached
-        g = dilate(out_grad, (1, 2), s - 1) if s > 1 else out_grad
-        hd, wd = (ho - 1) * s + 1, (wo - 1) * s + 1
-        if g.shape[1:3] != (hd, wd):
-            g = GetItem([(0, n, 1), (0, hd, 1), (0, wd, 1), (0, g.shape[3], 1)])(g)
-        # d/da: full correlation with the flipped, transposed kernel, then crop the padding
-        rh, rw = h + 2 * p - kh + 1 - hd, w + 2 * p - kw + 1 - wd
-        w_t = transpose(flip(b, (0, 1)), (2, 3))
-        grad_a = _conv_asym_pad(g, w_t, kh - 1, kw - 1)
-        # grad_a covers rows 0..h+2p-1-rh of the padded input: pad the remainder, crop p
-        grad_a = _crop_pad(grad_a, p, h, w, rh, rw)
-        # d/db: correlate the padded input (channels as batch) with the gradient
-        a_t = permute(a, (3, 1, 2, 0))
-        g_t = permute(g, (1, 2, 0, 3))
-        grad_b = conv(a_t, g_t, stride=1, padding=p)
-        if grad_b.shape[1:3] != (kh, kw):
-            grad_b = GetItem([(0, c_in, 1), (0, kh, 1), (0, kw, 1), (0, grad_b.shape[3], 1)])(grad_b)
-        return grad_a, permute(grad_b, (1, 2, 0, 3))
+        return (ConvBackwardData(s, p, a.shape[1:3])(out_grad, b),
+                ConvBackwardFilter(s, p, b.shape[:2])(a, out_grad))
 
 
-def _conv_asym_pad(g, w, ph, pw):
-    """Stride-1 conv with padding ph on H and pw on W (Conv pads both equally)."""
-    if ph == pw:
-        return conv(g, w, stride=1, padding=ph)
-    from .shape import UnSlice
-
-    n, h, wd, c = g.shape
-    padded = UnSlice([(0, n, 1), (ph, ph + h, 1), (pw, pw + wd, 1), (0, c, 1)],
-                     (n, h + 2 * ph, wd + 2 * pw, c))(g)
-    return conv(padded, w, stride=1, padding=0)
+def _conv_dims(op, n, h, w, kh, kw):
+    s, p = op.stride, op.padding
+    if s < 1 or p < 0 or h + 2 * p < kh or w + 2 * p < kw:
+        raise op.error(f"kernel {(kh, kw)} with padding {p} and stride {s} does not fit an input of {(h, w)}")
+    return (h + 2 * p - kh) // s + 1, (w + 2 * p - kw) // s + 1
 
 
-def _crop_pad(t, p, h, w, rh, rw):
-    """From the gradient of the padded input minus (rh, rw) trailing rows/cols, take the
-    (h, w) interior: trailing rows the conv never reached get zero gradient."""
-    from .shape import UnSlice
+class ConvBackwardData(TensorOp):
+    """The gradient of Conv for its input: g (N, Ho, Wo, C_out) and the weight
+    (KH, KW, C_in, C_out) -> (N, H, W, C_in), i.e. g @ weight^T scattered back through the
+    patches (col2im). `size` is the input's (H, W), which a strided conv does not determine."""
 
-    n, hp, wp, c = t.shape
-    if rh or rw:
-        t = UnSlice([(0, n, 1), (0, hp, 1), (0, wp, 1), (0, c, 1)], (n, hp + rh, wp + rw, c))(t)
-    if p:
-        t = GetItem([(0, n, 1), (p, p + h, 1), (p, p + w, 1), (0, c, 1)])(t)
-    return t
+    kind = "extern"
+
+    def __init__(self, stride: int, padding: int, size):
+        self.stride = stride
+        self.padding = padding
+        self.size = tuple(size)
+
+    def infer(self, g, w):
+        if len(g.shape) != 4 or len(w.shape) != 4 or g.shape[3] != w.shape[3]:
+            raise self.error(f"expects the output gradient NHWC and weight (KH, KW, C_in, C_out) with "
+                             f"matching C_out; got {g.shape} and {w.shape}")
+        h, wd = self.size
+        if _conv_dims(self, g.shape[0], h, wd, w.shape[0], w.shape[1]) != tuple(g.shape[1:3]):
+            raise self.error(f"output gradient {g.shape} does not fit an input of {self.size} "
+                             f"with kernel {w.shape[:2]}, stride {self.stride}, padding {self.padding}")
+        return (g.shape[0], h, wd, w.shape[2]), g.dtype
+
+    def compute(self, g, w):
+        n, ho, wo, c_out = g.shape
+        kh, kw, c_in, _ = w.shape
+        h, wd = self.size
+        p = self.padding
+        w2 = array_api.reshape(w.compact() if hasattr(w, "compact") else w, (kh * kw * c_in, c_out))
+        g2 = array_api.reshape(g.compact() if hasattr(g, "compact") else g, (n * ho * wo, c_out))
+        cols = array_api.matmul(g2, array_api.transpose(w2, (1, 0)))
+        cols = array_api.reshape(cols, (n, ho, wo, kh, kw, c_in))
+        out = array_api.col2im(cols, (n, h + 2 * p, wd + 2 * p, c_in), self.stride)
+        if p:
+            out = out[:, p:p + h, p:p + wd, :]
+        return out.compact() if hasattr(out, "compact") else out.copy()
+
+    def gradient(self, out_grad, node):
+        g, w = node.inputs
+        s, p = self.stride, self.padding
+        return Conv(s, p)(out_grad, w), ConvBackwardFilter(s, p, w.shape[:2])(out_grad, g)
+
+
+class ConvBackwardFilter(TensorOp):
+    """The gradient of Conv for its weight: the input a (N, H, W, C_in) and g (N, Ho, Wo,
+    C_out) -> (KH, KW, C_in, C_out), i.e. im2col(a)^T @ g, one GEMM. `kernel` is (KH, KW)."""
+
+    kind = "extern"
+
+    def __init__(self, stride: int, padding: int, kernel):
+        self.stride = stride
+        self.padding = padding
+        self.kernel = tuple(kernel)
+
+    def infer(self, a, g):
+        if len(a.shape) != 4 or len(g.shape) != 4 or a.shape[0] != g.shape[0]:
+            raise self.error(f"expects the input NHWC and the output gradient NHWC with the same batch; "
+                             f"got {a.shape} and {g.shape}")
+        kh, kw = self.kernel
+        n, h, w, c_in = a.shape
+        if _conv_dims(self, n, h, w, kh, kw) != tuple(g.shape[1:3]):
+            raise self.error(f"output gradient {g.shape} does not fit input {a.shape} with kernel "
+                             f"{self.kernel}, stride {self.stride}, padding {self.padding}")
+        return (kh, kw, c_in, g.shape[3]), a.dtype
+
+    def compute(self, a, g):
+        n, ho, wo, c_out = g.shape
+        kh, kw = self.kernel
+        c_in = a.shape[3]
+        p = self.padding
+        if p:
+            a = array_api.pad(a, ((0, 0), (p, p), (p, p), (0, 0)))
+        cols = array_api.reshape(array_api.im2col(a, (kh, kw), self.stride), (n * ho * wo, kh * kw * c_in))
+        g2 = array_api.reshape(g.compact() if hasattr(g, "compact") else g, (n * ho * wo, c_out))
+        dw = array_api.matmul(array_api.transpose(cols, (1, 0)), g2)
+        return array_api.reshape(dw, (kh, kw, c_in, c_out))
+
+    def gradient(self, out_grad, node):
+        a, g = node.inputs
+        s, p = self.stride, self.padding
+        return ConvBackwardData(s, p, a.shape[1:3])(g, out_grad), Conv(s, p)(a, out_grad)
 
 
 def matmul(a, b):
@@ -123,4 +170,4 @@ def conv(a, b, stride: int = 1, padding: int = 1):
     return Conv(stride, padding)(a, b)
 
 
-__all__ = ["MatMul", "Conv", "matmul", "conv"]
+__all__ = ["MatMul", "Conv", "ConvBackwardData", "ConvBackwardFilter", "matmul", "conv"]

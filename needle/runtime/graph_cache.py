@@ -1,7 +1,8 @@
 """On-disk cache of compiled graphs: a warm start skips every graph-changing pass.
 
 The key is the traced graph's text (with source locations), the pass pipeline, needle's
-version and the array backend; the value is the text of the graph after each of those
+version, the array backend and a fingerprint of needle's sources (`needle.cache.code_fingerprint`:
+an edited VJP or pass never reuses an old entry); the value is the text of the graph after each of those
 passes (so `.ir(stage)` and needle-ir work on a warm start too), written atomically under `<NEEDLE_CACHE_DIR>/graphs/`. A missing, unreadable or
 unparsable entry is a miss (the graph is compiled and the entry rewritten).
 """
@@ -12,7 +13,7 @@ import os
 from collections.abc import MutableMapping
 from typing import Iterator, Optional, Sequence
 
-from ..cache import cache_dir, write_atomic
+from ..cache import cache_dir, code_fingerprint, write_atomic
 from ..ir.graph import Graph
 from ..ir.parser import parse_graph
 from ..ir.printer import print_graph
@@ -25,7 +26,7 @@ def _key(graph: Graph, pipeline: Sequence[str]) -> str:
     from .. import __version__
     from ..backend_selection import BACKEND
 
-    text = "\n".join([print_graph(graph), ",".join(pipeline), __version__, BACKEND])
+    text = "\n".join([print_graph(graph), ",".join(pipeline), __version__, BACKEND, code_fingerprint()])
     return hashlib.sha256(text.encode()).hexdigest()
 
 

@@ -13,8 +13,9 @@ backends/cpu/program.cc) holds the steps in schedule order:
   is passed as a transposed/strided GEMM operand), batched with broadcast operands; its
   elementwise epilogue runs as an LLVM kernel on each block of rows right after the GEMM
   wrote them (while they are in cache), or after the GEMM when it reads them otherwise;
-* a Conv is one GEMM per kernel tap over the zero-padded input (stride 1), or im2col +
-  GEMM (other strides), its epilogue likewise;
+* a Conv is one GEMM per kernel tap over the zero-padded input (stride 1, wide channels),
+  or im2col + GEMM; its input gradient (ConvBackwardData) GEMM + col2im, its weight
+  gradient (ConvBackwardFilter) im2col + one GEMM; their epilogues as for a GEMM;
 * RandomUniform, Gather and IndexAdd are native steps;
 * a view operand that no kernel can read in place is materialised by a copy kernel into
   scratch memory (one scratch region shared by all steps: it lives for one step);
@@ -329,7 +330,7 @@ class NativeExecutor:
         anchor = g.node(group.anchor)
         rest = tuple(i for i in group.node_ids if i != anchor.id)
         c = self._out_slot(anchor.id)
-        if anchor.op == "Conv":
+        if anchor.op in _CONV_OPS:
             self._conv(anchor, c)
             if rest:
                 self._epilogue(group, anchor, rest, c, gemm=False)
@@ -424,20 +425,30 @@ class NativeExecutor:
         return [sl_a, sl_b], [batch, m, n, k, int(ta), int(tb), lda, ldb, bsa, bsb, m * n]
 
     def _conv(self, node, out_slot) -> None:
-        x, w = node.inputs
-        n, h, wd, ci = self._shape(x)
-        kh, kw, _, co = self._shape(w)
+        """Conv (kind 0), ConvBackwardData (1) or ConvBackwardFilter (2) as a program step,
+        with the scratch backends/cpu/program.cc needs for it."""
+        kind = _CONV_OPS.index(node.op)
+        a, b = node.inputs
         s, p = int(node.attr("stride")), int(node.attr("padding"))
+        if kind == 0:     # x, w
+            (n, h, wd, ci), (kh, kw, _, co) = self._shape(a), self._shape(b)
+        elif kind == 1:   # g, w -> dx of the conv's input size
+            n, co = self._shape(a)[0], self._shape(a)[3]
+            kh, kw, ci, _ = self._shape(b)
+            h, wd = node.attr("size")
+        else:             # x, g -> dw
+            n, h, wd, ci = self._shape(a)
+            co = self._shape(b)[3]
+            kh, kw = node.attr("kernel")
         ho, wo = (h + 2 * p - kh) // s + 1, (wd + 2 * p - kw) // s + 1
-        xs, ws = self._slot_of(x), self._slot_of(w)
-        if s == 1:  # backends/cpu/program.cc conv_taps: padded input + output grid
-            hp, wp = h + 2 * p, wd + 2 * p
+        hp, wp = h + 2 * p, wd + 2 * p
+        if kind == 0 and s == 1 and ci >= 32 and hp * wp <= 2 * ho * wo:  # program.cc use_taps
             floats = (n * hp * wp * ci if p else 0) + n * hp * wp * co
-        else:       # im2col matrix
+        else:             # the im2col matrix (patches, or their gradients)
             floats = n * ho * wo * kh * kw * ci
         cols = self._scratch(floats * _F32)
-        self._emit(["conv", [xs, ws, out_slot, cols], [n, h, wd, ci, kh, kw, co, s, p]], (node.id,), (node.id,),
-                   "im2col+blas", f"conv%{node.id}")
+        self._emit(["conv", kind, [self._slot_of(a), self._slot_of(b), out_slot, cols],
+                    [n, h, wd, ci, kh, kw, co, s, p]], (node.id,), (node.id,), "im2col+blas", f"conv%{node.id}")
         self.stats["convs"] += 1
 
     def _callback(self, group, in_slots, out_slots, label: str = "") -> None:
@@ -506,6 +517,10 @@ class NativeExecutor:
                 arr = np.zeros((), dtype=np.float32)
                 self._keep.append(arr)
                 self._scalar_buffers[k] = (arr, arr.ctypes.data)
+
+
+#: the conv ops, in the order of backends/cpu/program.cc's conv step kinds
+_CONV_OPS = ("Conv", "ConvBackwardData", "ConvBackwardFilter")
 
 
 def _perm(node, ndim: int) -> tuple:

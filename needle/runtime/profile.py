@@ -59,6 +59,11 @@ def node_flops(node, graph) -> int:
         w = graph.node(node.inputs[1]).type
         kh, kw, c_in = w.shape[:3]
         return 2 * _size(node.type) * kh * kw * c_in
+    if node.op in ("ConvBackwardData", "ConvBackwardFilter"):  # the same products as the conv
+        g = graph.node(node.inputs[0 if node.op == "ConvBackwardData" else 1]).type
+        w = graph.node(node.inputs[1]).type if node.op == "ConvBackwardData" else node.type
+        kh, kw, c_in = w.shape[:3]
+        return 2 * _size(g) * kh * kw * c_in
     kind = node_class(node)
     if kind == "elementwise":
         return _size(node.type)

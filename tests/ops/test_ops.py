@@ -105,6 +105,14 @@ CASES = [
     ("conv_k1", lambda a, b: ndl.conv(a, b, stride=1, padding=0), None, [randn(2, 4, 4, 3), randn(1, 1, 3, 2)]),
     ("conv_pad2", lambda a, b: ndl.conv(a, b, stride=3, padding=2), None, [randn(1, 5, 7, 2), randn(2, 2, 2, 3)]),
     ("conv_rect", lambda a, b: ndl.conv(a, b, stride=2, padding=1), None, [randn(1, 6, 5, 2), randn(3, 2, 2, 2)]),
+    ("conv_backward_data", lambda g, w: ndl.ops.ConvBackwardData(1, 1, (5, 5))(g, w), None,
+     [randn(2, 5, 5, 4), randn(3, 3, 3, 4)]),
+    ("conv_backward_data_stride2", lambda g, w: ndl.ops.ConvBackwardData(2, 1, (6, 5))(g, w), None,
+     [randn(1, 3, 3, 3), randn(3, 2, 2, 3)]),
+    ("conv_backward_filter", lambda a, g: ndl.ops.ConvBackwardFilter(1, 1, (3, 3))(a, g), None,
+     [randn(2, 5, 5, 3), randn(2, 5, 5, 4)]),
+    ("conv_backward_filter_stride2", lambda a, g: ndl.ops.ConvBackwardFilter(2, 0, (3, 2))(a, g), None,
+     [randn(1, 7, 6, 2), randn(1, 3, 3, 3)]),
 ]
 
 
@@ -128,7 +136,33 @@ def np_conv(a, b, stride, padding):
     return out
 
 
+def np_conv_backward_data(g, w, stride, padding, size):
+    n, ho, wo, _ = g.shape
+    kh, kw, c_in, _ = w.shape
+    h, wd = size
+    out = np.zeros((n, h + 2 * padding, wd + 2 * padding, c_in))
+    for i in range(ho):
+        for j in range(wo):
+            out[:, i * stride:i * stride + kh, j * stride:j * stride + kw, :] += np.einsum("no,abco->nabc", g[:, i, j], w)
+    return out[:, padding:padding + h, padding:padding + wd, :]
+
+
+def np_conv_backward_filter(a, g, stride, padding, kernel):
+    a = np.pad(a, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    kh, kw = kernel
+    _, ho, wo, _ = g.shape
+    out = np.zeros((kh, kw, a.shape[3], g.shape[3]))
+    for i in range(ho):
+        for j in range(wo):
+            out += np.einsum("nabc,no->abco", a[:, i * stride:i * stride + kh, j * stride:j * stride + kw], g[:, i, j])
+    return out
+
+
 NUMPY_FALLBACK = {
+    "conv_backward_data": lambda g, w: np_conv_backward_data(g, w, 1, 1, (5, 5)),
+    "conv_backward_data_stride2": lambda g, w: np_conv_backward_data(g, w, 2, 1, (6, 5)),
+    "conv_backward_filter": lambda a, g: np_conv_backward_filter(a, g, 1, 1, (3, 3)),
+    "conv_backward_filter_stride2": lambda a, g: np_conv_backward_filter(a, g, 2, 0, (3, 2)),
     "dilate": lambda a: np_dilate(a, (0, 1), 2),
     "conv": lambda a, b: np_conv(a, b, 1, 1),
     "conv_stride2": lambda a, b: np_conv(a, b, 2, 1),
