@@ -381,15 +381,17 @@ def _var_index(shape, prefix):
 
 
 def _nest(shape, prefix, inner, outer_parallel=True):
-    """Loops over the non-unit axes of `shape` around the statements `inner`."""
+    """Loops over the non-unit axes of `shape` around the statements `inner`: built serial,
+    then scheduled by `schedule.default_schedule` (the innermost loop `vector`, the outermost
+    of a nest at least two deep `parallel` when `outer_parallel` and its iterations are
+    independent)."""
+    from .schedule import default_schedule
+
     axes = [k for k, d in enumerate(shape) if d != 1]
     body = tuple(inner)
-    for pos, k in enumerate(reversed(axes)):
-        kind = "vector" if pos == 0 else "serial"
-        if pos == len(axes) - 1 and pos > 0 and outer_parallel:
-            kind = "parallel"
-        body = (For(f"{prefix}{k}", shape[k], kind, body),)
-    return body
+    for k in reversed(axes):
+        body = (For(f"{prefix}{k}", shape[k], "serial", body),)
+    return default_schedule(LoopKernel("nest", (), body), parallel=outer_parallel).body
 
 
 def _lower_elementwise(lw: _Lowerer, outs):
