@@ -40,19 +40,33 @@ PIPELINE = ("decompose", "autodiff", "simplify")
 KERNEL_PIPELINE = ("fusion", "schedule", "memory_plan")
 
 
-EXECUTORS = ("native", "kernels", "interp")
+EXECUTORS = ("native", "kernels", "interp", "cuda")
 
 
-def executor_kind() -> str:
+def executor_kind(graph: Optional[Graph] = None) -> str:
     """`NEEDLE_EXECUTOR`: 'native' (the default on the nd backend: the whole graph as one
     native program, needle.runtime.native), 'kernels' (fused groups as LLVM kernels driven
-    from Python) or 'interp' (the reference interpreter; the default under NEEDLE_BACKEND=np)."""
+    from Python), 'interp' (the reference interpreter; the default under NEEDLE_BACKEND=np)
+    or 'cuda' (CUDA C for the whole graph, needle.runtime.cuda_executor; the default for a
+    graph whose inputs are on an enabled `cuda()` device)."""
     from .backend_selection import BACKEND
 
-    kind = os.environ.get("NEEDLE_EXECUTOR") or ("native" if BACKEND == "nd" else "interp")
+    kind = os.environ.get("NEEDLE_EXECUTOR")
+    if kind is None:
+        kind = "native" if BACKEND == "nd" else "interp"
+        if graph is not None and BACKEND == "nd" and _on_cuda(graph):
+            kind = "cuda"
     if kind not in EXECUTORS:
         raise ValueError(f"NEEDLE_EXECUTOR={kind!r}: use one of {', '.join(EXECUTORS)}")
     return kind
+
+
+def _on_cuda(graph: Graph) -> bool:
+    """True when a graph input lives on the cuda device and a GPU is there to run it."""
+    from .backend_ndarray import cuda
+
+    on = any(str(getattr(n.type, "device", "")).startswith("cuda") for n in graph.inputs)
+    return on and cuda().enabled()
 
 
 def _pass_manager(kind: str):
@@ -200,7 +214,7 @@ class CompiledFunction:
         ctx = PassContext()
         if ctx.dump_dir:  # one folder per function and signature, so dumps never overwrite
             ctx.dump_dir = os.path.join(ctx.dump_dir, f"{graph.name}-{len(self._cache)}")
-        kind = executor_kind()
+        kind = executor_kind(graph)
         # dumping IR or bisecting passes needs the passes to run: no warm start then
         debugging = ctx.dump_dir or ctx.pass_limit is not None
         cached = None if debugging else graph_cache.load(graph, PIPELINE)
@@ -219,6 +233,17 @@ class CompiledFunction:
                     cached[name] = g
             ctx.snapshots = cached
         runner = None
+        if kind == "cuda":
+            from .codegen.cuda import CudaCodegenError
+            from .runtime.cuda_executor import CudaGraphExecutor
+
+            try:
+                runner = CudaGraphExecutor(final, ctx.options["fusion_plan"], ctx.options["schedule"],
+                                           ctx.options["memory_plan"])
+            except CudaCodegenError as e:
+                if "native" in os.environ.get("NEEDLE_LOG", "") or "recompile" in os.environ.get("NEEDLE_LOG", ""):
+                    print(f"needle: {self.fn.__qualname__} runs on the interpreter: {e}", file=sys.stderr)
+                kind = "interp"
         if kind == "native":
             from .runtime.native import NativeExecutor, NativeUnsupported
 
