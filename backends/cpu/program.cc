@@ -132,6 +132,23 @@ class Program {
 
   size_t size() const { return steps_.size(); }
 
+  // Sizes (floats) of the graph's outputs: run_alloc makes their arrays.
+  void set_outputs(std::vector<int64_t> sizes) { out_sizes_ = std::move(sizes); }
+
+  // Allocates the output arrays, binds the inputs (`inputs`: addresses) and the outputs,
+  // runs, and returns the outputs (Array objects): one call per step from Python.
+  py::list run_alloc(const std::vector<size_t>& inputs) {
+    std::vector<size_t> io(inputs);
+    py::list outs;
+    for (int64_t n : out_sizes_) {
+      Array* a = new Array(static_cast<size_t>(std::max<int64_t>(n, 1)));
+      io.push_back(reinterpret_cast<size_t>(a->ptr));
+      outs.append(py::cast(a, py::return_value_policy::take_ownership));
+    }
+    run(io);
+    return outs;
+  }
+
   // Binds the io slots to `io` (addresses) and runs every step in order.
   void run(const std::vector<size_t>& io) {
     if (static_cast<int>(io.size()) != n_io_)
@@ -398,6 +415,7 @@ class Program {
   }
 
   std::vector<float*> addr_;
+  std::vector<int64_t> out_sizes_;
   int n_io_;
   bool profile_ = false;
   std::vector<double> seconds_;
@@ -426,7 +444,9 @@ void register_program(py::module_& m) {
       .def("__len__", &Program::size)
       .def("set_profile", &Program::set_profile, py::arg("on"))
       .def("profile", &Program::profile, "(seconds, calls) per step since profiling was turned on")
-      .def("run", &Program::run, py::arg("io"));
+      .def("run", &Program::run, py::arg("io"))
+      .def("set_outputs", &Program::set_outputs, py::arg("sizes"))
+      .def("run_alloc", &Program::run_alloc, py::arg("inputs"));
 }
 
 }  // namespace cpu

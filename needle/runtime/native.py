@@ -480,37 +480,38 @@ class NativeExecutor:
             self._prepare_call()
         io = []
         keep = []
-        for k, x in enumerate(inputs):
-            if isinstance(x, float):
-                view, addr = self._scalar_buffers[k]
+        for x, (strides, size) in zip(inputs, self._in_specs):
+            if x.__class__ is float:
+                view, addr = self._scalar_buffers[len(io)]
                 view[...] = x
                 io.append(addr)
                 continue
             if not isinstance(x, NDArray):
                 x = array_api.array(np.asarray(x, dtype=np.float32), device=self.device)
-            elif not x.is_compact():
-                x = x.compact()
+            elif x._offset or x._strides != strides or x._handle.size != size:
+                x = x.compact()  # (returns x itself when only unit axes' strides differ)
             keep.append(x)
             io.append(x._handle.ptr())
+        handles = self.program.run_alloc(io)
         device, new = self.device, NDArray.__new__
         outs = []
-        for shape, strides, size in self._out_specs:
+        for (shape, strides), handle in zip(self._out_specs, handles):
             o = new(NDArray)
-            o._shape, o._strides, o._offset, o._device = shape, strides, 0, device
-            o._handle = device.Array(size)
+            o._shape, o._strides, o._offset, o._device, o._handle = shape, strides, 0, device, handle
             outs.append(o)
-            io.append(o._handle.ptr())
-        self.program.run(io)
         return outs
 
     _out_specs = None
 
     def _prepare_call(self) -> None:
-        """Per-output (shape, strides, size) and a float32 buffer for every scalar input."""
+        """Per-input (strides, size) of a compact array, per-output (shape, strides), and a
+        float32 buffer for every scalar input."""
         from ..backend_ndarray import NDArray
 
-        self._out_specs = [(tuple(t.shape), NDArray.compact_strides(t.shape), max(prod(t.shape), 1))
-                           for t in self.out_types]
+        self._in_specs = [(NDArray.compact_strides(n.type.shape), max(prod(n.type.shape), 1))
+                          for n in self.graph.inputs]
+        self._out_specs = [(tuple(t.shape), NDArray.compact_strides(t.shape)) for t in self.out_types]
+        self.program.set_outputs([prod(t.shape) for t in self.out_types])
         self._scalar_buffers = {}
         for k, node in enumerate(self.graph.inputs):
             if node.type.shape == ():
