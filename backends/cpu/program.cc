@@ -37,6 +37,7 @@ struct Step {
   std::vector<int64_t> p;            // integer parameters (meaning per kind)
   range_fn fn = nullptr;             // KERNEL, or GEMM's epilogue
   std::vector<int> epi_slots;        // GEMM's epilogue arguments
+  std::vector<int64_t> offsets;      // GEMM's per-product operand offsets
   py::object callback;               // CALLBACK
   std::string name;                  // for error messages
 };
@@ -88,10 +89,15 @@ class Program {
 
   // slots a, b, c; p = batch, m, n, k, trans_a, trans_b, lda, ldb, batch strides of a, b, c
   // (elements; 0 broadcasts); epilogue: kernel range over [0, epi_extent), split by rows of C.
+  // offsets: for batch > 1, the element offsets of a and b for each product (a0, b0, a1, b1, ...:
+  // any numpy batch broadcasting); none: products i at i * the batch strides
   void add_gemm(std::vector<int> slots, std::vector<int64_t> p, size_t epi_fn, std::vector<int> epi_slots,
-                int64_t epi_extent) {
+                int64_t epi_extent, std::vector<int64_t> offsets) {
     if (slots.size() != 3 || p.size() != 11) value_error("Program.add_gemm: expects 3 slots and 11 parameters");
+    if (!offsets.empty() && static_cast<int64_t>(offsets.size()) != 2 * p[0])
+      value_error("Program.add_gemm: expects 2 offsets per product");
     Step s{GEMM, check(slots), p};
+    s.offsets = std::move(offsets);
     s.p.push_back(epi_extent);
     s.fn = reinterpret_cast<range_fn>(epi_fn);
     s.epi_slots = check(epi_slots);
@@ -231,7 +237,10 @@ class Program {
       else for (int64_t q = 0; q < blocks; ++q) block(q);
       return;
     }
-    for (int64_t i = 0; i < batch; ++i) gemm_ex(ta, tb, m, n, k, a + i * sa, lda, b + i * sb, ldb, c + i * sc, n, true);
+    for (int64_t i = 0; i < batch; ++i) {
+      const int64_t oa = s.offsets.empty() ? i * sa : s.offsets[2 * i], ob = s.offsets.empty() ? i * sb : s.offsets[2 * i + 1];
+      gemm_ex(ta, tb, m, n, k, a + oa, lda, b + ob, ldb, c + i * sc, n, true);
+    }
     if (s.fn != nullptr) run_range(s.fn, args.data(), epi_extent, 4096, 8);
   }
 
@@ -432,7 +441,7 @@ void register_program(py::module_& m) {
       .def("add_kernel", &Program::add_kernel, py::arg("name"), py::arg("fn"), py::arg("slots"), py::arg("extent"),
            py::arg("min_chunk"), py::arg("align"))
       .def("add_gemm", &Program::add_gemm, py::arg("slots"), py::arg("params"), py::arg("epilogue_fn"),
-           py::arg("epilogue_slots"), py::arg("epilogue_extent"))
+           py::arg("epilogue_slots"), py::arg("epilogue_extent"), py::arg("offsets"))
       .def("add_conv", &Program::add_conv, py::arg("kind"), py::arg("slots"), py::arg("params"))
       .def("add_random", &Program::add_random, py::arg("slots"), py::arg("size"), py::arg("stream"))
       .def("add_gather", &Program::add_gather, py::arg("slots"), py::arg("n_indices"), py::arg("n_rows"),

@@ -38,7 +38,7 @@ STATS = {"hits": 0, "misses": 0, "disk_hits": 0, "disk_misses": 0}
 OPT_OPTIONS = "speed_level=3;loop_vectorization;slp_vectorization;opt=3;codemodel=jitdefault"
 _MAGIC = b"NEEDLEOBJ1\n"
 #: bumped when the renderer's output for the same kernel text changes (entry points, ABI)
-RENDER_VERSION = 2
+RENDER_VERSION = 3
 _HEADER = struct.Struct("<32sQ32s")  # key digest, payload length, payload sha256
 
 

@@ -12,7 +12,9 @@ depend on the vector variable stays scalar (uniform) and is splatted where it me
 vector; a load whose index has stride 1 in the vector variable is one vector load, stride 0
 a scalar load, any other stride a gather of scalar loads. Accumulators updated in a vector
 loop get a vector partial accumulator, reduced horizontally after the loop.
-Fast-math flags are `reassoc contract` only, so NaN and Inf keep their IEEE meaning.
+Elementwise arithmetic carries the `contract` fast-math flag only (FMA formation), so NaN
+and Inf keep their IEEE meaning (`reassoc` would let LLVM fold x*a + x into x*(a+1) and
+turn inf - inf into inf); accumulator updates also carry `reassoc` (sums may be reordered).
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ from .loop_ir import (AccInit, AccRef, AccUpdate, Binary, Cmp, FConst, For, IBin
 
 F32 = ir.FloatType()
 I64 = ir.IntType(64)
-FM = ("reassoc", "contract")
+FM = ("contract",)
+FM_ACC = ("reassoc", "contract")
 VECTOR_WIDTH = 8
 _CMP = {"eq": "==", "gt": ">", "ge": ">=", "lt": "<", "le": "<="}
 _ICMP = dict(_CMP, ne="!=")
@@ -299,7 +302,7 @@ def _identity(op):
 
 def _combine(b, op, acc, v):
     if op == "sum":
-        return b.fadd(acc, v, flags=FM)
+        return b.fadd(acc, v, flags=FM_ACC)
     # max that propagates NaN: take v when v is NaN or greater
     take = b.or_(b.fcmp_unordered("uno", v, v), b.fcmp_ordered(">", v, acc))
     return b.select(take, v, acc)

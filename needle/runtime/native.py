@@ -243,9 +243,20 @@ class NativeExecutor:
             self._add_kernel(kernel, ins + [slot], f"copy%{v}", group)
         self.stats["copies"] += 1
 
-    def _out_slot(self, v: int) -> int:
-        if v not in self.loc:  # an output nobody planned (read only inside its group): scratch
-            return self._scratch(prod(self._shape(v)) * _F32)
+    def _out_slot(self, v: int, transient: bool = False) -> int:
+        """The buffer a step writes value v to: its planned place; for a value the plan gave
+        none, scratch when it lives within the group (`transient`: a GEMM result only its
+        epilogue reads), else a buffer of its own that later groups can read."""
+        if v in self.loc:
+            return self.loc[v]
+        n = prod(self._shape(v))
+        if transient:
+            return self._scratch(n * _F32)
+        from ..backend_ndarray import NDArray
+
+        arr = NDArray.make((max(n, 1),), device=self.device)
+        self._keep.append(arr)
+        self.loc[v] = self._new_slot(("array", arr))
         return self.loc[v]
 
     # ---- groups -------------------------------------------------------------------------
@@ -291,16 +302,23 @@ class NativeExecutor:
         for tmp, dst, n in moved:
             self._emit(["copy", [tmp, dst], n], (), (), "copy", f"k{group.id}.unalias")
 
+    def _place(self, slot: int):
+        """A hashable name of a static slot's memory (None for the per-call io slots)."""
+        where = self.static.get(slot)
+        if where is None:
+            return None
+        return (where[0], id(where[1])) if where[0] == "array" else where
+
     def _unalias(self, ex, ins, outs) -> list:
         """An output placed in place of an input that the kernel also reads through a view
         (a permutation: element i is not read only while element i is written) goes to
         scratch first; returns the (scratch, destination, floats) copies to add after."""
         g = self.graph
         viewed = {j for i in ex.node_ids if self._is_view(i) for j in g.node(i).inputs if j in ex.inputs}
-        places = {self.static.get(s) for s, v in zip(ins, ex.inputs) if v in viewed} - {None}
+        places = {self._place(s) for s, v in zip(ins, ex.inputs) if v in viewed} - {None}
         moved = []
         for k, (slot, v) in enumerate(zip(outs, ex.outputs)):
-            if self.static.get(slot) in places:
+            if self._place(slot) in places:
                 n = prod(self._shape(v))
                 outs[k] = self._scratch(n * _F32)
                 moved.append((outs[k], slot, n))
@@ -329,7 +347,7 @@ class NativeExecutor:
         g = self.graph
         anchor = g.node(group.anchor)
         rest = tuple(i for i in group.node_ids if i != anchor.id)
-        c = self._out_slot(anchor.id)
+        c = self._out_slot(anchor.id, transient=anchor.id not in group.outputs)
         if anchor.op in _CONV_OPS:
             self._conv(anchor, c)
             if rest:
@@ -337,16 +355,10 @@ class NativeExecutor:
             return
         if anchor.op != "MatMul":
             return self._opaque(group)
-        params = self._gemm_params(anchor)
-        if params is None:
-            ex = self._expand((anchor.id,), (anchor.id,))
-            self._callback(ex, [self._slot_of(i) for i in ex.inputs], [c], f"k{group.id}")
-            if rest:
-                self._epilogue(group, anchor, rest, c, gemm=False)
-            return
-        slots, p = params
+        slots, p, offsets = self._gemm_params(anchor)
         self.stats["gemms"] += 1
-        step = self._emit(["gemm", slots + [c], p, 0, [], 0], (anchor.id,), (anchor.id,), "blas", f"k{group.id}")
+        step = self._emit(["gemm", slots + [c], p, 0, [], 0, offsets], (anchor.id,), (anchor.id,), "blas",
+                          f"k{group.id}")
         if rest:
             self._epilogue(group, anchor, rest, c, gemm=step)
 
@@ -411,18 +423,22 @@ class NativeExecutor:
         return slot, trans, ld, (rows * cols if batch > 1 else 0), batch
 
     def _gemm_params(self, node):
+        """(operand slots, GEMM parameters, per-batch element offsets of a and b)."""
         a, b = node.inputs
         out = node.type.shape
         sa, sb = self._shape(a), self._shape(b)
         batch = prod(out[:-2])
-        for s in (sa, sb):  # each operand: all of the batch, or none of it (broadcast)
-            lead = tuple(s[:-2])
-            if prod(lead) != 1 and (prod(lead) != batch or lead != tuple(out[:-2])[len(out) - len(s):]):
-                return None
-        sl_a, ta, lda, bsa, _ = self._gemm_operand(a, len(out))
-        sl_b, tb, ldb, bsb, _ = self._gemm_operand(b, len(out))
+        sl_a, ta, lda, _, _ = self._gemm_operand(a, len(out))
+        sl_b, tb, ldb, _, _ = self._gemm_operand(b, len(out))
         m, k, n = sa[-2], sa[-1], sb[-1]
-        return [sl_a, sl_b], [batch, m, n, k, int(ta), int(tb), lda, ldb, bsa, bsb, m * n]
+        offsets = []
+        if batch > 1:  # numpy broadcasting of the batch axes, as element offsets per product
+            for s in (sa, sb):
+                lead = (1,) * (len(out) - len(s)) + tuple(s[:-2])
+                index = np.broadcast_to(np.arange(prod(lead)).reshape(lead), out[:-2]).reshape(-1)
+                offsets.append(index * (s[-2] * s[-1]))
+            offsets = [int(x) for pair in zip(*offsets) for x in pair]
+        return [sl_a, sl_b], [batch, m, n, k, int(ta), int(tb), lda, ldb, 0, 0, m * n], offsets
 
     def _conv(self, node, out_slot) -> None:
         """Conv (kind 0), ConvBackwardData (1) or ConvBackwardFilter (2) as a program step,
