@@ -8,9 +8,9 @@
 //             across the thread pool when the work is large enough;
 //   gemm      batched C = op(A) @ op(B) through BLAS, optionally followed per row block by
 //             an epilogue kernel's range (the rows still in cache);
-//   conv      NHWC convolution: one GEMM per kernel tap over the padded input (conv_taps,
-//             stride 1 and wide channels) or im2col (with zero padding) + GEMM; its input
-//             gradient as GEMM + col2im, its weight gradient as im2col + one GEMM;
+//   conv      NHWC convolution as im2col + GEMM by cache-sized blocks of output pixels
+//             (conv_blocked); its input gradient as GEMM + col2im, its weight gradient as
+//             im2col + one GEMM;
 //   random    counter-based uniform floats (RandomUniform's splitmix64 streams);
 //   gather / index_add   rows along axis 0 (embedding lookup and its gradient);
 //   copy      a contiguous copy of n floats;
@@ -282,20 +282,39 @@ class Program {
       gemm_ex(false, false, d.n * d.h * d.w, d.co, d.ci, x, d.ci, wt, d.co, out, d.co, true);
       return;
     }
-    if (use_taps(d)) {
-      conv_taps(x, wt, out, cols, d.n, d.h, d.w, d.ci, d.kh, d.kw, d.co, d.pad);
-      return;
-    }
-    im2col(d, x, cols);
-    const int64_t row = d.kh * d.kw * d.ci;
-    gemm_ex(false, false, d.n * d.ho * d.wo, d.co, row, cols, row, wt, d.co, out, d.co, true);
+    conv_blocked(d, x, wt, out, cols);
   }
 
-  // One GEMM per tap pays when the padded grid is not much larger than the output and the
-  // channels are wide enough for the GEMMs to run near peak (else im2col's single GEMM wins).
-  static bool use_taps(const ConvDims& d) {
-    const int64_t hp = d.h + 2 * d.pad, wp = d.w + 2 * d.pad;
-    return d.st == 1 && d.ci >= 32 && hp * wp <= 2 * d.ho * d.wo;
+  // im2col + GEMM by blocks of output pixels: each thread takes a contiguous range of
+  // pixels and, block by block, gathers the block's patches into its own cache-sized buffer
+  // and multiplies it at once (K = KH*KW*Ci), so the patch matrix never goes to memory.
+  static constexpr int64_t CONV_THREADS = 8, CONV_BLOCK_BYTES = 256 << 10;
+  static int64_t conv_block_rows(const ConvDims& d) {
+    return std::max<int64_t>(16, CONV_BLOCK_BYTES / (4 * d.kh * d.kw * d.ci));
+  }
+  static void conv_blocked(const ConvDims& d, const float* x, const float* wt, float* out, float* scratch) {
+    const int64_t row = d.kh * d.kw * d.ci, m = d.n * d.ho * d.wo, rb = conv_block_rows(d);
+    const int64_t nt = std::max<int64_t>(1, std::min<int64_t>({CONV_THREADS, pool_num_threads(), (m + rb - 1) / rb}));
+    const int64_t per = (m + nt - 1) / nt;
+    parallel_chunks(nt, [&](int64_t t) {
+      float* buf = scratch + t * rb * row;
+      for (int64_t r0 = t * per; r0 < std::min(m, (t + 1) * per); r0 += rb) {
+        const int64_t r1 = std::min({m, (t + 1) * per, r0 + rb});
+        for (int64_t r = r0; r < r1; ++r) {  // pixel r = (image, oy, ox)
+          const int64_t b = r / (d.ho * d.wo), oy = (r / d.wo) % d.ho, ox = r % d.wo;
+          float* dst = buf + (r - r0) * row;
+          for (int64_t dy = 0; dy < d.kh; ++dy) {
+            const int64_t iy = oy * d.st + dy - d.pad;
+            for (int64_t dx = 0; dx < d.kw; ++dx, dst += d.ci) {
+              const int64_t ix = ox * d.st + dx - d.pad;
+              if (iy < 0 || iy >= d.h || ix < 0 || ix >= d.w) std::memset(dst, 0, sizeof(float) * d.ci);
+              else std::memcpy(dst, x + ((b * d.h + iy) * d.w + ix) * d.ci, sizeof(float) * d.ci);
+            }
+          }
+        }
+        gemm_ex(false, false, r1 - r0, d.co, row, buf, row, wt, d.co, out + r0 * d.co, d.co, false);
+      }
+    });
   }
 
   // dx = col2im(g @ w^T): the patches' gradients scattered back (summed) into the input
@@ -342,49 +361,6 @@ class Program {
       patches = cols;
     }
     gemm_ex(true, false, row, d.co, m, patches, row, g, d.co, dw, d.co, true);
-  }
-
-  // Stride-1 convolution as one GEMM per kernel tap over the zero-padded input seen as a
-  // flat grid of N*Hp*Wp pixel rows: output pixel r of the grid reads input row
-  // r + dy*Wp + dx at tap (dy, dx), so each tap is C[0:M] += Xp[off:off+M] @ W[dy,dx] with
-  // every operand contiguous (no im2col matrix, kh*kw times less scratch traffic). Grid
-  // rows that fall in the padding are computed and dropped when the output is copied out.
-  void conv_taps(const float* x, const float* wt, float* out, float* scratch, int64_t n, int64_t h, int64_t w,
-                 int64_t ci, int64_t kh, int64_t kw, int64_t co, int64_t pad) {
-    const int64_t hp = h + 2 * pad, wp = w + 2 * pad, ho = hp - kh + 1, wo = wp - kw + 1;
-    const float* xp = x;
-    float* grid = scratch;
-    if (pad > 0) {
-      float* padded = scratch;
-      grid = scratch + n * hp * wp * ci;
-      parallel_range(n * hp, std::max<int64_t>(1, PAR_THRESHOLD / std::max<int64_t>(wp * ci, 1)),
-                     [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; ++r) {
-          const int64_t b = r / hp, y = r % hp - pad;
-          float* dst = padded + r * wp * ci;
-          if (y < 0 || y >= h) {
-            std::memset(dst, 0, sizeof(float) * wp * ci);
-            continue;
-          }
-          std::memset(dst, 0, sizeof(float) * pad * ci);
-          std::memcpy(dst + pad * ci, x + (b * h + y) * w * ci, sizeof(float) * w * ci);
-          std::memset(dst + (pad + w) * ci, 0, sizeof(float) * pad * ci);
-        }
-      }, 1);
-      xp = padded;
-    }
-    const int64_t m = n * hp * wp - (kh - 1) * wp - (kw - 1);
-    for (int64_t dy = 0; dy < kh; ++dy)
-      for (int64_t dx = 0; dx < kw; ++dx)
-        gemm_ex(false, false, m, co, ci, xp + (dy * wp + dx) * ci, ci, wt + (dy * kw + dx) * ci * co, co, grid, co,
-                true, (dy == 0 && dx == 0) ? 0.0f : 1.0f);
-    parallel_range(n * ho, std::max<int64_t>(1, PAR_THRESHOLD / std::max<int64_t>(wo * co, 1)),
-                   [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t b = r / ho, y = r % ho;
-        std::memcpy(out + r * wo * co, grid + ((b * hp + y) * wp) * co, sizeof(float) * wo * co);
-      }
-    }, 1);
   }
 
   void run_random(const Step& s) {

@@ -13,9 +13,9 @@ backends/cpu/program.cc) holds the steps in schedule order:
   is passed as a transposed/strided GEMM operand), batched with broadcast operands; its
   elementwise epilogue runs as an LLVM kernel on each block of rows right after the GEMM
   wrote them (while they are in cache), or after the GEMM when it reads them otherwise;
-* a Conv is one GEMM per kernel tap over the zero-padded input (stride 1, wide channels),
-  or im2col + GEMM; its input gradient (ConvBackwardData) GEMM + col2im, its weight
-  gradient (ConvBackwardFilter) im2col + one GEMM; their epilogues as for a GEMM;
+* a Conv is im2col + GEMM by cache-sized blocks of output pixels, one block buffer per
+  thread; its input gradient (ConvBackwardData) GEMM + col2im, its weight gradient
+  (ConvBackwardFilter) im2col + one GEMM; their epilogues as for a GEMM;
 * RandomUniform, Gather and IndexAdd are native steps;
 * a view operand that no kernel can read in place is materialised by a copy kernel into
   scratch memory (one scratch region shared by all steps: it lives for one step);
@@ -457,11 +457,11 @@ class NativeExecutor:
             co = self._shape(b)[3]
             kh, kw = node.attr("kernel")
         ho, wo = (h + 2 * p - kh) // s + 1, (wd + 2 * p - kw) // s + 1
-        hp, wp = h + 2 * p, wd + 2 * p
-        if kind == 0 and s == 1 and ci >= 32 and hp * wp <= 2 * ho * wo:  # program.cc use_taps
-            floats = (n * hp * wp * ci if p else 0) + n * hp * wp * co
+        row = kh * kw * ci
+        if kind == 0:     # program.cc conv_blocked: a block of patches per thread
+            floats = _CONV_THREADS * max(16, _CONV_BLOCK_BYTES // (4 * row)) * row
         else:             # the im2col matrix (patches, or their gradients)
-            floats = n * ho * wo * kh * kw * ci
+            floats = n * ho * wo * row
         cols = self._scratch(floats * _F32)
         self._emit(["conv", kind, [self._slot_of(a), self._slot_of(b), out_slot, cols],
                     [n, h, wd, ci, kh, kw, co, s, p]], (node.id,), (node.id,), "im2col+blas", f"conv%{node.id}")
@@ -538,6 +538,8 @@ class NativeExecutor:
 
 #: the conv ops, in the order of backends/cpu/program.cc's conv step kinds
 _CONV_OPS = ("Conv", "ConvBackwardData", "ConvBackwardFilter")
+#: program.cc's conv_blocked: at most this many threads, each with a patch block of this size
+_CONV_THREADS, _CONV_BLOCK_BYTES = 8, 256 << 10
 
 
 def _perm(node, ndim: int) -> tuple:
