@@ -77,6 +77,8 @@ class NativeExecutor:
         n_in, n_out = len(graph.inputs), len(graph.outputs)
         self.n_io = n_in + n_out
         self.loc: dict[int, int] = {n.id: k for k, n in enumerate(graph.inputs)}
+        self.tmp_loc: dict[int, int] = {}       # values materialised in scratch for one group
+        self.position = {n.id: k for k, n in enumerate(graph.nodes)}
         self.static: dict[int, tuple] = {}     # slot -> ("arena"|"scratch", offset) or ("array", NDArray)
         self.n_slots = self.n_io
         self.out_types = [graph.node(v).type for v in graph.outputs]
@@ -101,6 +103,8 @@ class NativeExecutor:
         self._profiles: list = []        # a StepProfile per step (NEEDLE_PROFILE)
         for gid in self.order:
             self._group(self.groups[gid])
+        self.scratch_top = 0
+        self.tmp_loc.clear()
         for v, slot in late_copies:      # returned inputs, consts and views (bases are still live)
             self._copy_into(v, slot)
         self.scratch = NDArray.make((max(self.scratch_size // _F32, 1),), device=self.device)
@@ -131,7 +135,7 @@ class NativeExecutor:
 
     def _profiled(self, node_ids, outputs) -> tuple:
         """(group, subgraph) of some nodes with their views inlined, for profile estimates."""
-        ex = self._expand(tuple(node_ids), tuple(outputs))
+        ex = self._expand(tuple(node_ids), tuple(outputs), materialize=False)
         return ex, ex.subgraph(self.graph)
 
     def _emit(self, step: list, node_ids, outputs, where: str, label: str = "") -> list:
@@ -166,6 +170,8 @@ class NativeExecutor:
         """The slot holding value v: its buffer, a const array, or a materialised view."""
         if v in self.loc:
             return self.loc[v]
+        if v in self.tmp_loc:
+            return self.tmp_loc[v]
         node = self.graph.node(v)
         if node.op == "const":
             arr = const_array(node)
@@ -182,22 +188,39 @@ class NativeExecutor:
         return self.graph.node(v).type.shape
 
     # ---- subgraphs with their views inlined ---------------------------------------------
-    def _expand(self, node_ids, outputs):
+    def _expand(self, node_ids, outputs, materialize: bool = True):
         """A FusedGroup over `node_ids` plus every view node (and scalar const) they read
-        through, so that its inputs are values with buffers."""
+        through, so that its inputs are values with buffers. A stack of many pieces along
+        axis 0 is not inlined (a select between its pieces per element) but copied piece by
+        piece into scratch first (`materialize`; off for profile labels)."""
         g = self.graph
         inside = set(node_ids)
-        stack = list(node_ids)
+        if materialize:  # wide stacks fused into the group itself
+            for i in node_ids:
+                if i not in outputs and self._wide_stack(g.node(i)):
+                    self._materialize_stack(g.node(i))
+                    inside.discard(i)
+        stack = list(inside)
         while stack:
             for i in g.node(stack.pop()).inputs:
-                if i in inside:
+                if i in inside or i in self.tmp_loc:
                     continue
                 n = g.node(i)
                 if self._is_view(i) or (n.op == "const" and isinstance(n.attr("value"), (int, float))):
+                    if self._wide_stack(n):
+                        if materialize:
+                            self._materialize_stack(n)
+                        continue
                     inside.add(i)
                     stack.append(i)
-        position = {n.id: k for k, n in enumerate(g.nodes)}
-        ids = tuple(sorted(inside, key=position.__getitem__))
+        needed: set = set()  # what the outputs read (a materialised stack's pieces are not)
+        stack = [o for o in outputs if o in inside]
+        while stack:
+            v = stack.pop()
+            if v not in needed:
+                needed.add(v)
+                stack += [j for j in g.node(v).inputs if j in inside]
+        ids = tuple(sorted(needed, key=self.position.__getitem__))
         inputs: list[int] = []
         for i in ids:
             for j in g.node(i).inputs:
@@ -206,6 +229,27 @@ class NativeExecutor:
         from ..passes.fusion import FusedGroup
 
         return FusedGroup(-1, ids, tuple(inputs), tuple(outputs), "elementwise")
+
+    def _wide_stack(self, n) -> bool:
+        if n.op != "Stack" or int(n.attr("axis")) % len(n.type.shape) != 0:
+            return False
+        src = self.graph.node(n.inputs[0])
+        return src.op == "MakeTensorTuple" and len(src.inputs) > 4
+
+    def _materialize_stack(self, n) -> None:
+        """Stack along axis 0: piece k is the contiguous block k of a scratch buffer."""
+        pieces = self.graph.node(n.inputs[0]).inputs
+        size = prod(n.type.shape[1:])
+        slot = self._scratch(prod(n.type.shape) * _F32)
+        base = self.static[slot][1]
+        for k, p in enumerate(pieces):
+            dst = self._new_slot(("scratch", base + k * size * _F32))
+            if p in self.loc or p in self.tmp_loc or self.graph.node(p).op == "const":
+                self._emit(["copy", [self._slot_of(p), dst], size], (), (), "copy", f"stack%{n.id}[{k}]")
+                self.stats["copies"] += 1
+            else:
+                self._copy_into(p, dst)
+        self.tmp_loc[n.id] = slot
 
     def _kernel(self, group) -> Any:
         """The LLVM kernel of a group (its subgraph), or None if it does not lower."""
@@ -262,6 +306,7 @@ class NativeExecutor:
     # ---- groups -------------------------------------------------------------------------
     def _group(self, group) -> None:
         self.scratch_top = 0
+        self.tmp_loc.clear()
         kind = group.kind
         if kind == "view":
             return  # read as index arithmetic by its consumers; returned views are copied at the end
