@@ -8,35 +8,17 @@ import pytest
 
 pytest.importorskip("llvmlite")
 
-from needle.backend_selection import BACKEND, array_api  # noqa: E402
+from needle.backend_selection import BACKEND  # noqa: E402
 from needle.codegen import compile_kernel, lower  # noqa: E402
 from needle.codegen import jit  # noqa: E402
 from needle.ir import parse_graph  # noqa: E402
-from needle.runtime import interpreter  # noqa: E402
-
-
-def reference(graph, arrays):
-    """run_graph on the active backend, outputs as float32 numpy arrays."""
-    if BACKEND == "nd":
-        import needle as ndl
-
-        arrays = [array_api.array(a, device=ndl.cpu()) for a in arrays]
-    with np.errstate(all="ignore"):
-        outs = interpreter.run_graph(graph, arrays)
-    return [np.asarray(o.numpy() if hasattr(o, "numpy") else o, dtype=np.float32) for o in outs]
+from tests.numerics import assert_close, reference  # noqa: E402
 
 
 def check(actual, expected, tol=1e-5):
     assert len(actual) == len(expected)
-    for a, e in zip(actual, expected):
-        assert a.shape == e.shape
-        np.testing.assert_array_equal(np.isnan(a), np.isnan(e))
-        fin = np.isfinite(e)
-        np.testing.assert_array_equal(a[~fin & ~np.isnan(e)], e[~fin & ~np.isnan(e)])
-        np.testing.assert_array_equal(np.isfinite(a), fin)
-        a64, e64 = a[fin].astype(np.float64), e[fin].astype(np.float64)
-        denom = max(np.linalg.norm(e64), 1e-30)
-        assert np.linalg.norm(a64 - e64) / denom <= tol, (a, e)
+    for k, (a, e) in enumerate(zip(actual, expected)):
+        assert_close(a, e, tol, f"output {k}")
 
 
 def run_both(text, *arrays, tol=1e-5):

@@ -12,38 +12,19 @@ import pytest
 
 pytest.importorskip("llvmlite")
 
-from needle.backend_selection import BACKEND, array_api  # noqa: E402
+from needle.backend_selection import BACKEND  # noqa: E402
 from needle.codegen import compile_kernel  # noqa: E402
 from needle.ir import parse_graph  # noqa: E402
-from needle.runtime import interpreter  # noqa: E402
+from tests.numerics import assert_close, reference  # noqa: E402
 
 SEED = int(os.environ.get("NEEDLE_TEST_SEED") or np.random.SeedSequence().entropy % 2**32)
 RNG = np.random.default_rng(SEED)  # fresh inputs on every run
 
 
-def reference(graph, arrays):
-    if BACKEND == "nd":
-        import needle as ndl
-
-        arrays = [array_api.array(a, device=ndl.cpu()) for a in arrays]
-    with np.errstate(all="ignore"):
-        outs = interpreter.run_graph(graph, arrays)
-    return [np.asarray(o.numpy() if hasattr(o, "numpy") else o, dtype=np.float32) for o in outs]
-
-
 def check(actual, expected, tol=1e-5, text=""):
     assert len(actual) == len(expected)
     for k, (a, e) in enumerate(zip(actual, expected)):
-        what = f"output {k} (NEEDLE_TEST_SEED={SEED})\n{text}"
-        assert a.shape == e.shape, (what, a.shape, e.shape)
-        np.testing.assert_array_equal(np.isnan(a), np.isnan(e), err_msg=what)
-        inf = np.isinf(e)
-        np.testing.assert_array_equal(np.isinf(a), inf, err_msg=what)
-        np.testing.assert_array_equal(a[inf], e[inf], err_msg=what)
-        fin = np.isfinite(e)
-        a64, e64 = a[fin].astype(np.float64), e[fin].astype(np.float64)
-        err = np.linalg.norm(a64 - e64) / max(np.linalg.norm(e64), 1e-30)
-        assert err <= tol, f"{what}: relative error {err:.3g}"
+        assert_close(a, e, tol, f"output {k} (NEEDLE_TEST_SEED={SEED})\n{text}")
 
 
 def _t(shape):

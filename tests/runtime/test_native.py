@@ -27,34 +27,15 @@ from needle.passes.manager import PassContext  # noqa: E402
 from needle.runtime import profile as _profile  # noqa: E402
 from needle.runtime.interpreter import run_graph  # noqa: E402
 from needle.runtime.native import NativeExecutor  # noqa: E402
+from tests import numerics  # noqa: E402
 
 SEED = int(os.environ.get("NEEDLE_TEST_SEED") or np.random.SeedSequence().entropy % 2**32)
 RNG = np.random.default_rng(SEED)  # fresh inputs on every run
 
 
 # ---- helpers ------------------------------------------------------------------------------
-def _np(x):
-    assert x is not None
-    if isinstance(x, ndl.Tensor):
-        x = x.numpy()
-    elif hasattr(x, "numpy"):
-        x = x.numpy()
-    return np.asarray(x, dtype=np.float32)
-
-
 def assert_close(actual, expected, tol=1e-5, what="", floor=1e-30):
-    """Normwise relative error <= tol (denominator at least `floor`), NaN/Inf alike."""
-    a, e = _np(actual), _np(expected)
-    what = f"{what} (NEEDLE_TEST_SEED={SEED})"
-    assert a.shape == e.shape, (what, a.shape, e.shape)
-    np.testing.assert_array_equal(np.isnan(a), np.isnan(e), err_msg=what)
-    inf = np.isinf(e)
-    np.testing.assert_array_equal(np.isinf(a), inf, err_msg=what)
-    np.testing.assert_array_equal(a[inf], e[inf], err_msg=what)
-    fin = np.isfinite(e)
-    a64, e64 = a[fin].astype(np.float64), e[fin].astype(np.float64)
-    err = np.linalg.norm(a64 - e64) / max(np.linalg.norm(e64), floor)
-    assert err <= tol, f"{what}: relative error {err:.3g}"
+    numerics.assert_close(actual, expected, tol, f"{what} (NEEDLE_TEST_SEED={SEED})", floor)
 
 
 def randn(*shape, scale=1.0):
@@ -128,7 +109,7 @@ def run_ir(text, arrays, tol=1e-5, exact=False):
     assert len(got) == len(want)
     for k, (a, e) in enumerate(zip(got, want)):
         if exact:
-            np.testing.assert_array_equal(_np(a), _np(e), err_msg=f"output {k} (NEEDLE_TEST_SEED={SEED})")
+            np.testing.assert_array_equal(numerics.as_float32(a), numerics.as_float32(e), err_msg=f"output {k} (NEEDLE_TEST_SEED={SEED})")
         else:
             assert_close(a, e, tol, f"output {k}")
     assert ex.stats["callbacks"] == 0, ex.stats
@@ -462,9 +443,9 @@ RANDOM_IR = """graph @r {
 @pytest.mark.parametrize("counter,base", [(0, 0), (1, 0), (17, 3), (12345, 987654), (2**20, 42)])
 def test_random_uniform_bit_exact(counter, base):
     ex, got = run_ir(RANDOM_IR, [np.float32(counter), np.float32(base), randn(7, 9)], exact=True)
-    u = _np(got[0])
+    u = numerics.as_float32(got[0])
     assert (u >= 0).all() and (u < 1).all() and len(np.unique(u)) > 50
-    assert not np.array_equal(_np(got[0]), _np(got[2]))  # streams differ
+    assert not np.array_equal(numerics.as_float32(got[0]), numerics.as_float32(got[2]))  # streams differ
 
 
 def test_dropout_masks_match_interpreter(monkeypatch):
@@ -477,9 +458,9 @@ def test_dropout_masks_match_interpreter(monkeypatch):
         for counter in (0, 1, 5):
             x = randn(13, 9)
             COMPILED_RNG.base, COMPILED_RNG.counter = 7, counter
-            a = _np(fn_n(T(x)))
+            a = numerics.as_float32(fn_n(T(x)))
             COMPILED_RNG.base, COMPILED_RNG.counter = 7, counter
-            b = _np(fn_i(T(x)))
+            b = numerics.as_float32(fn_i(T(x)))
             np.testing.assert_array_equal(a, b)
             assert COMPILED_RNG.counter == counter + 1
             assert 0 < (a == 0).sum() < a.size
@@ -617,11 +598,11 @@ def test_returns_constant_and_input_ir():
     ex, got = run_ir(text, [x])
     got2 = ex([ndl.backend_ndarray.array(x)])  # a second call: the late copies run again
     for a, b in zip(got, got2):
-        np.testing.assert_array_equal(_np(a), _np(b))
-    np.testing.assert_array_equal(_np(got[0]), x)
-    np.testing.assert_array_equal(_np(got[1]), [[1, 2], [3, 4]])
-    np.testing.assert_array_equal(_np(got[2]), np.full((3, 5), 2.5, np.float32))
-    np.testing.assert_array_equal(_np(got[4]), _np(got[3]))
+        np.testing.assert_array_equal(numerics.as_float32(a), numerics.as_float32(b))
+    np.testing.assert_array_equal(numerics.as_float32(got[0]), x)
+    np.testing.assert_array_equal(numerics.as_float32(got[1]), [[1, 2], [3, 4]])
+    np.testing.assert_array_equal(numerics.as_float32(got[2]), np.full((3, 5), 2.5, np.float32))
+    np.testing.assert_array_equal(numerics.as_float32(got[4]), numerics.as_float32(got[3]))
     # returned arrays are distinct buffers (none is the input's, a const's or another output's)
     ptrs = [o._handle.ptr() + o._offset * 4 for o in got]
     assert len(set(ptrs)) == len(ptrs)

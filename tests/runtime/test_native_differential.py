@@ -24,6 +24,7 @@ from needle.ir import parse_graph  # noqa: E402
 from needle.passes.manager import PassContext  # noqa: E402
 from needle.runtime.interpreter import run_graph  # noqa: E402
 from needle.runtime.native import NativeExecutor  # noqa: E402
+from tests.numerics import assert_close  # noqa: E402
 
 DIMS = (1, 3, 5, 7, 9, 11)
 MAX_SIZE = 500   # elements per value: small graphs, many examples
@@ -266,20 +267,6 @@ def random_graph(draw):
     return text, b.inputs, specials
 
 
-def check(actual, expected, tol=1e-5, what=""):
-    a = np.asarray(actual.numpy(), dtype=np.float32)
-    e = np.asarray(expected.numpy(), dtype=np.float32)
-    assert a.shape == e.shape, what
-    np.testing.assert_array_equal(np.isnan(a), np.isnan(e), err_msg=what)
-    inf = np.isinf(e)
-    np.testing.assert_array_equal(np.isinf(a), inf, err_msg=what)
-    np.testing.assert_array_equal(a[inf], e[inf], err_msg=what)
-    fin = np.isfinite(e)
-    a64, e64 = a[fin].astype(np.float64), e[fin].astype(np.float64)
-    err = np.linalg.norm(a64 - e64) / max(np.linalg.norm(e64), 1e-30)
-    assert err <= tol, f"{what}: relative error {err:.3g}"
-
-
 def run_case(text, shapes, seed, specials):
     rng = np.random.default_rng(seed)
     # inputs of one sign and away from zero: float32 sums in a different order (8-lane
@@ -301,12 +288,12 @@ def run_case(text, shapes, seed, specials):
     got = ex(inputs)
     assert len(got) == len(want)
     for k, (a, e) in enumerate(zip(got, want)):
-        check(a, e, what=f"output {k}\n{text}")
+        assert_close(a, e, what=f"output {k}\n{text}")
     for x, a in zip(inputs, arrays):  # inputs are read, never written
         np.testing.assert_array_equal(x.numpy(), a)
     got2 = ex(inputs)   # the program runs again on the same arena
     for k, (a, e) in enumerate(zip(got2, want)):
-        check(a, e, what=f"output {k} (second call)\n{text}")
+        assert_close(a, e, what=f"output {k} (second call)\n{text}")
     return ex
 
 
