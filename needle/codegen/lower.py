@@ -462,8 +462,8 @@ def _domain_index(lw: _Lowerer, o: int, shape, dom_idx, dom_shape):
     if there is one, else the row-major reshape (same linear order)."""
     def chain(nid, seen):
         n = lw.g.node(nid)
-        if n.type.shape == tuple(dom_shape):
-            return []
+        if n.type.shape == tuple(dom_shape) and (nid in seen or n.op not in ("Reshape", "Permute", "Transpose")):
+            return []  # (a transpose of a square domain has its shape but is a view of it)
         if nid in seen or n.op in ("input", "const") or n.op in REDUCTIONS:
             return None
         seen.add(nid)
@@ -483,7 +483,7 @@ def _domain_index(lw: _Lowerer, o: int, shape, dom_idx, dom_shape):
 
     idx = tuple(dom_idx)
     cur = tuple(dom_shape)
-    steps = chain(o, set()) if tuple(shape) != cur else []
+    steps = chain(o, set())
     for n in steps or []:  # from the domain up to o: invert each view
         out_shape = n.type.shape
         if n.op == "Reshape":
@@ -514,11 +514,11 @@ def _lower_reduce(lw: _Lowerer, red: Node, outs):
     for b, o, s in outs:
         if s == rshape or (prod(s) == prod(rshape) and prod(s) != prod(full)):
             # the kept domain (or a reshape of it): stored at the kept index
-            oidx = kept_idx if s == rshape else _domain_index(lw, o, s, kept_idx, rshape)
+            oidx = _domain_index(lw, o, s, kept_idx, rshape)
             after.append(Store(b, linearize(oidx, s), lw.val(o, oidx)))
         elif prod(s) == prod(full):
             # the full domain, or a view of it: stored at the element the loop visits
-            oidx = full_idx if s == full else _domain_index(lw, o, s, full_idx, full)
+            oidx = _domain_index(lw, o, s, full_idx, full)
             v = lw.val(o, oidx)
             (second if _uses_acc(v) else first).append(Store(b, linearize(oidx, s), v))
         else:
@@ -568,8 +568,11 @@ def _lower_columns(lw, red, full, raxes, rshape, kept_idx, value, outs, first, s
     def squeeze(shape):
         return tuple(d for d in shape if d != 1)
 
-    # an output laid out as the kept domain (its shape, or with unit axes added)
-    same = [(b, o) for b, o, s in outs if squeeze(s) == squeeze(rshape)]
+    # an output laid out as the kept domain (its shape, or with unit axes added) and stored
+    # at the kept element's own linear index (not, say, a transpose of a square kept domain)
+    lin = linearize(kept_idx, rshape)
+    stored_at = {st.buf: st.index for st in after}
+    same = [(b, o) for b, o, s in outs if squeeze(s) == squeeze(rshape) and stored_at.get(b) == lin]
     buf = next((b for b, o in same if o == red.id), None) or next((b for b, o in same), None)
     if buf is None:
         return None

@@ -337,6 +337,8 @@ class NativeExecutor:
                 return
             ex = self._expand(node_ids, outputs)
             kernel = self._kernel(ex)
+        if kernel is None and self._split_view_outputs(group, node_ids, outputs):
+            return
         ins = [self._slot_of(i) for i in ex.inputs]
         outs = [self._out_slot(v) for v in outputs]
         if kernel is None:
@@ -353,6 +355,37 @@ class NativeExecutor:
         if where is None:
             return None
         return (where[0], id(where[1])) if where[0] == "array" else where
+
+    def _split_view_outputs(self, group, node_ids, outputs) -> bool:
+        """A group that does not lower because some outputs are views (another shape) of
+        others (`return e, reshape(e)`): the kernel of the other outputs, then a copy kernel
+        per view output reading their buffers. False when that does not apply."""
+        from ..codegen.lower import VIEWS
+
+        g = self.graph
+        views = [o for o in outputs if g.node(o).op in VIEWS and g.node(o).inputs[0] in outputs]
+        main = tuple(o for o in outputs if o not in views)
+        if not views or not main:
+            return False
+        ex = self._expand(node_ids, main)
+        kernel = self._kernel(ex)
+        if kernel is None:
+            return False
+        ins = [self._slot_of(i) for i in ex.inputs]
+        outs = [self._out_slot(v) for v in main]
+        moved = self._unalias(ex, ins, outs)
+        self._add_kernel(kernel, ins + outs, f"k{group.id}", ex)
+        for tmp, dst, n in moved:
+            self._emit(["copy", [tmp, dst], n], (), (), "copy", f"k{group.id}.unalias")
+        for v in views:
+            view = self._expand((v,), (v,))
+            copy = self._kernel(view)
+            slots = [self._slot_of(i) for i in view.inputs] + [self._out_slot(v)]
+            if copy is None:
+                self._callback(view, slots[:-1], slots[-1:], f"k{group.id}.view")
+            else:
+                self._add_kernel(copy, slots, f"k{group.id}.view%{v}", view)
+        return True
 
     def _unalias(self, ex, ins, outs) -> list:
         """An output placed in place of an input that the kernel also reads through a view

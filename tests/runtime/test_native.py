@@ -492,12 +492,6 @@ def test_returns_elementwise_value_and_its_view(monkeypatch, kind):
     run_both(monkeypatch, _value_and_view(kind), randn(5, 7), allow_callbacks=True)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "bug: `return e, reshape(e)` (or transpose(e)) with e = exp(x): fusion puts the returned view "
-    "in e's elementwise group as a second output of another shape; lower() raises 'elementwise "
-    "kernel outputs of different shapes [(5, 7), (35,)]', so NativeExecutor runs the whole group "
-    "as an interpreter callback (stats['callbacks'] == 1; results are correct). A returned view is "
-    "otherwise copied after the program (late copy), and a reduction group accepts such outputs"))
 @pytest.mark.parametrize("kind", ["reshape", "transpose"])
 def test_returns_elementwise_value_and_its_view_without_callback(monkeypatch, kind):
     run_both(monkeypatch, _value_and_view(kind), randn(5, 7))
@@ -522,15 +516,6 @@ def test_transposed_reduce_outputs(monkeypatch, kind, shape):
         assert stats["callbacks"] == 0, stats
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "bug: a reduce group whose output is a transpose of a *square* value (the reduced value, "
-    "e.g. transpose(sum(x (3,5,3), axes=(1,)) * 1.5), or a full-domain value that reads the sum, "
-    "e.g. transpose(softmax(x (5,5)))) does not lower: lower._lower_reduce takes the output's "
-    "index as the loop index when the output shape equals the (kept or full) domain shape "
-    "(`oidx = kept_idx if s == rshape`, `full_idx if s == full`) instead of inverting the view "
-    "chain with _domain_index, so the reduction is read at the transposed index and lower() "
-    "raises 'reduction %1 is read at an index other than its loop's'; the group runs as an "
-    "interpreter callback. Non-square shapes lower fine"))
 @pytest.mark.parametrize("kind,shape", [("reduced", (3, 5, 3)), ("softmax", (5, 5))])
 def test_transposed_square_reduce_outputs_without_callback(monkeypatch, kind, shape):
     run_both(monkeypatch, _transposed_reduce(kind), randn(*shape))
