@@ -1,7 +1,8 @@
-"""`simplify`: algebraic identities, constant folding, CSE and DCE, repeated to a fixed point.
+"""`simplify`: algebraic identities, constant folding, CSE, sums of matrix products as one
+product (`matmul_sums`) and DCE, repeated to a fixed point.
 
-The four passes are also registered on their own (`algebraic`, `fold`, `cse`, `dce`) so tests
-and `PassManager.from_names` can run each one alone.
+The five passes are also registered on their own (`algebraic`, `fold`, `cse`, `matmul_sums`,
+`dce`) so tests and `PassManager.from_names` can run each one alone.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from .cse import CommonSubexpressionElimination
 from .dce import DeadCodeElimination
 from .fold import ConstantFolding
 from .manager import Pass, PassResult, register_pass
+from .matmul_sums import MatmulSums
 
 #: a safety stop: each round shrinks or rewrites the graph, so this is never reached in practice
 MAX_ROUNDS = 20
@@ -32,7 +34,7 @@ class Simplify(Pass):
     def __init__(self, passes=None):
         self.passes = list(passes) if passes is not None else [
             AlgebraicSimplification(), ConstantFolding(), CommonSubexpressionElimination(),
-            DeadCodeElimination()]
+            MatmulSums(), DeadCodeElimination()]
 
     def run(self, graph, ctx):
         report: dict = {"rounds": 0}
@@ -53,5 +55,5 @@ class Simplify(Pass):
 
 
 for _p in (DeadCodeElimination(), CommonSubexpressionElimination(), ConstantFolding(),
-           AlgebraicSimplification(), Simplify()):
+           AlgebraicSimplification(), MatmulSums(), Simplify()):
     register_pass(_p)

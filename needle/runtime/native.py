@@ -178,6 +178,9 @@ class NativeExecutor:
             self._keep.append(arr)
             self.loc[v] = self._new_slot(("array", arr.compact()))
             return self.loc[v]
+        if self._is_view(v) and self._wide_stack(node):
+            self._materialize_stack(node)
+            return self.tmp_loc[v]
         if self._is_view(v):
             slot = self._scratch(prod(node.type.shape) * _F32)
             self._copy_into(v, slot)
@@ -231,19 +234,21 @@ class NativeExecutor:
         return FusedGroup(-1, ids, tuple(inputs), tuple(outputs), "elementwise")
 
     def _wide_stack(self, n) -> bool:
-        if n.op != "Stack" or int(n.attr("axis")) % len(n.type.shape) != 0:
+        """A Stack or Concat of many pieces along axis 0."""
+        if n.op not in ("Stack", "Concat") or int(n.attr("axis")) % len(n.type.shape) != 0:
             return False
         src = self.graph.node(n.inputs[0])
         return src.op == "MakeTensorTuple" and len(src.inputs) > 4
 
     def _materialize_stack(self, n) -> None:
-        """Stack along axis 0: piece k is the contiguous block k of a scratch buffer."""
+        """Stack or Concat along axis 0: piece k is a contiguous block of a scratch buffer."""
         pieces = self.graph.node(n.inputs[0]).inputs
-        size = prod(n.type.shape[1:])
         slot = self._scratch(prod(n.type.shape) * _F32)
-        base = self.static[slot][1]
+        offset = self.static[slot][1]
         for k, p in enumerate(pieces):
-            dst = self._new_slot(("scratch", base + k * size * _F32))
+            size = prod(self._shape(p))
+            dst = self._new_slot(("scratch", offset))
+            offset += size * _F32
             if p in self.loc or p in self.tmp_loc or self.graph.node(p).op == "const":
                 self._emit(["copy", [self._slot_of(p), dst], size], (), (), "copy", f"stack%{n.id}[{k}]")
                 self.stats["copies"] += 1
