@@ -395,14 +395,17 @@ def _nest(shape, prefix, inner, outer_parallel=True):
 
 
 def _lower_elementwise(lw: _Lowerer, outs):
-    shapes = {s for _, _, s in outs}
-    if len(shapes) > 1:
-        raise LoweringError(f"elementwise kernel outputs of different shapes {sorted(shapes)}")
+    """One loop nest over the first output's shape (the domain). An output of the same size in
+    another shape (`return e, transpose(e)`) is stored at its own index of the same element,
+    mapped from the domain's through its view chain (`_domain_index`)."""
     if not outs:
         return []
+    if len({prod(s) for _, _, s in outs}) > 1:
+        raise LoweringError(f"elementwise kernel outputs of different sizes {sorted({s for _, _, s in outs})}")
     shape = outs[0][2]
     idx = _var_index(shape, "i")
-    values = [lw.val(o, idx) for _, o, _ in outs]
+    oidx = [idx if s == shape else _domain_index(lw, o, s, idx, shape) for _, o, s in outs]
+    values = [lw.val(o, oi) for (_, o, _), oi in zip(outs, oidx)]
     # merge adjacent axes that every access walks contiguously into one loop
     axes = [k for k, d in enumerate(shape) if d != 1]
     loads = list(_loads(values))
@@ -415,8 +418,8 @@ def _lower_elementwise(lw: _Lowerer, outs):
         coef[ld] = cs
     if any(isinstance(x, ICmp) for v in values for x in walk_exprs(v)):
         coef = None  # index conditions name the i-variables: keep the nest unmerged
-    if coef is None or len(axes) <= 1:
-        stores = [Store(b, linearize(idx, shape), v) for (b, _, _), v in zip(outs, values)]
+    if coef is None or len(axes) <= 1 or any(s != shape for _, _, s in outs):
+        stores = [Store(b, linearize(oi, s), v) for (b, _, s), oi, v in zip(outs, oidx, values)]
         return list(_nest(shape, "i", stores))
     groups = [[0]]
     for p in range(1, len(axes)):

@@ -61,6 +61,10 @@ class NativeExecutor:
         from ..backend_ndarray import NDArray, cpu
         from ..backend_ndarray import ndarray_backend_cpu as backend
 
+        from ..backend_selection import BACKEND
+
+        if BACKEND != "nd":
+            raise NativeUnsupported("the native executor needs NEEDLE_BACKEND=nd")
         self.graph = graph
         self.device = cpu()
         for n in graph.nodes:
