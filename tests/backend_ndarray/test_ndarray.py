@@ -4,8 +4,11 @@ import pytest
 
 import needle.backend_ndarray as nd
 from needle.backend_ndarray import ndarray_backend_numpy
+from tests.cuda.devices import CUDA_PARAM
 
 DEVICES = [pytest.param(nd.cpu(), id="cpu"), pytest.param(nd.cpu_numpy(), id="cpu_numpy")]
+#: the tests that also run on cuda() (the cuda-only ones are in tests/cuda/test_eager_cuda.py)
+WITH_CUDA = DEVICES + [CUDA_PARAM]
 RTOL = 1e-5
 
 
@@ -245,7 +248,7 @@ BINARY = [
 ]
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", WITH_CUDA)
 @pytest.mark.parametrize("name,f,ref", BINARY, ids=[b[0] for b in BINARY])
 @pytest.mark.parametrize("shape", [(7,), (4, 5), (3, 1000), (257, 129)])
 def test_ewise_binary(device, name, f, ref, shape):
@@ -419,7 +422,7 @@ def test_matmul(device, m, n, p):
         check(a.permute((1, 0)).compact().permute((1, 0)) @ b, A @ B, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", WITH_CUDA)
 def test_matmul_1024(device):
     A, B = rand(1024, 1024), rand(1024, 1024)
     out = (nd.array(A, device=device) @ nd.array(B, device=device)).numpy()
@@ -441,10 +444,11 @@ def test_matmul_fallback_kernel():
         mod.set_blas_enabled(True)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", WITH_CUDA)
 @pytest.mark.parametrize("sa,sb", [((2, 3, 4), (2, 4, 5)), ((2, 3, 4), (4, 5)), ((3, 4), (2, 4, 5)),
                                    ((2, 1, 3, 4), (5, 4, 2)), ((1, 3, 4), (6, 4, 2)),
-                                   ((64, 8, 8), (64, 8, 8)), ((2, 2, 60, 70), (2, 2, 70, 50))])
+                                   ((64, 8, 8), (64, 8, 8)), ((2, 2, 60, 70), (2, 2, 70, 50)),
+                                   ((3, 130, 65), (3, 65, 67))])
 def test_matmul_batched(device, sa, sb):
     A, B = rand(*sa), rand(*sb)
     check(nd.matmul(nd.array(A, device=device), nd.array(B, device=device)), np.matmul(A, B), rtol=1e-4,
@@ -452,7 +456,7 @@ def test_matmul_batched(device, sa, sb):
     check(nd.array(A, device=device) @ nd.array(B, device=device), A @ B, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", WITH_CUDA)
 def test_matmul_errors(device):
     a = nd.array(rand(3, 4), device=device)
     with pytest.raises(ValueError, match=r"\(3, 4\).*\(3, 4\)"):
@@ -461,7 +465,7 @@ def test_matmul_errors(device):
         nd.matmul(nd.array(rand(2, 3, 4), device=device), nd.array(rand(3, 4, 5), device=device))
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", WITH_CUDA)
 @pytest.mark.parametrize("m,n,p", [(8, 8, 8), (16, 24, 32), (64, 128, 72)])
 def test_matmul_tiled(device, m, n, p):
     A, B = rand(m, n), rand(n, p)
@@ -485,7 +489,7 @@ def test_matmul_tiled(device, m, n, p):
 # ---------------------------------------------------------------------------
 # data movement
 # ---------------------------------------------------------------------------
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", WITH_CUDA)
 @pytest.mark.parametrize("axes", [0, 1, 2, (0, 2), (0, 1, 2), None, -1])
 def test_flip(device, axes):
     A = rand(3, 4, 5)
@@ -688,7 +692,7 @@ def test_cpu_pool_after_fork():
     assert abs(got - expected) / expected < 1e-5
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device", WITH_CUDA)
 def test_zero_dim(device):
     a = nd.array(np.float32(2.5), device=device)
     assert a.shape == () and a.size == 1
