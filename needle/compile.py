@@ -36,8 +36,9 @@ from .runtime import graph_cache
 from .runtime.interpreter import run_graph
 
 PIPELINE = ("decompose", "autodiff", "simplify")
-#: analysis passes the kernel executor needs (the graph is unchanged by them)
-KERNEL_PIPELINE = ("fusion", "schedule", "memory_plan")
+#: the passes of the kernel executors: recompute rewrites the graph for fusion, the others
+#: are analyses (the graph is unchanged by them)
+KERNEL_PIPELINE = ("recompute", "fusion", "schedule", "memory_plan")
 
 
 EXECUTORS = ("native", "kernels", "interp", "cuda")

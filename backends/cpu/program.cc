@@ -218,22 +218,26 @@ class Program {
     const float *a = at(s, 0), *b = at(s, 1);
     float* c = at(s, 2);
     if (s.fn != nullptr) gather_args(s.epi_slots, args);
-    if (batch == 1 && s.fn != nullptr && m > 0 && epi_extent % m == 0) {
-      // row blocks: GEMM then the epilogue on the same rows, while they are in cache
+    const int64_t nt = pool_num_threads();
+    const bool split = nt > 1 && m * n * k >= (int64_t(1) << 21);
+    // The epilogue runs on row blocks of C right after the GEMM writes them, while they are
+    // in cache: blocks about the size of L2 when B is small (every block packs all of B
+    // again), else one block per thread. Products too thin to give every thread rows run one
+    // GEMM split over the threads (by columns), then one parallel epilogue pass.
+    if (batch == 1 && s.fn != nullptr && m > 0 && epi_extent % m == 0 && (!split || m >= 16 * nt)) {
       const int64_t per_row = epi_extent / m;
-      // blocks of C about the size of L2 but never thin (each block re-reads all of B), and
-      // at least one block per thread when the product is worth splitting
-      int64_t rows = std::max<int64_t>(64, (int64_t(1) << 16) / std::max<int64_t>(n, 1));
-      if (m * n * k >= (int64_t(1) << 21)) rows = std::min<int64_t>(rows, (m + pool_num_threads() - 1) / pool_num_threads());
-      rows = std::min<int64_t>(m, std::max<int64_t>(rows, 8));
-      const int64_t blocks = (m + rows - 1) / rows;
+      const int64_t target = std::max<int64_t>(64, (int64_t(1) << 16) / std::max<int64_t>(n, 1));
+      int64_t blocks = k * n <= (int64_t(1) << 18) ? (m + target - 1) / target : 1;
+      if (split) blocks = (blocks + nt - 1) / nt * nt;
+      const int64_t rows = ((m + blocks - 1) / blocks + 7) / 8 * 8;
+      blocks = (m + rows - 1) / rows;
       auto block = [&](int64_t q) {
         int64_t i0 = q * rows, i1 = std::min(m, i0 + rows);
         const float* pa = ta ? a + i0 : a + i0 * lda;
         gemm_ex(ta, tb, i1 - i0, n, k, pa, lda, b, ldb, c + i0 * n, n, false);
         s.fn(args.data(), i0 * per_row, i1 * per_row);
       };
-      if (blocks > 1 && m * n * k >= (int64_t(1) << 21)) parallel_chunks(blocks, block);
+      if (blocks > 1 && split) parallel_chunks(blocks, block);
       else for (int64_t q = 0; q < blocks; ++q) block(q);
       return;
     }

@@ -599,7 +599,30 @@ def _lower_columns(lw, red, full, raxes, rshape, kept_idx, value, outs, first, s
     tail = sorted((st for st in map(sub, after) if not (st.buf == buf and st.value == cur)),
                   key=lambda st: st.buf == buf)
     body += _nest(kdims, "i", tail, outer_parallel=False)
-    return body
+    return _column_blocks(body, full, last)
+
+
+#: elements a column reduction must cover before its columns are split across threads
+COLUMN_BLOCKS_MIN = 1 << 16
+
+
+def _column_blocks(body, full, last):
+    """A column reduction's nests as one parallel loop over blocks of whole columns (each
+    block runs every nest over its own columns: `strip_mine`), so threads share the work.
+    Blocks are a multiple of the vector width that divides the column count, with at least
+    eight of them; `body` is returned unchanged when the reduction is small or no such
+    width exists."""
+    from .schedule import ScheduleError, parallelize, strip_mine
+
+    n = full[last]
+    width = next((w for w in range(n // 8 // 8 * 8, 7, -8) if n % w == 0), None)
+    if width is None or prod(full) < COLUMN_BLOCKS_MIN:
+        return body
+    try:
+        kernel = strip_mine(LoopKernel("columns", (), tuple(body)), f"i{last}", width, "cb")
+        return list(parallelize(kernel, "cb").body)
+    except ScheduleError:
+        return body
 
 
 def _replace_acc(e, acc: str, repl, memo: dict):

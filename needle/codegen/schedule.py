@@ -14,6 +14,9 @@ to *every* loop of that name; it refuses when one loop of that name is nested in
   tail loop `for vt < E%f: body[v := (E//f)*f + vt]` when f does not divide E;
 * `reorder(k, a, b)` interchanges the perfectly nested loops a (outer) and b (inner);
 * `tile(k, a, b, fa, fb)` splits both and orders them a_o, b_o, a_i, b_i;
+* `strip_mine(k, v, f)`: every loop over v (E, a multiple of f) runs f iterations, all of
+  them inside one new top-level loop `for vb < E//f` (v := vb*f + v): a kernel that walks an
+  axis in several nests (a column reduction) becomes one loop over blocks of that axis;
 * `default_schedule(k)` gives every loop the kind lowering gives it (innermost loops
   `vector`, the kernel's single top-level loop `parallel`, the rest `serial`).
 
@@ -33,7 +36,7 @@ from .loop_ir import (AccInit, AccRef, AccUpdate, Binary, Cmp, For, IBin, ICmp, 
                       LoopKernel, Select, Store, Unary, coefficient, iadd, idiv, imod, imul,
                       walk_exprs)
 
-__all__ = ["ScheduleError", "vectorize", "parallelize", "split", "reorder", "tile",
+__all__ = ["ScheduleError", "vectorize", "parallelize", "split", "reorder", "tile", "strip_mine",
            "default_schedule"]
 
 
@@ -407,6 +410,33 @@ def tile(kernel: LoopKernel, var_a: str, var_b: str, fa: int, fb: int) -> LoopKe
 
     body = _replace(kernel.body, var_a, tile_one)
     return LoopKernel(kernel.name, kernel.params, body)
+
+
+def strip_mine(kernel: LoopKernel, var: str, factor: int, outer: str = None) -> LoopKernel:
+    """Every loop over `var` (of one extent E, a multiple of `factor`) runs `factor`
+    iterations, inside one new serial top-level loop `outer` (default var+"b") over the
+    E // factor blocks, with var := outer * factor + var. Every statement must be inside a
+    loop over `var` (none may run once per block by accident). `parallelize(k, outer)` then
+    checks that the blocks are independent."""
+    _check_factor("strip_mine", factor)
+    extents = {f.extent for f in _find(kernel, var, "strip_mine")}
+    if len(extents) != 1 or next(iter(extents)) % factor:
+        raise ScheduleError(f"strip_mine: loops {var!r} have extents {sorted(extents)}: "
+                            f"they must share one that {factor} divides")
+    outer = outer or var + "b"
+    _new_names(kernel, "strip_mine", outer)
+
+    def check(stmts, inside):
+        for st in stmts:
+            if isinstance(st, For):
+                check(st.body, inside or st.var == var)
+            elif not inside:
+                raise ScheduleError(f"strip_mine: a statement outside every loop {var!r} "
+                                    f"would run once per block")
+    check(kernel.body, False)
+    body = _replace(kernel.body, var, lambda f: (For(f.var, factor, f.kind, f.body),))
+    body = _Subst(var, iadd(imul(IVar(outer), IConst(factor)), IVar(var))).stmts(body)
+    return LoopKernel(kernel.name, kernel.params, (For(outer, next(iter(extents)) // factor, "serial", body),))
 
 
 def default_schedule(kernel: LoopKernel, parallel: bool = True) -> LoopKernel:

@@ -29,7 +29,7 @@ from .printer import format_type
 __all__ = ["IRVerifyError", "verify", "STAGES"]
 
 #: pipeline stages in order (a stage's invariants hold after the pass of that name)
-STAGES = ("trace", "decompose", "autodiff", "simplify", "fusion", "schedule", "memory_plan", "lower")
+STAGES = ("trace", "decompose", "autodiff", "simplify", "recompute", "fusion", "schedule", "memory_plan", "lower")
 
 
 class IRVerifyError(ValueError):

@@ -24,7 +24,9 @@ Rules (docs/passes.md, "fusion"):
   may be smaller than the domain (broadcast into it, recomputed), never larger.
 * No merge may create a cycle between groups (reachability check before each merge).
 
-Merging runs in sweeps over the edges producer -> consumer in graph order: (1) elementwise
+Merging runs in sweeps over the edges producer -> consumer in graph order: (0) reductions
+absorb the elementwise producers only they read (their private prologue, so a value that
+feeds one reduction is computed inside it, not stored by a sibling kernel), (1) elementwise
 and view groups among themselves, (2) reductions absorb elementwise producers, (3) reductions
 and externs take elementwise consumers, (4) every rule on every edge until nothing changes.
 """
@@ -293,7 +295,7 @@ class _Planner:
             for p in dict.fromkeys(cnode.inputs):
                 if p not in self.cls or self.group[p] == self.group[c]:
                     continue
-                if not allow(self.kind(self.group[p]), self.kind(self.group[c])):
+                if not allow(self.group[p], self.group[c]):
                     continue
                 why = self.reason(p, c)
                 if why is None:
@@ -305,12 +307,20 @@ class _Planner:
                         reasons.append(why)
         return changed
 
+    def _private(self, P: int, C: int) -> bool:
+        """Every reader of group P's values is in group C (and the graph returns none)."""
+        return all(self.group.get(u) == C for n in self.members[P] for u in self.users[n]) and \
+            not any(n in self.returned for n in self.members[P])
+
     def run(self) -> FusionPlan:
         light = ("elementwise", "view")
-        self.sweep(lambda kp, kc: kp in light and kc in light)
-        self.sweep(lambda kp, kc: kp in light and kc == "reduce")
-        self.sweep(lambda kp, kc: kp in ("reduce", "extern") and kc in light)
-        while self.sweep(lambda kp, kc: True):
+        kind = self.kind
+        while self.sweep(lambda P, C: kind(P) in light and kind(C) == "reduce" and self._private(P, C)):
+            pass
+        self.sweep(lambda P, C: kind(P) in light and kind(C) in light)
+        self.sweep(lambda P, C: kind(P) in light and kind(C) == "reduce")
+        self.sweep(lambda P, C: kind(P) in ("reduce", "extern") and kind(C) in light)
+        while self.sweep(lambda P, C: True):
             pass
         return self.plan()
 

@@ -9,8 +9,8 @@ import pytest
 from needle.codegen import lower, render_c
 from needle.codegen.loop_ir import (AccInit, AccRef, AccUpdate, Binary, Buffer, FConst, For, IBin, ICmp,
                                     IConst, IVar, Load, LoopKernel, Select, Store, iadd, imul)
-from needle.codegen.schedule import (ScheduleError, default_schedule, parallelize, reorder, split, tile,
-                                     vectorize)
+from needle.codegen.schedule import (ScheduleError, default_schedule, parallelize, reorder, split,
+                                     strip_mine, tile, vectorize)
 from needle.ir import parse_graph
 
 
@@ -214,6 +214,33 @@ def test_reorder_text():
     assert reorder(reorder(ew2(k0="serial", k1="serial"), "i0", "i1"), "i1", "i0") == ew2(k0="serial", k1="serial")
 
 
+COLSUM24 = COLSUM.replace("23", "24")
+
+
+def test_strip_mine_text():
+    """The column sums' three nests (zero, accumulate rows, scale) over blocks of 8 columns."""
+    k = strip_mine(lower(graph(COLSUM24)), "i1", 8)
+    want = ("void kernel(const float *restrict in0 /* 888: 37x24 */, float *restrict out0 /* 24: 24 */, "
+            "float *restrict out1 /* 24: 24 */) {\n" + """\
+  for (int64_t i1b = 0; i1b < 3; i1b++) {  // serial
+    for (int64_t i1 = 0; i1 < 8; i1++) {  // vector
+      out0[((i1b * 8) + i1)] = 0.0f;
+    }
+    for (int64_t i0 = 0; i0 < 37; i0++) {  // serial
+      for (int64_t i1 = 0; i1 < 8; i1++) {  // vector
+        out0[((i1b * 8) + i1)] = (out0[((i1b * 8) + i1)] + in0[(((i1b * 8) + i1) + (i0 * 24))]);
+      }
+    }
+    for (int64_t i1 = 0; i1 < 8; i1++) {  // vector
+      out1[((i1b * 8) + i1)] = (out0[((i1b * 8) + i1)] * 0.5f);
+    }
+  }
+}
+""")
+    assert render_c(k) == want
+    assert render_c(parallelize(k, "i1b")) == want.replace("i1b++) {  // serial", "i1b++) {  // parallel")
+
+
 def test_tile_text():
     """5x7 tiled 2x3: full 2x3 tiles, the column tail (7 % 3) after them in each row block, the
     row tail (5 % 2) last with its columns unsplit."""
@@ -372,6 +399,12 @@ ERRORS = [
     (lambda: tile(ew2(), "i0", "i1", 2, 0), r"split factor must be an int >= 1"),
     (lambda: tile(ew2(), "i0", "q", 2, 2), r"no loop 'q'"),
     (lambda: tile(split(ew2(), "i1", 7, outer="i0o"), "i0", "i0o", 2, 2), r"already has a loop named 'i0o'"),
+    (lambda: strip_mine(lower(graph(COLSUM)), "i1", 8), r"extents \[23\]: they must share one that 8 divides"),
+    (lambda: strip_mine(lower(graph(SOFTMAX)), "i1", 1), r"a statement outside every loop 'i1' would run once per block"),
+    (lambda: strip_mine(lower(graph(COLSUM)), "i1", 0), r"split factor must be an int >= 1"),
+    (lambda: strip_mine(ew2(), "i1", 7, outer="i0"), r"already has a loop named 'i0'"),
+    (lambda: parallelize(strip_mine(_overlapping_rows(), "i0", 4), "i0b"),
+     r"its writes to out0 may collide across iterations"),
 ]
 
 
@@ -453,6 +486,32 @@ def test_parallel_loop_after_transforms_runs_in_ranges():
         n = range_extent(kernel)
         assert n > 1 and len(kernel.body) == 1 and kernel.body[0].kind == "parallel"
         _agree(ref, kernel, rtol=1e-5, chunks=[(0, n // 3), (n // 3, n - 1), (n - 1, n)])
+
+
+def test_strip_mined_column_sums_run_in_ranges():
+    c = lower(graph(COLSUM24))
+    for f in (1, 8, 24):
+        k = parallelize(strip_mine(c, "i1", f, outer="b"), "b")
+        n = 24 // f
+        _agree(c, k, rtol=1e-5, chunks=[(0, n // 2), (n // 2, n)])
+
+
+def test_large_column_reduction_lowers_to_parallel_column_blocks():
+    """Lowering splits a column reduction of at least COLUMN_BLOCKS_MIN elements into
+    parallel blocks of columns (a width of 8k dividing the columns, 8 blocks or more), and the
+    kernel agrees with the serial nests when run in ranges; a column count with no such width
+    stays serial."""
+    from needle.codegen.llvm_render import range_extent
+    from needle.codegen.lower import COLUMN_BLOCKS_MIN
+
+    rows = COLUMN_BLOCKS_MIN // 256 + 3
+    k = lower(graph(COLSUM.replace("37", str(rows)).replace("23", "256")))
+    assert len(k.body) == 1 and k.body[0].var == "cb" and k.body[0].kind == "parallel"
+    assert range_extent(k) == 8  # blocks of 32 columns
+    ref = LoopKernel(k.name, k.params, strip_mine(k, "i1", 1).body)  # one block: the serial nests
+    _agree(ref, k, rtol=1e-5, chunks=[(0, 3), (3, 8)])
+    odd = lower(graph(COLSUM.replace("37", str(rows)).replace("23", "257")))
+    assert [type(s).__name__ for s in odd.body] == ["For", "For", "For"]
 
 
 def test_split_reduction_numerics():

@@ -214,6 +214,28 @@ def test_diamond_fuses_without_cycles():
     assert plan.groups[0].outputs == (5, 6)
 
 
+def test_value_read_by_one_reduction_is_computed_inside_it():
+    """z = x + b feeds a row max and, through z * w, a row sum: z * w is the sum's private
+    prologue, computed in the sum's kernel (reading z), not stored by the max's kernel."""
+    g = ir("""
+        graph @loss {
+          %0 = input() {name="x", role="arg"} : f32[4,8] cpu
+          %1 = input() {name="b", role="param"} : f32[4,8] cpu
+          %2 = input() {name="w", role="arg"} : f32[4,8] cpu
+          %3 = EWiseAdd(%0, %1) : f32[4,8] cpu
+          %4 = Max(%3) {axes=(1,)} : f32[4] cpu
+          %5 = EWiseMul(%3, %2) : f32[4,8] cpu
+          %6 = Summation(%5) {axes=(1,)} : f32[4] cpu
+          %7 = Exp(%3) : f32[4,8] cpu
+          return %4, %6, %7
+        }
+    """)
+    plan = plan_of(g)
+    assert plan.group_of(5) is plan.group_of(6)
+    assert all(5 not in gr.outputs for gr in plan.groups)
+    assert plan.kernels == 2
+
+
 def test_merge_that_would_create_a_cycle_is_refused():
     g = ir("""
         graph @cycle {
