@@ -15,6 +15,10 @@ loop get a vector partial accumulator, reduced horizontally after the loop.
 Elementwise arithmetic carries the `contract` fast-math flag only (FMA formation), so NaN
 and Inf keep their IEEE meaning (`reassoc` would let LLVM fold x*a + x into x*(a+1) and
 turn inf - inf into inf); accumulator updates also carry `reassoc` (sums may be reordered).
+A vector divided by a lane-uniform divisor is multiplied by its exact reciprocal (one scalar
+division, hoisted where the divisor is loop-invariant: a softmax or layernorm row divides
+once). `arcp` is not used: it lets LLVM replace 1 / sqrt(x) by an estimate whose Newton step
+turns sqrt(inf) and sqrt(0) into NaN.
 """
 from __future__ import annotations
 
@@ -266,7 +270,12 @@ class _Renderer:
                 return b.fneg(x)
             return getattr(vmath, e.op)(b, x)
         if isinstance(e, Binary):
-            x, y = self._pair(self.fexpr(e.a), self.fexpr(e.b))
+            x, y = self.fexpr(e.a), self.fexpr(e.b)
+            if e.op == "div" and isinstance(x.type, ir.VectorType) and not isinstance(y.type, ir.VectorType):
+                # a divisor uniform across the lanes: one exact scalar reciprocal (hoisted out
+                # of the loop where y is invariant), then a vector multiply
+                y, e = b.fdiv(ir.Constant(F32, 1.0), y, flags=FM), Binary("mul", e.a, e.b)
+            x, y = self._pair(x, y)
             if e.op == "pow":
                 return vmath.pow(b, x, y)
             return {"add": b.fadd, "sub": b.fsub, "mul": b.fmul, "div": b.fdiv}[e.op](x, y, flags=FM)

@@ -38,7 +38,7 @@ class _Lowerer:
         self.g = graph
         self.memo: dict = {}
         self.bufs = {n.id: f"in{k}" for k, n in enumerate(graph.inputs)}
-        self.red = None  # (node, kept-index tuple) of the kernel's reduction
+        self.reds: dict = {}  # reduction node id -> kept-index tuple (its loop's)
         self.ranges: dict = {}  # loop variable -> extent (for index simplification)
 
     def simp(self, idx):
@@ -69,9 +69,9 @@ class _Lowerer:
                 raise LoweringError("non-scalar const in a kernel (pass it as an input)")
             return FConst(float(v))
         if op in REDUCTIONS:
-            if self.red is None or self.red[0] is not n:
-                raise LoweringError("more than one reduction in a kernel")
-            if self.simp(idx) != self.red[1]:
+            if n.id not in self.reds:
+                raise LoweringError(f"reduction %{n.id} is not one of the kernel's")
+            if self.simp(idx) != self.reds[n.id]:
                 raise LoweringError(f"reduction %{n.id} is read at an index other than its loop's")
             return AccRef(f"acc{n.id}")
         if op in VIEWS:
@@ -367,10 +367,8 @@ def lower(graph: Graph, name: str = "kernel") -> LoopKernel:
     outs = [(f"out{k}", o, lw.shape(o)) for k, o in enumerate(graph.outputs)]
     params += [Buffer(b, prod(s), "out", s) for b, o, s in outs]
     reds = [n for n in graph.nodes if n.op in REDUCTIONS and _axes(n, len(lw.shape(n.inputs[0])))]
-    if len(reds) > 1:
-        raise LoweringError(f"{len(reds)} reductions in one kernel (at most one)")
     if reds:
-        body = _lower_reduce(lw, reds[0], outs)
+        body = _lower_reduce(lw, reds, outs)
     else:
         body = _lower_elementwise(lw, outs)
     return LoopKernel(name, tuple(params), tuple(body))
@@ -501,18 +499,23 @@ def _domain_index(lw: _Lowerer, o: int, shape, dom_idx, dom_shape):
     return idx
 
 
-def _lower_reduce(lw: _Lowerer, red: Node, outs):
-    src = red.inputs[0]
-    full = lw.shape(src)
+def _lower_reduce(lw: _Lowerer, reds: list, outs):
+    """One reduction, or a row chain of them (the same axes of one input shape, the
+    innermost among them: softmax's max and sum): for each kept point, each reduction's
+    pass in graph order (a later one may read an earlier one's result), then a pass for
+    the full-domain outputs that read a result, then the kept-domain outputs."""
+    red = reds[0]
+    full = lw.shape(red.inputs[0])
     raxes = _axes(red, len(full))
+    if any(lw.shape(r.inputs[0]) != full or _axes(r, len(full)) != raxes for r in reds[1:]):
+        raise LoweringError("reductions of different shapes or axes in one kernel")
     kept = [k for k in range(len(full)) if k not in raxes]
     rshape = red.type.shape
     full_idx = _var_index(full, "i")
     kept_idx = tuple(full_idx[k] for k in kept)
     lw.ranges = {f"i{k}": d for k, d in enumerate(full) if d != 1}
-    lw.red = (red, lw.simp(kept_idx))
-    acc, op = f"acc{red.id}", REDUCTIONS[red.op]
-    value = lw.val(src, full_idx)
+    lw.reds = {r.id: lw.simp(kept_idx) for r in reds}
+    values = [lw.val(r.inputs[0], full_idx) for r in reds]
     first, second, after = [], [], []
     for b, o, s in outs:
         if s == rshape or (prod(s) == prod(rshape) and prod(s) != prod(full)):
@@ -527,13 +530,21 @@ def _lower_reduce(lw: _Lowerer, red: Node, outs):
         else:
             raise LoweringError(f"output of shape {s} in a reduction kernel over {full} -> {rshape}")
     rdims = tuple(d if k in raxes else 1 for k, d in enumerate(full))
-    _reuse_reduced_value(value, full, full_idx, first, second)
-    columns = _lower_columns(lw, red, full, raxes, rshape, kept_idx, value, outs, first, second, after)
-    if columns is not None:
-        return columns
-    inner = [AccInit(acc, op)]
-    inner += _nest(rdims, "i", [AccUpdate(acc, op, value)] + first, outer_parallel=False)
-    if second:  # epilogue over the full domain that reads the reduced value: a second pass
+    last = first if len(reds) == 1 else []  # stores of the last reduction's pass
+    _reuse_reduced_value(values[-1], full, full_idx, last, second)
+    if len(reds) == 1:
+        columns = _lower_columns(lw, red, full, raxes, rshape, kept_idx, values[0], outs, first, second, after)
+        if columns is not None:
+            return columns
+    elif max(k for k, d in enumerate(full) if d != 1) not in raxes:
+        raise LoweringError("a chain of reductions over outer axes (columns) in one kernel")
+    inner = []
+    for k, (r, value) in enumerate(zip(reds, values)):
+        acc, op = f"acc{r.id}", REDUCTIONS[r.op]
+        extra = (first if k == 0 else []) + (last if k == len(reds) - 1 and k else [])
+        inner += [AccInit(acc, op)]
+        inner += _nest(rdims, "i", [AccUpdate(acc, op, value)] + extra, outer_parallel=False)
+    if second:  # epilogue over the full domain that reads the reduced values: a last pass
         inner += _nest(rdims, "i", second, outer_parallel=False)
     inner += after
     axes = [k for k in kept if full[k] != 1]

@@ -11,7 +11,9 @@ Rules (docs/passes.md, "fusion"):
   "elementwise", not "view", because it reads indices at run time.
 * A reduction absorbs its elementwise producers (prologue) and takes elementwise consumers as
   an epilogue only when they read the reduced result (directly or through the epilogue).
-  One reduction per group.
+  Reductions share a group only as a row chain: the same axes of one input shape, the
+  innermost axis among them (softmax's max and sum, layernorm's mean and variance run one
+  after another over each row in one kernel).
 * `MatMul`/`Conv` (extern) take an elementwise epilogue, never a prologue.
 * Tuple ops and opaque ops stay alone; tuple ops (aliases/slices) are "view" groups.
 * A transpose/reshape chain read only by MatMul/Conv stays a "view" group (a strided GEMM
@@ -126,6 +128,13 @@ def _numel(node: Node) -> int:
     return prod(node.type.shape) if not node.is_tuple else -1
 
 
+def _reduced_axes(node: Node, ndim: int) -> frozenset:
+    from ..ops.registry import normalize_axes, op_from_node
+
+    axes = normalize_axes(op_from_node(node.op, node.attr_dict), node.attr("axes"), ndim)
+    return frozenset(range(ndim) if axes is None else axes)
+
+
 class _Planner:
     def __init__(self, graph: Graph):
         self.g = graph
@@ -160,10 +169,8 @@ class _Planner:
         return "elementwise" if "elementwise" in classes else "view"
 
     def anchor(self, nodes) -> Optional[int]:
-        for n in nodes:
-            if self.cls[n] in ("reduce", "extern"):
-                return n
-        return None
+        """The group's extern node, or its first reduction (in graph order)."""
+        return min((n for n in nodes if self.cls[n] in ("reduce", "extern")), key=self.pos.get, default=None)
 
     def outputs(self, nodes: set) -> list[int]:
         return [n for n in nodes if n in self.returned or any(u not in nodes for u in self.users[n])]
@@ -183,8 +190,9 @@ class _Planner:
                 return "extern takes no prologue"
             if kp == "extern":
                 return "extern epilogue takes no reduction"
-            return ("reduce output feeds a reduction" if self._after_anchor(P, p)
-                    else "a group holds one reduction")
+            if not self._row_chain(pn | cn):
+                return ("reduce output feeds a reduction" if self._after_anchor(P, p)
+                        else "a group holds one reduction")
         if kc == "extern":      # elementwise/view producer into an extern group
             a = self.anchor(cn)
             if any(i in pn for i in self.g.node(a).inputs):
@@ -205,6 +213,17 @@ class _Planner:
         if self._cycle(P, C):
             return "would create a cycle"
         return None
+
+    def _row_chain(self, nodes: set) -> bool:
+        """The reductions in `nodes` all reduce the same axes of one input shape, the innermost
+        (non-unit) axis among them: one kernel runs them one after another over each row."""
+        reds = [self.g.node(n) for n in nodes if self.cls[n] == "reduce"]
+        shape = self.g.node(reds[0].inputs[0]).type.shape
+        axes = _reduced_axes(reds[0], len(shape))
+        inner = max((k for k, d in enumerate(shape) if d != 1), default=None)
+        return inner in axes and all(
+            self.g.node(r.inputs[0]).type.shape == shape and _reduced_axes(r, len(shape)) == axes
+            for r in reds[1:])
 
     def _gemm_operand(self, nodes: set) -> bool:
         """Transposes/reshapes read only by extern ops: the GEMM reads them as strided operands."""

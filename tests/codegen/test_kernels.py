@@ -92,6 +92,29 @@ def test_nan_inf_propagate():
         run_both(graph1(op, (4, 19), attrs, n_in=2), x, x[::-1].copy())
 
 
+def test_division_by_a_row_value_keeps_special_values():
+    """x / s and s ** -0.5 with s uniform along the vector loop (a per-row divisor, divided
+    through its reciprocal): inf, 0 and NaN divisors give what numpy gives, in vector lanes
+    and in the scalar tail."""
+    text = """graph @k {
+  %0 = input() {name="x", role="arg"} : f32[6,19] cpu
+  %1 = input() {name="s", role="arg"} : f32[6,1] cpu
+  %2 = BroadcastTo(%1) {shape=(6, 19)} : f32[6,19] cpu
+  %3 = EWiseDiv(%0, %2) : f32[6,19] cpu
+  %4 = PowerScalar(%2) {scalar=-0.5} : f32[6,19] cpu
+  %5 = EWiseMul(%0, %4) : f32[6,19] cpu
+  return %3, %5
+}
+"""
+    x = np.random.randn(6, 19).astype(np.float32)
+    x[:, 0], x[:, 18] = np.inf, 0.0
+    s = np.array([[np.inf], [0.0], [2.5], [np.nan], [4.0], [1e-3]], dtype=np.float32)
+    _, (q, r) = run_both(text, x, s)
+    with np.errstate(all="ignore"):
+        np.testing.assert_array_equal(np.isnan(q), np.isnan(x / s))
+        np.testing.assert_array_equal(np.isnan(r), np.isnan(x * s ** -0.5))
+
+
 def test_exp_tanh_log_special_values():
     x = np.array([np.nan, np.inf, -np.inf, 0.0, 100.0, -100.0, 88.0, -87.0, 1e-3, -1e-3, 20.0],
                  dtype=np.float32)
