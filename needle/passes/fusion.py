@@ -29,8 +29,10 @@ Rules (docs/passes.md, "fusion"):
 Merging runs in sweeps over the edges producer -> consumer in graph order: (0) reductions
 absorb the elementwise producers only they read (their private prologue, so a value that
 feeds one reduction is computed inside it, not stored by a sibling kernel), (1) elementwise
-and view groups among themselves, (2) reductions absorb elementwise producers, (3) reductions
-and externs take elementwise consumers, (4) every rule on every edge until nothing changes.
+and view groups among themselves, (2) externs take elementwise consumers (a GEMM's output is
+stored anyway: its epilogue's result costs nothing more), (3) reductions absorb elementwise
+producers, (4) reductions take elementwise consumers, (5) every rule on every edge until
+nothing changes. Last, row reductions reading the same value join one row chain.
 """
 from __future__ import annotations
 
@@ -337,11 +339,28 @@ class _Planner:
         while self.sweep(lambda P, C: kind(P) in light and kind(C) == "reduce" and self._private(P, C)):
             pass
         self.sweep(lambda P, C: kind(P) in light and kind(C) in light)
+        self.sweep(lambda P, C: kind(P) == "extern" and kind(C) in light)
         self.sweep(lambda P, C: kind(P) in light and kind(C) == "reduce")
-        self.sweep(lambda P, C: kind(P) in ("reduce", "extern") and kind(C) in light)
+        self.sweep(lambda P, C: kind(P) == "reduce" and kind(C) in light)
         while self.sweep(lambda P, C: True):
             pass
+        self.siblings()
         return self.plan()
+
+    def siblings(self) -> None:
+        """Row reductions that read the same value (a softmax loss's max, exp-sum and
+        sum(z * onehot) over the logits) join one row chain, so the rows are read once."""
+        for v in self.g.nodes:
+            readers = list(dict.fromkeys(self.group[u] for u in self.users[v.id] if u in self.cls))
+            reds = [k for k in readers if self.kind(k) == "reduce"]
+            for other in reds[1:]:
+                first = self.group[self.members[reds[0]][0]]
+                if first == other:
+                    continue
+                nodes = set(self.members[first]) | set(self.members[other])
+                if self._row_chain(nodes) and self._domain(nodes) is None and \
+                        not self._cycle(first, other) and not self._cycle(other, first):
+                    self.merge(first, other)
 
     def plan(self) -> FusionPlan:
         keys = list(self.members)

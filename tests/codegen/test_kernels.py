@@ -230,6 +230,60 @@ def test_softmax_pieces():
     np.testing.assert_allclose(p.sum(axis=1), 1.0, rtol=1e-5)
 
 
+SOFTMAX_CHAIN = """graph @k {
+  %0 = input() {name="x", role="arg"} : f32[37,101] cpu
+  %1 = Max(%0) {axes=(1,)} : f32[37] cpu
+  %2 = Reshape(%1) {shape=(37, 1)} : f32[37,1] cpu
+  %3 = BroadcastTo(%2) {shape=(37, 101)} : f32[37,101] cpu
+  %4 = Negate(%3) : f32[37,101] cpu
+  %5 = EWiseAdd(%0, %4) : f32[37,101] cpu
+  %6 = Exp(%5) : f32[37,101] cpu
+  %7 = Summation(%6) {axes=(1,)} : f32[37] cpu
+  %8 = Reshape(%7) {shape=(37, 1)} : f32[37,1] cpu
+  %9 = BroadcastTo(%8) {shape=(37, 101)} : f32[37,101] cpu
+  %10 = EWiseDiv(%6, %9) : f32[37,101] cpu
+  return %10, %1
+}"""
+LAYERNORM_CHAIN = """graph @k {
+  %0 = input() {name="x", role="arg"} : f32[37,101] cpu
+  %1 = Summation(%0) {axes=(1,)} : f32[37] cpu
+  %2 = DivScalar(%1) {scalar=101} : f32[37] cpu
+  %3 = Reshape(%2) {shape=(37, 1)} : f32[37,1] cpu
+  %4 = BroadcastTo(%3) {shape=(37, 101)} : f32[37,101] cpu
+  %5 = Negate(%4) : f32[37,101] cpu
+  %6 = EWiseAdd(%0, %5) : f32[37,101] cpu
+  %7 = EWiseMul(%6, %6) : f32[37,101] cpu
+  %8 = Summation(%7) {axes=(1,)} : f32[37] cpu
+  %9 = DivScalar(%8) {scalar=101} : f32[37] cpu
+  %10 = AddScalar(%9) {scalar=1e-05} : f32[37] cpu
+  %11 = PowerScalar(%10) {scalar=0.5} : f32[37] cpu
+  %12 = Reshape(%11) {shape=(37, 1)} : f32[37,1] cpu
+  %13 = BroadcastTo(%12) {shape=(37, 101)} : f32[37,101] cpu
+  %14 = EWiseDiv(%6, %13) : f32[37,101] cpu
+  return %14
+}"""
+
+
+def test_row_chains_are_one_kernel():
+    """softmax (max, then the sum of exp(x - max), then the divide) and layernorm (mean, then
+    variance, then normalise) each lower to one loop over the rows holding one pass per
+    reduction and one output pass; values as numpy, NaN and inf rows included."""
+    x = np.random.randn(37, 101).astype(np.float32) * 4
+    x[3, 50], x[5, :] = np.nan, np.inf
+    k, (p, mx) = run_both(SOFTMAX_CHAIN, x)
+    body = lower(parse_graph(SOFTMAX_CHAIN)).body
+    assert len(body) == 1 and body[0].kind == "parallel"
+    assert [type(s).__name__ for s in body[0].body] == ["AccInit", "For", "AccInit", "For", "For", "Store"]
+    fine = np.isfinite(x).all(axis=1)
+    e = np.exp(x[fine] - x[fine].max(axis=1, keepdims=True))
+    np.testing.assert_allclose(p[fine], e / e.sum(axis=1, keepdims=True), rtol=1e-5, atol=1e-7)
+    assert np.isnan(p[3]).all() and np.isnan(p[5]).all()
+    y = np.random.randn(37, 101).astype(np.float32)
+    _, (z,) = run_both(LAYERNORM_CHAIN, y)
+    ref = (y - y.mean(axis=1, keepdims=True)) / np.sqrt(y.var(axis=1, keepdims=True) + 1e-5)
+    np.testing.assert_allclose(z, ref, rtol=1e-4, atol=1e-5)
+
+
 GELU_SRC = "x*0.5*(1+tanh(0.79788456*(x+0.044715*x**3)))"
 
 

@@ -183,6 +183,46 @@ def test_layernorm_is_one_kernel():
     assert sum(g.node(n).op == "Summation" for n in plan.groups[0].node_ids) == 2
 
 
+def test_sibling_row_reductions_join_one_chain():
+    """A softmax loss's row max, exp-sum and sum(z * onehot) all read the logits: one kernel
+    reads each row once for all three."""
+    g = ir("""
+        graph @loss {
+          %0 = input() {name="z", role="arg"} : f32[16,8] cpu
+          %1 = input() {name="onehot", role="arg"} : f32[16,8] cpu
+          %2 = Max(%0) {axes=(1,)} : f32[16] cpu
+          %3 = Exp(%0) : f32[16,8] cpu
+          %4 = Summation(%3) {axes=(1,)} : f32[16] cpu
+          %5 = EWiseMul(%0, %1) : f32[16,8] cpu
+          %6 = Summation(%5) {axes=(1,)} : f32[16] cpu
+          return %2, %4, %6
+        }
+    """)
+    plan = plan_of(g)
+    assert plan.kernels == 1
+    assert plan.groups[0].outputs == (2, 4, 6)
+
+
+def test_gemm_takes_the_bias_before_a_reduction_takes_it():
+    """z = x @ w + b read by a row max and by other kernels: the bias add is the GEMM's
+    epilogue (its output is stored anyway), and the max reads z."""
+    g = ir("""
+        graph @logits {
+          %0 = input() {name="x", role="arg"} : f32[16,4] cpu
+          %1 = input() {name="w", role="param"} : f32[4,8] cpu
+          %2 = input() {name="b", role="param"} : f32[16,8] cpu
+          %3 = MatMul(%0, %1) : f32[16,8] cpu
+          %4 = EWiseAdd(%3, %2) : f32[16,8] cpu
+          %5 = Max(%4) {axes=(1,)} : f32[16] cpu
+          %6 = Summation(%4) {axes=(0,)} : f32[8] cpu
+          return %5, %6
+        }
+    """)
+    plan = plan_of(g)
+    assert plan.group_of(4) is plan.group_of(3)
+    assert plan.group_of(5) is not plan.group_of(4)
+
+
 def test_column_reductions_do_not_chain():
     """BatchNorm-style statistics (mean, then variance, over the batch axis) reduce outer
     axes: each is a kernel of its own."""
