@@ -151,6 +151,7 @@ class _Planner:
             self.group[nid] = nid
             self.members[nid] = [nid]
         self.refused: dict[tuple[int, int], list[str]] = {}
+        self.kinds: dict[int, str] = {}            # group key -> kind (cache; merge drops it)
         self.input_views = self._input_views()
 
     def _input_views(self) -> set:
@@ -164,11 +165,11 @@ class _Planner:
 
     # -- group facts
     def kind(self, key: int) -> str:
-        classes = {self.cls[n] for n in self.members[key]}
-        for k in ("tuple", "opaque", "extern", "reduce"):
-            if k in classes:
-                return k
-        return "elementwise" if "elementwise" in classes else "view"
+        if key not in self.kinds:
+            classes = {self.cls[n] for n in self.members[key]}
+            self.kinds[key] = next((k for k in ("tuple", "opaque", "extern", "reduce") if k in classes),
+                                   "elementwise" if "elementwise" in classes else "view")
+        return self.kinds[key]
 
     def anchor(self, nodes) -> Optional[int]:
         """The group's extern node, or its first reduction (in graph order)."""
@@ -302,6 +303,8 @@ class _Planner:
     def merge(self, P: int, C: int) -> None:
         self.first_pos[P] = min(self._first(P), self._first(C))
         self.first_pos.pop(C, None)
+        self.kinds.pop(P, None)
+        self.kinds.pop(C, None)
         for n in self.members[C]:
             self.group[n] = P
         self.members[P].extend(self.members.pop(C))
