@@ -256,25 +256,25 @@ class Program {
     bool pointwise() const { return kh == 1 && kw == 1 && st == 1 && pad == 0; }
   };
 
+  // dst (KH*KW*Ci) = the patch of image b under output pixel (oy, ox) (zero outside x)
+  static void patch(const ConvDims& d, const float* x, int64_t b, int64_t oy, int64_t ox, float* dst) {
+    for (int64_t dy = 0; dy < d.kh; ++dy) {
+      const int64_t iy = oy * d.st + dy - d.pad;
+      for (int64_t dx = 0; dx < d.kw; ++dx, dst += d.ci) {
+        const int64_t ix = ox * d.st + dx - d.pad;
+        if (iy < 0 || iy >= d.h || ix < 0 || ix >= d.w) std::memset(dst, 0, sizeof(float) * d.ci);
+        else std::memcpy(dst, x + ((b * d.h + iy) * d.w + ix) * d.ci, sizeof(float) * d.ci);
+      }
+    }
+  }
+
   // cols (N*Ho*Wo, KH*KW*Ci) = the patches of x (zero outside it)
   static void im2col(const ConvDims& d, const float* x, float* cols) {
     const int64_t row = d.kh * d.kw * d.ci;
     parallel_range(d.n * d.ho, std::max<int64_t>(1, PAR_THRESHOLD / std::max<int64_t>(d.wo * row, 1)),
                    [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        const int64_t b = r / d.ho, oy = r % d.ho;
-        for (int64_t ox = 0; ox < d.wo; ++ox) {
-          float* dst = cols + ((r * d.wo) + ox) * row;
-          for (int64_t dy = 0; dy < d.kh; ++dy) {
-            const int64_t iy = oy * d.st + dy - d.pad;
-            for (int64_t dx = 0; dx < d.kw; ++dx, dst += d.ci) {
-              const int64_t ix = ox * d.st + dx - d.pad;
-              if (iy < 0 || iy >= d.h || ix < 0 || ix >= d.w) std::memset(dst, 0, sizeof(float) * d.ci);
-              else std::memcpy(dst, x + ((b * d.h + iy) * d.w + ix) * d.ci, sizeof(float) * d.ci);
-            }
-          }
-        }
-      }
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t ox = 0; ox < d.wo; ++ox) patch(d, x, r / d.ho, r % d.ho, ox, cols + ((r * d.wo) + ox) * row);
     }, 1);
   }
 
@@ -304,18 +304,8 @@ class Program {
       float* buf = scratch + t * rb * row;
       for (int64_t r0 = t * per; r0 < std::min(m, (t + 1) * per); r0 += rb) {
         const int64_t r1 = std::min({m, (t + 1) * per, r0 + rb});
-        for (int64_t r = r0; r < r1; ++r) {  // pixel r = (image, oy, ox)
-          const int64_t b = r / (d.ho * d.wo), oy = (r / d.wo) % d.ho, ox = r % d.wo;
-          float* dst = buf + (r - r0) * row;
-          for (int64_t dy = 0; dy < d.kh; ++dy) {
-            const int64_t iy = oy * d.st + dy - d.pad;
-            for (int64_t dx = 0; dx < d.kw; ++dx, dst += d.ci) {
-              const int64_t ix = ox * d.st + dx - d.pad;
-              if (iy < 0 || iy >= d.h || ix < 0 || ix >= d.w) std::memset(dst, 0, sizeof(float) * d.ci);
-              else std::memcpy(dst, x + ((b * d.h + iy) * d.w + ix) * d.ci, sizeof(float) * d.ci);
-            }
-          }
-        }
+        for (int64_t r = r0; r < r1; ++r)  // pixel r = (image, oy, ox)
+          patch(d, x, r / (d.ho * d.wo), (r / d.wo) % d.ho, r % d.wo, buf + (r - r0) * row);
         gemm_ex(false, false, r1 - r0, d.co, row, buf, row, wt, d.co, out + r0 * d.co, d.co, false);
       }
     });

@@ -12,7 +12,7 @@ from __future__ import annotations
 from math import prod
 
 from ..ir.graph import Graph, Node
-from ..ops.registry import OPS, normalize_axes, op_from_node
+from ..ops.registry import OPS, node_axes, op_from_node, reduced_axes
 from .loop_ir import (AccInit, AccRef, AccUpdate, Binary, Buffer, Cmp, FConst, For, IBin, ICmp, IConst,
                       IVar, Load, LoopKernel, Select, Store, Unary, coefficient, iadd, idiv, imod, imul,
                       linearize, map_loads, unravel, walk_exprs)
@@ -25,12 +25,6 @@ PIECEWISE = ("Dilate", "UnSlice", "TupleGetItem", "Stack", "Concat")
 
 class LoweringError(NotImplementedError):
     pass
-
-
-def _axes(node: Node, ndim: int):
-    op = op_from_node(node.op, node.attr_dict)
-    ax = normalize_axes(op, node.attr("axes"), ndim)
-    return tuple(range(ndim)) if ax is None else ax
 
 
 class _Lowerer:
@@ -121,7 +115,7 @@ class _Lowerer:
         op, ndim = n.op, len(idx)
         zero = FConst(0.0)
         if op == "Dilate":
-            axes = normalize_axes(op_from_node(op, n.attr_dict), n.attr("axes"), ndim)
+            axes = node_axes(n, ndim)
             k = int(n.attr("dilation")) + 1
             conds = [ICmp("eq", imod(idx[a], k), IConst(0)) for a in axes]
             v = self.val(n.inputs[0], self.simp(tuple(idiv(i, k) if a in axes else i for a, i in enumerate(idx))))
@@ -173,7 +167,7 @@ class _Lowerer:
         in_shape = self.shape(n.inputs[0])
         out_shape = n.type.shape
         if n.op in ("Flip", "UnDilate"):
-            axes = normalize_axes(op_from_node(n.op, n.attr_dict), n.attr("axes"), len(idx))
+            axes = node_axes(n, len(idx))
             if n.op == "Flip":
                 return tuple(iadd(IConst(d - 1), imul(i, IConst(-1))) if a in axes else i
                              for a, (i, d) in enumerate(zip(idx, in_shape)))
@@ -366,7 +360,7 @@ def lower(graph: Graph, name: str = "kernel") -> LoopKernel:
     params = [Buffer(lw.bufs[n.id], prod(lw.shape(n.id)), "in", n.type.shape) for n in graph.inputs]
     outs = [(f"out{k}", o, lw.shape(o)) for k, o in enumerate(graph.outputs)]
     params += [Buffer(b, prod(s), "out", s) for b, o, s in outs]
-    reds = [n for n in graph.nodes if n.op in REDUCTIONS and _axes(n, len(lw.shape(n.inputs[0])))]
+    reds = [n for n in graph.nodes if n.op in REDUCTIONS and reduced_axes(n, len(lw.shape(n.inputs[0])))]
     if reds:
         body = _lower_reduce(lw, reds, outs)
     else:
@@ -506,8 +500,8 @@ def _lower_reduce(lw: _Lowerer, reds: list, outs):
     the full-domain outputs that read a result, then the kept-domain outputs."""
     red = reds[0]
     full = lw.shape(red.inputs[0])
-    raxes = _axes(red, len(full))
-    if any(lw.shape(r.inputs[0]) != full or _axes(r, len(full)) != raxes for r in reds[1:]):
+    raxes = reduced_axes(red, len(full))
+    if any(lw.shape(r.inputs[0]) != full or reduced_axes(r, len(full)) != raxes for r in reds[1:]):
         raise LoweringError("reductions of different shapes or axes in one kernel")
     kept = [k for k in range(len(full)) if k not in raxes]
     rshape = red.type.shape
@@ -626,7 +620,7 @@ def _column_blocks(body, full, last):
     from .schedule import ScheduleError, parallelize, strip_mine
 
     n = full[last]
-    width = next((w for w in range(n // 8 // 8 * 8, 7, -8) if n % w == 0), None)
+    width = next((w for w in range(8 * (n // 64), 0, -8) if n % w == 0), None)  # n // w >= 8
     if width is None or prod(full) < COLUMN_BLOCKS_MIN:
         return body
     try:

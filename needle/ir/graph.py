@@ -12,8 +12,9 @@ Graph-level ops:
 """
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Union
 
 #: roles of graph inputs: function arguments, parameters, optimizer/module state,
 #: hyper-parameters read at every call (learning rate), and constants captured at trace time
@@ -146,3 +147,27 @@ class Graph:
         from .printer import print_graph
 
         return print_graph(self)
+
+
+def topological_order(items: Iterable, successors: Mapping, priority: Callable) -> list:
+    """Kahn's algorithm: `items` (hashable) ordered so that each comes after every item that
+    lists it in `successors[item]` (each successor once), taking among the ready items the
+    least `priority(item)` first (ties: the order of `items`). The result is shorter than
+    `items` when they form a cycle."""
+    items = list(items)
+    rank = {x: k for k, x in enumerate(items)}
+    pending = dict.fromkeys(items, 0)
+    for x in items:
+        for succ in successors[x]:
+            pending[succ] += 1
+    ready = [(priority(x), rank[x]) for x in items if pending[x] == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        x = items[heapq.heappop(ready)[1]]
+        order.append(x)
+        for succ in successors[x]:
+            pending[succ] -= 1
+            if pending[succ] == 0:
+                heapq.heappush(ready, (priority(succ), rank[succ]))
+    return order

@@ -146,6 +146,17 @@ def normalize_axes(op: Op, axes, ndim: int) -> Optional[tuple[int, ...]]:
     return tuple(sorted(out))
 
 
+def node_axes(node, ndim: int) -> Optional[tuple[int, ...]]:
+    """The `axes` attribute of an IR node, normalised as its op normalises it (None stays None)."""
+    return normalize_axes(op_from_node(node.op, node.attr_dict), node.attr("axes"), ndim)
+
+
+def reduced_axes(node, ndim: int) -> tuple[int, ...]:
+    """The axes a reduction node reduces (all of them when its `axes` is None)."""
+    axes = node_axes(node, ndim)
+    return tuple(range(ndim)) if axes is None else axes
+
+
 def broadcast_shapes(op: Op, *shapes: Shape) -> Shape:
     """numpy broadcasting of shapes; incompatible shapes raise OpError naming all of them."""
     ndim = max(len(s) for s in shapes)

@@ -36,13 +36,13 @@ nothing changes. Last, row reductions reading the same value join one row chain.
 """
 from __future__ import annotations
 
-import heapq
 from collections import deque
 from dataclasses import dataclass, field
 from math import prod
 from typing import Optional
 
-from ..ir.graph import Graph, Node
+from ..ir.graph import Graph, Node, topological_order
+from ..ops.registry import reduced_axes
 from .manager import Pass, PassResult, register_pass
 
 __all__ = ["FusedGroup", "FusionPlan", "FusionPass", "plan_fusion", "format_plan", "format_why_not", "node_class",
@@ -130,13 +130,6 @@ def _numel(node: Node) -> int:
     return prod(node.type.shape) if not node.is_tuple else -1
 
 
-def _reduced_axes(node: Node, ndim: int) -> frozenset:
-    from ..ops.registry import normalize_axes, op_from_node
-
-    axes = normalize_axes(op_from_node(node.op, node.attr_dict), node.attr("axes"), ndim)
-    return frozenset(range(ndim) if axes is None else axes)
-
-
 class _Planner:
     def __init__(self, graph: Graph):
         self.g = graph
@@ -222,10 +215,10 @@ class _Planner:
         (non-unit) axis among them: one kernel runs them one after another over each row."""
         reds = [self.g.node(n) for n in nodes if self.cls[n] == "reduce"]
         shape = self.g.node(reds[0].inputs[0]).type.shape
-        axes = _reduced_axes(reds[0], len(shape))
+        axes = reduced_axes(reds[0], len(shape))
         inner = max((k for k, d in enumerate(shape) if d != 1), default=None)
         return inner in axes and all(
-            self.g.node(r.inputs[0]).type.shape == shape and _reduced_axes(r, len(shape)) == axes
+            self.g.node(r.inputs[0]).type.shape == shape and reduced_axes(r, len(shape)) == axes
             for r in reds[1:])
 
     def _gemm_operand(self, nodes: set) -> bool:
@@ -356,33 +349,15 @@ class _Planner:
         for v in self.g.nodes:
             readers = list(dict.fromkeys(self.group[u] for u in self.users[v.id] if u in self.cls))
             reds = [k for k in readers if self.kind(k) == "reduce"]
-            for other in reds[1:]:
-                first = self.group[self.members[reds[0]][0]]
-                if first == other:
-                    continue
-                nodes = set(self.members[first]) | set(self.members[other])
+            for other in reds[1:]:  # reds[0] absorbs the others: it stays a group key
+                nodes = set(self.members[reds[0]]) | set(self.members[other])
                 if self._row_chain(nodes) and self._domain(nodes) is None and \
-                        not self._cycle(first, other) and not self._cycle(other, first):
-                    self.merge(first, other)
+                        not self._cycle(reds[0], other) and not self._cycle(other, reds[0]):
+                    self.merge(reds[0], other)
 
     def plan(self) -> FusionPlan:
         keys = list(self.members)
-        first = {k: min(self.pos[n] for n in self.members[k]) for k in keys}
-        indeg = {k: 0 for k in keys}
-        succ = {k: self._succ(k) for k in keys}
-        for k in keys:
-            for s in succ[k]:
-                indeg[s] += 1
-        heap = [(first[k], k) for k in keys if indeg[k] == 0]
-        heapq.heapify(heap)
-        order = []
-        while heap:
-            _, k = heapq.heappop(heap)
-            order.append(k)
-            for s in succ[k]:
-                indeg[s] -= 1
-                if indeg[s] == 0:
-                    heapq.heappush(heap, (first[s], s))
+        order = topological_order(keys, {k: self._succ(k) for k in keys}, self._first)
         assert len(order) == len(keys), "fusion produced a cycle between groups"
         groups = []
         for gid, k in enumerate(order):

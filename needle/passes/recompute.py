@@ -14,12 +14,12 @@ its consumer's kernel.
 """
 from __future__ import annotations
 
-import heapq
 from math import prod
 
-from ..ir.graph import Graph, Node
+from ..ir.graph import Graph, Node, topological_order
 from .fusion import node_class
 from .manager import Pass, PassResult, register_pass
+from .rewrite import replace_node
 
 __all__ = ["recompute_cheap", "MAX_CONE", "MIN_RATIO"]
 
@@ -69,7 +69,7 @@ def recompute_cheap(graph: Graph) -> tuple[Graph, int]:
         if node.id in returned or len(users[node.id]) < 2 or not _cheap(graph, node):
             continue
         for user in users[node.id][1:]:
-            copy = Node(next_id, node.op, node.inputs, node.attrs, node.type, node.loc)
+            copy = replace_node(node, id=next_id)
             next_id += 1
             copies += 1
             nodes[copy.id] = copy
@@ -81,28 +81,12 @@ def recompute_cheap(graph: Graph) -> tuple[Graph, int]:
         users[node.id] = users[node.id][:1]
     if not copies:
         return graph, 0
-    return graph.replace(nodes=_topological(nodes, inputs, key)), copies
-
-
-def _topological(nodes: dict, inputs: dict, key: dict) -> list[Node]:
-    """The nodes with their new inputs in a topological order close to `key`'s."""
-    indeg = {n: len(set(ins)) for n, ins in inputs.items()}
-    out_edges: dict[int, set] = {n: set() for n in nodes}
+    readers: dict[int, set] = {n: set() for n in nodes}
     for n, ins in inputs.items():
-        for i in set(ins):
-            out_edges[i].add(n)
-    heap = [(key[n], n) for n, d in indeg.items() if d == 0]
-    heapq.heapify(heap)
-    order = []
-    while heap:
-        _, n = heapq.heappop(heap)
-        node = nodes[n]
-        order.append(Node(n, node.op, tuple(inputs[n]), node.attrs, node.type, node.loc))
-        for u in out_edges[n]:
-            indeg[u] -= 1
-            if indeg[u] == 0:
-                heapq.heappush(heap, (key[u], u))
-    return order
+        for i in ins:
+            readers[i].add(n)
+    order = topological_order(nodes, readers, lambda n: (key[n], n))
+    return graph.replace(nodes=[replace_node(nodes[n], inputs=tuple(inputs[n])) for n in order]), copies
 
 
 class Recompute(Pass):

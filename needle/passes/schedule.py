@@ -21,11 +21,10 @@ value read by a node of another group, or returned), so a plan need not list the
 """
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from ..ir.graph import Graph
+from ..ir.graph import Graph, topological_order
 from .manager import Pass, PassResult, register_pass
 
 __all__ = ["Schedule", "SingletonGroup", "SingletonPlan", "singleton_plan", "plan_groups",
@@ -139,25 +138,15 @@ def build_schedule(graph: Graph, plan: Any = None) -> Schedule:
     for g in groups:  # outputs the plan declares are buffers even if nobody reads them
         escapes.update(o for o in g.outputs if o in group_of)
 
-    # Kahn's algorithm, ties broken by the position of each group's first node
+    # groups in dependency order, ties broken by the position of each group's first node
     users: dict[Any, list] = {g.id: [] for g in groups}
-    pending = {gid: len(d) for gid, d in deps.items()}
     for gid, d in deps.items():
         for src in d:
             users[src].append(gid)
-    rank = {gid: k for k, gid in enumerate(by_id)}
-    ready = [(first[gid], rank[gid], gid) for gid in by_id if pending[gid] == 0]
-    heapq.heapify(ready)
-    order = []
-    while ready:
-        _, _, gid = heapq.heappop(ready)
-        order.append(gid)
-        for u in users[gid]:
-            pending[u] -= 1
-            if pending[u] == 0:
-                heapq.heappush(ready, (first[u], rank[u], u))
+    order = topological_order(by_id, users, first.__getitem__)
     if len(order) != len(groups):
-        stuck = [gid for gid in by_id if pending[gid] > 0]
+        placed = set(order)
+        stuck = [gid for gid in by_id if gid not in placed]
         raise ScheduleError(f"the fusion plan's groups form a cycle (groups {stuck[:8]})",
                             graph.node(by_id[stuck[0]].node_ids[0]))
 

@@ -20,7 +20,7 @@ the kernels that materialise ops `lower` cannot handle are built with it.
 from __future__ import annotations
 
 from ...ir.graph import Graph, Node, make_attrs
-from ...ops.registry import normalize_axes, op_from_node
+from ...ops.registry import node_axes, op_from_node
 from ..loop_ir import Binary, Cmp, FConst, IConst, Load, Select, Unary, iadd, idiv, imod, imul, linearize, unravel
 from .gpu_ir import IAnd, ICmp, IFloat
 
@@ -128,14 +128,14 @@ def rewrite_tuples(sub: Graph) -> Graph:
                 continue
         elif n.op == "UnDilate":
             x = by_id[ins[0]]
-            axes = normalize_axes(op_from_node(n.op, n.attr_dict), n.attr("axes"), len(x.type.shape))
+            axes = node_axes(n, len(x.type.shape))
             step = n.attr("dilation") + 1
             sl = tuple((0, d, step) if a in axes else (0, d, 1) for a, d in enumerate(x.type.shape))
             add(Node(n.id, "GetItem", ins, make_attrs({"slices": sl}), n.type, n.loc))
             continue
         elif n.op == "Dilate":
             x = by_id[ins[0]]
-            axes = normalize_axes(op_from_node(n.op, n.attr_dict), n.attr("axes"), len(x.type.shape))
+            axes = node_axes(n, len(x.type.shape))
             step = n.attr("dilation") + 1
             if step == 1:
                 alias[n.id] = ins[0]
@@ -215,17 +215,17 @@ class Walker:
                                                  for i, (st, _, step) in zip(idx, n.attr("slices"))))
         if op == "Flip":
             shape = n.type.shape
-            axes = normalize_axes(op_from_node(op, n.attr_dict), n.attr("axes"), len(shape))
+            axes = node_axes(n, len(shape))
             return self.value(n.inputs[0], tuple(iadd(IConst(d - 1), imul(i, IConst(-1))) if a in axes else i
                                                  for a, (i, d) in enumerate(zip(idx, shape))))
         if op == "UnDilate":
             shape = self.shape(n.inputs[0])
-            axes = normalize_axes(op_from_node(op, n.attr_dict), n.attr("axes"), len(shape))
+            axes = node_axes(n, len(shape))
             step = n.attr("dilation") + 1
             return self.value(n.inputs[0], tuple(imul(i, IConst(step)) if a in axes else i for a, i in enumerate(idx)))
         if op == "Dilate":
             shape = n.type.shape
-            axes = normalize_axes(op_from_node(op, n.attr_dict), n.attr("axes"), len(shape))
+            axes = node_axes(n, len(shape))
             step = n.attr("dilation") + 1
             return self._sliced(n.inputs[0], idx, [((0, d, step) if a in axes else (0, d, 1))
                                                    for a, d in enumerate(shape)], shape)
