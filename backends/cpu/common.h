@@ -148,10 +148,16 @@ void register_ewise(py::module_& m);
 void register_reduce(py::module_& m);
 void register_matmul(py::module_& m);
 void register_program(py::module_& m);
-// C[m,n] (row stride ldc) = op(A) @ op(B) + beta * C, op = transpose when trans_*; row-major
-// operands with row strides lda/ldb (of the stored, untransposed matrices); split across the pool.
+// C[m,n] (row stride ldc) = op(A) @ op(B), op = transpose when trans_*; row-major operands
+// with row strides lda/ldb (of the stored, untransposed matrices); split across the pool
+// when `parallel` and the product is worth it.
 void gemm_ex(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
-             const float* b, int64_t ldb, float* c, int64_t ldc, bool parallel, float beta = 0.0f);
+             const float* b, int64_t ldb, float* c, int64_t ldc, bool parallel);
+// whether gemm_ex would split an (m, n, k) product across the pool's threads
+bool gemm_split_worth(int64_t m, int64_t n, int64_t k);
+// gemm_ex on the calling thread with needle's own AVX2 kernel (small_gemm.cc)
+void small_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+                const float* b, int64_t ldb, float* c, int64_t ldc);
 void register_gather(py::module_& m);
 void blas_set_num_threads(int n);
 

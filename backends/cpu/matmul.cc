@@ -1,6 +1,6 @@
-// Matrix multiplication: BLAS (scipy-openblas32, loaded at run time with
-// init_blas) with a blocked AVX2 fallback kernel; the course's tiled layout
-// kernel matmul_tiled; batched matmul with broadcast operands.
+// Matrix multiplication: BLAS (scipy-openblas32, loaded at run time with init_blas) for
+// large products, small_gemm.cc for products with few columns and when no BLAS is loaded;
+// the course's tiled layout kernel matmul_tiled; batched matmul with broadcast operands.
 #include "common.h"
 #include "simd.h"
 
@@ -17,7 +17,9 @@ namespace {
 typedef void (*sgemm_fn)(int order, int trans_a, int trans_b, int m, int n, int k, float alpha, const float* a,
                          int lda, const float* b, int ldb, float beta, float* c, int ldc);
 typedef void (*set_threads_fn)(int);
-constexpr int CblasRowMajor = 101, CblasNoTrans = 111;
+constexpr int CblasRowMajor = 101, CblasNoTrans = 111, CblasTrans = 112;
+// m*n*k from which a product is split across the pool, by kernel
+constexpr int64_t SMALL_SPLIT = int64_t(1) << 18, BLAS_SPLIT = int64_t(1) << 21;
 
 sgemm_fn g_sgemm = nullptr;
 set_threads_fn g_blas_set_threads = nullptr;
@@ -52,135 +54,16 @@ bool init_blas(const std::string& path) {
 
 inline bool use_blas() { return g_sgemm != nullptr && g_blas_enabled; }
 
-// ---- fallback GEMM ------------------------------------------------------------
-// C[m,p] = A[m,n] @ B[n,p], all row-major compact.  B is packed into column
-// panels of width NR; micro-kernel computes MR x NR tiles.
-constexpr int MR = 4, NR = 16;
-constexpr int64_t KC = 256, MC = 64;
-
-// Packs B into panels: panel j holds B[:, j*NR : j*NR+NR] as n rows of NR (zero padded).
-void pack_b(const float* b, float* bp, int64_t n, int64_t p, bool parallel) {
-  int64_t panels = (p + NR - 1) / NR;
-  auto body = [&](int64_t jp) {
-    int64_t j0 = jp * NR, w = std::min<int64_t>(NR, p - j0);
-    float* dst = bp + jp * n * NR;
-    for (int64_t k = 0; k < n; ++k) {
-      const float* src = b + k * p + j0;
-      int64_t c = 0;
-      for (; c < w; ++c) dst[k * NR + c] = src[c];
-      for (; c < NR; ++c) dst[k * NR + c] = 0.0f;
-    }
-  };
-  if (parallel && n * p > (1 << 16)) parallel_chunks(panels, body);
-  else for (int64_t jp = 0; jp < panels; ++jp) body(jp);
+// ---- GEMM dispatch --------------------------------------------------------------
+// needle's small_gemm takes products with few columns (it packs nothing, so row blocks split
+// across threads for free) and everything when no BLAS is loaded; BLAS takes the rest.
+bool use_small(int64_t m, int64_t n, int64_t k) {
+  return !use_blas() || (n <= 128 && m * n * k <= (int64_t(1) << 23));
 }
 
-// acc(MR x NR) = A[rows, k0:k0+kc] @ panel[k0:k0+kc]; then C tile (=|+=) acc
-inline void micro_kernel(const float* a, int64_t lda, const float* bpanel, int64_t kc, float* c, int64_t ldc,
-                         int rows, int cols, bool accumulate) {
-  alignas(32) float acc[MR][NR];
-#ifdef NEEDLE_AVX2
-  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00;
-  const float* a0 = a;
-  const float* a1 = a + (rows > 1 ? 1 : 0) * lda;
-  const float* a2 = a + (rows > 2 ? 2 : 0) * lda;
-  const float* a3 = a + (rows > 3 ? 3 : 0) * lda;
-  for (int64_t k = 0; k < kc; ++k) {
-    __m256 b0 = _mm256_load_ps(bpanel + k * NR), b1 = _mm256_load_ps(bpanel + k * NR + 8);
-    __m256 x = _mm256_broadcast_ss(a0 + k);
-    c00 = _mm256_fmadd_ps(x, b0, c00);
-    c01 = _mm256_fmadd_ps(x, b1, c01);
-    x = _mm256_broadcast_ss(a1 + k);
-    c10 = _mm256_fmadd_ps(x, b0, c10);
-    c11 = _mm256_fmadd_ps(x, b1, c11);
-    x = _mm256_broadcast_ss(a2 + k);
-    c20 = _mm256_fmadd_ps(x, b0, c20);
-    c21 = _mm256_fmadd_ps(x, b1, c21);
-    x = _mm256_broadcast_ss(a3 + k);
-    c30 = _mm256_fmadd_ps(x, b0, c30);
-    c31 = _mm256_fmadd_ps(x, b1, c31);
-  }
-  _mm256_store_ps(acc[0], c00); _mm256_store_ps(acc[0] + 8, c01);
-  _mm256_store_ps(acc[1], c10); _mm256_store_ps(acc[1] + 8, c11);
-  _mm256_store_ps(acc[2], c20); _mm256_store_ps(acc[2] + 8, c21);
-  _mm256_store_ps(acc[3], c30); _mm256_store_ps(acc[3] + 8, c31);
-#else
-  for (int r = 0; r < MR; ++r)
-    for (int j = 0; j < NR; ++j) acc[r][j] = 0.0f;
-  for (int r = 0; r < rows; ++r)
-    for (int64_t k = 0; k < kc; ++k) {
-      float x = a[r * lda + k];
-      for (int j = 0; j < NR; ++j) acc[r][j] += x * bpanel[k * NR + j];
-    }
-#endif
-  for (int r = 0; r < rows; ++r) {
-    float* cr = c + r * ldc;
-    if (accumulate)
-      for (int j = 0; j < cols; ++j) cr[j] += acc[r][j];
-    else
-      for (int j = 0; j < cols; ++j) cr[j] = acc[r][j];
-  }
-}
-
-void gemm_fallback(const float* a, const float* b, float* c, int64_t m, int64_t n, int64_t p, bool parallel) {
-  if (m == 0 || p == 0) return;
-  if (n == 0) {
-    std::memset(c, 0, sizeof(float) * m * p);
-    return;
-  }
-  int64_t panels = (p + NR - 1) / NR;
-  float* bp = nullptr;
-  if (posix_memalign(reinterpret_cast<void**>(&bp), 64, sizeof(float) * panels * n * NR) != 0) throw std::bad_alloc();
-  pack_b(b, bp, n, p, parallel);
-  int64_t mblocks = (m + MC - 1) / MC;
-  auto block = [&](int64_t ib) {
-    int64_t i0 = ib * MC, i1 = std::min(m, i0 + MC);
-    for (int64_t jp = 0; jp < panels; ++jp) {
-      int64_t j0 = jp * NR;
-      int cols = static_cast<int>(std::min<int64_t>(NR, p - j0));
-      for (int64_t k0 = 0; k0 < n; k0 += KC) {
-        int64_t kc = std::min(KC, n - k0);
-        const float* panel = bp + jp * n * NR + k0 * NR;
-        for (int64_t i = i0; i < i1; i += MR) {
-          int rows = static_cast<int>(std::min<int64_t>(MR, i1 - i));
-          micro_kernel(a + i * n + k0, n, panel, kc, c + i * p + j0, p, rows, cols, k0 > 0);
-        }
-      }
-    }
-  };
-  if (parallel && m * n * p > (1 << 18)) parallel_chunks(mblocks, block);
-  else for (int64_t ib = 0; ib < mblocks; ++ib) block(ib);
-  free(bp);
-}
-
-// one (m,n,p) product through BLAS if loaded, otherwise the fallback
+// one (m,n,p) product, compact row-major operands
 void gemm(const float* a, const float* b, float* c, int64_t m, int64_t n, int64_t p, bool parallel) {
-  if (m == 0 || p == 0) return;
-  if (n == 0) {
-    std::memset(c, 0, sizeof(float) * m * p);
-    return;
-  }
-  if (use_blas()) {
-    const int nt = pool_num_threads();
-    auto sgemm = [&](int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
-      g_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(i1 - i0), static_cast<int>(j1 - j0),
-              static_cast<int>(n), 1.0f, a + i0 * n, static_cast<int>(n), b + j0, static_cast<int>(p), 0.0f,
-              c + i0 * p + j0, static_cast<int>(p));
-    };
-    if (!parallel || nt <= 1 || m * n * p < (int64_t(1) << 18)) {
-      sgemm(0, m, 0, p);
-    } else if (m >= p) {  // row blocks of A and C (multiples of 16 rows)
-      int64_t rows = ((m + nt - 1) / nt + 15) / 16 * 16;
-      int64_t chunks = (m + rows - 1) / rows;
-      parallel_chunks(chunks, [&](int64_t k) { sgemm(k * rows, std::min(m, (k + 1) * rows), 0, p); });
-    } else {  // column blocks of B and C (multiples of 16 columns)
-      int64_t cols = ((p + nt - 1) / nt + 15) / 16 * 16;
-      int64_t chunks = (p + cols - 1) / cols;
-      parallel_chunks(chunks, [&](int64_t k) { sgemm(0, m, k * cols, std::min(p, (k + 1) * cols)); });
-    }
-  } else {
-    gemm_fallback(a, b, c, m, n, p, parallel);
-  }
+  gemm_ex(false, false, m, p, n, a, n, b, p, c, p, parallel);
 }
 
 void check_dims(const char* fn, int64_t m, int64_t n, int64_t p) {
@@ -219,11 +102,11 @@ void matmul_batched(const Array& a, const Array& b, Array& out, int64_t batch, i
   if (&out == &a || &out == &b) value_error("matmul_batched: out must not alias an input");
   const float *pa = a.ptr, *pb = b.ptr;
   float* po = out.ptr;
-  bool small = m * n * p < 48 * 48 * 48;
+  const bool small = !gemm_split_worth(m, p, n);  // each product on one thread, side by side
   if (small && batch > 1) {
     parallel_range(batch, (1 << 16) / (m * n * p + 1) + 2, [&](int64_t b0, int64_t b1) {
       for (int64_t i = b0; i < b1; ++i)
-        gemm_fallback(pa + i * a_batch_stride, pb + i * b_batch_stride, po + i * mp, m, n, p, false);
+        gemm(pa + i * a_batch_stride, pb + i * b_batch_stride, po + i * mp, m, n, p, false);
     }, 1);
   } else {
     for (int64_t i = 0; i < batch; ++i) gemm(pa + i * a_batch_stride, pb + i * b_batch_stride, po + i * mp, m, n, p, true);
@@ -283,52 +166,42 @@ void blas_set_num_threads(int) {
   if (g_blas_set_threads) g_blas_set_threads(1);
 }
 
+bool gemm_split_worth(int64_t m, int64_t n, int64_t k) {
+  const int64_t work = m * n * k;
+  return pool_num_threads() > 1 && work >= (use_small(m, n, k) ? SMALL_SPLIT : BLAS_SPLIT);
+}
+
 void gemm_ex(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
-             const float* b, int64_t ldb, float* c, int64_t ldc, bool parallel, float beta) {
+             const float* b, int64_t ldb, float* c, int64_t ldc, bool parallel) {
   if (m == 0 || n == 0) return;
-  if (!trans_a && !trans_b && lda == k && ldb == n && ldc == n && beta == 0.0f) {
-    gemm(a, b, c, m, k, n, parallel);
-    return;
-  }
   if (k == 0) {
-    for (int64_t i = 0; i < m; ++i)
-      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] *= beta;
-    if (beta == 0.0f) for (int64_t i = 0; i < m; ++i) std::memset(c + i * ldc, 0, sizeof(float) * n);
+    for (int64_t i = 0; i < m; ++i) std::memset(c + i * ldc, 0, sizeof(float) * n);
     return;
   }
-  if (use_blas()) {
-    const int ta = trans_a ? 112 : CblasNoTrans, tb = trans_b ? 112 : CblasNoTrans;
-    const int nt = pool_num_threads();
-    auto rows = [&](int64_t i0, int64_t i1) {
-      const float* pa = trans_a ? a + i0 : a + i0 * lda;
-      g_sgemm(CblasRowMajor, ta, tb, static_cast<int>(i1 - i0), static_cast<int>(n), static_cast<int>(k), 1.0f, pa,
-              static_cast<int>(lda), b, static_cast<int>(ldb), beta, c + i0 * ldc, static_cast<int>(ldc));
-    };
-    auto cols = [&](int64_t j0, int64_t j1) {
-      const float* pb = trans_b ? b + j0 * ldb : b + j0;
-      g_sgemm(CblasRowMajor, ta, tb, static_cast<int>(m), static_cast<int>(j1 - j0), static_cast<int>(k), 1.0f, a,
-              static_cast<int>(lda), pb, static_cast<int>(ldb), beta, c + j0, static_cast<int>(ldc));
-    };
-    if (!parallel || nt <= 1 || m * n * k < (int64_t(1) << 18)) {
-      rows(0, m);
-    } else if (m >= n) {
-      int64_t r = ((m + nt - 1) / nt + 15) / 16 * 16, chunks = (m + r - 1) / r;
-      parallel_chunks(chunks, [&](int64_t q) { rows(q * r, std::min(m, (q + 1) * r)); });
+  const bool small = use_small(m, n, k);
+  // C[i0:i1, j0:j1] from rows i0:i1 of op(A) and columns j0:j1 of op(B)
+  auto part = [&](int64_t i0, int64_t i1, int64_t j0, int64_t j1) {
+    const float* pa = trans_a ? a + i0 : a + i0 * lda;
+    const float* pb = trans_b ? b + j0 * ldb : b + j0;
+    float* pc = c + i0 * ldc + j0;
+    if (small) {
+      small_gemm(trans_a, trans_b, i1 - i0, j1 - j0, k, pa, lda, pb, ldb, pc, ldc);
     } else {
-      int64_t r = ((n + nt - 1) / nt + 15) / 16 * 16, chunks = (n + r - 1) / r;
-      parallel_chunks(chunks, [&](int64_t q) { cols(q * r, std::min(n, (q + 1) * r)); });
+      g_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
+              static_cast<int>(i1 - i0), static_cast<int>(j1 - j0), static_cast<int>(k), 1.0f, pa,
+              static_cast<int>(lda), pb, static_cast<int>(ldb), 0.0f, pc, static_cast<int>(ldc));
     }
-    return;
+  };
+  const int64_t nt = pool_num_threads();
+  if (!parallel || !gemm_split_worth(m, n, k)) {
+    part(0, m, 0, n);
+  } else if (small ? m >= 12 * nt : m >= n) {  // row blocks (whole register tiles)
+    const int64_t grain = small ? 6 : 16, r = ((m + nt - 1) / nt + grain - 1) / grain * grain;
+    parallel_chunks((m + r - 1) / r, [&](int64_t q) { part(q * r, std::min(m, (q + 1) * r), 0, n); });
+  } else {  // column blocks (multiples of 16)
+    const int64_t r = ((n + nt - 1) / nt + 15) / 16 * 16;
+    parallel_chunks((n + r - 1) / r, [&](int64_t q) { part(0, m, q * r, std::min(n, (q + 1) * r)); });
   }
-  // no BLAS: compact copies of the operands, then the fallback kernel
-  std::vector<float> ca(m * k), cb(k * n), cc(m * n);
-  for (int64_t i = 0; i < m; ++i)
-    for (int64_t p = 0; p < k; ++p) ca[i * k + p] = trans_a ? a[p * lda + i] : a[i * lda + p];
-  for (int64_t p = 0; p < k; ++p)
-    for (int64_t j = 0; j < n; ++j) cb[p * n + j] = trans_b ? b[j * ldb + p] : b[p * ldb + j];
-  gemm_fallback(ca.data(), cb.data(), cc.data(), m, k, n, parallel);
-  for (int64_t i = 0; i < m; ++i)
-    for (int64_t j = 0; j < n; ++j) c[i * ldc + j] = cc[i * n + j] + (beta == 0.0f ? 0.0f : beta * c[i * ldc + j]);
 }
 
 void register_matmul(py::module_& m) {
@@ -337,7 +210,7 @@ void register_matmul(py::module_& m) {
   m.def("blas_loaded", []() { return g_sgemm != nullptr; });
   m.def("blas_path", []() { return g_blas_path; });
   m.def("set_blas_enabled", [](bool on) { g_blas_enabled = on; }, py::arg("enabled"),
-        "use BLAS (True) or the built-in fallback kernel (False) for matmul");
+        "use BLAS (True) or only needle's own small_gemm kernel (False) for matmul");
   m.def("matmul", &matmul, py::arg("a"), py::arg("b"), py::arg("out"), py::arg("m"), py::arg("n"), py::arg("p"));
   m.def("matmul_tiled", &matmul_tiled, py::arg("a"), py::arg("b"), py::arg("out"), py::arg("m"), py::arg("n"),
         py::arg("p"));

@@ -6,7 +6,7 @@
 // set once with set_slot. Steps, in order:
 //   kernel    an LLVM kernel's `name_range(void** args, lo, hi)`, its top-level loop split
 //             across the thread pool when the work is large enough;
-//   gemm      batched C = op(A) @ op(B) through BLAS, optionally followed per row block by
+//   gemm      batched C = op(A) @ op(B) (gemm_ex: BLAS or small_gemm), optionally followed per row block by
 //             an epilogue kernel's range (the rows still in cache);
 //   conv      NHWC convolution as im2col + GEMM by cache-sized blocks of output pixels
 //             (conv_blocked); its input gradient as GEMM + col2im, its weight gradient as
@@ -219,9 +219,9 @@ class Program {
     float* c = at(s, 2);
     if (s.fn != nullptr) gather_args(s.epi_slots, args);
     const int64_t nt = pool_num_threads();
-    const bool split = nt > 1 && m * n * k >= (int64_t(1) << 21);
+    const bool split = gemm_split_worth(m, n, k);
     // The epilogue runs on row blocks of C right after the GEMM writes them, while they are
-    // in cache: blocks about the size of L2 when B is small (every block packs all of B
+    // in cache: blocks about the size of L2 when B is small (a BLAS block packs all of B
     // again), else one block per thread. Products too thin to give every thread rows run one
     // GEMM split over the threads (by columns), then one parallel epilogue pass.
     if (batch == 1 && s.fn != nullptr && m > 0 && epi_extent % m == 0 && (!split || m >= 16 * nt)) {
@@ -241,10 +241,14 @@ class Program {
       else for (int64_t q = 0; q < blocks; ++q) block(q);
       return;
     }
-    for (int64_t i = 0; i < batch; ++i) {
+    // a batch of products each too small to split runs them side by side, one per thread
+    const bool side_by_side = batch > 1 && !split && gemm_split_worth(batch * m, n, k);
+    auto item = [&](int64_t i) {
       const int64_t oa = s.offsets.empty() ? i * sa : s.offsets[2 * i], ob = s.offsets.empty() ? i * sb : s.offsets[2 * i + 1];
-      gemm_ex(ta, tb, m, n, k, a + oa, lda, b + ob, ldb, c + i * sc, n, true);
-    }
+      gemm_ex(ta, tb, m, n, k, a + oa, lda, b + ob, ldb, c + i * sc, n, !side_by_side);
+    };
+    if (side_by_side) parallel_chunks(batch, item);
+    else for (int64_t i = 0; i < batch; ++i) item(i);
     if (s.fn != nullptr) run_range(s.fn, args.data(), epi_extent, 4096, 8);
   }
 

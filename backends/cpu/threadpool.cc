@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <mutex>
 #include <thread>
@@ -47,6 +48,7 @@ Pool*& pool_ptr() {
 Pool& pool() { return *pool_ptr(); }
 
 thread_local bool t_in_job = false;
+constexpr std::chrono::microseconds kSpin{1000};  // how long an idle worker spins
 
 // Claim and run chunks of whatever job is current; returns when none are left.
 void run_chunks(Pool& P) {
@@ -68,14 +70,17 @@ void worker_main(Pool* P) {
   t_in_job = true;  // nested parallel calls from a chunk run serially
   uint32_t seen = P->posted.load();
   while (!P->stop.load()) {
-    // spin briefly for the next job, then sleep
+    // spin for the next job for kSpin, then sleep: a compiled step's parallel kernels come
+    // tens to hundreds of microseconds apart, and a futex wake-up costs about as much
     bool got = false;
-    for (int i = 0; i < 4000; ++i) {
+    const auto until = std::chrono::steady_clock::now() + kSpin;
+    for (uint32_t i = 1;; ++i) {
       if (P->posted.load(std::memory_order_acquire) != seen || P->stop.load(std::memory_order_relaxed)) {
         got = true;
         break;
       }
       NEEDLE_PAUSE();
+      if (i % 64 == 0 && std::chrono::steady_clock::now() > until) break;
     }
     if (!got) {
       std::unique_lock<std::mutex> lk(P->mu);

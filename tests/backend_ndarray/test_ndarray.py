@@ -430,7 +430,7 @@ def test_matmul_1024(device):
 
 
 def test_matmul_fallback_kernel():
-    """The built-in blocked kernel (used when BLAS is unavailable)."""
+    """needle's own small_gemm kernel, which runs every product when BLAS is unavailable."""
     mod = nd.cpu().mod
     try:
         mod.set_blas_enabled(False)

@@ -128,16 +128,17 @@ def test_kernel_executor_training_step_matches_eager(model_name, opt_name, execu
     le, ge, pe, se, _ = train(model_name, opt_name, compiled=False)
     lc, gc, pc, sc, fn = train(model_name, opt_name, compiled=True)
     assert fn.stats["llvm_kernels"] > 0 and fn.stats["executor"] == executor
-    for a, b in zip(lc, le):
-        assert rel(a, b) < 1e-5
+    # ResNet9's BatchNorm2d over 4 images (1x1 maps in the last blocks) amplifies the
+    # kernels' reassociated float32 sums about 60x over three steps
+    tol = 3e-5 if model_name == "resnet9" else 1e-5
+    assert rel(lc[0], le[0]) < 1e-5  # the first step's loss sees no amplified parameters yet
+    for a, b in zip(lc[1:], le[1:]):
+        assert rel(a, b) < tol
     if opt_name == "adam":  # Adam turns a zero gradient's rounding noise into lr-sized steps
         norms = [np.linalg.norm(g) for g in ge[0]]
         keep = [i for i, n in enumerate(norms) if n > 1e-4 * max(norms)]
         pc, pe = [pc[i] for i in keep], [pe[i] for i in keep]
         gc, ge = gc[:1], ge[:1]  # later gradients see those noise-driven parameters
-    # ResNet9's BatchNorm2d over 4 images (1x1 maps in the last blocks) amplifies the
-    # kernels' reassociated float32 sums about 60x over three steps
-    tol = 3e-5 if model_name == "resnet9" else 1e-5
     for got, want in [(step_c, step_e) for step_c, step_e in zip(gc, ge)] + [(pc, pe), (sc, se)]:
         total = np.sqrt(sum(float(np.sum(np.asarray(w, np.float64) ** 2)) for w in want)) or 1.0
         for a, b in zip(got, want):

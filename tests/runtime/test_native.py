@@ -241,6 +241,46 @@ def test_large_gemm_epilogue_row_blocks(monkeypatch, three_threads):
     assert stats["fused_epilogues"] == 1
 
 
+def relu_linear_numpy(x, w, b, ta, tb):
+    x, w = x.astype(np.float64), w.astype(np.float64)
+    return np.maximum((x.T if ta else x) @ (w.T if tb else w) + b, 0.0)
+
+
+@pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("m,n,k", [(100, 100, 784), (97, 50, 300), (13, 17, 9), (50, 100, 100), (5, 8, 1),
+                                   (31, 7, 257), (100, 10, 100), (11, 128, 64)])
+def test_small_gemm_shapes_and_transposes(monkeypatch, three_threads, m, n, k, ta, tb):
+    """Products with few columns run needle's small_gemm (register tiles of 6 rows by 16
+    columns, K in passes of 256): row and column edges, operands read transposed in place,
+    split across threads, with a fused bias + ReLU epilogue; checked against numpy (the
+    interpreter's matmul runs the same kernel)."""
+    def f(x, w, b):
+        x = ndl.ops.transpose(x) if ta else x
+        w = ndl.ops.transpose(w) if tb else w
+        return ndl.ops.relu(x @ w + ndl.ops.broadcast_to(ndl.ops.reshape(b, (1, n)), (m, n)))
+    monkeypatch.setenv("NEEDLE_EXECUTOR", "native")
+    compiled = ndl.compile(f)
+    for _ in range(2):
+        x, w, b = randn(*((k, m) if ta else (m, k))), randn(*((n, k) if tb else (k, n))), randn(n)
+        assert_close(compiled(T(x), T(w), T(b)), relu_linear_numpy(x, w, b, ta, tb))
+    assert native_stats(compiled)["gemms"] == 1
+
+
+def test_gemm_without_blas(monkeypatch):
+    """With BLAS off, every product (large, transposed, batched) runs small_gemm."""
+    mod = ndl.cpu().mod
+    monkeypatch.setenv("NEEDLE_EXECUTOR", "native")
+    mod.set_blas_enabled(False)
+    try:
+        x, y = randn(300, 129), randn(257, 300)
+        got = ndl.compile(lambda x, y: ndl.ops.transpose(x) @ ndl.ops.transpose(y))(T(x), T(y))
+        assert_close(got, x.T.astype(np.float64) @ y.T)
+        a, b = randn(3, 40, 70), randn(3, 70, 33)
+        assert_close(ndl.compile(lambda a, b: a @ b)(T(a), T(b)), a.astype(np.float64) @ b)
+    finally:
+        mod.set_blas_enabled(True)
+
+
 def test_large_kernels_split_across_threads(monkeypatch, three_threads):
     def f(x, y):
         e = ndl.ops.exp(x - ndl.ops.broadcast_to(ndl.ops.reshape(ndl.ops.max(x, axes=(1,)), (517, 1)), x.shape))
