@@ -155,6 +155,8 @@ void gemm_ex(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const 
              const float* b, int64_t ldb, float* c, int64_t ldc, bool parallel);
 // whether gemm_ex would split an (m, n, k) product across the pool's threads
 bool gemm_split_worth(int64_t m, int64_t n, int64_t k);
+// the multiple of rows gemm_ex's row blocks of an (m, n, k) product keep
+int64_t gemm_row_grain(int64_t m, int64_t n, int64_t k);
 // gemm_ex on the calling thread with needle's own AVX2 kernel (small_gemm.cc)
 void small_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
                 const float* b, int64_t ldb, float* c, int64_t ldc);

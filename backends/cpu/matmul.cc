@@ -171,6 +171,10 @@ bool gemm_split_worth(int64_t m, int64_t n, int64_t k) {
   return pool_num_threads() > 1 && work >= (use_small(m, n, k) ? SMALL_SPLIT : BLAS_SPLIT);
 }
 
+// small_gemm's partial tiles cost by the row (a 2-row tile ~1/3 of a 6-row one): fine
+// splits balance best; the BLAS is given whole 8-row multiples
+int64_t gemm_row_grain(int64_t m, int64_t n, int64_t k) { return use_small(m, n, k) ? 2 : 8; }
+
 void gemm_ex(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
              const float* b, int64_t ldb, float* c, int64_t ldc, bool parallel) {
   if (m == 0 || n == 0) return;
@@ -195,8 +199,8 @@ void gemm_ex(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const 
   const int64_t nt = pool_num_threads();
   if (!parallel || !gemm_split_worth(m, n, k)) {
     part(0, m, 0, n);
-  } else if (small ? m >= 12 * nt : m >= n) {  // row blocks (whole register tiles)
-    const int64_t grain = small ? 6 : 16, r = ((m + nt - 1) / nt + grain - 1) / grain * grain;
+  } else if (small ? m >= 12 * nt : m >= n) {  // row blocks
+    const int64_t grain = gemm_row_grain(m, n, k), r = ((m + nt - 1) / nt + grain - 1) / grain * grain;
     parallel_chunks((m + r - 1) / r, [&](int64_t q) { part(q * r, std::min(m, (q + 1) * r), 0, n); });
   } else {  // column blocks (multiples of 16)
     const int64_t r = ((n + nt - 1) / nt + 15) / 16 * 16;

@@ -229,7 +229,7 @@ class Program {
       const int64_t target = std::max<int64_t>(64, (int64_t(1) << 16) / std::max<int64_t>(n, 1));
       int64_t blocks = k * n <= (int64_t(1) << 18) ? (m + target - 1) / target : 1;
       if (split) blocks = (blocks + nt - 1) / nt * nt;
-      const int64_t rows = ((m + blocks - 1) / blocks + 7) / 8 * 8;
+      const int64_t grain = gemm_row_grain(m, n, k), rows = ((m + blocks - 1) / blocks + grain - 1) / grain * grain;
       blocks = (m + rows - 1) / rows;
       auto block = [&](int64_t q) {
         int64_t i0 = q * rows, i1 = std::min(m, i0 + rows);

@@ -95,8 +95,9 @@ template <bool TA>
 void tiles(bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
            float* c, int64_t ldc) {
   alignas(64) static thread_local float packed[KC * 16];
-  for (int64_t p0 = 0; p0 < k; p0 += KC) {
-    const int64_t kc = std::min(KC, k - p0);
+  const int64_t step = (k + (k + KC - 1) / KC - 1) / ((k + KC - 1) / KC);  // equal passes of at most KC
+  for (int64_t p0 = 0; p0 < k; p0 += step) {
+    const int64_t kc = std::min(step, k - p0);
     const bool acc = p0 > 0;
     const float* ap = TA ? a + p0 * lda : a + p0;
     for (int64_t j = 0; j < n; j += 16) {
