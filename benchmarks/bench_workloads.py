@@ -11,7 +11,8 @@ var set before its first call. float32, 2 threads, seeded inputs, the same batch
 A training step is forward + backward + optimizer update + `float(loss)`.
 
 Median of `--repeats` timed calls after warm-up (default 10 for M1-M5 and T1, 5 for
-T2-T4: their eager steps take seconds on a 2-core machine). `ratio` = median / median of the
+T2-T4: their eager steps take seconds on a 2-core machine). The variants take turns, one
+call each per round, so that all of them meet the same noise of a shared machine. `ratio` = median / median of the
 best peer measured in this run (lower is better); with no peer installed it is relative to
 needle eager, and the column header says so. Progress goes to stderr, the table to stdout.
 """
@@ -351,22 +352,41 @@ def jax_variant(wid, quick):
 
 
 # ---------------------------------------------------------------------------------------
-def timed(call, repeats, warmup):
-    """(median, min) ms of `repeats` calls after `warmup` ones, with the garbage collector
-    off while timing (as timeit does; for every variant alike)."""
-    for _ in range(warmup):
-        call()
+def timed(calls: dict, repeats: int, warmup: int) -> dict:
+    """{name: (median, min) ms} of `repeats` calls of each variant after `warmup` ones, the
+    variants taking turns call by call, so that every variant meets the same noise of this
+    shared machine; the garbage collector is off while timing (as timeit does)."""
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
     gc.collect()
     gc.disable()
+    times = {name: [] for name in calls}
     try:
-        times = []
         for _ in range(repeats):
-            t = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - t)
+            for name, call in calls.items():
+                t = time.perf_counter()
+                call()
+                times[name].append(time.perf_counter() - t)
     finally:
         gc.enable()
-    return statistics.median(times) * 1e3, min(times) * 1e3
+    return {name: (statistics.median(ts) * 1e3, min(ts) * 1e3) for name, ts in times.items()}
+
+
+def build(wid, name, make, compiled) -> tuple:
+    """(call, compile seconds or None) of one variant, its first (compiling) call made."""
+    log(f"[{wid}] {name}: building")
+    t = time.perf_counter()
+    call, fn = make()
+    if call is None:
+        return None, None
+    call()
+    first = time.perf_counter() - t
+    compile_s = (fn.stats.get("compile_seconds", first) if fn is not None
+                 else first if compiled else None)
+    if compile_s is not None:
+        log(f"[{wid}] {name}: first call {first:.2f} s (compile {compile_s:.2f} s)")
+    return call, compile_s
 
 
 def run_workload(wid, args, peers):
@@ -374,43 +394,32 @@ def run_workload(wid, args, peers):
     heavy = wid in HEAVY
     repeats = args.repeats or (3 if args.quick else (5 if heavy else 10))
     warmup = 1 if (heavy or args.quick) else 2
+    variants = []  # (name, make, is_peer, counts compile time)
     for mode in args.modes.split(","):
         name = "needle eager" if mode == "eager" else f"needle compiled ({mode})"
-        log(f"[{wid}] {name}: building")
+        variants.append((name, lambda mode=mode: nd_variant(wid, mode, args.quick), False, False))
+    for pname, maker in peers:
+        variants.append((pname, lambda maker=maker: (maker(wid, args.quick), None), True,
+                         "compile" in pname or "jit" in pname))
+    calls, meta = {}, {}
+    for name, make, is_peer, compiled in variants:
         try:
-            call, fn = nd_variant(wid, mode, args.quick)
-            compile_s = None
-            if fn is not None:  # the first call traces and compiles: not timed
-                t = time.perf_counter()
-                call()
-                first = time.perf_counter() - t
-                compile_s = fn.stats.get("compile_seconds", first)
-                log(f"[{wid}] {name}: first call {first:.2f} s (compile {compile_s:.2f} s)")
-            med, mn = timed(call, repeats, warmup)
-            rows.append((name, med, mn, compile_s, False))
-            log(f"[{wid}] {name}: median {med:.2f} ms over {repeats}")
+            call, compile_s = build(wid, name, make, compiled)
+            if call is None:
+                log(f"[{wid}] {name}: not implemented for this workload, skipped")
+                continue
+            calls[name], meta[name] = call, (compile_s, is_peer)
         except Exception as e:  # noqa: BLE001  (report and go on with the other variants)
             log(f"[{wid}] {name}: FAILED {type(e).__name__}: {e}")
-            rows.append((name + f" FAILED: {type(e).__name__}", float("nan"), float("nan"), None, False))
+            if not is_peer:
+                rows.append((name + f" FAILED: {type(e).__name__}", float("nan"), float("nan"), None, False))
         finally:
             os.environ.pop("NEEDLE_EXECUTOR", None)
             gc.collect()
-    for pname, maker in peers:
-        log(f"[{wid}] {pname}: building")
-        try:
-            t = time.perf_counter()
-            call = maker(wid, args.quick)
-            if call is None:
-                log(f"[{wid}] {pname}: not implemented for this workload, skipped")
-                continue
-            call()
-            first = time.perf_counter() - t
-            med, mn = timed(call, repeats, warmup)
-            rows.append((pname, med, mn, first if "compile" in pname or "jit" in pname else None, True))
-            log(f"[{wid}] {pname}: median {med:.2f} ms over {repeats}")
-        except Exception as e:  # noqa: BLE001
-            log(f"[{wid}] {pname}: FAILED {type(e).__name__}: {e}")
-        gc.collect()
+    log(f"[{wid}] timing {', '.join(calls)} in turn, {repeats} rounds")
+    for name, (med, mn) in timed(calls, repeats, warmup).items():
+        rows.append((name, med, mn, *meta[name]))
+        log(f"[{wid}] {name}: median {med:.2f} ms over {repeats}")
     return rows, repeats
 
 
