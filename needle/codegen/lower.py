@@ -396,6 +396,7 @@ def _lower_elementwise(lw: _Lowerer, outs):
         raise LoweringError(f"elementwise kernel outputs of different sizes {sorted({s for _, _, s in outs})}")
     shape = outs[0][2]
     idx = _var_index(shape, "i")
+    lw.ranges = {f"i{k}": d for k, d in enumerate(shape) if d != 1}
     oidx = [idx if s == shape else _domain_index(lw, o, s, idx, shape) for _, o, s in outs]
     values = [lw.val(o, oi) for (_, o, _), oi in zip(outs, oidx)]
     # merge adjacent axes that every access walks contiguously into one loop

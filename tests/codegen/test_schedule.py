@@ -529,3 +529,28 @@ def test_split_reduction_numerics():
     _agree(_prefix_sum(), split(_prefix_sum(), "i0", 3), rtol=1e-5)
     for f in (1, 3, 4, 16):
         _agree(_masked_sum(), split(_masked_sum(), "i0", f), rtol=1e-5)
+
+
+def test_elementwise_reshape_indices_simplified():
+    """A (700, 1600) sum reshaped to (35, 20, 1600) (an LSTM's gates, by time step): the
+    reshape's div/mod index arithmetic folds away over the loop ranges, so the nest merges
+    into one contiguous, vectorised loop (it was a scalar loop of divisions)."""
+    k = lower(graph("""graph @k {
+  %0 = input() {name="b", role="arg"} : f32[1600] cpu
+  %1 = input() {name="x", role="arg"} : f32[700,1600] cpu
+  %2 = Reshape(%0) {shape=(1, 1600)} : f32[1,1600] cpu
+  %3 = BroadcastTo(%2) {shape=(700, 1600)} : f32[700,1600] cpu
+  %4 = EWiseAdd(%1, %3) : f32[700,1600] cpu
+  %5 = Reshape(%4) {shape=(35, 20, 1600)} : f32[35,20,1600] cpu
+  return %5
+}"""))
+    assert render_c(k) == """\
+void kernel(const float *restrict in0 /* 1600: 1600 */, const float *restrict in1 /* 1120000: 700x1600 */, \
+float *restrict out0 /* 1120000: 35x20x1600 */) {
+  for (int64_t j0 = 0; j0 < 700; j0++) {  // parallel
+    for (int64_t j1 = 0; j1 < 1600; j1++) {  // vector
+      out0[(j1 + (j0 * 1600))] = (in1[((j0 * 1600) + j1)] + in0[j1]);
+    }
+  }
+}
+"""
