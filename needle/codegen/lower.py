@@ -302,7 +302,8 @@ def _build(terms, const):
 
 def simplify(e, ranges, memo=None):
     """Index expression `e` with div/mod by constants folded where the loop ranges allow:
-    (c*q + r) div c = q and (c*q + r) mod c = r when 0 <= r < c."""
+    (c*q + r) div c = q and (c*q + r) mod c = r when 0 <= r < c; otherwise the multiples of
+    c are taken out of the division when the rest is non-negative."""
     memo = {} if memo is None else memo
     if not isinstance(e, IBin):
         return e
@@ -338,6 +339,15 @@ def simplify(e, ranges, memo=None):
             return IBin("div", qe, IConst(c // d))
         return _build(*_affine(iadd(imul(IBin("mod", qe, IConst(c // d)), IConst(d)), rest),
                                ranges, memo))
+    # (c*q + r) div c = q + r div c and (c*q + r) mod c = r mod c for r >= 0: the multiples
+    # of c leave the division (i1 + 1600*i0) div 400 = 4*i0 + i1 div 400
+    q = {t: v // c for t, v in terms.items() if v % c == 0}
+    rest = _build({t: v for t, v in terms.items() if v % c != 0}, k % c)
+    rr = _range(rest, ranges, memo)
+    if (q or k // c) and rr is not None and rr[0] >= 0:
+        if e.op == "mod":
+            return IBin("mod", rest, b)
+        return _build(*_affine(iadd(_build(q, k // c), IBin("div", rest, b)), ranges, memo))
     return IBin(e.op, a, b)
 
 
