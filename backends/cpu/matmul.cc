@@ -55,8 +55,9 @@ bool init_blas(const std::string& path) {
 inline bool use_blas() { return g_sgemm != nullptr && g_blas_enabled; }
 
 // ---- GEMM dispatch --------------------------------------------------------------
-// needle's small_gemm takes products with few columns (it packs nothing, so row blocks split
-// across threads for free) and everything when no BLAS is loaded; BLAS takes the rest.
+// needle's small_gemm takes products with few columns (it packs at most one strip of B at a
+// time, so row blocks split across threads repeat no packing) and everything when no BLAS
+// is loaded; BLAS takes the rest.
 bool use_small(int64_t m, int64_t n, int64_t k) {
   return !use_blas() || (n <= 128 && m * n * k <= (int64_t(1) << 23));
 }
