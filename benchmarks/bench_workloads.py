@@ -10,8 +10,8 @@ torch.compile) and JAX jit. Each compiled variant is a fresh `ndl.compile` objec
 var set before its first call. float32, 2 threads, seeded inputs, the same batch reused.
 A training step is forward + backward + optimizer update + `float(loss)`.
 
-Median of `--repeats` timed calls after warm-up (default 10 for M1-M5 and T1, 5 for
-T2-T4: their eager steps take seconds on a 2-core machine). The variants take turns, one
+Median of `--repeats` timed calls after warm-up (default 30 for M1-M5 and T1, calls of
+milliseconds whose median over 10 one burst of load can move; 10 for T2-T4). The variants take turns, one
 call each per round, so that all of them meet the same noise of a shared machine. `ratio` = median / median of the
 best peer measured in this run (lower is better); with no peer installed it is relative to
 needle eager, and the column header says so. Progress goes to stderr, the table to stdout.
@@ -392,7 +392,7 @@ def build(wid, name, make, compiled) -> tuple:
 def run_workload(wid, args, peers):
     rows = []  # (variant, median ms, min ms, compile seconds or None, is_peer)
     heavy = wid in HEAVY
-    repeats = args.repeats or (3 if args.quick else (5 if heavy else 10))
+    repeats = args.repeats or (3 if args.quick else (10 if heavy else 30))
     warmup = 1 if (heavy or args.quick) else 2
     variants = []  # (name, make, is_peer, counts compile time)
     for mode in args.modes.split(","):
@@ -427,7 +427,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default="", help="comma-separated workload ids (default: all)")
     ap.add_argument("--repeats", type=int, default=0,
-                    help="timed calls per variant (default 10; 5 for T2-T4; 3 with --quick)")
+                    help="timed calls per variant (default 30; 10 for T2-T4; 3 with --quick)")
     ap.add_argument("--quick", action="store_true",
                     help="3 repeats and small T2/T3/T4 batches: a smoke run")
     ap.add_argument("--modes", default="eager,native",
@@ -480,8 +480,6 @@ def main(argv=None):
             ratio = med / ref if ref == ref and ref > 0 else float("nan")
             print(f"| {wid} | {name} | {med:.2f} | {mn:.2f} | {ratio:.2f} | "
                   f"{'' if cs is None else f'{cs:.2f}'} | {reps} |")
-    if any(w in HEAVY for w in ids) and not args.repeats and not args.quick:
-        print("note: T2-T4 use 5 timed calls (fewer than the 10 of WORKLOADS.md) to keep the run short")
     return results
 
 
