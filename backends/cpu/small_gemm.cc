@@ -44,6 +44,7 @@ void tile(int64_t kc, const float* a, int64_t lda, const float* strip, int64_t l
           __m256i m0, __m256i m1, bool accumulate) {
   __m256 c0[R], c1[R];
   for (int r = 0; r < R; ++r) c0[r] = c1[r] = _mm256_setzero_ps();
+#pragma GCC unroll 4
   for (int64_t p = 0; p < kc; ++p) {
     const __m256 b0 = _mm256_loadu_ps(strip + ls * p);
     const __m256 b1 = TWO ? _mm256_loadu_ps(strip + ls * p + 8) : b0;
