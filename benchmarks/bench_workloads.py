@@ -11,8 +11,10 @@ var set before its first call. float32, 2 threads, seeded inputs, the same batch
 A training step is forward + backward + optimizer update + `float(loss)`.
 
 Median of `--repeats` timed calls after warm-up (default 30 for M1-M5 and T1, calls of
-milliseconds whose median over 10 one burst of load can move; 10 for T2-T4). The variants take turns, one
-call each per round, so that all of them meet the same noise of a shared machine. `ratio` = median / median of the
+milliseconds whose median over 10 one burst of load can move; 10 for T2-T4). The variants
+take turns in five blocks of calls, each block after at least 50 ms of untimed calls (the
+steady state a training loop sees), so that slow stretches of a shared machine fall on all
+of them alike. `ratio` = median / median of the
 best peer measured in this run (lower is better); with no peer installed it is relative to
 needle eager, and the column header says so. Progress goes to stderr, the table to stdout.
 """
@@ -352,22 +354,34 @@ def jax_variant(wid, quick):
 
 
 # ---------------------------------------------------------------------------------------
-def timed(calls: dict, repeats: int, warmup: int) -> dict:
-    """{name: (median, min) ms} of `repeats` calls of each variant after `warmup` ones, the
-    variants taking turns call by call, so that every variant meets the same noise of this
-    shared machine; the garbage collector is off while timing (as timeit does)."""
+def timed(calls: dict, repeats: int, warmup: int, rounds: int = 5) -> dict:
+    """{name: (median, min) ms} of `repeats` calls of each variant after `warmup` ones. The
+    variants take turns in `rounds` blocks of calls, so that slow stretches of this shared
+    machine fall on all of them alike. Each block starts with untimed calls for at least
+    50 ms: a call right after another framework's (whose data now fills the caches and
+    whose worker threads may still be spinning) or after idling runs up to twice slower,
+    and the steady state is what a training loop sees. The garbage collector is off while
+    timing (as timeit does)."""
     for call in calls.values():
         for _ in range(warmup):
             call()
-    gc.collect()
-    gc.disable()
+    rounds = max(1, min(rounds, repeats))
+    per_round = [repeats // rounds + (r < repeats % rounds) for r in range(rounds)]
     times = {name: [] for name in calls}
+    gc.collect()  # once: a collection walks every object and leaves the caches cold
+    gc.disable()
     try:
-        for _ in range(repeats):
+        for count in per_round:
             for name, call in calls.items():
-                t = time.perf_counter()
-                call()
-                times[name].append(time.perf_counter() - t)
+                start = time.perf_counter()
+                while True:
+                    call()
+                    if time.perf_counter() - start >= 0.05:
+                        break
+                for _ in range(count):
+                    t = time.perf_counter()
+                    call()
+                    times[name].append(time.perf_counter() - t)
     finally:
         gc.enable()
     return {name: (statistics.median(ts) * 1e3, min(ts) * 1e3) for name, ts in times.items()}
@@ -416,7 +430,7 @@ def run_workload(wid, args, peers):
         finally:
             os.environ.pop("NEEDLE_EXECUTOR", None)
             gc.collect()
-    log(f"[{wid}] timing {', '.join(calls)} in turn, {repeats} rounds")
+    log(f"[{wid}] timing {', '.join(calls)} in turn, {repeats} calls each in blocks")
     for name, (med, mn) in timed(calls, repeats, warmup).items():
         rows.append((name, med, mn, *meta[name]))
         log(f"[{wid}] {name}: median {med:.2f} ms over {repeats}")
