@@ -155,6 +155,17 @@ void gemm_ex(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const 
              const float* b, int64_t ldb, float* c, int64_t ldc, bool parallel);
 // whether gemm_ex would split an (m, n, k) product across the pool's threads
 bool gemm_split_worth(int64_t m, int64_t n, int64_t k);
+// product(i, parallel) for the i < batch (m, n, k) products of a batch: side by side on the
+// pool's threads (each on one) when each is too small to split but all together are worth
+// it, else one after another, each split across the pool
+template <class F>
+void for_each_product(int64_t batch, int64_t m, int64_t n, int64_t k, F&& product) {
+  if (batch > 1 && !gemm_split_worth(m, n, k) && gemm_split_worth(batch * m, n, k)) {
+    parallel_chunks(batch, [&](int64_t i) { product(i, false); });
+  } else {
+    for (int64_t i = 0; i < batch; ++i) product(i, true);
+  }
+}
 // the multiple of rows gemm_ex's row blocks of an (m, n, k) product keep
 int64_t gemm_row_grain(int64_t m, int64_t n, int64_t k);
 // gemm_ex on the calling thread with needle's own AVX2 kernel (small_gemm.cc)

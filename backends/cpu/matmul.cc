@@ -103,15 +103,9 @@ void matmul_batched(const Array& a, const Array& b, Array& out, int64_t batch, i
   if (&out == &a || &out == &b) value_error("matmul_batched: out must not alias an input");
   const float *pa = a.ptr, *pb = b.ptr;
   float* po = out.ptr;
-  const bool small = !gemm_split_worth(m, p, n);  // each product on one thread, side by side
-  if (small && batch > 1) {
-    parallel_range(batch, (1 << 16) / (m * n * p + 1) + 2, [&](int64_t b0, int64_t b1) {
-      for (int64_t i = b0; i < b1; ++i)
-        gemm(pa + i * a_batch_stride, pb + i * b_batch_stride, po + i * mp, m, n, p, false);
-    }, 1);
-  } else {
-    for (int64_t i = 0; i < batch; ++i) gemm(pa + i * a_batch_stride, pb + i * b_batch_stride, po + i * mp, m, n, p, true);
-  }
+  for_each_product(batch, m, p, n, [&](int64_t i, bool parallel) {
+    gemm(pa + i * a_batch_stride, pb + i * b_batch_stride, po + i * mp, m, n, p, parallel);
+  });
 }
 
 // Tiled layout: a (m/T, n/T, T, T), b (n/T, p/T, T, T), out (m/T, p/T, T, T).

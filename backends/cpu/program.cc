@@ -241,14 +241,10 @@ class Program {
       else for (int64_t q = 0; q < blocks; ++q) block(q);
       return;
     }
-    // a batch of products each too small to split runs them side by side, one per thread
-    const bool side_by_side = batch > 1 && !split && gemm_split_worth(batch * m, n, k);
-    auto item = [&](int64_t i) {
+    for_each_product(batch, m, n, k, [&](int64_t i, bool parallel) {
       const int64_t oa = s.offsets.empty() ? i * sa : s.offsets[2 * i], ob = s.offsets.empty() ? i * sb : s.offsets[2 * i + 1];
-      gemm_ex(ta, tb, m, n, k, a + oa, lda, b + ob, ldb, c + i * sc, n, !side_by_side);
-    };
-    if (side_by_side) parallel_chunks(batch, item);
-    else for (int64_t i = 0; i < batch; ++i) item(i);
+      gemm_ex(ta, tb, m, n, k, a + oa, lda, b + ob, ldb, c + i * sc, n, parallel);
+    });
     if (s.fn != nullptr) run_range(s.fn, args.data(), epi_extent, 4096, 8);
   }
 
