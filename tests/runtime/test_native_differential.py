@@ -297,7 +297,7 @@ def run_case(text, shapes, seed, specials):
     return ex
 
 
-KNOWN_LOWERING_GAPS = ("elementwise kernel outputs of different shapes",
+KNOWN_LOWERING_GAPS = ("elementwise kernel outputs of different sizes",
                        "is read at an index other than its loop's")
 
 
