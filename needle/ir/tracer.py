@@ -75,6 +75,9 @@ class GraphBuilder:
         self.hypers: dict[tuple[int, str], Any] = {}  # (id(obj), attr) -> traced scalar input
         self.rng_streams = 0  # random ops traced so far (each gets its own stream)
         self.loc_override: Optional[SourceLoc] = None  # set by passes that re-trace nodes
+        # (node id, error message): scalar nodes counting bad values (e.g. ids out of range);
+        # the compiled function raises ValueError(message) after a step where one is non-zero
+        self.checks: list[tuple[int, str]] = []
 
     # ---- nodes ------------------------------------------------------------------------
     def add(self, op: str, inputs=(), attrs=None, type_=None, loc=None) -> int:
