@@ -25,7 +25,9 @@ Placement, in this order:
    (not a reduce/extern/opaque/view group; all its outputs of one shape) takes exactly the
    slot of an input buffer of the same shape and byte size whose last use is that kernel,
    when every node of the kernel that depends on that input is an elementwise op of its
-   shape (element i is read only while element i is written) (`plan.inplace[out] = in`).
+   shape (element i is read only while element i is written) and an ancestor of that output
+   (so the output's store depends on every read of the input: a kernel with several outputs
+   stores them one after another) (`plan.inplace[out] = in`).
    Each dying buffer is taken once; chains (a -> b -> c) share one slot, whose live interval
    is the union of theirs. A view is never taken in place (it may be a permutation).
 3. **Greedy best-fit** over the slots: largest first (ties: earlier start, then graph order),
@@ -166,7 +168,7 @@ def plan_memory(graph: Graph, schedule: Optional[Schedule] = None, fusion_plan: 
                 if v not in sizes or v in taken or interval[v][1] != k or sizes[v] != sizes[o] \
                         or _shape(type_of[v]) != _shape(type_of[o]):
                     continue
-                if not _pointwise_use(graph, g, v):
+                if not _pointwise_use(graph, g, v, o):
                     continue
                 taken.add(v)
                 inplace[o] = v
@@ -236,15 +238,24 @@ def _is_view_group(graph: Graph, g) -> bool:
     return False
 
 
-def _pointwise_use(graph: Graph, g, v: int) -> bool:
-    """Every node of the group that depends on `v` (in the group) is an elementwise op of
-    `v`'s shape: element i of `v` is read only while element i of the outputs is written."""
+def _pointwise_use(graph: Graph, g, v: int, out: int) -> bool:
+    """`out` may overwrite `v` element by element: every node of the group that depends on
+    `v` is an elementwise op of `v`'s shape (element i of `v` is read only while element i
+    is written) and feeds `out` (the kernel's store of out[i] depends on every read of
+    v[i], so no read of v[i] can follow it, whatever order the kernel stores its outputs in)."""
     shape = _shape(graph.node(v).type)
+    members = set(g.node_ids)
+    feeds_out, stack = set(), [out]
+    while stack:
+        n = stack.pop()
+        if n in members and n not in feeds_out:
+            feeds_out.add(n)
+            stack += graph.node(n).inputs
     reach = {v}
     for nid in g.node_ids:
         node = graph.node(nid)
         if any(i in reach for i in node.inputs):
-            if _op_kind(node.op) != "elementwise" or _shape(node.type) != shape:
+            if _op_kind(node.op) != "elementwise" or _shape(node.type) != shape or nid not in feeds_out:
                 return False
             reach.add(nid)
     return len(reach) > 1
