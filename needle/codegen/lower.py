@@ -47,9 +47,12 @@ class _Lowerer:
         return t.shape
 
     def val(self, nid: int, idx: tuple):
+        """Value of node `nid` at multi-index `idx`. A value with no elements is never read
+        (its loops run no iteration, or a select discards it), so it is a constant."""
         key = (nid, idx)
         if key not in self.memo:
-            self.memo[key] = self._val(self.g.node(nid), idx)
+            n = self.g.node(nid)
+            self.memo[key] = FConst(0.0) if prod(n.type.shape) == 0 else self._val(n, idx)
         return self.memo[key]
 
     def _val(self, n: Node, idx):
@@ -111,9 +114,9 @@ class _Lowerer:
     def _piecewise(self, n: Node, idx):
         """Dilate / UnSlice (zeros outside the input's positions), TupleGetItem of Split or
         MakeTensorTuple, Stack and Concat of MakeTensorTuple (a select between the pieces).
-        Indices of the branches not taken are kept in bounds (they are still loaded)."""
+        Indices of the branches not taken are kept in bounds (they are still loaded); pieces
+        with no elements are never selected."""
         op, ndim = n.op, len(idx)
-        zero = FConst(0.0)
         if op == "Dilate":
             axes = node_axes(n, ndim)
             k = int(n.attr("dilation")) + 1
@@ -122,6 +125,8 @@ class _Lowerer:
             return _guard(conds, v)
         if op == "UnSlice":
             in_shape = self.shape(n.inputs[0])
+            if prod(in_shape) == 0:
+                return FConst(0.0)
             conds, src = [], []
             for i, (start, _, step), d in zip(idx, n.attr("slices"), in_shape):
                 t = iadd(i, IConst(-start))
@@ -158,6 +163,8 @@ class _Lowerer:
         v = None
         for j in range(len(pieces) - 1, -1, -1):
             d = self.shape(pieces[j])[ax]
+            if d == 0:
+                continue
             local = _wrap(iadd(idx[ax], IConst(-(ends[j] - d))), d)
             pv = self.val(pieces[j], self.simp(idx[:ax] + (local,) + idx[ax + 1:]))
             v = pv if v is None else Select(ICmp("lt", idx[ax], IConst(ends[j])), pv, v)
@@ -370,11 +377,9 @@ def lower(graph: Graph, name: str = "kernel") -> LoopKernel:
     params = [Buffer(lw.bufs[n.id], prod(lw.shape(n.id)), "in", n.type.shape) for n in graph.inputs]
     outs = [(f"out{k}", o, lw.shape(o)) for k, o in enumerate(graph.outputs)]
     params += [Buffer(b, prod(s), "out", s) for b, o, s in outs]
+    outs = [out for out in outs if prod(out[2])]  # nothing to store in an empty output
     reds = [n for n in graph.nodes if n.op in REDUCTIONS and reduced_axes(n, len(lw.shape(n.inputs[0])))]
-    if reds:
-        body = _lower_reduce(lw, reds, outs)
-    else:
-        body = _lower_elementwise(lw, outs)
+    body = _lower_reduce(lw, reds, outs) if reds and outs else _lower_elementwise(lw, outs)
     return LoopKernel(name, tuple(params), tuple(body))
 
 

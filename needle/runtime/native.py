@@ -460,8 +460,8 @@ class NativeExecutor:
         kernel = self._kernel(ex)
         ins = [self._slot_of(i) for i in ex.inputs]
         outs = [self._out_slot(v) for v in outputs]
-        if kernel is not None and gemm and gemm[2][0] == 1 and self._rowwise(anchor, rest, outputs) \
-                and kernel.range_extent % gemm[2][1] == 0:
+        rows = gemm[2][1] if gemm and gemm[2][0] == 1 else 0  # a single product's rows
+        if kernel is not None and rows and kernel.range_extent % rows == 0 and self._rowwise(anchor, rest, outputs):
             gemm[3], gemm[4], gemm[5] = kernel.range_address, ins + outs, kernel.range_extent
             k = next(i for i, st in enumerate(self.steps) if st is gemm)
             prof = _profile.step_profile(*self._profiled(group.node_ids, group.outputs), None, where="blas+llvm")

@@ -19,6 +19,10 @@ from needle.backend_selection import BACKEND  # noqa: E402
 if BACKEND != "nd":
     pytest.skip("the native executor runs on the nd backend", allow_module_level=True)
 
+from needle.compile import KERNEL_PIPELINE, _pass_manager_for  # noqa: E402
+from needle.ir import parse_graph  # noqa: E402
+from needle.passes.manager import PassContext  # noqa: E402
+from needle.runtime.native import NativeExecutor  # noqa: E402
 from tests import numerics  # noqa: E402
 
 SEED = int(os.environ.get("NEEDLE_TEST_SEED") or np.random.SeedSequence().entropy % 2**32)
@@ -82,3 +86,60 @@ def test_logsumexp_of_concat_of_quotients_gradients(monkeypatch):
         return loss
 
     check_step(monkeypatch, step, [b, c], (3, 4), tol=1e-4)
+
+
+# ---- size-0 axes ----------------------------------------------------------------------------
+EMPTY_CASES = {
+    "relu_of_0_row_product": ((0, 4), (4, 3), lambda x, w: ndl.relu(x @ w)),
+    "product_over_0_columns": ((3, 0), (0, 5), lambda x, w: ndl.relu(x @ w + 1.0)),
+    "sum_over_0_axis": ((3, 0), (3, 1), lambda x, w: ndl.summation(x * 2.0, axes=(1,)) + w.reshape((3,))),
+    "concat_with_0_piece": ((3, 0), (3, 4), lambda x, w: ndl.exp(ndl.concat([x, w, x], 1)) * 2.0),
+    "reshape_and_broadcast_of_0": ((0, 4), (1, 4), lambda x, w: (x.reshape((2, 0, 2)) + 1.0).reshape((0, 4)) + w),
+    "slice_and_sum_of_0": ((0, 6), (6, 2), lambda x, w: ndl.summation(ndl.tanh(x @ w)[:, 1:], axes=(0,))),
+}
+
+
+@pytest.mark.parametrize("case", list(EMPTY_CASES))
+def test_size_0_axes(monkeypatch, case):
+    x_shape, w_shape, f = EMPTY_CASES[case]
+    w = param(*w_shape)
+
+    def step(x):
+        y = f(x, w)
+        loss = ndl.summation(y * y)
+        loss.backward()
+        return y, loss
+
+    check_step(monkeypatch, step, [w], x_shape)
+
+
+def run_ir(text: str, *shapes: tuple) -> None:
+    """IR text through the kernel pipeline on the native executor, against the reference
+    interpreter."""
+    g = parse_graph(text)
+    ctx = PassContext()
+    g = _pass_manager_for(KERNEL_PIPELINE).run(g, ctx)
+    ex = NativeExecutor(g, ctx.options["fusion_plan"], ctx.options["schedule"], ctx.options["memory_plan"])
+    arrays = [randn(*s) for s in shapes]
+    got = ex([ndl.backend_ndarray.array(a) for a in arrays])
+    want = numerics.reference(g, arrays)
+    assert len(got) == len(want)
+    for k, (a, e) in enumerate(zip(got, want)):
+        numerics.assert_close(a, e, 1e-6, f"output {k} (NEEDLE_TEST_SEED={SEED})")
+
+
+@pytest.mark.parametrize("shape, body", [
+    # an UnSlice of nothing into one row: its index along that axis is the constant 0
+    ((0, 4), """%1 = UnSlice(%0) {slices=((0, 0, 1), (0, 4, 1)), shape=(1, 4)} : f32[1,4] cpu"""),
+    # a Concat of one row after no rows: its index along that axis is the constant 0
+    ((1, 4), """%2 = GetItem(%0) {slices=((0, 0, 1), (0, 4, 1))} : f32[0,4] cpu
+  %3 = MakeTensorTuple(%2, %0) : (f32[0,4] cpu, f32[1,4] cpu)
+  %1 = Concat(%3) {axis=0} : f32[1,4] cpu"""),
+], ids=["unslice_into_one_row", "concat_after_no_rows"])
+def test_size_0_pieces_ir(shape, body):
+    run_ir(f"""graph @k {{
+  %0 = input() {{name="x", role="arg"}} : f32[{shape[0]},{shape[1]}] cpu
+  {body}
+  %4 = Exp(%1) : f32[1,4] cpu
+  return %4
+}}""", shape)
