@@ -5,28 +5,28 @@
         return ndl.relu(x @ w).sum()
 
 The first call with a new signature traces `f` (ops append IR nodes instead of
-computing), runs the pass pipeline (autodiff, simplify) and caches the result; later calls
-with the same signature run the cached graph. Tensors used by `f` that existed before the
-call (parameters, closed-over tensors) become graph inputs read at every call, so updated
-parameter values are always seen. `loss.backward()` inside `f` becomes a `grad` request
-that the autodiff pass expands; each such tensor's `.grad` is written after every call.
-The graph runs on the reference interpreter (`needle.runtime`).
-
-Not yet captured (raise TraceError): assigning `Tensor.data` inside the function, which is
-what `opt.step()` does — compiled optimizer steps come with the next compiler milestone.
+computing), runs the pass pipeline and caches the result; later calls whose signature and
+guards match (`needle.guards`) run the cached graph. Tensors that `f` reads (arguments,
+parameters, closed-over and global tensors) are graph inputs read at every call, bound by
+where they live, so a rebound name or attribute is seen. `loss.backward()` inside `f`
+becomes a `grad` request that the autodiff pass expands; each differentiated tensor's
+`.grad` (arguments included) is written after every call. One compiled function may be
+called from several threads: its calls run one at a time.
 """
 from __future__ import annotations
 
+import collections
 import functools
 import os
 import sys
+import threading
 import time
 import types
 from typing import Any, Callable, Optional
 
 import numpy as np
 
-from . import autograd, init
+from . import autograd, guards, init
 from .autograd import Tensor, TensorTuple
 from .backend_selection import BACKEND, array_api, default_device as _default_device
 from .ir import tracer
@@ -34,7 +34,6 @@ from .ir.graph import Graph
 from .ir.tracer import GraphBuilder, tensor_type_of, tracing
 from .runtime import graph_cache
 from .runtime.interpreter import run_graph
-
 PIPELINE = ("decompose", "autodiff", "simplify")
 #: the passes of the kernel executors: recompute rewrites the graph for fusion, the others
 #: are analyses (the graph is unchanged by them)
@@ -81,53 +80,37 @@ def _pass_manager_for(names):
     return PassManager([PASSES[name] for name in names if name in PASSES])
 
 
+#: compiled graphs kept per function (least recently used first out); `NEEDLE_COMPILE_CACHE_SIZE`
+CACHE_SIZE = int(os.environ.get("NEEDLE_COMPILE_CACHE_SIZE", "64"))
+
+#: tracing changes process-wide state (tensor birth counter, hooked classes): one at a time
+_TRACE_LOCK = threading.RLock()
+
+
 class _Entry:
-    """One compiled signature: its graph, pass snapshots and input bindings."""
+    """One compiled graph: the signature and guards it is valid for, how its inputs bind to
+    Python objects, what its extra outputs write back, and its checks."""
 
     def __init__(self, graph: Graph, runner: Callable, snapshots: dict, bindings: list,
-                 n_outputs: int, writes: list, structure: Any):
+                 n_outputs: int, writes: list, structure: Any, checks: list):
         self.graph = graph
         self.runner = runner              # runs the graph on the input arrays
         self.snapshots = snapshots
-        # per input node: ("arg", i) | ("tensor", t) | ("slot", holder, key) | ("hyper", obj, attr) | ("const", a)
+        # per input node: ("arg", i) | ("kwarg", name) | ("tensor", t) | ("slot", holder, key)
+        # | ("hyper", obj, attr) | ("const", array)
         self.bindings = bindings
         self.n_outputs = n_outputs
-        # per trailing output: ("grad", tensor) | ("data", tensor) | ("slot", (holder, key)) | ("hyper", (obj, attr))
+        # per output after the returned ones: ("grad" | "data", binding) | ("slot", (holder, key))
+        # | ("hyper", (obj, attr)) | ("check", message)
         self.writes = writes
         self.structure = structure        # how to rebuild the returned Python value
+        self.checks = checks
         self.input_shapes = [n.type.shape for n in graph.inputs]
-
-
-def _signature(args: tuple, kwargs: dict) -> tuple:
-    def one(a):
-        if isinstance(a, Tensor):
-            return ("Tensor", tuple(a.shape), str(a.dtype), str(a.device), a.requires_grad)
-        if hasattr(a, "training") and hasattr(a, "parameters"):
-            return ("Module", id(a), tuple(m.training for m in _modules(a)))
-        try:
-            hash(a)
-            return ("static", a)
-        except TypeError:
-            return ("static", id(a))
-    return (tuple(one(a) for a in args), tuple(sorted((k, one(v)) for k, v in kwargs.items())),
-            ("backend", BACKEND))
-
-
-def _closure_key(stateful: list) -> tuple:
-    """Training flags of the modules and hyper-parameters (but the learning rate and step
-    count, which are graph inputs) of the optimizers that the function reaches."""
-    key = []
-    for obj in stateful:
-        if _optimizers(obj):
-            key.append(tuple((h, getattr(obj, h)) for h in obj._hyper if h != "lr"))
-        else:
-            key.append(obj.training)
-    return tuple(key)
-
-
-def _modules(module) -> list:
-    children = getattr(module, "_children", None)
-    return [module] + (list(children()) if callable(children) else [])
+        self.input_names = [n.attr("name") for n in graph.inputs]
+        self.signature: tuple = ()
+        self.arg_names: list[str] = []
+        self.guards: list[guards.Guard] = []
+        self.keepalive: tuple = ()        # objects keyed by identity stay alive (ids never reused)
 
 
 #: every CompiledFunction created in this process (needle-ir lists their graphs)
@@ -139,6 +122,10 @@ def compiled_functions() -> list:
     return list(REGISTRY)
 
 
+def _log(what: str) -> bool:
+    return what in os.environ.get("NEEDLE_LOG", "")
+
+
 class CompiledFunction:
     """A traced-and-compiled function with a per-signature cache (see module docstring)."""
 
@@ -146,52 +133,75 @@ class CompiledFunction:
         functools.update_wrapper(self, fn)
         REGISTRY.append(self)
         self.fn = fn
-        self._cache: dict = {}
+        self._cache: collections.OrderedDict = collections.OrderedDict()  # (signature, n) -> _Entry
         self._last_key: Optional[tuple] = None
-        self._stateful: Optional[list] = None  # modules and optimizers the function reaches
+        self._serial = 0
+        self._lock = threading.RLock()
         self.stats = {"traces": 0, "compiles": 0, "cache_hits": 0, "nodes": 0, "kernels": 0,
                       "compile_seconds": 0.0}
 
     def __call__(self, *args, **kwargs):
-        if self._stateful is None:
-            self._stateful = _state_snapshot(_roots(self.fn, args, kwargs))[1]
-        key = _signature(args, kwargs) + (("closure", _closure_key(self._stateful)),)
-        entry = self._cache.get(key)
-        if entry is None:
-            self._explain_miss(key)
-            entry = self._cache[key] = self._compile(args, kwargs)
-        else:
-            self.stats["cache_hits"] += 1
-        self._last_key = key
-        return self._run(entry, args)
+        with self._lock:
+            sig = guards.signature(args, kwargs) + (("backend", BACKEND),)
+            key, reason = self._lookup(sig)
+            if key is None:
+                if _log("recompile") and self._cache:
+                    for change in reason or self._signature_change(sig, len(args)):
+                        print(f"needle: recompiling {self.fn.__qualname__}: {change}", file=sys.stderr)
+                with _TRACE_LOCK:
+                    entry = self._compile(args, kwargs)
+                entry.signature = sig
+                key = (sig, self._serial)
+                self._serial += 1
+                self._cache[key] = entry
+                while len(self._cache) > CACHE_SIZE:
+                    self._cache.popitem(last=False)
+            else:
+                self.stats["cache_hits"] += 1
+                self._cache.move_to_end(key)
+            self._last_key = key
+            return self._run(self._cache[key], key, args, kwargs)
+
+    def _lookup(self, sig: tuple) -> tuple[Optional[tuple], list[str]]:
+        """The key of the newest entry for `sig` whose guards hold, or (None, what failed)."""
+        failed: list[str] = []
+        for key in reversed(self._cache):
+            if key[0] != sig:
+                continue
+            guard = guards.check_all(self._cache[key].guards)
+            if guard is None:
+                return key, []
+            failed = failed or [guard.describe_change()]
+        return None, failed
+
+    def _signature_change(self, sig: tuple, n_args: int) -> list[str]:
+        last = self._cache[self._last_key] if self._last_key in self._cache else next(reversed(self._cache.values()))
+        names = guards.parameter_names(self.fn, n_args)
+        return (guards.describe_signature_change(last.signature, sig, names)
+                or [f"backend: {last.signature[-1][1]} → {sig[-1][1]}"])
 
     # ---- tracing ------------------------------------------------------------------------
     def _compile(self, args: tuple, kwargs: dict) -> _Entry:
         start = time.perf_counter()
         roots = _roots(self.fn, args, kwargs)
-        for obj in _state_snapshot(roots)[1]:
+        named = guards.name_guards(self.fn)
+        for obj in _state_snapshot(roots, named)[1]:
             for opt in _optimizers(obj):
                 opt.init_state()  # buffers eager creates on the first step, zero-filled
-        holders, self._stateful = _state_snapshot(roots)
+        holders, stateful, objects = _state_snapshot(roots, named)
         builder = GraphBuilder(getattr(self.fn, "__qualname__", "fn"), birth=autograd._BIRTHS + 1)
         builder.slots = {id(t): (obj, key, path) for obj, key, t, path in holders.values()}
-        traced_args = []
-        for i, a in enumerate(args):
-            if isinstance(a, Tensor):
-                type_ = tensor_type_of(a.realize_cached_data())
-                nid = builder.add_input(f"arg{i}", "arg", type_, ("arg", i))
-                traced_args.append(builder.traced(Tensor, nid, type_, requires_grad=a.requires_grad))
-            else:
-                traced_args.append(a)
+        traced_args = [self._trace_arg(builder, a, f"arg{i}", ("arg", i)) for i, a in enumerate(args)]
+        traced_kwargs = {k: self._trace_arg(builder, v, k, ("kwarg", k)) for k, v in kwargs.items()}
         saved_grads = {}
         try:
-            with tracing(builder):
-                result = self.fn(*traced_args, **kwargs)
+            with tracing(builder), guards.recording_reads([o for o, _ in objects.values()]) as reads:
+                result = self.fn(*traced_args, **traced_kwargs)
                 flat, structure = _flatten(result)
                 out_ids = [(x if x._trace is not None else builder.lift(x))._trace.node_id for x in flat]
         finally:
             slot_updates = _take_slot_updates(holders)
-            created = _take_new_traced_entries(roots, holders)
+            created = _take_new_traced_entries(roots, named, holders)
             for target, _ in builder.data_updates.values():
                 target._trace = None
             for external, _ in builder.grad_targets:
@@ -203,18 +213,52 @@ class CompiledFunction:
                 f"{self.fn.__qualname__} creates state while compiled ({', '.join(created)}): a "
                 "compiled function can only update state that exists before it is called; create "
                 "it (e.g. zero-filled) before the first call")
-        writes = ([("grad", ext, g) for ext, g in builder.grad_targets]
-                  + [("data", t, v) for t, v in builder.data_updates.values()]
+        binding_of = _bindings_by_tensor(builder)
+        writes = ([("grad", binding_of[id(ext)], g) for ext, g in builder.grad_targets]
+                  + [("data", binding_of[id(t)], v) for t, v in builder.data_updates.values()]
                   + [("slot", (obj, key), v) for obj, key, v in slot_updates]
                   + [("hyper", (obj, attr), v) for obj, attr, v in builder.hyper_updates.values()])
-        out_ids += [_node_of(builder, v) for _, _, v in writes]
+        out_ids += [_node_of(builder, v) for _, _, v in writes] + [nid for nid, _ in builder.checks]
+        writes += [("check", message, None) for _, message in builder.checks]
         graph = builder.graph(out_ids)
         self.stats["traces"] += 1
+        runner, final, snapshots = self._build(graph)
+        bindings = [("const", _to_backend(bound)) if role == "const" else bound
+                    for _, bound, role in builder.inputs]
+        entry = _Entry(final, runner, snapshots, bindings, len(flat),
+                       [(kind, target) for kind, target, _ in writes], structure, builder.checks)
+        hyper_keys = set(builder.hypers) | set(builder.hyper_updates)
+        entry.guards = [g for _, g, _, _ in named] + [
+            guards.attribute_guard(f"{objects[oid][1]}.{name}", obj, name)
+            for (oid, name), (obj, _) in reads.items() if (oid, name) not in hyper_keys]
+        entry.arg_names = guards.parameter_names(self.fn, len(args))
+        entry.keepalive = tuple(args) + tuple(kwargs.values())
+        self.stats["compiles"] += 1
+        self.stats["compile_seconds"] += time.perf_counter() - start
+        return entry
+
+    @staticmethod
+    def _trace_arg(builder: GraphBuilder, value: Any, name: str, binding: tuple) -> Any:
+        """A Tensor argument's traced stand-in (a graph input read at every call); other values
+        are passed as they are (they are part of the signature)."""
+        if not isinstance(value, Tensor):
+            return value
+        if id(value) in builder.lifted:  # the same tensor passed twice: one input
+            return builder.lifted[id(value)][1]
+        type_ = tensor_type_of(value.realize_cached_data())
+        nid = builder.add_input(name, "arg", type_, binding)
+        proxy = builder.traced(Tensor, nid, type_, requires_grad=value.requires_grad)
+        builder.lifted[id(value)] = (value, proxy)  # its gradient is written to its .grad
+        return proxy
+
+    def _build(self, graph: Graph) -> tuple[Callable, Graph, dict]:
+        """Run the pipeline on a traced graph (or take it from the disk cache) and build its
+        runner: (runner, final graph, pass snapshots)."""
         from .passes.manager import PassContext
 
         ctx = PassContext()
         if ctx.dump_dir:  # one folder per function and signature, so dumps never overwrite
-            ctx.dump_dir = os.path.join(ctx.dump_dir, f"{graph.name}-{len(self._cache)}")
+            ctx.dump_dir = os.path.join(ctx.dump_dir, f"{graph.name}-{self._serial}")
         kind = executor_kind(graph)
         # dumping IR or bisecting passes needs the passes to run: no warm start then
         debugging = ctx.dump_dir or ctx.pass_limit is not None
@@ -242,7 +286,7 @@ class CompiledFunction:
                 runner = CudaGraphExecutor(final, ctx.options["fusion_plan"], ctx.options["schedule"],
                                            ctx.options["memory_plan"])
             except CudaCodegenError as e:
-                if "native" in os.environ.get("NEEDLE_LOG", "") or "recompile" in os.environ.get("NEEDLE_LOG", ""):
+                if _log("native") or _log("recompile"):
                     print(f"needle: {self.fn.__qualname__} runs on the interpreter: {e}", file=sys.stderr)
                 kind = "interp"
         if kind == "native":
@@ -254,7 +298,7 @@ class CompiledFunction:
                 self.stats.update(native=runner.stats)
                 self.stats["llvm_kernels"] = runner.stats["llvm_kernels"]
             except NativeUnsupported as e:
-                if "recompile" in os.environ.get("NEEDLE_LOG", "") or "native" in os.environ.get("NEEDLE_LOG", ""):
+                if _log("recompile") or _log("native"):
                     print(f"needle: {self.fn.__qualname__} runs on the kernel executor: {e}", file=sys.stderr)
                 kind = "kernels"
         if kind == "kernels":
@@ -264,31 +308,19 @@ class CompiledFunction:
             self.stats["llvm_kernels"] = runner.llvm_kernels
         elif runner is None:
             runner = functools.partial(run_graph, final)
-        bindings = [("const", _to_backend(bound)) if role == "const" else bound
-                    for _, bound, role in builder.inputs]
-        self.stats["compiles"] += 1
         self.stats["nodes"] = len(final.nodes)
-        self.stats["kernels"] = sum(1 for n in final.nodes if n.op not in ("input", "const"))
-        self.stats["compile_seconds"] += time.perf_counter() - start
-        self.stats["kernels"] = (len(runner.steps) if kind != "interp" else self.stats["kernels"])
+        self.stats["kernels"] = (len(runner.steps) if kind != "interp"
+                                 else sum(1 for n in final.nodes if n.op not in ("input", "const")))
         self.stats["executor"] = kind
-        return _Entry(final, runner, ctx.snapshots, bindings, len(flat),
-                      [(kind, target) for kind, target, _ in writes], structure)
-
-    def _explain_miss(self, key: tuple) -> None:
-        if self._last_key is None or "recompile" not in os.environ.get("NEEDLE_LOG", ""):
-            return
-        old, new = self._last_key, key
-        for field, a, b in _diff(old, new):
-            print(f"needle: recompiling {self.fn.__qualname__}: {field} changed from {a!r} to {b!r}",
-                  file=sys.stderr)
+        return runner, final, ctx.snapshots
 
     # ---- running ------------------------------------------------------------------------
-    def _inputs(self, entry: _Entry, args: tuple) -> Optional[list]:
-        """Backend arrays for the graph inputs, read now; None if a bound shape changed."""
+    def _inputs(self, entry: _Entry, args: tuple, kwargs: dict) -> tuple[Optional[list], str]:
+        """Backend arrays for the graph inputs, read now; (None, why) if a bound tensor
+        changed shape or is no longer a Tensor."""
         inputs = []
         scalars = getattr(entry.runner, "takes_scalars", False)
-        for binding, shape in zip(entry.bindings, entry.input_shapes):
+        for binding, shape, name in zip(entry.bindings, entry.input_shapes, entry.input_names):
             kind = binding[0]
             if kind == "hyper":
                 value = float(getattr(binding[1], binding[2]))
@@ -297,42 +329,40 @@ class CompiledFunction:
             elif kind == "const":
                 value = binding[1]
             else:
-                if kind == "arg":
-                    tensor = args[binding[1]]
-                elif kind == "slot":
-                    holder, key = binding[1], binding[2]
-                    tensor = holder[key] if isinstance(holder, dict) else getattr(holder, key)
-                else:
-                    tensor = binding[1]
+                tensor = _resolve(binding, args, kwargs)
+                if not isinstance(tensor, Tensor):
+                    return None, f"`{name}` is now a {type(tensor).__name__}, not a Tensor"
                 value = tensor.realize_cached_data()
                 if tuple(value.shape) != shape:
-                    return None
+                    return None, f"`{name}`, shape: {shape} → {tuple(value.shape)}"
             inputs.append(value)
-        return inputs
+        return inputs, ""
 
-    def _run(self, entry: _Entry, args: tuple):
-        inputs = self._inputs(entry, args)
-        if inputs is None:  # a module attribute was replaced by a tensor of another shape
-            self._cache = {k: e for k, e in self._cache.items() if e is not entry}
-            return self(*args)
+    def _run(self, entry: _Entry, key: tuple, args: tuple, kwargs: dict):
+        inputs, why = self._inputs(entry, args, kwargs)
+        if inputs is None:  # an attribute or global was rebound to a tensor of another shape
+            if _log("recompile"):
+                print(f"needle: recompiling {self.fn.__qualname__}: {why}", file=sys.stderr)
+            del self._cache[key]
+            return self(*args, **kwargs)
         outputs = entry.runner(inputs)
+        extra = outputs[entry.n_outputs:]
+        for (kind, message), value in zip(entry.writes, extra):
+            if kind == "check" and float(_scalar(value)) != 0:
+                raise ValueError(message)
+        for (kind, target), value in zip(entry.writes, extra):
+            if kind == "grad":
+                _resolve(target, args, kwargs).grad = Tensor.make_const(value)
+            elif kind == "data":
+                _resolve(target, args, kwargs).cached_data = value
+            elif kind == "slot":
+                _set(*target, Tensor.make_const(value))
+            elif kind == "hyper":
+                holder, attr = target
+                number = float(_scalar(value))
+                setattr(holder, attr, int(round(number)) if isinstance(getattr(holder, attr), int) else number)
         results = [Tensor.make_const(o) if not isinstance(o, tuple) else TensorTuple.make_const(o)
                    for o in outputs[:entry.n_outputs]]
-        for (kind, target), value in zip(entry.writes, outputs[entry.n_outputs:]):
-            if kind == "grad":
-                target.grad = Tensor.make_const(value)
-            elif kind == "data":
-                target.cached_data = value
-            elif kind == "slot":
-                holder, key = target
-                if isinstance(holder, dict):
-                    holder[key] = Tensor.make_const(value)
-                else:
-                    setattr(holder, key, Tensor.make_const(value))
-            else:
-                holder, attr = target
-                number = float(value.numpy() if hasattr(value, "numpy") else value)
-                setattr(holder, attr, int(round(number)) if isinstance(getattr(holder, attr), int) else number)
         return _unflatten(results, entry.structure)
 
     def ir(self, stage: str = "final") -> str:
@@ -364,7 +394,7 @@ class CompiledFunction:
             if steps is None:
                 raise RuntimeError(f"{name} was compiled without profiling: set NEEDLE_PROFILE=1 "
                                    "before its first call")
-            tables.append(format_table(steps, f"{name} {_signature_text(key)}"))
+            tables.append(format_table(steps, f"{name} {_signature_text(entry)}"))
         return "\n\n".join(tables)
 
     @property
@@ -379,7 +409,7 @@ class CompiledFunction:
         for key, entry in self._cache.items():
             stages = dict(entry.snapshots)
             stages["final"] = entry.graph
-            out.append((_signature_text(key), stages))
+            out.append((_signature_text(entry), stages))
         return out
 
 
@@ -412,27 +442,28 @@ def _optimizers(obj) -> list:
     return [obj] if hasattr(obj, "params") and hasattr(obj, "_buffer_names") else []
 
 
-def _state_snapshot(roots: list) -> tuple[dict, list]:
-    """Attributes and dict entries holding Tensors on the objects reachable from roots:
-    {(id(holder), key): (holder, key, tensor, path)}, path like `model.modules[0].weight`;
-    and the modules and optimizers found on the way."""
+def _state_snapshot(roots: list, named: list = ()) -> tuple[dict, list, dict]:
+    """What a trace can read outside its arguments:
+    * slots: {(id(holder), key): (holder, key, tensor, path)} for each attribute, dict or list
+      entry, global or closure variable holding a Tensor (path like `model.modules[0].weight`);
+    * the modules and optimizers found on the way;
+    * objects: {id(obj): (obj, path)} of the objects whose attributes a trace may read."""
     snapshot: dict = {}
     stateful: list = []
+    objects: dict = {}
     seen: set = set()
 
     def visit(obj, depth, path):
         if depth > 64 or id(obj) in seen:
             return
         seen.add(id(obj))
-        if isinstance(obj, (list, tuple)):
-            for i, item in enumerate(obj):
-                visit(item, depth + 1, f"{path}[{i}]")
-        elif isinstance(obj, dict):
-            for key, item in list(obj.items()):
-                if isinstance(item, autograd.Value):
+        if isinstance(obj, (list, tuple, dict)):
+            for key, item in (obj.items() if isinstance(obj, dict) else enumerate(obj)):
+                if isinstance(item, autograd.Value) and not isinstance(obj, tuple):
                     snapshot[(id(obj), key)] = (obj, key, item, f"{path}[{key!r}]")
                 visit(item, depth + 1, f"{path}[{key!r}]")
         elif _is_state_holder(obj):
+            objects[id(obj)] = (obj, path)
             if _optimizers(obj) or (hasattr(obj, "training") and hasattr(obj, "_children")):
                 stateful.append(obj)
             for key, item in list(vars(obj).items()):
@@ -441,20 +472,25 @@ def _state_snapshot(roots: list) -> tuple[dict, list]:
                 else:
                     visit(item, depth + 1, f"{path}.{key}")
 
+    for label, guard, holder, key in named:  # globals and closure variables holding tensors
+        if isinstance(guard.value, autograd.Value):
+            snapshot[(id(holder), key)] = (holder, key, guard.value, label.split("`")[1])
     for name, root in roots:
         visit(root, 0, name)
-    return snapshot, stateful
+    return snapshot, stateful, objects
 
 
-def _take_new_traced_entries(roots: list, snapshot: dict) -> list:
+def _take_new_traced_entries(roots: list, named: list, snapshot: dict) -> list:
     """Remove dict entries and attributes that the trace created holding traced values; name them."""
-    current, _ = _state_snapshot(roots)
+    current = _state_snapshot(roots, named)[0]
     created = []
     for key, (obj, name, value, path) in current.items():
         if key not in snapshot and value._trace is not None:
             created.append(path)
             if isinstance(obj, dict):
                 del obj[name]
+            elif isinstance(obj, list):
+                obj[name] = None
             else:
                 delattr(obj, name)
     return created
@@ -469,40 +505,64 @@ def _is_state_holder(obj) -> bool:
     return hasattr(obj, "__dict__") and type(obj).__module__ not in ("builtins", "numpy")
 
 
+def _get(holder, key):
+    """holder[key] for a dict or list, else the attribute (a cell's `cell_contents` too)."""
+    return holder[key] if isinstance(holder, (dict, list)) else getattr(holder, key)
+
+
+def _set(holder, key, value) -> None:
+    if isinstance(holder, (dict, list)):
+        holder[key] = value
+    else:
+        setattr(holder, key, value)
+
+
 def _take_slot_updates(snapshot: dict) -> list:
     """(holder, key, traced value) for every snapshotted slot the trace reassigned; each
     slot gets its old tensor back (the compiled call writes the new value after running)."""
     updates = []
     for obj, key, old, _ in snapshot.values():
-        current = obj[key] if isinstance(obj, dict) else getattr(obj, key, None)
+        try:
+            current = _get(obj, key)
+        except (AttributeError, KeyError, IndexError, ValueError):
+            continue
         if current is not old and isinstance(current, autograd.Value) and current._trace is not None:
             updates.append((obj, key, current))
-            if isinstance(obj, dict):
-                obj[key] = old
-            else:
-                setattr(obj, key, old)
+            _set(obj, key, old)
     return updates
 
 
-def _signature_text(key: tuple) -> str:
-    """A short readable form of a cache key: the argument types."""
-    args = []
-    for a in key[0]:
-        if a[0] == "Tensor":
-            args.append(f"{a[2]}[{','.join(map(str, a[1]))}]")
-        elif a[0] == "Module":
-            args.append("module")
-        else:
-            args.append(repr(a[1]))
-    return "(" + ", ".join(args) + ")"
+def _bindings_by_tensor(builder: GraphBuilder) -> dict:
+    """{id(tensor): binding of the graph input standing for it} for the tensors a trace read."""
+    by_node = {nid: bound for nid, bound, _ in builder.inputs}
+    return {key: by_node[proxy._trace.node_id] for key, (_, proxy) in builder.lifted.items()
+            if proxy._trace.node_id in by_node}
 
 
-def _diff(old, new, path="signature"):
-    if isinstance(old, tuple) and isinstance(new, tuple) and len(old) == len(new):
-        for i, (a, b) in enumerate(zip(old, new)):
-            yield from _diff(a, b, f"{path}[{i}]")
-    elif old != new:
-        yield path, old, new
+def _resolve(binding: tuple, args: tuple, kwargs: dict):
+    """The object a tensor binding names at this call."""
+    kind = binding[0]
+    if kind == "arg":
+        return args[binding[1]]
+    if kind == "kwarg":
+        return kwargs[binding[1]]
+    if kind == "slot":
+        try:
+            return _get(binding[1], binding[2])
+        except (AttributeError, KeyError, IndexError, ValueError):
+            return None
+    return binding[1]
+
+
+def _scalar(value) -> float:
+    return float(value.numpy() if hasattr(value, "numpy") else np.asarray(value).reshape(-1)[0])
+
+
+def _signature_text(entry: _Entry) -> str:
+    """A short readable form of a signature: the arguments' types and values."""
+    positional, keywords = entry.signature[0], entry.signature[1]
+    return "(" + ", ".join([guards.show_key(k) for k in positional]
+                           + [f"{k}={guards.show_key(v)}" for k, v in keywords]) + ")"
 
 
 def _to_backend(array):

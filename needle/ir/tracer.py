@@ -12,6 +12,9 @@ nodes. Reading a traced value in Python raises `TraceError` naming the user's li
 from __future__ import annotations
 
 import contextlib
+import sys
+import threading
+import types
 from typing import Any, Iterator, Optional
 
 import numpy as np
@@ -19,8 +22,21 @@ import numpy as np
 from ..errors import NeedleError, user_frame
 from .graph import GRAPH_OPS, Graph, Node, SourceLoc, TensorType, make_attrs
 
-#: the builder of the trace in progress (None outside tracing)
-ACTIVE: Optional["GraphBuilder"] = None
+_local = threading.local()
+
+
+class _TracerModule(types.ModuleType):
+    """This module, with `ACTIVE` (the builder of the trace in progress in the calling thread,
+    or None) per thread: a trace in one thread never captures another thread's eager ops."""
+
+    @property
+    def ACTIVE(self) -> Optional["GraphBuilder"]:
+        return getattr(_local, "builder", None)
+
+
+def active() -> Optional["GraphBuilder"]:
+    """The builder of the calling thread's trace in progress, or None."""
+    return getattr(_local, "builder", None)
 
 #: largest constant folded into the IR as a literal; larger ones are captured inputs
 MAX_LITERAL = 1024
@@ -197,7 +213,7 @@ def is_traced(value) -> bool:
 
 def trace_op(cls, op, inputs):
     """Append a node for `op` applied to `inputs` (some traced) and return its traced Value."""
-    builder = ACTIVE
+    builder = active()
     inputs = [x if is_traced(x) else builder.lift(x) for x in inputs]
     result = op.infer(*inputs)
     type_ = _result_type(op, inputs, result)
@@ -228,17 +244,17 @@ def _first_device(inputs) -> str:
 @contextlib.contextmanager
 def tracing(builder: GraphBuilder) -> Iterator[GraphBuilder]:
     """Make `builder` the active trace for the duration of the block."""
-    global ACTIVE
-    previous, ACTIVE = ACTIVE, builder
+    previous, _local.builder = active(), builder
     try:
         yield builder
     finally:
-        ACTIVE = previous
+        _local.builder = previous
 
 
 def hyper(obj, attr: str):
     """`obj.attr` as a traced scalar input inside a trace, else the Python value itself."""
-    return ACTIVE.hyper_input(obj, attr) if ACTIVE is not None else getattr(obj, attr)
+    builder = active()
+    return builder.hyper_input(obj, attr) if builder is not None else getattr(obj, attr)
 
 
 def read_error(what: str) -> TraceError:
@@ -246,3 +262,6 @@ def read_error(what: str) -> TraceError:
         f"cannot read the value of a traced tensor ({what}) inside a compiled function: its "
         "data does not exist until the graph runs. Return it from the function and read it "
         "outside, or use needle ops (e.g. ndl.where instead of `if`) so the graph captures it")
+
+
+sys.modules[__name__].__class__ = _TracerModule

@@ -38,7 +38,7 @@ def test_new_shape_recompiles(capsys, monkeypatch):
     f(rand(3, 2))
     f(rand(4, 2))
     assert f.stats["traces"] == 2
-    assert "changed from" in capsys.readouterr().err
+    assert "argument `x`, dim 0: 3 → 4" in capsys.readouterr().err
 
 
 def test_parameters_are_inputs_read_at_call_time():
