@@ -1,0 +1,1 @@
+"""Testing helpers that ship with needle (the differential fuzzer of `needle.compile`)."""

@@ -1,0 +1,36 @@
+"""The differential fuzzer of `needle.compile` (needle/testing/fuzz.py) on a fixed seed range."""
+import os
+
+import numpy as np
+
+from needle.testing.fuzz import _compare, fuzz, generate
+from tools.fuzz_compile import report
+
+SEEDS = range(300)
+
+
+def test_generate_is_deterministic():
+    assert generate(7) == generate(7) != generate(8)
+    compile(generate(7), "<fuzz>", "exec")
+
+
+def test_compare_flags_values_and_nonfinite_positions():
+    e = np.array([1.0, np.nan, 3.0], dtype=np.float32)
+    assert _compare("o", e, e + np.float32(1e-6), []) is None
+    assert "differ" in _compare("o", e, np.array([1.0, np.nan, 3.1], dtype=np.float32), [])
+    assert "non-finite" in _compare("o", e, np.array([1.0, 0.0, 3.0], dtype=np.float32), [])
+    # a large spread of the perturbed eager runs (cancellation) widens the tolerance there
+    assert _compare("o", e, np.array([1.0, np.nan, 3.1], dtype=np.float32),
+                    [np.array([1.0, np.nan, 3.05], dtype=np.float32)]) is None
+
+
+def test_fuzz_fixed_seeds():
+    """Programs of SEEDS agree eagerly and compiled (values, gradients, NaN/Inf positions)."""
+    results = fuzz(SEEDS, jobs=min(2, os.cpu_count() or 1), timeout=120)
+    findings = [r for r in results if r.category != "ok"]
+    if findings:
+        import io
+
+        text = io.StringIO()
+        report(findings, out=text)
+        raise AssertionError(f"{len(findings)} of {len(results)} programs disagree:\n{text.getvalue()}")
