@@ -109,7 +109,7 @@ class _Entry:
         self.input_names = [n.attr("name") for n in graph.inputs]
         self.signature: tuple = ()
         self.arg_names: list[str] = []
-        self.guards: list[guards.Guard] = []
+        self.guards = guards.GuardSet([])
         self.keepalive: tuple = ()        # objects keyed by identity stay alive (ids never reused)
 
 
@@ -168,7 +168,7 @@ class CompiledFunction:
         for key in reversed(self._cache):
             if key[0] != sig:
                 continue
-            guard = guards.check_all(self._cache[key].guards)
+            guard = self._cache[key].guards.failing()
             if guard is None:
                 return key, []
             failed = failed or [guard.describe_change()]
@@ -227,10 +227,13 @@ class CompiledFunction:
                     for _, bound, role in builder.inputs]
         entry = _Entry(final, runner, snapshots, bindings, len(flat),
                        [(kind, target) for kind, target, _ in writes], structure, builder.checks)
-        hyper_keys = set(builder.hypers) | set(builder.hyper_updates)
-        entry.guards = [g for _, g, _, _ in named] + [
-            guards.attribute_guard(f"{objects[oid][1]}.{name}", obj, name)
-            for (oid, name), (obj, _) in reads.items() if (oid, name) not in hyper_keys]
+        # hyper-parameters and tensors bound as inputs are read at every call: no guard
+        unguarded = set(builder.hypers) | set(builder.hyper_updates) | {
+            (id(b[1]), b[2]) for _, b, _ in builder.inputs if b[0] == "slot"}
+        entry.guards = guards.GuardSet(
+            [g for _, g, holder, key in named if (id(holder), key) not in unguarded]
+            + [guards.attribute_guard(f"{objects[oid][1]}.{name}", obj, name)
+               for (oid, name), (obj, _) in reads.items() if (oid, name) not in unguarded])
         entry.arg_names = guards.parameter_names(self.fn, len(args))
         entry.keepalive = tuple(args) + tuple(kwargs.values())
         self.stats["compiles"] += 1

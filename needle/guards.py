@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import inspect
+import itertools
 import operator
 import sys
 import threading
@@ -72,11 +73,12 @@ class Guard:
     """One assumption: `read()` returns a value that freezes to `frozen`. `label` names it
     for recompile messages (`global SCALE`, `model.modules[0].scale`)."""
 
-    __slots__ = ("label", "read", "value", "frozen", "kind")
+    __slots__ = ("label", "read", "value", "frozen", "kind", "source")
 
-    def __init__(self, label: str, read: Callable[[], Any]):
+    def __init__(self, label: str, read: Callable[[], Any], source: Optional[tuple] = None):
         self.label = label
         self.read = read
+        self.source = source  # (dict, key) when read() is dict[key]: checked in bulk
         self.value = read()
         self.frozen = freeze(self.value)
         self.kind = ("tensor" if isinstance(self.value, Tensor) else
@@ -91,8 +93,10 @@ class Guard:
 
     def holds(self) -> bool:
         now = self.current()
-        if now is self.value and self.kind == "plain":
+        if now is self.value and self.kind in ("plain", "tensor"):
             return True
+        if self.kind == "tensor":  # another tensor here: the trace bound the old one elsewhere
+            return False
         if self.kind == "container" and _same_items(now, self.value):
             return True
         if freeze(now) != self.frozen:
@@ -103,6 +107,8 @@ class Guard:
 
     def describe_change(self) -> str:
         now = self.current()
+        if self.kind == "tensor" and isinstance(now, Tensor):
+            return f"{self.label}: replaced by another {_show(now)}"
         return f"{self.label}: {_show(self.value)} → {_show(now)}"
 
 
@@ -243,7 +249,7 @@ def name_guards(fn: Callable, max_depth: int = 4) -> list[tuple[str, Guard, Any,
         fn_globals = f.__globals__
         for name in _global_names(code):
             if name in fn_globals:
-                out.append((f"global `{name}`", Guard(f"global `{name}`", _dict_reader(fn_globals, name)),
+                out.append((f"global `{name}`", _dict_guard(f"global `{name}`", fn_globals, name),
                             fn_globals, name))
                 if _is_user_function(fn_globals[name]):
                     visit(fn_globals[name], depth + 1)
@@ -268,12 +274,12 @@ def _cell_reader(cell) -> Callable[[], Any]:
     return lambda: cell.cell_contents
 
 
-def _dict_reader(d: dict, key: Any) -> Callable[[], Any]:
-    return lambda: d[key]
+def _dict_guard(label: str, d: dict, key: Any) -> Guard:
+    return Guard(label, lambda: d[key], (d, key))
 
 
 def attribute_guard(label: str, obj: Any, name: str) -> Guard:
-    return Guard(label, lambda: obj.__dict__[name])
+    return _dict_guard(label, obj.__dict__, name)
 
 
 # ---- recording attribute reads while tracing ----------------------------------------------
@@ -312,9 +318,26 @@ def recording_reads(objects: list) -> Iterator[dict]:
                 cls.__getattribute__ = own
 
 
-def check_all(guards: list[Guard]) -> Optional[Guard]:
-    """The first guard that fails, or None."""
-    for g in guards:
-        if not g.holds():
-            return g
-    return None
+class GuardSet:
+    """The guards of one compiled graph. `failing()` first compares, in bulk, the values
+    read from dicts (globals, instance attributes) with the objects seen last time; only
+    when one differs, or for the other guards, are the guards checked one by one."""
+
+    def __init__(self, guards: list[Guard]):
+        self.guards = guards
+        self._bulk = [g for g in guards if g.source is not None and g.kind in ("plain", "tensor")]
+        self._rest = [g for g in guards if g not in self._bulk]
+        self._dicts = [g.source[0] for g in self._bulk]
+        self._keys = [g.source[1] for g in self._bulk]
+        self._values = [g.value for g in self._bulk]
+
+    def failing(self) -> Optional[Guard]:
+        """The first guard that fails, or None."""
+        now = map(dict.get, self._dicts, self._keys, itertools.repeat(_MISSING))
+        same = all(map(operator.is_, now, self._values))
+        for g in self._rest if same else self.guards:
+            if not g.holds():
+                return g
+        if not same:  # equal values in new objects: compare those in bulk from now on
+            self._values = [g.value for g in self._bulk]
+        return None
