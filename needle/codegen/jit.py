@@ -8,23 +8,23 @@ features, e.g. AVX2/FMA or AVX-512) and JIT-compiles it with MCJIT.
 Compiled object code is also cached on disk under `NEEDLE_CACHE_DIR` (default
 `$XDG_CACHE_HOME/needle`, i.e. `~/.cache/needle`; `NEEDLE_CACHE_DIR=""` or `0` disables it)
 through MCJIT's object cache. A warm disk entry skips both the O3 passes and codegen; the
-optimised IR is then only rebuilt when asked for (`Kernel.llvm_ir_optimized`). Entries are
-written atomically (temp file + `os.replace`) and validated on read (magic, key, length and
-payload digest); anything invalid is ignored, recompiled and overwritten.
+optimised IR is then only rebuilt when asked for (`Kernel.llvm_ir_optimized`). Entries go
+through `needle.cache` (atomic writes, a keyed MAC over the entry's name and bytes, safe
+reads, LRU eviction): anything that fails the check is ignored, recompiled and overwritten.
+The in-memory cache keeps the `MEMORY_CACHE_SIZE` most recently used kernels.
 """
 from __future__ import annotations
 
 import ctypes
 import hashlib
-import os
-import struct
 import threading
+from collections import OrderedDict
 
 import numpy as np
 import llvmlite
 import llvmlite.binding as llvm
 
-from ..cache import cache_dir, code_fingerprint, write_atomic
+from ..cache import cache_dir, code_fingerprint, read_entry, write_entry
 from ..ir.graph import Graph
 from .c_render import render_c
 from .llvm_render import VECTOR_WIDTH, range_extent, render_llvm
@@ -33,13 +33,13 @@ from .lower import lower
 
 _LOCK = threading.Lock()
 _TM = None
-_CACHE: dict = {}
+#: how many kernels the in-memory cache keeps (least recently used dropped first)
+MEMORY_CACHE_SIZE = 1024
+_CACHE: OrderedDict = OrderedDict()
 STATS = {"hits": 0, "misses": 0, "disk_hits": 0, "disk_misses": 0}
 OPT_OPTIONS = "speed_level=3;loop_vectorization;slp_vectorization;opt=3;codemodel=jitdefault"
-_MAGIC = b"NEEDLEOBJ1\n"
 #: bumped when the renderer's output for the same kernel text changes (entry points, ABI)
 RENDER_VERSION = 3
-_HEADER = struct.Struct("<32sQ32s")  # key digest, payload length, payload sha256
 
 
 def _new_target_machine():
@@ -76,35 +76,19 @@ def disk_key(c_source: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
-def _cache_path(d: str, key: str) -> str:
-    return os.path.join(d, "kernels", key[:2], key + ".o")
+def entry_name(key: str) -> str:
+    """The disk cache entry (`needle.cache`) of the object code with disk key `key`."""
+    return f"kernels/{key[:2]}/{key}.o"
 
 
-def _read_object(path: str, key: str) -> bytes | None:
-    """The cached object bytes, or None if missing, truncated or corrupt."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    n = len(_MAGIC) + _HEADER.size
-    if len(data) < n or not data.startswith(_MAGIC):
-        return None
-    kd, length, digest = _HEADER.unpack_from(data, len(_MAGIC))
-    payload = data[n:]
-    if (kd != bytes.fromhex(key) or length != len(payload) or length == 0
-            or hashlib.sha256(payload).digest() != digest):
-        return None
-    return payload
+class _Address(int):
+    """A function address that keeps its kernel (and so its code) alive while referenced: the
+    native executor records bare addresses, and the in-memory cache may drop the kernel."""
 
-
-def _write_object(path: str, key: str, payload: bytes) -> None:
-    """Write atomically (temp file, then rename); a failed write is ignored."""
-    try:
-        write_atomic(path, _MAGIC + _HEADER.pack(bytes.fromhex(key), len(payload),
-                                                 hashlib.sha256(payload).digest()) + payload)
-    except OSError:
-        pass
+    def __new__(cls, address: int, kernel: "Kernel"):
+        self = super().__new__(cls, address)
+        self.kernel = kernel
+        return self
 
 
 def _optimize(mod):
@@ -129,8 +113,8 @@ class Kernel:
         self._llvm_ir_optimized = None
         d = cache_dir()
         self.disk_key = disk_key(c_source) if d is not None else None
-        path = _cache_path(d, self.disk_key) if d is not None else None
-        cached = _read_object(path, self.disk_key) if path is not None else None
+        entry = entry_name(self.disk_key) if d is not None else None
+        cached = read_entry(entry) if d is not None else None
         self.from_disk = cached is not None
         tm = target_machine()
         if cached is None:
@@ -146,10 +130,8 @@ class Kernel:
             STATS["disk_hits" if cached is not None else "disk_misses"] += 1
         self._engine = llvm.create_mcjit_compiler(mod, _new_target_machine())
         if d is not None:
-            dk = self.disk_key
-
             def notify(_module, buf):
-                _write_object(path, dk, bytes(buf))
+                write_entry(entry, bytes(buf))
 
             def getbuffer(_module):
                 return cached
@@ -161,10 +143,10 @@ class Kernel:
         self._fn = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * n))(addr)
         #: `void name_range(void** args, int64 lo, int64 hi)`: iterations [lo, hi) of the
         #: kernel's top-level loop (of `range_extent`; 1 = not splittable), for the native executor
-        self.range_address = self._engine.get_function_address(self.name + "_range")
+        self.range_address = _Address(self._engine.get_function_address(self.name + "_range"), self)
         if not addr or not self.range_address:
             raise RuntimeError(f"kernel {self.name}: entry points missing from its compiled object"
-                               + (f" (disk cache entry {path})" if self.from_disk else ""))
+                               + (f" (disk cache entry {entry})" if self.from_disk else ""))
         self.range_extent = range_extent(loop)
         self.inputs = loop.inputs
         self.outputs = loop.outputs
@@ -217,10 +199,13 @@ def compile_loop_kernel(loop: LoopKernel) -> Kernel:
         k = _CACHE.get(key)
         if k is not None:
             STATS["hits"] += 1
+            _CACHE.move_to_end(key)
             return k
         STATS["misses"] += 1
         k = Kernel(loop, c_source, key)
         _CACHE[key] = k
+        if len(_CACHE) > MEMORY_CACHE_SIZE:
+            _CACHE.popitem(last=False)
         return k
 
 

@@ -2,23 +2,22 @@
 
 The key is the traced graph's text (with source locations), the pass pipeline, needle's
 version, the array backend and a fingerprint of needle's sources (`needle.cache.code_fingerprint`:
-an edited VJP or pass never reuses an old entry); the value is the text of the graph after each of those
-passes (so `.ir(stage)` and needle-ir work on a warm start too), written atomically under `<NEEDLE_CACHE_DIR>/graphs/`. A missing, unreadable or
-unparsable entry is a miss (the graph is compiled and the entry rewritten).
+an edited VJP or pass never reuses an old entry); the value is the text of the graph after each
+of those passes (so `.ir(stage)` and needle-ir work on a warm start too), stored as the
+`needle.cache` entry `graphs/<2 hex>/<key>.ir` (atomic, with a keyed MAC). A missing, unauthenticated,
+unreadable or unparsable entry is a miss (the graph is compiled and the entry rewritten).
 """
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import MutableMapping
 from typing import Iterator, Optional, Sequence
 
-from ..cache import cache_dir, code_fingerprint, write_atomic
+from ..cache import code_fingerprint, read_entry, write_entry
 from ..ir.graph import Graph
 from ..ir.parser import parse_graph
 from ..ir.printer import print_graph
 
-_HEADER = "# needle compiled graph, key "
 _STAGE = "# stage: "
 
 
@@ -30,9 +29,8 @@ def _key(graph: Graph, pipeline: Sequence[str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _path(key: str) -> Optional[str]:
-    d = cache_dir()
-    return None if d is None else os.path.join(d, "graphs", key[:2], key + ".ir")
+def _entry(key: str) -> str:
+    return f"graphs/{key[:2]}/{key}.ir"
 
 
 class Stages(MutableMapping):
@@ -66,18 +64,12 @@ class Stages(MutableMapping):
 def load(graph: Graph, pipeline: Sequence[str]) -> Optional[Stages]:
     """{stage: graph after that pass} cached for running `pipeline` on `graph`, or None.
     The last stage is parsed now (an unparsable one is a miss), the others when read."""
-    key = _key(graph, pipeline)
-    path = _path(key)
-    if path is None:
+    data = read_entry(_entry(_key(graph, pipeline)))
+    if data is None:
         return None
     try:
-        with open(path, encoding="utf-8") as f:
-            header = f.readline()
-            text = f.read()
-        if header.strip() != _HEADER + key:
-            return None
         texts = {}
-        for chunk in text.split(_STAGE)[1:]:
+        for chunk in data.decode("utf-8").split(_STAGE)[1:]:
             name, _, body = chunk.partition("\n")
             texts[name.strip()] = body
         if not texts:
@@ -85,18 +77,11 @@ def load(graph: Graph, pipeline: Sequence[str]) -> Optional[Stages]:
         stages = Stages(texts)
         stages[list(texts)[-1]]  # parse the final graph now: a broken entry is a miss
         return stages
-    except (OSError, ValueError, UnicodeDecodeError):
+    except ValueError:  # includes UnicodeDecodeError
         return None
 
 
 def store(graph: Graph, pipeline: Sequence[str], stages: dict[str, Graph]) -> None:
-    """Remember the graph after each pass of `pipeline` on `graph` (errors are ignored)."""
-    key = _key(graph, pipeline)
-    path = _path(key)
-    if path is None:
-        return
+    """Remember the graph after each pass of `pipeline` on `graph` (a failed write is ignored)."""
     body = "".join(f"{_STAGE}{name}\n{print_graph(g)}" for name, g in stages.items())
-    try:
-        write_atomic(path, (_HEADER + key + "\n" + body).encode())
-    except OSError:
-        pass
+    write_entry(_entry(_key(graph, pipeline)), body.encode())

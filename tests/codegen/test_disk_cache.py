@@ -1,4 +1,5 @@
-"""On-disk kernel cache (needle.codegen.jit): hits, misses, corruption, disabling, atomic writes."""
+"""On-disk kernel cache (needle.codegen.jit): hits, misses, corruption, disabling, atomic writes
+(the attacks on it are in tests/test_cache_security.py)."""
 from __future__ import annotations
 
 import os
@@ -9,6 +10,7 @@ import pytest
 
 pytest.importorskip("llvmlite")
 
+from needle import cache as disk  # noqa: E402
 from needle.codegen import compile_kernel, jit  # noqa: E402
 from needle.ir import parse_graph  # noqa: E402
 
@@ -19,6 +21,7 @@ from .test_kernels import graph1  # noqa: E402
 def cache(tmp_path, monkeypatch):
     d = tmp_path / "needle-cache"
     monkeypatch.setenv("NEEDLE_CACHE_DIR", str(d))
+    monkeypatch.setenv("NEEDLE_CACHE_KEY_FILE", str(tmp_path / "cache-key"))
     jit.clear_memory_cache()
     yield d
     jit.clear_memory_cache()
@@ -113,18 +116,18 @@ def test_default_dir(monkeypatch, tmp_path):
 
 
 def test_concurrent_writers_no_partial_files(cache):
-    key = "ab" * 32
-    path = jit._cache_path(str(cache), key)
+    name = jit.entry_name("ab" * 32)
+    path = disk.entry_path(name)
     payloads = [bytes([i]) * (200_000 + i) for i in range(8)]
     seen, stop = [], threading.Event()
 
     def reader():
         while not stop.is_set():
-            seen.append(jit._read_object(path, key) if os.path.exists(path) else "missing")
+            seen.append(disk.read_entry(name) if os.path.exists(path) else "missing")
 
     def writer(p):
         for _ in range(20):
-            jit._write_object(path, key, p)
+            disk.write_entry(name, p)
 
     r = threading.Thread(target=reader)
     r.start()
@@ -135,7 +138,7 @@ def test_concurrent_writers_no_partial_files(cache):
         w.join()
     stop.set()
     r.join()
-    assert jit._read_object(path, key) in payloads
+    assert disk.read_entry(name) in payloads
     assert all(s == "missing" or s in payloads for s in seen)  # never partial / invalid
     assert [p.name for p in files(cache)] == [os.path.basename(path)]  # no temp files left
 

@@ -5,10 +5,16 @@ import glob
 import os
 
 import numpy as np
+import pytest
 
 import needle as ndl
 import needle.nn as nn
 from tests.conftest import close, tensor
+
+
+@pytest.fixture(autouse=True)
+def _key_file(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("NEEDLE_CACHE_KEY_FILE", str(tmp_path_factory.mktemp("key") / "cache-key"))
 
 
 def _step_factory():

@@ -5,8 +5,10 @@
 * `compile_object(source, arch)`: `nvcc -arch=<arch> -c` (what the tests run on machines without
   a GPU), returning the compiler's messages;
 * `compile_library(source, arch)`: a shared library (`nvcc -shared -Xcompiler -fPIC`, the CUDA
-  runtime linked statically), cached under `needle.cache.cache_dir()/cuda/` by the sha256 of the
-  source text, the GPU architecture, the nvcc version and the flags, written atomically;
+  runtime linked statically), cached as the `needle.cache` entry `cuda/<key>.so` (atomic, with a
+  keyed MAC) by the sha256 of the source text, the GPU architecture, the nvcc version and the flags;
+* `load_library(path)`: dlopen; a cached library is loaded from the very bytes whose MAC was
+  checked (a private copy), never from the cache file;
 * `compute_capability()`: the GPU's `sm_XY` through the driver API (`libcuda.so.1`);
 * `GraphLibrary`: a loaded translation unit's entry points (ctypes).
 """
@@ -21,7 +23,7 @@ import subprocess
 import tempfile
 from typing import Optional
 
-from ...cache import cache_dir, write_atomic
+from ...cache import entry_path, read_entry, write_entry
 
 #: bumped when the generated code's ABI (entry points) changes
 ABI_VERSION = 1
@@ -84,13 +86,24 @@ def library_key(source: str, arch: str, flags=()) -> str:
 _SCRATCH: list = []  # temporary folders of uncached libraries (kept while the process runs)
 
 
+class LibraryPath(str):
+    """The path of a cached library, carrying the bytes that were checked (or just built):
+    `load_library` loads exactly those bytes, never the cache file again (no check-then-use race)."""
+
+    def __new__(cls, path: str, data: bytes):
+        self = super().__new__(cls, path)
+        self.data = data
+        return self
+
+
 def compile_library(source: str, arch: str, flags=()) -> str:
-    """Path of the shared library of `source` for `arch`, compiled now or from the cache."""
+    """The shared library of `source` for `arch`, compiled now or from the disk cache: a
+    `LibraryPath` of its cache entry, or (disk cache off) a file in a private temporary folder."""
     key = library_key(source, arch, flags)
-    root = cache_dir()
-    path = os.path.join(root, "cuda", key[:2], f"{key}.so") if root else None
-    if path is not None and os.path.isfile(path):
-        return path
+    name = f"cuda/{key[:2]}/{key}.so"
+    data = read_entry(name)
+    if data is not None:
+        return LibraryPath(entry_path(name), data)
     nvcc = find_nvcc()
     if nvcc is None:
         raise NvccError("nvcc not found: cannot build the CUDA program")
@@ -101,13 +114,29 @@ def compile_library(source: str, arch: str, flags=()) -> str:
         f.write(source)
     _run([nvcc, f"-arch={arch}", "-shared", "-Xcompiler", "-fPIC", src, "-o", lib, *COMMON_FLAGS, *flags],
          "nvcc -shared")
+    with open(lib, "rb") as f:
+        data = f.read()
+    path = write_entry(name, data)
     if path is None:
         _SCRATCH.append(tmp)
         return lib
-    with open(lib, "rb") as f:
-        write_atomic(path, f.read())
     shutil.rmtree(tmp, ignore_errors=True)
-    return path
+    return LibraryPath(path, data)
+
+
+def load_library(path: str) -> ctypes.CDLL:
+    """dlopen `path` (RTLD_LOCAL); a `LibraryPath` is loaded from its checked bytes, written to a
+    fresh private file (0600, named after the entry, removed once loaded)."""
+    mode = getattr(os, "RTLD_LOCAL", 0)
+    if not isinstance(path, LibraryPath):
+        return ctypes.CDLL(path, mode=mode)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path)[:-3] + "-", suffix=".so")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(path.data)
+        return ctypes.CDLL(tmp, mode=mode)
+    finally:
+        os.unlink(tmp)
 
 
 @functools.lru_cache(maxsize=None)
@@ -133,7 +162,7 @@ class GraphLibrary:
 
     def __init__(self, path: str, symbol: str):
         self.path = path
-        self.lib = ctypes.CDLL(path, mode=getattr(os, "RTLD_LOCAL", 0))
+        self.lib = load_library(path)
         self.entry = getattr(self.lib, symbol)
         self.entry.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_void_p), ctypes.c_void_p,
                                ctypes.c_void_p]
@@ -162,5 +191,5 @@ class GraphLibrary:
                 raise RuntimeError(f"CUDA kernel failed: {self.error(rc)} (error {rc})")
 
 
-__all__ = ["find_nvcc", "nvcc_version", "compile_object", "compile_library", "library_key", "compute_capability",
-           "GraphLibrary", "NvccError"]
+__all__ = ["find_nvcc", "nvcc_version", "compile_object", "compile_library", "load_library", "library_key",
+           "compute_capability", "GraphLibrary", "LibraryPath", "NvccError"]
