@@ -77,7 +77,8 @@ def _expand_grad(node, env, builder, init, ops):
              for w in wrt]
     if not grads:
         raise ValueError(f"autodiff: %{node.id} = grad has nothing to differentiate with respect to")
-    return ops.make_tuple(*grads)
+    # a gradient that depends on no graph value (a linear function's) was computed eagerly
+    return ops.make_tuple(*[g if g._trace is not None else builder.lift(g) for g in grads])
 
 
 def _register() -> None:

@@ -66,3 +66,30 @@ def test_autodiff_text_ir():
     arr = ndl.Tensor(x).realize_cached_data()
     loss, g = run_graph(out, [arr])
     np.testing.assert_allclose(np.asarray(g.numpy() if hasattr(g, "numpy") else g), np.exp(x), rtol=1e-6)
+
+
+LINEAR = """graph @f {
+  %0 = input() {name="x", role="arg"} : f32[3] cpu
+  %1 = MulScalar(%0) {scalar=3.0} : f32[3] cpu  # f.py:2
+  %2 = Summation(%1) {axes=None} : f32[] cpu  # f.py:2
+  %3 = grad(%2, %0) {seeded=False} : (f32[3] cpu)  # f.py:3
+  %4 = TupleGetItem(%3) {index=0} : f32[3] cpu  # f.py:3
+  return %2, %4
+}
+"""
+
+LINEAR_EXPECTED = """graph @f {
+  %0 = input() {name="x", role="arg"} : f32[3] cpu
+  %1 = MulScalar(%0) {scalar=3.0} : f32[3] cpu  # f.py:2
+  %2 = Summation(%1) {axes=None} : f32[] cpu  # f.py:2
+  %3 = const() {value=3.0} : f32[3] cpu  # f.py:3
+  %4 = MakeTensorTuple(%3) : (f32[3] cpu)  # f.py:3
+  return %2, %3
+}
+"""
+
+
+def test_autodiff_gradient_of_a_linear_function_is_a_const():
+    """A gradient that reads no graph value (the VJPs computed it from the constant seed)
+    becomes a const node; it used to leave an untraced tensor ('NoneType' has no node_id)."""
+    assert print_graph(autodiff(parse_graph(LINEAR))) == LINEAR_EXPECTED
