@@ -184,8 +184,9 @@ class GraphBuilder:
 
     def _const(self, data, type_) -> int:
         arr = data if isinstance(data, np.ndarray) else data.numpy()
-        if arr.size and np.all(arr == arr.reshape(-1)[0]):
-            value = float(arr.reshape(-1)[0])
+        flat = arr.reshape(-1)
+        if flat.tobytes() == flat[:1].tobytes() * flat.size:  # bitwise uniform (not 0.0, -0.0), or empty
+            value = float(flat[0]) if flat.size else 0.0  # a scalar fills the shape
         elif arr.size <= MAX_LITERAL:
             value = _nested(arr.astype(np.float64).tolist())
         else:

@@ -1,6 +1,7 @@
 """Algebraic identities: local rewrites that remove work without changing any value.
 
-    MulScalar(x, 1), DivScalar(x, 1), PowerScalar(x, 1), AddScalar(x, 0)   -> x
+    MulScalar(x, 1), DivScalar(x, 1), PowerScalar(x, 1), AddScalar(x, -0.0) -> x
+    (not AddScalar(x, 0): it turns -0.0 into 0.0; every rewrite keeps NaN, Inf and -0.0)
     Negate(Negate(x))                                                       -> x
     Reshape(x) to x's own shape                                             -> x
     Reshape(Reshape(x))                                                     -> Reshape(x)
@@ -15,7 +16,7 @@
     EWiseMul(x, c), EWiseMul(c, x) with c a const of one repeated value    -> MulScalar(x, c)
     EWiseAdd(x, c), EWiseAdd(c, x)                                         -> AddScalar(x, c)
     EWiseDiv(x, c)                                                         -> DivScalar(x, c)
-    (and then MulScalar 1 / AddScalar 0 / DivScalar 1 vanish)
+    (and then MulScalar 1 / DivScalar 1 / AddScalar -0.0 vanish)
     Detach(x), once no grad request is left in the graph                   -> x
 
 A replaced node's users (and graph outputs) read the replacement; a node rewritten into a new
@@ -23,7 +24,7 @@ node keeps its id and source location. Producers left without users are DCE's bu
 """
 from __future__ import annotations
 
-from math import prod
+from math import copysign, prod
 from typing import Callable, Optional, Union
 
 from ..ir.graph import Node, make_attrs
@@ -34,8 +35,9 @@ from .rewrite import replace_node, rewrite
 Get = Callable[[int], Node]
 Result = Union[None, int, Node]
 
-#: ScalarOp name -> the scalar that makes it the identity
-_NEUTRAL_SCALAR = {"MulScalar": 1, "DivScalar": 1, "PowerScalar": 1, "AddScalar": 0}
+#: ScalarOp name -> the scalar that makes it the identity for every float, NaN, Inf and -0.0
+#: included: x + 0.0 is not (it turns -0.0 into 0.0), x + (-0.0) is
+_NEUTRAL_SCALAR = {"MulScalar": 1.0, "DivScalar": 1.0, "PowerScalar": 1.0, "AddScalar": -0.0}
 
 
 def _shape(node: Node) -> tuple:
@@ -45,7 +47,8 @@ def _shape(node: Node) -> tuple:
 def _scalar_identity(node: Node, get: Get) -> Result:
     scalar = node.attr("scalar")
     neutral = _NEUTRAL_SCALAR[node.op]
-    if isinstance(scalar, (int, float)) and not isinstance(scalar, bool) and scalar == neutral:
+    if (isinstance(scalar, (int, float)) and not isinstance(scalar, bool)
+            and scalar == neutral and copysign(1.0, scalar) == copysign(1.0, neutral)):
         return node.inputs[0]
     return None
 

@@ -39,8 +39,8 @@ def decompose_graph(graph: Graph) -> tuple[Graph, dict]:
     """`graph` with composite nodes expanded into primitives, and counts by op.
 
     While the graph still holds `grad` requests, composites with `custom_vjp = True`
-    (logsumexp, logsoftmax: their own VJP is the numerically better one, and the one eager
-    mode uses) are kept for autodiff; the autodiff pass expands them afterwards."""
+    (relu, logsumexp, logsoftmax: their own VJP is the one eager mode uses, numerically
+    better or, for relu, right at NaN) are kept for autodiff, which expands them afterwards."""
     counts: dict[str, int] = {}
     keep = any(n.op == "grad" for n in graph.nodes)
     for _ in range(MAX_ROUNDS):

@@ -26,7 +26,9 @@ MAX_FOLD_ELEMENTS = 1024
 def const_array(node: Node) -> np.ndarray:
     """A `const` node's value as a numpy array of its type."""
     value = np.array(node.attr("value"), dtype=node.type.dtype)
-    return np.array(np.broadcast_to(value, node.type.shape))  # a scalar value fills the shape
+    if value.ndim == 0:  # a scalar value fills the shape
+        return np.full(node.type.shape, value)
+    return value.reshape(node.type.shape)  # a size-0 literal is `()` whatever its shape
 
 
 def const_value(arr: np.ndarray, dtype: str) -> Any:
@@ -34,8 +36,8 @@ def const_value(arr: np.ndarray, dtype: str) -> Any:
     element is the same (a scalar `value` fills the const's whole shape)."""
     arr = np.asarray(arr, dtype=dtype)
     flat = arr.reshape(-1)
-    if flat.size and flat.tobytes() == flat[:1].tobytes() * flat.size:  # bitwise uniform
-        return flat[0].item()
+    if flat.tobytes() == flat[:1].tobytes() * flat.size:  # bitwise uniform, or empty
+        return flat[0].item() if flat.size else arr.dtype.type(0).item()
     return _tupleify(arr.tolist())
 
 

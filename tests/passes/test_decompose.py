@@ -179,7 +179,7 @@ def test_other_nodes_and_grad_requests_are_copied_through():
           %1 = input() {name="w", role="param"} : f32[3] cpu
           %2 = const() {value=2.0} : f32[3] cpu
           %5 = EWiseMul(%0, %1) : f32[3] cpu  # m.py:1
-          %6 = ReLU(%5) : f32[3] cpu  # m.py:2
+          %6 = Sigmoid(%5) : f32[3] cpu  # m.py:2
           %7 = EWiseMul(%6, %2) : f32[3] cpu
           %8 = Summation(%7) {axes=None} : f32[] cpu  # m.py:3
           %9 = grad(%8, %1, %0) {seeded=False} : (f32[3] cpu, f32[3] cpu)  # m.py:4
@@ -191,14 +191,15 @@ def test_other_nodes_and_grad_requests_are_copied_through():
           %1 = input() {name="w", role="param"} : f32[3] cpu
           %2 = const() {value=2.0} : f32[3] cpu
           %3 = EWiseMul(%0, %1) : f32[3] cpu  # m.py:1
-          %4 = Compare(%3) {cmp="le", scalar=0.0} : f32[3] cpu  # m.py:2
-          %5 = const() {value=0.0} : f32[3] cpu  # m.py:2
-          %6 = Where(%4, %5, %3) : f32[3] cpu  # m.py:2
-          %7 = EWiseMul(%6, %2) : f32[3] cpu
-          %8 = Summation(%7) {axes=None} : f32[] cpu  # m.py:3
-          %9 = grad(%8, %1, %0) {seeded=False} : (f32[3] cpu, f32[3] cpu)  # m.py:4
-          %10 = TupleGetItem(%9) {index=0} : f32[3] cpu  # m.py:4
-          return %8, %10
+          %4 = MulScalar(%3) {scalar=0.5} : f32[3] cpu  # m.py:2
+          %5 = Tanh(%4) : f32[3] cpu  # m.py:2
+          %6 = AddScalar(%5) {scalar=1.0} : f32[3] cpu  # m.py:2
+          %7 = MulScalar(%6) {scalar=0.5} : f32[3] cpu  # m.py:2
+          %8 = EWiseMul(%7, %2) : f32[3] cpu
+          %9 = Summation(%8) {axes=None} : f32[] cpu  # m.py:3
+          %10 = grad(%9, %1, %0) {seeded=False} : (f32[3] cpu, f32[3] cpu)  # m.py:4
+          %11 = TupleGetItem(%10) {index=0} : f32[3] cpu  # m.py:4
+          return %9, %11
         }""")
 
 
@@ -367,6 +368,40 @@ def test_relu_at_special_values():
     graph = _traced_graph(composite.relu, x)
     out, _ = run(["decompose"], graph)
     np.testing.assert_array_equal(execute(out, x)[0], [0.0, 0.0, 0.0, 0.0, 2.5, np.inf])
+
+
+RELU_GRAD = """
+    graph @f {
+      %0 = input() {name="x", role="arg"} : f32[4] cpu
+      %1 = ReLU(%0) : f32[4] cpu  # m.py:1
+      %2 = Summation(%1) {axes=None} : f32[] cpu  # m.py:1
+      %3 = grad(%2, %0) {seeded=False} : (f32[4] cpu)  # m.py:2
+      %4 = TupleGetItem(%3) {index=0} : f32[4] cpu  # m.py:2
+      return %2, %4
+    }"""
+
+
+def test_relu_keeps_its_own_vjp():
+    """While a grad request is left ReLU stays, so autodiff emits eager's VJP, g * (x > 0):
+    0 at NaN, where the decomposed Where's gradient would pass g through (1)."""
+    decomposed, _ = run(["decompose"], ir(RELU_GRAD))
+    assert print_graph(decomposed) == print_graph(ir(RELU_GRAD))
+    out, _ = run(["decompose", "autodiff"], ir(RELU_GRAD))
+    assert print_graph(out) == print_graph(ir("""
+        graph @f {
+          %0 = input() {name="x", role="arg"} : f32[4] cpu
+          %1 = Compare(%0) {cmp="le", scalar=0.0} : f32[4] cpu  # m.py:1
+          %2 = const() {value=0.0} : f32[4] cpu  # m.py:1
+          %3 = Where(%1, %2, %0) : f32[4] cpu  # m.py:1
+          %4 = Summation(%3) {axes=None} : f32[] cpu  # m.py:1
+          %5 = Compare(%0) {cmp="gt", scalar=0.0} : f32[4] cpu  # m.py:1
+          %6 = const() {value=1.0} : f32[4] cpu  # m.py:1
+          %7 = EWiseMul(%6, %5) : f32[4] cpu  # m.py:1
+          %8 = MakeTensorTuple(%7) : (f32[4] cpu)  # m.py:2
+          return %4, %7
+        }""")), print_graph(out)
+    x = np.array([np.nan, -1.0, 0.0, 2.0], dtype=np.float32)
+    np.testing.assert_array_equal(execute(out, x)[1], [0.0, 0.0, 0.0, 1.0])
 
 
 @pytest.mark.parametrize("name", ["logsumexp1", "logsumexp", "logsoftmax"])

@@ -265,6 +265,33 @@ def test_fold_scalar_fill_const():
         }""")
 
 
+def test_size0_literal_consts():
+    """A size-0 const's literal `()` (whatever its shape) is read as an array of the const's
+    shape (folding and the scalar-op rewrite failed to broadcast (0,) to it); a folded size-0
+    value is a scalar fill (0.0)."""
+    check("simplify", """
+        graph @f {
+          %0 = input() {name="x", role="arg"} : f32[0,2,3] cpu
+          %1 = const() {value=()} : f32[0,2,3] cpu
+          %2 = Exp(%1) : f32[0,2,3] cpu
+          %3 = EWiseMul(%2, %0) : f32[0,2,3] cpu
+          %4 = EWiseAdd(%3, %1) : f32[0,2,3] cpu
+          return %4
+        }""", """
+        graph @f {
+          %0 = input() {name="x", role="arg"} : f32[0,2,3] cpu
+          %1 = const() {value=()} : f32[0,2,3] cpu
+          %3 = MulScalar(%0) {scalar=0.0} : f32[0,2,3] cpu
+          %4 = EWiseAdd(%3, %1) : f32[0,2,3] cpu
+          return %4
+        }""")
+    assert const_array(ir("""
+        graph @f {
+          %0 = const() {value=()} : f32[0,2,3] cpu
+          return %0
+        }""").nodes[0]).shape == (0, 2, 3)
+
+
 # ---- algebraic identities -------------------------------------------------------------
 HEADER = """graph @f {
           %0 = input() {name="x", role="arg"} : f32[2,3,4] cpu
@@ -275,8 +302,8 @@ def alg(body: str, ret: str) -> str:
     return HEADER + body + f"\n          return {ret}\n        }}"
 
 
-@pytest.mark.parametrize("op,scalar", [("MulScalar", "1"), ("MulScalar", "1.0"), ("AddScalar", "0"),
-                                       ("AddScalar", "0.0"), ("DivScalar", "1.0"), ("PowerScalar", "1")])
+@pytest.mark.parametrize("op,scalar", [("MulScalar", "1"), ("MulScalar", "1.0"), ("AddScalar", "-0.0"),
+                                       ("DivScalar", "1.0"), ("PowerScalar", "1")])
 def test_neutral_scalar_ops_vanish(op, scalar):
     ctx = check("algebraic", alg(f"""
           %1 = {op}(%0) {{scalar={scalar}}} : f32[2,3,4] cpu
@@ -286,8 +313,10 @@ def test_neutral_scalar_ops_vanish(op, scalar):
 
 
 @pytest.mark.parametrize("op,scalar", [("MulScalar", "2.0"), ("AddScalar", "1.0"), ("DivScalar", "0.5"),
-                                       ("PowerScalar", "2"), ("MulScalar", "0.0")])
+                                       ("PowerScalar", "2"), ("MulScalar", "0.0"), ("AddScalar", "0"),
+                                       ("AddScalar", "0.0")])
 def test_other_scalars_stay(op, scalar):
+    """x * 0 is not 0 (NaN, Inf) and x + 0 is not x (it turns -0.0 into 0.0)."""
     unchanged("algebraic", alg(f"""
           %1 = {op}(%0) {{scalar={scalar}}} : f32[2,3,4] cpu""", "%1"))
 
@@ -457,7 +486,7 @@ MIXED = """
       %12 = Transpose(%1) {axes=None} : f32[2,3] cpu
       %13 = Transpose(%12) {axes=None} : f32[3,2] cpu
       %14 = MatMul(%11, %13) : f32[2,2] cpu  # m.py:14
-      %15 = AddScalar(%14) {scalar=0} : f32[2,2] cpu
+      %15 = AddScalar(%14) {scalar=-0.0} : f32[2,2] cpu
       %16 = Exp(%15) : f32[2,2] cpu
       return %16
     }"""
