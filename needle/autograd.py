@@ -271,6 +271,9 @@ class Tensor(Value):
 
     # ---- autograd ----------------------------------------------------------------
     def backward(self, out_grad: Optional["Tensor"] = None) -> None:
+        if out_grad is not None and tuple(out_grad.shape) != tuple(self.shape):
+            raise ValueError(f"backward: out_grad has shape {tuple(out_grad.shape)}, but the tensor "
+                             f"it seeds has shape {tuple(self.shape)}")
         if self._trace is not None:
             from .ir.autodiff_request import request_gradients
             request_gradients(self, out_grad)
