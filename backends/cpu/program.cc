@@ -12,7 +12,8 @@
 //             (conv_blocked); its input gradient as GEMM + col2im, its weight gradient as
 //             im2col + one GEMM;
 //   random    counter-based uniform floats (RandomUniform's splitmix64 streams);
-//   gather / index_add   rows along axis 0 (embedding lookup and its gradient);
+//   gather / index_add   rows along axis 0 (embedding lookup and its gradient); bad ids
+//             are clamped to a row (the graph's id check reports them);
 //   copy      a contiguous copy of n floats;
 //   callback  a Python function given the slots' addresses (ops with no native step).
 #include "common.h"
@@ -50,12 +51,12 @@ uint64_t splitmix64(uint64_t x) {
   return x ^ (x >> 31);
 }
 
-int64_t checked_row(const char* fn, float v, int64_t n_rows, int64_t pos) {
-  if (!(v >= 0.0f) || !(v < static_cast<float>(n_rows)) || std::floor(v) != v)
-    index_error(std::string(fn) + ": index " + (std::isnan(v) ? std::string("nan") : std::to_string(v)) +
-                " at position " + std::to_string(pos) + " is out of bounds for axis 0 with size " +
-                std::to_string(n_rows));
-  return static_cast<int64_t>(v);
+// The row an id names, clamped into [0, n_rows) (n_rows > 0; NaN and negatives to 0): a bad
+// id never reads or writes out of bounds; the graph's id check reports it after the step.
+int64_t clamped_row(float v, int64_t n_rows) {
+  if (!(v > 0.0f)) return 0;
+  if (!(v < static_cast<float>(n_rows))) return n_rows - 1;
+  return std::min(static_cast<int64_t>(v), n_rows - 1);
 }
 
 // Runs fn over [0, extent) in at most `threads` contiguous chunks of >= min_chunk
@@ -375,20 +376,22 @@ class Program {
     const float *a = at(s, 0), *idx = at(s, 1);
     float* out = at(s, 2);
     const int64_t k = s.p[0], n_rows = s.p[1], row = s.p[2];
-    for (int64_t i = 0; i < k; ++i) {
-      int64_t r = checked_row("gather", idx[i], n_rows, i);
-      std::memcpy(out + i * row, a + r * row, sizeof(float) * row);
+    if (n_rows == 0) {  // no row to read (any id is bad)
+      std::memset(out, 0, sizeof(float) * k * row);
+      return;
     }
+    for (int64_t i = 0; i < k; ++i)
+      std::memcpy(out + i * row, a + clamped_row(idx[i], n_rows) * row, sizeof(float) * row);
   }
 
   void run_index_add(const Step& s) {
     const float *v = at(s, 0), *idx = at(s, 1);
     float* out = at(s, 2);
     const int64_t k = s.p[0], n_rows = s.p[1], row = s.p[2];
-    for (int64_t i = 0; i < k; ++i) checked_row("index_add", idx[i], n_rows, i);  // before any write
     std::memset(out, 0, sizeof(float) * n_rows * row);
+    if (n_rows == 0) return;  // no row to add to (any id is bad)
     for (int64_t i = 0; i < k; ++i) {
-      float* o = out + static_cast<int64_t>(idx[i]) * row;
+      float* o = out + clamped_row(idx[i], n_rows) * row;
       const float* x = v + i * row;
       for (int64_t j = 0; j < row; ++j) o[j] += x[j];
     }

@@ -5,6 +5,7 @@ import numpy as np
 
 from ..autograd import Tensor
 from ..backend_selection import BACKEND, cpu
+from ..ir import tracer
 
 
 def _device(device):
@@ -52,10 +53,12 @@ def randb(*shape, p=0.5, device=None, dtype="bool", requires_grad=False) -> Tens
 def one_hot(n, i, device=None, dtype="float32", requires_grad=False) -> Tensor:
     """One-hot rows of length n for the integer ids in `i` (any shape; adds a trailing axis)."""
     device = _device(device)
-    if isinstance(i, Tensor) and i._trace is not None:
-        return _traced_one_hot(n, i, device, dtype)
+    builder = tracer.ACTIVE
+    if isinstance(i, Tensor) and builder is not None and (i._trace is not None or i._birth < builder.birth):
+        return _traced_one_hot(n, i, device, dtype)  # a graph value (traced, or read at each call)
     ids = i.numpy() if isinstance(i, Tensor) else np.asarray(i)
-    ids_int = ids.astype("int64")
+    with np.errstate(invalid="ignore"):  # NaN and huge ids: caught by the check below
+        ids_int = ids.astype("int64")
     if ids.size and (ids_int.min() < 0 or ids_int.max() >= n or not np.array_equal(ids_int, ids)):
         raise ValueError(f"one_hot: ids must be integers in [0, {n}), got range [{ids.min()}, {ids.max()}]")
     return Tensor(device.one_hot(n, ids_int, dtype=dtype), device=device, dtype=dtype,
@@ -66,13 +69,12 @@ def _traced_one_hot(n, i, device, dtype) -> Tensor:
     """one_hot of traced ids as graph ops: compare(ids[..., None], iota(n)) (no data read)."""
     from .. import ops
 
-    from ..ir import tracer
-
     shape = tuple(i.shape) + (n,)
-    iota = Tensor(np.arange(n, dtype="float32"), device=device, dtype=dtype, requires_grad=False)
-    if tracer.ACTIVE is not None:  # a graph const: its reshape and broadcast stay graph views
-        iota = tracer.ACTIVE.lift(iota)
+    # a graph const: its reshape and broadcast stay graph views
+    iota = tracer.ACTIVE.lift(Tensor(np.arange(n, dtype="float32"), device=device, dtype=dtype,
+                                     requires_grad=False))
     ids = ops.broadcast_to(ops.reshape(i, tuple(i.shape) + (1,)), shape)
+    ops.check_ids(i, n, "one_hot")
     return ops.compare(ids, ops.broadcast_to(ops.reshape(iota, (1,) * len(i.shape) + (n,)), shape), "eq")
 
 

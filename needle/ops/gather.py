@@ -1,7 +1,11 @@
 """gather/take along axis 0 (embedding lookup) and its transpose, index_add (scatter-add)."""
 from __future__ import annotations
 
+import numpy as np
+
 from ..backend_selection import array_api
+from .elementwise import compare
+from .reduce import summation
 from .registry import TensorOp
 
 
@@ -49,16 +53,44 @@ class IndexAdd(TensorOp):
         return Gather()(out_grad, indices), zeros_like(indices)
 
 
+def check_ids(ids, n: int, what: str) -> None:
+    """In a trace, check that every id is an integer in [0, n), as eager kernels do.
+
+    Appends a scalar graph value counting the bad ids (negative, >= n, fractional or NaN) to
+    the builder's `checks`, with the error eager mode raises (`what` names the op) and the
+    user's line; the compiled function raises it after a call where the count is non-zero."""
+    from ..ir import tracer
+
+    builder = tracer.ACTIVE
+    ids = ids if tracer.is_traced(ids) else builder.lift(ids)
+    bad = compare(ids, 0.0, "lt") + compare(ids, float(n), "ge")
+    if np.dtype(ids.dtype).kind == "f":
+        # an id in [0, 2^mantissa) plus 2^mantissa rounds to an integer; subtracting it back
+        # gives the id itself only when it was an integer (and never when it is NaN)
+        magic = 2.0 ** np.finfo(ids.dtype).nmant
+        bad = bad + compare(ids, (ids + magic) - magic, "ne")
+    count = summation(bad)
+    loc = builder.nodes[count._trace.node_id].loc
+    builder.checks.append((count._trace.node_id, f"{what}: ids must be integers in [0, {n})"
+                           + (f" (at {loc})" if loc is not None else "")))
+
+
 def gather(a, indices):
     """a[indices] along axis 0 (indices: a Tensor of integer ids, any shape)."""
-    return Gather()(a, indices)
+    out = Gather()(a, indices)
+    if out._trace is not None:
+        check_ids(indices, a.shape[0], "Gather")
+    return out
 
 
 take = gather
 
 
 def index_add(values, indices, num_rows: int):
-    return IndexAdd(num_rows)(values, indices)
+    out = IndexAdd(num_rows)(values, indices)
+    if out._trace is not None:
+        check_ids(indices, num_rows, "IndexAdd")
+    return out
 
 
-__all__ = ["Gather", "IndexAdd", "gather", "take", "index_add"]
+__all__ = ["Gather", "IndexAdd", "gather", "take", "index_add", "check_ids"]
