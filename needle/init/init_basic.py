@@ -74,7 +74,7 @@ def _traced_one_hot(n, i, device, dtype) -> Tensor:
     iota = tracer.ACTIVE.lift(Tensor(np.arange(n, dtype="float32"), device=device, dtype=dtype,
                                      requires_grad=False))
     ids = ops.broadcast_to(ops.reshape(i, tuple(i.shape) + (1,)), shape)
-    ops.check_ids(i, n, "one_hot")
+    ops.check_ids(i, n, f"one_hot: ids must be integers in [0, {n})")
     return ops.compare(ids, ops.broadcast_to(ops.reshape(iota, (1,) * len(i.shape) + (n,)), shape), "eq")
 
 

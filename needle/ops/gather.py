@@ -53,12 +53,12 @@ class IndexAdd(TensorOp):
         return Gather()(out_grad, indices), zeros_like(indices)
 
 
-def check_ids(ids, n: int, what: str) -> None:
+def check_ids(ids, n: int, error: str) -> None:
     """In a trace, check that every id is an integer in [0, n), as eager kernels do.
 
     Appends a scalar graph value counting the bad ids (negative, >= n, fractional or NaN) to
-    the builder's `checks`, with the error eager mode raises (`what` names the op) and the
-    user's line; the compiled function raises it after a call where the count is non-zero."""
+    the builder's `checks`, with `error` (the text eager mode raises) and the user's line;
+    the compiled function raises it after a call where the count is non-zero."""
     from ..ir import tracer
 
     builder = tracer.ACTIVE
@@ -71,15 +71,14 @@ def check_ids(ids, n: int, what: str) -> None:
         bad = bad + compare(ids, (ids + magic) - magic, "ne")
     count = summation(bad)
     loc = builder.nodes[count._trace.node_id].loc
-    builder.checks.append((count._trace.node_id, f"{what}: ids must be integers in [0, {n})"
-                           + (f" (at {loc})" if loc is not None else "")))
+    builder.checks.append((count._trace.node_id, error + (f" (at {loc})" if loc is not None else "")))
 
 
 def gather(a, indices):
     """a[indices] along axis 0 (indices: a Tensor of integer ids, any shape)."""
     out = Gather()(a, indices)
     if out._trace is not None:
-        check_ids(indices, a.shape[0], "Gather")
+        check_ids(indices, a.shape[0], f"Gather: indices must be integers in [0, {a.shape[0]})")
     return out
 
 
@@ -89,7 +88,7 @@ take = gather
 def index_add(values, indices, num_rows: int):
     out = IndexAdd(num_rows)(values, indices)
     if out._trace is not None:
-        check_ids(indices, num_rows, "IndexAdd")
+        check_ids(indices, num_rows, f"IndexAdd: indices must be integers in [0, {num_rows})")
     return out
 
 

@@ -461,7 +461,7 @@ def test_embedding_out_of_range_raises_the_id_check(monkeypatch):
     emb = nn.Embedding(6, 4)
     fn = compile_with(monkeypatch, "native", lambda ids: emb(ids) * 2.0)
     fn(T(np.array([[0, 5], [1, 2]])))
-    with pytest.raises(ValueError, match=r"Gather: ids must be integers in \[0, 6\) \(at .*test_native.py"):
+    with pytest.raises(ValueError, match=r"Gather: indices must be integers in \[0, 6\) \(at .*test_native.py"):
         fn(T(np.array([[0, 6], [1, 2]])))
 
 
