@@ -11,6 +11,8 @@ import pytest
 os.environ.setdefault("NEEDLE_VERIFY", "1")  # the IR verifier runs after every pass in tests
 # compiled kernels go to a fresh cache folder, not the user's ~/.cache/needle
 os.environ.setdefault("NEEDLE_CACHE_DIR", tempfile.mkdtemp(prefix="needle-test-cache-"))
+# the cache's MAC key, kept outside the cache folder: never the user's own key file
+os.environ.setdefault("NEEDLE_CACHE_KEY_FILE", os.path.join(tempfile.mkdtemp(prefix="needle-test-key-"), "key"))
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)

@@ -39,7 +39,7 @@ def compiled(fn, *arrays):
     args = [ndl.Tensor(np.asarray(a, np.float32), requires_grad=False) for a in arrays]
     cf(*args)
     entry = cf._cache[cf._last_key]
-    values = cf._inputs(entry, tuple(args))
+    values, _ = cf._inputs(entry, tuple(args), {})
     return entry.graph, [np.asarray(v.numpy() if hasattr(v, "numpy") else v, np.float32) for v in values]
 
 

@@ -42,7 +42,7 @@ def training_step(name: str, opt_name: str = "sgd_momentum"):
     step(*args)
     entry = step._cache[step._last_key]
     # the values the graph's inputs were bound to (parameters, optimizer state, batch...)
-    values = step._inputs(entry, args)
+    values, _ = step._inputs(entry, args, {})
     return entry.graph, [np.asarray(v.numpy() if hasattr(v, "numpy") else v, np.float32) for v in values]
 
 
