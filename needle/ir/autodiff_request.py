@@ -14,12 +14,11 @@ def request_gradients(loss, out_grad: Optional[object] = None) -> None:
     trace also get `.grad`, and the compiled function writes the real gradient there after
     each call.
     """
-    from ..autograd import Tensor, TensorTuple, find_topo_sort
     from .. import ops
+    from ..autograd import TensorTuple
 
     builder = loss._trace.builder
-    leaves = [v for v in find_topo_sort([loss]) if v.requires_grad and v._trace is not None
-              and (v.op is None or isinstance(v.op, ops.Detach))]
+    leaves = _differentiated_leaves(loss)
     inputs = [loss._trace.node_id] + [v._trace.node_id for v in leaves]
     seeded = out_grad is not None
     if seeded:
@@ -27,8 +26,9 @@ def request_gradients(loss, out_grad: Optional[object] = None) -> None:
         inputs.append(seed._trace.node_id)
     types = tuple(v._trace.type for v in leaves)
     node_id = builder.add("grad", inputs, {"seeded": seeded}, types)
-    grads = builder.traced(TensorTuple, node_id, types)
-    grads.inputs = [loss] + leaves  # so an outer request finds the variables through this one
+    # differentiable in the loss and the leaves: an outer request finds them through it
+    grads = builder.traced(TensorTuple, node_id, types, requires_grad=True)
+    grads.inputs = [loss] + leaves
     externals = {id(proxy): external for external, proxy in builder.lifted.values()}
     for i, leaf in enumerate(leaves):
         g = ops.tuple_get_item(grads, i)
@@ -37,3 +37,23 @@ def request_gradients(loss, out_grad: Optional[object] = None) -> None:
         if external is not None:
             external.grad = g  # read by opt.step() later in the trace; restored afterwards
             builder.grad_targets.append((external, g))
+
+
+def _differentiated_leaves(loss) -> list:
+    """The traced leaves requiring grad (inputs, or `.data` values: Detach) that gradients
+    reach from `loss` as on eager's tape: through values that require grad only (an eager
+    result that does not, such as a comparison's, keeps no inputs), so that eager and
+    compiled leave the same `.grad`s None."""
+    from ..autograd import find_topo_sort
+    from .. import ops
+
+    def is_leaf(v) -> bool:  # not an op result, nor an inner request's gradients
+        return isinstance(v.op, ops.Detach) or (v.op is None and not v.inputs)
+
+    order = find_topo_sort([loss])
+    reached = {id(loss)}
+    for v in reversed(order):  # every consumer before its inputs
+        if id(v) in reached and v.requires_grad and not is_leaf(v):
+            reached.update(id(x) for x in v.inputs)
+    return [v for v in order if id(v) in reached and v.requires_grad and v._trace is not None
+            and is_leaf(v)]

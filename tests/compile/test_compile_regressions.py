@@ -69,6 +69,23 @@ def test_gradients_of_linear_functions():
     assert_same([grad(tensor(x))], [np.full((2, 3), 2.0)])
 
 
+def test_a_leaf_read_only_by_a_comparison_gets_no_gradient():
+    """Eager's tape keeps no inputs for a result that requires no grad (a comparison's), so
+    backward() leaves p.grad None; compiled gave it zeros."""
+    p = nn.Parameter(tensor(np.random.randn(2, 3)))
+
+    def f(x):
+        p.grad = None
+        ((x < p) * x).sum().backward()
+        return x.grad
+
+    x = np.random.randn(2, 3)
+    eager = f(tensor(x))
+    assert p.grad is None
+    assert_same([ndl.compile(f)(tensor(x))], [eager])
+    assert p.grad is None
+
+
 # ---- 2. stacks of size-0 tensors, then backward ----------------------------------------------
 @pytest.mark.parametrize("shape,axis", [((0, 3), 0), ((0, 3), 1), ((0, 3), 2), ((3, 0), 2), ((0,), 1)])
 @pytest.mark.parametrize("head", ["sum", "exp"])
