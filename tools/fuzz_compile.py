@@ -3,6 +3,7 @@
     python tools/fuzz_compile.py --n 5000 [--seed S] [--jobs J] [--timeout T] [--executor E]
     python tools/fuzz_compile.py --replay SEED      # rerun one program, print everything
     python tools/fuzz_compile.py --source FILE      # run a (hand-minimised) program file
+    python tools/fuzz_compile.py --replay SEED --minimize   # and shrink it, failing alike
 
 Prints the count of each outcome, then every finding with its seed and source, then the
 distinct failure classes (each with its shortest program). Exits 1 on any finding.
@@ -11,23 +12,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from needle.testing.fuzz import CATEGORIES, Result, fuzz, generate, run_source  # noqa: E402
-
-
-def failure_class(result: Result) -> str:
-    """The finding's category and last message line with numbers and names abstracted."""
-    lines = [line for line in result.detail.strip().splitlines() if line.strip()]
-    text = lines[-1] if lines else ""
-    text = re.sub(r"<fuzz-\d+>:\d+", "<line>", text)
-    text = re.sub(r"\b[vxpme]\d+\b", "<var>", text)
-    text = re.sub(r"-?\d+(\.\d+)?(e[-+]?\d+)?", "N", text)
-    return f"{result.category}: {text[:160]}"
+from needle.testing.fuzz import CATEGORIES, Result, failure_class, fuzz, generate, minimize, run_source  # noqa: E402
 
 
 def report(results: list[Result], out=sys.stdout) -> int:
@@ -55,6 +45,8 @@ def main(argv=None) -> int:
     parser.add_argument("--executor", help="NEEDLE_EXECUTOR for the workers (default: needle's default)")
     parser.add_argument("--replay", type=int, metavar="SEED", help="rerun one seed in this process")
     parser.add_argument("--source", metavar="FILE", help="run one program file in this process")
+    parser.add_argument("--minimize", action="store_true",
+                        help="with --replay/--source: also print a smallest program failing alike")
     args = parser.parse_args(argv)
 
     if args.replay is not None or args.source:
@@ -71,6 +63,9 @@ def main(argv=None) -> int:
         if result.eager_error:
             print(f"eager and compiled both raised: {result.eager_error}")
         print(result.detail.rstrip())
+        if args.minimize and result.category != "ok":
+            small = minimize(source, seed, log=lambda m: print(m, file=sys.stderr))
+            print(f"=== minimized ===\n{small}\n=== {failure_class(run_source(small, seed))}")
         return 0 if result.category == "ok" else 1
 
     start = time.perf_counter()

@@ -8,18 +8,21 @@ change) and compares outputs, input gradients and Parameter gradients. `fuzz` ru
 seeds in a pool of worker processes, so a crash or a hang is reported as such.
 
 Tolerances come from eager itself: every program also runs eagerly on inputs and
-parameters perturbed by a few ulps, and the spread of those results (how much rounding
+parameters perturbed by a few ulps, with every op's result perturbed alike (a model of the
+compiled code's different rounding), and the spread of those results (how much rounding
 noise the computation amplifies: cancellation, ties in max, discontinuities) widens the
 float32 tolerance position by position. NaN and +-Inf positions must agree exactly, except
 where the perturbed runs disagree with eager about them.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import linecache
 import os
 import random
+import re
 import tempfile
 import time
 import traceback
@@ -38,7 +41,7 @@ ATOL = 1e-5
 NOISE_FACTOR = 8.0     # times the spread of the perturbed eager runs
 PERTURBATION = 2e-6    # relative size of the input perturbation (about 16 float32 ulps)
 PERTURBED_RUNS = 2
-MAX_ELEMENTS = 96
+MAX_ELEMENTS = 128
 SCALARS = (0.5, 2.0, 3.0, -1.5, 1.0, 0.0)
 POWERS = (2, 3, -1, 0.5, 1, 0, 2.0, -2, 1.5)
 
@@ -69,7 +72,9 @@ class _Generator:
 
     # -- shapes and operands --
     def dim(self, zero: bool = True) -> int:
-        return self.rng.choices((0, 1, 2, 3, 4, 5), weights=(1 if zero else 0, 5, 6, 5, 4, 3))[0]
+        """Mostly small; sometimes past a vector width (8) or two, with a tail."""
+        return self.rng.choices((0, 1, 2, 3, 4, 5, 8, 9, 17, 33),
+                                weights=(2 if zero else 0, 10, 12, 10, 8, 6, 2, 2, 2, 1))[0]
 
     def shape(self, rank: Optional[int] = None) -> Shape:
         while True:
@@ -82,8 +87,8 @@ class _Generator:
         name = f"x{len(self.inputs)}"
         if kind is None:
             kind = "nonfinite" if self.nonfinite and self.rng.random() < 0.5 else "float"
-        if grad is None:
-            grad = not kind.startswith("ids") and self.backward and self.rng.random() < 0.7
+        if grad is None:  # the first input of a program that calls backward() always
+            grad = not kind.startswith("ids") and self.backward and (not self.inputs or self.rng.random() < 0.7)
         self.inputs.append((name, shape, kind, grad))
         return _Var(name, shape, frozenset({name}) if grad else frozenset())
 
@@ -440,8 +445,37 @@ def _draw(inputs: dict, rng: np.random.Generator) -> list[np.ndarray]:
     return arrays
 
 
-def _perturb(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    return (a * (1 + PERTURBATION * rng.uniform(-1, 1, a.shape))).astype(np.float32)
+def _perturb(a: np.ndarray, rng: np.random.Generator, absolute: bool = False) -> np.ndarray:
+    """`a` moved by PERTURBATION relative to each element (and, if `absolute`, to max |a|)."""
+    out = a * (1 + PERTURBATION * rng.uniform(-1, 1, a.shape))
+    if absolute and a.size:
+        finite = np.abs(a[np.isfinite(a)])
+        out = out + PERTURBATION * (finite.max() if finite.size else 0.0) * rng.uniform(-1, 1, a.shape)
+    return out.astype(np.float32)
+
+
+@contextlib.contextmanager
+def _rounding_noise(rng: np.random.Generator):
+    """Eager ops (backward included) perturb their results: a model of compiled rounding."""
+    from needle import autograd
+
+    compute = autograd._compute
+
+    def noisy(op, arrays, inputs):
+        out = compute(op, arrays, inputs)
+        if isinstance(out, tuple):
+            return out
+        a = np.asarray(out.numpy() if hasattr(out, "numpy") else out)
+        if a.dtype != np.float32:
+            return out
+        return autograd.Tensor._array_from_numpy(_perturb(a, rng, absolute=True),
+                                                 device=getattr(out, "device", None), dtype="float32")
+
+    autograd._compute = noisy
+    try:
+        yield
+    finally:
+        autograd._compute = compute
 
 
 class _Harness:
@@ -537,7 +571,7 @@ def run_source(source: str, seed: int = 0) -> Result:
     start = time.perf_counter()
     h = _Harness(source, seed)
     result = Result(seed, "ok", source=source)
-    rng = np.random.default_rng(seed % 2**32)
+    rng, noise = (np.random.default_rng([seed % 2**32, k]) for k in (0, 1))  # data, perturbations
     params0 = [p.numpy() for p in h.params]
     param_sets = [params0, params0, [rng.standard_normal(a.shape).astype(np.float32) for a in params0]]
     compiled = h.ndl.compile(h.ns["program"])
@@ -560,10 +594,11 @@ def run_source(source: str, seed: int = 0) -> Result:
             break
         perturbed = []
         for _ in range(PERTURBED_RUNS):
-            h.set_params([_perturb(a, rng) for a in params])
+            h.set_params([_perturb(a, noise) for a in params])
             try:
-                perturbed.append(h.call(h.ns["program"], [a if k.startswith("ids:") else _perturb(a, rng)
-                                                          for a, (_, k, _) in zip(arrays, h.inputs.values())]))
+                with _rounding_noise(noise):
+                    perturbed.append(h.call(h.ns["program"], [a if k.startswith("ids:") else _perturb(a, noise)
+                                                              for a, (_, k, _) in zip(arrays, h.inputs.values())]))
             except Exception:  # noqa: BLE001 (no noise estimate from this run)
                 pass
         h.set_params(params)
@@ -594,6 +629,63 @@ def run_seed(seed: int) -> Result:
         return run_source(source, seed)
     except Exception:  # noqa: BLE001
         return Result(seed, "compiled-error", "harness: " + traceback.format_exc(limit=-3), source)
+
+
+def failure_class(result: Result) -> str:
+    """The category and the message's last line with numbers and names abstracted away."""
+    lines = [line for line in result.detail.strip().splitlines() if line.strip()]
+    text = lines[-1] if lines else ""
+    text = re.sub(r"<fuzz-\d+>:\d+", "<line>", text)
+    text = re.sub(r"\b[vxpme]\d+\b", "<var>", text)
+    text = re.sub(r"-?\d+(\.\d+)?(e[-+]?\d+)?", "N", text)
+    return f"{result.category}: {text[:160]}"
+
+
+def _drop_unused_inputs(lines: list[str]) -> list[str]:
+    """Remove inputs and setup values no line uses any more (from INPUTS and the signature)."""
+    text = "\n".join(line for line in lines if not line.startswith(("INPUTS", "def program")))
+    used = set(re.findall(r"\b[a-z]\d+\b", text))
+    out = []
+    for line in lines:
+        if line.startswith("INPUTS = "):
+            kept = {k: v for k, v in eval(line[9:]).items() if k in used}  # noqa: S307 (our own text)
+            line = "INPUTS = {" + ", ".join(f"{k!r}: {v!r}" for k, v in kept.items()) + "}"
+        elif line.startswith("def program("):
+            args = [a for a in line[12:-2].split(", ") if a in used]
+            line = f"def program({', '.join(args)}):"
+        out.append(line)
+    return out
+
+
+def minimize(source: str, seed: int = 0, log: Optional[Callable[[str], None]] = None) -> str:
+    """A smaller program failing like `source` does: lines and returned values dropped greedily."""
+    target = failure_class(run_source(source, seed))
+    lines = source.splitlines()
+
+    def candidates(lines):
+        for i, line in enumerate(lines):
+            if re.match(r"(    )?[vpme]\d+ = ", line):
+                yield lines[:i] + lines[i + 1:]
+            elif line.startswith("    return ") and "," in line:
+                values = line[11:].split(", ")
+                for j in range(len(values)):
+                    yield lines[:i] + ["    return " + ", ".join(values[:j] + values[j + 1:])] + lines[i + 1:]
+
+    progress = True
+    while progress:
+        progress = False
+        for cand in candidates(lines):
+            cand = _drop_unused_inputs(cand)
+            try:
+                same = failure_class(run_source("\n".join(cand), seed)) == target
+            except Exception:  # noqa: BLE001 (the candidate broke the harness: not the same failure)
+                same = False
+            if same:
+                lines, progress = cand, True
+                if log:
+                    log(f"minimize: {len(lines)} lines")
+                break
+    return "\n".join(lines)
 
 
 # ---- the worker pool -----------------------------------------------------------------------

@@ -6,7 +6,7 @@ import numpy as np
 from needle.testing.fuzz import _compare, fuzz, generate
 from tools.fuzz_compile import report
 
-SEEDS = range(300)
+SEEDS = range(500)
 
 
 def test_generate_is_deterministic():
