@@ -19,6 +19,8 @@ def request_gradients(loss, out_grad: Optional[object] = None) -> None:
 
     builder = loss._trace.builder
     leaves = _differentiated_leaves(loss)
+    if not leaves:  # eager's backward() sets no .grad either
+        return
     inputs = [loss._trace.node_id] + [v._trace.node_id for v in leaves]
     seeded = out_grad is not None
     if seeded:
