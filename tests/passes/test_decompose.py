@@ -338,7 +338,7 @@ def _inputs(name, scale=1.0, shape=(5, 7), seed=0):
 def _traced_graph(fn, *args) -> Graph:
     """The graph of `fn` as traced by @needle.compile (composites still in it)."""
     compiled = ndl.compile(fn)
-    compiled(*[ndl.Tensor(a, dtype="float32") for a in args])
+    compiled(*[ndl.Tensor(a, dtype="float32", requires_grad=False) for a in args])  # no .grad writes
     return parse_graph(compiled.ir("input"))
 
 
