@@ -68,6 +68,7 @@ class _Generator:
         self.body: list[str] = []
         self.vars: list[_Var] = []
         self.exprs: list[tuple[str, Shape, frozenset]] = []  # for repeating an expression
+        self.linears: dict[str, tuple[int, int]] = {}  # nn.Linear modules: in and out features
         self.names = itertools.count()
 
     # -- shapes and operands --
@@ -198,9 +199,13 @@ class _Generator:
             self.emit(f"{a.name} @ ndl.transpose({a.name})", (m, m), a.deps)
             return True
         if len(a.shape) in (2, 3) and r < 0.45 and k > 0:
-            n = self.dim(zero=False)
-            name = f"m{next(self.names)}"
-            self.setup.append(f"{name} = nn.Linear({k}, {n}, bias={self.rng.random() < 0.7})")
+            shared = [(name, n) for name, (i, n) in self.linears.items() if i == k]
+            if shared and self.rng.random() < 0.5:  # a module applied twice: gradients add up
+                name, n = self.rng.choice(shared)
+            else:
+                name, n = f"m{next(self.names)}", self.dim(zero=False)
+                self.linears[name] = (k, n)
+                self.setup.append(f"{name} = nn.Linear({k}, {n}, bias={self.rng.random() < 0.7})")
             self.emit(f"{name}({a.name})", (*batch, m, n), a.deps)
             return True
         n = self.dim()
@@ -349,6 +354,28 @@ class _Generator:
         self.emit(f"ndl.logsoftmax({a.name})", a.shape, a.deps)
         return True
 
+    def op_norm(self, a: _Var) -> bool:
+        """LayerNorm1d or BatchNorm1d (training mode) over a 2-D value with no empty axis."""
+        if len(a.shape) != 2 or 0 in a.shape:
+            return False
+        name = f"m{next(self.names)}"
+        kind = self.rng.choice(("LayerNorm1d", "BatchNorm1d"))
+        self.setup.append(f"{name} = nn.{kind}({a.shape[1]})")
+        self.emit(f"{name}({a.name})", a.shape, a.deps)
+        return True
+
+    def op_grad(self, a: _Var) -> bool:
+        """The gradient of a nonlinear scalar function of `a` (ndl.grad; second order under backward)."""
+        if 0 in a.shape:
+            return False
+        body = self.rng.choice(("ndl.summation(ndl.tanh(t) * t)", "(t * t).sum()", "ndl.summation(ndl.exp(t))",
+                                "ndl.summation(ndl.sigmoid(t) * t)", "ndl.logsumexp(t, axes=None)",
+                                "ndl.summation(ndl.relu(t) * t)"))
+        form = ("ndl.grad(lambda t: {b})({a})" if self.rng.random() < 0.7
+                else "ndl.value_and_grad(lambda t: {b})({a})[1]")
+        self.emit(form.format(b=body, a=a.name), a.shape, a.deps)
+        return True
+
     def op_repeat(self, a: _Var) -> bool:
         """The same expression as an earlier line again (common subexpressions)."""
         if not self.exprs:
@@ -356,6 +383,26 @@ class _Generator:
         expr, shape, deps = self.rng.choice(self.exprs)
         self.emit(expr, shape, deps)
         return True
+
+    def source_conv(self) -> _Var:
+        """A convolution of a new NHWC input (ndl.conv) or NCHW input (nn.Conv)."""
+        n, h, w = self.rng.randint(1, 2), self.rng.randint(1, 5), self.rng.randint(1, 5)
+        c, out, k, stride = self.rng.randint(1, 3), self.rng.randint(1, 3), self.rng.randint(1, 3), self.rng.randint(1, 2)
+        if self.rng.random() < 0.5:
+            pad = self.rng.randint(0, 1)
+            if min(h, w) + 2 * pad < k:
+                return self.source_conv()
+            x, weight = self.new_input((n, h, w, c)), self.new_param((k, k, c, out))
+            ho, wo = ((d + 2 * pad - k) // stride + 1 for d in (h, w))
+            return self.emit(f"ndl.conv({x.name}, {weight.name}, stride={stride}, padding={pad})",
+                             (n, ho, wo, out), x.deps)
+        pad = (k - 1) // 2
+        if min(h, w) + 2 * pad < k:
+            return self.source_conv()
+        x, name = self.new_input((n, c, h, w)), f"m{next(self.names)}"
+        self.setup.append(f"{name} = nn.Conv({c}, {out}, {k}, stride={stride}, bias={self.rng.random() < 0.5})")
+        ho, wo = ((d + 2 * pad - k) // stride + 1 for d in (h, w))
+        return self.emit(f"{name}({x.name})", (n, out, ho, wo), x.deps)
 
     def source_embedding(self) -> _Var:
         num, dim = self.dim(zero=False) + 1, self.dim(zero=False)
@@ -370,11 +417,14 @@ class _Generator:
     OPS = (("unary", 8), ("binary", 7), ("broadcast_to", 2), ("reduce", 5), ("matmul", 3),
            ("reshape", 3), ("transpose", 2), ("getitem", 3), ("flip", 1), ("dilate", 1),
            ("stack", 2), ("split", 2), ("concat", 2), ("one_hot", 1), ("logsoftmax", 1),
-           ("repeat", 1))
+           ("norm", 1), ("grad", 1), ("repeat", 1))
 
     def build(self) -> str:
-        if self.rng.random() < 0.08:
+        r = self.rng.random()
+        if r < 0.07:
             self.source_embedding()
+        elif r < 0.12:
+            self.source_conv()
         else:
             self.vars.append(self.new_input(self.shape()))
         names, weights = zip(*self.OPS)
