@@ -28,9 +28,8 @@ def request_gradients(loss, out_grad: Optional[object] = None) -> None:
         inputs.append(seed._trace.node_id)
     types = tuple(v._trace.type for v in leaves)
     node_id = builder.add("grad", inputs, {"seeded": seeded}, types)
-    # differentiable in the loss and the leaves: an outer request finds them through it
-    grads = builder.traced(TensorTuple, node_id, types, requires_grad=True)
-    grads.inputs = [loss] + leaves
+    grads = builder.traced(TensorTuple, node_id, types)
+    grads.inputs = [loss] + leaves  # so an outer request finds the variables through this one
     externals = {id(proxy): external for external, proxy in builder.lifted.values()}
     for i, leaf in enumerate(leaves):
         g = ops.tuple_get_item(grads, i)
@@ -43,9 +42,9 @@ def request_gradients(loss, out_grad: Optional[object] = None) -> None:
 
 def _differentiated_leaves(loss) -> list:
     """The traced leaves requiring grad (inputs, or `.data` values: Detach) that gradients
-    reach from `loss` as on eager's tape: through values that require grad only (an eager
-    result that does not, such as a comparison's, keeps no inputs), so that eager and
-    compiled leave the same `.grad`s None."""
+    reach from `loss` as on eager's tape: not through a non-differentiable op (an eager
+    comparison's result keeps no inputs), so that eager and compiled leave the same `.grad`s
+    None; through an inner request's gradients to its loss and leaves."""
     from ..autograd import find_topo_sort
     from .. import ops
 
@@ -55,7 +54,7 @@ def _differentiated_leaves(loss) -> list:
     order = find_topo_sort([loss])
     reached = {id(loss)}
     for v in reversed(order):  # every consumer before its inputs
-        if id(v) in reached and v.requires_grad and not is_leaf(v):
+        if id(v) in reached and not is_leaf(v) and getattr(v.op, "differentiable", True):
             reached.update(id(x) for x in v.inputs)
     return [v for v in order if id(v) in reached and v.requires_grad and v._trace is not None
             and is_leaf(v)]
