@@ -245,3 +245,21 @@ def test_a_trace_in_one_thread_does_not_capture_eager_ops_of_another():
     close(f(tensor(np.ones(3))), np.full(3, 3.0))
     t.join()
     close(eager["value"], np.full(3, 2.0))
+
+
+@pytest.mark.parametrize("bad", [1e6, -5.0, 2.5, float("nan")])
+def test_a_step_with_bad_labels_raises_like_eager_and_writes_nothing_back(bad):
+    import needle.optim as optim
+
+    model = nn.Linear(4, 3)
+    opt = optim.SGD(model.parameters(), lr=0.1)
+    step = ndl.compile(optim.train_step(model, nn.SoftmaxLoss(), opt))
+    x = rand(5, 4)
+    step(x, tensor(np.array([0, 1, 2, 1, 0])))
+    before = [p.numpy().copy() for p in model.parameters()]
+    labels = tensor(np.array([0, 1, bad, 1, 0]))
+    with pytest.raises(ValueError, match=r"ids must be integers in \[0, 3\)"):
+        optim.train_step(model, nn.SoftmaxLoss(), opt)(x, labels)  # eager
+    with pytest.raises(ValueError, match=r"ids must be integers in \[0, 3\)"):
+        step(x, labels)
+    assert all(np.array_equal(b, p.numpy()) for b, p in zip(before, model.parameters()))
