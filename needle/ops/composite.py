@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ..backend_selection import array_api
 from .elementwise import compare, exp
-from .reduce import Reduce, summation
+from .reduce import Reduce, check_not_empty, summation
 from .registry import TensorOp
 from .shape import broadcast_to, reshape
 
@@ -52,6 +52,7 @@ class LogSumExp(Reduce):
 
     composite = True
     custom_vjp = True  # autodiff uses `gradient` below; decompose expands it afterwards
+    needs_elements = True  # its max shift
 
     def compute(self, a):
         axes = self._axes(len(a.shape))
@@ -86,6 +87,7 @@ class LogSoftmax(TensorOp):
     def infer(self, a):
         if len(a.shape) != 2:
             raise self.error(f"expects a 2-D input, got shape {a.shape}")
+        check_not_empty(self, a.shape, (1,))  # its max shift
         return a.shape, a.dtype
 
     def compute(self, a):

@@ -16,10 +16,22 @@ def _reduced_shape(shape, axes, keepdims=False):
     return tuple(d for i, d in enumerate(shape) if i not in axes)
 
 
+def check_not_empty(op, shape, axes) -> None:
+    """A maximum over no elements has no value: raise (as eager kernels do) when a non-empty
+    result would reduce an axis of size 0 (`axes` None: all of them)."""
+    reduced = range(len(shape)) if axes is None else axes
+    out = [d for i, d in enumerate(shape) if i not in reduced]
+    if prod(out) and not prod(shape[i] for i in reduced):
+        raise op.error(f"zero-size array to reduction operation maximum which has no identity "
+                       f"(axes {tuple(reduced)} of shape {tuple(shape)})")
+
+
 class Reduce(TensorOp, abstract=True):
     """Base of reductions over `axes` (None, an int or a tuple); reduced axes are removed."""
 
     kind = "reduce"
+    #: a maximum (or a reduction shifted by one): reducing an axis of size 0 raises
+    needs_elements = False
 
     def __init__(self, axes=None):
         self.axes = axes
@@ -28,7 +40,10 @@ class Reduce(TensorOp, abstract=True):
         return normalize_axes(self, self.axes, ndim)
 
     def infer(self, a):
-        return _reduced_shape(a.shape, self._axes(len(a.shape))), a.dtype
+        axes = self._axes(len(a.shape))
+        if self.needs_elements:
+            check_not_empty(self, a.shape, axes)
+        return _reduced_shape(a.shape, axes), a.dtype
 
     def _keepdims_grad(self, out_grad, node):
         """out_grad reshaped with the reduced axes kept (size 1), broadcast to the input."""
@@ -47,6 +62,8 @@ class Summation(Reduce):
 
 class Max(Reduce):
     """Maximum over axes; the gradient is shared equally among tied maxima."""
+
+    needs_elements = True
 
     def compute(self, a):
         return array_api.max(a, axis=self._axes(len(a.shape)))
@@ -105,4 +122,4 @@ def mean(a, axes=None):
     return summation(a, axes) / count
 
 
-__all__ = ["Summation", "Max", "Argmax", "summation", "max", "argmax", "mean"]
+__all__ = ["Summation", "Max", "Argmax", "summation", "max", "argmax", "mean", "check_not_empty"]

@@ -116,6 +116,22 @@ def test_stack_of_size0_tensors_backward(shape, axis, head):
     compare_with_eager(fn, np.zeros(shape), np.zeros(shape))
 
 
+@pytest.mark.parametrize("fn", [lambda x: ndl.max(x, axes=(1,)), lambda x: ndl.max(x),
+                                lambda x: ndl.logsumexp(x, axes=(1,)), ndl.ops.logsoftmax],
+                         ids=["max1", "max", "logsumexp", "logsoftmax"])
+def test_max_over_an_axis_of_size0_raises_like_eager(fn):
+    """A maximum over no elements has no value: eager raises, so compiled raises too (at
+    trace time, naming the op); it returned -inf."""
+    for compiled in (False, True):
+        with pytest.raises(ValueError, match="zero-size array to reduction operation maximum"):
+            (ndl.compile(fn) if compiled else fn)(tensor(np.zeros((3, 0))))
+
+
+def test_max_of_size0_rows_is_empty():
+    x = np.zeros((0, 3))
+    assert_same([ndl.compile(lambda x: ndl.max(x, axes=(1,)))(tensor(x))], [np.zeros(0)])
+
+
 # ---- 3. NaN, Inf and -0.0 as eager computes them ---------------------------------------------
 X = np.array([[NAN, INF, -INF, 0.0, -0.0, 1.5], [-2.0, 3.0, NAN, INF, 0.5, -INF]])
 Y = np.array([[1.0, 0.0, 2.0, INF, -INF, NAN], [0.0, -1.0, NAN, 1.0, INF, 2.0]])
