@@ -26,7 +26,7 @@ from llvmlite import ir
 
 from . import vmath
 from .loop_ir import (AccInit, AccRef, AccUpdate, Binary, Cmp, FConst, For, IBin, ICmp, IConst, IVar,
-                      Load, LoopKernel, Select, Store, Unary, coefficient)
+                      Load, LoopKernel, Select, Store, Unary, coefficient, postorder)
 
 F32 = ir.FloatType()
 I64 = ir.IntType(64)
@@ -236,12 +236,10 @@ class _Renderer:
 
     # ---- value expressions ---------------------------------------------------------------
     def fexpr(self, e):
-        key = id(e)
-        if key in self.memo:
-            return self.memo[key][1]
-        v = self._fexpr(e)
-        self.memo[key] = (e, v)
-        return v
+        if id(e) not in self.memo:
+            for x in postorder(e, self.memo):  # operands first: expressions of any depth
+                self.memo[id(x)] = (x, self._fexpr(x))
+        return self.memo[id(e)][1]
 
     def _fexpr(self, e):
         b = self.b

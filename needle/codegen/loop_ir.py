@@ -245,6 +245,26 @@ class LoopKernel:
         return tuple(p for p in self.params if p.role == "out")
 
 
+def operands(e) -> tuple:
+    """The value operands of expression e (an ICmp compares index expressions: none)."""
+    if isinstance(e, Unary):
+        return (e.a,)
+    if isinstance(e, (Binary, Cmp)):
+        return (e.a, e.b)
+    if isinstance(e, Select):
+        return (e.cond, e.a, e.b)
+    return ()
+
+
+def with_operands(e, ops: tuple):
+    """Expression e (Unary, Binary, Cmp or Select) over new operands."""
+    if isinstance(e, Unary):
+        return Unary(e.op, *ops)
+    if isinstance(e, (Binary, Cmp)):
+        return type(e)(e.op, *ops)
+    return Select(*ops)
+
+
 def walk_exprs(e, seen=None):
     """Every sub-expression of a value expression, each once (by identity)."""
     seen = set() if seen is None else seen
@@ -255,28 +275,40 @@ def walk_exprs(e, seen=None):
             continue
         seen.add(id(x))
         yield x
-        if isinstance(x, Unary):
-            stack.append(x.a)
-        elif isinstance(x, (Binary, Cmp)):
-            stack += [x.a, x.b]
-        elif isinstance(x, Select):
-            stack += [x.cond, x.a, x.b]
+        stack += operands(x)
+
+
+def postorder(e, done=()):
+    """The sub-expressions of value expression e whose id is not in `done`, each once,
+    operands first (left to right): the order in which a recursive walk would finish them,
+    without recursion, so expressions of any depth are walked."""
+    seen: set = set()
+    stack = [(e, False)]
+    while stack:
+        x, expanded = stack.pop()
+        if expanded:
+            yield x
+        elif id(x) not in seen and id(x) not in done:
+            seen.add(id(x))
+            stack.append((x, True))
+            stack += ((o, False) for o in reversed(operands(x)))
+
+
+def rewrite(e, fn, memo=None):
+    """A copy of value expression e in which every sub-expression x becomes fn(x) where that
+    is not None, else x over its rewritten operands (x itself when none changed). Shared
+    sub-expressions stay shared; `memo` (id -> (x, copy)) may be shared between calls."""
+    memo = {} if memo is None else memo
+    for x in postorder(e, memo):
+        new = fn(x)
+        if new is None:
+            ops = operands(x)
+            new_ops = tuple(memo[id(o)][1] for o in ops)
+            new = x if all(a is b for a, b in zip(ops, new_ops)) else with_operands(x, new_ops)
+        memo[id(x)] = (x, new)
+    return memo[id(e)][1]
 
 
 def map_loads(e, fn, memo=None):
     """A copy of `e` with every Load replaced by fn(load)."""
-    memo = {} if memo is None else memo
-    if id(e) in memo:
-        return memo[id(e)]
-    if isinstance(e, Load):
-        out = fn(e)
-    elif isinstance(e, Unary):
-        out = Unary(e.op, map_loads(e.a, fn, memo))
-    elif isinstance(e, (Binary, Cmp)):
-        out = type(e)(e.op, map_loads(e.a, fn, memo), map_loads(e.b, fn, memo))
-    elif isinstance(e, Select):
-        out = Select(map_loads(e.cond, fn, memo), map_loads(e.a, fn, memo), map_loads(e.b, fn, memo))
-    else:
-        out = e
-    memo[id(e)] = out
-    return out
+    return rewrite(e, lambda x: fn(x) if isinstance(x, Load) else None, memo)

@@ -15,12 +15,16 @@ from ..ir.graph import Graph, Node
 from ..ops.registry import OPS, node_axes, op_from_node, reduced_axes
 from .loop_ir import (AccInit, AccRef, AccUpdate, Binary, Buffer, Cmp, FConst, For, IBin, ICmp, IConst,
                       IVar, Load, LoopKernel, Select, Store, Unary, coefficient, iadd, idiv, imod, imul,
-                      linearize, map_loads, unravel, walk_exprs)
+                      linearize, map_loads, rewrite, unravel, walk_exprs)
 
 REDUCTIONS = {"Summation": "sum", "Max": "max"}
 VIEWS = ("Reshape", "BroadcastTo", "Permute", "Transpose", "GetItem", "Flip", "UnDilate")
 #: index maps that pick between pieces or zeros (index comparisons and selects)
 PIECEWISE = ("Dilate", "UnSlice", "TupleGetItem", "Stack", "Concat")
+#: ops whose value at an index is not their operands' values at that index
+_INDEX_MAPS = frozenset(("input", "const", *REDUCTIONS, *VIEWS, *PIECEWISE))
+#: the views an output may be of the kernel's domain (`_domain_index` inverts them)
+_VIEW_CHAIN = ("Reshape", "Permute", "Transpose")
 
 
 class LoweringError(NotImplementedError):
@@ -51,9 +55,27 @@ class _Lowerer:
         (its loops run no iteration, or a select discards it), so it is a constant."""
         key = (nid, idx)
         if key not in self.memo:
-            n = self.g.node(nid)
-            self.memo[key] = FConst(0.0) if prod(n.type.shape) == 0 else self._val(n, idx)
+            for m in self._unvalued(nid, idx):  # operands first: a chain of any length
+                n = self.g.node(m)
+                self.memo[(m, idx)] = FConst(0.0) if prod(n.type.shape) == 0 else self._val(n, idx)
         return self.memo[key]
+
+    def _unvalued(self, nid: int, idx: tuple) -> list:
+        """`nid` and the nodes it reads at the same index (elementwise operands, transitively)
+        that have no value at `idx` yet, operands first, so that `_val` finds its operands'
+        values without recursing."""
+        order, seen, stack = [], set(), [(nid, False)]
+        while stack:
+            m, expanded = stack.pop()
+            if expanded:
+                order.append(m)
+            elif m not in seen and (m, idx) not in self.memo:
+                seen.add(m)
+                stack.append((m, True))
+                n = self.g.node(m)
+                if n.op not in _INDEX_MAPS:
+                    stack += ((i, False) for i in reversed(n.inputs))
+        return order
 
     def _val(self, n: Node, idx):
         ins = n.inputs
@@ -471,30 +493,36 @@ def _domain_index(lw: _Lowerer, o: int, shape, dom_idx, dom_shape):
     bijective function of `dom_idx`: the inverse of the view chain (Reshape/Permute/
     Transpose through elementwise nodes of o's shape) from o down to a node of `dom_shape`
     if there is one, else the row-major reshape (same linear order)."""
-    def chain(nid, seen):
-        n = lw.g.node(nid)
-        if n.type.shape == tuple(dom_shape) and (nid in seen or n.op not in ("Reshape", "Permute", "Transpose")):
-            return []  # (a transpose of a square domain has its shape but is a view of it)
-        if nid in seen or n.op in ("input", "const") or n.op in REDUCTIONS:
-            return None
-        seen.add(nid)
-        if n.op in ("Reshape", "Permute", "Transpose"):
-            if prod(lw.shape(n.inputs[0])) != prod(dom_shape):
-                return None
-            rest = chain(n.inputs[0], seen)
-            return None if rest is None else rest + [n]
-        if n.op in VIEWS:
-            return None
-        for i in n.inputs:
-            if lw.shape(i) == n.type.shape:
-                rest = chain(i, seen)
-                if rest is not None:
-                    return rest
+    def chain():
+        # depth-first from o (operands in order, each node expanded once); the path back up
+        # from the node of dom_shape found is the chain of views, from the domain up
+        seen: set = set()
+        parent: dict = {}
+        stack = [(o, None)]
+        while stack:
+            nid, up = stack.pop()
+            n = lw.g.node(nid)
+            if n.type.shape == tuple(dom_shape) and (nid in seen or n.op not in _VIEW_CHAIN):
+                steps = []  # (a transpose of a square domain has its shape but is a view of it)
+                while up is not None:
+                    if lw.g.node(up).op in _VIEW_CHAIN:
+                        steps.append(lw.g.node(up))
+                    up = parent[up]
+                return steps
+            if nid in seen or n.op in ("input", "const") or n.op in REDUCTIONS:
+                continue
+            seen.add(nid)
+            parent[nid] = up
+            if n.op in _VIEW_CHAIN:
+                if prod(lw.shape(n.inputs[0])) == prod(dom_shape):
+                    stack.append((n.inputs[0], nid))
+            elif n.op not in VIEWS:
+                stack += [(i, nid) for i in reversed(n.inputs) if lw.shape(i) == n.type.shape]
         return None
 
     idx = tuple(dom_idx)
     cur = tuple(dom_shape)
-    steps = chain(o, set())
+    steps = chain()
     for n in steps or []:  # from the domain up to o: invert each view
         out_shape = n.type.shape
         if n.op == "Reshape":
@@ -575,7 +603,7 @@ def _reuse_reduced_value(value, full, full_idx, first, second) -> None:
             continue
         back = Load(st.buf, st.index)
         first.append(Store(st.buf, st.index, value))
-        second[k] = Store(st.buf, st.index, _substitute(st.value, lambda x: x is value, back, {}))
+        second[k] = Store(st.buf, st.index, rewrite(st.value, lambda x: back if x is value else None))
         return
 
 
@@ -648,26 +676,7 @@ def _column_blocks(body, full, last):
 
 def _replace_acc(e, acc: str, repl, memo: dict):
     """A copy of value expression e with AccRef(acc) replaced by `repl`."""
-    return _substitute(e, lambda x: isinstance(x, AccRef) and x.acc == acc, repl, memo)
-
-
-def _substitute(e, match, repl, memo: dict):
-    """A copy of value expression e with every sub-expression x where match(x) replaced by `repl`."""
-    if id(e) in memo:
-        return memo[id(e)]
-    if match(e):
-        out = repl
-    elif isinstance(e, Unary):
-        out = Unary(e.op, _substitute(e.a, match, repl, memo))
-    elif isinstance(e, (Binary, Cmp)):
-        out = type(e)(e.op, _substitute(e.a, match, repl, memo), _substitute(e.b, match, repl, memo))
-    elif isinstance(e, Select):
-        out = Select(_substitute(e.cond, match, repl, memo), _substitute(e.a, match, repl, memo),
-                     _substitute(e.b, match, repl, memo))
-    else:
-        out = e
-    memo[id(e)] = out
-    return out
+    return rewrite(e, lambda x: repl if isinstance(x, AccRef) and x.acc == acc else None, memo)
 
 
 __all__ = ["lower", "LoweringError", "REDUCTIONS", "VIEWS", "OPS"]

@@ -32,9 +32,8 @@ true of everything lowering produces, that the loops' iterations may run in any 
 """
 from __future__ import annotations
 
-from .loop_ir import (AccInit, AccRef, AccUpdate, Binary, Cmp, For, IBin, ICmp, IConst, IVar, Load,
-                      LoopKernel, Select, Store, Unary, coefficient, iadd, idiv, imod, imul,
-                      walk_exprs)
+from .loop_ir import (AccInit, AccRef, AccUpdate, For, IBin, ICmp, IConst, IVar, Load, LoopKernel, Store,
+                      coefficient, iadd, idiv, imod, imul, rewrite, walk_exprs)
 
 __all__ = ["ScheduleError", "vectorize", "parallelize", "split", "reorder", "tile", "strip_mine",
            "default_schedule"]
@@ -148,32 +147,17 @@ class _Subst:
         return out
 
     def val(self, e):
-        hit = self.memo.get(id(e))
-        if hit is not None:
-            return hit[1]
-        out = e
+        return rewrite(e, self._leaf, self.memo)
+
+    def _leaf(self, e):
+        """A Load or ICmp with the substituted index (None for other expressions)."""
         if isinstance(e, Load):
             i = self.idx(e.index)
-            if i is not e.index:
-                out = Load(e.buf, i)
-        elif isinstance(e, Unary):
-            a = self.val(e.a)
-            if a is not e.a:
-                out = Unary(e.op, a)
-        elif isinstance(e, (Binary, Cmp)):
-            a, b = self.val(e.a), self.val(e.b)
-            if a is not e.a or b is not e.b:
-                out = type(e)(e.op, a, b)
-        elif isinstance(e, ICmp):
+            return e if i is e.index else Load(e.buf, i)
+        if isinstance(e, ICmp):
             a, b = self.idx(e.a), self.idx(e.b)
-            if a is not e.a or b is not e.b:
-                out = ICmp(e.op, a, b)
-        elif isinstance(e, Select):
-            c, a, b = self.val(e.cond), self.val(e.a), self.val(e.b)
-            if c is not e.cond or a is not e.a or b is not e.b:
-                out = Select(c, a, b)
-        self.memo[id(e)] = (e, out)
-        return out
+            return e if a is e.a and b is e.b else ICmp(e.op, a, b)
+        return None
 
     def stmts(self, body) -> tuple:
         return tuple(self.stmt(s) for s in body)

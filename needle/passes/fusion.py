@@ -25,6 +25,9 @@ Rules (docs/passes.md, "fusion"):
   an extern group's outputs have the GEMM's output size. Elementwise nodes inside a group
   may be smaller than the domain (broadcast into it, recomputed), never larger.
 * No merge may create a cycle between groups (reachability check before each merge).
+* A group holds at most `MAX_GROUP_NODES` nodes: a longer chain (thousands of elementwise
+  ops) becomes several kernels, so compile time (this pass's merges and the kernel's
+  LLVM code) grows linearly with the graph.
 
 Merging runs in sweeps over the edges producer -> consumer in graph order: (0) reductions
 absorb the elementwise producers only they read (their private prologue, so a value that
@@ -50,6 +53,9 @@ __all__ = ["FusedGroup", "FusionPlan", "FusionPass", "plan_fusion", "format_plan
 
 #: graph ops outside every group
 _FREE = ("input", "const")
+
+#: the most nodes one group (kernel) holds (the course models' largest hold about 60)
+MAX_GROUP_NODES = 256
 
 #: pure index maps (no arithmetic): their groups do no work unless they hold other ops
 VIEW_OPS = frozenset({"Reshape", "Permute", "Transpose", "BroadcastTo", "GetItem", "Flip",
@@ -180,6 +186,8 @@ class _Planner:
             return "tuple op"
         if "opaque" in (kp, kc):
             return "opaque op"
+        if self._too_big(P, C):
+            return f"a kernel holds at most {MAX_GROUP_NODES} nodes"
         pn, cn = set(self.members[P]), set(self.members[C])
         if kp in ("reduce", "extern") and kc in ("reduce", "extern"):
             if kc == "extern":
@@ -209,6 +217,9 @@ class _Planner:
         if self._cycle(P, C):
             return "would create a cycle"
         return None
+
+    def _too_big(self, P: int, C: int) -> bool:
+        return len(self.members[P]) + len(self.members[C]) > MAX_GROUP_NODES
 
     def _row_chain(self, nodes: set) -> bool:
         """The reductions in `nodes` all reduce the same axes of one input shape, the innermost
@@ -351,7 +362,8 @@ class _Planner:
             reds = [k for k in readers if self.kind(k) == "reduce"]
             for other in reds[1:]:  # reds[0] absorbs the others: it stays a group key
                 nodes = set(self.members[reds[0]]) | set(self.members[other])
-                if self._row_chain(nodes) and self._domain(nodes) is None and \
+                if not self._too_big(reds[0], other) and self._row_chain(nodes) and \
+                        self._domain(nodes) is None and \
                         not self._cycle(reds[0], other) and not self._cycle(other, reds[0]):
                     self.merge(reds[0], other)
 

@@ -143,3 +143,36 @@ def test_size_0_pieces_ir(shape, body):
   %4 = Exp(%1) : f32[1,4] cpu
   return %4
 }}""", shape)
+
+
+# ---- long chains -----------------------------------------------------------------------------
+def test_5000_op_elementwise_chain(monkeypatch):
+    """Lowering walked each node's operands recursively (RecursionError from ~200 ops on);
+    the fusion pass split a chain this long into kernels of at most MAX_GROUP_NODES."""
+    w = param(64)
+
+    def step(x):
+        y = x * w
+        for _ in range(2500):
+            y = y * 1.0001 + 0.0001
+        loss = ndl.summation(y)
+        loss.backward()
+        return y
+
+    check_step(monkeypatch, step, [w], (64,), tol=1e-4)
+
+
+def test_chain_reusing_its_operand(monkeypatch):
+    """Each value uses the previous one twice: as a tree its C text (the kernel's cache key)
+    doubled at every op (16 ops took minutes); shared sub-expressions are temporaries."""
+    w = param(32)
+
+    def step(x):
+        y = ndl.tanh(x * w)
+        for _ in range(40):
+            y = y * y * 0.5 + y * 0.5
+        loss = ndl.summation(y)
+        loss.backward()
+        return y
+
+    check_step(monkeypatch, step, [w], (32,), tol=1e-4)
