@@ -28,8 +28,10 @@ import numpy as np
 
 from . import autograd, guards, init
 from .autograd import Tensor, TensorTuple
+from .errors import IdError
 from .backend_selection import BACKEND, array_api, default_device as _default_device
 from .ir import tracer
+from .ir.autodiff_request import request_gradients
 from .ir.graph import Graph
 from .ir.tracer import GraphBuilder, tensor_type_of, tracing
 from .runtime import graph_cache
@@ -213,9 +215,9 @@ class CompiledFunction:
                 f"{self.fn.__qualname__} creates state while compiled ({', '.join(created)}): a "
                 "compiled function can only update state that exists before it is called; create "
                 "it (e.g. zero-filled) before the first call")
-        binding_of = _bindings_by_tensor(builder)
-        writes = ([("grad", binding_of[id(ext)], g) for ext, g in builder.grad_targets]
-                  + [("data", binding_of[id(t)], v) for t, v in builder.data_updates.values()]
+        binding_of = _bindings_by_tensor(builder)  # tensors made by the trace have none: not written
+        writes = ([("grad", binding_of[id(ext)], g) for ext, g in builder.grad_targets if id(ext) in binding_of]
+                  + [("data", binding_of[id(t)], v) for t, v in builder.data_updates.values() if id(t) in binding_of]
                   + [("slot", (obj, key), v) for obj, key, v in slot_updates]
                   + [("hyper", (obj, attr), v) for obj, attr, v in builder.hyper_updates.values()])
         out_ids += [_node_of(builder, v) for _, _, v in writes] + [nid for nid, _ in builder.checks]
@@ -229,7 +231,7 @@ class CompiledFunction:
                        [(kind, target) for kind, target, _ in writes], structure, builder.checks)
         # hyper-parameters and tensors bound as inputs are read at every call: no guard
         unguarded = set(builder.hypers) | set(builder.hyper_updates) | {
-            (id(b[1]), b[2]) for _, b, _ in builder.inputs if b[0] == "slot"}
+            (id(b[1]), b[2]) for _, b, role in builder.inputs if role != "const" and b[0] == "slot"}
         entry.guards = guards.GuardSet(
             [g for _, g, holder, key in named if (id(holder), key) not in unguarded]
             + [guards.attribute_guard(f"{objects[oid][1]}.{name}", obj, name)
@@ -352,7 +354,7 @@ class CompiledFunction:
         extra = outputs[entry.n_outputs:]
         for (kind, message), value in zip(entry.writes, extra):
             if kind == "check" and float(_scalar(value)) != 0:
-                raise ValueError(message)
+                raise IdError(message)
         for (kind, target), value in zip(entry.writes, extra):
             if kind == "grad":
                 _resolve(target, args, kwargs).grad = Tensor.make_const(value)
@@ -615,7 +617,10 @@ def value_and_grad(f: Callable, argnums=0) -> Callable:
         for i in nums:
             args[i].grad = None
         value = f(*args)
-        value.backward()
+        if value._trace is not None:  # traced: the arguments may be intermediate values
+            request_gradients(value, targets=[args[i] for i in nums])
+        else:
+            value.backward()
         grads = [args[i].grad if args[i].grad is not None else init.zeros_like(args[i]) for i in nums]
         return value, (grads[0] if isinstance(argnums, int) else tuple(grads))
 

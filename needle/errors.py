@@ -34,6 +34,11 @@ class NeedleError(Exception):
     """Base class of needle's own errors."""
 
 
+class IdError(NeedleError, IndexError, ValueError):
+    """Ids or indices out of range (or not integers) in a compiled step: both an IndexError
+    (eager gather's error) and a ValueError (eager one_hot's)."""
+
+
 class OpError(NeedleError, ValueError):
     """An op was applied to inputs it cannot take (shapes, axes, dtypes)."""
 

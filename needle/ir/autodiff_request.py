@@ -1,24 +1,28 @@
 """`loss.backward()` inside a trace: a `grad` node, a request to the autodiff pass."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 
 
-def request_gradients(loss, out_grad: Optional[object] = None) -> None:
-    """Append `grad(%loss, %wrt..., [%seed])` and set each wrt leaf's `.grad` to its slot.
+def request_gradients(loss, out_grad: Optional[object] = None, targets: Sequence = ()) -> None:
+    """Append `grad(%loss, %wrt..., [%seed])` and set each wrt value's `.grad` to its slot.
 
     The wrt set is every traced leaf that requires grad and that `loss` depends on (the
     graph inputs standing for parameters, closed-over tensors or differentiated arguments),
-    in the order autograd's topological sort meets them. Tensors lifted from outside the
-    trace also get `.grad`, and the compiled function writes the real gradient there after
-    each call.
+    in the order autograd's topological sort meets them, then the traced `targets` that are
+    not among them (intermediate values whose `.grad` the caller reads, as eager's tape sets
+    it on every node). Tensors lifted from outside the trace also get `.grad`, and the
+    compiled function writes the real gradient there after each call.
     """
     from .. import ops
     from ..autograd import TensorTuple
 
     builder = loss._trace.builder
     leaves = _differentiated_leaves(loss)
+    known = {id(v) for v in leaves}
+    leaves += [t for t in targets if t._trace is not None and t.requires_grad and id(t) not in known
+               and not known.add(id(t))]
     if not leaves:  # eager's backward() sets no .grad either
         return
     inputs = [loss._trace.node_id] + [v._trace.node_id for v in leaves]

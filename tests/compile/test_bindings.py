@@ -263,3 +263,39 @@ def test_a_step_with_bad_labels_raises_like_eager_and_writes_nothing_back(bad):
     with pytest.raises(ValueError, match=r"ids must be integers in \[0, 3\)"):
         step(x, labels)
     assert all(np.array_equal(b, p.numpy()) for b, p in zip(before, model.parameters()))
+
+
+def test_value_and_grad_at_an_intermediate_value_matches_eager():
+    def inner(v):
+        return (v * v * v).sum()
+
+    def program(x):
+        y = ndl.exp(x) * 0.5  # not a leaf: eager's tape still sets its .grad
+        value, g = ndl.value_and_grad(inner)(y)
+        return value, g
+
+    x = ndl.Tensor(np.random.randn(2, 3).astype("float32"), requires_grad=True)
+    eager_value, eager_grad = program(x)
+    value, g = ndl.compile(program)(x)
+    close(value, eager_value, rtol=1e-5, atol=1e-5)
+    close(g, eager_grad, rtol=1e-5, atol=1e-5)
+    assert np.abs(g.numpy()).max() > 0
+
+
+def test_a_module_made_inside_the_compiled_function_trains_like_eager():
+    @ndl.compile
+    def f(x):
+        loss = nn.LayerNorm1d(6)(x).sum()
+        loss.backward()
+        return loss
+
+    x = rand(3, 6)
+    close(f(x), nn.LayerNorm1d(6)(x).sum(), rtol=1e-4, atol=1e-4)
+
+
+def test_bad_gather_ids_raise_an_error_of_eager_s_type():
+    emb = nn.Embedding(5, 3)
+    f = ndl.compile(emb)
+    f(tensor(np.array([[0, 4]])))
+    with pytest.raises(IndexError, match=r"indices must be integers in \[0, 5\)"):
+        f(tensor(np.array([[0, 9]])))
