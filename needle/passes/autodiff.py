@@ -62,8 +62,10 @@ def _expand_grad(node, env, builder, init, ops):
     loss = env[node.inputs[0]]
     wrt_ids = node.inputs[1:-1] if seeded else node.inputs[1:]
     wrt = [env[i] for i in wrt_ids]
-    seed = env[node.inputs[-1]] if seeded else init.ones(*loss.shape, dtype=loss.dtype,
-                                                           device=loss.device)
+    # a graph const: a gradient that reads no other graph value is still made of graph nodes
+    # (computed eagerly, one of over 1024 elements became a const input that no call binds)
+    seed = env[node.inputs[-1]] if seeded else builder.lift(init.ones(*loss.shape, dtype=loss.dtype,
+                                                                          device=loss.device))
     for w in wrt:
         w.grad = None
 
@@ -77,7 +79,7 @@ def _expand_grad(node, env, builder, init, ops):
              for w in wrt]
     if not grads:
         raise ValueError(f"autodiff: %{node.id} = grad has nothing to differentiate with respect to")
-    # a gradient that depends on no graph value (a linear function's) was computed eagerly
+    # the zeros of a value the loss does not depend on are untraced
     return ops.make_tuple(*[g if g._trace is not None else builder.lift(g) for g in grads])
 
 

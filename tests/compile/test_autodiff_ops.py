@@ -48,18 +48,20 @@ EXPECTED = """graph @f {
   %0 = input() {name="x", role="arg"} : f32[3] cpu
   %1 = Exp(%0) : f32[3] cpu  # f.py:2
   %2 = Summation(%1) {axes=None} : f32[] cpu  # f.py:3
-  %3 = const() {value=1.0} : f32[3] cpu  # f.py:2
-  %4 = EWiseMul(%3, %1) : f32[3] cpu  # f.py:2
-  %5 = MakeTensorTuple(%4) : (f32[3] cpu)  # f.py:4
-  return %2, %4
+  %3 = const() {value=1.0} : f32[] cpu  # f.py:4
+  %4 = Reshape(%3) {shape=(1,)} : f32[1] cpu  # f.py:3
+  %5 = BroadcastTo(%4) {shape=(3,)} : f32[3] cpu  # f.py:3
+  %6 = EWiseMul(%5, %1) : f32[3] cpu  # f.py:2
+  %7 = MakeTensorTuple(%6) : (f32[3] cpu)  # f.py:4
+  return %2, %6
 }
 """
 
 
 def test_autodiff_text_ir():
     """Input IR -> autodiff -> expected IR: each VJP node carries the location of the node
-    it differentiates (the seed's broadcast is folded at trace time, being constant), and
-    reads of the grad tuple use the adjoints directly."""
+    it differentiates (the seed is a const node at the grad request's line; simplify folds
+    its broadcast), and reads of the grad tuple use the adjoints directly."""
     out = autodiff(parse_graph(INPUT))
     assert print_graph(out) == EXPECTED
     x = np.random.randn(3).astype(np.float32)
@@ -82,14 +84,17 @@ LINEAR_EXPECTED = """graph @f {
   %0 = input() {name="x", role="arg"} : f32[3] cpu
   %1 = MulScalar(%0) {scalar=3.0} : f32[3] cpu  # f.py:2
   %2 = Summation(%1) {axes=None} : f32[] cpu  # f.py:2
-  %3 = const() {value=3.0} : f32[3] cpu  # f.py:3
-  %4 = MakeTensorTuple(%3) : (f32[3] cpu)  # f.py:3
-  return %2, %3
+  %3 = const() {value=1.0} : f32[] cpu  # f.py:3
+  %4 = Reshape(%3) {shape=(1,)} : f32[1] cpu  # f.py:2
+  %5 = BroadcastTo(%4) {shape=(3,)} : f32[3] cpu  # f.py:2
+  %6 = MulScalar(%5) {scalar=3.0} : f32[3] cpu  # f.py:2
+  %7 = MakeTensorTuple(%6) : (f32[3] cpu)  # f.py:3
+  return %2, %6
 }
 """
 
 
 def test_autodiff_gradient_of_a_linear_function_is_a_const():
-    """A gradient that reads no graph value (the VJPs computed it from the constant seed)
-    becomes a const node; it used to leave an untraced tensor ('NoneType' has no node_id)."""
+    """A gradient that reads no graph value is computed by graph nodes from the seed (a const
+    node); it used to leave an untraced tensor ('NoneType' has no node_id)."""
     assert print_graph(autodiff(parse_graph(LINEAR))) == LINEAR_EXPECTED

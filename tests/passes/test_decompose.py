@@ -394,11 +394,13 @@ def test_relu_keeps_its_own_vjp():
           %2 = const() {value=0.0} : f32[4] cpu  # m.py:1
           %3 = Where(%1, %2, %0) : f32[4] cpu  # m.py:1
           %4 = Summation(%3) {axes=None} : f32[] cpu  # m.py:1
-          %5 = Compare(%0) {cmp="gt", scalar=0.0} : f32[4] cpu  # m.py:1
-          %6 = const() {value=1.0} : f32[4] cpu  # m.py:1
-          %7 = EWiseMul(%6, %5) : f32[4] cpu  # m.py:1
-          %8 = MakeTensorTuple(%7) : (f32[4] cpu)  # m.py:2
-          return %4, %7
+          %5 = const() {value=1.0} : f32[] cpu  # m.py:2
+          %6 = Reshape(%5) {shape=(1,)} : f32[1] cpu  # m.py:1
+          %7 = BroadcastTo(%6) {shape=(4,)} : f32[4] cpu  # m.py:1
+          %8 = Compare(%0) {cmp="gt", scalar=0.0} : f32[4] cpu  # m.py:1
+          %9 = EWiseMul(%7, %8) : f32[4] cpu  # m.py:1
+          %10 = MakeTensorTuple(%9) : (f32[4] cpu)  # m.py:2
+          return %4, %9
         }""")), print_graph(out)
     x = np.array([np.nan, -1.0, 0.0, 2.0], dtype=np.float32)
     np.testing.assert_array_equal(execute(out, x)[1], [0.0, 0.0, 0.0, 1.0])

@@ -176,3 +176,23 @@ def test_chain_reusing_its_operand(monkeypatch):
         return y
 
     check_step(monkeypatch, step, [w], (32,), tol=1e-4)
+
+
+# ---- gradients that read no graph value ------------------------------------------------------
+@pytest.mark.parametrize("shape, f", [
+    ((2000,), lambda w: ndl.summation(w[2:50])),
+    ((300, 8), lambda w: ndl.summation(w[2:50, :] * 3.0)),
+    ((40, 60), lambda w: ndl.summation(ndl.ops.Flip((0,))(w[::3, 5:]) * 2.0)),
+], ids=["slice_1d", "slice_rows", "strided_slice"])
+def test_constant_gradient_over_1024_elements(monkeypatch, shape, f):
+    """The gradient of a linear function was computed eagerly while differentiating; over
+    1024 elements it became a const input that no call bound ('Program.run: expects 5
+    addresses, got 4')."""
+    w = param(*shape)
+
+    def step(x):
+        loss = f(w) + ndl.summation(x)
+        loss.backward()
+        return loss
+
+    check_step(monkeypatch, step, [w], (3,))
