@@ -219,6 +219,29 @@ def test_gather_embedding_and_index_add():
     assert "index_add" in hows(prog)
 
 
+def test_gather_and_index_add_with_bad_ids_stay_inside_their_tables():
+    """Bad ids (out of range, fractional, NaN) read row 0 on the GPU, never past the table;
+    the compiled step's id check (a graph output) reports them."""
+    from needle.codegen.cuda.emulate import emulate_program
+
+    table, idx = rnd(11, 6), np.array([[3, 0, 10], [3, 7, 1]], np.float32)
+
+    def f(t, i):
+        t.requires_grad = True
+        e = ndl.ops.gather(t, i)
+        (e * e).sum().backward()
+        return e * 2.0, t.grad
+    g, inputs = compiled(f, table, idx)
+    bad = np.array([[3, -5, 1e6], [np.nan, 7, 1]], np.float32)
+    inputs = [bad if np.array_equal(x, idx) else x for x in inputs]
+    e2, grad = emulate_program(build_program(g), inputs)[:2]
+    rows = np.where((bad >= 0) & (bad < 11), bad, 0).astype(int)
+    np.testing.assert_allclose(e2, table[rows] * 2.0, rtol=1e-6)
+    expected = np.zeros_like(table)
+    np.add.at(expected, rows.reshape(-1), 2 * table[rows].reshape(-1, 6))
+    np.testing.assert_allclose(grad, expected, rtol=1e-5)
+
+
 @pytest.mark.parametrize("force_split", [False, True])
 def test_stack_concat_unslice_dilate_flip(force_split):
     a, b, c = rnd(4, 5), rnd(4, 5), rnd(4, 5)

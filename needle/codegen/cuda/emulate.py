@@ -478,6 +478,10 @@ class KernelRun:
             return np.logical_or(self.index(e.a, mask, memo), self.index(e.b, mask, memo))
         if isinstance(e, IFloat):
             v = self.value(e.value, mask, memo)
+            if e.bound:
+                v = np.asarray(v, np.float64)
+                inside = (v >= 0) & (v < e.bound)
+                return np.where(inside, np.trunc(np.where(inside, v, 0)), 0).astype(np.int64)
             act = self._lanes(v, mask)
             if act.size and not np.all(np.isfinite(act)):
                 raise EmulationError(f"{self.k.name}: non-finite float used as an index in {e!r}")

@@ -49,8 +49,11 @@ ACC_IDENTITY = {"sum": 0.0, "max": float("-inf")}
 # ---- index-side extensions ----------------------------------------------------------------
 @dataclass(frozen=True)
 class IFloat:
-    """An integer index read from a float value (truncated toward zero)."""
+    """An integer index read from a float value (truncated toward zero). With a `bound`, a
+    value outside [0, bound) or NaN reads index 0 instead, so a bad id never leaves its table
+    (the compiled step's id check reports it)."""
     value: object
+    bound: int = 0
 
 
 try:  # the loop IR's own index comparison (lower emits it for slices and pieces)

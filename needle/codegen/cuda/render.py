@@ -112,7 +112,10 @@ class _Emitter:
         if isinstance(e, IOr):
             return f"({self.index(e.a, ind, scope)} || {self.index(e.b, ind, scope)})"
         if isinstance(e, IFloat):
-            return f"(({self.itype})({self.value(e.value, ind, scope)}))"
+            v = self.value(e.value, ind, scope)
+            if e.bound:
+                return f"(({v}) >= 0.0f && ({v}) < {float(e.bound)!r}f ? ({self.itype})({v}) : ({self.itype})0)"
+            return f"(({self.itype})({v}))"
         raise TypeError(f"unknown index expression {e!r}")
 
     # -- value expressions with CSE

@@ -57,7 +57,7 @@ def scatter_add_kernels(name, out_shape, values_shape, k, values_fn, indices_fn,
     zero = fill_kernel(f"{name}_zero", prod(out_shape))
 
     def stmt(idx):
-        row = IFloat(indices_fn(idx[:k]))
+        row = IFloat(indices_fn(idx[:k]), bound=out_shape[0])
         return [AtomicAdd("out0", linearize((row,) + tuple(idx[k:]), out_shape), values_fn(idx))]
 
     scatter = pointwise_kernel(f"{name}_scatter", values_shape, None, inputs, out_size=prod(out_shape), stmt=stmt)

@@ -259,7 +259,7 @@ class Walker:
         if op == "Gather":
             a, ind = n.inputs
             k = len(self.shape(ind))
-            row = IFloat(self.value(ind, idx[:k]))
+            row = IFloat(self.value(ind, idx[:k]), bound=self.shape(a)[0])
             return self.value(a, (row,) + idx[k:])
         if self.elementwise:
             v = self._elementwise(n, idx)
