@@ -44,7 +44,7 @@ PERTURBATION = 2e-6    # relative size of the input perturbation (about 16 float
 PERTURBED_RUNS = 2
 MAX_ELEMENTS = 128
 SCALARS = (0.5, 2.0, 3.0, -1.5, 1.0, 0.0)
-POWERS = (2, 3, -1, 0.5, 1, 0, 2.0, -2, 1.5)
+POWERS = (2, 3, -1, 0.5, -0.5, 1, 0, 2.0, -2, 1.5)
 
 
 # ---- generating programs ---------------------------------------------------------------
@@ -78,10 +78,9 @@ class _Generator:
         return self.rng.choices((0, 1, 2, 3, 4, 5, 8, 9, 17, 33),
                                 weights=(2 if zero else 0, 10, 12, 10, 8, 6, 2, 2, 2, 1))[0]
 
-    def shape(self, rank: Optional[int] = None) -> Shape:
+    def shape(self) -> Shape:
         while True:
-            r = self.rng.choices((0, 1, 2, 3), weights=(1, 3, 5, 3))[0] if rank is None else rank
-            s = tuple(self.dim() for _ in range(r))
+            s = tuple(self.dim() for _ in range(self.rng.choices((0, 1, 2, 3), weights=(1, 3, 5, 3))[0]))
             if prod(s) <= MAX_ELEMENTS:
                 return s
 
