@@ -765,6 +765,7 @@ def _worker(conn) -> None:
     import needle
 
     needle.set_num_threads(1)
+    np.seterr(all="ignore")  # NaN and Inf are what the programs are about
     while True:
         seed = conn.recv()
         if seed is None:
