@@ -1,9 +1,12 @@
 // The native executor's program: a compiled graph as a list of steps over buffer slots,
 // run by one call from Python (needle.runtime.native builds it).
 //
-// A slot is a buffer address: the first `n_io` slots are bound at every run (graph
-// inputs, then outputs); the others are static (arena offsets, constants, scratch),
-// set once with set_slot. Steps, in order:
+// A slot is a buffer address and its size: the first slots are bound at every run (graph
+// inputs, then outputs, of sizes given to the constructor); the others are static (arena
+// offsets, constants, scratch), set once with set_slot. Adding a step checks that every slot
+// holds all the floats the step's parameters make it read or write there (kernels: the sizes
+// of their buffers, which the builder checked their indices against), so a program never
+// touches memory outside its buffers, whatever the graph says. Steps, in order:
 //   kernel    an LLVM kernel's `name_range(void** args, lo, hi)`, its top-level loop split
 //             across the thread pool when the work is large enough;
 //   gemm      batched C = op(A) @ op(B) (gemm_ex: BLAS or small_gemm), optionally followed
@@ -74,15 +77,32 @@ void run_range(range_fn fn, void** args, int64_t extent, int64_t min_chunk, int6
   parallel_chunks(chunks, [&](int64_t c) { fn(args, c * per, std::min(extent, (c + 1) * per)); });
 }
 
+// Floats of a row-major `rows` x `cols` matrix with leading dimension ld, from its first
+int64_t matrix_span(int64_t rows, int64_t cols, int64_t ld) { return rows > 0 && cols > 0 ? (rows - 1) * ld + cols : 0; }
+
 class Program {
  public:
-  Program(int n_slots, int n_io) : addr_(n_slots, nullptr), n_io_(n_io) {}
+  // in_sizes, out_sizes: floats of the graph's inputs and outputs (the first slots)
+  Program(int n_slots, const std::vector<int64_t>& in_sizes, std::vector<int64_t> out_sizes)
+      : addr_(n_slots, nullptr), size_(n_slots, -1), out_sizes_(std::move(out_sizes)),
+        n_io_(static_cast<int>(in_sizes.size() + out_sizes_.size())) {
+    if (n_io_ > n_slots) value_error("Program: more inputs and outputs than slots");
+    std::copy(in_sizes.begin(), in_sizes.end(), size_.begin());
+    std::copy(out_sizes_.begin(), out_sizes_.end(), size_.begin() + in_sizes.size());
+  }
 
-  void set_slot(int slot, size_t address) { addr_.at(slot) = reinterpret_cast<float*>(address); }
+  // A static slot: its address and size (floats).
+  void set_slot(int slot, size_t address, int64_t size) {
+    if (slot < n_io_ || slot >= static_cast<int>(addr_.size()) || size < 0)
+      value_error("Program.set_slot: bad static slot " + std::to_string(slot) + " of size " + std::to_string(size));
+    addr_[slot] = reinterpret_cast<float*>(address);
+    size_[slot] = size;
+  }
 
-  void add_kernel(const std::string& name, size_t fn, std::vector<int> slots, int64_t extent, int64_t min_chunk,
-                  int64_t align) {
-    Step s{KERNEL, check(slots), {extent, min_chunk, align}};
+  // sizes: floats the kernel reads or writes in each slot (its buffers' sizes)
+  void add_kernel(const std::string& name, size_t fn, std::vector<int> slots, const std::vector<int64_t>& sizes,
+                  int64_t extent, int64_t min_chunk, int64_t align) {
+    Step s{KERNEL, check("kernel " + name, slots, sizes), {extent, min_chunk, align}};
     s.fn = reinterpret_cast<range_fn>(fn);
     s.name = name;
     steps_.push_back(std::move(s));
@@ -91,17 +111,32 @@ class Program {
   // slots a, b, c; p = batch, m, n, k, trans_a, trans_b, lda, ldb, batch strides of a, b, c
   // (elements; 0 broadcasts); epilogue: kernel range over [0, epi_extent), split by rows of C.
   // offsets: for batch > 1, the element offsets of a and b for each product (a0, b0, a1, b1, ...:
-  // any numpy batch broadcasting); none: products i at i * the batch strides
+  // any numpy batch broadcasting); none: products i at i * the batch strides.
+  // epi_sizes: floats the epilogue kernel reads or writes in each of epi_slots
   void add_gemm(std::vector<int> slots, std::vector<int64_t> p, size_t epi_fn, std::vector<int> epi_slots,
-                int64_t epi_extent, std::vector<int64_t> offsets) {
+                const std::vector<int64_t>& epi_sizes, int64_t epi_extent, std::vector<int64_t> offsets) {
     if (slots.size() != 3 || p.size() != 11) value_error("Program.add_gemm: expects 3 slots and 11 parameters");
-    if (!offsets.empty() && static_cast<int64_t>(offsets.size()) != 2 * p[0])
+    const int64_t batch = p[0], m = p[1], n = p[2], k = p[3];
+    if (!offsets.empty() && static_cast<int64_t>(offsets.size()) != 2 * batch)
       value_error("Program.add_gemm: expects 2 offsets per product");
-    Step s{GEMM, check(slots), p};
+    const auto negative = [](int64_t v) { return v < 0; };
+    if (std::any_of(p.begin(), p.end(), negative) || std::any_of(offsets.begin(), offsets.end(), negative))
+      value_error("Program.add_gemm: negative parameter or offset");
+    // op(A) is m x k and op(B) k x n (stored transposed when trans_a/trans_b), C is m x n
+    const int64_t span_a = p[4] ? matrix_span(k, m, p[6]) : matrix_span(m, k, p[6]);
+    const int64_t span_b = p[5] ? matrix_span(n, k, p[7]) : matrix_span(k, n, p[7]);
+    std::vector<int64_t> need(3, 0);
+    for (int64_t i = 0; i < batch; ++i) {
+      const int64_t oa = offsets.empty() ? i * p[8] : offsets[2 * i], ob = offsets.empty() ? i * p[9] : offsets[2 * i + 1];
+      need[0] = std::max(need[0], span_a ? oa + span_a : 0);
+      need[1] = std::max(need[1], span_b ? ob + span_b : 0);
+      need[2] = std::max(need[2], m * n ? i * p[10] + m * n : 0);
+    }
+    Step s{GEMM, check("gemm", slots, need), p};
     s.offsets = std::move(offsets);
     s.p.push_back(epi_extent);
     s.fn = reinterpret_cast<range_fn>(epi_fn);
-    s.epi_slots = check(epi_slots);
+    s.epi_slots = check("gemm epilogue", epi_slots, epi_sizes);
     steps_.push_back(std::move(s));
   }
 
@@ -112,35 +147,44 @@ class Program {
   void add_conv(int kind, std::vector<int> slots, std::vector<int64_t> p) {
     if (slots.size() != 4 || p.size() != 9 || kind < 0 || kind > 2)
       value_error("Program.add_conv: expects kind 0-2, 4 slots and 9 parameters");
-    steps_.push_back(Step{kind == 0 ? CONV : kind == 1 ? CONV_DATA : CONV_FILTER, check(slots), p});
+    if (std::any_of(p.begin(), p.end(), [](int64_t v) { return v < 0; }) || p[7] == 0)
+      value_error("Program.add_conv: negative size or zero stride");
+    const ConvDims d(p);
+    const int64_t row = d.kh * d.kw * d.ci, pixels = d.n * std::max<int64_t>(d.ho, 0) * std::max<int64_t>(d.wo, 0);
+    const int64_t x = d.n * d.h * d.w * d.ci, w = row * d.co, y = pixels * d.co;
+    const int64_t cols = d.pointwise() ? 0 : kind == 0 ? CONV_THREADS * conv_block_rows(d) * row : pixels * row;
+    const std::vector<int64_t> need = kind == 0 ? std::vector<int64_t>{x, w, y, cols}
+                                      : kind == 1 ? std::vector<int64_t>{y, w, x, cols}
+                                                  : std::vector<int64_t>{x, y, w, cols};
+    steps_.push_back(Step{kind == 0 ? CONV : kind == 1 ? CONV_DATA : CONV_FILTER, check("conv", slots, need), p});
   }
 
   // slots counter, base, out; p = size, stream
   void add_random(std::vector<int> slots, int64_t size, int64_t stream) {
-    steps_.push_back(Step{RANDOM, check(slots), {size, stream}});
+    steps_.push_back(Step{RANDOM, check("random", slots, {1, 1, size}), {size, stream}});
   }
 
   // slots a/values, indices, out; p = n_indices, n_rows, row_size
   void add_gather(std::vector<int> slots, int64_t n_idx, int64_t n_rows, int64_t row) {
-    steps_.push_back(Step{GATHER, check(slots), {n_idx, n_rows, row}});
+    steps_.push_back(Step{GATHER, check("gather", slots, {n_rows * row, n_idx, n_idx * row}), {n_idx, n_rows, row}});
   }
   void add_index_add(std::vector<int> slots, int64_t n_idx, int64_t n_rows, int64_t row) {
-    steps_.push_back(Step{INDEX_ADD, check(slots), {n_idx, n_rows, row}});
+    steps_.push_back(
+        Step{INDEX_ADD, check("index_add", slots, {n_idx * row, n_idx, n_rows * row}), {n_idx, n_rows, row}});
   }
 
-  void add_copy(std::vector<int> slots, int64_t n) { steps_.push_back(Step{COPY, check(slots), {n}}); }
+  void add_copy(std::vector<int> slots, int64_t n) { steps_.push_back(Step{COPY, check("copy", slots, {n, n}), {n}}); }
 
-  void add_callback(py::function f, std::vector<int> slots, const std::string& name) {
-    Step s{CALLBACK, check(slots), {}};
+  // sizes: floats the callback reads or writes in each slot
+  void add_callback(py::function f, std::vector<int> slots, const std::vector<int64_t>& sizes,
+                    const std::string& name) {
+    Step s{CALLBACK, check("callback " + name, slots, sizes), {}};
     s.callback = std::move(f);
     s.name = name;
     steps_.push_back(std::move(s));
   }
 
   size_t size() const { return steps_.size(); }
-
-  // Sizes (floats) of the graph's outputs: run_alloc makes their arrays.
-  void set_outputs(std::vector<int64_t> sizes) { out_sizes_ = std::move(sizes); }
 
   // Allocates the output arrays, binds the inputs (`inputs`: addresses) and the outputs,
   // runs, and returns the outputs (Array objects): one call per step from Python.
@@ -201,9 +245,20 @@ class Program {
   std::pair<std::vector<double>, std::vector<int64_t>> profile() const { return {seconds_, calls_}; }
 
  private:
-  std::vector<int> check(const std::vector<int>& slots) const {
-    for (int slot : slots)
-      if (slot < 0 || slot >= static_cast<int>(addr_.size())) value_error("Program: slot out of range");
+  // The slots of a step that touches need[k] floats from the start of slot k's buffer,
+  // after checking that every one holds that many.
+  std::vector<int> check(const std::string& step, const std::vector<int>& slots,
+                         const std::vector<int64_t>& need) const {
+    if (need.size() != slots.size()) value_error("Program: " + step + ": one size per slot expected");
+    for (size_t k = 0; k < slots.size(); ++k) {
+      const int slot = slots[k];
+      if (slot < 0 || slot >= static_cast<int>(addr_.size()) || size_[slot] < 0)
+        value_error("Program: " + step + ": slot " + std::to_string(slot) + " is not a buffer");
+      if (need[k] < 0 || need[k] > size_[slot])
+        value_error("Program: " + step + " would touch " + std::to_string(need[k]) + " floats of slot " +
+                    std::to_string(slot) + " (argument " + std::to_string(k) + "), which holds " +
+                    std::to_string(size_[slot]));
+    }
     return slots;
   }
   float* at(const Step& s, int k) const { return addr_[s.slots[k]]; }
@@ -398,6 +453,7 @@ class Program {
   }
 
   std::vector<float*> addr_;
+  std::vector<int64_t> size_;  // floats each slot holds (-1: not set)
   std::vector<int64_t> out_sizes_;
   int n_io_;
   bool profile_ = false;
@@ -410,12 +466,13 @@ class Program {
 
 void register_program(py::module_& m) {
   py::class_<Program>(m, "Program", "A compiled graph's steps over buffer slots (needle.runtime.native).")
-      .def(py::init<int, int>(), py::arg("n_slots"), py::arg("n_io"))
-      .def("set_slot", &Program::set_slot, py::arg("slot"), py::arg("address"))
-      .def("add_kernel", &Program::add_kernel, py::arg("name"), py::arg("fn"), py::arg("slots"), py::arg("extent"),
-           py::arg("min_chunk"), py::arg("align"))
+      .def(py::init<int, const std::vector<int64_t>&, std::vector<int64_t>>(), py::arg("n_slots"),
+           py::arg("input_sizes"), py::arg("output_sizes"))
+      .def("set_slot", &Program::set_slot, py::arg("slot"), py::arg("address"), py::arg("size"))
+      .def("add_kernel", &Program::add_kernel, py::arg("name"), py::arg("fn"), py::arg("slots"), py::arg("sizes"),
+           py::arg("extent"), py::arg("min_chunk"), py::arg("align"))
       .def("add_gemm", &Program::add_gemm, py::arg("slots"), py::arg("params"), py::arg("epilogue_fn"),
-           py::arg("epilogue_slots"), py::arg("epilogue_extent"), py::arg("offsets"))
+           py::arg("epilogue_slots"), py::arg("epilogue_sizes"), py::arg("epilogue_extent"), py::arg("offsets"))
       .def("add_conv", &Program::add_conv, py::arg("kind"), py::arg("slots"), py::arg("params"))
       .def("add_random", &Program::add_random, py::arg("slots"), py::arg("size"), py::arg("stream"))
       .def("add_gather", &Program::add_gather, py::arg("slots"), py::arg("n_indices"), py::arg("n_rows"),
@@ -423,12 +480,12 @@ void register_program(py::module_& m) {
       .def("add_index_add", &Program::add_index_add, py::arg("slots"), py::arg("n_indices"), py::arg("n_rows"),
            py::arg("row_size"))
       .def("add_copy", &Program::add_copy, py::arg("slots"), py::arg("n"))
-      .def("add_callback", &Program::add_callback, py::arg("fn"), py::arg("slots"), py::arg("name"))
+      .def("add_callback", &Program::add_callback, py::arg("fn"), py::arg("slots"), py::arg("sizes"),
+           py::arg("name"))
       .def("__len__", &Program::size)
       .def("set_profile", &Program::set_profile, py::arg("on"))
       .def("profile", &Program::profile, "(seconds, calls) per step since profiling was turned on")
       .def("run", &Program::run, py::arg("io"))
-      .def("set_outputs", &Program::set_outputs, py::arg("sizes"))
       .def("run_alloc", &Program::run_alloc, py::arg("inputs"));
 }
 

@@ -15,7 +15,7 @@ Statements:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
+from typing import Optional, Union
 
 LOOP_KINDS = ("serial", "parallel", "vector")
 ACC_OPS = ("sum", "max")
@@ -119,6 +119,38 @@ def coefficient(e: IExpr, var: str):
             return cb * e.a.value
         return 0 if ca == 0 and cb == 0 else None
     return 0 if ca == 0 and cb == 0 else None  # div/mod: affine only when var is absent
+
+
+def index_range(e: IExpr, ranges: dict, memo=None) -> Optional[tuple[int, int]]:
+    """(lo, hi) bounds of index expression e with each loop variable v in [0, ranges[v] - 1],
+    or None when unknown (a variable not in `ranges`, a division by a non-constant); div and
+    mod by a positive constant truncate toward zero, as the renderers' sdiv and srem do."""
+    memo = {} if memo is None else memo
+    if e in memo:
+        return memo[e]
+    r = None
+    if isinstance(e, IConst):
+        r = (e.value, e.value)
+    elif isinstance(e, IVar):
+        r = (0, ranges[e.name] - 1) if e.name in ranges else None
+    else:
+        a, b = index_range(e.a, ranges, memo), index_range(e.b, ranges, memo)
+        if a is not None and b is not None:
+            if e.op == "add":
+                r = (a[0] + b[0], a[1] + b[1])
+            elif e.op == "mul":
+                ps = [x * y for x in a for y in b]
+                r = (min(ps), max(ps))
+            elif e.op in ("div", "mod") and b[0] == b[1] and b[0] > 0:
+                c = b[0]
+                if e.op == "div":  # monotonic: truncate both bounds
+                    r = tuple(-(-x // c) if x < 0 else x // c for x in a)
+                elif a[0] >= 0:
+                    r = (a[0], a[1]) if a[1] < c else (0, c - 1)
+                else:  # the sign of a, magnitude below c
+                    r = (max(a[0], 1 - c), min(max(a[1], 0), c - 1))
+    memo[e] = r
+    return r
 
 
 def ivars(e: IExpr) -> set:
@@ -312,3 +344,31 @@ def rewrite(e, fn, memo=None):
 def map_loads(e, fn, memo=None):
     """A copy of `e` with every Load replaced by fn(load)."""
     return rewrite(e, lambda x: fn(x) if isinstance(x, Load) else None, memo)
+
+
+def out_of_bounds(kernel: LoopKernel) -> Optional[str]:
+    """How an access of `kernel` may leave its buffer (a load or store whose index, over
+    the loops around it, may fall outside [0, size)), or None when none can. Loads in a
+    select's discarded branch count: both branches are evaluated."""
+    size = {p.name: p.size for p in kernel.params}
+
+    def visit(stmts, ranges: dict) -> Optional[str]:
+        memo: dict = {}
+        for s in stmts:
+            if isinstance(s, For):
+                problem = visit(s.body, {**ranges, s.var: s.extent}) if s.extent > 0 else None
+                if problem:
+                    return problem
+                continue
+            if not isinstance(s, (Store, AccUpdate)):
+                continue
+            accesses = [("store to", s.buf, s.index)] if isinstance(s, Store) else []
+            accesses += [("load of", x.buf, x.index) for x in walk_exprs(s.value) if isinstance(x, Load)]
+            for what, buf, index in accesses:
+                r = index_range(index, ranges, memo)
+                if r is None or r[0] < 0 or r[1] >= size[buf]:
+                    where = "an unbounded index" if r is None else f"index {r[0]}..{r[1]}"
+                    return f"kernel {kernel.name}: {what} {buf} at {where}, outside its {size[buf]} elements"
+        return None
+
+    return visit(kernel.body, {})

@@ -15,7 +15,7 @@ from ..ir.graph import Graph, Node
 from ..ops.registry import OPS, node_axes, op_from_node, reduced_axes
 from .loop_ir import (AccInit, AccRef, AccUpdate, Binary, Buffer, Cmp, FConst, For, IBin, ICmp, IConst,
                       IVar, Load, LoopKernel, Select, Store, Unary, coefficient, iadd, idiv, imod, imul,
-                      linearize, map_loads, rewrite, unravel, walk_exprs)
+                      index_range, linearize, map_loads, rewrite, unravel, walk_exprs)
 
 REDUCTIONS = {"Summation": "sum", "Max": "max"}
 VIEWS = ("Reshape", "BroadcastTo", "Permute", "Transpose", "GetItem", "Flip", "UnDilate")
@@ -297,31 +297,6 @@ def _recombine(terms):
     return terms
 
 
-def _range(e, ranges, memo):
-    """(lo, hi) bounds of an index expression, or None when unknown."""
-    if e in memo:
-        return memo[e]
-    r = None
-    if isinstance(e, IConst):
-        r = (e.value, e.value)
-    elif isinstance(e, IVar):
-        r = (0, ranges[e.name] - 1) if e.name in ranges else None
-    else:
-        a, b = _range(e.a, ranges, memo), _range(e.b, ranges, memo)
-        if a is not None and b is not None:
-            if e.op == "add":
-                r = (a[0] + b[0], a[1] + b[1])
-            elif e.op == "mul":
-                ps = [x * y for x in a for y in b]
-                r = (min(ps), max(ps))
-            elif e.op in ("div", "mod") and b[0] == b[1] and b[0] > 0 and a[0] >= 0:
-                c = b[0]
-                r = (a[0] // c, a[1] // c) if e.op == "div" else (
-                    (a[0], a[1]) if a[1] < c else (0, c - 1))
-    memo[e] = r
-    return r
-
-
 def _build(terms, const):
     out: IExpr = IConst(0)
     for atom, c in terms.items():
@@ -348,19 +323,19 @@ def simplify(e, ranges, memo=None):
     if c == 1:
         return a if e.op == "div" else IConst(0)
     terms, k = _affine(a, ranges, memo)
-    if any((_range(t, ranges, memo) or (-1, 0))[0] < 0 for t in terms):
+    if any((index_range(t, ranges, memo) or (-1, 0))[0] < 0 for t in terms):
         return IBin(e.op, a, b)
     for d in _divisors_desc(c):  # e = d*q + r with 0 <= r < d: e div c = q div (c/d)
         q = {t: v // d for t, v in terms.items() if v % d == 0}
         r = {t: v for t, v in terms.items() if v % d != 0}
         rest = _build(r, k % d)
-        rr = _range(rest, ranges, memo)
+        rr = index_range(rest, ranges, memo)
         if rr is None or rr[0] < 0 or rr[1] >= d:
             continue
         qe = _build(q, k // d)
         if d == c:
             return qe if e.op == "div" else rest
-        qr = _range(qe, ranges, memo)
+        qr = index_range(qe, ranges, memo)
         if qr is not None and qr[0] >= 0 and qr[1] < c // d:  # q < c/d: e div c = 0
             return IConst(0) if e.op == "div" else _build(*_affine(iadd(imul(qe, IConst(d)), rest),
                                                                    ranges, memo))
@@ -372,7 +347,7 @@ def simplify(e, ranges, memo=None):
     # of c leave the division (i1 + 1600*i0) div 400 = 4*i0 + i1 div 400
     q = {t: v // c for t, v in terms.items() if v % c == 0}
     rest = _build({t: v for t, v in terms.items() if v % c != 0}, k % c)
-    rr = _range(rest, ranges, memo)
+    rr = index_range(rest, ranges, memo)
     if (q or k // c) and rr is not None and rr[0] >= 0:
         if e.op == "mod":
             return IBin("mod", rest, b)

@@ -130,12 +130,18 @@ def sum_to_shape(t, shape):
 
 
 class GetItem(TensorOp):
-    """Strided slice keeping every axis: `slices` holds (start, stop, step) per axis, step > 0."""
+    """Strided slice keeping every axis: `slices` holds (start, stop, step) per axis, step > 0,
+    read as Python slices (negative bounds count from the end, bounds past an end clamp)."""
 
     kind = "injective"
 
     def __init__(self, slices):
         self.slices = tuple(tuple(s) for s in slices)
+
+    def __call__(self, a):
+        # applied with its bounds clamped into a's shape, so graphs (and the kernels reading
+        # them) only ever hold slices inside their input
+        return TensorOp.__call__(GetItem(_clamp_slices(self, self.slices, a.shape)), a)
 
     def infer(self, a):
         if len(self.slices) != len(a.shape):
@@ -154,14 +160,30 @@ def _slice_len(s) -> int:
     return max(0, (stop - start + step - 1) // step)
 
 
+def _clamp_slices(op, slices, shape) -> tuple:
+    """(start, stop, step) per axis of `shape` as Python reads slices (None for a default;
+    negative bounds from the end, bounds past an end clamped to it), with stop >= start:
+    every slice lies inside the shape. A step must be positive."""
+    if len(slices) != len(shape):
+        return tuple(slices)  # infer names the mismatch
+    out = []
+    for (start, stop, step), dim in zip(slices, shape):
+        if step is not None and step <= 0:
+            raise op.error(f"slice step must be positive, got {step}")
+        start, stop, step = slice(start, stop, step).indices(dim)
+        out.append((start, max(stop, start), step))
+    return tuple(out)
+
+
 class UnSlice(TensorOp):
-    """Zeros of `shape` with the input written at `slices` (the transpose of GetItem)."""
+    """Zeros of `shape` with the input written at `slices` (the transpose of GetItem; the
+    slices are read as Python slices of `shape`, like GetItem's)."""
 
     kind = "injective"
 
     def __init__(self, slices, shape):
-        self.slices = tuple(tuple(s) for s in slices)
         self.shape = tuple(shape)
+        self.slices = _clamp_slices(self, tuple(tuple(s) for s in slices), self.shape)
 
     def infer(self, a):
         expected = tuple(_slice_len(s) for s in self.slices)
@@ -186,16 +208,12 @@ def get_item(a, index):
         index = (index,)
     if len(index) > len(shape):
         raise op.error(f"too many indices ({len(index)}) for a tensor of shape {shape}")
-    slices, out_shape = [], []
+    slices, kept = [], []
     for axis, dim in enumerate(shape):
         idx = index[axis] if axis < len(index) else slice(None)
         if isinstance(idx, slice):
-            start, stop, step = idx.indices(dim)
-            if step <= 0:
-                raise op.error(f"slice step must be positive, got {idx.step}")
-            stop = max(stop, start)
-            slices.append((start, stop, step))
-            out_shape.append(_slice_len((start, stop, step)))
+            slices.append((idx.start, idx.stop, idx.step))
+            kept.append(axis)
         elif isinstance(idx, int) or hasattr(idx, "__index__"):
             i = int(idx)
             if not -dim <= i < dim:
@@ -205,7 +223,8 @@ def get_item(a, index):
         else:
             raise op.error(f"unsupported index {idx!r} (ints and slices are supported)")
     out = GetItem(slices)(a)
-    return reshape(out, tuple(out_shape)) if tuple(out_shape) != out.shape else out
+    out_shape = tuple(out.shape[k] for k in kept)
+    return reshape(out, out_shape) if out_shape != out.shape else out
 
 
 class Flip(TensorOp):

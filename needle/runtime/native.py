@@ -24,6 +24,12 @@ backends/cpu/program.cc) holds the steps in schedule order:
 
 Python runs once per call: it makes the output arrays and passes every input and output
 address to `Program.run`.
+
+Nothing runs outside its buffers, whatever the graph says: every kernel's loads and stores
+are bounded over its loops against its buffers' sizes (`loop_ir.out_of_bounds`), and the
+Program checks each step's extent (from its parameters: a GEMM's operands with their
+leading dimensions and batch offsets, a conv's images...) against the sizes of the slots it
+touches as the step is added. Either failure is an `UnsafeProgram` error, before any run.
 """
 from __future__ import annotations
 
@@ -44,6 +50,11 @@ _F32 = 4
 
 class NativeUnsupported(NotImplementedError):
     """The graph has something the native executor does not run (non-float32 values...)."""
+
+
+class UnsafeProgram(RuntimeError):
+    """Internal error: a program step would read or write outside one of its buffers (a
+    wrong graph, kernel or builder). Raised while the program is built, so it never runs."""
 
 
 def _is_f32_tensor(t) -> bool:
@@ -84,6 +95,7 @@ class NativeExecutor:
         self.tmp_loc: dict[int, int] = {}       # values materialised in scratch for one group
         self.position = {n.id: k for k, n in enumerate(graph.nodes)}
         self.static: dict[int, tuple] = {}     # slot -> ("arena"|"scratch", offset) or ("array", NDArray)
+        self.slot_size: dict[int, int] = {}    # static slot -> floats its buffer holds
         self.n_slots = self.n_io
         self.out_types = [graph.node(v).type for v in graph.outputs]
         for t in self.out_types:
@@ -100,7 +112,7 @@ class NativeExecutor:
         self.arena = NDArray.make((max(memory_plan.arena_bytes // _F32, 1),), device=self.device)
         for v, off in memory_plan.offsets.items():
             if v not in self.loc and not isinstance(graph.node(v).type, tuple):
-                self.loc[v] = self._new_slot(("arena", off))
+                self.loc[v] = self._new_slot(("arena", off), memory_plan.sizes[v] // _F32)
         self.scratch_top = 0
         self.scratch_size = 0
         self.steps: list = []            # (kind, args...) recorded, then replayed into the Program
@@ -113,14 +125,18 @@ class NativeExecutor:
             self._copy_into(v, slot)
         self.scratch = NDArray.make((max(self.scratch_size // _F32, 1),), device=self.device)
         self.stats["scratch_bytes"] = self.scratch_size
-        self.program = backend.Program(self.n_slots, self.n_io)
+        self.program = backend.Program(self.n_slots, [prod(n.type.shape) for n in graph.inputs],
+                                       [prod(t.shape) for t in self.out_types])
         arena_ptr, scratch_ptr = self.arena._handle.ptr(), self.scratch._handle.ptr()
-        for slot, (kind, x) in self.static.items():
-            addr = (arena_ptr + x if kind == "arena" else scratch_ptr + x if kind == "scratch"
-                    else x._handle.ptr() + x._offset * _F32)
-            self.program.set_slot(slot, addr)
-        for kind, *args in self.steps:
-            getattr(self.program, "add_" + kind)(*args)
+        try:  # every step is checked against the sizes of the buffers it reads and writes
+            for slot, (kind, x) in self.static.items():
+                addr = (arena_ptr + x if kind == "arena" else scratch_ptr + x if kind == "scratch"
+                        else x._handle.ptr() + x._offset * _F32)
+                self.program.set_slot(slot, addr, self.slot_size[slot])
+            for kind, *args in self.steps:
+                getattr(self.program, "add_" + kind)(*args)
+        except ValueError as e:
+            raise self._unsafe(str(e)) from None
         self.stats["steps"] = len(self.program)
         if _profile.enabled():
             self.program.set_profile(True)
@@ -151,17 +167,21 @@ class NativeExecutor:
         self._profiles.append(prof)
         return step
 
+    def _unsafe(self, problem: str) -> UnsafeProgram:
+        return UnsafeProgram(f"internal error building @{self.graph.name}'s native program: {problem}")
+
     # ---- slots --------------------------------------------------------------------------
-    def _new_slot(self, where: Optional[tuple] = None) -> int:
+    def _new_slot(self, where: tuple, size: int) -> int:
+        """A static slot at `where` holding `size` floats."""
         slot = self.n_slots
         self.n_slots += 1
-        if where is not None:
-            self.static[slot] = where
+        self.static[slot] = where
+        self.slot_size[slot] = size
         return slot
 
     def _scratch(self, nbytes: int) -> int:
         """A slot in the scratch region, valid until the next group's step."""
-        slot = self._new_slot(("scratch", self.scratch_top))
+        slot = self._new_slot(("scratch", self.scratch_top), nbytes // _F32)
         self.scratch_top += _align(nbytes)
         self.scratch_size = max(self.scratch_size, self.scratch_top)
         return slot
@@ -180,7 +200,7 @@ class NativeExecutor:
         if node.op == "const":
             arr = const_array(node)
             self._keep.append(arr)
-            self.loc[v] = self._new_slot(("array", arr.compact()))
+            self.loc[v] = self._new_slot(("array", arr.compact()), prod(node.type.shape))
             return self.loc[v]
         if self._is_view(v) and self._wide_stack(node):
             self._materialize_stack(node)
@@ -251,7 +271,7 @@ class NativeExecutor:
         offset = self.static[slot][1]
         for k, p in enumerate(pieces):
             size = prod(self._shape(p))
-            dst = self._new_slot(("scratch", offset))
+            dst = self._new_slot(("scratch", offset), size)
             offset += size * _F32
             if p in self.loc or p in self.tmp_loc or self.graph.node(p).op == "const":
                 self._emit(["copy", [self._slot_of(p), dst], size], (), (), "copy", f"stack%{n.id}[{k}]")
@@ -263,19 +283,25 @@ class NativeExecutor:
     def _kernel(self, group) -> Any:
         """The LLVM kernel of a group (its subgraph), or None if it does not lower."""
         from ..codegen import LoweringError, compile_kernel
+        from ..codegen.loop_ir import out_of_bounds
 
         sub = group.subgraph(self.graph)
         try:
-            return compile_kernel(sub)
+            kernel = compile_kernel(sub)
         except LoweringError:
             return None
+        problem = out_of_bounds(kernel.loop)
+        if problem:
+            raise self._unsafe(problem)
+        return kernel
 
     def _add_kernel(self, kernel, slots, name: str, group) -> None:
         extent = kernel.range_extent
         per_iter = max(1, max((p.size for p in kernel.loop.params), default=1) // extent)
         min_chunk = max(1, 16384 // per_iter)   # ~16k elements per thread before splitting pays
         align = 8 if per_iter == 1 else 1
-        self._emit(["kernel", name, kernel.range_address, slots, extent, min_chunk, align],
+        self._emit(["kernel", name, kernel.range_address, slots, [p.size for p in kernel.loop.params], extent,
+                    min_chunk, align],
                    group.node_ids, group.outputs, "llvm", name)
         self.stats["llvm_kernels"] += 1
 
@@ -309,7 +335,7 @@ class NativeExecutor:
 
         arr = NDArray.make((max(n, 1),), device=self.device)
         self._keep.append(arr)
-        self.loc[v] = self._new_slot(("array", arr))
+        self.loc[v] = self._new_slot(("array", arr), n)
         return self.loc[v]
 
     # ---- groups -------------------------------------------------------------------------
@@ -444,7 +470,7 @@ class NativeExecutor:
             return self._opaque(group)
         slots, p, offsets = self._gemm_params(anchor)
         self.stats["gemms"] += 1
-        step = self._emit(["gemm", slots + [c], p, 0, [], 0, offsets], (anchor.id,), (anchor.id,), "blas",
+        step = self._emit(["gemm", slots + [c], p, 0, [], [], 0, offsets], (anchor.id,), (anchor.id,), "blas",
                           f"k{group.id}")
         if rest:
             self._epilogue(group, anchor, rest, c, gemm=step)
@@ -462,7 +488,7 @@ class NativeExecutor:
         outs = [self._out_slot(v) for v in outputs]
         rows = gemm[2][1] if gemm and gemm[2][0] == 1 else 0  # a single product's rows
         if kernel is not None and rows and kernel.range_extent % rows == 0 and self._rowwise(anchor, rest, outputs):
-            gemm[3], gemm[4], gemm[5] = kernel.range_address, ins + outs, kernel.range_extent
+            gemm[3:7] = kernel.range_address, ins + outs, [p.size for p in kernel.loop.params], kernel.range_extent
             k = next(i for i, st in enumerate(self.steps) if st is gemm)
             prof = _profile.step_profile(*self._profiled(group.node_ids, group.outputs), None, where="blas+llvm")
             prof.label = f"k{group.id}" + prof.label[prof.label.index(" "):]
@@ -567,7 +593,8 @@ class NativeExecutor:
             for a, t, o in zip(addresses[len(ins):], out_types, outs):
                 _view(a, t)[...] = o.numpy()
 
-        self._emit(["callback", run, list(in_slots) + list(out_slots), name], group.node_ids, group.outputs,
+        sizes = [prod(t.shape) for t in in_types + out_types]
+        self._emit(["callback", run, list(in_slots) + list(out_slots), sizes, name], group.node_ids, group.outputs,
                    "interp", label or "callback")
         self._callbacks.append((name, sub))
         self.stats["callbacks"] += 1
@@ -614,7 +641,6 @@ class NativeExecutor:
         self._in_specs = [(NDArray.compact_strides(n.type.shape), max(prod(n.type.shape), 1))
                           for n in self.graph.inputs]
         self._out_specs = [(tuple(t.shape), NDArray.compact_strides(t.shape)) for t in self.out_types]
-        self.program.set_outputs([prod(t.shape) for t in self.out_types])
         self._scalar_buffers = {}
         for k, node in enumerate(self.graph.inputs):
             if node.type.shape == ():

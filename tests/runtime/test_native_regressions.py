@@ -22,7 +22,7 @@ if BACKEND != "nd":
 from needle.compile import KERNEL_PIPELINE, _pass_manager_for  # noqa: E402
 from needle.ir import parse_graph  # noqa: E402
 from needle.passes.manager import PassContext  # noqa: E402
-from needle.runtime.native import NativeExecutor  # noqa: E402
+from needle.runtime.native import NativeExecutor, UnsafeProgram  # noqa: E402
 from tests import numerics  # noqa: E402
 
 SEED = int(os.environ.get("NEEDLE_TEST_SEED") or np.random.SeedSequence().entropy % 2**32)
@@ -113,13 +113,17 @@ def test_size_0_axes(monkeypatch, case):
     check_step(monkeypatch, step, [w], x_shape)
 
 
-def run_ir(text: str, *shapes: tuple) -> None:
-    """IR text through the kernel pipeline on the native executor, against the reference
-    interpreter."""
+def native_executor(text: str) -> tuple:
+    """(graph, NativeExecutor) of IR text after the kernel pipeline."""
     g = parse_graph(text)
     ctx = PassContext()
     g = _pass_manager_for(KERNEL_PIPELINE).run(g, ctx)
-    ex = NativeExecutor(g, ctx.options["fusion_plan"], ctx.options["schedule"], ctx.options["memory_plan"])
+    return g, NativeExecutor(g, ctx.options["fusion_plan"], ctx.options["schedule"], ctx.options["memory_plan"])
+
+
+def run_ir(text: str, *shapes: tuple) -> None:
+    """IR text on the native executor against the reference interpreter."""
+    g, ex = native_executor(text)
     arrays = [randn(*s) for s in shapes]
     got = ex([ndl.backend_ndarray.array(a) for a in arrays])
     want = numerics.reference(g, arrays)
@@ -196,3 +200,62 @@ def test_constant_gradient_over_1024_elements(monkeypatch, shape, f):
         return loss
 
     check_step(monkeypatch, step, [w], (3,))
+
+
+# ---- slices past the end; the program builder's bounds checks --------------------------------
+@pytest.mark.parametrize("slices", [((2, 15, 1), (0, 100, 2)), ((-3, 20, 2), (-50, -1, 1)), ((12, 20, 1), (0, 6, 1))],
+                         ids=["stop_past_end", "negative_bounds", "start_past_end"])
+def test_getitem_bounds_clamp_as_eager(monkeypatch, slices):
+    """GetItem's bounds read as Python slices (eager clamped them; compiled code read past
+    the input, a SIGSEGV on large ones, or returned zeros)."""
+    w = param(10, 6)
+
+    def step(x):
+        y = ndl.ops.GetItem(slices)(w * x)
+        loss = ndl.summation(y * y)
+        loss.backward()
+        return y
+
+    check_step(monkeypatch, step, [w], (10, 6))
+
+
+def test_unslice_bounds_clamp_as_eager(monkeypatch):
+    w = param(8, 6)
+
+    def step(x):
+        y = ndl.ops.UnSlice(((2, 100, 1), (-6, 60, 1)), (10, 6))(w * x)
+        loss = ndl.summation(ndl.exp(y))
+        loss.backward()
+        return y
+
+    check_step(monkeypatch, step, [w], (8, 6))
+
+
+def test_program_builder_refuses_an_out_of_range_slice():
+    """Hand-edited IR (GetItem keeps its slices when parsed) with a slice past its input:
+    the kernel's loads are checked against its buffers before the program is built."""
+    with pytest.raises(UnsafeProgram, match=r"load of in0 at index 8\.\.59, outside its 40 elements"):
+        native_executor("""graph @k {
+  %0 = input() {name="x", role="arg"} : f32[10,4] cpu
+  %1 = GetItem(%0) {slices=((2, 15, 1), (0, 4, 1))} : f32[13,4] cpu
+  %2 = Exp(%1) : f32[13,4] cpu
+  return %2
+}""")
+
+
+def test_program_steps_are_checked_against_their_buffers():
+    """Every step's extent (from its parameters) must fit the sizes of its slots."""
+    from needle.backend_ndarray import ndarray_backend_cpu as backend
+
+    p = backend.Program(4, [12, 6], [8])     # inputs of 12 and 6 floats, an output of 8
+    p.set_slot(3, 0, 5)
+    p.add_copy([0, 2], 8)
+    with pytest.raises(ValueError, match="copy would touch 8 floats of slot 3"):
+        p.add_copy([0, 3], 8)
+    # out (2x4) = a (2x6, lda 6) @ b (6x4): b needs 24 floats, slot 1 holds 6
+    with pytest.raises(ValueError, match="gemm would touch 24 floats of slot 1"):
+        p.add_gemm([0, 1, 2], [1, 2, 4, 6, 0, 0, 6, 4, 0, 0, 8], 0, [], [], 0, [])
+    with pytest.raises(ValueError, match="gather would touch 12 floats of slot 3"):
+        p.add_gather([0, 1, 3], 6, 3, 2)   # 6 rows of 2 into a 5-float slot
+    with pytest.raises(ValueError, match="kernel k0 would touch 9 floats of slot 2"):
+        p.add_kernel("k0", 0, [0, 2], [12, 9], 1, 1, 1)
