@@ -32,7 +32,7 @@ def request_gradients(loss, out_grad: Optional[object] = None, targets: Sequence
         inputs.append(seed._trace.node_id)
     types = tuple(v._trace.type for v in leaves)
     node_id = builder.add("grad", inputs, {"seeded": seeded}, types)
-    grads = builder.traced(TensorTuple, node_id, types)
+    grads = builder.traced(TensorTuple, node_id, types, requires_grad=True)  # as eager's (higher order)
     grads.inputs = [loss] + leaves  # so an outer request finds the variables through this one
     externals = {id(proxy): external for external, proxy in builder.lifted.values()}
     for i, leaf in enumerate(leaves):

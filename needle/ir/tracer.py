@@ -183,7 +183,7 @@ class GraphBuilder:
         self.hypers[(id(obj), attr)] = value
 
     def _const(self, data, type_) -> int:
-        arr = data if isinstance(data, np.ndarray) else data.numpy()
+        arr = data.numpy() if hasattr(data, "numpy") else np.asarray(data)
         flat = arr.reshape(-1)
         if flat.tobytes() == flat[:1].tobytes() * flat.size:  # bitwise uniform (not 0.0, -0.0), or empty
             value = float(flat[0]) if flat.size else 0.0  # a scalar fills the shape

@@ -654,7 +654,7 @@ def run_source(source: str, seed: int = 0) -> Result:
             try:
                 h.call(compiled, arrays)
             except Exception as c:  # noqa: BLE001
-                if type(c) is not type(e):
+                if not isinstance(c, type(e)):  # a subclass still meets the caller's `except`
                     result.category = "compiled-error"
                     result.detail = f"eager raised {_exception(e)}; compiled raised {_exception(c)}"
                 else:
