@@ -242,8 +242,9 @@ def _power(x, p):
     p = float(p)
     if p == 0.5:
         return Unary("sqrt", x)
-    if p == -0.5:
-        return Binary("div", FConst(1.0), Unary("sqrt", x))
+    if p == -0.5:  # pow's values where 1 / sqrt(x) differs: +inf at -0.0 (-0.0 + 0.0 is +0.0), 0 at -inf
+        inv = Binary("div", FConst(1.0), Unary("sqrt", Binary("add", x, FConst(0.0))))
+        return Select(Cmp("eq", x, FConst(float("-inf"))), FConst(0.0), inv)
     if p == int(p) and abs(p) <= 64:
         n = int(abs(p))
         out, base = None, x
