@@ -77,8 +77,15 @@ void run_range(range_fn fn, void** args, int64_t extent, int64_t min_chunk, int6
   parallel_chunks(chunks, [&](int64_t c) { fn(args, c * per, std::min(extent, (c + 1) * per)); });
 }
 
-// Floats of a row-major `rows` x `cols` matrix with leading dimension ld, from its first
-int64_t matrix_span(int64_t rows, int64_t cols, int64_t ld) { return rows > 0 && cols > 0 ? (rows - 1) * ld + cols : 0; }
+// Floats from the first element of a row-major `rows` x `cols` matrix with leading
+// dimension ld to its last
+int64_t matrix_span(int64_t rows, int64_t cols, int64_t ld) {
+  return rows > 0 && cols > 0 ? (rows - 1) * ld + cols : 0;
+}
+
+bool any_negative(const std::vector<int64_t>& v) {
+  return std::any_of(v.begin(), v.end(), [](int64_t x) { return x < 0; });
+}
 
 class Program {
  public:
@@ -119,15 +126,15 @@ class Program {
     const int64_t batch = p[0], m = p[1], n = p[2], k = p[3];
     if (!offsets.empty() && static_cast<int64_t>(offsets.size()) != 2 * batch)
       value_error("Program.add_gemm: expects 2 offsets per product");
-    const auto negative = [](int64_t v) { return v < 0; };
-    if (std::any_of(p.begin(), p.end(), negative) || std::any_of(offsets.begin(), offsets.end(), negative))
+    if (any_negative(p) || any_negative(offsets))
       value_error("Program.add_gemm: negative parameter or offset");
     // op(A) is m x k and op(B) k x n (stored transposed when trans_a/trans_b), C is m x n
     const int64_t span_a = p[4] ? matrix_span(k, m, p[6]) : matrix_span(m, k, p[6]);
     const int64_t span_b = p[5] ? matrix_span(n, k, p[7]) : matrix_span(k, n, p[7]);
     std::vector<int64_t> need(3, 0);
     for (int64_t i = 0; i < batch; ++i) {
-      const int64_t oa = offsets.empty() ? i * p[8] : offsets[2 * i], ob = offsets.empty() ? i * p[9] : offsets[2 * i + 1];
+      const int64_t oa = offsets.empty() ? i * p[8] : offsets[2 * i];
+      const int64_t ob = offsets.empty() ? i * p[9] : offsets[2 * i + 1];
       need[0] = std::max(need[0], span_a ? oa + span_a : 0);
       need[1] = std::max(need[1], span_b ? ob + span_b : 0);
       need[2] = std::max(need[2], m * n ? i * p[10] + m * n : 0);
@@ -147,10 +154,10 @@ class Program {
   void add_conv(int kind, std::vector<int> slots, std::vector<int64_t> p) {
     if (slots.size() != 4 || p.size() != 9 || kind < 0 || kind > 2)
       value_error("Program.add_conv: expects kind 0-2, 4 slots and 9 parameters");
-    if (std::any_of(p.begin(), p.end(), [](int64_t v) { return v < 0; }) || p[7] == 0)
-      value_error("Program.add_conv: negative size or zero stride");
+    if (any_negative(p) || p[7] == 0 || p[1] + 2 * p[8] < p[4] || p[2] + 2 * p[8] < p[5])
+      value_error("Program.add_conv: negative size, zero stride or a kernel larger than the padded image");
     const ConvDims d(p);
-    const int64_t row = d.kh * d.kw * d.ci, pixels = d.n * std::max<int64_t>(d.ho, 0) * std::max<int64_t>(d.wo, 0);
+    const int64_t row = d.kh * d.kw * d.ci, pixels = d.n * d.ho * d.wo;
     const int64_t x = d.n * d.h * d.w * d.ci, w = row * d.co, y = pixels * d.co;
     const int64_t cols = d.pointwise() ? 0 : kind == 0 ? CONV_THREADS * conv_block_rows(d) * row : pixels * row;
     const std::vector<int64_t> need = kind == 0 ? std::vector<int64_t>{x, w, y, cols}

@@ -259,3 +259,5 @@ def test_program_steps_are_checked_against_their_buffers():
         p.add_gather([0, 1, 3], 6, 3, 2)   # 6 rows of 2 into a 5-float slot
     with pytest.raises(ValueError, match="kernel k0 would touch 9 floats of slot 2"):
         p.add_kernel("k0", 0, [0, 2], [12, 9], 1, 1, 1)
+    with pytest.raises(ValueError, match="a kernel larger than the padded image"):
+        p.add_conv(0, [0, 1, 2, 3], [1, 2, 2, 1, 5, 5, 1, 1, 0])   # a 5x5 kernel over a 2x2 image
