@@ -288,20 +288,18 @@ class _Planner:
 
     def _cycle(self, P: int, C: int) -> bool:
         """A path P -> X -> ... -> C through another group X (merging would close a cycle).
-        Groups whose first node comes after C's last cannot reach C (edges go forward in
-        graph order), so the search skips them."""
-        last = max(self.pos[n] for n in self.members[C])
-        start = {k for k in self._succ(P) - {C} if self._first(k) < last}
+        The search is over the whole group graph: a group's nodes need not be contiguous in
+        graph order (X may feed a late node of Y whose early node feeds C), so graph
+        positions bound nothing."""
+        start = self._succ(P) - {C}
         seen, todo = set(start), deque(start)
         while todo:
-            k = todo.popleft()
-            succ = self._succ(k)
+            succ = self._succ(todo.popleft())
             if C in succ:
                 return True
             for s in succ - seen:
-                if self._first(s) < last:
-                    seen.add(s)
-                    todo.append(s)
+                seen.add(s)
+                todo.append(s)
         return False
 
     def merge(self, P: int, C: int) -> None:

@@ -289,6 +289,56 @@ def test_diamond_fuses_without_cycles():
     assert plan.groups[0].outputs == (5, 6)
 
 
+def test_cycle_search_follows_groups_whose_nodes_are_far_apart():
+    """A group's nodes need not be contiguous in graph order: k(%5 Gather ... %44 Where) feeds
+    a late node of another group whose early node feeds the candidate, so pruning the cycle
+    search by graph position missed a cycle (fuzzer seed 7304588: 'fusion produced a cycle')."""
+    g = ir("""
+          graph @program {
+            %0 = input() {name="arg0", role="arg"} : f32[3,1] cpu
+            %1 = input() {name="arg1", role="arg"} : f32[3,1,17] cpu
+            %2 = input() {name="arg2", role="arg"} : f32[] cpu
+            %3 = input() {name="arg3", role="arg"} : f32[9,4] cpu
+            %4 = input() {name="p0", role="param"} : f32[2,17] cpu
+            %5 = Gather(%4, %0) : f32[3,1,17] cpu
+            %6 = Compare(%0) {cmp="lt", scalar=0.0} : f32[3,1] cpu
+            %7 = Compare(%0) {cmp="ge", scalar=2.0} : f32[3,1] cpu
+            %8 = EWiseAdd(%6, %7) : f32[3,1] cpu
+            %9 = AddScalar(%0) {scalar=8388608.0} : f32[3,1] cpu
+            %10 = AddScalar(%9) {scalar=-8388608.0} : f32[3,1] cpu
+            %11 = Compare(%0, %10) {cmp="ne", scalar=None} : f32[3,1] cpu
+            %12 = EWiseAdd(%8, %11) : f32[3,1] cpu
+            %13 = Summation(%12) {axes=None} : f32[] cpu
+            %14 = Compare(%5, %1) {cmp="gt", scalar=None} : f32[3,1,17] cpu
+            %15 = Where(%14, %5, %1) : f32[3,1,17] cpu
+            %16 = Split(%15) {axis=1} : (f32[3,17] cpu)
+            %17 = TupleGetItem(%16) {index=0} : f32[3,17] cpu
+            %18 = GetItem(%17) {slices=((0, 1, 1), (0, 17, 1))} : f32[1,17] cpu
+            %19 = Reshape(%18) {shape=(17,)} : f32[17] cpu
+            %20 = Summation(%19) {axes=(0,)} : f32[] cpu
+            %30 = Summation(%3) {axes=(0, 1)} : f32[] cpu
+            %31 = EWiseDiv(%30, %2) : f32[] cpu
+            %32 = Negate(%30) : f32[] cpu
+            %33 = EWiseMul(%32, %20) : f32[] cpu
+            %34 = EWiseMul(%2, %2) : f32[] cpu
+            %35 = EWiseDiv(%33, %34) : f32[] cpu
+            %36 = Reshape(%31) {shape=(1,)} : f32[1] cpu
+            %37 = BroadcastTo(%36) {shape=(17,)} : f32[17] cpu
+            %38 = Reshape(%37) {shape=(1, 17)} : f32[1,17] cpu
+            %39 = UnSlice(%38) {shape=(3, 17), slices=((0, 1, 1), (0, 17, 1))} : f32[3,17] cpu
+            %40 = MakeTensorTuple(%39) : (f32[3,17] cpu)
+            %42 = Stack(%40) {axis=1} : f32[3,1,17] cpu
+            %43 = const() {value=0.0} : f32[3,1,17] cpu
+            %44 = Where(%14, %42, %43) : f32[3,1,17] cpu
+            %45 = Where(%14, %43, %42) : f32[3,1,17] cpu
+            %46 = IndexAdd(%44, %0) {num_rows=2} : f32[2,17] cpu
+            return %35, %46, %45, %35, %13
+          }
+    """)
+    plan = plan_of(g, given={"arg0": np.array([[0.0], [1.0], [1.0]])})
+    assert any(r == "would create a cycle" for _, _, r in plan.why_not)
+
+
 def test_value_read_by_one_reduction_is_computed_inside_it():
     """z = x + b feeds a row max and, through z * w, a column sum: z * w is the sum's private
     prologue, computed in the sum's kernel (reading z), not stored by the max's kernel."""
