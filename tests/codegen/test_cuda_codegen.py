@@ -207,15 +207,16 @@ def test_conv_backward(stride, padding):
 
 
 # ---- ops lower does not lower (split path), data-dependent ops, RNG ----------------------
+def _embedding_step(t, i):
+    t.requires_grad = True
+    e = ndl.ops.gather(t, i)
+    (e * e).sum().backward()
+    return e * 2.0, t.grad
+
+
 def test_gather_embedding_and_index_add():
     table, idx = rnd(11, 6), np.array([[3, 0, 10], [3, 7, 1]], np.float32)
-
-    def f(t, i):
-        t.requires_grad = True
-        e = ndl.ops.gather(t, i)
-        (e * e).sum().backward()
-        return e * 2.0, t.grad
-    prog, _ = emulate(f, table, idx)
+    prog, _ = emulate(_embedding_step, table, idx)
     assert "index_add" in hows(prog)
 
 
@@ -225,13 +226,7 @@ def test_gather_and_index_add_with_bad_ids_stay_inside_their_tables():
     from needle.codegen.cuda.emulate import emulate_program
 
     table, idx = rnd(11, 6), np.array([[3, 0, 10], [3, 7, 1]], np.float32)
-
-    def f(t, i):
-        t.requires_grad = True
-        e = ndl.ops.gather(t, i)
-        (e * e).sum().backward()
-        return e * 2.0, t.grad
-    g, inputs = compiled(f, table, idx)
+    g, inputs = compiled(_embedding_step, table, idx)
     bad = np.array([[3, -5, 1e6], [np.nan, 7, 1]], np.float32)
     inputs = [bad if np.array_equal(x, idx) else x for x in inputs]
     e2, grad = emulate_program(build_program(g), inputs)[:2]
