@@ -25,7 +25,7 @@ from __future__ import annotations
 from llvmlite import ir
 
 from . import vmath
-from .loop_ir import (AccInit, AccRef, AccUpdate, Binary, Cmp, FConst, For, IBin, ICmp, IConst, IVar,
+from .loop_ir import (AccInit, AccRef, AccUpdate, Binary, Cmp, FConst, For, ICmp, IConst, IVar,
                       Load, LoopKernel, Select, Store, Unary, coefficient, postorder)
 
 F32 = ir.FloatType()

@@ -299,7 +299,7 @@ def _recombine(terms):
 
 
 def _build(terms, const):
-    out: IExpr = IConst(0)
+    out = IConst(0)
     for atom, c in terms.items():
         out = iadd(out, imul(atom, IConst(c)))
     return iadd(out, IConst(const))

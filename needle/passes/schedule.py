@@ -22,7 +22,7 @@ value read by a node of another group, or returned), so a plan need not list the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from ..ir.graph import Graph, topological_order
 from .manager import Pass, PassResult, register_pass
