@@ -81,12 +81,14 @@ def main(argv=None) -> int:
                    executor=args.executor, on_result=progress)
     counts = {c: sum(r.category == c for r in results) for c in CATEGORIES}
     invalid = sum(bool(r.eager_error) for r in results)
+    ties = sum(r.category == "ok" and r.detail.startswith("near tie") for r in results)
     findings = report(results)
     print(f"\nfuzz_compile: {len(results)} programs (seeds {args.seed}..{args.seed + args.n - 1}), "
           f"executor {args.executor or os.environ.get('NEEDLE_EXECUTOR') or 'default'}, "
           f"{time.perf_counter() - start:.0f} s")
     print("  " + ", ".join(f"{c} {counts[c]}" for c in CATEGORIES)
-          + f"  (of the ok, {invalid} raise the same exception eagerly and compiled)")
+          + f"  (of the ok, {invalid} raise the same exception eagerly and compiled, "
+          f"{ties} differ only after a near tie at a comparison)")
     return 1 if findings else 0
 
 
