@@ -35,6 +35,7 @@ import needle.data as ndata
 import needle.nn as nn
 from needle.ops.random import COMPILED_RNG
 import needle.optim as optim
+from needle.errors import IdError
 
 try:
     from tqdm import tqdm as _tqdm
@@ -773,6 +774,10 @@ def main(argv=None):
         run(args, argv, state)
     except (DataNotFound, CheckpointError, UsageError) as e:
         print(f"needle-train: error: {e}", file=sys.stderr)
+        return 2
+    except IdError as e:  # labels outside the model's classes (checked in compiled steps too)
+        print(f"needle-train: error: the data holds labels or token ids the model cannot take: {e}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         msg = f"\nneedle-train: interrupted during epoch {state.get('epoch', '?')}"

@@ -5,6 +5,7 @@ import numpy as np
 
 from ..autograd import Tensor
 from ..backend_selection import BACKEND, cpu
+from ..errors import IdError
 from ..ir import tracer
 
 
@@ -60,7 +61,7 @@ def one_hot(n, i, device=None, dtype="float32", requires_grad=False) -> Tensor:
     with np.errstate(invalid="ignore"):  # NaN and huge ids: caught by the check below
         ids_int = ids.astype("int64")
     if ids.size and (ids_int.min() < 0 or ids_int.max() >= n or not np.array_equal(ids_int, ids)):
-        raise ValueError(f"one_hot: ids must be integers in [0, {n}), got range [{ids.min()}, {ids.max()}]")
+        raise IdError(f"one_hot: ids must be integers in [0, {n}), got range [{ids.min()}, {ids.max()}]")
     return Tensor(device.one_hot(n, ids_int, dtype=dtype), device=device, dtype=dtype,
                   requires_grad=requires_grad)
 

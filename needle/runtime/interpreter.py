@@ -54,6 +54,9 @@ def run_graph(graph: Graph, inputs: Sequence[Any]) -> list:
             op = op_from_node(node.op, node.attr_dict)
             try:
                 env[node.id] = op.compute(*[env[i] for i in node.inputs])
-            except (ValueError, IndexError, TypeError) as e:
-                raise OpError(node.op, f"{e} (node %{node.id})", str(node.loc) if node.loc else "") from e
+            except OpError:
+                raise
+            except (ValueError, IndexError, TypeError) as e:  # eager's error type, naming the node
+                where = f" (at {node.loc})" if node.loc else ""
+                raise type(e)(f"{node.op}: {e} (node %{node.id}){where}") from e
     return [env[i] for i in graph.outputs]

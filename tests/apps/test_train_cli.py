@@ -108,6 +108,20 @@ def test_cifar10_end_to_end_on_written_files(capsys, tmp_path):
     assert len(summaries) == 1
 
 
+@pytest.mark.parametrize("compiled", [True, False])
+def test_labels_outside_the_classes_stop_training_with_exit_2(capsys, tmp_path, compiled):
+    base = _write_cifar(tmp_path)
+    with open(base / "data_batch_1", "rb") as f:
+        batch = pickle.load(f)
+    batch[b"labels"][2] = 99
+    with open(base / "data_batch_1", "wb") as f:
+        pickle.dump(batch, f, protocol=4)
+    rc, out, err = _run(capsys, ["cifar10", "--data-dir", str(tmp_path), "--epochs", "1", "--batch-size", "16",
+                                 "--no-progress"] + ([] if compiled else ["--no-compile"]))
+    assert rc == 2 and "ids must be integers in [0, 10)" in err, err
+    assert out.strip() == ""  # no result line: nothing was trained on corrupt labels
+
+
 def test_cifar10_incomplete_split_not_used(capsys, tmp_path):
     base = _write_cifar(tmp_path)
     (base / "data_batch_3").unlink()

@@ -297,5 +297,8 @@ def test_bad_gather_ids_raise_an_error_of_eager_s_type():
     emb = nn.Embedding(5, 3)
     f = ndl.compile(emb)
     f(tensor(np.array([[0, 4]])))
-    with pytest.raises(IndexError, match=r"indices must be integers in \[0, 5\)"):
-        f(tensor(np.array([[0, 9]])))
+    bad = tensor(np.array([[0, 9]]))
+    with pytest.raises(Exception) as eager:
+        emb(bad)
+    with pytest.raises(type(eager.value), match=r"indices must be integers in \[0, 5\)"):
+        f(bad)
