@@ -140,7 +140,7 @@ class _Planner:
     def __init__(self, graph: Graph):
         self.g = graph
         self.pos = {n.id: i for i, n in enumerate(graph.nodes)}
-        self.first_pos: dict[int, int] = {}  # group -> position of its first node (cycle search)
+        self.first_pos: dict[int, int] = {}  # group -> position of its first node
         self.users = graph.users()
         self.returned = set(graph.outputs)
         self.cls = {n.id: node_class(n) for n in graph.nodes if n.op not in _FREE}
@@ -149,6 +149,12 @@ class _Planner:
         for nid in self.cls:
             self.group[nid] = nid
             self.members[nid] = [nid]
+        # a topological order of the groups (kept through merges): a group can reach only
+        # groups after it, which bounds the cycle search
+        self.order: list[Optional[int]] = [n.id for n in graph.nodes if n.id in self.cls]
+        self.index: dict[int, int] = {k: i for i, k in enumerate(self.order)}
+        self.succs = {k: {u for u in self.users[k] if u != k} for k in self.cls}  # group edges
+        self.preds = {k: {i for i in graph.node(k).inputs if i in self.cls and i != k} for k in self.cls}
         self.refused: dict[tuple[int, int], list[str]] = {}
         self.kinds: dict[int, str] = {}            # group key -> kind (cache; merge drops it)
         self.input_views = self._input_views()
@@ -278,7 +284,8 @@ class _Planner:
         return "elementwise" if any(self.cls[n] != "view" for n in nodes) else "view"
 
     def _succ(self, key: int) -> set:
-        return {self.group[u] for n in self.members[key] for u in self.users[n]} - {key}
+        """The groups reading a value of group `key` (kept up to date by `merge`)."""
+        return self.succs[key]
 
     def _first(self, key: int) -> int:
         """The graph position of the group's first node."""
@@ -286,23 +293,47 @@ class _Planner:
             self.first_pos[key] = min(self.pos[n] for n in self.members[key])
         return self.first_pos[key]
 
-    def _cycle(self, P: int, C: int) -> bool:
-        """A path P -> X -> ... -> C through another group X (merging would close a cycle).
-        The search is over the whole group graph: a group's nodes need not be contiguous in
-        graph order (X may feed a late node of Y whose early node feeds C), so graph
-        positions bound nothing."""
-        start = self._succ(P) - {C}
+    def _reach(self, P: int, C: int) -> set:
+        """The groups after P and before C in the topological order that P reaches (a group
+        reaches only groups after it, so the search stops at C's place)."""
+        end = self.index[C]
+        start = {k for k in self._succ(P) if self.index[k] < end}
         seen, todo = set(start), deque(start)
         while todo:
-            succ = self._succ(todo.popleft())
-            if C in succ:
-                return True
-            for s in succ - seen:
-                seen.add(s)
-                todo.append(s)
-        return False
+            for s in self._succ(todo.popleft()):
+                if s not in seen and self.index[s] < end:
+                    seen.add(s)
+                    todo.append(s)
+        return seen
+
+    def _cycle(self, P: int, C: int) -> bool:
+        """A path P -> X -> ... -> C through another group X (merging would close a cycle)."""
+        if self.index[P] > self.index[C]:
+            return False
+        return any(C in self._succ(k) for k in self._reach(P, C))
 
     def merge(self, P: int, C: int) -> None:
+        """Group C joins group P (no path between them through another group). The order stays
+        topological: between the two, the groups the earlier one reaches move after the
+        merged group, the others before it."""
+        first, second = sorted((P, C), key=self.index.get)
+        i, j = self.index[first], self.index[second]
+        after = self._reach(first, second)
+        between = [k for k in self.order[i + 1:j] if k is not None]
+        segment = [k for k in between if k not in after] + [P] + [k for k in between if k in after]
+        # the segment keeps its length (holes: None), so the positions of later groups stay
+        self.order[i:j + 1] = segment + [None] * (j + 1 - i - len(segment))
+        del self.index[C]
+        for pos, k in enumerate(segment, i):
+            self.index[k] = pos
+        for k in self.preds[C]:
+            self.succs[k].discard(C)
+            self.succs[k].add(P)
+        for k in self.succs[C]:
+            self.preds[k].discard(C)
+            self.preds[k].add(P)
+        self.succs[P] = (self.succs[P] | self.succs.pop(C)) - {P, C}
+        self.preds[P] = (self.preds[P] | self.preds.pop(C)) - {P, C}
         self.first_pos[P] = min(self._first(P), self._first(C))
         self.first_pos.pop(C, None)
         self.kinds.pop(P, None)
