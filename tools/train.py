@@ -187,8 +187,11 @@ def _resolve_options(args, ckpt_meta=None):
         args.clip = None
     for name in ("epochs", "batch_size", "seq_len", "embedding_size", "hidden_size", "num_layers"):
         v = getattr(args, name, None)
-        if v is not None and v < (0 if name == "epochs" else 1):
+        if v is not None and v < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {v}")
+    lr = getattr(args, "lr", None)
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise UsageError(f"--lr must be positive and finite, got {lr}")
     if args.checkpoint is None and args.resume is not None:
         args.checkpoint = args.resume
     return args

@@ -122,6 +122,13 @@ def test_labels_outside_the_classes_stop_training_with_exit_2(capsys, tmp_path, 
     assert out.strip() == ""  # no result line: nothing was trained on corrupt labels
 
 
+@pytest.mark.parametrize("flag, value", [("--epochs", "0"), ("--epochs", "-1"), ("--lr", "-1"), ("--lr", "0"),
+                                         ("--lr", "nan"), ("--lr", "inf")])
+def test_nonsense_epochs_and_learning_rates_are_refused(capsys, flag, value):
+    rc, out, err = _run(capsys, FAST_MNIST + [flag, value])
+    assert rc == 2 and f"{flag} must be positive" in err, err
+
+
 def test_cifar10_incomplete_split_not_used(capsys, tmp_path):
     base = _write_cifar(tmp_path)
     (base / "data_batch_3").unlink()
