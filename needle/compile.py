@@ -124,8 +124,18 @@ def compiled_functions() -> list:
     return list(REGISTRY)
 
 
+#: what `NEEDLE_LOG` (comma-separated) may ask for: why a function recompiles; why a graph
+#: runs on a slower executor than the default (native or CUDA)
+LOG_TOPICS = ("recompile", "native")
+
+
 def _log(what: str) -> bool:
-    return what in os.environ.get("NEEDLE_LOG", "")
+    topics = [t.strip() for t in os.environ.get("NEEDLE_LOG", "").split(",") if t.strip()]
+    unknown = [t for t in topics if t not in LOG_TOPICS]
+    if unknown:
+        raise ValueError(f"NEEDLE_LOG={os.environ['NEEDLE_LOG']!r}: unknown {', '.join(unknown)}; "
+                         f"use any of {', '.join(LOG_TOPICS)} (comma-separated)")
+    return what in topics
 
 
 class CompiledFunction:

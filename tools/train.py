@@ -93,7 +93,7 @@ def _fmt(v):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="needle-train",
-        description="Train the course models with needle (eager mode). Progress bars go to "
+        description="Train the course models with needle (each step compiled; --no-compile: eager). Progress bars go to "
                     "stderr; stdout gets one summary line per epoch and a final JSON line.",
         epilog="Data lookup: --data-dir, else $NEEDLE_DATA_DIR, else ./data, else "
                "<repo>/../shared/data; each a root holding mnist/, ptb/, cifar-10-batches-py/.",

@@ -302,3 +302,10 @@ def test_bad_gather_ids_raise_an_error_of_eager_s_type():
         emb(bad)
     with pytest.raises(type(eager.value), match=r"indices must be integers in \[0, 5\)"):
         f(bad)
+
+
+def test_unknown_log_topic_is_an_error_listing_the_valid_ones(monkeypatch):
+    monkeypatch.setenv("NEEDLE_LOG", "recompile,recompiles")
+    f = ndl.compile(lambda x: x * 2.0)
+    with pytest.raises(ValueError, match="unknown recompiles; use any of recompile, native"):
+        f(rand(2))
