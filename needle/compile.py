@@ -280,6 +280,12 @@ class CompiledFunction:
         cached = None if debugging else graph_cache.load(graph, PIPELINE)
         if cached is None:
             final = _pass_manager(kind).run(graph, ctx)
+            # NEEDLE_PASS_LIMIT may stop before autodiff (a grad request cannot run: it is
+            # expanded here) or before the kernel analyses (the interpreter runs the graph)
+            if any(n.op == "grad" for n in final.nodes):
+                final = _pass_manager_for(("autodiff",)).run(final, PassContext(dump_dir="", pass_limit=1))
+            if "memory_plan" not in ctx.options:
+                kind = "interp"
             if not debugging:
                 graph_cache.store(graph, PIPELINE, {name: g for name, g in ctx.snapshots.items()
                                                    if name == "input" or name in PIPELINE})
