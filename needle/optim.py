@@ -1,4 +1,4 @@
-"""Optimizers (SGD with dampened momentum, Adam) and `optim.lr_scheduler`.
+"""Optimizers (SGD with dampened momentum, Adam, AdamW) and `optim.lr_scheduler`.
 
 Steps run under `no_grad()` on detached data: they keep no autograd history, never
 modify gradient tensors in place and keep each parameter's dtype.
@@ -174,6 +174,8 @@ class Adam(Optimizer):
 
     _hyper = ("lr", "beta1", "beta2", "eps", "weight_decay")
     _buffer_names = ("m", "v")
+    #: False: L2 (weight_decay*p added to the gradient); True: AdamW's decoupled decay
+    _decoupled_weight_decay = False
 
     def __init__(self, params, lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0):
         super().__init__(params)
@@ -212,7 +214,9 @@ class Adam(Optimizer):
                     continue
                 w = p.detach()
                 g = _cast(p.grad.detach(), p)
-                if self.weight_decay:
+                if self.weight_decay and self._decoupled_weight_decay:
+                    w = _cast(w - w * (lr * self.weight_decay), p)  # p -= lr*wd*p, before Adam
+                elif self.weight_decay:
                     g = g + w * self.weight_decay
                 m, v = self.m.get(i), self.v.get(i)
                 m = g * (1 - b1) if m is None else m * b1 + g * (1 - b1)
@@ -221,6 +225,20 @@ class Adam(Optimizer):
                 m_hat = self.m[i] / c1
                 v_hat = self.v[i] / c2
                 p.data = _cast(w - m_hat * lr / (v_hat ** 0.5 + self.eps), p)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter; PyTorch's AdamW): per step,
+    for each parameter with a gradient, first p -= lr*weight_decay*p, then the Adam update
+    of `Adam` on the raw gradient (no L2 term in g): m = b1*m + (1-b1)*g,
+    v = b2*v + (1-b2)*g², p -= lr*m̂/(sqrt(v̂)+eps). Defaults as PyTorch's except lr, which
+    follows this package's Adam (0.01). Compiles like Adam (lr and the step count are
+    read at every call; changing weight_decay retraces)."""
+
+    _decoupled_weight_decay = True
+
+    def __init__(self, params, lr=0.01, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01):
+        super().__init__(params, lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay)
 
 
 def train_step(model, loss_fn, opt):

@@ -18,13 +18,20 @@ class DataLoader:
     Each batch is a tuple with one Tensor per dataset field, built as
     ``Tensor(np.stack(items))``. The keyword-only extras ``device``, ``dtype`` and
     ``requires_grad`` are passed to Tensor only when not None.
+
+    PyTorch-style extras (keyword-only; the defaults keep the behaviour above):
+    ``drop_last=True`` leaves out the final batch when it is shorter than ``batch_size``
+    (``len()`` counts full batches only; the shuffle still draws one permutation of all N).
+    ``collate_fn(samples)`` receives the list of ``dataset[i]`` items of a batch, in batch
+    order, and its return value is the batch as it is (no Tensor conversion; ``device``,
+    ``dtype`` and ``requires_grad`` are not applied).
     """
 
     dataset: Dataset
     batch_size: int
 
     def __init__(self, dataset, batch_size=1, shuffle=False, *, device=None,
-                 dtype=None, requires_grad=None):
+                 dtype=None, requires_grad=None, drop_last=False, collate_fn=None):
         if batch_size is None or int(batch_size) < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.dataset = dataset
@@ -33,6 +40,10 @@ class DataLoader:
         self.device = device
         self.dtype = dtype
         self.requires_grad = requires_grad
+        if collate_fn is not None and not callable(collate_fn):
+            raise TypeError(f"collate_fn must be callable or None, got {type(collate_fn).__name__}")
+        self.drop_last = bool(drop_last)
+        self.collate_fn = collate_fn
         self.ordering = None if shuffle else self._split(np.arange(len(dataset)))
         self._idx = 0
 
@@ -40,10 +51,15 @@ class DataLoader:
         n = len(order)
         if n == 0:
             return []
-        return np.array_split(order, range(self.batch_size, n, self.batch_size))
+        batches = np.array_split(order, range(self.batch_size, n, self.batch_size))
+        if getattr(self, "drop_last", False) and len(batches[-1]) < self.batch_size:
+            batches = batches[:-1]
+        return batches
 
     def __len__(self):
         n = len(self.dataset)
+        if getattr(self, "drop_last", False):
+            return n // self.batch_size
         return (n + self.batch_size - 1) // self.batch_size
 
     def __iter__(self):
@@ -57,6 +73,8 @@ class DataLoader:
             raise StopIteration
         indices = self.ordering[self._idx]
         self._idx += 1
+        if getattr(self, "collate_fn", None) is not None:
+            return self.collate_fn([self.dataset[int(i)] for i in indices])
         return self._make_batch(self._fetch(indices))
 
     def _fetch(self, indices):

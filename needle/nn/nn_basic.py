@@ -48,6 +48,74 @@ def _child_modules(value: object) -> List["Module"]:
     return []
 
 
+def _named_params(value: object, prefix: str) -> List[tuple]:
+    """(dotted name, Parameter) pairs, walking exactly like `_unpack_params` (same order, same
+    duplicates), named like the state dict: attribute names, list/tuple indices, dict keys."""
+    def join(key):
+        return f"{prefix}.{key}" if prefix else str(key)
+
+    if isinstance(value, Parameter):
+        return [(prefix, value)]
+    if isinstance(value, Module):
+        return _named_params(value.__dict__, prefix)
+    if isinstance(value, dict):
+        out = []
+        for k, v in value.items():
+            out += _named_params(v, join(k))
+        return out
+    if isinstance(value, (list, tuple)):
+        out = []
+        for i, v in enumerate(value):
+            out += _named_params(v, join(i))
+        return out
+    return []
+
+
+def _direct_children(value: object, prefix: str) -> List[tuple]:
+    """(dotted name, Module) for the modules reachable from `value` without passing through
+    another Module (attributes, list/tuple items, dict values), in `__dict__` order."""
+    if isinstance(value, Module):
+        return [(prefix, value)]
+    if isinstance(value, dict):
+        out = []
+        for k, v in value.items():
+            out += _direct_children(v, f"{prefix}.{k}" if prefix else str(k))
+        return out
+    if isinstance(value, (list, tuple)):
+        out = []
+        for i, v in enumerate(value):
+            out += _direct_children(v, f"{prefix}.{i}" if prefix else str(i))
+        return out
+    return []
+
+
+def _contains_module(value: object) -> bool:
+    if isinstance(value, Module):
+        return True
+    if isinstance(value, dict):
+        return any(_contains_module(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_contains_module(v) for v in value)
+    return False
+
+
+def _indent(text: str) -> str:
+    lines = text.split("\n")
+    return "\n".join([lines[0]] + ["  " + line for line in lines[1:]])
+
+
+def _container_repr(value: object) -> str:
+    """A list/tuple/dict holding modules, shown like PyTorch's ModuleList / ModuleDict."""
+    if isinstance(value, Module):
+        return repr(value)
+    if isinstance(value, dict):
+        items, name = [(str(k), v) for k, v in value.items()], "ModuleDict"
+    else:
+        items, name = [(str(i), v) for i, v in enumerate(value)], "ModuleList"
+    lines = [f"  ({k}): " + _indent(_container_repr(v)) for k, v in items if _contains_module(v)]
+    return name + "(\n" + "\n".join(lines) + "\n)" if lines else name + "()"
+
+
 class Module:
     """Base class of layers: parameters are found by walking the instance __dict__."""
 
@@ -63,6 +131,107 @@ class Module:
 
     def _children(self) -> List["Module"]:
         return _child_modules(self.__dict__)
+
+    # ---- PyTorch-style conveniences ------------------------------------------------------
+    def named_parameters(self) -> List[tuple]:
+        """(dotted name, Parameter) pairs in exactly the order (and with the same repeats) of
+        `parameters()`; names follow the state dict ("modules.0.weight": attribute names,
+        list/tuple indices, dict keys), so `dict(m.named_parameters())` indexes `state_dict()`."""
+        return _named_params(self.__dict__, "")
+
+    def named_children(self) -> List[tuple]:
+        """(dotted name, Module) for the direct submodules (through lists, tuples and dicts)."""
+        return _direct_children(self.__dict__, "")
+
+    def children(self) -> List["Module"]:
+        """The direct submodules (see `named_children`)."""
+        return [m for _, m in self.named_children()]
+
+    def named_modules(self, prefix: str = "") -> List[tuple]:
+        """("", self) then every submodule with its dotted name, depth first in `__dict__`
+        order; a module reachable twice is listed once (PyTorch's default)."""
+        seen, out = set(), []
+
+        def visit(module, name):
+            if id(module) in seen:
+                return
+            seen.add(id(module))
+            out.append((name, module))
+            for child_name, child in module.named_children():
+                visit(child, f"{name}.{child_name}" if name else child_name)
+
+        visit(self, prefix)
+        return out
+
+    def num_parameters(self) -> int:
+        """Total number of elements over the distinct parameters (a shared one counts once)."""
+        seen, total = set(), 0
+        for p in self.parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                total += int(np.prod(p.shape, dtype=np.int64))
+        return total
+
+    def apply(self, fn) -> "Module":
+        """Call `fn` on every direct submodule's `apply` (so on all submodules, children before
+        their parent), then on self, like PyTorch's; returns self."""
+        for child in self.children():
+            child.apply(fn)
+        fn(self)
+        return self
+
+    def to(self, device) -> "Module":
+        """Move every parameter and buffer (any Tensor attribute, as in `state_dict`) to
+        `device` (a device object, or its name: "cpu", "cuda", "cpu_numpy") in place: the
+        tensors stay the same objects, so an optimizer built on them keeps working. Gradients
+        move too, and modules' `device` attributes (used to create new tensors) are updated.
+        Returns self."""
+        from ..autograd import Tensor as _Tensor
+        from .state import _named_tensors
+
+        if isinstance(device, str):
+            from .. import backend_selection
+
+            name = device[:-2] if device.endswith("()") else device
+            factory = getattr(backend_selection, name, None)
+            if factory is None or not callable(factory):
+                raise ValueError(f"Module.to: unknown device {device!r} (try 'cpu', 'cuda' or 'cpu_numpy')")
+            device = factory()
+        seen = set()
+        for _, t in _named_tensors(self, ""):
+            if id(t) in seen:
+                continue
+            seen.add(id(t))
+            if t.device != device:
+                t.data = _Tensor(t.detach(), device=device, dtype=t.dtype, requires_grad=False)
+            g = t.grad
+            if g is not None and g.device != device:
+                t.grad = _Tensor(g.detach(), device=device, dtype=g.dtype, requires_grad=False)
+        for _, m in self.named_modules():
+            if "device" in m.__dict__:
+                m.device = device
+        return self
+
+    def extra_repr(self) -> str:
+        """The module's settings shown inside its `repr` parentheses (override in layers)."""
+        return ""
+
+    def _repr_children(self) -> List[tuple]:
+        """(label, module or container of modules) lines of the nested repr."""
+        return [(k, v) for k, v in self.__dict__.items() if _contains_module(v)]
+
+    def __repr__(self) -> str:
+        """Nested like PyTorch's: `Name(extra)` for a leaf, else one `(name): child` per line."""
+        extra = self.extra_repr()
+        lines = extra.split("\n") if extra else []
+        for k, v in self._repr_children():
+            lines.append(f"({k}): " + _container_repr(v))
+        name = type(self).__name__
+        if not lines:
+            return name + "()"
+        if len(lines) == 1 and not self._repr_children():
+            return f"{name}({lines[0]})"
+        return name + "(\n" + "\n".join("  " + _indent(line) for line in lines) + "\n)"
 
     def eval(self):
         self.training = False
@@ -132,6 +301,10 @@ class Linear(Module):
         else:
             self.bias = None
 
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={getattr(self, 'bias', None) is not None}")
+
     def forward(self, X: Tensor) -> Tensor:
         shape = X.shape
         if len(shape) > 2:  # one GEMM over all leading axes
@@ -150,6 +323,12 @@ class Sequential(Module):
     def __init__(self, *modules):
         super().__init__()
         self.modules = modules
+
+    def _repr_children(self) -> List[tuple]:
+        modules = self.modules
+        if isinstance(modules, (list, tuple)):
+            return [(str(i), m) for i, m in enumerate(modules) if _contains_module(m)]
+        return super()._repr_children()
 
     def forward(self, x):
         for m in self.modules:
@@ -192,6 +371,9 @@ class BatchNorm1d(Module):
         self.running_mean = init.zeros(dim, device=device, dtype=dtype)
         self.running_var = init.ones(dim, device=device, dtype=dtype)
 
+    def extra_repr(self) -> str:
+        return f"{self.dim}, eps={self.eps}, momentum={self.momentum}"
+
     def forward(self, x: Tensor) -> Tensor:
         n, d = x.shape
         if self.training:
@@ -230,6 +412,9 @@ class LayerNorm1d(Module):
         self.weight = Parameter(init.ones(dim, device=device, dtype=dtype))
         self.bias = Parameter(init.zeros(dim, device=device, dtype=dtype))
 
+    def extra_repr(self) -> str:
+        return f"{self.dim}, eps={self.eps}"
+
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape
         d = shape[-1]
@@ -250,6 +435,9 @@ class Dropout(Module):
     def __init__(self, p=0.5):
         super().__init__()
         self.p = p
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:

@@ -46,6 +46,9 @@ def _time_steps(seq):
 
 
 class RNNCell(Module):
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}, nonlinearity={self.nonlinearity!r}"
+
     def __init__(self, input_size, hidden_size, bias=True, nonlinearity="tanh",
                  device=None, dtype="float32"):
         super().__init__()
@@ -110,6 +113,9 @@ class RNN(Module):
 
 
 class LSTMCell(Module):
+    def extra_repr(self) -> str:
+        return f"{self.input_size}, {self.hidden_size}"
+
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype="float32"):
         super().__init__()
         self.input_size = input_size
@@ -179,6 +185,9 @@ class LSTM(Module):
 
 
 class Embedding(Module):
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}"
+
     def __init__(self, num_embeddings, embedding_dim, device=None, dtype="float32"):
         super().__init__()
         self.num_embeddings = num_embeddings
