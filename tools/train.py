@@ -8,7 +8,8 @@ Progress goes to stderr (a tqdm bar per epoch); stdout gets one summary line per
 and, as its very last line, one JSON object with the run's figures. See
 docs/training.md.
 
-Exit codes: 0 success, 2 usage or data errors (message on stderr), 130 interrupted
+Exit codes: 0 success, 2 usage or data errors (message on stderr), 3 the loss became NaN or
+infinite (training stops; the last checkpoint, of a good epoch, is kept), 130 interrupted
 (Ctrl-C; the message says which checkpoint to ``--resume`` from).
 """
 from __future__ import annotations
@@ -81,6 +82,10 @@ class CheckpointError(Exception):
 
 class UsageError(Exception):
     """Bad option values (exit code 2)."""
+
+
+class Diverged(Exception):
+    """The loss became NaN or infinite (exit code 3)."""
 
 
 # ---- command line ---------------------------------------------------------------------
@@ -194,6 +199,10 @@ def _resolve_options(args, ckpt_meta=None):
         raise UsageError(f"--lr must be positive and finite, got {lr}")
     if args.checkpoint is None and args.resume is not None:
         args.checkpoint = args.resume
+    if args.checkpoint is not None:  # fail now, not after an epoch of training
+        folder = os.path.dirname(os.path.abspath(args.checkpoint))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            raise UsageError(f"--checkpoint {args.checkpoint}: folder {folder} does not exist or is not writable")
     return args
 
 
@@ -483,8 +492,11 @@ def _bar(args, total, desc, unit):
 
 
 def _record_step(bar, losses, loss, n, t0, rate_name):
-    """Append the step's loss and show it with the running rate on the progress bar."""
+    """Append the step's loss and show it with the running rate on the progress bar; a
+    NaN or infinite loss stops training (`Diverged`)."""
     losses.append(_scalar(loss))
+    if not math.isfinite(losses[-1]):
+        raise Diverged(f"the training loss became {losses[-1]} at step {len(losses)}")
     bar.update(1)
     bar.set_postfix(loss=f"{losses[-1]:.4f}",
                     **{rate_name: f"{n / max(time.perf_counter() - t0, 1e-9):.0f}"}, refresh=False)
@@ -718,6 +730,9 @@ def run(args, argv, state):
         state["saved_epoch"] = start_epoch
         state["path"] = args.resume
         print(f"resumed from {args.resume} after epoch {start_epoch}", file=sys.stderr)
+        if start_epoch >= args.epochs:
+            print(f"needle-train: {args.resume} already holds epoch {start_epoch} of --epochs {args.epochs}: "
+                  f"nothing to train (raise --epochs to train more)", file=sys.stderr)
 
     ev = None
     for epoch in range(start_epoch + 1, args.epochs + 1):
@@ -730,6 +745,8 @@ def run(args, argv, state):
             bar.close()
         seconds = time.perf_counter() - t0
         ev = job.evaluate()
+        if not math.isfinite(ev["eval_loss"]):
+            raise Diverged(f"the evaluation loss became {ev['eval_loss']}")
         last = {"train_loss": float(np.mean(losses)) if losses else None,
                 "samples_per_s": n / seconds if seconds > 0 else 0.0,
                 "steps_per_s": steps / seconds if seconds > 0 else 0.0,
@@ -782,6 +799,12 @@ def main(argv=None):
         print(f"needle-train: error: the data holds labels or token ids the model cannot take: {e}",
               file=sys.stderr)
         return 2
+    except Diverged as e:
+        kept = (f"; {state['path']} still holds epoch {state['saved_epoch']}"
+                if state.get("saved_epoch") and state.get("path") else "")
+        print(f"needle-train: error: {e} (epoch {state.get('epoch', '?')}): training stopped (try a smaller "
+              f"--lr){kept}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         msg = f"\nneedle-train: interrupted during epoch {state.get('epoch', '?')}"
         if state.get("saved_epoch") and state.get("path") and os.path.exists(state["path"]):

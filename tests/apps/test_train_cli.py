@@ -129,6 +129,32 @@ def test_nonsense_epochs_and_learning_rates_are_refused(capsys, flag, value):
     assert rc == 2 and f"{flag} must be positive" in err, err
 
 
+def test_a_diverging_run_stops_with_exit_3_and_keeps_the_last_good_checkpoint(capsys, tmp_path):
+    ckpt = tmp_path / "run.safetensors"
+    rc, out, err = _run(capsys, FAST_MNIST + ["--epochs", "1", "--checkpoint", str(ckpt)])
+    assert rc == 0, err
+    good = _model_tensors(ckpt)[0]
+    rc, out, err = _run(capsys, FAST_MNIST + ["--epochs", "3", "--lr", "1e20", "--resume", str(ckpt)])
+    assert rc == 3, err
+    assert "loss became nan" in err or "loss became inf" in err, err
+    assert f"{ckpt} still holds epoch 1" in err
+    assert "NaN" not in out and "Infinity" not in out  # no non-JSON result line
+    after = _model_tensors(ckpt)[0]
+    assert all(np.array_equal(good[k], after[k]) for k in good)
+
+
+def test_checkpoint_into_a_missing_folder_is_refused_before_training(capsys, tmp_path):
+    rc, out, err = _run(capsys, FAST_MNIST + ["--checkpoint", str(tmp_path / "no" / "run.safetensors")])
+    assert rc == 2 and "does not exist or is not writable" in err and out == ""
+
+
+def test_resuming_a_finished_run_says_there_is_nothing_to_train(capsys, tmp_path):
+    ckpt = tmp_path / "run.safetensors"
+    assert _run(capsys, FAST_MNIST + ["--epochs", "1", "--checkpoint", str(ckpt)])[0] == 0
+    rc, out, err = _run(capsys, FAST_MNIST + ["--epochs", "1", "--resume", str(ckpt)])
+    assert rc == 0 and "nothing to train" in err
+
+
 def test_cifar10_incomplete_split_not_used(capsys, tmp_path):
     base = _write_cifar(tmp_path)
     (base / "data_batch_3").unlink()
