@@ -84,6 +84,10 @@ class UsageError(Exception):
     """Bad option values (exit code 2)."""
 
 
+class BadData(Exception):
+    """A data file that cannot be used (exit code 2)."""
+
+
 class Diverged(Exception):
     """The loss became NaN or infinite (exit code 3)."""
 
@@ -698,6 +702,14 @@ def _summary_line(epoch, epochs, train_loss, ev, seconds, rate, unit):
     return "  ".join(parts)
 
 
+def _checked(loader, args):
+    """The loader's data; a bad file (its error names the file) becomes BadData."""
+    try:
+        return loader(args)
+    except ValueError as e:
+        raise BadData(str(e)) from None
+
+
 def run(args, argv, state):
     """Train; print the summaries and the JSON line. ``state`` records the last checkpoint."""
     ckpt = None
@@ -709,14 +721,18 @@ def run(args, argv, state):
     np.random.seed(args.seed)  # the one seeding; everything after draws from it in order
     COMPILED_RNG.seed(args.seed)  # compiled Dropout: its own counter-based streams
     if args.task == "ptb":
-        corpus, train_ids, eval_ids, desc = load_ptb(args)
+        corpus, train_ids, eval_ids, desc = _checked(load_ptb, args)
+        if len(eval_ids) < 2:
+            raise BadData(f"the evaluation split is empty ({desc})")
         vocab = len(corpus.dictionary)
         model = build_model(args, vocab_size=vocab, device=device)
         opt = build_optimizer(args, model)
         job = PTBJob(args, model, opt, train_ids, eval_ids, vocab, device)
     else:
         loader = load_mnist if args.task == "mnist" else load_cifar10
-        Xtr, ytr, Xev, yev, desc = loader(args)
+        Xtr, ytr, Xev, yev, desc = _checked(loader, args)
+        if len(yev) == 0:
+            raise BadData(f"the evaluation split is empty ({desc})")
         model = build_model(args, device=device)
         opt = build_optimizer(args, model)
         job = ClassificationJob(args, model, opt, Xtr, ytr, Xev, yev, device)
@@ -792,7 +808,7 @@ def main(argv=None):
     state = {}
     try:
         run(args, argv, state)
-    except (DataNotFound, CheckpointError, UsageError) as e:
+    except (DataNotFound, BadData, CheckpointError, UsageError) as e:
         print(f"needle-train: error: {e}", file=sys.stderr)
         return 2
     except IdError as e:  # labels outside the model's classes (checked in compiled steps too)

@@ -112,6 +112,10 @@ def load_cifar10_batch(filename):
         raise ValueError(f"{path}: key 'labels' is not a list of integers") from None
     if labels.ndim != 1:
         raise ValueError(f"{path}: key 'labels' has shape {labels.shape}, expected 1-D")
+    bad = np.flatnonzero((labels < 0) | (labels >= 10))
+    if bad.size:
+        raise ValueError(f"{path}: label {int(labels[bad[0]])} at position {int(bad[0])} is outside [0, 10) "
+                         f"({bad.size} such labels)")
     n = labels.shape[0]
     if data.size != n * _IMAGE_SIZE:
         raise ValueError(

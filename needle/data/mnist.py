@@ -9,6 +9,7 @@ from .dataset import Dataset
 
 __all__ = ["MNISTDataset", "parse_mnist", "read_idx_images", "read_idx_labels"]
 
+N_CLASSES = 10
 IMAGES_MAGIC = 2051
 LABELS_MAGIC = 2049
 
@@ -77,6 +78,10 @@ def _load(image_filename, label_filename):
             f"{image_filename} has {images.shape[0]} images but {label_filename} "
             f"has {labels.shape[0]} labels (count mismatch)"
         )
+    bad = np.flatnonzero(labels >= N_CLASSES)
+    if bad.size:
+        raise ValueError(f"{label_filename}: label {int(labels[bad[0]])} at position {int(bad[0])} is outside "
+                         f"[0, {N_CLASSES}) ({bad.size} such labels)")
     X = images.astype(np.float32) / np.float32(255.0)
     return X, labels.copy()
 
@@ -86,7 +91,7 @@ def parse_mnist(image_filename, label_filename):
 
     Returns (X float32 (N, rows*cols) in [0, 1], y uint8 (N,)).
     Raises ValueError (naming the file and the problem) on a wrong magic number, a
-    truncated gzip stream or payload, or an image/label count mismatch.
+    truncated gzip stream or payload, an image/label count mismatch or a label outside [0, 10).
     """
     X, y = _load(image_filename, label_filename)
     return X.reshape(X.shape[0], -1), y

@@ -42,16 +42,27 @@ class Corpus:
         self.test = self.tokenize(os.path.join(base_dir, test_file), max_lines)
 
     def tokenize(self, path, max_lines=None):
-        """Ids of the words of ``path`` (each line's words then ``<eos>``)."""
+        """Ids of the words of ``path`` (each line's words then ``<eos>``). Raises ValueError
+        naming the file when it is not UTF-8 text (a NUL byte or an invalid sequence) or
+        holds no words."""
         ids = []
         add = self.dictionary.add_word
+        words = 0
         with open(path, encoding="utf-8") as f:
-            for line_idx, line in enumerate(f):
-                if max_lines is not None and line_idx >= max_lines:
-                    break
-                for word in line.split():
-                    ids.append(add(word))
-                ids.append(add("<eos>"))
+            try:
+                for line_idx, line in enumerate(f):
+                    if max_lines is not None and line_idx >= max_lines:
+                        break
+                    if "\0" in line:
+                        raise ValueError(f"{path}: not a text file (NUL byte on line {line_idx + 1})")
+                    for word in line.split():
+                        ids.append(add(word))
+                        words += 1
+                    ids.append(add("<eos>"))
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        if not words:
+            raise ValueError(f"{path}: holds no words")
         return ids
 
 

@@ -118,8 +118,46 @@ def test_labels_outside_the_classes_stop_training_with_exit_2(capsys, tmp_path, 
         pickle.dump(batch, f, protocol=4)
     rc, out, err = _run(capsys, ["cifar10", "--data-dir", str(tmp_path), "--epochs", "1", "--batch-size", "16",
                                  "--no-progress"] + ([] if compiled else ["--no-compile"]))
-    assert rc == 2 and "ids must be integers in [0, 10)" in err, err
+    assert rc == 2 and "data_batch_1: label 99 at position 2 is outside [0, 10)" in err, err
     assert out.strip() == ""  # no result line: nothing was trained on corrupt labels
+
+
+def _write_mnist(root, labels, corrupt=False):
+    import gzip
+    import struct
+
+    folder = root / "mnist"
+    folder.mkdir(parents=True)
+    n = len(labels)
+    images = struct.pack(">IIII", 2051, n, 28, 28) + bytes(n * 784)
+    with gzip.open(folder / "t10k-images-idx3-ubyte.gz", "wb") as f:
+        f.write(images)
+    data = gzip.compress(struct.pack(">II", 2049, n) + bytes(labels))
+    (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(data[: len(data) // 2] if corrupt else data)
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("mnist label 200", "t10k-labels-idx1-ubyte.gz: label 200 at position 3 is outside [0, 10)"),
+    ("mnist corrupt gzip", "t10k-labels-idx1-ubyte.gz: corrupt or truncated gzip data"),
+    ("mnist empty eval", "the evaluation split is empty"),
+    ("ptb empty", "ptb.valid.txt: holds no words"),
+    ("ptb binary", "ptb.valid.txt: not a text file"),
+    ("ptb latin-1", "ptb.valid.txt: not UTF-8 text"),
+])
+def test_bad_data_files_exit_2_naming_the_file(capsys, tmp_path, case, expected):
+    args = ["--data-dir", str(tmp_path), "--epochs", "1", "--no-progress"]
+    if case.startswith("mnist"):
+        labels = [1, 2, 3, 200, 4] * 4 if "200" in case else [1, 2, 3, 4, 5] * 4
+        _write_mnist(tmp_path, labels, corrupt="corrupt" in case)
+        args = ["mnist"] + args + (["--eval-limit", "0"] if "empty eval" in case else [])
+    else:
+        _write_ptb(tmp_path)
+        valid = tmp_path / "ptb" / "ptb.valid.txt"
+        valid.write_bytes({"ptb empty": b"", "ptb binary": b"a b\x00c\n", "ptb latin-1": b"caf\xe9 x\n"}[case])
+        args = ["ptb"] + args
+    rc, out, err = _run(capsys, args)
+    assert rc == 2 and expected in err, err
+    assert out == ""
 
 
 @pytest.mark.parametrize("flag, value", [("--epochs", "0"), ("--epochs", "-1"), ("--lr", "-1"), ("--lr", "0"),
