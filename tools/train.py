@@ -715,7 +715,14 @@ def run(args, argv, state):
     ckpt = None
     if args.resume is not None:
         ckpt = read_checkpoint(args.resume)
-    _resolve_options(args, ckpt[1] if ckpt else None)
+    try:
+        _resolve_options(args, ckpt[1] if ckpt else None)
+    except (KeyError, ValueError, TypeError) as e:  # options metadata that is not ours
+        raise CheckpointError(f"{args.resume}: malformed checkpoint metadata ({type(e).__name__}: {e})") from None
+    if args.checkpoint is not None:
+        for tmp in nn.stale_temporaries(args.checkpoint):  # left by a run killed mid-write
+            os.unlink(tmp)
+            print(f"needle-train: removed {tmp}, left by an interrupted checkpoint write", file=sys.stderr)
     device = _device(args.device)
 
     np.random.seed(args.seed)  # the one seeding; everything after draws from it in order
@@ -741,7 +748,11 @@ def run(args, argv, state):
     start_epoch = 0
     last = None
     if ckpt is not None:
-        start_epoch = restore_checkpoint(args.resume, ckpt[0], ckpt[1], args, model, opt)
+        try:
+            start_epoch = restore_checkpoint(args.resume, ckpt[0], ckpt[1], args, model, opt)
+        except (KeyError, ValueError, TypeError, IndexError) as e:
+            raise CheckpointError(f"{args.resume}: malformed checkpoint metadata "
+                                  f"({type(e).__name__}: {e})") from None
         last = json.loads(ckpt[1].get("last_epoch", "null"))
         state["saved_epoch"] = start_epoch
         state["path"] = args.resume

@@ -12,6 +12,8 @@
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import tempfile
 from typing import Dict, Iterator, Tuple
@@ -91,6 +93,7 @@ def save_checkpoint(path, tensors: Dict[str, np.ndarray], metadata: Dict[str, st
         if not isinstance(k, str):
             raise TypeError(f"save_checkpoint: tensor names must be strings, got {k!r}")
         arrays[k] = np.ascontiguousarray(_as_numpy(v))
+    metadata[CHECKSUMS] = json.dumps({k: _digest(a) for k, a in arrays.items()}, sort_keys=True)
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
     os.close(fd)
@@ -103,8 +106,28 @@ def save_checkpoint(path, tensors: Dict[str, np.ndarray], metadata: Dict[str, st
         raise
 
 
+#: metadata key of the per-tensor sha256 digests that `load_checkpoint` verifies
+CHECKSUMS = "needle.sha256"
+
+
+def _digest(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).view(np.uint8)).hexdigest()
+
+
+def stale_temporaries(path) -> list:
+    """Temporary files that an interrupted `save_checkpoint(path)` left beside `path`."""
+    directory = os.path.dirname(os.path.abspath(path))
+    prefix = "." + os.path.basename(path) + "."
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    return [os.path.join(directory, n) for n in names if n.startswith(prefix) and n.endswith(".tmp")]
+
+
 def load_checkpoint(path) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
-    """(tensors, metadata) from a safetensors file; a corrupt file raises ValueError naming it."""
+    """(tensors, metadata) from a safetensors file; a corrupt file, or a tensor whose bytes
+    do not match the checksum stored with it, raises ValueError naming the file."""
     from safetensors import safe_open
 
     path = os.fspath(path)
@@ -116,4 +139,13 @@ def load_checkpoint(path) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:  # safetensors raises its own SafetensorError (and others) on bad files
         raise ValueError(f"load_checkpoint: {path!r} is not a valid safetensors file: {e}") from e
+    if CHECKSUMS in metadata:
+        try:
+            sums = json.loads(metadata.pop(CHECKSUMS))
+        except ValueError:
+            raise ValueError(f"load_checkpoint: {path!r}: its tensor checksums are unreadable") from None
+        bad = sorted(k for k in tensors if sums.get(k) != _digest(tensors[k]))
+        if bad or set(sums) != set(tensors):
+            raise ValueError(f"load_checkpoint: {path!r}: tensor {(bad or sorted(set(sums) ^ set(tensors)))[0]!r} "
+                             "does not match its checksum (the file was modified or damaged)")
     return tensors, metadata

@@ -181,6 +181,51 @@ def test_a_diverging_run_stops_with_exit_3_and_keeps_the_last_good_checkpoint(ca
     assert all(np.array_equal(good[k], after[k]) for k in good)
 
 
+def _edit_checkpoint(path, tensors=None, metadata=None):
+    """Rewrite a checkpoint's tensors/metadata in place, keeping its stored checksums."""
+    from safetensors.numpy import save_file
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="np") as f:
+        meta = dict(f.metadata())
+        arrays = {k: f.get_tensor(k) for k in f.keys()}
+    arrays.update(tensors or {})
+    meta.update(metadata or {})
+    save_file(arrays, str(path), metadata=meta)
+
+
+@pytest.mark.parametrize("damage, expected", [
+    ("flipped bytes", "does not match its checksum"),
+    ("bad json", "malformed checkpoint metadata"),
+    ("missing key", "malformed checkpoint metadata"),
+    ("another task", "checkpoint of ptb --model lstm, cannot resume mnist"),
+])
+def test_damaged_checkpoints_are_refused_with_exit_2(capsys, tmp_path, damage, expected):
+    ckpt = tmp_path / "run.safetensors"
+    assert _run(capsys, FAST_MNIST + ["--epochs", "1", "--checkpoint", str(ckpt)])[0] == 0
+    tensors, meta = _model_tensors(ckpt)
+    name = next(iter(tensors))
+    if damage == "flipped bytes":
+        _edit_checkpoint(ckpt, tensors={name: tensors[name] + 1.0})
+    elif damage == "bad json":
+        _edit_checkpoint(ckpt, metadata={"options": "{not json"})
+    elif damage == "missing key":
+        _edit_checkpoint(ckpt, metadata={"rng": "{}"})
+    else:
+        _edit_checkpoint(ckpt, metadata={"task": "ptb", "model": "lstm"})
+    rc, out, err = _run(capsys, FAST_MNIST + ["--epochs", "2", "--resume", str(ckpt)])
+    assert rc == 2 and expected in err and str(ckpt) in err, err
+    assert len(err.strip().splitlines()) <= 3  # a message, not a traceback
+
+
+def test_temporaries_of_an_interrupted_checkpoint_write_are_removed(capsys, tmp_path):
+    ckpt = tmp_path / "run.safetensors"
+    stale = tmp_path / ".run.safetensors.abc123.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    assert _run(capsys, FAST_MNIST + ["--epochs", "1", "--checkpoint", str(ckpt)])[0] == 0
+    assert not stale.exists() and ckpt.exists()
+
+
 def test_checkpoint_into_a_missing_folder_is_refused_before_training(capsys, tmp_path):
     rc, out, err = _run(capsys, FAST_MNIST + ["--checkpoint", str(tmp_path / "no" / "run.safetensors")])
     assert rc == 2 and "does not exist or is not writable" in err and out == ""
