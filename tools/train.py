@@ -37,6 +37,7 @@ import needle.nn as nn
 from needle.ops.random import COMPILED_RNG
 import needle.optim as optim
 from needle.errors import IdError
+from tools import train_metrics
 
 try:
     from tqdm import tqdm as _tqdm
@@ -155,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "the data")
         p.add_argument("--checkpoint", metavar="PATH", default=None,
                        help="save model, optimizer and RNG state here at the end of every epoch")
+        p.add_argument("--plot", metavar="PNG", default=None,
+                       help="after training, plot train/eval loss and eval accuracy or perplexity per "
+                            "epoch to this image (needs matplotlib: pip install 'needle[plot]')")
         p.add_argument("--resume", metavar="PATH", default=None,
                        help="continue from this checkpoint's next epoch (also keeps saving to "
                             "it unless --checkpoint names another file)")
@@ -719,6 +723,11 @@ def run(args, argv, state):
         _resolve_options(args, ckpt[1] if ckpt else None)
     except (KeyError, ValueError, TypeError) as e:  # options metadata that is not ours
         raise CheckpointError(f"{args.resume}: malformed checkpoint metadata ({type(e).__name__}: {e})") from None
+    if getattr(args, "plot", None):
+        try:
+            train_metrics.require_matplotlib()
+        except ImportError as e:
+            raise UsageError(str(e)) from None
     if args.checkpoint is not None:
         for tmp in nn.stale_temporaries(args.checkpoint):  # left by a run killed mid-write
             os.unlink(tmp)
@@ -762,6 +771,11 @@ def run(args, argv, state):
                   f"nothing to train (raise --epochs to train more)", file=sys.stderr)
 
     ev = None
+    curve_file = train_metrics.metrics_path(args.checkpoint) if args.checkpoint else None
+    curves = train_metrics.read_epochs(curve_file, before=start_epoch + 1) if ckpt is not None and curve_file else []
+    if curve_file:  # the file holds this run's epochs only (a resumed run keeps the saved ones)
+        with open(curve_file, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in curves)
     for epoch in range(start_epoch + 1, args.epochs + 1):
         state["epoch"] = epoch
         bar = _bar(args, job.n_steps(), f"epoch {epoch}/{args.epochs}", job.unit)
@@ -780,10 +794,14 @@ def run(args, argv, state):
                 "seconds": seconds}
         print(_summary_line(epoch, args.epochs, last["train_loss"], ev, seconds,
                             last["samples_per_s"], job.unit), flush=True)
+        curves.append({"epoch": epoch, "train_loss": last["train_loss"], **ev, "seconds": seconds})
         if args.checkpoint is not None:
             save_training_checkpoint(args.checkpoint, args, model, opt, epoch, last)
+            train_metrics.append_epoch(curve_file, curves[-1])
             state["saved_epoch"] = epoch
             state["path"] = args.checkpoint
+    if args.plot and curves:
+        train_metrics.plot(curves, args.plot)
 
     if ev is None:  # nothing left to train after --resume
         ev = job.evaluate()

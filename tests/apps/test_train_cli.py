@@ -226,6 +226,19 @@ def test_temporaries_of_an_interrupted_checkpoint_write_are_removed(capsys, tmp_
     assert not stale.exists() and ckpt.exists()
 
 
+def test_training_curves_are_written_beside_the_checkpoint_and_plotted(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    ckpt, png = tmp_path / "run.safetensors", tmp_path / "curves.png"
+    assert _run(capsys, FAST_MNIST + ["--epochs", "2", "--checkpoint", str(ckpt)])[0] == 0
+    rc, out, err = _run(capsys, FAST_MNIST + ["--epochs", "3", "--resume", str(ckpt), "--plot", str(png)])
+    assert rc == 0, err
+    records = [json.loads(line) for line in (tmp_path / "run.metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
+    assert records[-1]["eval_accuracy"] == _result(out)[0]["eval_accuracy"]
+    assert all(np.isfinite(r["train_loss"]) and np.isfinite(r["eval_loss"]) for r in records)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_checkpoint_into_a_missing_folder_is_refused_before_training(capsys, tmp_path):
     rc, out, err = _run(capsys, FAST_MNIST + ["--checkpoint", str(tmp_path / "no" / "run.safetensors")])
     assert rc == 2 and "does not exist or is not writable" in err and out == ""
