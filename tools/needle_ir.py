@@ -15,8 +15,10 @@ followed by the IR after that pass (``print_graph``: each node keeps the user's
 show the generated code instead: the graph's fusion plan (``plan_fusion``), and for each
 group in plan order either a line ``# kernel k<id> [<kind>] nodes %a %b ...`` followed by
 the kernel's readable C or its (unoptimised) LLVM IR module, or, for a group that runs on
-the interpreter (GEMM/conv, views, opaque ops, non-float32 values, lowering errors), one
-line ``# k<id> [<kind>] runs on the interpreter: <reason>``. ``--why-not-fused`` prints
+the interpreter (views, opaque ops, non-float32 values, lowering errors; GEMM/conv under
+``NEEDLE_EXECUTOR=kernels``), one line ``# k<id> [<kind>] runs on the interpreter: <reason>``;
+a GEMM/conv group on the native executor (the default) gets ``# k<id> [extern] runs
+natively: ...``. ``--why-not-fused`` prints
 the fusion plan (one line per group) and the refused merges (``why-not ...`` lines)
 instead of the IR. The default pass is the last one that ran; ``--after input`` shows the
 graph as traced (with its ``grad`` requests); ``--all`` prints every stage in order. ``--function NAME`` keeps the functions whose
@@ -213,13 +215,29 @@ def _stage_to_show(stages: dict, after: Optional[str], order: list) -> tuple:
     return name, stages[name]
 
 
+def _extern(group, graph) -> str:
+    op = graph.node(group.anchor).op if group.anchor is not None else "GEMM/conv"
+    extra = len(group.node_ids) - 1
+    return f"extern {op}" + (f" with {extra} epilogue op{'s' * (extra != 1)}" if extra else "")
+
+
+def _native_step(group, graph) -> Optional[str]:
+    """What the native executor (the default on the nd backend) runs for an extern group,
+    or None under another executor."""
+    from needle.compile import executor_kind
+
+    if group.kind != "extern" or executor_kind() != "native":
+        return None
+    gemm = ("BLAS sgemm or needle's small_gemm" if graph.node(group.anchor).op == "MatMul"
+            else "im2col + GEMM")
+    return f"{_extern(group, graph)} as a native {gemm} step (epilogue fused per block of rows)"
+
+
 def _not_generated(group, graph, subgraph) -> Optional[str]:
     """Why the kernel executor runs `group` on the interpreter, or None when it becomes an
     LLVM kernel (elementwise/reduce groups of float32 values; lowering may still refuse)."""
     if group.kind == "extern":
-        op = graph.node(group.anchor).op if group.anchor is not None else "GEMM/conv"
-        extra = len(group.node_ids) - 1
-        return f"extern {op}" + (f" with {extra} epilogue op{'s' * (extra != 1)}" if extra else "")
+        return _extern(group, graph)
     if group.kind == "view":
         return "view-only group (no work to generate)"
     if group.kind not in ("elementwise", "reduce"):
@@ -242,6 +260,10 @@ def _render_kernels(graph, fmt: str) -> str:
 
     out = []
     for group in plan_fusion(graph).groups:
+        native = _native_step(group, graph)
+        if native is not None:
+            out.append(f"# k{group.id} [{group.kind}] runs natively: {native}\n")
+            continue
         sub = group.subgraph(graph)
         reason = _not_generated(group, graph, sub)
         kernel = None

@@ -229,7 +229,7 @@ gelu(x)
 softmax(x)
 """
 KERNEL_HEAD = re.compile(r"^# kernel k(\d+) \[(elementwise|reduce)\] nodes( %\d+)+$", re.M)
-INTERP_LINE = re.compile(r"^# k(\d+) \[(\w+)\] runs on the interpreter: .+$", re.M)
+INTERP_LINE = re.compile(r"^# k(\d+) \[(\w+)\] runs (?:on the interpreter|natively): .+$", re.M)
 
 
 def write_kernels(tmp_path):
@@ -281,14 +281,24 @@ def test_format_llvm_prints_parseable_modules(tmp_path, capsys):
     llvm.parse_assembly(module).verify()             # the unoptimised module, as printed
 
 
-def test_format_c_marks_interpreter_groups(tmp_path, capsys):
+@pytest.mark.parametrize("executor", ["native", "kernels"])
+def test_format_c_marks_groups_that_are_not_generated_kernels(tmp_path, capsys, monkeypatch, executor):
+    """GEMMs run as native BLAS steps on the default executor, on the interpreter under the
+    kernel executor: the line says which."""
+    from needle.backend_selection import BACKEND
+
+    if executor == "native" and BACKEND != "nd":
+        pytest.skip("the native executor runs on the nd backend")
+    monkeypatch.setenv("NEEDLE_EXECUTOR", executor)
     script = write(tmp_path)                         # Linear/ReLU/SoftmaxLoss: GEMMs, views
     code, out, err = run(capsys, "--format", "c", "--function", "loss_and_grads", script)
     assert code == 0, err
     ((_, _, _, body),) = chunks(out)
     lines = INTERP_LINE.findall(body)
     assert any(kind == "extern" for _, kind in lines)
-    assert "runs on the interpreter: extern MatMul" in body
+    expected = ("runs natively: extern MatMul" if executor == "native"
+                else "runs on the interpreter: extern MatMul")
+    assert expected in body
     ids = group_ids(body)
     assert ids == list(range(len(ids))) and kernel_bodies(body)
 
