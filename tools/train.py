@@ -156,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "the data")
         p.add_argument("--checkpoint", metavar="PATH", default=None,
                        help="save model, optimizer and RNG state here at the end of every epoch")
+        p.add_argument("--strict", action="store_true",
+                       help="with --resume: refuse a checkpoint without optimizer state (by default "
+                            "a warning, and momenta/moments restart from zero)")
         p.add_argument("--plot", metavar="PNG", default=None,
                        help="after training, plot train/eval loss and eval accuracy or perplexity per "
                             "epoch to this image (needs matplotlib: pip install 'needle[plot]')")
@@ -455,7 +458,14 @@ def restore_checkpoint(path, tensors, meta, args, model, opt):
     except ValueError as e:
         raise CheckpointError(f"{path}: {e}") from None
     ostate = dict(json.loads(meta["optimizer_scalars"]))
-    for name in json.loads(meta["optimizer_buffers"]):
+    buffers = json.loads(meta["optimizer_buffers"])
+    keeps_state = bool(opt._buffer_names) and getattr(opt, "momentum", None) != 0  # SGD without momentum keeps none
+    if keeps_state and not any(k.startswith("optim.") for k in tensors):
+        missing = f"{path} holds no optimizer state ({', '.join(opt._buffer_names)})"
+        if args.strict:
+            raise CheckpointError(f"{missing} (--strict)")
+        print(f"needle-train: warning: {missing}: it restarts from zero (--strict refuses this)", file=sys.stderr)
+    for name in buffers:
         prefix = f"optim.{name}."
         ostate[name] = {int(k[len(prefix):]): v for k, v in tensors.items() if k.startswith(prefix)}
     # command-line hyper-parameters win over the saved ones

@@ -218,6 +218,17 @@ def test_damaged_checkpoints_are_refused_with_exit_2(capsys, tmp_path, damage, e
     assert len(err.strip().splitlines()) <= 3  # a message, not a traceback
 
 
+def test_a_checkpoint_without_optimizer_state_warns_or_is_refused_with_strict(capsys, tmp_path):
+    ckpt = tmp_path / "run.safetensors"
+    assert _run(capsys, FAST_MNIST + ["--epochs", "1", "--checkpoint", str(ckpt)])[0] == 0
+    tensors, meta = nn.load_checkpoint(ckpt)
+    nn.save_checkpoint(ckpt, {k: v for k, v in tensors.items() if not k.startswith("optim.")}, meta)
+    rc, out, err = _run(capsys, FAST_MNIST + ["--epochs", "2", "--resume", str(ckpt), "--strict"])
+    assert rc == 2 and "holds no optimizer state" in err and "--strict" in err, err
+    rc, out, err = _run(capsys, FAST_MNIST + ["--epochs", "2", "--resume", str(ckpt)])
+    assert rc == 0 and "warning" in err and "holds no optimizer state" in err, err
+
+
 def test_temporaries_of_an_interrupted_checkpoint_write_are_removed(capsys, tmp_path):
     ckpt = tmp_path / "run.safetensors"
     stale = tmp_path / ".run.safetensors.abc123.tmp"
