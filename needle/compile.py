@@ -149,11 +149,12 @@ class CompiledFunction:
         self._last_key: Optional[tuple] = None
         self._serial = 0
         self._lock = threading.RLock()
-        self.stats = {"traces": 0, "compiles": 0, "cache_hits": 0, "nodes": 0, "kernels": 0,
+        self.stats = {"calls": 0, "traces": 0, "compiles": 0, "cache_hits": 0, "nodes": 0, "kernels": 0,
                       "compile_seconds": 0.0}
 
     def __call__(self, *args, **kwargs):
         with self._lock:
+            self.stats["calls"] += 1
             sig = guards.signature(args, kwargs) + (("backend", BACKEND),)
             key, reason = self._lookup(sig)
             if key is None:
@@ -423,11 +424,19 @@ class CompiledFunction:
         """(signature, final graph) for every compiled signature."""
         return [(key, entry.graph) for key, entry in self._cache.items()]
 
-    def entries(self) -> list:
-        """(signature text, {stage: Graph}) per compiled signature; stages are 'input'
-        (as traced), each pass name in pipeline order, and 'final'."""
+    @property
+    def compiled(self) -> int:
+        """How many graphs this function has compiled (evicted ones included)."""
+        return self._serial
+
+    def entries(self, since: int = 0) -> list:
+        """(signature text, {stage: Graph}) per cached signature, in compile order, of the
+        graphs compiled after the first `since`; stages are 'input' (as traced), each pass
+        name in pipeline order, and 'final'."""
         out = []
-        for key, entry in self._cache.items():
+        for key, entry in sorted(self._cache.items(), key=lambda item: item[0][1]):
+            if key[1] < since:
+                continue
             stages = dict(entry.snapshots)
             stages["final"] = entry.graph
             out.append((_signature_text(entry), stages))

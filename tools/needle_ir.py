@@ -146,22 +146,29 @@ def _matches(cf, name: Optional[str]) -> bool:
 
 
 def _snapshot() -> dict:
-    """id(compiled function) -> how many signatures it had compiled."""
+    """id(compiled function) -> (graphs it had compiled, calls it had answered)."""
     from needle.compile import compiled_functions
 
-    return {id(cf): len(cf.entries()) for cf in compiled_functions()}
+    return {id(cf): (cf.compiled, _calls(cf)) for cf in compiled_functions()}
+
+
+def _calls(cf) -> int:
+    return cf.stats["calls"]
 
 
 def _new_graphs(before: dict) -> list:
     """(qualname, signature text, {stage: Graph}) for each signature compiled since `before`."""
     from needle.compile import compiled_functions
 
-    out = []
-    for cf in compiled_functions():
-        entries = cf.entries()
-        for signature, stages in entries[before.get(id(cf), 0):]:
-            out.append((cf, signature, stages))
-    return out
+    return [(cf, signature, stages) for cf in compiled_functions()
+            for signature, stages in cf.entries(since=before.get(id(cf), (0, 0))[0])]
+
+
+def _called(before: dict) -> bool:
+    """Whether a compiled function was called since `before`."""
+    from needle.compile import compiled_functions
+
+    return any(_calls(cf) > before.get(id(cf), (0, 0))[1] for cf in compiled_functions())
 
 
 def _run_script(script: str, args: list) -> int:
@@ -394,8 +401,9 @@ def main(argv: Optional[list] = None) -> int:
     code = _run_script(script, script_args)
     graphs = _new_graphs(before)
     if not graphs:
-        print(f"needle-ir: {script} compiled no graph (no @needle.compile function was called)",
-              file=sys.stderr)
+        why = ("its compiled functions were called but compiled no graph (a trace or pass raised: see "
+               "the error above)" if _called(before) else "no @needle.compile function was called")
+        print(f"needle-ir: {script} compiled no graph ({why})", file=sys.stderr)
         return code or 1
     shown = [(cf, sig, stages) for cf, sig, stages in graphs if _matches(cf, opts.function)]
     if not shown:

@@ -179,6 +179,17 @@ def test_no_graph_compiled_exits_1(tmp_path, capsys):
     code, out, err = run(capsys, str(path))
     assert code == 1 and out == ""
     assert "nothing compiled here" in err and "compiled no graph" in err
+    assert "no @needle.compile function was called" in err
+
+
+def test_a_compiled_function_that_fails_to_compile_is_not_reported_as_never_called(tmp_path, capsys):
+    path = tmp_path / "fails.py"
+    path.write_text("import needle as ndl\n"
+                    "f = ndl.compile(lambda x: float(x.sum()))  # reads a traced value: TraceError\n"
+                    "f(ndl.init.randn(3))\n")
+    code, out, err = run(capsys, str(path))
+    assert code != 0 and out == ""
+    assert "TraceError" in err and "were called but compiled no graph" in err
 
 
 def test_script_directory_is_first_on_sys_path(tmp_path, capsys):
