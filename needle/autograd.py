@@ -170,7 +170,12 @@ class Tensor(Value):
             if isinstance(numpy_array, numpy.ndarray) and dtype is None:
                 return numpy_array.copy()
             return numpy.array(numpy_array, dtype=dtype)
-        # The nd backend stores float32 only: bool and integer data become 0/1 and float ids.
+        # The nd backend stores float32 only: bool and integer data become 0/1 and float ids;
+        # an explicit dtype= other than float32 or bool is a TypeError naming float32.
+        if dtype is not None:
+            from .backend_ndarray.ndarray import _check_dtype
+
+            _check_dtype(dtype)
         if isinstance(numpy_array, NDArray):
             return numpy_array if numpy_array.device == device else numpy_array.to(device)
         return array_api.array(numpy.asarray(numpy_array, dtype=numpy.float32), device=device)
@@ -348,6 +353,50 @@ class Tensor(Value):
 
     def reshape(self, *shape):
         return ops.reshape(self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
+
+    def view(self, *shape):
+        """Alias of `reshape` (needle's reshape of a compact tensor is a view)."""
+        return self.reshape(*shape)
+
+    def unsqueeze(self, dim: int):
+        """A new axis of size 1 at `dim` (in [-ndim-1, ndim], as in PyTorch)."""
+        n = self.ndim
+        if not isinstance(dim, int) or not -n - 1 <= dim <= n:
+            raise IndexError(f"unsqueeze: dim {dim!r} is out of range [{-n - 1}, {n}] for shape {self.shape}")
+        dim %= n + 1
+        return ops.reshape(self, tuple(self.shape[:dim]) + (1,) + tuple(self.shape[dim:]))
+
+    def squeeze(self, dim=None):
+        """Drop axes of size 1: all of them, or those of `dim` (an int or tuple; an axis of
+        another size is kept, as in PyTorch)."""
+        n, shape = self.ndim, tuple(self.shape)
+        if dim is None:
+            drop = {i for i, d in enumerate(shape) if d == 1}
+        else:
+            dims = (dim,) if isinstance(dim, int) else tuple(dim)
+            for d in dims:
+                if not isinstance(d, int) or not -max(n, 1) <= d < max(n, 1):
+                    raise IndexError(f"squeeze: dim {d!r} is out of range for shape {shape}")
+            drop = {d % n for d in dims if n and shape[d % n] == 1}
+        out = tuple(d for i, d in enumerate(shape) if i not in drop)
+        return self if out == shape else ops.reshape(self, out)
+
+    def clone(self):
+        """A new tensor with a copy of this one's data; gradients flow through it unchanged."""
+        return ops.mul_scalar(self, 1)
+
+    def __len__(self) -> int:
+        if self.ndim == 0:
+            raise TypeError("len() of a 0-d tensor")
+        return self.shape[0]
+
+    def __abs__(self):
+        return ops.abs(self)
+
+    def __array__(self, dtype=None, copy=None):
+        # numpy reads the data (not element by element through __len__/__getitem__)
+        out = numpy.asarray(self.numpy())
+        return out if dtype is None else out.astype(dtype)
 
     def transpose(self, axes=None):
         return ops.transpose(self, axes)

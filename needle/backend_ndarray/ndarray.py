@@ -191,8 +191,6 @@ def all_devices():
 # ---------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------
-_FLOAT_NAMES = {"float32", "float", "float64", "float16", "f4", "f8", "<f4", "single", "double"}
-
 
 @functools.lru_cache(maxsize=4096)
 def _compact_strides(shape):
@@ -218,16 +216,18 @@ def _layout(shape: tuple) -> tuple:
 
 
 def _check_dtype(dtype):
-    """Accept float-ish dtypes (all stored as float32); reject anything else."""
+    """Accept float32 and bool (stored as float32 0/1, exact); any other requested dtype
+    (float16, bfloat16, float64, integers, ...) is a TypeError naming float32."""
     if dtype is None:
         return
     try:
-        kind = np.dtype(dtype).kind
+        np_dtype = np.dtype(dtype)
     except TypeError:
-        kind = None
-    if kind == "f" or (isinstance(dtype, str) and dtype in _FLOAT_NAMES):
+        np_dtype = None  # e.g. "bfloat16", which numpy does not know
+    if np_dtype == np.float32 or np_dtype == np.bool_:
         return
-    raise TypeError(f"NDArray only supports float32, got dtype {dtype!r}")
+    raise TypeError(f"the nd backend supports only dtype float32 (bool is stored as float32 0/1), "
+                    f"got dtype {dtype!r}; NEEDLE_BACKEND=np keeps numpy dtypes")
 
 
 def _as_shape(shape):

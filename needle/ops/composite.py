@@ -129,4 +129,35 @@ def logsoftmax(a):
     return LogSoftmax()(a)
 
 
-__all__ = ["ReLU", "Sigmoid", "LogSumExp", "LogSoftmax", "relu", "sigmoid", "logsumexp", "logsoftmax"]
+# ---- composites written with existing ops (no kernel or VJP of their own) ----------------
+def softmax(a, axis: int = -1):
+    """exp(z) / sum(exp(z), axis) with z = a - max(a, axis) (the max detached: its gradient
+    cancels), stable for inputs of any magnitude."""
+    from .reduce import max as reduce_max
+
+    n = len(a.shape)
+    if not -n <= axis < n:
+        raise ValueError(f"softmax: axis {axis} is out of range for a tensor of shape {a.shape}")
+    axis %= n
+    kept = tuple(1 if i == axis else d for i, d in enumerate(a.shape))
+    m = reduce_max(a, (axis,)).detach()
+    e = exp(a - broadcast_to(reshape(m, kept), a.shape))
+    return e / broadcast_to(reshape(summation(e, (axis,)), kept), a.shape)
+
+
+def sqrt(a):
+    """a ** 0.5 (NaN below 0; the gradient 0.5 / sqrt(a) is inf at 0)."""
+    from .elementwise import power_scalar
+
+    return power_scalar(a, 0.5)
+
+
+def abs(a):  # noqa: A001  (numpy/torch name)
+    """|a| as relu(a) + relu(-a) (gradient sign(a), 0 at 0)."""
+    from .elementwise import negate
+
+    return relu(a) + relu(negate(a))
+
+
+__all__ = ["ReLU", "Sigmoid", "LogSumExp", "LogSoftmax", "relu", "sigmoid", "logsumexp", "logsoftmax",
+           "softmax", "sqrt", "abs"]
