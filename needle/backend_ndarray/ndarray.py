@@ -68,8 +68,8 @@ class BackendDevice:
             raise AttributeError(name)
         mod = self.__dict__.get("mod")
         if mod is None:
-            raise AttributeError(f"device {self.__dict__.get('name')}() is not enabled (no backend module); "
-                                 f"cannot use '{name}'")
+            why = self.__dict__.get("unavailable") or "no backend module"
+            raise DeviceUnavailable(f"device {self.__dict__.get('name')}() cannot be used here: {why}")
         value = getattr(mod, name)
         if callable(value):
             self.__dict__[name] = value  # cache: later lookups skip __getattr__
@@ -160,23 +160,30 @@ def cpu_numpy():
 
 
 def _load_cuda_module():
-    """The compiled CUDA module, or None when it is not built or no GPU is usable."""
+    """(the compiled CUDA module or None when it is not built or no GPU is usable, why not)."""
     try:
         from . import ndarray_backend_cuda as mod
-    except Exception:  # ImportError, or a CUDA runtime that fails to load
-        return None
+    except Exception as e:  # ImportError, or a CUDA runtime that fails to load
+        return None, f"the cuda backend module is not built or does not load ({type(e).__name__}: {e})"
     try:
         count = int(mod.device_count())
-    except Exception:
-        return None
-    return mod if count > 0 else None
+    except Exception as e:
+        return None, f"the CUDA runtime fails ({type(e).__name__}: {e}); the cuda backend module is built"
+    return (mod, "") if count > 0 else (None, "no CUDA GPU is visible; the cuda backend module is built")
+
+
+class DeviceUnavailable(RuntimeError, AttributeError):
+    """A device that cannot run here (e.g. `cuda()` without a GPU); an AttributeError too,
+    so `hasattr(device, ...)` stays False."""
 
 
 def cuda():
     """The CUDA device; enabled() is True only when its module imports and a GPU is visible."""
     global _CUDA
     if _CUDA is None:
-        _CUDA = BackendDevice("cuda", _load_cuda_module())
+        mod, why = _load_cuda_module()
+        _CUDA = BackendDevice("cuda", mod)
+        _CUDA.__dict__["unavailable"] = why
     return _CUDA
 
 
@@ -278,6 +285,14 @@ def _shape_str(shape):
 # ---------------------------------------------------------------------------
 # NDArray
 # ---------------------------------------------------------------------------
+def _explicit_slice(sl: slice, size: int) -> slice:
+    """`sl` with explicit start, stop and step (a positive step) for an axis of `size`."""
+    if sl.step is not None and operator.index(sl.step) <= 0:
+        raise ValueError(f"only positive slice steps are supported, got {sl.step}")
+    start, stop, step = sl.indices(size)
+    return slice(start, builtins.max(stop, start), step)
+
+
 class NDArray:
     """A generic strided float32 ND array on a BackendDevice."""
 
@@ -321,6 +336,8 @@ class NDArray:
         if handle is None:
             if builtins.min(shape, default=1) < 0:
                 raise ValueError(f"negative dimensions are not allowed: {shape}")
+            if prod(shape) >= 2 ** 62 // 4:
+                raise ValueError(f"array of shape {shape} is too large ({prod(shape)} elements of 4 bytes)")
             array._handle = array._device.Array(prod(shape))
         else:
             array._handle = handle
@@ -518,11 +535,10 @@ class NDArray:
                             offset=self._offset)
 
     def process_slice(self, sl, dim):
-        """A slice with explicit start, stop, step (positive step) for an axis of size `dim`."""
-        if sl.step is not None and operator.index(sl.step) <= 0:
-            raise ValueError(f"only positive slice steps are supported, got {sl.step}")
-        start, stop, step = sl.indices(dim)
-        return slice(start, builtins.max(stop, start), step)
+        """A slice with explicit start, stop, step (positive step) for axis `dim` (its index:
+        the axis size is `self.shape[dim]`, as the course's contract says)."""
+        return _explicit_slice(sl, self._shape[dim])
+
 
     def _expand_index(self, idxs):
         if not isinstance(idxs, tuple):
@@ -544,7 +560,7 @@ class NDArray:
         shape, strides, offset = [], [], self._offset
         for i, (idx, dim, st) in enumerate(zip(idxs, self._shape, self._strides)):
             if isinstance(idx, slice):
-                sl = self.process_slice(idx, dim)
+                sl = _explicit_slice(idx, dim)
                 n = len(range(sl.start, sl.stop, sl.step))
                 offset += sl.start * st if n else 0
                 shape.append(n)

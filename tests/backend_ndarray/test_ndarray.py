@@ -176,8 +176,11 @@ def test_getitem_errors(device):
         a[0, 0, 0]
     with pytest.raises(ValueError):
         a[::-1]
-    assert a.process_slice(slice(None, -1, None), 4) == slice(0, 3, 1)
-    assert a.process_slice(slice(1, None), 4) == slice(1, 4, 1)
+    # dim is the axis index (the course's contract): axis 1 has size 4, axis 0 size 3
+    assert a.process_slice(slice(None, -1, None), 1) == slice(0, 3, 1)
+    assert a.process_slice(slice(1, None), 1) == slice(1, 4, 1)
+    assert a.process_slice(slice(1, None), 0) == slice(1, 3, 1)
+    assert a.process_slice(slice(None), 0) == slice(0, 3, 1)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -702,3 +705,16 @@ def test_zero_dim(device):
     check(a.argmax(), np.float32(0))
     check(a.reshape((1, 1)), np.full((1, 1), 2.5, np.float32))
     check(a.broadcast_to((2, 3)), np.full((2, 3), 2.5, np.float32))
+
+
+def test_cuda_without_a_gpu_says_so():
+    if nd.cuda().enabled():
+        pytest.skip("a GPU is visible")
+    with pytest.raises(RuntimeError, match=r"cuda\(\) cannot be used here: .*cuda backend module"):
+        nd.array(np.ones(3, dtype="float32"), device=nd.cuda())
+    assert not hasattr(nd.cuda(), "Array")  # still an AttributeError for hasattr
+
+
+def test_a_huge_shape_is_a_clear_value_error():
+    with pytest.raises(ValueError, match=r"too large"):
+        nd.empty((2 ** 40, 2 ** 40), device=nd.cpu())
