@@ -137,14 +137,7 @@ def test_to_device_moves_in_place():
 
 
 # ---- AdamW ------------------------------------------------------------------------------------
-def _model():
-    return nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 3))
-
-
-def _batch(seed):
-    rs = np.random.RandomState(seed)
-    return (ndl.Tensor(rs.randn(8, 5).astype("float32"), requires_grad=False),
-            ndl.Tensor(rs.randint(0, 3, 8).astype("float32"), requires_grad=False))
+from tests.nn.test_optim import _batch, _model  # noqa: E402  (the same model and batches)
 
 
 @pytest.mark.parametrize("wd", [0.0, 0.1])
