@@ -103,10 +103,10 @@ class _Entry:
         self.bindings = bindings
         self.n_outputs = n_outputs
         # per output after the returned ones: ("grad" | "data", binding) | ("slot", (holder, key))
-        # | ("hyper", (obj, attr)) | ("check", message)
+        # | ("hyper", (obj, attr))
         self.writes = writes
         self.structure = structure        # how to rebuild the returned Python value
-        self.checks = checks
+        self.checks = checks              # (node id, error): the last outputs, raised on when non-zero
         self.input_shapes = [n.type.shape for n in graph.inputs]
         self.input_names = [n.attr("name") for n in graph.inputs]
         self.signature: tuple = ()
@@ -232,7 +232,6 @@ class CompiledFunction:
                   + [("slot", (obj, key), v) for obj, key, v in slot_updates]
                   + [("hyper", (obj, attr), v) for obj, attr, v in builder.hyper_updates.values()])
         out_ids += [_node_of(builder, v) for _, _, v in writes] + [nid for nid, _ in builder.checks]
-        writes += [("check", message, None) for _, message in builder.checks]
         graph = builder.graph(out_ids)
         self.stats["traces"] += 1
         runner, final, snapshots = self._build(graph)
@@ -369,8 +368,8 @@ class CompiledFunction:
             return self(*args, **kwargs)
         outputs = entry.runner(inputs)
         extra = outputs[entry.n_outputs:]
-        for (kind, message), value in zip(entry.writes, extra):
-            if kind == "check" and float(_scalar(value)) != 0:
+        for (_, message), value in zip(entry.checks, outputs[len(outputs) - len(entry.checks):]):
+            if _scalar(value) != 0:  # checked before anything is written back
                 raise IdError(message)
         for (kind, target), value in zip(entry.writes, extra):
             if kind == "grad":

@@ -133,20 +133,13 @@ def _show(value: Any) -> str:
 def parameter_names(fn: Callable, n_positional: int) -> list[str]:
     """Names of the first n positional parameters of fn (`arg3` past its signature)."""
     try:
-        params = [p.name for p in inspect.signature(fn).parameters.values()
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        parameters = list(inspect.signature(fn).parameters.values())
     except (TypeError, ValueError):
-        params = []
-    star = next((p.name for p in _parameters(fn) if p.kind == p.VAR_POSITIONAL), None)
+        parameters = []
+    params = [p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    star = next((p.name for p in parameters if p.kind == p.VAR_POSITIONAL), None)
     return [params[i] if i < len(params) else (f"{star}[{i - len(params)}]" if star else f"arg{i}")
             for i in range(n_positional)]
-
-
-def _parameters(fn):
-    try:
-        return list(inspect.signature(fn).parameters.values())
-    except (TypeError, ValueError):
-        return []
 
 
 def signature(args: tuple, kwargs: dict) -> tuple:

@@ -14,24 +14,6 @@ class Parameter(Tensor):
     """A Tensor that a Module owns as a trainable parameter."""
 
 
-def _unpack_params(value: object) -> List[Tensor]:
-    if isinstance(value, Parameter):
-        return [value]
-    if isinstance(value, Module):
-        return value.parameters()
-    if isinstance(value, dict):
-        params = []
-        for v in value.values():
-            params += _unpack_params(v)
-        return params
-    if isinstance(value, (list, tuple)):
-        params = []
-        for v in value:
-            params += _unpack_params(v)
-        return params
-    return []
-
-
 def _child_modules(value: object) -> List["Module"]:
     if isinstance(value, Module):
         return [value] + _child_modules(value.__dict__)
@@ -49,8 +31,9 @@ def _child_modules(value: object) -> List["Module"]:
 
 
 def _named_params(value: object, prefix: str) -> List[tuple]:
-    """(dotted name, Parameter) pairs, walking exactly like `_unpack_params` (same order, same
-    duplicates), named like the state dict: attribute names, list/tuple indices, dict keys."""
+    """(dotted name, Parameter) pairs for every Parameter reachable through attributes, lists,
+    tuples and dicts, in order (a shared one each time it is met), named like the state dict:
+    attribute names, list/tuple indices, dict keys."""
     def join(key):
         return f"{prefix}.{key}" if prefix else str(key)
 
@@ -127,7 +110,7 @@ class Module:
 
     def parameters(self) -> List[Tensor]:
         """Every Parameter reachable through attributes, lists, tuples and dicts, in order."""
-        return _unpack_params(self.__dict__)
+        return [p for _, p in _named_params(self.__dict__, "")]
 
     def _children(self) -> List["Module"]:
         return _child_modules(self.__dict__)
