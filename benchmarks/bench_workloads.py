@@ -35,8 +35,8 @@ sys.path.insert(0, ROOT)
 import needle as ndl  # noqa: E402
 import needle.nn as nn  # noqa: E402
 import needle.optim as optim  # noqa: E402
-from apps.mlp_resnet import MLPResNet  # noqa: E402
-from apps.models import LanguageModel, ResNet9  # noqa: E402
+from needle.apps.mlp_resnet import MLPResNet  # noqa: E402
+from needle.apps.models import LanguageModel, ResNet9  # noqa: E402
 
 MICRO = ("M1", "M2", "M3", "M4", "M5")
 TRAIN = ("T1", "T2", "T3", "T4")

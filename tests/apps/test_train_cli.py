@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import needle.nn as nn
-from tools import train
+from needle.cli import train
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "data"
@@ -385,7 +385,7 @@ def test_ctrl_c_exits_130_and_says_how_to_resume(capsys, tmp_path, monkeypatch):
 
 def test_console_script_module_help():
     env = dict(os.environ)
-    out = subprocess.run([sys.executable, "-m", "tools.train", "--help"], cwd=REPO, env=env,
+    out = subprocess.run([sys.executable, "-m", "needle.cli.train", "--help"], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0
     assert "mnist" in out.stdout and "ptb" in out.stdout and "cifar10" in out.stdout

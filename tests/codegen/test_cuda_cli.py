@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 from needle.codegen.cuda.build import compile_object, find_nvcc
-from tools.needle_ir import main
+from needle.cli.needle_ir import main
 
 SCRIPT = """
 import numpy as np

@@ -4,7 +4,7 @@ import os
 import numpy as np
 
 from needle.testing.fuzz import _compare, _watching_ties, fuzz, generate, run_source
-from tools.fuzz_compile import report
+from needle.cli.fuzz_compile import report
 
 SEEDS = range(400)
 

@@ -13,8 +13,8 @@ import pytest
 import needle as ndl
 import needle.nn as nn
 import needle.optim as optim
-from apps.mlp_resnet import MLPResNet
-from apps.models import LanguageModel, ResNet9
+from needle.apps.mlp_resnet import MLPResNet
+from needle.apps.models import LanguageModel, ResNet9
 from needle.ir.parser import parse_graph
 from needle.ir.printer import print_graph
 

@@ -322,7 +322,7 @@ def traced_step(model, x, y, opt_cls, **kw):
 
 def mlpresnet(rng):
     import needle.optim as optim
-    from apps.mlp_resnet import MLPResNet
+    from needle.apps.mlp_resnet import MLPResNet
 
     model = MLPResNet(784, hidden_dim=100, num_blocks=3, num_classes=10, drop_prob=0.0)
     return traced_step(model, rng.randn(100, 784), rng.randint(0, 10, 100), optim.SGD,
@@ -331,7 +331,7 @@ def mlpresnet(rng):
 
 def resnet9(rng):
     import needle.optim as optim
-    from apps.models import ResNet9
+    from needle.apps.models import ResNet9
 
     return traced_step(ResNet9(), rng.randn(8, 3, 32, 32), rng.randint(0, 10, 8), optim.SGD,
                        lr=0.01, momentum=0.9)
@@ -340,7 +340,7 @@ def resnet9(rng):
 def transformer_lm(rng):
     import needle.nn as nn
     import needle.optim as optim
-    from apps.models import LanguageModel
+    from needle.apps.models import LanguageModel
 
     model = LanguageModel(32, 100, 32, num_layers=2, seq_model="transformer", seq_len=16)
     model.seq_model = nn.Transformer(32, 32, 2, num_head=4, dim_head=8, dropout=0.0, causal=True)

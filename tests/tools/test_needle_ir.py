@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 from needle.ir import parse_graph
-from tools.needle_ir import main, pass_names
+from needle.cli.needle_ir import main, pass_names
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HEADER = re.compile(r"^# needle-ir: (\S+) (\(.*\)) after (\S+)$", re.M)
@@ -203,7 +203,7 @@ def test_script_directory_is_first_on_sys_path(tmp_path, capsys):
 
 def test_subprocess(tmp_path):
     script = write(tmp_path)
-    proc = subprocess.run([sys.executable, "-m", "tools.needle_ir", "--after", "input", script, "x"],
+    proc = subprocess.run([sys.executable, "-m", "needle.cli.needle_ir", "--after", "input", script, "x"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "SCRIPT-OUTPUT ['x']" in proc.stderr and "SCRIPT-OUTPUT" not in proc.stdout

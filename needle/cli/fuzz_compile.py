@@ -1,9 +1,9 @@
 """Differential fuzzer of `needle.compile`: random programs, eager vs compiled.
 
-    python tools/fuzz_compile.py --n 5000 [--seed S] [--jobs J] [--timeout T] [--executor E]
-    python tools/fuzz_compile.py --replay SEED      # rerun one program, print everything
-    python tools/fuzz_compile.py --source FILE      # run a (hand-minimised) program file
-    python tools/fuzz_compile.py --replay SEED --minimize   # and shrink it, failing alike
+    python -m needle.cli.fuzz_compile --n 5000 [--seed S] [--jobs J] [--timeout T] [--executor E]
+    python -m needle.cli.fuzz_compile --replay SEED      # rerun one program, print everything
+    python -m needle.cli.fuzz_compile --source FILE      # run a (hand-minimised) program file
+    python -m needle.cli.fuzz_compile --replay SEED --minimize   # and shrink it, failing alike
 
 Prints the count of each outcome, then every finding with its seed and source, then the
 distinct failure classes (each with its shortest program). Exits 1 on any finding.
@@ -14,8 +14,6 @@ import argparse
 import os
 import sys
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from needle.testing.fuzz import CATEGORIES, Result, failure_class, fuzz, generate, minimize, run_source  # noqa: E402
 

@@ -25,19 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
-_REPO_ROOT = Path(__file__).resolve().parent.parent
-try:
-    import needle  # noqa: F401
-except ImportError:  # pragma: no cover - running from a checkout without installing
-    sys.path.insert(0, str(_REPO_ROOT))
-
 import needle as ndl
 import needle.data as ndata
 import needle.nn as nn
 from needle.ops.random import COMPILED_RNG
 import needle.optim as optim
 from needle.errors import IdError
-from tools import train_metrics
+from needle.apps import mlp_resnet, models
+from needle.cli import train_metrics
 
 try:
     from tqdm import tqdm as _tqdm
@@ -363,17 +358,7 @@ def load_ptb(args):
 # ---- models, optimizers -----------------------------------------------------------------
 
 
-def _import_apps():
-    try:
-        from apps import models, mlp_resnet
-    except ImportError:  # pragma: no cover - installed without apps on the path
-        sys.path.insert(0, str(_REPO_ROOT))
-        from apps import models, mlp_resnet
-    return models, mlp_resnet
-
-
 def build_model(args, vocab_size=None, device=None):
-    models, mlp_resnet = _import_apps()
     if args.task == "mnist":
         model = mlp_resnet.MLPResNet(784, hidden_dim=args.hidden_size)
         if device is not None and device != ndl.cpu():

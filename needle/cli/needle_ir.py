@@ -54,14 +54,7 @@ import os
 import runpy
 import sys
 import traceback
-from pathlib import Path
 from typing import Optional
-
-_REPO_ROOT = Path(__file__).resolve().parent.parent
-try:
-    import needle  # noqa: F401
-except ImportError:  # pragma: no cover - running from a checkout without installing
-    sys.path.insert(0, str(_REPO_ROOT))
 
 HEADER = "# needle-ir:"
 
