@@ -9,7 +9,7 @@ from .transforms import Transform, RandomFlipHorizontal, RandomCrop
 from .mnist import MNISTDataset, parse_mnist
 from .cifar10 import CIFAR10Dataset
 from .ptb import Dictionary, Corpus, batchify, get_batch
-from .locate import find_data_root, data_search_paths, mnist_files, ptb_files
+from .locate import cifar10_files, data_search_paths, find_data_root, mnist_files, ptb_files
 
 __all__ = [
     "Dataset",
@@ -27,6 +27,7 @@ __all__ = [
     "parse_mnist",
     "find_data_root",
     "data_search_paths",
+    "cifar10_files",
     "mnist_files",
     "ptb_files",
 ]

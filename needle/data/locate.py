@@ -4,9 +4,10 @@ Search order (first existing directory wins):
 
 1. ``data_dir`` when given,
 2. ``$NEEDLE_DATA_DIR`` when set,
-3. ``./data`` (relative to the current working directory),
-4. ``<repo root>/../shared/data`` where the repo root is the parent of the ``needle``
-   package directory.
+3. ``data/`` in the current working directory,
+4. ``<checkout>/../shared/data`` when needle runs from a source checkout (the parent of
+   the ``needle`` package holds ``pyproject.toml``); an installed wheel has no checkout,
+   so nothing inside the virtual environment is searched.
 """
 import os
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Dict, List, Optional, Tuple, Union
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-__all__ = ["data_search_paths", "find_data_root", "mnist_files", "ptb_files"]
+__all__ = ["data_search_paths", "find_data_root", "mnist_files", "cifar10_files", "ptb_files"]
 
 _PACKAGE_DIR = Path(__file__).resolve().parent.parent  # .../needle
 REPO_ROOT = _PACKAGE_DIR.parent
@@ -31,9 +32,15 @@ def data_search_paths(data_dir: Optional[PathLike] = None) -> List[Path]:
     env = os.environ.get("NEEDLE_DATA_DIR")
     if env:
         paths.append(Path(env).expanduser())
-    paths.append(Path("data"))
-    paths.append(REPO_ROOT.parent / "shared" / "data")
+    paths.append(Path.cwd() / "data")
+    if is_checkout(REPO_ROOT):
+        paths.append(REPO_ROOT.parent / "shared" / "data")
     return paths
+
+
+def is_checkout(root: Path) -> bool:
+    """True when `root` is a source checkout of needle (not an installed package's folder)."""
+    return (root / "pyproject.toml").is_file() and (root / "needle" / "__init__.py").is_file()
 
 
 def find_data_root(data_dir: Optional[PathLike] = None) -> Optional[Path]:
@@ -58,6 +65,21 @@ def mnist_files(root: Optional[PathLike]) -> Dict[str, Tuple[Path, Path]]:
         labels = base / f"{split}-labels-idx1-ubyte.gz"
         if images.is_file() and labels.is_file():
             found[split] = (images, labels)
+    return found
+
+
+def cifar10_files(root: Optional[PathLike]) -> Dict[str, List[Path]]:
+    """CIFAR-10 splits present under ``root/cifar-10-batches-py``: ``{"train": [data_batch_1..5],
+    "test": [test_batch]}``; the training split counts only if all five batches exist."""
+    if root is None:
+        return {}
+    base = Path(root) / "cifar-10-batches-py"
+    found: Dict[str, List[Path]] = {}
+    train = [base / f"data_batch_{i}" for i in range(1, 6)]
+    if all(p.is_file() for p in train):
+        found["train"] = train
+    if (base / "test_batch").is_file():
+        found["test"] = [base / "test_batch"]
     return found
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import needle.nn as nn
-from needle.cli import train
+from needle.cli import train, train_jobs
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "data"
@@ -322,7 +322,7 @@ def test_unigram_perplexity_add_one():
     probs = np.array([3, 2, 2, 1]) / 8.0
     ev = [0, 3, 3, 1]
     expected = np.exp(-np.mean(np.log(probs[ev])))
-    assert train.unigram_perplexity(train_ids, np.array(ev), vocab) == pytest.approx(expected)
+    assert train_jobs.unigram_perplexity(train_ids, np.array(ev), vocab) == pytest.approx(expected)
 
 
 def _model_tensors(path):
@@ -367,7 +367,7 @@ def test_resume_other_model_is_an_error(capsys, tmp_path):
 
 def test_ctrl_c_exits_130_and_says_how_to_resume(capsys, tmp_path, monkeypatch):
     ck = tmp_path / "c.safetensors"
-    orig = train.ClassificationJob.train_epoch
+    orig = train_jobs.ClassificationJob.train_epoch
     calls = []
 
     def interrupted(self, bar):
@@ -376,7 +376,7 @@ def test_ctrl_c_exits_130_and_says_how_to_resume(capsys, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return orig(self, bar)
 
-    monkeypatch.setattr(train.ClassificationJob, "train_epoch", interrupted)
+    monkeypatch.setattr(train_jobs.ClassificationJob, "train_epoch", interrupted)
     rc, out, err = _run(capsys, FAST_MNIST + ["--epochs", "3", "--checkpoint", str(ck)])
     assert rc == 130
     assert "interrupted during epoch 2" in err

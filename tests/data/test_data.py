@@ -60,12 +60,12 @@ def test_search_order(tmp_path, monkeypatch):
     monkeypatch.setenv("NEEDLE_DATA_DIR", str(env_dir))
     monkeypatch.chdir(tmp_path)
     paths = ndata.data_search_paths(given)
-    assert paths == [given, env_dir, Path("data"), REPO_ROOT.parent / "shared" / "data"]
+    assert paths == [given, env_dir, tmp_path / "data", REPO_ROOT.parent / "shared" / "data"]
     assert REPO_ROOT == Path(ndata.__file__).resolve().parent.parent.parent
 
     # first existing one wins
     (tmp_path / "data").mkdir()
-    assert ndata.find_data_root(given) == Path("data")
+    assert ndata.find_data_root(given) == tmp_path / "data"
     env_dir.mkdir()
     assert ndata.find_data_root(given) == env_dir
     given.mkdir()
@@ -73,7 +73,21 @@ def test_search_order(tmp_path, monkeypatch):
     assert ndata.find_data_root(str(given)) == given
 
     monkeypatch.delenv("NEEDLE_DATA_DIR")
-    assert ndata.data_search_paths() == [Path("data"), REPO_ROOT.parent / "shared" / "data"]
+    assert ndata.data_search_paths() == [tmp_path / "data", REPO_ROOT.parent / "shared" / "data"]
+
+
+def test_installed_package_searches_no_checkout_path(tmp_path, monkeypatch):
+    """A wheel installed in site-packages has no checkout: `../shared/data` beside the package
+    would point inside the virtual environment, so it is not searched."""
+    site = tmp_path / "venv" / "lib" / "site-packages"
+    (site / "needle").mkdir(parents=True)
+    (site / "needle" / "__init__.py").write_text("")
+    monkeypatch.delenv("NEEDLE_DATA_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(ndata.locate, "REPO_ROOT", site)
+    assert ndata.data_search_paths() == [tmp_path / "data"]
+    (site / "pyproject.toml").write_text("")  # a checkout
+    assert ndata.data_search_paths() == [tmp_path / "data", tmp_path / "venv" / "lib" / "shared" / "data"]
 
 
 def test_find_data_root_none(tmp_path, monkeypatch):
@@ -650,3 +664,15 @@ def test_batchify_get_batch_real(ptb_valid_test):
         np.testing.assert_array_equal(_tensor_values(t), ref[i + 1:i + 1 + L].flatten())
         steps += 1
     assert steps == len(range(0, nb - 1, bptt))
+
+
+def test_cifar10_files(tmp_path):
+    assert ndata.cifar10_files(None) == {} and ndata.cifar10_files(tmp_path) == {}
+    base = tmp_path / "cifar-10-batches-py"
+    base.mkdir()
+    (base / "test_batch").write_bytes(b"")
+    for i in range(1, 5):
+        (base / f"data_batch_{i}").write_bytes(b"")
+    assert ndata.cifar10_files(tmp_path) == {"test": [base / "test_batch"]}  # batch 5 missing
+    (base / "data_batch_5").write_bytes(b"")
+    assert ndata.cifar10_files(tmp_path)["train"] == [base / f"data_batch_{i}" for i in range(1, 6)]
