@@ -15,4 +15,14 @@ if BACKEND == "nd":
     from .backend_ndarray import cpu_numpy  # noqa: F401
 from . import backend_numpy  # noqa: F401
 
-__version__ = "0.1.0"
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml holds the one version string)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("needle")
+    except PackageNotFoundError:  # a checkout used without installing it
+        return "0+unknown"
+
+
+__version__ = _version()

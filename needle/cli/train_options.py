@@ -7,6 +7,8 @@ import json
 import math
 import os
 
+import needle as ndl
+
 
 
 
@@ -67,8 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the course models with needle (each step compiled; --no-compile: eager). Progress bars go to "
                     "stderr; stdout gets one summary line per epoch and a final JSON line.",
         epilog="Data lookup: --data-dir, else $NEEDLE_DATA_DIR, else ./data, else "
-               "<repo>/../shared/data; each a root holding mnist/, ptb/, cifar-10-batches-py/.",
+               "<checkout>/../shared/data (from a source checkout); each a root holding mnist/, ptb/, "
+               "cifar-10-batches-py/.",
     )
+    parser.add_argument("--version", action="version", version=f"needle-train (needle {ndl.__version__})")
     sub = parser.add_subparsers(dest="task", metavar="{mnist,cifar10,ptb}", required=True)
     helps = {
         "mnist": "MLPResNet(784, hidden 100) on MNIST",
