@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 
 import needle as ndl
-from needle.codegen.cuda import EmulationError, build_program, emulate_kernel, render_kernel
-from needle.codegen.cuda.emulate import check_program, uniform
+from needle.codegen.cuda import build_program, render_kernel
 from needle.codegen.cuda.gpu_ir import (AtomicAdd, Barrier, Decl, FConst, GParam, GpuKernel, ICmp, IConst, IDecl, If,
                                         IVar, Load, Shared, Shfl, SLoad, SStore, Store, Var)
 from needle.codegen.cuda.render import HELPERS
 from needle.codegen.cuda.schedule import bind, bind_all
 from needle.codegen.lower import lower
+from tests.gpu_emulator import EmulationError, check_program, emulate_kernel, emulate_program, reference_values, uniform
 
 
 @pytest.fixture(autouse=True)
@@ -150,7 +150,6 @@ def test_every_reduce_schedule(schedule, shape, axis):
     assert len(reducing) == 1 and reducing[0].note.startswith(schedule if schedule != "pointwise" else "pointwise")
     arrays = {p.name: np.full(p.size, np.nan, np.float32) for p in lk.params}
     ins = {n.id: k for k, n in enumerate(sub.inputs)}
-    from needle.codegen.cuda.emulate import reference_values
     ref = reference_values(sub, [x])
     arrays["in0"] = x.reshape(-1).copy()
     for k in kernels:
@@ -223,8 +222,6 @@ def test_gather_embedding_and_index_add():
 def test_gather_and_index_add_with_bad_ids_stay_inside_their_tables():
     """Bad ids (out of range, fractional, NaN) read row 0 on the GPU, never past the table;
     the compiled step's id check (a graph output) reports them."""
-    from needle.codegen.cuda.emulate import emulate_program
-
     table, idx = rnd(11, 6), np.array([[3, 0, 10], [3, 7, 1]], np.float32)
     g, inputs = compiled(_embedding_step, table, idx)
     bad = np.array([[3, -5, 1e6], [np.nan, 7, 1]], np.float32)

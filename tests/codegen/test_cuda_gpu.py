@@ -28,8 +28,8 @@ def _gpu_ready() -> bool:
 if not _gpu_ready():
     pytest.skip("no CUDA GPU (cuda().enabled() is False) or no nvcc", allow_module_level=True)
 
-from needle.codegen.cuda.emulate import reference_values, scaled_error, group_scales  # noqa: E402
 from needle.runtime.cuda_executor import CudaGraphExecutor  # noqa: E402
+from tests.gpu_emulator import group_scales, reference_values, scaled_error  # noqa: E402
 
 from .test_cuda_codegen import compiled, rnd  # noqa: E402
 

@@ -21,8 +21,8 @@ import needle.nn as nn
 import needle.optim as optim
 from needle.codegen.cuda import build_program
 from needle.codegen.cuda.build import compile_object, find_nvcc
-from needle.codegen.cuda.emulate import check_program
 from tests.compile.test_models import MODELS, OPTIMIZERS
+from tests.gpu_emulator import check_program
 
 NAMES = list(MODELS)
 #: ResNet9's BatchNorm2d over 4 images (1x1 maps in the last blocks) amplifies reassociated sums

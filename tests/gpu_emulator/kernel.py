@@ -1,42 +1,15 @@
-"""Run GPU kernels (`gpu_ir.GpuKernel`) and whole CUDA programs on the CPU with numpy.
-
-This is how the CUDA code generator is tested on machines without a GPU. The emulation is
-the one a CPU OpenCL implementation does: grid and block loops become plain loops, and the
-code between two `__syncthreads()` barriers runs as one loop over the block's threads
-(loop fission). Here that loop is vectorised with numpy: every statement runs for all
-threads of a chunk of blocks at once (one array lane per thread), so a barrier is simply
-the boundary between two such statements. Because vectorised lanes never interleave the way
-sequential loop-fission order would, the emulator does not rely on an order to expose a
-missing barrier: it checks for one.
-
-What it checks (an `EmulationError` names the kernel, the statement and a lane):
-
-* every global load and store of an active thread is inside its buffer (per argument, not
-  per arena: a read past a buffer's end into its neighbour is an error);
-* shared memory: reads of never-written slots; a slot read by one thread and written by
-  another, or written by two threads, between the same two barriers (a missing barrier);
-* a barrier reached by only part of a block, and warp shuffles executed by only part of
-  a warp (both undefined on a GPU);
-* global memory: two threads storing the same element in one launch; a thread reading an
-  element another thread of the same launch stores (checked for arguments whose memory
-  overlaps, e.g. in-place outputs);
-* launch limits: 1024 threads per block, grid y/z below 65536, 48 KiB of static shared
-  memory, shuffles in blocks whose size is a multiple of 32.
-
-Inactive lanes (threads outside an `if`, e.g. past the end of a partial block) never load
-or store. Arena and outputs start filled with NaN, so reading anything no kernel wrote
-shows up in the results. Warp shuffles read from the warp's lane array (lanes are grouped
-by 32 in the block's linear thread order). Atomic adds accumulate in lane order.
-"""
+"""One kernel launch emulated over all its blocks, with the checks listed in the package docstring."""
 from __future__ import annotations
-
-from math import prod
 
 import numpy as np
 
-from ..loop_ir import AccInit, AccRef, AccUpdate, Binary, Cmp, FConst, IBin, IConst, IVar, Load, Select, Store, Unary
-from .gpu_ir import (ACC_IDENTITY, AtomicAdd, Assign, Barrier, Decl, GpuKernel, IAnd, ICmp, IDecl, IFloat, If, IOr,
-                     Loop, MicroGemm, Rand, SLoad, SStore, Shfl, TileDecl, TileRef, Var)
+from needle.codegen.cuda.gpu_ir import (ACC_IDENTITY, AtomicAdd, Assign, Barrier, Decl, GpuKernel, IAnd, ICmp, IDecl,
+                                        IFloat, If, IOr, Loop, MicroGemm, Rand, SLoad, SStore, Shfl, TileDecl, TileRef,
+                                        Var)
+from needle.codegen.loop_ir import (AccInit, AccRef, AccUpdate, Binary, Cmp, FConst, IBin, IConst, IVar, Load, Select,
+                                    Store, Unary)
+
+from .arith import CMP, cdiv, cmod, compile_index, max_nan, uniform
 
 #: lanes emulated at once (blocks are processed in chunks of about this many threads)
 MAX_LANES = 1 << 17
@@ -44,62 +17,17 @@ SHARED_LIMIT = 48 * 1024
 
 
 class EmulationError(AssertionError):
-    """A kernel did something undefined on a GPU (see the module docstring)."""
+    """A kernel did something undefined on a GPU (see the package docstring)."""
 
 
-class _Buffer:
+class Buffer:
+    """One kernel argument: a flat view of its memory region, at `start` in that region."""
+
     __slots__ = ("name", "data", "region", "start", "size", "role", "track_loads")
 
     def __init__(self, name, data, region, start, size, role):
         self.name, self.data, self.region, self.start, self.size, self.role = name, data, region, start, size, role
         self.track_loads = False
-
-
-_U64 = np.uint64
-
-
-def _splitmix64(x):
-    x = x ^ (x >> _U64(30))
-    x = x * _U64(0xBF58476D1CE4E5B9)
-    x = x ^ (x >> _U64(27))
-    x = x * _U64(0x94D049BB133111EB)
-    return x ^ (x >> _U64(31))
-
-
-def uniform(counter, base, stream, index):
-    """The compiled RNG's floats (as `RandomUniform.compute` and the CUDA helper)."""
-    counter = np.asarray(counter, np.float32)
-    base = np.asarray(base, np.float32)
-    with np.errstate(over="ignore"):
-        c = np.rint(counter).astype(np.int64).astype(np.uint64)
-        b = np.rint(base).astype(np.int64).astype(np.uint64)
-        seed = _splitmix64(b) + c * _U64(0x9E3779B97F4A7C15)
-        key = _splitmix64(seed + _U64(stream))
-        bits = _splitmix64(np.asarray(index, np.int64).astype(np.uint64) + key)
-    return (bits >> _U64(40)).astype(np.float32) / np.float32(1 << 24)
-
-
-def _cdiv(a, b):
-    """C's integer division (truncation toward zero)."""
-    if isinstance(b, (int, np.integer)) and b > 0:
-        if np.ndim(a) == 0:
-            return a // b if a >= 0 else -((-a) // b)
-        q = a // b
-        neg = a < 0
-        if neg.any():
-            q = np.where(neg, -((-a) // b), q)
-        return q
-    q = np.floor_divide(a, b)
-    fix = (np.mod(a, b) != 0) & ((np.asarray(a) < 0) != (np.asarray(b) < 0))
-    return np.where(fix, q + 1, q)
-
-
-def _cmod(a, b):
-    return a - b * _cdiv(a, b)
-
-
-_CMP = {"eq": np.equal, "ne": np.not_equal, "gt": np.greater, "ge": np.greater_equal, "lt": np.less,
-        "le": np.less_equal}
 
 
 class KernelRun:
@@ -180,7 +108,7 @@ class KernelRun:
                 return
             v = self.value(s.value, mask, {})
             old = self.fv[s.acc]
-            new = old + v if s.op == "sum" else _max_nan(old, v)
+            new = old + v if s.op == "sum" else max_nan(old, v)
             self._set(s.acc, new, mask)
         elif isinstance(s, Decl):
             v = self.value(s.value, mask, {}) if self._active(mask) else np.float32(np.nan)
@@ -262,7 +190,7 @@ class KernelRun:
             c = self.consts.get(name)
             if c is None:
                 raise EmulationError(f"{self.k.name}: {s!r} names unknown buffer {name!r}")
-            return _Buffer(name, c, ("const", name), 0, c.size, "in")
+            return Buffer(name, c, ("const", name), 0, c.size, "in")
         return b
 
     def _bounds(self, buf, idx, s, what):
@@ -444,7 +372,7 @@ class KernelRun:
     def index(self, e, mask, memo):
         hit = _ICACHE.get(id(e))
         if hit is None or hit[0] is not e:
-            hit = _ICACHE[id(e)] = (e, _compile_index(e))
+            hit = _ICACHE[id(e)] = (e, compile_index(e))
         fn = hit[1]
         if fn is not None:
             try:
@@ -468,10 +396,10 @@ class KernelRun:
             if e.op == "mul":
                 return a * b
             if e.op == "div":
-                return _cdiv(a, b)
-            return _cmod(a, b)
+                return cdiv(a, b)
+            return cmod(a, b)
         if isinstance(e, ICmp):
-            return _CMP[e.op](self.index(e.a, mask, memo), self.index(e.b, mask, memo))
+            return CMP[e.op](self.index(e.a, mask, memo), self.index(e.b, mask, memo))
         if isinstance(e, IAnd):
             return np.logical_and(self.index(e.a, mask, memo), self.index(e.b, mask, memo))
         if isinstance(e, IOr):
@@ -532,10 +460,10 @@ class KernelRun:
             if e.op == "pow":
                 return np.power(a, b).astype(np.float32)
             if e.op == "max_nan":
-                return _max_nan(a, b)
+                return max_nan(a, b)
             raise EmulationError(f"unknown binary op {e.op}")
         if isinstance(e, Cmp):
-            return _CMP[e.op](self.value(e.a, mask, memo), self.value(e.b, mask, memo))
+            return CMP[e.op](self.value(e.a, mask, memo), self.value(e.b, mask, memo))
         if isinstance(e, Select):
             if isinstance(e.cond, Cmp):
                 c = self.value(e.cond, mask, memo)
@@ -583,42 +511,6 @@ class KernelRun:
 _ICACHE: dict = {}
 
 
-def _compile_index(e):
-    """A Python closure evaluating a pure index expression (no float reads) on the index
-    variables, or None (evaluated by walking the tree)."""
-    if isinstance(e, IConst):
-        v = e.value
-        return lambda iv: v
-    if isinstance(e, IVar):
-        name = e.name
-        return lambda iv: iv[name]
-    if isinstance(e, (IBin, ICmp, IAnd, IOr)):
-        fa, fb = _compile_index(e.a), _compile_index(e.b)
-        if fa is None or fb is None:
-            return None
-        if isinstance(e, IAnd):
-            return lambda iv: np.logical_and(fa(iv), fb(iv))
-        if isinstance(e, IOr):
-            return lambda iv: np.logical_or(fa(iv), fb(iv))
-        if isinstance(e, ICmp):
-            cmp = _CMP[e.op]
-            return lambda iv: cmp(fa(iv), fb(iv))
-        if e.op == "add":
-            return lambda iv: fa(iv) + fb(iv)
-        if e.op == "mul":
-            return lambda iv: fa(iv) * fb(iv)
-        if e.op == "div":
-            return lambda iv: _cdiv(fa(iv), fb(iv))
-        return lambda iv: _cmod(fa(iv), fb(iv))
-    return None
-
-
-def _max_nan(a, b):
-    a = np.asarray(a, np.float32)
-    b = np.asarray(b, np.float32)
-    return np.where(np.isnan(a) | (a > b), a, b).astype(np.float32)
-
-
 def emulate_kernel(kernel: GpuKernel, arrays: dict, consts: dict | None = None, checks: bool = True) -> None:
     """Run `kernel` on numpy float32 arrays bound to its parameter names (flat, modified in
     place for outputs). Each parameter is its own memory region."""
@@ -630,178 +522,5 @@ def emulate_kernel(kernel: GpuKernel, arrays: dict, consts: dict | None = None, 
         flat = a.reshape(-1)
         if flat.size < p.size:
             raise EmulationError(f"{kernel.name}: argument {p.name} has {flat.size} elements, kernel needs {p.size}")
-        bufs[p.name] = _Buffer(p.name, flat, ("param", p.name), 0, p.size, p.role)
+        bufs[p.name] = Buffer(p.name, flat, ("param", p.name), 0, p.size, p.role)
     KernelRun(kernel, bufs, {k: v.reshape(-1) for k, v in (consts or {}).items()}, checks).run()
-
-
-class Memory:
-    """The device memory of one program run: arena, inputs, outputs and constants."""
-
-    def __init__(self, program, inputs):
-        self.program = program
-        self.arena = np.full(program.arena_bytes // 4 + 1, np.nan, np.float32)
-        self.inputs = [np.ascontiguousarray(np.asarray(x, np.float32)).reshape(-1).copy() for x in inputs]
-        self.outputs = [np.full(max(prod(shape), 1), np.nan, np.float32) for shape in program.outputs]
-        self.consts = {k: np.asarray(v, np.float32).reshape(-1) for k, v in program.consts.items()}
-
-    def region(self, loc):
-        if loc.space == "arena":
-            return ("arena",), self.arena, loc.offset
-        if loc.space == "in":
-            return ("in", loc.index), self.inputs[loc.index], loc.offset
-        if loc.space == "out":
-            return ("out", loc.index), self.outputs[loc.index], loc.offset
-        raise EmulationError(f"unknown location {loc!r}")
-
-
-def emulate_program(program, inputs, checks: bool = True, trace=None) -> list:
-    """Run every launch of a `CudaProgram` in order on the CPU; returns the outputs as
-    float32 numpy arrays of the graph's output shapes. `trace(launch, memory)` is called
-    after each launch when given."""
-    if len(inputs) != len(program.inputs):
-        raise ValueError(f"program {program.name} takes {len(program.inputs)} inputs, got {len(inputs)}")
-    for x, shape in zip(inputs, program.inputs):
-        if tuple(np.shape(x)) != tuple(shape):
-            raise ValueError(f"input of shape {np.shape(x)}, expected {shape}")
-    mem = Memory(program, inputs)
-    for ln in program.launches:
-        k = ln.kernel
-        bufs = {}
-        spans = []
-        for loc, p in zip(ln.args, k.params):
-            region, data, off = mem.region(loc)
-            if off % 4:
-                raise EmulationError(f"{k.name}: argument {p.name} at byte offset {off} (not float aligned)")
-            start = off // 4
-            if start + p.size > data.size:
-                raise EmulationError(f"{k.name}: argument {p.name} [{start}, {start + p.size}) exceeds its "
-                                     f"region {region} of {data.size} floats")
-            bufs[p.name] = _Buffer(p.name, data[start:start + p.size], region, start, p.size, p.role)
-            spans.append((p.name, region, start, start + p.size, p.role))
-        for name, region, lo, hi, role in spans:  # arguments overlapping a written one
-            for name2, region2, lo2, hi2, role2 in spans:
-                if name2 != name and region2 == region and lo < hi2 and lo2 < hi and role2 != "in":
-                    bufs[name].track_loads = True
-        KernelRun(k, bufs, mem.consts, checks).run()
-        if trace is not None:
-            trace(ln, mem)
-    return [o[:max(prod(shape), 1)].reshape(shape).copy() for o, shape in zip(mem.outputs, program.outputs)]
-
-
-def reference_values(graph, inputs) -> dict:
-    """Every node's value under the reference interpreter (float32 numpy), by node id."""
-    from ...backend_selection import BACKEND, array_api
-    from ...ops.registry import op_from_node
-    from ...runtime.interpreter import const_array
-
-    def to_backend(a):
-        return a if BACKEND == "np" else array_api.array(a)
-
-    env: dict = {}
-    out: dict = {}
-    for node, value in zip(graph.inputs, inputs):
-        env[node.id] = to_backend(np.asarray(value, np.float32))
-    with np.errstate(all="ignore"):
-        for node in graph.nodes:
-            if node.op == "input":
-                v = env[node.id]
-            elif node.op == "const":
-                v = env[node.id] = const_array(node)
-            else:
-                v = env[node.id] = op_from_node(node.op, node.attr_dict).compute(*[env[i] for i in node.inputs])
-            if not isinstance(v, tuple):  # copied now: a later kernel may reuse the array
-                out[node.id] = np.array(v.numpy() if hasattr(v, "numpy") else v, np.float32)
-    return out
-
-
-def relative_error(a, b) -> float:
-    a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a64.shape != b64.shape:
-        return float("inf")
-    fin = np.isfinite(b64)
-    if np.any(np.isfinite(a64) != fin) or np.any(np.isnan(a64) != np.isnan(b64)):
-        return float("inf")
-    return float(np.linalg.norm(a64[fin] - b64[fin]) / max(np.linalg.norm(b64[fin]), 1e-30))
-
-
-def check_program(program, graph, inputs, tol: float = 1e-5, checks: bool = True) -> list:
-    """Emulate `program` and compare, after each group's last launch, every value the
-    group writes with the reference interpreter; raise AssertionError at the first value
-    off by more than `tol` (normwise relative), naming the group and value. Returns the
-    outputs."""
-    ref = reference_values(graph, inputs)
-    last = {}
-    for k, ln in enumerate(program.launches):
-        last[ln.group] = k
-    position = {k: g for g, k in last.items()}
-    count = [0]
-
-    def trace(ln, mem):
-        k = count[0]
-        count[0] += 1
-        gid = position.get(k)
-        if gid is None or gid < 0:
-            return
-        for v in program.writes.get(gid, []):
-            loc = program.homes[v]
-            _, data, off = mem.region(loc)
-            shape = graph.node(v).type.shape
-            got = data[off // 4:off // 4 + max(prod(shape), 1)][:prod(shape)].reshape(shape)
-            checked[v] = got.copy()
-            err = scaled_error(got, ref[v], scales.get(gid, 0.0))
-            if err > tol:
-                raise AssertionError(f"group k{gid}: value %{v} ({graph.node(v).op}{shape}) differs from the "
-                                     f"interpreter by {err:.3g} (launch {ln.kernel.name})")
-
-    scales = group_scales(program, graph, ref)
-    checked: dict = {}
-    outs = emulate_program(program, inputs, checks=checks, trace=trace)
-    producer = {v: gid for gid, vs in program.writes.items() for v in vs}
-    for k, (o, v) in enumerate(zip(outs, graph.outputs)):
-        err = scaled_error(o, ref[v], scales.get(producer.get(v), 0.0))
-        if v in checked:  # the value as its group wrote it: the output must equal it
-            err = max(err, relative_error(o, checked[v]))
-        if err > tol:
-            raise AssertionError(f"output {k} (%{v}) differs from the interpreter by {err:.3g}")
-    return outs
-
-
-def _rms(x) -> float:
-    x = np.asarray(x, np.float64)
-    fin = x[np.isfinite(x)]
-    return float(np.sqrt(np.mean(fin * fin))) if fin.size else 0.0
-
-
-def group_scales(program, graph, ref) -> dict:
-    """Group id -> the largest RMS of the values it reads (graph inputs and buffers)."""
-    written = {v: gid for gid, vs in program.writes.items() for v in vs}
-    reads: dict = {}
-    for gid, vs in program.writes.items():
-        reads[gid] = set()
-    for n in graph.nodes:
-        gid = written.get(n.id)
-        if gid is None:
-            continue
-        for i in n.inputs:
-            reads[gid].add(i)
-    return {gid: max([_rms(ref[i]) for i in ins if i in ref] + [0.0]) for gid, ins in reads.items()}
-
-
-def scaled_error(a, b, scale: float) -> float:
-    """Normwise relative error of a against b, where the reference norm is at least
-    `scale` (the RMS of the computation's inputs) per element: values that cancel to
-    rounding noise (an exactly-zero gradient) are compared to the size of what they were
-    computed from."""
-    a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a64.shape != b64.shape:
-        return float("inf")
-    fin = np.isfinite(b64)
-    if np.any(np.isfinite(a64) != fin) or np.any(np.isnan(a64) != np.isnan(b64)):
-        return float("inf")
-    if np.any(a64[~fin] != b64[~fin]) and not np.all(np.isnan(b64[~fin])):
-        return float("inf")
-    floor = scale * np.sqrt(max(fin.sum(), 1))
-    return float(np.linalg.norm(a64[fin] - b64[fin]) / max(np.linalg.norm(b64[fin]), floor, 1e-30))
-
-
-__all__ = ["check_program", "reference_values", "relative_error", "emulate_kernel", "emulate_program", "EmulationError", "uniform", "KernelRun", "Memory"]
