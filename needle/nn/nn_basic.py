@@ -155,6 +155,13 @@ class Module:
                 total += int(np.prod(p.shape, dtype=np.int64))
         return total
 
+    def summary(self, *inputs, **kwargs) -> str:
+        """A table of every submodule's output shape and parameter count for one example
+        forward pass (eval mode, no gradients, no state changes); `print` it."""
+        from .summary import module_summary
+
+        return module_summary(self, *inputs, **kwargs)
+
     def apply(self, fn) -> "Module":
         """Call `fn` on every direct submodule's `apply` (so on all submodules, children before
         their parent), then on self, like PyTorch's; returns self."""
