@@ -128,8 +128,8 @@ class GraphBuilder:
         type_ = tensor_type_of(data)
         if getattr(value, "_birth", 0) < self.birth:
             slot = self.slots.get(key)
-            role = "param" if type(value).__name__ == "Parameter" else (
-                "state" if slot is not None or not value.requires_grad else "arg")
+            # not an argument of the function: a Parameter, or other state read at each call
+            role = "param" if type(value).__name__ == "Parameter" else "state"
             binding = ("slot",) + slot[:2] if slot is not None else ("tensor", value)
             name = slot[2] if slot is not None else f"t{len(self.inputs)}"
             node_id = self.add_input(self._unique(name), role, type_, binding)

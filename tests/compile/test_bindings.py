@@ -309,3 +309,19 @@ def test_unknown_log_topic_is_an_error_listing_the_valid_ones(monkeypatch):
     f = ndl.compile(lambda x: x * 2.0)
     with pytest.raises(ValueError, match="unknown recompiles; use any of recompile, native"):
         f(rand(2))
+
+
+def test_tensor_reached_outside_any_name_is_state_not_arg():
+    """A tensor the function reads that is neither an argument nor found under a global,
+    closure or attribute name (here: through a bound dict.get) is still call-time state."""
+    lookup = {"k": ndl.Tensor(np.ones(3, dtype=np.float32), requires_grad=True)}.get
+
+    @ndl.compile
+    def f(x):
+        return (x + lookup("k")).sum()
+
+    x = tensor(np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32))
+    close(f(x), (x + lookup("k")).sum())
+    inputs = [line for line in f.ir("input").splitlines() if "input()" in line]
+    assert 'role="arg"' in inputs[0] and len(inputs) == 2
+    assert 'role="state"' in inputs[1], inputs
