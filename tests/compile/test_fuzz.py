@@ -1,9 +1,10 @@
-"""The differential fuzzer of `needle.compile` (needle/testing/fuzz.py) on a fixed seed range."""
+"""The differential fuzzer of `needle.compile` (needle/testing/fuzz/) on a fixed seed range."""
 import os
 
 import numpy as np
 
-from needle.testing.fuzz import _compare, _watching_ties, fuzz, generate, run_source
+from needle.testing.fuzz import fuzz, generate, run_source
+from needle.testing.fuzz.compare import compare, watching_ties
 from needle.cli.fuzz_compile import report
 
 SEEDS = range(400)
@@ -16,11 +17,11 @@ def test_generate_is_deterministic():
 
 def test_compare_flags_values_and_nonfinite_positions():
     e = np.array([1.0, np.nan, 3.0], dtype=np.float32)
-    assert _compare("o", e, e + np.float32(1e-6), []) is None
-    assert "differ" in _compare("o", e, np.array([1.0, np.nan, 3.1], dtype=np.float32), [])
-    assert "non-finite" in _compare("o", e, np.array([1.0, 0.0, 3.0], dtype=np.float32), [])
+    assert compare("o", e, e + np.float32(1e-6), []) is None
+    assert "differ" in compare("o", e, np.array([1.0, np.nan, 3.1], dtype=np.float32), [])
+    assert "non-finite" in compare("o", e, np.array([1.0, 0.0, 3.0], dtype=np.float32), [])
     # a large spread of the perturbed eager runs (cancellation) widens the tolerance there
-    assert _compare("o", e, np.array([1.0, np.nan, 3.1], dtype=np.float32),
+    assert compare("o", e, np.array([1.0, np.nan, 3.1], dtype=np.float32),
                     [np.array([1.0, np.nan, 3.05], dtype=np.float32)]) is None
 
 
@@ -41,10 +42,10 @@ def test_a_mismatch_decided_by_a_near_tie_is_not_a_finding():
     assert run_source(TIE_PROGRAM).category == "ok"
     x = ndl.Tensor(np.random.randn(64).astype(np.float32))
     ties: list = []
-    with _watching_ties(ties):
+    with watching_ties(ties):
         (x < x).numpy(), (x < x + 10.0).numpy(), (x > 100.0).numpy()
     assert ties == []
-    with _watching_ties(ties):
+    with watching_ties(ties):
         (x < ndl.log(ndl.exp(x))).numpy()
     assert ties == ["lt"]
 
