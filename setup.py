@@ -1,9 +1,14 @@
 """Build script for needle's C++ extension (metadata lives in pyproject.toml).
 
 Builds ``needle.backend_ndarray.ndarray_backend_cpu`` from ``backends/cpu/*.cc``
-with pybind11.  Compiler flags are probed, so a compiler without OpenMP,
-``-march=native`` or glibc's libmvec still builds (slower) code.  BLAS is not
-linked here: the module dlopen()s scipy-openblas32 at import time.
+with pybind11.  The build is portable: the code is compiled for x86-64-v2 (on x86;
+the compiler's default elsewhere), and the vector kernels once more per instruction set
+(``kernels_avx2.cc`` with AVX2 + FMA, ``kernels_avx512.cc`` with AVX-512), picked at
+import by what the CPU has (``backends/cpu/dispatch.cc``; ``NEEDLE_CPU_ISA`` overrides).
+``NEEDLE_NATIVE=1`` compiles everything with ``-march=native`` instead (not portable).
+Compiler flags are probed, so a compiler without one of them, or without glibc's libmvec,
+still builds (slower) code.  BLAS is not linked here: the module dlopen()s
+scipy-openblas32 at import time.
 
 ``pip install -e .`` builds the extension in place (inside needle/backend_ndarray/)
 so that running from the checkout works; ``python setup.py build_ext --inplace``
@@ -64,6 +69,14 @@ int main() {
   return _mm256_movemask_ps(x);
 }
 """
+
+# The kernel units built once per instruction set: (macro telling dispatch.cc it is built,
+# flags added to the baseline's).  A unit whose flags the compiler rejects is left out.
+ISA_UNITS = {
+    "kernels_avx2.cc": ("NEEDLE_KERNELS_AVX2", ["-mavx2", "-mfma"]),
+    "kernels_avx512.cc": ("NEEDLE_KERNELS_AVX512",
+                          ["-mavx2", "-mfma", "-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq"]),
+}
 
 
 # ---------------------------------------------------------------------------
@@ -186,26 +199,40 @@ class NeedleBuildExt(build_ext):
     def build_extensions(self):
         cc = self.compiler
         # setuptools' unix compiler may carry -g/-O2 from Python's config; ours come later and win.
-        compile_args = ["-std=c++17", "-O3", "-g0", "-fvisibility=hidden"]
-        link_args = []
-        if os.environ.get("NEEDLE_NO_NATIVE") != "1" and _probe(cc, _MAIN, ["-march=native"]):
+        compile_args = ["-std=c++17", "-O3", "-g0", "-fvisibility=hidden", "-pthread"]
+        link_args = ["-pthread"]
+        if os.environ.get("NEEDLE_NATIVE") == "1" and _probe(cc, _MAIN, ["-march=native"]):
             compile_args.append("-march=native")
-        else:
-            if _probe(cc, _MAIN, ["-mavx2", "-mfma"]):
-                pass  # leave generic: only native builds assume the host's ISA
-        compile_args.append("-pthread")
-        link_args.append("-pthread")
-        if "-march=native" in compile_args and _probe(cc, _MVEC, ["-march=native"], ["-lmvec"]):
-            compile_args.append("-DNEEDLE_HAVE_LIBMVEC=1")
+        elif _probe(cc, _MAIN, ["-march=x86-64-v2"]):
+            compile_args.append("-march=x86-64-v2")
+        unit_flags = {unit: flags for unit, (_, flags) in ISA_UNITS.items() if _probe(cc, _MAIN, flags)}
+        compile_args += ["-D%s=1" % ISA_UNITS[unit][0] for unit in unit_flags]
+        if "kernels_avx2.cc" in unit_flags and _probe(cc, _MVEC, unit_flags["kernels_avx2.cc"], ["-lmvec"]):
+            compile_args.append("-DNEEDLE_HAVE_LIBMVEC=1")  # called only by the AVX2 and AVX-512 units
             link_args.append("-lmvec")
         for ext in self.extensions:
             if isinstance(ext, CUDAExtension):
                 continue
+            ext.sources = [s for s in ext.sources
+                           if os.path.basename(s) not in ISA_UNITS or os.path.basename(s) in unit_flags]
             ext.extra_compile_args = list(ext.extra_compile_args or []) + compile_args
             ext.extra_link_args = list(ext.extra_link_args or []) + link_args
-        self.announce("needle: compile flags %s, link flags %s" % (compile_args, link_args), level=2)
+        self.announce("needle: compile flags %s, per unit %s, link flags %s" % (compile_args, unit_flags, link_args),
+                      level=2)
+        self._add_unit_flags(unit_flags)
         self._parallel_compile()
         super().build_extensions()
+
+    def _add_unit_flags(self, unit_flags):
+        """Compile each kernel unit of ISA_UNITS with its instruction set's flags."""
+        cc = self.compiler
+        compile_one = cc._compile
+
+        def _compile(obj, src, ext, cc_args, extra_postargs, pp_opts):
+            flags = unit_flags.get(os.path.basename(src), [])
+            return compile_one(obj, src, ext, cc_args, list(extra_postargs) + flags, pp_opts)
+
+        cc._compile = _compile
 
     def _parallel_compile(self):
         """Compile the sources of an extension concurrently (one job per core)."""
@@ -253,7 +280,8 @@ ext_modules = [
         "needle.backend_ndarray.ndarray_backend_cpu",
         sources=sources,
         include_dirs=[_LazyInclude(), os.path.join("backends", "cpu")],
-        depends=sorted(glob.glob(os.path.join("backends", "cpu", "*.h"))),
+        depends=sorted(glob.glob(os.path.join("backends", "cpu", "*.h")) + glob.glob(os.path.join("backends", "cpu", "*.inc"))
+                       + glob.glob(os.path.join("backends", "common", "*.h"))),
         language="c++",
     )
 ]
@@ -266,7 +294,8 @@ if _nvcc and CUDA_SOURCES:
             sources=CUDA_SOURCES,
             nvcc=_nvcc,
             include_dirs=[os.path.join("backends", "cuda")],
-            depends=sorted(glob.glob(os.path.join("backends", "cuda", "*.h"))),
+            depends=sorted(glob.glob(os.path.join("backends", "cuda", "*.h"))
+                           + glob.glob(os.path.join("backends", "common", "*.h"))),
             language="c++",
             optional=True,
         )

@@ -2,8 +2,8 @@
 // needle.backend_ndarray.ndarray_backend_cpu).
 //
 // Every entry point validates its arguments against the buffer sizes before
-// touching memory and raises a Python exception (ValueError / IndexError)
-// instead of crashing.
+// touching memory (../common/checks.h, shared with the cuda backend) and raises a
+// Python exception (ValueError / IndexError) instead of crashing.
 #pragma once
 
 #include <pybind11/pybind11.h>
@@ -15,6 +15,8 @@
 #include <string>
 #include <vector>
 
+#include "../common/checks.h"
+#include "kernels.h"
 #include "threadpool.h"
 
 namespace needle {
@@ -25,7 +27,6 @@ namespace py = pybind11;
 typedef float scalar_t;
 constexpr size_t ELEM_SIZE = sizeof(scalar_t);
 constexpr size_t ALIGNMENT = 64;
-constexpr int TILE = 8;
 
 // Element counts above which loops are split across OpenMP threads.
 constexpr int64_t PAR_THRESHOLD = 1 << 16;
@@ -42,48 +43,6 @@ struct Array {
 };
 
 size_t release_cache();  // frees cached buffers, returns bytes freed
-
-// ---- error helpers ------------------------------------------------------
-[[noreturn]] inline void value_error(const std::string& msg) { throw py::value_error(msg); }
-[[noreturn]] inline void index_error(const std::string& msg) { throw py::index_error(msg); }
-
-inline std::string vec_str(const std::vector<int64_t>& v) {
-  std::string s = "(";
-  for (size_t i = 0; i < v.size(); ++i) {
-    if (i) s += ", ";
-    s += std::to_string(v[i]);
-  }
-  if (v.size() == 1) s += ",";
-  return s + ")";
-}
-
-// Check a.size == expected.
-inline void check_size(const char* fn, const char* what, const Array& a, int64_t expected) {
-  if (expected < 0 || a.size != static_cast<size_t>(expected))
-    value_error(std::string(fn) + ": " + what + " has size " + std::to_string(a.size) +
-                ", expected " + std::to_string(expected));
-}
-
-// Check a non-negative dimension argument.
-inline void check_dim(const char* fn, const char* what, int64_t v) {
-  if (v < 0 || v > (int64_t(1) << 40))
-    value_error(std::string(fn) + ": invalid " + what + " = " + std::to_string(v));
-}
-
-// checked a*b for dimension products
-inline int64_t checked_mul(const char* fn, int64_t a, int64_t b) {
-  int64_t r;
-  if (__builtin_mul_overflow(a, b, &r) || r > (int64_t(1) << 48))
-    value_error(std::string(fn) + ": size overflow");
-  return r;
-}
-
-// Validates a strided view (shape, strides in elements, offset) of a buffer of
-// `buf_size` elements: every reachable index must lie in [0, buf_size).
-// Strides may be negative (used by flip) or zero (broadcast).  Returns the
-// number of elements of the view.
-int64_t check_view(const char* fn, size_t buf_size, const std::vector<int64_t>& shape,
-                   const std::vector<int64_t>& strides, int64_t offset);
 
 // Iterate over the elements [begin, end) (row-major logical order) of a
 // strided view, calling f(logical_index_start, pointer_offset, count, inner_stride)
@@ -143,6 +102,7 @@ inline void parallel_range(int64_t n, int64_t threshold, F&& f, int64_t min_chun
   });
 }
 
+void register_dispatch(py::module_& m);  // picks the kernels (dispatch.cc)
 void register_strided(py::module_& m);
 void register_ewise(py::module_& m);
 void register_reduce(py::module_& m);
@@ -168,9 +128,6 @@ void for_each_product(int64_t batch, int64_t m, int64_t n, int64_t k, F&& produc
 }
 // the multiple of rows gemm_ex's row blocks of an (m, n, k) product keep
 int64_t gemm_row_grain(int64_t m, int64_t n, int64_t k);
-// gemm_ex on the calling thread with needle's own AVX2 kernel (small_gemm.cc)
-void small_gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
-                const float* b, int64_t ldb, float* c, int64_t ldc);
 void register_gather(py::module_& m);
 void blas_set_num_threads(int n);
 

@@ -1,8 +1,8 @@
 // Matrix multiplication: BLAS (scipy-openblas32, loaded at run time with init_blas) for
-// large products, small_gemm.cc for products with few columns and when no BLAS is loaded;
-// the course's tiled layout kernel matmul_tiled; batched matmul with broadcast operands.
+// large products, the dispatched gemm kernel (kernels_gemm.inc) for products with few
+// columns and when no BLAS is loaded; the course's tiled layout kernel matmul_tiled;
+// batched matmul with broadcast operands.
 #include "common.h"
-#include "simd.h"
 
 #include <dlfcn.h>
 #include <algorithm>
@@ -55,7 +55,7 @@ bool init_blas(const std::string& path) {
 inline bool use_blas() { return g_sgemm != nullptr && g_blas_enabled; }
 
 // ---- GEMM dispatch --------------------------------------------------------------
-// needle's small_gemm takes products with few columns (it packs at most one strip of B at a
+// needle's gemm kernel takes products with few columns (it packs at most one strip of B at a
 // time, so row blocks split across threads repeat no packing) and everything when no BLAS
 // is loaded; BLAS takes the rest.
 bool use_small(int64_t m, int64_t n, int64_t k) {
@@ -67,40 +67,15 @@ void gemm(const float* a, const float* b, float* c, int64_t m, int64_t n, int64_
   gemm_ex(false, false, m, p, n, a, n, b, p, c, p, parallel);
 }
 
-void check_dims(const char* fn, int64_t m, int64_t n, int64_t p) {
-  check_dim(fn, "m", m);
-  check_dim(fn, "n", n);
-  check_dim(fn, "p", p);
-  const int64_t lim = (int64_t(1) << 31) - 1;
-  if (m > lim || n > lim || p > lim) value_error(std::string(fn) + ": dimension too large for 32-bit BLAS");
-}
-
 void matmul(const Array& a, const Array& b, Array& out, int64_t m, int64_t n, int64_t p) {
-  check_dims("matmul", m, n, p);
-  check_size("matmul", "a", a, checked_mul("matmul", m, n));
-  check_size("matmul", "b", b, checked_mul("matmul", n, p));
-  check_size("matmul", "out", out, checked_mul("matmul", m, p));
-  if (&out == &a || &out == &b) value_error("matmul: out must not alias an input");
+  check_matmul("matmul", a, b, out, m, n, p);
   gemm(a.ptr, b.ptr, out.ptr, m, n, p, true);
 }
 
 void matmul_batched(const Array& a, const Array& b, Array& out, int64_t batch, int64_t m, int64_t n, int64_t p,
                     int64_t a_batch_stride, int64_t b_batch_stride) {
-  const char* fn = "matmul_batched";
-  check_dims(fn, m, n, p);
-  check_dim(fn, "batch", batch);
-  check_dim(fn, "a_batch_stride", a_batch_stride);
-  check_dim(fn, "b_batch_stride", b_batch_stride);
-  int64_t mn = checked_mul(fn, m, n), np_ = checked_mul(fn, n, p), mp = checked_mul(fn, m, p);
-  check_size(fn, "out", out, checked_mul(fn, batch, mp));
-  if (batch == 0) return;
-  int64_t a_need = checked_mul(fn, batch - 1, a_batch_stride) + mn;
-  int64_t b_need = checked_mul(fn, batch - 1, b_batch_stride) + np_;
-  if (static_cast<int64_t>(a.size) < a_need)
-    value_error(std::string(fn) + ": a has size " + std::to_string(a.size) + ", needs at least " + std::to_string(a_need));
-  if (static_cast<int64_t>(b.size) < b_need)
-    value_error(std::string(fn) + ": b has size " + std::to_string(b.size) + ", needs at least " + std::to_string(b_need));
-  if (&out == &a || &out == &b) value_error("matmul_batched: out must not alias an input");
+  check_matmul_batched("matmul_batched", a, b, out, batch, m, n, p, a_batch_stride, b_batch_stride);
+  const int64_t mp = m * p;
   const float *pa = a.ptr, *pb = b.ptr;
   float* po = out.ptr;
   for_each_product(batch, m, p, n, [&](int64_t i, bool parallel) {
@@ -110,46 +85,10 @@ void matmul_batched(const Array& a, const Array& b, Array& out, int64_t batch, i
 
 // Tiled layout: a (m/T, n/T, T, T), b (n/T, p/T, T, T), out (m/T, p/T, T, T).
 void matmul_tiled(const Array& a, const Array& b, Array& out, int64_t m, int64_t n, int64_t p) {
-  const char* fn = "matmul_tiled";
-  check_dims(fn, m, n, p);
-  if (m % TILE || n % TILE || p % TILE)
-    value_error(std::string(fn) + ": dimensions (" + std::to_string(m) + ", " + std::to_string(n) + ", " +
-                std::to_string(p) + ") must be multiples of the tile size " + std::to_string(TILE));
-  check_size(fn, "a", a, checked_mul(fn, m, n));
-  check_size(fn, "b", b, checked_mul(fn, n, p));
-  check_size(fn, "out", out, checked_mul(fn, m, p));
-  if (&out == &a || &out == &b) value_error("matmul_tiled: out must not alias an input");
+  check_matmul("matmul_tiled", a, b, out, m, n, p, TILE);
   const int64_t mt = m / TILE, nt = n / TILE, pt = p / TILE, TT = TILE * TILE;
-  const float *pa = a.ptr, *pb = b.ptr;
-  float* po = out.ptr;
-  auto row = [&](int64_t i) {
-    for (int64_t j = 0; j < pt; ++j) {
-      float* o = po + (i * pt + j) * TT;
-#ifdef NEEDLE_AVX2
-      __m256 acc[TILE];
-      for (int r = 0; r < TILE; ++r) acc[r] = _mm256_setzero_ps();
-      for (int64_t k = 0; k < nt; ++k) {
-        const float* at = pa + (i * nt + k) * TT;
-        const float* bt = pb + (k * pt + j) * TT;
-        __m256 brow[TILE];
-        for (int c = 0; c < TILE; ++c) brow[c] = _mm256_loadu_ps(bt + c * TILE);
-        for (int r = 0; r < TILE; ++r)
-          for (int c = 0; c < TILE; ++c) acc[r] = _mm256_fmadd_ps(_mm256_broadcast_ss(at + r * TILE + c), brow[c], acc[r]);
-      }
-      for (int r = 0; r < TILE; ++r) _mm256_storeu_ps(o + r * TILE, acc[r]);
-#else
-      float acc[TILE * TILE] = {0};
-      for (int64_t k = 0; k < nt; ++k) {
-        const float* at = pa + (i * nt + k) * TT;
-        const float* bt = pb + (k * pt + j) * TT;
-        for (int r = 0; r < TILE; ++r)
-          for (int c = 0; c < TILE; ++c)
-            for (int q = 0; q < TILE; ++q) acc[r * TILE + q] += at[r * TILE + c] * bt[c * TILE + q];
-      }
-      std::memcpy(o, acc, sizeof(acc));
-#endif
-    }
-  };
+  const auto tiled_row = kernels().tiled_row;
+  auto row = [&](int64_t i) { tiled_row(a.ptr + i * nt * TT, b.ptr, out.ptr + i * pt * TT, nt, pt); };
   if (m * n * p > (1 << 18)) parallel_chunks(mt, row);
   else for (int64_t i = 0; i < mt; ++i) row(i);
 }
@@ -166,7 +105,7 @@ bool gemm_split_worth(int64_t m, int64_t n, int64_t k) {
   return pool_num_threads() > 1 && work >= (use_small(m, n, k) ? SMALL_SPLIT : BLAS_SPLIT);
 }
 
-// small_gemm's partial tiles cost by the row (a 2-row tile ~1/3 of a 6-row one): fine
+// the gemm kernel's partial tiles cost by the row (a 2-row tile ~1/3 of a 6-row one): fine
 // splits balance best; the BLAS is given whole 8-row multiples
 int64_t gemm_row_grain(int64_t m, int64_t n, int64_t k) { return use_small(m, n, k) ? 2 : 8; }
 
@@ -184,7 +123,7 @@ void gemm_ex(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const 
     const float* pb = trans_b ? b + j0 * ldb : b + j0;
     float* pc = c + i0 * ldc + j0;
     if (small) {
-      small_gemm(trans_a, trans_b, i1 - i0, j1 - j0, k, pa, lda, pb, ldb, pc, ldc);
+      kernels().gemm(trans_a, trans_b, i1 - i0, j1 - j0, k, pa, lda, pb, ldb, pc, ldc);
     } else {
       g_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
               static_cast<int>(i1 - i0), static_cast<int>(j1 - j0), static_cast<int>(k), 1.0f, pa,
@@ -209,7 +148,7 @@ void register_matmul(py::module_& m) {
   m.def("blas_loaded", []() { return g_sgemm != nullptr; });
   m.def("blas_path", []() { return g_blas_path; });
   m.def("set_blas_enabled", [](bool on) { g_blas_enabled = on; }, py::arg("enabled"),
-        "use BLAS (True) or only needle's own small_gemm kernel (False) for matmul");
+        "use BLAS (True) or only needle's own gemm kernel (False) for matmul");
   m.def("matmul", &matmul, py::arg("a"), py::arg("b"), py::arg("out"), py::arg("m"), py::arg("n"), py::arg("p"));
   m.def("matmul_tiled", &matmul_tiled, py::arg("a"), py::arg("b"), py::arg("out"), py::arg("m"), py::arg("n"),
         py::arg("p"));

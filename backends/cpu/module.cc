@@ -96,33 +96,6 @@ Array::Array(size_t size_) : ptr(nullptr), size(size_) {
 
 Array::~Array() { free_block(ptr, round_bytes((size ? size : 1) * ELEM_SIZE)); }
 
-int64_t check_view(const char* fn, size_t buf_size, const std::vector<int64_t>& shape,
-                   const std::vector<int64_t>& strides, int64_t offset) {
-  if (shape.size() != strides.size())
-    value_error(std::string(fn) + ": shape " + vec_str(shape) + " and strides " + vec_str(strides) +
-                " have different lengths");
-  if (offset < 0) value_error(std::string(fn) + ": negative offset " + std::to_string(offset));
-  int64_t numel = 1;
-  for (int64_t s : shape) {
-    if (s < 0) value_error(std::string(fn) + ": negative dimension in shape " + vec_str(shape));
-    numel = checked_mul(fn, numel, s);
-  }
-  if (numel == 0) return 0;
-  int64_t lo = offset, hi = offset;
-  for (size_t i = 0; i < shape.size(); ++i) {
-    int64_t st = strides[i];
-    if (st > (int64_t(1) << 40) || st < -(int64_t(1) << 40))
-      value_error(std::string(fn) + ": invalid stride in " + vec_str(strides));
-    int64_t ext = checked_mul(fn, shape[i] - 1, st < 0 ? -st : st);
-    if (st < 0) lo -= ext; else hi += ext;
-  }
-  if (lo < 0 || hi >= static_cast<int64_t>(buf_size))
-    index_error(std::string(fn) + ": view (shape " + vec_str(shape) + ", strides " + vec_str(strides) +
-                ", offset " + std::to_string(offset) + ") reaches elements [" + std::to_string(lo) + ", " +
-                std::to_string(hi) + "] outside the buffer of size " + std::to_string(buf_size));
-  return numel;
-}
-
 void strided_copy_out(const Array& a, scalar_t* out, const std::vector<int64_t>& shape,
                       const std::vector<int64_t>& strides, int64_t offset, int64_t numel);
 
@@ -171,6 +144,7 @@ PYBIND11_MODULE(ndarray_backend_cpu, m) {
   m.def("get_num_threads", &get_num_threads);
   m.def("release_cached_memory", &release_cache, "free the cached large buffers; returns the bytes freed");
 
+  register_dispatch(m);
   register_strided(m);
   register_ewise(m);
   register_reduce(m);

@@ -33,6 +33,8 @@
 #include <string>
 #include <vector>
 
+#include "../common/checks.h"
+
 #ifdef NEEDLE_CUDA_EMULATE
 #include "cuda_emu.h"
 #define NEEDLE_LAUNCH(kernel, grid, block, ...) \
@@ -59,11 +61,8 @@ constexpr int RED_THREADS = 256; // block size of the block reductions (power of
 constexpr int64_t MAX_GRID = 1 << 16;
 
 // ---------------------------------------------------------------------------
-// errors and argument checks (same messages and exception types as the cpu module)
+// CUDA errors (argument checks: ../common/checks.h, shared with the cpu module)
 // ---------------------------------------------------------------------------
-[[noreturn]] void value_error(const std::string& msg) { throw py::value_error(msg); }
-[[noreturn]] void index_error(const std::string& msg) { throw py::index_error(msg); }
-
 void check_cuda(cudaError_t e, const char* what) {
   if (e != cudaSuccess) {
     cudaGetLastError();  // clear a non-sticky error
@@ -72,26 +71,6 @@ void check_cuda(cudaError_t e, const char* what) {
 }
 
 void check_launch(const char* what) { check_cuda(cudaGetLastError(), what); }
-
-std::string vec_str(const std::vector<int64_t>& v) {
-  std::string s = "(";
-  for (size_t i = 0; i < v.size(); ++i) {
-    if (i) s += ", ";
-    s += std::to_string(v[i]);
-  }
-  if (v.size() == 1) s += ",";
-  return s + ")";
-}
-
-int64_t checked_mul(const char* fn, int64_t a, int64_t b) {
-  int64_t r = 0;
-  if (__builtin_mul_overflow(a, b, &r) || r > (int64_t(1) << 48)) value_error(std::string(fn) + ": size overflow");
-  return r;
-}
-
-void check_dim(const char* fn, const char* what, int64_t v) {
-  if (v < 0 || v > (int64_t(1) << 40)) value_error(std::string(fn) + ": invalid " + what + " = " + std::to_string(v));
-}
 
 // ---------------------------------------------------------------------------
 // device memory: a cache of freed blocks (cudaMalloc/cudaFree synchronise the device)
@@ -196,41 +175,6 @@ struct DeviceBuffer {
   size_t bytes;
   void* ptr;
 };
-
-void check_size(const char* fn, const char* what, const Array& a, int64_t expected) {
-  if (expected < 0 || a.size != static_cast<size_t>(expected))
-    value_error(std::string(fn) + ": " + what + " has size " + std::to_string(a.size) + ", expected " +
-                std::to_string(expected));
-}
-
-// Validates a strided view of a buffer of buf_size elements (strides may be
-// negative or zero); returns its number of elements.
-int64_t check_view(const char* fn, size_t buf_size, const std::vector<int64_t>& shape,
-                   const std::vector<int64_t>& strides, int64_t offset) {
-  if (shape.size() != strides.size())
-    value_error(std::string(fn) + ": shape " + vec_str(shape) + " and strides " + vec_str(strides) +
-                " have different lengths");
-  if (offset < 0) value_error(std::string(fn) + ": negative offset " + std::to_string(offset));
-  int64_t numel = 1;
-  for (int64_t s : shape) {
-    if (s < 0) value_error(std::string(fn) + ": negative dimension in shape " + vec_str(shape));
-    numel = checked_mul(fn, numel, s);
-  }
-  if (numel == 0) return 0;
-  int64_t lo = offset, hi = offset;
-  for (size_t i = 0; i < shape.size(); ++i) {
-    int64_t st = strides[i];
-    if (st > (int64_t(1) << 40) || st < -(int64_t(1) << 40))
-      value_error(std::string(fn) + ": invalid stride in " + vec_str(strides));
-    int64_t ext = checked_mul(fn, shape[i] - 1, st < 0 ? -st : st);
-    if (st < 0) lo -= ext; else hi += ext;
-  }
-  if (lo < 0 || hi >= static_cast<int64_t>(buf_size))
-    index_error(std::string(fn) + ": view (shape " + vec_str(shape) + ", strides " + vec_str(strides) +
-                ", offset " + std::to_string(offset) + ") reaches elements [" + std::to_string(lo) + ", " +
-                std::to_string(hi) + "] outside the buffer of size " + std::to_string(buf_size));
-  return numel;
-}
 
 inline unsigned grid_for(int64_t n, int threads = THREADS) {
   int64_t g = (n + threads - 1) / threads;
@@ -666,19 +610,6 @@ void reduce_axis_dev(const scalar_t* a, scalar_t* out, int64_t outer, int64_t n,
   check_launch("reduce");
 }
 
-// Check sizes; returns number of groups (as the cpu module).
-int64_t check_reduce(const char* fn, const Array& a, const Array& out, int64_t n) {
-  if (n < 0) value_error(std::string(fn) + ": negative reduction size " + std::to_string(n));
-  int64_t groups = static_cast<int64_t>(out.size);
-  if (n == 0) {
-    if (a.size != 0)
-      value_error(std::string(fn) + ": reduction size 0 with a non-empty input of size " + std::to_string(a.size));
-  } else {
-    check_size(fn, "a", a, checked_mul(fn, groups, n));
-  }
-  return groups;
-}
-
 void reduce_sum(const Array& a, Array& out, int64_t n) {
   int64_t groups = check_reduce("reduce_sum", a, out, n);
   if (groups == 0) return;
@@ -698,12 +629,7 @@ void reduce_max(const Array& a, Array& out, int64_t n) {
 
 template <class Op, bool IS_MAX>
 void reduce_axis(const char* fn, const Array& a, Array& out, int64_t outer, int64_t n, int64_t inner) {
-  check_dim(fn, "outer", outer);
-  check_dim(fn, "n", n);
-  check_dim(fn, "inner", inner);
-  int64_t groups = checked_mul(fn, outer, inner);
-  check_size(fn, "out", out, groups);
-  check_size(fn, "a", a, checked_mul(fn, groups, n));
+  const int64_t groups = check_reduce_axis(fn, a, out, outer, n, inner);
   if (n == 0) {
     if (IS_MAX && groups > 0) value_error(std::string(fn) + ": zero-size reduction has no identity");
     return fill_device(out.ptr, 0.0f, groups);
@@ -860,14 +786,6 @@ __global__ void __launch_bounds__(MM_THREADS)
   }
 }
 
-void check_dims(const char* fn, int64_t m, int64_t n, int64_t p) {
-  check_dim(fn, "m", m);
-  check_dim(fn, "n", n);
-  check_dim(fn, "p", p);
-  const int64_t lim = (int64_t(1) << 31) - 1;
-  if (m > lim || n > lim || p > lim) value_error(std::string(fn) + ": dimension too large");
-}
-
 void gemm(const scalar_t* a, const scalar_t* b, scalar_t* c, int64_t batch, int64_t m, int64_t n, int64_t p,
           int64_t a_bs, int64_t b_bs) {
   if (batch == 0 || m == 0 || p == 0) return;
@@ -881,31 +799,13 @@ void gemm(const scalar_t* a, const scalar_t* b, scalar_t* c, int64_t batch, int6
 }
 
 void matmul(const Array& a, const Array& b, Array& out, int64_t m, int64_t n, int64_t p) {
-  check_dims("matmul", m, n, p);
-  check_size("matmul", "a", a, checked_mul("matmul", m, n));
-  check_size("matmul", "b", b, checked_mul("matmul", n, p));
-  check_size("matmul", "out", out, checked_mul("matmul", m, p));
-  if (&out == &a || &out == &b) value_error("matmul: out must not alias an input");
+  check_matmul("matmul", a, b, out, m, n, p);
   gemm(a.ptr, b.ptr, out.ptr, 1, m, n, p, 0, 0);
 }
 
 void matmul_batched(const Array& a, const Array& b, Array& out, int64_t batch, int64_t m, int64_t n, int64_t p,
                     int64_t a_batch_stride, int64_t b_batch_stride) {
-  const char* fn = "matmul_batched";
-  check_dims(fn, m, n, p);
-  check_dim(fn, "batch", batch);
-  check_dim(fn, "a_batch_stride", a_batch_stride);
-  check_dim(fn, "b_batch_stride", b_batch_stride);
-  int64_t mn = checked_mul(fn, m, n), np_ = checked_mul(fn, n, p), mp = checked_mul(fn, m, p);
-  check_size(fn, "out", out, checked_mul(fn, batch, mp));
-  if (batch == 0) return;
-  int64_t a_need = checked_mul(fn, batch - 1, a_batch_stride) + mn;
-  int64_t b_need = checked_mul(fn, batch - 1, b_batch_stride) + np_;
-  if (static_cast<int64_t>(a.size) < a_need)
-    value_error(std::string(fn) + ": a has size " + std::to_string(a.size) + ", needs at least " + std::to_string(a_need));
-  if (static_cast<int64_t>(b.size) < b_need)
-    value_error(std::string(fn) + ": b has size " + std::to_string(b.size) + ", needs at least " + std::to_string(b_need));
-  if (&out == &a || &out == &b) value_error("matmul_batched: out must not alias an input");
+  check_matmul_batched("matmul_batched", a, b, out, batch, m, n, p, a_batch_stride, b_batch_stride);
   gemm(a.ptr, b.ptr, out.ptr, batch, m, n, p, a_batch_stride, b_batch_stride);
 }
 
@@ -930,14 +830,7 @@ __global__ void matmul_tiled_kernel(const scalar_t* __restrict__ a, const scalar
 
 void matmul_tiled(const Array& a, const Array& b, Array& out, int64_t m, int64_t n, int64_t p) {
   const char* fn = "matmul_tiled";
-  check_dims(fn, m, n, p);
-  if (m % TILE || n % TILE || p % TILE)
-    value_error(std::string(fn) + ": dimensions (" + std::to_string(m) + ", " + std::to_string(n) + ", " +
-                std::to_string(p) + ") must be multiples of the tile size " + std::to_string(TILE));
-  check_size(fn, "a", a, checked_mul(fn, m, n));
-  check_size(fn, "b", b, checked_mul(fn, n, p));
-  check_size(fn, "out", out, checked_mul(fn, m, p));
-  if (&out == &a || &out == &b) value_error("matmul_tiled: out must not alias an input");
+  check_matmul(fn, a, b, out, m, n, p, TILE);
   const int64_t total = m * p;
   if (total == 0) return;
   NEEDLE_LAUNCH(matmul_tiled_kernel, grid_for(total), THREADS, a.ptr, b.ptr, out.ptr, n / TILE, p / TILE, total);
@@ -947,22 +840,12 @@ void matmul_tiled(const Array& a, const Array& b, Array& out, int64_t m, int64_t
 // ---------------------------------------------------------------------------
 // row gather / scatter-add (take and its gradient)
 // ---------------------------------------------------------------------------
-// Indices are checked on the host (IndexError before any write, as on cpu).
-std::vector<int64_t> checked_rows(const char* fn, const Array& idx, int64_t n_rows) {
+// The indices, copied to the host (they are checked there: IndexError before any write).
+std::vector<float> host_indices(const Array& idx) {
   std::vector<float> host(idx.size);
   if (idx.size)
     check_cuda(cudaMemcpy(host.data(), idx.ptr, idx.size * ELEM_SIZE, cudaMemcpyDeviceToHost), "cudaMemcpy");
-  std::vector<int64_t> rows(idx.size);
-  for (size_t i = 0; i < idx.size; ++i) {
-    float v = host[i];
-    if (!(v >= 0.0f) || !(v < static_cast<float>(n_rows)) || std::floor(v) != v)
-      index_error(std::string(fn) + ": index " + (std::isnan(v) ? std::string("nan") : std::to_string(v)) +
-                  " at position " + std::to_string(i) + " is out of bounds for axis 0 with size " +
-                  std::to_string(n_rows));
-    rows[i] = static_cast<int64_t>(v);
-    if (rows[i] >= n_rows) index_error(std::string(fn) + ": index out of bounds");
-  }
-  return rows;
+  return host;
 }
 
 __global__ void take_rows_kernel(const scalar_t* __restrict__ a, const int64_t* __restrict__ rows,
@@ -987,12 +870,9 @@ __global__ void index_add_rows_kernel(const scalar_t* __restrict__ values, const
 
 void take_rows(const Array& a, const Array& idx, Array& out, int64_t n_rows, int64_t row_size) {
   const char* fn = "take_rows";
-  check_dim(fn, "n_rows", n_rows);
-  check_dim(fn, "row_size", row_size);
-  check_size(fn, "a", a, checked_mul(fn, n_rows, row_size));
-  int64_t k = static_cast<int64_t>(idx.size);
-  check_size(fn, "out", out, checked_mul(fn, k, row_size));
-  std::vector<int64_t> rows = checked_rows(fn, idx, n_rows);
+  const int64_t k = static_cast<int64_t>(idx.size);
+  const std::vector<int64_t> rows =
+      checked_rows(fn, host_indices(idx).data(), a, "a", out, "out", k, n_rows, row_size);
   if (k == 0 || row_size == 0) return;
   DeviceBuffer drows(k * sizeof(int64_t));
   check_cuda(cudaMemcpy(drows.ptr, rows.data(), k * sizeof(int64_t), cudaMemcpyHostToDevice), "cudaMemcpy");
@@ -1002,12 +882,9 @@ void take_rows(const Array& a, const Array& idx, Array& out, int64_t n_rows, int
 
 void index_add_rows(const Array& values, const Array& idx, Array& out, int64_t n_rows, int64_t row_size) {
   const char* fn = "index_add_rows";
-  check_dim(fn, "n_rows", n_rows);
-  check_dim(fn, "row_size", row_size);
-  check_size(fn, "out", out, checked_mul(fn, n_rows, row_size));
-  int64_t k = static_cast<int64_t>(idx.size);
-  check_size(fn, "values", values, checked_mul(fn, k, row_size));
-  std::vector<int64_t> rows = checked_rows(fn, idx, n_rows);
+  const int64_t k = static_cast<int64_t>(idx.size);
+  const std::vector<int64_t> rows =
+      checked_rows(fn, host_indices(idx).data(), out, "out", values, "values", k, n_rows, row_size);
   if (k == 0 || row_size == 0) return;
   if (&values == &out) value_error("index_add_rows: values and out must be different buffers");
   DeviceBuffer drows(k * sizeof(int64_t));

@@ -18,6 +18,7 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CUDA_DIR = os.path.join(ROOT, "backends", "cuda")
+COMMON_DIR = os.path.join(ROOT, "backends", "common")  # headers the .cu includes by relative path
 
 
 def _sources():
@@ -31,7 +32,7 @@ def build_emulated_module() -> str:
     cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
     if cxx is None:
         raise RuntimeError("no C++ compiler found to build the emulated CUDA backend")
-    files = _sources() + sorted(glob.glob(os.path.join(CUDA_DIR, "*.h")))
+    files = _sources() + sorted(glob.glob(os.path.join(CUDA_DIR, "*.h")) + glob.glob(os.path.join(COMMON_DIR, "*.h")))
     h = hashlib.sha256()
     for f in files:
         with open(f, "rb") as fh:
