@@ -5,11 +5,11 @@ modify gradient tensors in place and keep each parameter's dtype.
 """
 from __future__ import annotations
 
-import math
 from typing import Dict
 
 import numpy as np
 
+from . import ops
 from .autograd import Tensor, no_grad
 from .init import ones_like as ndl_ones_like
 from .ir import tracer
@@ -60,42 +60,22 @@ class Optimizer:
     def clip_grad_norm(self, max_norm=0.25):
         """Scale all gradients (new tensors) so their global L2 norm is at most max_norm.
 
-        Returns the norm before clipping.
+        Returns the norm before clipping, a scalar Tensor (as PyTorch's `clip_grad_norm_`);
+        the same ops run eagerly and inside a compiled step.
         """
-        if tracer.ACTIVE is not None:
-            return self._clip_grad_norm_traced(max_norm)
-        total = 0.0
-        for p in self.params:
-            if p.grad is not None:
-                g = p.grad.numpy().astype(np.float64)
-                total += float((g * g).sum())
-        norm = math.sqrt(total)
-        if norm > max_norm:
-            scale = max_norm / (norm + 1e-6)
-            with no_grad():
-                for p in self.params:
-                    if p.grad is not None:
-                        p.grad = _cast(p.grad.detach() * scale, p.grad)
-        return norm
-
-    def _clip_grad_norm_traced(self, max_norm):
-        """clip_grad_norm inside a compiled step: the same scaling, as graph ops."""
-        from . import ops
-
-        grads = [p.grad for p in self.params if p.grad is not None]
+        grads = [p.grad.detach() for p in self.params if p.grad is not None]
         if not grads:
             return 0.0
-        total = None
-        for g in grads:
-            sq = ops.summation(g.detach() * g.detach())
-            total = sq if total is None else total + sq
-        norm = ops.power_scalar(total, 0.5)
-        scale = ops.where(ops.compare(norm, max_norm, "gt"), max_norm / (norm + 1e-6),
-                          ndl_ones_like(norm))
         with no_grad():
+            total = ops.summation(grads[0] * grads[0])
+            for g in grads[1:]:
+                total = total + ops.summation(g * g)
+            norm = ops.power_scalar(total, 0.5)
+            scale = ops.where(ops.compare(norm, max_norm, "gt"), max_norm / (norm + 1e-6),
+                              ndl_ones_like(norm))
             for p in self.params:
                 if p.grad is not None:
-                    p.grad = p.grad.detach() * scale
+                    p.grad = _cast(p.grad.detach() * scale, p.grad)
         return norm
 
     # ---- state -----------------------------------------------------------------------
@@ -200,13 +180,10 @@ class Adam(Optimizer):
 
     def step(self):
         b1, b2 = self.beta1, self.beta2
-        if tracer.ACTIVE is None:
-            self.t += 1
-            c1, c2 = 1 - b1 ** self.t, 1 - b2 ** self.t
-        else:  # the step count is graph state: read at each call, written back after it;
-            # the bias corrections are read in float64 like eager's (1 - 0.999**t cancels)
-            tracer.ACTIVE.set_hyper(self, "t", tracer.hyper(self, "t") + 1.0)
-            c1, c2 = tracer.hyper(self, "next_bias_correction1"), tracer.hyper(self, "next_bias_correction2")
+        # the bias corrections are computed in float64 from the step count (1 - 0.999**t
+        # cancels); compiled, the count is graph state read at each call and written back
+        c1, c2 = tracer.hyper(self, "next_bias_correction1"), tracer.hyper(self, "next_bias_correction2")
+        tracer.increment(self, "t")
         lr = tracer.hyper(self, "lr")
         with no_grad():
             for i, p in enumerate(self.params):

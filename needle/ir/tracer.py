@@ -258,6 +258,15 @@ def hyper(obj, attr: str):
     return builder.hyper_input(obj, attr) if builder is not None else getattr(obj, attr)
 
 
+def increment(obj, attr: str) -> None:
+    """`obj.attr += 1`, eagerly or, inside a trace, as graph state written back after each call."""
+    builder = active()
+    if builder is None:
+        setattr(obj, attr, getattr(obj, attr) + 1)
+    else:
+        builder.set_hyper(obj, attr, builder.hyper_input(obj, attr) + 1.0)
+
+
 def read_error(what: str) -> TraceError:
     return TraceError(
         f"cannot read the value of a traced tensor ({what}) inside a compiled function: its "

@@ -127,7 +127,7 @@ def test_clip_grad_norm():
     old = a.grad
     opt = optim.SGD([a, b], lr=1.0)
     norm = opt.clip_grad_norm(max_norm=0.25)
-    assert norm == pytest.approx(5.0)
+    assert isinstance(norm, ndl.Tensor) and norm.shape == () and float(norm) == pytest.approx(5.0)
     np.testing.assert_allclose(old.numpy(), ga)  # not modified in place
     np.testing.assert_allclose(a.grad.numpy(), ga * 0.05, rtol=1e-5)
     np.testing.assert_allclose(b.grad.numpy(), gb * 0.05, rtol=1e-5)
@@ -210,3 +210,33 @@ def test_scheduler_changes_update_size():
         sched.step()
         deltas.append(float((before - p.numpy())[0]))
     np.testing.assert_allclose(deltas, [1.0, 0.1, 0.01], rtol=1e-5)
+
+
+@pytest.mark.parametrize("make", [lambda ps: optim.SGD(ps, lr=0.5, momentum=0.9),
+                                  lambda ps: optim.Adam(ps, lr=0.05)])
+def test_clip_and_step_compiled_equal_eager(make):
+    """clip_grad_norm and the step count run the same ops eagerly and compiled."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((6, 4)).astype(np.float32)
+    w0 = rng.standard_normal((4, 3)).astype(np.float32) * 3
+
+    def run(compiled):
+        w = nn.Parameter(ndl.Tensor(w0))
+        opt = make([w])
+
+        def step(xb):
+            opt.reset_grad()
+            loss = ((ndl.Tensor(xb) @ w) ** 2).sum()
+            loss.backward()
+            norm = opt.clip_grad_norm(max_norm=0.5)
+            opt.step()
+            return norm
+
+        f = ndl.compile(step) if compiled else step
+        norms = [float(f(x).numpy()) for _ in range(3)]
+        return norms, w.numpy(), getattr(opt, "t", None)
+
+    eager, compiled = run(False), run(True)
+    np.testing.assert_allclose(compiled[0], eager[0], rtol=1e-5)
+    np.testing.assert_allclose(compiled[1], eager[1], rtol=1e-5, atol=1e-6)
+    assert compiled[2] == eager[2]
