@@ -1,4 +1,9 @@
-"""Basic tensor constructors. Each random helper makes exactly one call on numpy's global RNG."""
+"""Basic tensor constructors. Each random helper makes exactly one call on numpy's global RNG.
+
+Inside a compiled function numpy's RNG would run once, at trace time, and freeze its numbers
+into the graph; there `rand` and `randb` draw from the compiled counter-based generator
+(`needle.ops.random`) instead, so every call gets new numbers, and `randn` refuses.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -15,6 +20,8 @@ def _device(device):
 
 def rand(*shape, low=0.0, high=1.0, device=None, dtype="float32", requires_grad=False) -> Tensor:
     """Uniform on [low, high): `np.random.rand(*shape) * (high - low) + low`."""
+    if tracer.active() is not None:
+        return _traced_uniform(shape) * (high - low) + low
     device = _device(device)
     array = device.rand(*shape) * (high - low) + low
     return Tensor(array, device=device, dtype=dtype, requires_grad=requires_grad)
@@ -22,9 +29,20 @@ def rand(*shape, low=0.0, high=1.0, device=None, dtype="float32", requires_grad=
 
 def randn(*shape, mean=0.0, std=1.0, device=None, dtype="float32", requires_grad=False) -> Tensor:
     """Normal: `np.random.randn(*shape) * std + mean`."""
+    if tracer.active() is not None:
+        raise tracer.TraceError(
+            "init.randn inside a compiled function would draw its numbers once, at trace time; "
+            "draw them outside and pass them in (compiled code has init.rand and init.randb)")
     device = _device(device)
     array = device.randn(*shape) * std + mean
     return Tensor(array, device=device, dtype=dtype, requires_grad=requires_grad)
+
+
+def _traced_uniform(shape) -> Tensor:
+    """Uniform [0, 1) numbers of a compiled call (new ones at every call)."""
+    from ..ops.random import random_uniform
+
+    return random_uniform(tuple(shape))
 
 
 def constant(*shape, c=1.0, device=None, dtype="float32", requires_grad=False) -> Tensor:
@@ -46,6 +64,10 @@ def zeros(*shape, device=None, dtype="float32", requires_grad=False) -> Tensor:
 
 def randb(*shape, p=0.5, device=None, dtype="bool", requires_grad=False) -> Tensor:
     """Bernoulli(p): `np.random.rand(*shape) <= p`."""
+    if tracer.active() is not None:
+        from .. import ops
+
+        return ops.compare(_traced_uniform(shape), p, "le")
     device = _device(device)
     array = device.rand(*shape) <= p
     return Tensor(array, device=device, dtype=dtype, requires_grad=requires_grad)

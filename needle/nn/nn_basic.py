@@ -6,7 +6,6 @@ from typing import Any, Dict, List
 import numpy as np
 
 from .. import init, ops
-from ..ir import tracer
 from ..autograd import Tensor
 
 
@@ -432,10 +431,8 @@ class Dropout(Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training:
             return x
-        if tracer.ACTIVE is not None:  # compiled: counter-based masks (see needle/ops/random.py)
-            mask = ops.compare(ops.random_uniform(x.shape), 1 - self.p, "le")
-        else:
-            mask = init.randb(*x.shape, p=1 - self.p, device=x.device, dtype=x.dtype)
+        # compiled, init.randb draws from the counter-based generator (needle/ops/random.py)
+        mask = init.randb(*x.shape, p=1 - self.p, device=x.device, dtype=x.dtype)
         if self.p >= 1:
             return x * 0.0
         return x * mask / (1 - self.p)

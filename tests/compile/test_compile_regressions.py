@@ -283,3 +283,33 @@ def test_power_minus_half_at_special_values():
     at -0.0, where eager's pow gives 0 and +inf."""
     with np.errstate(all="ignore"):
         compare_with_eager(lambda x, y: x ** 0.5 + y, X, Y, rtol=1e-4, atol=1e-5)
+
+
+def test_random_initializers_inside_compiled_functions_draw_at_every_call():
+    """init.rand / init.randb inside @compile used to draw once at trace time and freeze their
+    numbers into the graph; they now draw new numbers at every call."""
+    x = ndl.Tensor(np.ones((64, 32), dtype=np.float32))
+
+    @ndl.compile
+    def uniform(x):
+        return x * ndl.init.rand(*x.shape, low=-2.0, high=3.0)
+
+    @ndl.compile
+    def bernoulli(x):
+        return x * ndl.init.randb(*x.shape, p=0.25)
+
+    a, b = uniform(x).numpy(), uniform(x).numpy()
+    assert not np.array_equal(a, b)
+    assert a.min() >= -2.0 and a.max() < 3.0 and abs(a.mean() - 0.5) < 0.15
+    m1, m2 = bernoulli(x).numpy(), bernoulli(x).numpy()
+    assert not np.array_equal(m1, m2) and set(np.unique(m1)) <= {0.0, 1.0}
+    assert abs(m1.mean() - 0.25) < 0.05
+
+
+def test_randn_inside_a_compiled_function_is_refused():
+    @ndl.compile
+    def f(x):
+        return x + ndl.init.randn(*x.shape)
+
+    with pytest.raises(ndl.ir.tracer.TraceError, match="randn"):
+        f(ndl.Tensor(np.ones(3, dtype=np.float32)))
