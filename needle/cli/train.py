@@ -32,7 +32,7 @@ from needle.apps import mlp_resnet, models
 from needle.cli import train_metrics
 
 from needle.cli.train_checkpoint import read_checkpoint, restore_checkpoint, save_training_checkpoint
-from needle.cli.train_data import load_cifar10, load_mnist, load_ptb
+from needle.cli.train_data import load_images, load_ptb
 from needle.cli.train_jobs import ClassificationJob, PTBJob, progress_bar
 from needle.cli.train_options import (BadData, CheckpointError, DataNotFound, Diverged,
                                       UsageError, build_parser, resolve_options)
@@ -146,8 +146,7 @@ def run(args, argv, state):
         opt = build_optimizer(args, model)
         job = PTBJob(args, model, opt, train_ids, eval_ids, vocab, device)
     else:
-        loader = load_mnist if args.task == "mnist" else load_cifar10
-        Xtr, ytr, Xev, yev, desc = _checked(loader, args)
+        Xtr, ytr, Xev, yev, desc = _checked(load_images, args)
         if len(yev) == 0:
             raise BadData(f"the evaluation split is empty ({desc})")
         model = build_model(args, device=device)

@@ -51,58 +51,53 @@ def _limit(X, y, n):
     return (X, y) if n is None else (X[:n], y[:n])
 
 
-def load_mnist(args):
-    if args.synthetic:
-        Xtr, ytr, Xev, yev = _synthetic("mnist", args.seed)
-        desc = f"synthetic mnist ({len(ytr)} train / {len(yev)} eval)"
-    else:
-        looked = []
-        for root in _candidate_roots(args.data_dir):
-            looked.append(root / "mnist")
-            files = ndata.mnist_files(root)
-            if "t10k" not in files:
-                continue
-            test = ndata.MNISTDataset(*files["t10k"])
-            if "train" in files:
-                train = ndata.MNISTDataset(*files["train"])
-                Xtr, ytr, Xev, yev = train.images, train.labels, test.images, test.labels
-                desc = (f"mnist train ({len(ytr)}) / t10k ({len(yev)}) from {root / 'mnist'}")
-            else:
-                k = MNIST_T10K_TRAIN
-                Xtr, ytr = test.images[:k], test.labels[:k]
-                Xev, yev = test.images[k:], test.labels[k:]
-                desc = (f"mnist t10k[:{k}] (train) / t10k[{k}:] ({len(yev)}, eval) from "
-                        f"{root / 'mnist'} (no training images)")
-            break
-        else:
-            raise _not_found("MNIST data (mnist/t10k-images-idx3-ubyte.gz and "
-                             "t10k-labels-idx1-ubyte.gz at least)", looked)
-    Xtr, ytr = _limit(Xtr, ytr, args.train_limit)
-    Xev, yev = _limit(Xev, yev, args.eval_limit)
-    if args.train_limit is not None or args.eval_limit is not None:
-        desc += f"; using {len(ytr)} train / {len(yev)} eval"
-    return Xtr, ytr, Xev, yev, desc
+def _find_mnist(data_dir):
+    """(Xtr, ytr, Xev, yev, description) of the first root holding MNIST's t10k split."""
+    looked = []
+    for root in _candidate_roots(data_dir):
+        looked.append(root / "mnist")
+        files = ndata.mnist_files(root)
+        if "t10k" not in files:
+            continue
+        test = ndata.MNISTDataset(*files["t10k"])
+        if "train" in files:
+            train = ndata.MNISTDataset(*files["train"])
+            return (train.images, train.labels, test.images, test.labels,
+                    f"mnist train ({len(train.labels)}) / t10k ({len(test.labels)}) from {root / 'mnist'}")
+        k = MNIST_T10K_TRAIN
+        return (test.images[:k], test.labels[:k], test.images[k:], test.labels[k:],
+                f"mnist t10k[:{k}] (train) / t10k[{k}:] ({len(test.labels) - k}, eval) from "
+                f"{root / 'mnist'} (no training images)")
+    raise _not_found("MNIST data (mnist/t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz at least)",
+                     looked)
 
 
-def load_cifar10(args):
+def _find_cifar10(data_dir):
+    """(Xtr, ytr, Xev, yev, description) of the first root holding all CIFAR-10 batches."""
+    looked = []
+    for root in _candidate_roots(data_dir):
+        looked.append(root / "cifar-10-batches-py")
+        files = ndata.cifar10_files(root)
+        if "train" in files and "test" in files:
+            base = root / "cifar-10-batches-py"
+            train = ndata.CIFAR10Dataset(str(base), train=True)
+            test = ndata.CIFAR10Dataset(str(base), train=False)
+            return (train.X, train.y, test.X, test.y,
+                    f"cifar10 data_batch_1-5 ({len(train.y)}) / test_batch ({len(test.y)}) from {base}")
+    raise _not_found("CIFAR-10 data (cifar-10-batches-py/data_batch_1..5 and test_batch)", looked)
+
+
+_IMAGE_FINDERS = {"mnist": _find_mnist, "cifar10": _find_cifar10}
+
+
+def load_images(args):
+    """The image task's (Xtr, ytr, Xev, yev, description): found data or `--synthetic`, cut
+    to `--train-limit` / `--eval-limit`."""
     if args.synthetic:
-        Xtr, ytr, Xev, yev = _synthetic("cifar10", args.seed)
-        desc = f"synthetic cifar10 ({len(ytr)} train / {len(yev)} eval)"
+        Xtr, ytr, Xev, yev = _synthetic(args.task, args.seed)
+        desc = f"synthetic {args.task} ({len(ytr)} train / {len(yev)} eval)"
     else:
-        looked = []
-        for root in _candidate_roots(args.data_dir):
-            looked.append(root / "cifar-10-batches-py")
-            files = ndata.cifar10_files(root)
-            if "train" in files and "test" in files:
-                base = root / "cifar-10-batches-py"
-                train = ndata.CIFAR10Dataset(str(base), train=True)
-                test = ndata.CIFAR10Dataset(str(base), train=False)
-                Xtr, ytr, Xev, yev = train.X, train.y, test.X, test.y
-                desc = f"cifar10 data_batch_1-5 ({len(ytr)}) / test_batch ({len(yev)}) from {base}"
-                break
-        else:
-            raise _not_found("CIFAR-10 data (cifar-10-batches-py/data_batch_1..5 and test_batch)",
-                             looked)
+        Xtr, ytr, Xev, yev, desc = _IMAGE_FINDERS[args.task](args.data_dir)
     Xtr, ytr = _limit(Xtr, ytr, args.train_limit)
     Xev, yev = _limit(Xev, yev, args.eval_limit)
     if args.train_limit is not None or args.eval_limit is not None:
