@@ -12,7 +12,11 @@ from .loop_ir import (AccInit, AccRef, AccUpdate, Binary, Cmp, FConst, For, ICmp
                       LoopKernel, Select, Store, Unary, operands, postorder, walk_exprs)
 
 _IOP = {"add": "+", "mul": "*", "div": "/", "mod": "%"}
-_FOP = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
+#: loop IR's unary and binary value ops as C (the transcendentals the LLVM renderer inlines as
+#: polynomials are named `<op>_poly`)
+_UNARY = {"neg": "(-{})", "exp": "exp_poly({})", "log": "log_poly({})", "tanh": "tanh_poly({})",
+          "sqrt": "sqrt_poly({})", "sin": "sinf({})", "cos": "cosf({})"}
+_BINARY = {"add": "({} + {})", "sub": "({} - {})", "mul": "({} * {})", "div": "({} / {})", "pow": "pow_poly({}, {})"}
 _COP = {"eq": "==", "ne": "!=", "gt": ">", "ge": ">=", "lt": "<", "le": "<="}
 
 
@@ -45,11 +49,9 @@ def _c_node(e, ops: list) -> str:
     if isinstance(e, AccRef):
         return e.acc
     if isinstance(e, Unary):
-        return f"(-{ops[0]})" if e.op == "neg" else f"{e.op}_poly({ops[0]})"
+        return _UNARY[e.op].format(*ops)
     if isinstance(e, Binary):
-        if e.op == "pow":
-            return f"pow_poly({ops[0]}, {ops[1]})"
-        return f"({ops[0]} {_FOP[e.op]} {ops[1]})"
+        return _BINARY[e.op].format(*ops)
     if isinstance(e, Cmp):
         return f"({ops[0]} {_COP[e.op]} {ops[1]})"
     if isinstance(e, ICmp):

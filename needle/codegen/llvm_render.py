@@ -25,7 +25,7 @@ from __future__ import annotations
 from llvmlite import ir
 
 from . import vmath
-from .loop_ir import (AccInit, AccRef, AccUpdate, Binary, Cmp, FConst, For, ICmp, IConst, IVar,
+from .loop_ir import (ACC_IDENTITY, AccInit, AccRef, AccUpdate, Binary, Cmp, FConst, For, ICmp, IConst, IVar,
                       Load, LoopKernel, Select, Store, Unary, coefficient, postorder)
 
 F32 = ir.FloatType()
@@ -34,6 +34,12 @@ FM = ("contract",)
 FM_ACC = ("reassoc", "contract")
 VECTOR_WIDTH = 8
 _CMP = {"eq": "==", "gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+#: loop IR's unary and binary value ops as LLVM IR (builder, operands...)
+_UNARY = {"neg": lambda b, x: b.fneg(x), "exp": vmath.exp, "log": vmath.log, "tanh": vmath.tanh,
+          "sqrt": vmath.sqrt, "sin": vmath.sin, "cos": vmath.cos}
+_BINARY = {"add": lambda b, x, y: b.fadd(x, y, flags=FM), "sub": lambda b, x, y: b.fsub(x, y, flags=FM),
+           "mul": lambda b, x, y: b.fmul(x, y, flags=FM), "div": lambda b, x, y: b.fdiv(x, y, flags=FM),
+           "pow": vmath.pow}
 _ICMP = dict(_CMP, ne="!=")
 
 
@@ -113,7 +119,7 @@ class _Renderer:
         elif isinstance(s, AccInit):
             if s.acc not in self.accs:
                 self.accs[s.acc] = self.alloca(F32, s.acc)
-            b.store(ir.Constant(F32, _identity(s.op)), self.accs[s.acc])
+            b.store(ir.Constant(F32, ACC_IDENTITY[s.op]), self.accs[s.acc])
         elif isinstance(s, AccUpdate):
             v = self.fexpr(s.value)
             if self.vvar is not None and s.acc in self.vaccs:
@@ -162,7 +168,7 @@ class _Renderer:
         vt = ir.VectorType(F32, W)
         for a in accs:
             self.vaccs[a] = self.alloca(vt, a + ".v")
-            b.store(ir.Constant(vt, [_identity(ops[a])] * W), self.vaccs[a])
+            b.store(ir.Constant(vt, [ACC_IDENTITY[ops[a]]] * W), self.vaccs[a])
         self.vvar = s.var
         self.loop(s.var, 0 if lo is None else lo, vend, W, s.body)
         self.vvar = None
@@ -263,20 +269,14 @@ class _Renderer:
                 out = b.insert_element(out, b.load(b.gep(base, [b.extract_element(idx, ln)])), ln)
             return out
         if isinstance(e, Unary):
-            x = self.fexpr(e.a)
-            if e.op == "neg":
-                return b.fneg(x)
-            return getattr(vmath, e.op)(b, x)
+            return _UNARY[e.op](b, self.fexpr(e.a))
         if isinstance(e, Binary):
             x, y = self.fexpr(e.a), self.fexpr(e.b)
             if e.op == "div" and isinstance(x.type, ir.VectorType) and not isinstance(y.type, ir.VectorType):
                 # a divisor uniform across the lanes: one exact scalar reciprocal (hoisted out
                 # of the loop where y is invariant), then a vector multiply
                 y, e = b.fdiv(ir.Constant(F32, 1.0), y, flags=FM), Binary("mul", e.a, e.b)
-            x, y = self._pair(x, y)
-            if e.op == "pow":
-                return vmath.pow(b, x, y)
-            return {"add": b.fadd, "sub": b.fsub, "mul": b.fmul, "div": b.fdiv}[e.op](x, y, flags=FM)
+            return _BINARY[e.op](b, *self._pair(x, y))
         if isinstance(e, Cmp):
             x, y = self._pair(self.fexpr(e.a), self.fexpr(e.b))
             if e.op == "ne":
@@ -301,10 +301,6 @@ class _Renderer:
         if isinstance(x.type, ir.VectorType) != isinstance(y.type, ir.VectorType):
             return self._splat(x, F32), self._splat(y, F32)
         return x, y
-
-
-def _identity(op):
-    return 0.0 if op == "sum" else float("-inf")
 
 
 def _combine(b, op, acc, v):

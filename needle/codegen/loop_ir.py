@@ -19,7 +19,7 @@ from typing import Optional, Union
 
 LOOP_KINDS = ("serial", "parallel", "vector")
 ACC_OPS = ("sum", "max")
-UNARY_OPS = ("neg", "exp", "log", "tanh", "sqrt")
+UNARY_OPS = ("neg", "exp", "log", "tanh", "sqrt", "sin", "cos")
 BINARY_OPS = ("add", "sub", "mul", "div", "pow")
 CMP_OPS = ("eq", "ne", "gt", "ge", "lt", "le")
 
@@ -101,6 +101,43 @@ def unravel(lin: IExpr, shape) -> list:
         out.append(IConst(0) if d == 1 else imod(idiv(lin, stride), d))
         stride *= d
     return out[::-1]
+
+
+class Ix:
+    """An index expression with Python arithmetic (+ - * // %), so that ops' index maps,
+    written for ints, build loop IR; `divmod` records whether any // or % was taken (a
+    list shared by every Ix derived from the same inputs)."""
+
+    __slots__ = ("e", "divmod")
+
+    def __init__(self, e: IExpr, divmod: list):
+        self.e, self.divmod = e, divmod
+
+    def _of(self, o) -> IExpr:
+        return o.e if isinstance(o, Ix) else IConst(int(o))
+
+    def __add__(self, o): return Ix(iadd(self.e, self._of(o)), self.divmod)
+    def __radd__(self, o): return Ix(iadd(self._of(o), self.e), self.divmod)
+    def __mul__(self, o): return Ix(imul(self.e, self._of(o)), self.divmod)
+    def __rmul__(self, o): return Ix(imul(self._of(o), self.e), self.divmod)
+    def __sub__(self, o): return Ix(iadd(self.e, imul(self._of(o), IConst(-1))), self.divmod)
+    def __rsub__(self, o): return Ix(iadd(self._of(o), imul(self.e, IConst(-1))), self.divmod)
+
+    def __floordiv__(self, d: int):
+        self.divmod.append(True)
+        return Ix(idiv(self.e, d), self.divmod)
+
+    def __mod__(self, d: int):
+        self.divmod.append(True)
+        return Ix(imod(self.e, d), self.divmod)
+
+
+def index_map(fn, idx) -> tuple[tuple, bool]:
+    """(`fn(idx)` as index expressions, whether it divided): `fn` maps a tuple of index
+    values to another, written with Python arithmetic."""
+    divmod: list = []
+    out = fn(tuple(Ix(i, divmod) for i in idx))
+    return tuple(x.e if isinstance(x, Ix) else IConst(int(x)) for x in out), bool(divmod)
 
 
 def coefficient(e: IExpr, var: str):
@@ -215,6 +252,71 @@ class AccRef:
 
 
 FExpr = Union[FConst, Load, Unary, Binary, Select, AccRef]
+
+
+# ---- the scalar vocabulary (needle.ops.scalar) in loop IR ---------------------------------
+def _select_cmp(op):
+    return lambda a, b: Select(Cmp(op, a, b), FConst(1.0), FConst(0.0))
+
+
+def _condition(c):
+    """`c != 0` as a condition (a comparison's own condition when c is one)."""
+    if isinstance(c, Select) and isinstance(c.cond, Cmp) and (c.a, c.b) == (FConst(1.0), FConst(0.0)):
+        return c.cond
+    return Cmp("ne", c, FConst(0.0))
+
+
+def _nan_or(a, b, pick: str):
+    """a if a is NaN or `a <pick> b`, else b (numpy's NaN-propagating maximum/minimum)."""
+    return Select(Cmp("ne", a, a), a, Select(Cmp(pick, a, b), a, b))
+
+
+def power(x: FExpr, p) -> FExpr:
+    """x ** p: an integer exponent as multiplies (binary exponentiation, a negative one as a
+    reciprocal), 0.5 as sqrt, -0.5 as 1/sqrt with pow's values at -0.0 and -inf, any other
+    constant or a computed exponent as `pow`."""
+    if not isinstance(p, (int, float)):
+        return Binary("pow", x, p)
+    p = float(p)
+    if p == 0.5:
+        return Unary("sqrt", x)
+    if p == -0.5:  # pow's values where 1 / sqrt(x) differs: +inf at -0.0 (-0.0 + 0.0 is +0.0), 0 at -inf
+        inv = Binary("div", FConst(1.0), Unary("sqrt", Binary("add", x, FConst(0.0))))
+        return Select(Cmp("eq", x, FConst(float("-inf"))), FConst(0.0), inv)
+    if p == int(p) and abs(p) <= 64:
+        n = int(abs(p))
+        out, base = None, x
+        while n:
+            if n & 1:
+                out = base if out is None else Binary("mul", out, base)
+            n >>= 1
+            if n:
+                base = Binary("mul", base, base)
+        out = FConst(1.0) if out is None else out
+        return Binary("div", FConst(1.0), out) if p < 0 else out
+    return Binary("pow", x, FConst(p))
+
+
+#: each scalar-vocabulary function as loop IR (the renderers' own tables map Unary/Binary on)
+SCALAR = {
+    "const": lambda v: FConst(float(v)),
+    **{op: (lambda op: lambda a, b: Binary(op, a, b))(op) for op in ("add", "sub", "mul", "div")},
+    "pow": lambda a, b: power(a, b.value if isinstance(b, FConst) else b),
+    **{op: (lambda op: lambda a: Unary(op, a))(op) for op in UNARY_OPS},
+    **{op: _select_cmp(op) for op in CMP_OPS},
+    "abs": lambda a: Select(Cmp("le", a, FConst(0.0)), Binary("sub", FConst(0.0), a), a),
+    "maximum": lambda a, b: _nan_or(a, b, "gt"),
+    "minimum": lambda a, b: _nan_or(a, b, "lt"),
+    "where": lambda c, a, b: Select(_condition(c), a, b),
+}
+
+#: a reduction's combine (a scalar-vocabulary function) -> (accumulator op, sign): the
+#: accumulators are `sum` and NaN-propagating `max`
+ACCUMULATORS = {"add": ("sum", 1.0), "maximum": ("max", 1.0)}
+#: an accumulator's starting value
+ACC_IDENTITY = {"sum": 0.0, "max": float("-inf")}
+#: an accumulator's value with one more value folded in, as loop IR
+ACC_COMBINE = {"sum": lambda acc, v: Binary("add", acc, v), "max": lambda acc, v: SCALAR["maximum"](v, acc)}
 
 
 

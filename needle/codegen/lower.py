@@ -6,25 +6,61 @@ its own shape, and views rewrite that index for their input (broadcast -> 0, per
 permuted, slice -> start + step*i, reshape -> re-linearised). Elementwise ops become
 scalar expressions. A reduction puts its kept axes in outer loops and its reduced axes in
 inner loops around an accumulator.
+
+Everything about an op comes from its class (`needle.ops.registry`): an elementwise op's
+`element` formula is read through loop IR's table of the scalar vocabulary (`element_value`),
+a view's `index_map` rewrites the index (`view_index`), a reduction's `combine` picks the
+accumulator. Only the index maps that pick between pieces (Dilate, UnSlice, Stack, Concat,
+tuple elements) are written here, in the op-keyed table `PIECEWISE`.
 """
 from __future__ import annotations
 
 from math import prod
+from typing import Optional
 
+from .. import ops as _ops  # noqa: F401  (every op registered before the lists below are derived)
 from ..ir.graph import Graph, Node
-from ..ops.registry import OPS, node_axes, op_from_node, reduced_axes
-from .loop_ir import (AccInit, AccRef, AccUpdate, Binary, Buffer, Cmp, FConst, For, IBin, ICmp, IConst,
-                      IVar, Load, LoopKernel, Select, Store, Unary, coefficient, iadd, idiv, imod, imul,
-                      index_range, linearize, map_loads, rewrite, unravel, walk_exprs)
+from ..ops import scalar as S
+from ..ops.registry import OPS, is_reduction, is_view, node_axes, op_from_node, op_names, reduced_axes
+from .loop_ir import (ACC_COMBINE, ACC_IDENTITY, ACCUMULATORS, SCALAR, AccInit, AccRef, AccUpdate, Buffer, FConst,
+                      For, IBin, ICmp, IConst, IVar, Load, LoopKernel, Select, Store, Unary, coefficient, iadd,
+                      idiv, imod, imul, index_map, index_range, linearize, map_loads, rewrite, unravel,
+                      walk_exprs)
 
-REDUCTIONS = {"Summation": "sum", "Max": "max"}
-VIEWS = ("Reshape", "BroadcastTo", "Permute", "Transpose", "GetItem", "Flip", "UnDilate")
-#: index maps that pick between pieces or zeros (index comparisons and selects)
-PIECEWISE = ("Dilate", "UnSlice", "TupleGetItem", "Stack", "Concat")
-#: ops whose value at an index is not their operands' values at that index
-_INDEX_MAPS = frozenset(("input", "const", *REDUCTIONS, *VIEWS, *PIECEWISE))
-#: the views an output may be of the kernel's domain (`_domain_index` inverts them)
-_VIEW_CHAIN = ("Reshape", "Permute", "Transpose")
+#: reductions lowered to an accumulator, views lowered as index maps (from the ops' facts)
+REDUCTIONS = op_names(is_reduction)
+VIEWS = op_names(is_view)
+#: views an output may be of the kernel's domain (`_domain_index` inverts them)
+_VIEW_CHAIN = op_names(lambda cls: is_view(cls) and cls.inverse_index_map is not None)
+
+
+# ---- the evaluator: op facts -> loop IR ----------------------------------------------------
+def element(node: Node) -> Optional[S.Expr]:
+    """The scalar formula of an elementwise node (None when its op has none)."""
+    cls = OPS.get(node.op)
+    if cls is None or cls.element is None:
+        return None
+    return S.formula(cls.from_attrs(node.attr_dict).element, len(node.inputs))
+
+
+def element_value(node: Node, operands: list):
+    """Loop IR of elementwise `node` over its operands' values (None when it has no formula)."""
+    expr = element(node)
+    return None if expr is None else S.evaluate(expr, operands, SCALAR)
+
+
+def view_index(node: Node, idx: tuple, in_shape, simp, inverse: bool = False) -> tuple:
+    """The input index view `node` reads for output index `idx` (with `inverse`, the output
+    index an input index is read at), simplified by `simp` when the map divided."""
+    op = op_from_node(node.op, node.attr_dict)
+    fn = op.inverse_index_map if inverse else op.index_map
+    out, divided = index_map(lambda ix: fn(ix, tuple(in_shape), node.type.shape), idx)
+    return simp(out) if divided else out
+
+
+def accumulator(node: Node) -> tuple[str, float]:
+    """(loop IR accumulator op, sign of the values it folds) of a reduction node."""
+    return ACCUMULATORS[OPS[node.op].combine]
 
 
 class LoweringError(NotImplementedError):
@@ -92,136 +128,105 @@ class _Lowerer:
                 raise LoweringError(f"reduction %{n.id} is not one of the kernel's")
             if self.simp(idx) != self.reds[n.id]:
                 raise LoweringError(f"reduction %{n.id} is read at an index other than its loop's")
-            return AccRef(f"acc{n.id}")
+            acc = AccRef(f"acc{n.id}")
+            return acc if accumulator(n)[1] > 0 else Unary("neg", acc)
         if op in VIEWS:
-            return self.val(ins[0], self._view_index(n, idx))
+            return self.val(ins[0], view_index(n, idx, self.shape(ins[0]), self.simp))
         if op in PIECEWISE:
-            return self._piecewise(n, idx)
-        a = [self.val(i, idx) for i in ins]
-        s = n.attr("scalar")
-        if op == "EWiseAdd":
-            return Binary("add", a[0], a[1])
-        if op == "EWiseMul":
-            return Binary("mul", a[0], a[1])
-        if op == "EWiseDiv":
-            return Binary("div", a[0], a[1])
-        if op == "EWisePow":
-            return Binary("pow", a[0], a[1])
-        if op == "AddScalar":
-            return Binary("add", a[0], FConst(float(s)))
-        if op == "MulScalar":
-            return Binary("mul", a[0], FConst(float(s)))
-        if op == "DivScalar":
-            return Binary("div", a[0], FConst(float(s)))
-        if op == "PowerScalar":
-            return _power(a[0], s)
-        if op == "Negate":
-            return Unary("neg", a[0])
-        if op in ("Log", "Exp", "Tanh"):
-            return Unary(op.lower(), a[0])
-        if op == "Detach":
-            return a[0]
-        if op == "ReLU":
-            return Select(Cmp("le", a[0], FConst(0.0)), FConst(0.0), a[0])
-        if op == "Sigmoid":
-            t = Unary("tanh", Binary("mul", a[0], FConst(0.5)))
-            return Binary("mul", Binary("add", t, FConst(1.0)), FConst(0.5))
-        if op == "Compare":
-            b = FConst(float(s)) if len(a) == 1 else a[1]
-            return Select(Cmp(n.attr("cmp"), a[0], b), FConst(1.0), FConst(0.0))
-        if op == "Where":
-            return Select(Cmp("ne", a[0], FConst(0.0)), a[1], a[2])
-        raise LoweringError(f"op {op} (%{n.id}) cannot be lowered into a loop kernel")
+            return PIECEWISE[op](self, n, idx)
+        value = element_value(n, [self.val(i, idx) for i in ins])
+        if value is None:
+            raise LoweringError(f"op {op} (%{n.id}) cannot be lowered into a loop kernel")
+        return value
 
-    def _piecewise(self, n: Node, idx):
-        """Dilate / UnSlice (zeros outside the input's positions), TupleGetItem of Split or
-        MakeTensorTuple, Stack and Concat of MakeTensorTuple (a select between the pieces).
-        Indices of the branches not taken are kept in bounds (they are still loaded); pieces
-        with no elements are never selected."""
-        op, ndim = n.op, len(idx)
-        if op == "Dilate":
-            axes = node_axes(n, ndim)
-            k = int(n.attr("dilation")) + 1
-            conds = [ICmp("eq", imod(idx[a], k), IConst(0)) for a in axes]
-            v = self.val(n.inputs[0], self.simp(tuple(idiv(i, k) if a in axes else i for a, i in enumerate(idx))))
-            return _guard(conds, v)
-        if op == "UnSlice":
-            in_shape = self.shape(n.inputs[0])
-            if prod(in_shape) == 0:
-                return FConst(0.0)
-            conds, src = [], []
-            for i, (start, _, step), d in zip(idx, n.attr("slices"), in_shape):
-                t = iadd(i, IConst(-start))
-                conds += [ICmp("ge", t, IConst(0)), ICmp("lt", t, IConst(d * step))]
-                if step != 1:
-                    conds.append(ICmp("eq", imod(t, step), IConst(0)))
-                src.append(_wrap(idiv(t, step), d))
-            return _guard(conds, self.val(n.inputs[0], self.simp(tuple(src))))
-        if op == "TupleGetItem":
-            src = self.g.node(n.inputs[0])
-            k = int(n.attr("index"))
-            if src.op == "MakeTensorTuple":
-                return self.val(src.inputs[k], idx)
-            if src.op == "Split":
-                ax = int(src.attr("axis")) % (ndim + 1)
-                return self.val(src.inputs[0], idx[:ax] + (IConst(k),) + idx[ax:])
-            raise LoweringError(f"TupleGetItem of {src.op} (%{n.id}) cannot be lowered")
-        src = self.g.node(n.inputs[0])
-        if src.op != "MakeTensorTuple":
-            raise LoweringError(f"{op} of {src.op} (%{n.id}) cannot be lowered")
-        pieces = src.inputs
-        if op == "Stack":
-            ax = int(n.attr("axis")) % ndim
-            rest = idx[:ax] + idx[ax + 1:]
-            v = self.val(pieces[-1], rest)
-            for j in range(len(pieces) - 2, -1, -1):
-                v = Select(ICmp("eq", idx[ax], IConst(j)), self.val(pieces[j], rest), v)
-            return v
-        ax = int(n.attr("axis")) % ndim   # Concat
-        ends, end = [], 0
-        for p in pieces:
-            end += self.shape(p)[ax]
-            ends.append(end)
-        v = None
-        for j in range(len(pieces) - 1, -1, -1):
-            d = self.shape(pieces[j])[ax]
-            if d == 0:
-                continue
-            local = _wrap(iadd(idx[ax], IConst(-(ends[j] - d))), d)
-            pv = self.val(pieces[j], self.simp(idx[:ax] + (local,) + idx[ax + 1:]))
-            v = pv if v is None else Select(ICmp("lt", idx[ax], IConst(ends[j])), pv, v)
-        return v
+    def parts(self, nid: int) -> list:
+        """[(index -> value, shape)] of the elements of tuple value `nid`."""
+        src = self.g.node(nid)
+        if src.op not in TUPLE_PARTS:
+            raise LoweringError(f"elements of {src.op} (%{nid}) cannot be lowered")
+        return TUPLE_PARTS[src.op](self, src)
 
-    def _view_index(self, n: Node, idx):
-        in_shape = self.shape(n.inputs[0])
-        out_shape = n.type.shape
-        if n.op in ("Flip", "UnDilate"):
-            axes = node_axes(n, len(idx))
-            if n.op == "Flip":
-                return tuple(iadd(IConst(d - 1), imul(i, IConst(-1))) if a in axes else i
-                             for a, (i, d) in enumerate(zip(idx, in_shape)))
-            k = int(n.attr("dilation")) + 1
-            return tuple(imul(i, IConst(k)) if a in axes else i for a, i in enumerate(idx))
-        if n.op == "BroadcastTo":
-            lead = len(out_shape) - len(in_shape)
-            return tuple(IConst(0) if d == 1 else idx[lead + k] for k, d in enumerate(in_shape))
-        if n.op in ("Permute", "Transpose"):
-            perm = op_from_node(n.op, n.attr_dict)
-            perm = perm._perm(len(in_shape)) if n.op == "Transpose" else perm.axes
-            out = [None] * len(in_shape)
-            for k, ax in enumerate(perm):
-                out[ax] = idx[k]
-            return tuple(out)
-        if n.op == "GetItem":
-            return tuple(iadd(IConst(st), imul(i, IConst(step)))
-                         for i, (st, _, step) in zip(idx, n.attr("slices")))
-        # Reshape: size-1 axes carry no index; equal remaining shapes map one to one
-        kept = [(i, d) for i, d in zip(idx, out_shape) if d != 1]
-        in_kept = [d for d in in_shape if d != 1]
-        if [d for _, d in kept] == in_kept:
-            it = iter(i for i, _ in kept)
-            return tuple(IConst(0) if d == 1 else next(it) for d in in_shape)
-        return self.simp(unravel(linearize(idx, out_shape), in_shape))
+
+# ---- index maps that pick between pieces or zeros (index comparisons and selects) ----------
+# Indices of the branches not taken are kept in bounds (they are still loaded); pieces with
+# no elements are never selected.
+def _dilate(lw: _Lowerer, n: Node, idx):
+    """Zeros between the input's elements along `axes`."""
+    axes = node_axes(n, len(idx))
+    k = int(n.attr("dilation")) + 1
+    conds = [ICmp("eq", imod(idx[a], k), IConst(0)) for a in axes]
+    v = lw.val(n.inputs[0], lw.simp(tuple(idiv(i, k) if a in axes else i for a, i in enumerate(idx))))
+    return _guard(conds, v)
+
+
+def _unslice(lw: _Lowerer, n: Node, idx):
+    """Zeros outside the input's slices."""
+    in_shape = lw.shape(n.inputs[0])
+    if prod(in_shape) == 0:
+        return FConst(0.0)
+    conds, src = [], []
+    for i, (start, _, step), d in zip(idx, n.attr("slices"), in_shape):
+        t = iadd(i, IConst(-start))
+        conds += [ICmp("ge", t, IConst(0)), ICmp("lt", t, IConst(d * step))]
+        if step != 1:
+            conds.append(ICmp("eq", imod(t, step), IConst(0)))
+        src.append(_wrap(idiv(t, step), d))
+    return _guard(conds, lw.val(n.inputs[0], lw.simp(tuple(src))))
+
+
+def _tuple_get_item(lw: _Lowerer, n: Node, idx):
+    return lw.parts(n.inputs[0])[int(n.attr("index"))][0](idx)
+
+
+def _stack(lw: _Lowerer, n: Node, idx):
+    """A select between the pieces on the new axis."""
+    ax = int(n.attr("axis")) % len(idx)
+    rest = idx[:ax] + idx[ax + 1:]
+    pieces = lw.parts(n.inputs[0])
+    v = pieces[-1][0](rest)
+    for j in range(len(pieces) - 2, -1, -1):
+        v = Select(ICmp("eq", idx[ax], IConst(j)), pieces[j][0](rest), v)
+    return v
+
+
+def _concat(lw: _Lowerer, n: Node, idx):
+    """A select between the pieces by the range of the axis index."""
+    ax = int(n.attr("axis")) % len(idx)
+    pieces = lw.parts(n.inputs[0])
+    ends, end = [], 0
+    for _, shape in pieces:
+        end += shape[ax]
+        ends.append(end)
+    v = None
+    for j in range(len(pieces) - 1, -1, -1):
+        d = pieces[j][1][ax]
+        if d == 0:
+            continue
+        local = _wrap(iadd(idx[ax], IConst(-(ends[j] - d))), d)
+        pv = pieces[j][0](lw.simp(idx[:ax] + (local,) + idx[ax + 1:]))
+        v = pv if v is None else Select(ICmp("lt", idx[ax], IConst(ends[j])), pv, v)
+    return v
+
+
+def _make_tuple_parts(lw: _Lowerer, src: Node) -> list:
+    return [((lambda idx, i=i: lw.val(i, idx)), lw.shape(i)) for i in src.inputs]
+
+
+def _split_parts(lw: _Lowerer, src: Node) -> list:
+    x = src.inputs[0]
+    shape = lw.shape(x)
+    ax = int(src.attr("axis")) % len(shape)
+    return [((lambda idx, j=j: lw.val(x, idx[:ax] + (IConst(j),) + idx[ax:])), shape[:ax] + shape[ax + 1:])
+            for j in range(shape[ax])]
+
+
+#: op -> its value at an index, for the index maps that pick between pieces or zeros
+PIECEWISE = {"Dilate": _dilate, "UnSlice": _unslice, "TupleGetItem": _tuple_get_item, "Stack": _stack,
+             "Concat": _concat}
+#: tuple-valued op -> its elements, as [(index -> value, shape)]
+TUPLE_PARTS = {"MakeTensorTuple": _make_tuple_parts, "Split": _split_parts}
+#: ops whose value at an index is not their operands' values at that index
+_INDEX_MAPS = frozenset(("input", "const", *REDUCTIONS, *VIEWS, *PIECEWISE))
 
 
 def _guard(conds, v):
@@ -236,27 +241,6 @@ def _wrap(i, d: int):
     if isinstance(i, IConst):
         return IConst(i.value % d)
     return imod(iadd(imod(i, d), IConst(d)), d)
-
-
-def _power(x, p):
-    p = float(p)
-    if p == 0.5:
-        return Unary("sqrt", x)
-    if p == -0.5:  # pow's values where 1 / sqrt(x) differs: +inf at -0.0 (-0.0 + 0.0 is +0.0), 0 at -inf
-        inv = Binary("div", FConst(1.0), Unary("sqrt", Binary("add", x, FConst(0.0))))
-        return Select(Cmp("eq", x, FConst(float("-inf"))), FConst(0.0), inv)
-    if p == int(p) and abs(p) <= 64:
-        n = int(abs(p))
-        out, base = None, x
-        while n:  # binary exponentiation: integer powers as multiplies
-            if n & 1:
-                out = base if out is None else Binary("mul", out, base)
-            n >>= 1
-            if n:
-                base = Binary("mul", base, base)
-        out = FConst(1.0) if out is None else out
-        return Binary("div", FConst(1.0), out) if p < 0 else out
-    return Binary("pow", x, FConst(p))
 
 
 def _affine(e, ranges, memo):
@@ -500,14 +484,8 @@ def _domain_index(lw: _Lowerer, o: int, shape, dom_idx, dom_shape):
     cur = tuple(dom_shape)
     steps = chain()
     for n in steps or []:  # from the domain up to o: invert each view
-        out_shape = n.type.shape
-        if n.op == "Reshape":
-            idx = lw.simp(unravel(linearize(idx, cur), out_shape))
-        else:
-            perm = op_from_node(n.op, n.attr_dict)
-            perm = perm._perm(len(cur)) if n.op == "Transpose" else perm.axes
-            idx = tuple(idx[ax] for ax in perm)
-        cur = out_shape
+        idx = view_index(n, idx, cur, lw.simp, inverse=True)
+        cur = n.type.shape
     if cur != tuple(shape):
         idx = lw.simp(unravel(linearize(idx, cur), shape))
     return idx
@@ -554,10 +532,10 @@ def _lower_reduce(lw: _Lowerer, reds: list, outs):
         raise LoweringError("a chain of reductions over outer axes (columns) in one kernel")
     inner = []
     for k, (r, value) in enumerate(zip(reds, values)):
-        acc, op = f"acc{r.id}", REDUCTIONS[r.op]
+        acc, op = f"acc{r.id}", accumulator(r)[0]
         extra = (first if k == 0 else []) + (last if k == len(reds) - 1 and k else [])
         inner += [AccInit(acc, op)]
-        inner += _nest(rdims, "i", [AccUpdate(acc, op, value)] + extra, outer_parallel=False)
+        inner += _nest(rdims, "i", [AccUpdate(acc, op, _signed(r, value))] + extra, outer_parallel=False)
     if second:  # epilogue over the full domain that reads the reduced values: a last pass
         inner += _nest(rdims, "i", second, outer_parallel=False)
     inner += after
@@ -566,6 +544,11 @@ def _lower_reduce(lw: _Lowerer, reds: list, outs):
     for pos, k in enumerate(reversed(axes)):
         body = (For(f"i{k}", full[k], "parallel" if pos == len(axes) - 1 else "serial", body),)
     return list(body)
+
+
+def _signed(red: Node, value):
+    """The value reduction `red` folds into its accumulator (negated for a minimum)."""
+    return value if accumulator(red)[1] > 0 else Unary("neg", value)
 
 
 def _reuse_reduced_value(value, full, full_idx, first, second) -> None:
@@ -604,20 +587,16 @@ def _lower_columns(lw, red, full, raxes, rshape, kept_idx, value, outs, first, s
     buf = next((b for b, o in same if o == red.id), None) or next((b for b, o in same), None)
     if buf is None:
         return None
-    acc, op = f"acc{red.id}", REDUCTIONS[red.op]
+    acc, op = f"acc{red.id}", accumulator(red)[0]
     cur = Load(buf, linearize(kept_idx, rshape))
     memo: dict = {}
 
     def sub(st):
         return Store(st.buf, st.index, _replace_acc(st.value, acc, cur, memo))
 
-    if op == "sum":
-        update = Binary("add", cur, value)
-    else:  # NaN-propagating max, as the accumulators combine
-        update = Select(Cmp("ne", value, value), value, Select(Cmp("gt", value, cur), value, cur))
+    update = ACC_COMBINE[op](cur, _signed(red, value))
     kdims = tuple(1 if k in raxes else d for k, d in enumerate(full))
-    body = list(_nest(kdims, "i", [Store(buf, cur.index, FConst(0.0 if op == "sum" else float("-inf")))],
-                      outer_parallel=False))
+    body = list(_nest(kdims, "i", [Store(buf, cur.index, FConst(ACC_IDENTITY[op]))], outer_parallel=False))
     body += _nest(full, "i", [Store(buf, cur.index, update)] + first, outer_parallel=False)
     if second:
         body += _nest(full, "i", [sub(st) for st in second], outer_parallel=False)
@@ -655,4 +634,5 @@ def _replace_acc(e, acc: str, repl, memo: dict):
     return rewrite(e, lambda x: repl if isinstance(x, AccRef) and x.acc == acc else None, memo)
 
 
-__all__ = ["lower", "LoweringError", "REDUCTIONS", "VIEWS", "OPS"]
+__all__ = ["lower", "LoweringError", "REDUCTIONS", "VIEWS", "PIECEWISE", "element", "element_value", "view_index",
+           "accumulator"]

@@ -121,6 +121,16 @@ def sqrt(b: ir.IRBuilder, x):
     return intrinsic(b, "sqrt", x)
 
 
+def sin(b: ir.IRBuilder, x):
+    """libm's sinf per lane (LLVM scalarises the intrinsic: correct, not vectorised)."""
+    return intrinsic(b, "sin", x)
+
+
+def cos(b: ir.IRBuilder, x):
+    """libm's cosf per lane, as `sin`."""
+    return intrinsic(b, "cos", x)
+
+
 def pow(b: ir.IRBuilder, x, y):  # noqa: A001
     """x ** y like C's powf: exp(y*log|x|), signed for negative x and odd integer y, NaN for
     negative x and non-integer y, 1 when y == 0 or x == 1."""

@@ -5,6 +5,7 @@ The compiler's decompose pass expands them into primitives before autodiff.
 from __future__ import annotations
 
 from ..backend_selection import array_api
+from . import scalar as S
 from .elementwise import compare, exp
 from .reduce import Reduce, check_not_empty, summation
 from .registry import TensorOp
@@ -15,6 +16,9 @@ class ReLU(TensorOp):
     kind = "elementwise"
     composite = True
     custom_vjp = True  # its VJP is eager's (0 at NaN; the decomposed Where's would be 1 there)
+
+    def element(self, a):
+        return S.where(a <= 0.0, 0.0, a)
 
     def compute(self, a):
         return array_api.maximum(a, 0.0)
@@ -34,6 +38,9 @@ class Sigmoid(TensorOp):
 
     kind = "elementwise"
     composite = True
+
+    def element(self, a):
+        return (S.tanh(a * 0.5) + 1.0) * 0.5
 
     def compute(self, a):
         return (array_api.tanh(a * 0.5) + 1.0) * 0.5
@@ -145,19 +152,5 @@ def softmax(a, axis: int = -1):
     return e / broadcast_to(reshape(summation(e, (axis,)), kept), a.shape)
 
 
-def sqrt(a):
-    """a ** 0.5 (NaN below 0; the gradient 0.5 / sqrt(a) is inf at 0)."""
-    from .elementwise import power_scalar
-
-    return power_scalar(a, 0.5)
-
-
-def abs(a):  # noqa: A001  (numpy/torch name)
-    """|a| as relu(a) + relu(-a) (gradient sign(a), 0 at 0)."""
-    from .elementwise import negate
-
-    return relu(a) + relu(negate(a))
-
-
 __all__ = ["ReLU", "Sigmoid", "LogSumExp", "LogSoftmax", "relu", "sigmoid", "logsumexp", "logsoftmax",
-           "softmax", "sqrt", "abs"]
+           "softmax"]

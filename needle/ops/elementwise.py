@@ -2,14 +2,23 @@
 from __future__ import annotations
 
 from ..backend_selection import array_api
+from . import scalar as S
 from .registry import Op, TensorOp, broadcast_shapes
 from .shape import broadcast_to, sum_to_shape
 
 
-class EWiseBinary(TensorOp, abstract=True):
-    """Base of same-shape binary elementwise ops (the function forms broadcast explicitly)."""
+class Elementwise(TensorOp, abstract=True):
+    """Base of elementwise ops: `element(*xs)` is the op's output element over its inputs',
+    and by default its eager kernel too (the formula evaluated on the backend arrays)."""
 
     kind = "elementwise"
+
+    def compute(self, *arrays):
+        return S.compute(S.formula(self.element, len(arrays)), arrays)
+
+
+class EWiseBinary(Elementwise, abstract=True):
+    """Base of same-shape binary elementwise ops (the function forms broadcast explicitly)."""
 
     def infer(self, a, b):
         if a.shape != b.shape:
@@ -17,10 +26,8 @@ class EWiseBinary(TensorOp, abstract=True):
         return a.shape, a.dtype
 
 
-class ScalarOp(TensorOp, abstract=True):
+class ScalarOp(Elementwise, abstract=True):
     """Base of ops combining a tensor with a Python scalar attribute."""
-
-    kind = "elementwise"
 
     def __init__(self, scalar):
         self.scalar = scalar
@@ -36,6 +43,9 @@ def _broadcast_pair(op: Op, a, b):
 
 
 class EWiseAdd(EWiseBinary):
+    def element(self, a, b):
+        return a + b
+
     def compute(self, a, b):
         return a + b
 
@@ -44,6 +54,9 @@ class EWiseAdd(EWiseBinary):
 
 
 class AddScalar(ScalarOp):
+    def element(self, a):
+        return a + self.scalar
+
     def compute(self, a):
         return a + self.scalar
 
@@ -52,6 +65,9 @@ class AddScalar(ScalarOp):
 
 
 class EWiseMul(EWiseBinary):
+    def element(self, a, b):
+        return a * b
+
     def compute(self, a, b):
         return a * b
 
@@ -61,6 +77,9 @@ class EWiseMul(EWiseBinary):
 
 
 class MulScalar(ScalarOp):
+    def element(self, a):
+        return a * self.scalar
+
     def compute(self, a):
         return a * self.scalar
 
@@ -69,6 +88,9 @@ class MulScalar(ScalarOp):
 
 
 class EWiseDiv(EWiseBinary):
+    def element(self, a, b):
+        return a / b
+
     def compute(self, a, b):
         return a / b
 
@@ -78,6 +100,9 @@ class EWiseDiv(EWiseBinary):
 
 
 class DivScalar(ScalarOp):
+    def element(self, a):
+        return a / self.scalar
+
     def compute(self, a):
         return a / self.scalar
 
@@ -87,6 +112,9 @@ class DivScalar(ScalarOp):
 
 class EWisePow(EWiseBinary):
     """a ** b elementwise, differentiable in both arguments."""
+
+    def element(self, a, b):
+        return S.pow(a, b)
 
     def compute(self, a, b):
         return a ** b
@@ -99,6 +127,9 @@ class EWisePow(EWiseBinary):
 class PowerScalar(ScalarOp):
     """a ** scalar for an integer or float (possibly negative) exponent."""
 
+    def element(self, a):
+        return a ** self.scalar
+
     def compute(self, a):
         return a ** self.scalar
 
@@ -109,8 +140,9 @@ class PowerScalar(ScalarOp):
         return out_grad * power_scalar(a, self.scalar - 1) * self.scalar
 
 
-class Negate(TensorOp):
-    kind = "elementwise"
+class Negate(Elementwise):
+    def element(self, a):
+        return -a
 
     def compute(self, a):
         return -a
@@ -119,8 +151,9 @@ class Negate(TensorOp):
         return -out_grad
 
 
-class Log(TensorOp):
-    kind = "elementwise"
+class Log(Elementwise):
+    def element(self, a):
+        return S.log(a)
 
     def compute(self, a):
         return array_api.log(a)
@@ -129,8 +162,9 @@ class Log(TensorOp):
         return out_grad / node.inputs[0]
 
 
-class Exp(TensorOp):
-    kind = "elementwise"
+class Exp(Elementwise):
+    def element(self, a):
+        return S.exp(a)
 
     def compute(self, a):
         return array_api.exp(a)
@@ -139,8 +173,9 @@ class Exp(TensorOp):
         return out_grad * node
 
 
-class Tanh(TensorOp):
-    kind = "elementwise"
+class Tanh(Elementwise):
+    def element(self, a):
+        return S.tanh(a)
 
     def compute(self, a):
         return array_api.tanh(a)
@@ -159,13 +194,12 @@ _COMPARE = {
 }
 
 
-class Compare(TensorOp):
+class Compare(Elementwise):
     """Elementwise comparison giving 1.0/0.0 in the input's dtype; not differentiable.
 
     With `scalar` set the op has one input and compares it with the scalar.
     """
 
-    kind = "elementwise"
     differentiable = False
 
     def __init__(self, cmp: str, scalar=None):
@@ -179,6 +213,9 @@ class Compare(TensorOp):
             raise self.error(f"shapes {a.shape} and {b.shape} differ")
         return a.shape, a.dtype
 
+    def element(self, a, b=None):
+        return _COMPARE[self.cmp](a, self.scalar if b is None else b)
+
     def compute(self, a, b=None):
         out = _COMPARE[self.cmp](a, self.scalar if b is None else b)
         return out.astype(a.dtype)
@@ -187,10 +224,11 @@ class Compare(TensorOp):
         return tuple(zeros_like(x) for x in node.inputs)
 
 
-class Where(TensorOp):
+class Where(Elementwise):
     """where(cond, a, b): a where cond is nonzero, else b (same shapes)."""
 
-    kind = "elementwise"
+    def element(self, cond, a, b):
+        return S.where(cond, a, b)
 
     def infer(self, cond, a, b):
         if not cond.shape == a.shape == b.shape:
@@ -265,6 +303,18 @@ def tanh(a):
     return Tanh()(a)
 
 
+def sqrt(a):
+    """a ** 0.5 (NaN below 0; the gradient 0.5 / sqrt(a) is inf at 0)."""
+    return power_scalar(a, 0.5)
+
+
+def abs(a):  # noqa: A001  (numpy/torch name)
+    """|a| as relu(a) + relu(-a) (gradient sign(a), 0 at 0)."""
+    from .composite import relu
+
+    return relu(a) + relu(negate(a))
+
+
 def compare(a, b, cmp: str):
     """Elementwise a <cmp> b (cmp in eq, ne, gt, ge, lt, le) as 1.0/0.0; b a tensor or scalar."""
     from ..autograd import Tensor
@@ -284,8 +334,8 @@ def where(cond, a, b):
 
 
 __all__ = [
-    "EWiseAdd", "AddScalar", "EWiseMul", "MulScalar", "EWiseDiv", "DivScalar", "EWisePow",
+    "Elementwise", "EWiseAdd", "AddScalar", "EWiseMul", "MulScalar", "EWiseDiv", "DivScalar", "EWisePow",
     "PowerScalar", "Negate", "Log", "Exp", "Tanh", "Compare", "Where",
     "add", "add_scalar", "multiply", "mul_scalar", "divide", "divide_scalar", "power",
-    "power_scalar", "negate", "log", "exp", "tanh", "compare", "where", "sum_to_shape",
+    "power_scalar", "negate", "log", "exp", "tanh", "sqrt", "abs", "compare", "where", "sum_to_shape",
 ]

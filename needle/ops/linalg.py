@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from ..backend_selection import array_api
 from ..errors import OpError
-from .registry import TensorOp, broadcast_shapes
+from math import prod
+
+from .registry import Cost, TensorOp, broadcast_shapes
 from .shape import sum_to_shape, transpose
 
 
@@ -28,6 +30,9 @@ class MatMul(TensorOp):
 
     def compute(self, a, b):
         return array_api.matmul(a, b)
+
+    def cost(self, out_shape, in_shapes):
+        return _gemm_cost(prod(out_shape) * in_shapes[0][-1], out_shape, in_shapes)
 
     def gradient(self, out_grad, node):
         a, b = node.inputs
@@ -55,6 +60,9 @@ class Conv(TensorOp):
             raise self.error(f"kernel {b.shape[:2]} with padding {p} and stride {s} does not fit input {a.shape}")
         return (n, (h + 2 * p - kh) // s + 1, (w + 2 * p - kw) // s + 1, b.shape[3]), a.dtype
 
+    def cost(self, out_shape, in_shapes):
+        return _gemm_cost(prod(out_shape) * prod(in_shapes[1][:3]), out_shape, in_shapes)
+
     def compute(self, a, b):
         (n, ho, wo, c_out), _ = self.infer(a, b)
         kh, kw, c_in = b.shape[:3]
@@ -71,6 +79,11 @@ class Conv(TensorOp):
         s, p = self.stride, self.padding
         return (ConvBackwardData(s, p, a.shape[1:3])(out_grad, b),
                 ConvBackwardFilter(s, p, b.shape[:2])(a, out_grad))
+
+
+def _gemm_cost(products: int, out_shape, in_shapes) -> Cost:
+    """A multiply-add per product; every operand and the result moved once."""
+    return Cost(2 * products, 4 * (prod(out_shape) + sum(prod(s) for s in in_shapes)))
 
 
 def _conv_dims(op, n, h, w, kh, kw):
@@ -102,6 +115,9 @@ class ConvBackwardData(TensorOp):
                              f"with kernel {w.shape[:2]}, stride {self.stride}, padding {self.padding}")
         return (g.shape[0], h, wd, w.shape[2]), g.dtype
 
+    def cost(self, out_shape, in_shapes):  # the products of the conv it differentiates
+        return _gemm_cost(prod(in_shapes[0]) * prod(in_shapes[1][:3]), out_shape, in_shapes)
+
     def compute(self, g, w):
         n, ho, wo, c_out = g.shape
         kh, kw, c_in, _ = w.shape
@@ -132,6 +148,9 @@ class ConvBackwardFilter(TensorOp):
         self.stride = stride
         self.padding = padding
         self.kernel = tuple(kernel)
+
+    def cost(self, out_shape, in_shapes):
+        return _gemm_cost(prod(in_shapes[1]) * prod(out_shape[:3]), out_shape, in_shapes)
 
     def infer(self, a, g):
         if len(a.shape) != 4 or len(g.shape) != 4 or a.shape[0] != g.shape[0]:

@@ -53,6 +53,9 @@ class Reduce(TensorOp, abstract=True):
 
 
 class Summation(Reduce):
+    identity = 0.0
+    combine = "add"
+
     def compute(self, a):
         return array_api.sum(a, axis=self._axes(len(a.shape)))
 
@@ -64,6 +67,8 @@ class Max(Reduce):
     """Maximum over axes; the gradient is shared equally among tied maxima."""
 
     needs_elements = True
+    identity = float("-inf")
+    combine = "maximum"
 
     def compute(self, a):
         return array_api.max(a, axis=self._axes(len(a.shape)))

@@ -10,14 +10,25 @@ compiler all read:
                         in eager `backward()` and emits nodes when differentiating a graph;
 * `kind`                fusion kind: elementwise, broadcast, injective, reduce, extern,
                         tuple, or opaque;
-* `lowering`            the op's scalar expression or extern call, filled in by codegen.
+* lowering facts, which codegen, the profiler and the passes derive everything from:
+  `element(*xs)`        elementwise: the output element as a `scalar.Expr` over the inputs'
+                        elements (`scalar` is taken: it is ScalarOp's attribute);
+  `identity`, `combine` reduce: the starting value and the scalar-vocabulary function
+                        ("add", "maximum", ...) that folds an element in;
+  `index_map(idx, in_shape, out_shape)`  view: the input index an output index reads
+                        (written with + - * // % on index values: ints or codegen's);
+  `moves_data`          the value at an index is an input's value at some index (views and
+                        the index maps that pick between pieces or zeros);
+  `aliases_input`       the output may share its input's memory (Reshape, Detach);
+  `cost(out_shape, in_shapes)`  (flops, bytes) for the profiler.
 
 Composite ops (`composite = True`: relu, sigmoid, logsumexp, logsoftmax, ...) are
 functions of primitives that the compiler expands before autodiff.
 """
 from __future__ import annotations
 
-from typing import Any, ClassVar, Optional
+from math import prod
+from typing import Any, Callable, ClassVar, NamedTuple, Optional
 
 from ..errors import OpError
 
@@ -37,7 +48,16 @@ class Op:
     kind: ClassVar[str] = "opaque"
     differentiable: ClassVar[bool] = True
     composite: ClassVar[bool] = False
-    lowering: ClassVar[Any] = None
+    #: elementwise: (self, *xs: scalar.Expr) -> scalar.Expr
+    element: ClassVar[Optional[Callable]] = None
+    #: view: (self, idx, in_shape, out_shape) -> the input's index
+    index_map: ClassVar[Optional[Callable]] = None
+    #: reduce: starting value and combine function (a scalar-vocabulary name)
+    identity: ClassVar[Optional[float]] = None
+    combine: ClassVar[Optional[str]] = None
+    moves_data: ClassVar[bool] = False
+    #: the output may share its input's memory (a reshape, an identity)
+    aliases_input: ClassVar[bool] = False
     #: True when the op defines its own `infer` (eager mode then validates inputs with it)
     validates: ClassVar[bool] = False
 
@@ -98,9 +118,28 @@ class Op:
             return tuple(output)
         return (output,)
 
+    def cost(self, out_shape: Shape, in_shapes: list) -> "Cost":
+        """Estimated (flops, bytes) of one application: one flop per output element for
+        arithmetic elementwise ops (and Gather), per element read for reductions, none for
+        pure index maps and the rest; bytes are every input and output once, float32."""
+        out = prod(out_shape)
+        ins = [prod(s) for s in in_shapes]
+        if self.kind == "reduce":
+            flops = max([out] + ins)
+        elif self.kind == "elementwise" or (self.kind in ("broadcast", "injective") and not self.moves_data):
+            flops = out
+        else:
+            flops = 0
+        return Cost(flops, 4 * (out + sum(ins)))
+
     def error(self, message: str, location: Optional[str] = None) -> OpError:
         """An OpError naming this op and the user's source line."""
         return OpError(self.name, message, location)
+
+
+class Cost(NamedTuple):
+    flops: int
+    bytes: int
 
 
 class TensorOp(Op, abstract=True):
@@ -121,6 +160,29 @@ class TensorTupleOp(Op, abstract=True):
 
 def _is_device(value) -> bool:
     return hasattr(value, "enabled") and callable(getattr(value, "enabled"))
+
+
+def op_names(has) -> frozenset:
+    """Names of the registered ops whose class satisfies `has(cls)`: every list of ops outside
+    `needle/ops` is derived from the ops' facts this way (e.g. `op_names(is_view)`)."""
+    return frozenset(name for name, cls in OPS.items() if has(cls))
+
+
+def is_view(cls) -> bool:
+    """A pure index map: no arithmetic, one input index per output index (Reshape, Permute,
+    BroadcastTo, GetItem, Flip, UnDilate...)."""
+    return cls.index_map is not None and cls.kind in ("broadcast", "injective")
+
+
+def is_reduction(cls) -> bool:
+    """A reduction codegen lowers to an accumulator (it declares identity and combine)."""
+    return cls.kind == "reduce" and cls.combine is not None
+
+
+def moves_data(cls) -> bool:
+    """Views and the index maps that pick between pieces or zeros (Dilate, UnSlice, Concat,
+    Stack): their groups do no arithmetic."""
+    return cls.moves_data
 
 
 def op_from_node(name: str, attrs: dict[str, Any]) -> Op:

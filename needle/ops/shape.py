@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from math import prod
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -15,11 +15,51 @@ def _compact(a):
     return a.compact() if hasattr(a, "compact") else a
 
 
-class Reshape(TensorOp):
+def linear_index(idx, shape):
+    """Row-major linear index of multi-index `idx` into `shape` (index values: ints, or any
+    values with + and *, like codegen's)."""
+    out, stride = 0, 1
+    for i, d in reversed(list(zip(idx, shape))):
+        out = out + i * stride
+        stride *= d
+    return out
+
+
+def unravel_index(lin, shape) -> tuple:
+    """Row-major multi-index of linear index `lin` into `shape` (inverse of `linear_index`)."""
+    out, stride = [], 1
+    for d in reversed(shape):
+        out.append(0 if d == 1 else (lin // stride) % d)
+        stride *= d
+    return tuple(out[::-1])
+
+
+class View(TensorOp, abstract=True):
+    """Base of pure index maps: `index_map(idx, in_shape, out_shape)` is the input index an
+    output index reads; a bijective one also has `inverse_index_map(idx, in_shape, out_shape)`,
+    the output index an input index is read at."""
+
     kind = "injective"
+    moves_data = True
+    inverse_index_map: Optional[Callable] = None
+
+
+class Reshape(View):
+    aliases_input = True
 
     def __init__(self, shape):
         self.shape = tuple(shape)
+
+    def index_map(self, idx, in_shape, out_shape):
+        # size-1 axes carry no index; equal remaining shapes map one to one
+        kept = [(i, d) for i, d in zip(idx, out_shape) if d != 1]
+        if [d for _, d in kept] == [d for d in in_shape if d != 1]:
+            it = iter(i for i, _ in kept)
+            return tuple(0 if d == 1 else next(it) for d in in_shape)
+        return unravel_index(linear_index(idx, out_shape), in_shape)
+
+    def inverse_index_map(self, idx, in_shape, out_shape):
+        return unravel_index(linear_index(idx, in_shape), out_shape)
 
     def infer(self, a):
         shape = _resolve_shape(self, a.shape, self.shape)
@@ -47,13 +87,23 @@ def _resolve_shape(op, in_shape, shape):
     return shape
 
 
-class Permute(TensorOp):
+class Permute(View):
     """General axis permutation (numpy's transpose)."""
-
-    kind = "injective"
 
     def __init__(self, axes):
         self.axes = tuple(axes)
+
+    def _perm(self, ndim):
+        return self.axes
+
+    def index_map(self, idx, in_shape, out_shape):
+        out = [0] * len(in_shape)
+        for k, ax in enumerate(self._perm(len(in_shape))):
+            out[ax] = idx[k]
+        return tuple(out)
+
+    def inverse_index_map(self, idx, in_shape, out_shape):
+        return tuple(idx[ax] for ax in self._perm(len(in_shape)))
 
     def infer(self, a):
         if sorted(self.axes) != list(range(len(a.shape))):
@@ -95,11 +145,15 @@ class Transpose(Permute):
         return Transpose(self.axes)(out_grad)
 
 
-class BroadcastTo(TensorOp):
+class BroadcastTo(View):
     kind = "broadcast"
 
     def __init__(self, shape):
         self.shape = tuple(shape)
+
+    def index_map(self, idx, in_shape, out_shape):
+        lead = len(out_shape) - len(in_shape)
+        return tuple(0 if d == 1 else idx[lead + k] for k, d in enumerate(in_shape))
 
     def infer(self, a):
         ok = len(self.shape) >= len(a.shape) and all(
@@ -131,14 +185,15 @@ def sum_to_shape(t, shape):
     return reshape(out, shape) if out.shape != shape else out
 
 
-class GetItem(TensorOp):
+class GetItem(View):
     """Strided slice keeping every axis: `slices` holds (start, stop, step) per axis, step > 0,
     read as Python slices (negative bounds count from the end, bounds past an end clamp)."""
 
-    kind = "injective"
-
     def __init__(self, slices):
         self.slices = tuple(tuple(s) for s in slices)
+
+    def index_map(self, idx, in_shape, out_shape):
+        return tuple(start + i * step for i, (start, _, step) in zip(idx, self.slices))
 
     def __call__(self, a):
         # applied with its bounds clamped into a's shape, so graphs (and the kernels reading
@@ -182,6 +237,7 @@ class UnSlice(TensorOp):
     slices are read as Python slices of `shape`, like GetItem's)."""
 
     kind = "injective"
+    moves_data = True
 
     def __init__(self, slices, shape):
         self.shape = tuple(shape)
@@ -279,11 +335,13 @@ def _take_along(a, axis: int, ids):
     return permute(out, inverse)
 
 
-class Flip(TensorOp):
-    kind = "injective"
-
+class Flip(View):
     def __init__(self, axes):
         self.axes = (axes,) if isinstance(axes, int) else tuple(axes)
+
+    def index_map(self, idx, in_shape, out_shape):
+        axes = normalize_axes(self, self.axes, len(idx))
+        return tuple(d - 1 - i if a in axes else i for a, (i, d) in enumerate(zip(idx, in_shape)))
 
     def infer(self, a):
         normalize_axes(self, self.axes, len(a.shape))
@@ -300,6 +358,7 @@ class Dilate(TensorOp):
     """Insert `dilation` zeros after every element along each of `axes`."""
 
     kind = "injective"
+    moves_data = True
 
     def __init__(self, axes: tuple, dilation: int):
         self.axes = (axes,) if isinstance(axes, int) else tuple(axes)
@@ -324,14 +383,16 @@ class Dilate(TensorOp):
         return undilate(out_grad, self.axes, self.dilation)
 
 
-class UnDilate(TensorOp):
+class UnDilate(View):
     """Keep every (dilation+1)-th element along each of `axes` (inverse of Dilate)."""
-
-    kind = "injective"
 
     def __init__(self, axes: tuple, dilation: int):
         self.axes = (axes,) if isinstance(axes, int) else tuple(axes)
         self.dilation = dilation
+
+    def index_map(self, idx, in_shape, out_shape):
+        axes = normalize_axes(self, self.axes, len(idx))
+        return tuple(i * (self.dilation + 1) if a in axes else i for a, i in enumerate(idx))
 
     def infer(self, a):
         axes = normalize_axes(self, self.axes, len(a.shape))
@@ -353,6 +414,10 @@ class Detach(TensorOp):
 
     kind = "elementwise"
     differentiable = False
+    aliases_input = True
+
+    def element(self, a):
+        return a
 
     def compute(self, a):
         return a
@@ -370,6 +435,9 @@ class ToDevice(TensorOp):
 
     def __init__(self, device):
         self.device = device
+
+    def index_map(self, idx, in_shape, out_shape):
+        return idx
 
     def compute(self, a):
         return a.to(self.device) if hasattr(a, "to") else a
@@ -413,6 +481,6 @@ def to_device(a, device):
 
 __all__ = [
     "Reshape", "Permute", "Transpose", "BroadcastTo", "GetItem", "UnSlice", "Flip", "Dilate",
-    "UnDilate", "Detach", "ToDevice", "reshape", "permute", "transpose", "broadcast_to", "get_item",
+    "UnDilate", "Detach", "ToDevice", "View", "linear_index", "unravel_index", "reshape", "permute", "transpose", "broadcast_to", "get_item",
     "flip", "dilate", "undilate", "to_device", "sum_to_shape",
 ]

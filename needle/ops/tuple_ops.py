@@ -70,6 +70,7 @@ class Stack(TensorOp):
     """Stack a TensorTuple of equal-shape tensors along a new axis."""
 
     kind = "injective"
+    moves_data = True
 
     def __init__(self, axis: int):
         self.axis = axis
@@ -122,6 +123,7 @@ class Concat(TensorOp):
     """Concatenate a TensorTuple along an existing axis."""
 
     kind = "injective"
+    moves_data = True
 
     def __init__(self, axis: int):
         self.axis = axis

@@ -4,9 +4,9 @@ When `NEEDLE_PROFILE=1` is set at the time an executor is built, it times every 
 counts calls and seconds per step: the native executor's program times each of its steps
 (an LLVM kernel, a GEMM with its fused epilogue, a conv, a callback...) in C++ with a
 steady clock; the kernel executor times each fused group with `time.perf_counter`. Each step also carries static estimates from the
-node types: bytes moved (its input and output arrays, 4 bytes per element) and FLOPs
-(MatMul 2*M*N*K per batch, Conv output size * KH*KW*Cin*2, one FLOP per element for
-every elementwise/reduce node).
+node types: bytes moved (its input and output arrays, 4 bytes per element) and FLOPs, the
+sum of each node's op `cost` (MatMul 2*M*N*K per batch, Conv output size * KH*KW*Cin*2,
+one FLOP per element for every elementwise/reduce node).
 
 At interpreter exit the profiled executors print one table each to stderr; the same table
 is `CompiledFunction.profile()`. The roofline fraction is max(GFLOP/s / peak GFLOP/s,
@@ -21,6 +21,8 @@ import math
 import os
 import sys
 from typing import Optional
+
+from ..ops.registry import OPS, op_from_node
 
 #: the reference machine's limits (shared/WORKLOADS.md): best large SGEMM, copy bandwidth
 REFERENCE_GFLOPS = 387.0
@@ -49,27 +51,17 @@ def _size(t) -> int:
 
 
 def node_flops(node, graph) -> int:
-    """Estimated FLOPs of one node (see the module docstring)."""
-    from ..passes.fusion import node_class
+    """Estimated FLOPs of one node: its op's `cost` (see the module docstring)."""
+    cls = OPS.get(node.op)
+    if cls is None:  # input, const
+        return 0
+    op = op_from_node(node.op, node.attr_dict)
+    return op.cost(_shape(node.type), [_shape(graph.node(i).type) for i in node.inputs]).flops
 
-    if node.op == "MatMul":
-        a = graph.node(node.inputs[0]).type
-        return 2 * _size(node.type) * a.shape[-1]
-    if node.op == "Conv":
-        w = graph.node(node.inputs[1]).type
-        kh, kw, c_in = w.shape[:3]
-        return 2 * _size(node.type) * kh * kw * c_in
-    if node.op in ("ConvBackwardData", "ConvBackwardFilter"):  # the same products as the conv
-        g = graph.node(node.inputs[0 if node.op == "ConvBackwardData" else 1]).type
-        w = graph.node(node.inputs[1]).type if node.op == "ConvBackwardData" else node.type
-        kh, kw, c_in = w.shape[:3]
-        return 2 * _size(g) * kh * kw * c_in
-    kind = node_class(node)
-    if kind == "elementwise":
-        return _size(node.type)
-    if kind == "reduce":
-        return max([_size(node.type)] + [_size(graph.node(i).type) for i in node.inputs])
-    return 0
+
+def _shape(t) -> tuple:
+    """A value's shape (a tuple value's elements counted as one flat shape)."""
+    return t.shape if not isinstance(t, tuple) else (_size(t),)
 
 
 class StepProfile:

@@ -65,7 +65,9 @@ __host__ __device__ __forceinline__ float ndl_uniform(float counter, float base,
 _IOP = {"add": "+", "mul": "*", "div": "/", "mod": "%"}
 _FOP = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
 _COP = {"eq": "==", "ne": "!=", "gt": ">", "ge": ">=", "lt": "<", "le": "<="}
-_UNARY = {"exp": "expf", "log": "logf", "tanh": "tanhf", "sqrt": "sqrtf"}
+#: loop IR's unary value ops as CUDA C
+_UNARY = {"neg": "(-{})", "exp": "expf({})", "log": "logf({})", "tanh": "tanhf({})", "sqrt": "sqrtf({})",
+          "sin": "sinf({})", "cos": "cosf({})"}
 
 
 def float_literal(v: float) -> str:
@@ -151,7 +153,7 @@ class _Emitter:
             return f"{e.name}[{e.row}][{e.col}]"
         if isinstance(e, Unary):
             a = self.value(e.a, ind, scope)
-            return f"(-{a})" if e.op == "neg" else f"{_UNARY[e.op]}({a})"
+            return _UNARY[e.op].format(a)
         if isinstance(e, Binary):
             a, b = self.value(e.a, ind, scope), self.value(e.b, ind, scope)
             if e.op == "pow":

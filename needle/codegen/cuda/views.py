@@ -20,14 +20,13 @@ the kernels that materialise ops `lower` cannot handle are built with it.
 from __future__ import annotations
 
 from ...ir.graph import Graph, Node, make_attrs
-from ...ops.registry import node_axes, op_from_node
-from ..loop_ir import Binary, Cmp, FConst, IConst, Load, Select, Unary, iadd, idiv, imod, imul, linearize, unravel
+from ...ops import scalar as S
+from ...ops.registry import OPS, node_axes
+from ...ops.scalar import Arg
+from ..loop_ir import SCALAR, FConst, IConst, Load, Select, iadd, idiv, imod, linearize
+from ..lower import element, simplify, view_index
 from .gpu_ir import IAnd, ICmp, IFloat
 
-#: ops that only move data (their value at an index is another value at another index)
-MOVE_OPS = frozenset({"Reshape", "Permute", "Transpose", "BroadcastTo", "GetItem", "Flip", "Dilate", "UnDilate",
-                      "UnSlice", "Concat", "Stack", "Split", "TupleGetItem", "MakeTensorTuple", "Detach",
-                      "Gather", "ToDevice"})
 
 
 class NotWalkable(Exception):
@@ -39,10 +38,6 @@ class NotWalkable(Exception):
 
 
 def _simplify(e, ranges):
-    try:
-        from ..lower import simplify
-    except ImportError:  # pragma: no cover
-        return e
     try:
         return simplify(e, ranges)
     except Exception:  # noqa: BLE001  (simplification is an optimisation only)
@@ -95,55 +90,71 @@ def _slices_one(shape, axis, i):
     return tuple((i, i + 1, 1) if k == axis else (0, d, 1) for k, d in enumerate(shape))
 
 
+def _tuple_element(n: Node, by_id: dict, fresh):
+    src = by_id[n.inputs[0]]
+    k = n.attr("index")
+    if src.op not in _ELEMENT:
+        return None
+    return _ELEMENT[src.op](n, src, k, by_id, fresh)
+
+
+def _make_tuple_element(n, src, k, by_id, fresh):
+    return src.inputs[k % len(src.inputs)]
+
+
+def _split_element(n, src, k, by_id, fresh):
+    x = by_id[src.inputs[0]]
+    axis = src.attr("axis") % len(x.type.shape)
+    k %= x.type.shape[axis]
+    part_shape = tuple(1 if a == axis else d for a, d in enumerate(x.type.shape))
+    part = Node(fresh(), "GetItem", (x.id,), make_attrs({"slices": _slices_one(x.type.shape, axis, k)}),
+                type(x.type)(part_shape, x.type.dtype, x.type.device), n.loc)
+    return [part, Node(n.id, "Reshape", (part.id,), make_attrs({"shape": n.type.shape}), n.type, n.loc)]
+
+
+def _undilate_as_slice(n: Node, by_id: dict, fresh):
+    x = by_id[n.inputs[0]]
+    axes = node_axes(n, len(x.type.shape))
+    step = n.attr("dilation") + 1
+    sl = tuple((0, d, step) if a in axes else (0, d, 1) for a, d in enumerate(x.type.shape))
+    return [Node(n.id, "GetItem", n.inputs, make_attrs({"slices": sl}), n.type, n.loc)]
+
+
+def _dilate_as_unslice(n: Node, by_id: dict, fresh):
+    axes = node_axes(n, len(n.type.shape))
+    step = n.attr("dilation") + 1
+    if step == 1:
+        return n.inputs[0]
+    sl = tuple((0, d, step) if a in axes else (0, d, 1) for a, d in enumerate(n.type.shape))
+    return [Node(n.id, "UnSlice", n.inputs, make_attrs({"slices": sl, "shape": n.type.shape}), n.type, n.loc)]
+
+
+#: op -> its rewrite (n, nodes by id, fresh id) -> an id it aliases, replacement nodes, or None
+_REWRITES = {"TupleGetItem": _tuple_element, "UnDilate": _undilate_as_slice, "Dilate": _dilate_as_unslice}
+#: tuple-valued op -> (n, the tuple node, element k, nodes by id, fresh id) -> as above
+_ELEMENT = {"MakeTensorTuple": _make_tuple_element, "Split": _split_element}
+
+
 def rewrite_tuples(sub: Graph) -> Graph:
     """Tuple elements and strided views as ops `lower` knows (see the module docstring)."""
     alias: dict = {}
     nodes: list = []
     by_id: dict = {}
-    next_id = sub.next_id()
+    next_id = [sub.next_id()]
 
-    def add(node):
-        nodes.append(node)
-        by_id[node.id] = node
-        return node.id
+    def fresh() -> int:
+        next_id[0] += 1
+        return next_id[0] - 1
 
     for n in sub.nodes:
-        ins = tuple(alias.get(i, i) for i in n.inputs)
-        n = Node(n.id, n.op, ins, n.attrs, n.type, n.loc)
-        if n.op == "TupleGetItem":
-            src = by_id[ins[0]]
-            k = n.attr("index")
-            if src.op == "MakeTensorTuple":
-                alias[n.id] = src.inputs[k % len(src.inputs)]
-                continue
-            if src.op == "Split":
-                x = by_id[src.inputs[0]]
-                axis = src.attr("axis") % len(x.type.shape)
-                k %= x.type.shape[axis]
-                part_shape = tuple(1 if a == axis else d for a, d in enumerate(x.type.shape))
-                gid = add(Node(next_id, "GetItem", (x.id,), make_attrs({"slices": _slices_one(x.type.shape, axis, k)}),
-                               type(x.type)(part_shape, x.type.dtype, x.type.device), n.loc))
-                next_id += 1
-                add(Node(n.id, "Reshape", (gid,), make_attrs({"shape": n.type.shape}), n.type, n.loc))
-                continue
-        elif n.op == "UnDilate":
-            x = by_id[ins[0]]
-            axes = node_axes(n, len(x.type.shape))
-            step = n.attr("dilation") + 1
-            sl = tuple((0, d, step) if a in axes else (0, d, 1) for a, d in enumerate(x.type.shape))
-            add(Node(n.id, "GetItem", ins, make_attrs({"slices": sl}), n.type, n.loc))
+        n = Node(n.id, n.op, tuple(alias.get(i, i) for i in n.inputs), n.attrs, n.type, n.loc)
+        out = _REWRITES[n.op](n, by_id, fresh) if n.op in _REWRITES else None
+        if isinstance(out, int):
+            alias[n.id] = out
             continue
-        elif n.op == "Dilate":
-            x = by_id[ins[0]]
-            axes = node_axes(n, len(x.type.shape))
-            step = n.attr("dilation") + 1
-            if step == 1:
-                alias[n.id] = ins[0]
-                continue
-            sl = tuple((0, d, step) if a in axes else (0, d, 1) for a, d in enumerate(n.type.shape))
-            add(Node(n.id, "UnSlice", ins, make_attrs({"slices": sl, "shape": n.type.shape}), n.type, n.loc))
-            continue
-        add(n)
+        for m in out or [n]:
+            nodes.append(m)
+            by_id[m.id] = m
     outputs = tuple(alias.get(o, o) for o in sub.outputs)
     used = set(outputs) | {i for n in nodes for i in n.inputs}
     nodes = [n for n in nodes if n.id in used or n.op in ("input",)]
@@ -187,116 +198,16 @@ class Walker:
             if isinstance(v, (int, float)):
                 return FConst(float(v))
             return self.leaf(n, idx)
-        op = n.op
-        if op in ("Detach", "ToDevice"):
-            return self.value(n.inputs[0], idx)
-        if op == "Reshape":
-            in_shape = self.shape(n.inputs[0])
-            kept = [(i, d) for i, d in zip(idx, n.type.shape) if d != 1]
-            if [d for _, d in kept] == [d for d in in_shape if d != 1]:
-                it = iter(i for i, _ in kept)
-                return self.value(n.inputs[0], tuple(IConst(0) if d == 1 else next(it) for d in in_shape))
-            return self.value(n.inputs[0], self.simp(unravel(linearize(idx, n.type.shape), in_shape)))
-        if op == "BroadcastTo":
-            in_shape = self.shape(n.inputs[0])
-            lead = len(n.type.shape) - len(in_shape)
-            return self.value(n.inputs[0], tuple(IConst(0) if d == 1 else idx[lead + k]
-                                                 for k, d in enumerate(in_shape)))
-        if op in ("Permute", "Transpose"):
-            in_shape = self.shape(n.inputs[0])
-            perm = op_from_node(op, n.attr_dict)
-            perm = perm._perm(len(in_shape)) if op == "Transpose" else perm.axes
-            out = [None] * len(in_shape)
-            for k, ax in enumerate(perm):
-                out[ax] = idx[k]
-            return self.value(n.inputs[0], tuple(out))
-        if op == "GetItem":
-            return self.value(n.inputs[0], tuple(iadd(IConst(st), imul(i, IConst(step)))
-                                                 for i, (st, _, step) in zip(idx, n.attr("slices"))))
-        if op == "Flip":
-            shape = n.type.shape
-            axes = node_axes(n, len(shape))
-            return self.value(n.inputs[0], tuple(iadd(IConst(d - 1), imul(i, IConst(-1))) if a in axes else i
-                                                 for a, (i, d) in enumerate(zip(idx, shape))))
-        if op == "UnDilate":
-            shape = self.shape(n.inputs[0])
-            axes = node_axes(n, len(shape))
-            step = n.attr("dilation") + 1
-            return self.value(n.inputs[0], tuple(imul(i, IConst(step)) if a in axes else i for a, i in enumerate(idx)))
-        if op == "Dilate":
-            shape = n.type.shape
-            axes = node_axes(n, len(shape))
-            step = n.attr("dilation") + 1
-            return self._sliced(n.inputs[0], idx, [((0, d, step) if a in axes else (0, d, 1))
-                                                   for a, d in enumerate(shape)], shape)
-        if op == "UnSlice":
-            return self._sliced(n.inputs[0], idx, n.attr("slices"), n.type.shape)
-        if op == "Concat":
-            axis = n.attr("axis") % len(n.type.shape)
-            parts = self.parts(n.inputs[0])
-            starts, at = [], 0
-            for _, shape in parts:
-                starts.append(at)
-                at += shape[axis]
-            out = None
-            for (fn, shape), st in reversed(list(zip(parts, starts))):
-                sub = tuple(iadd(i, IConst(-st)) if a == axis else i for a, i in enumerate(idx))
-                val = fn(self.simp(sub))
-                out = val if out is None else Select(ICmp("lt", idx[axis], IConst(st + shape[axis])), val, out)
-            return out
-        if op == "Stack":
-            axis = n.attr("axis") % len(n.type.shape)
-            parts = self.parts(n.inputs[0])
-            rest = idx[:axis] + idx[axis + 1:]
-            out = None
-            for j in reversed(range(len(parts))):
-                val = parts[j][0](rest)
-                out = val if out is None else Select(ICmp("eq", idx[axis], IConst(j)), val, out)
-            return out
-        if op == "TupleGetItem":
-            parts = self.parts(n.inputs[0])
-            return parts[n.attr("index") % len(parts)][0](idx)
-        if op == "Gather":
-            a, ind = n.inputs
-            k = len(self.shape(ind))
-            row = IFloat(self.value(ind, idx[:k]), bound=self.shape(a)[0])
-            return self.value(a, (row,) + idx[k:])
-        if self.elementwise:
-            v = self._elementwise(n, idx)
-            if v is not None:
-                return v
+        if OPS.get(n.op) is not None and OPS[n.op].index_map is not None:
+            return self.value(n.inputs[0], view_index(n, idx, self.shape(n.inputs[0]), self.simp))
+        if n.op in PIECES:
+            return PIECES[n.op](self, n, idx)
+        expr = element(n)
+        if isinstance(expr, Arg):  # an identity (Detach): a move
+            return self.value(n.inputs[expr.index], idx)
+        if self.elementwise and expr is not None:
+            return S.evaluate(expr, [self.value(i, idx) for i in n.inputs], SCALAR)
         raise NotWalkable(nid)
-
-    def _elementwise(self, n, idx):
-        """Elementwise ops as lower writes them (None for any other op)."""
-        op = n.op
-        binary = {"EWiseAdd": "add", "EWiseMul": "mul", "EWiseDiv": "div", "EWisePow": "pow"}
-        scalar = {"AddScalar": "add", "MulScalar": "mul", "DivScalar": "div"}
-        if op not in binary and op not in scalar and op not in (
-                "PowerScalar", "Negate", "Log", "Exp", "Tanh", "ReLU", "Sigmoid", "Compare", "Where"):
-            return None
-        a = [self.value(i, idx) for i in n.inputs]
-        s = n.attr("scalar")
-        if op in binary:
-            return Binary(binary[op], a[0], a[1])
-        if op in scalar:
-            return Binary(scalar[op], a[0], FConst(float(s)))
-        if op == "PowerScalar":
-            from ..lower import _power
-            return _power(a[0], s)
-        if op == "Negate":
-            return Unary("neg", a[0])
-        if op in ("Log", "Exp", "Tanh"):
-            return Unary(op.lower(), a[0])
-        if op == "ReLU":
-            return Select(Cmp("le", a[0], FConst(0.0)), FConst(0.0), a[0])
-        if op == "Sigmoid":
-            t = Unary("tanh", Binary("mul", a[0], FConst(0.5)))
-            return Binary("mul", Binary("add", t, FConst(1.0)), FConst(0.5))
-        if op == "Compare":
-            b = FConst(float(s)) if len(a) == 1 else a[1]
-            return Select(Cmp(n.attr("cmp"), a[0], b), FConst(1.0), FConst(0.0))
-        return Select(Cmp("ne", a[0], FConst(0.0)), a[1], a[2])   # Where
 
     def _sliced(self, src, idx, slices, shape):
         """Zero outside the slices, else src at (i - start) / step."""
@@ -319,16 +230,81 @@ class Walker:
     def parts(self, nid):
         """[(index -> value, shape)] of a tuple value."""
         n = self.g.node(nid)
-        if n.op == "MakeTensorTuple":
-            return [((lambda idx, i=i: self.value(i, idx)), self.shape(i)) for i in n.inputs]
-        if n.op == "Split":
-            x = n.inputs[0]
-            shape = self.shape(x)
-            axis = n.attr("axis") % len(shape)
-            part_shape = shape[:axis] + shape[axis + 1:]
-            return [((lambda idx, j=j: self.value(x, tuple(idx[:axis]) + (IConst(j),) + tuple(idx[axis:]))), part_shape)
-                    for j in range(shape[axis])]
-        raise NotWalkable(nid)
+        if n.op not in PARTS:
+            raise NotWalkable(nid)
+        return PARTS[n.op](self, n)
+
+
+# ---- the index maps that pick between pieces or zeros, and tuple elements -------------------
+def _dilate(w: Walker, n, idx):
+    shape = n.type.shape
+    axes = node_axes(n, len(shape))
+    step = n.attr("dilation") + 1
+    return w._sliced(n.inputs[0], idx, [((0, d, step) if a in axes else (0, d, 1)) for a, d in enumerate(shape)],
+                     shape)
+
+
+def _unslice(w: Walker, n, idx):
+    return w._sliced(n.inputs[0], idx, n.attr("slices"), n.type.shape)
+
+
+def _concat(w: Walker, n, idx):
+    axis = n.attr("axis") % len(n.type.shape)
+    parts = w.parts(n.inputs[0])
+    starts, at = [], 0
+    for _, shape in parts:
+        starts.append(at)
+        at += shape[axis]
+    out = None
+    for (fn, shape), st in reversed(list(zip(parts, starts))):
+        sub = tuple(iadd(i, IConst(-st)) if a == axis else i for a, i in enumerate(idx))
+        val = fn(w.simp(sub))
+        out = val if out is None else Select(ICmp("lt", idx[axis], IConst(st + shape[axis])), val, out)
+    return out
+
+
+def _stack(w: Walker, n, idx):
+    axis = n.attr("axis") % len(n.type.shape)
+    parts = w.parts(n.inputs[0])
+    rest = idx[:axis] + idx[axis + 1:]
+    out = None
+    for j in reversed(range(len(parts))):
+        val = parts[j][0](rest)
+        out = val if out is None else Select(ICmp("eq", idx[axis], IConst(j)), val, out)
+    return out
+
+
+def _tuple_get_item(w: Walker, n, idx):
+    parts = w.parts(n.inputs[0])
+    return parts[n.attr("index") % len(parts)][0](idx)
+
+
+def _gather(w: Walker, n, idx):
+    """A load whose row index is read from the indices tensor."""
+    a, ind = n.inputs
+    k = len(w.shape(ind))
+    row = IFloat(w.value(ind, idx[:k]), bound=w.shape(a)[0])
+    return w.value(a, (row,) + idx[k:])
+
+
+def _make_tuple_parts(w: Walker, n):
+    return [((lambda idx, i=i: w.value(i, idx)), w.shape(i)) for i in n.inputs]
+
+
+def _split_parts(w: Walker, n):
+    x = n.inputs[0]
+    shape = w.shape(x)
+    axis = n.attr("axis") % len(shape)
+    part_shape = shape[:axis] + shape[axis + 1:]
+    return [((lambda idx, j=j: w.value(x, tuple(idx[:axis]) + (IConst(j),) + tuple(idx[axis:]))), part_shape)
+            for j in range(shape[axis])]
+
+
+#: op -> its value at an index (ops whose index map picks between pieces or zeros, Gather)
+PIECES = {"Dilate": _dilate, "UnSlice": _unslice, "Concat": _concat, "Stack": _stack,
+          "TupleGetItem": _tuple_get_item, "Gather": _gather}
+#: tuple-valued op -> its elements
+PARTS = {"MakeTensorTuple": _make_tuple_parts, "Split": _split_parts}
 
 
 def leaf_loader(names: dict, consts: dict | None = None):
@@ -338,4 +314,4 @@ def leaf_loader(names: dict, consts: dict | None = None):
     return leaf
 
 
-__all__ = ["expand", "rewrite_tuples", "Walker", "NotWalkable", "MOVE_OPS", "leaf_loader"]
+__all__ = ["expand", "rewrite_tuples", "Walker", "NotWalkable", "leaf_loader"]
