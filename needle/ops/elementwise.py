@@ -184,6 +184,14 @@ class Tanh(Elementwise):
         return out_grad * (1.0 - node * node)
 
 
+class Sin(Elementwise):
+    def element(self, a):
+        return S.sin(a)
+
+    def gradient(self, out_grad, node):
+        return out_grad * sin(node.inputs[0] + 1.5707963267948966)  # cos(a) = sin(a + pi/2)
+
+
 _COMPARE = {
     "eq": lambda a, b: a == b,
     "ne": lambda a, b: a != b,
@@ -303,6 +311,10 @@ def tanh(a):
     return Tanh()(a)
 
 
+def sin(a):
+    return Sin()(a)
+
+
 def sqrt(a):
     """a ** 0.5 (NaN below 0; the gradient 0.5 / sqrt(a) is inf at 0)."""
     return power_scalar(a, 0.5)
@@ -335,7 +347,7 @@ def where(cond, a, b):
 
 __all__ = [
     "Elementwise", "EWiseAdd", "AddScalar", "EWiseMul", "MulScalar", "EWiseDiv", "DivScalar", "EWisePow",
-    "PowerScalar", "Negate", "Log", "Exp", "Tanh", "Compare", "Where",
+    "PowerScalar", "Negate", "Log", "Exp", "Tanh", "Compare", "Where", "Sin",
     "add", "add_scalar", "multiply", "mul_scalar", "divide", "divide_scalar", "power",
-    "power_scalar", "negate", "log", "exp", "tanh", "sqrt", "abs", "compare", "where", "sum_to_shape",
+    "power_scalar", "negate", "log", "exp", "tanh", "sin", "sqrt", "abs", "compare", "where", "sum_to_shape",
 ]
