@@ -189,7 +189,15 @@ class Sin(Elementwise):
         return S.sin(a)
 
     def gradient(self, out_grad, node):
-        return out_grad * sin(node.inputs[0] + 1.5707963267948966)  # cos(a) = sin(a + pi/2)
+        return out_grad * cos(node.inputs[0])
+
+
+class Cos(Elementwise):
+    def element(self, a):
+        return S.cos(a)
+
+    def gradient(self, out_grad, node):
+        return -out_grad * sin(node.inputs[0])
 
 
 _COMPARE = {
@@ -315,6 +323,10 @@ def sin(a):
     return Sin()(a)
 
 
+def cos(a):
+    return Cos()(a)
+
+
 def sqrt(a):
     """a ** 0.5 (NaN below 0; the gradient 0.5 / sqrt(a) is inf at 0)."""
     return power_scalar(a, 0.5)
@@ -347,7 +359,7 @@ def where(cond, a, b):
 
 __all__ = [
     "Elementwise", "EWiseAdd", "AddScalar", "EWiseMul", "MulScalar", "EWiseDiv", "DivScalar", "EWisePow",
-    "PowerScalar", "Negate", "Log", "Exp", "Tanh", "Compare", "Where", "Sin",
+    "PowerScalar", "Negate", "Log", "Exp", "Tanh", "Compare", "Where", "Sin", "Cos",
     "add", "add_scalar", "multiply", "mul_scalar", "divide", "divide_scalar", "power",
-    "power_scalar", "negate", "log", "exp", "tanh", "sin", "sqrt", "abs", "compare", "where", "sum_to_shape",
+    "power_scalar", "negate", "log", "exp", "tanh", "sin", "cos", "sqrt", "abs", "compare", "where", "sum_to_shape",
 ]

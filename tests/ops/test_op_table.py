@@ -37,6 +37,7 @@ OPS = [
     ("tanh", ndl.tanh, np.tanh, [(3, 5)], normal),
     ("log", ndl.log, np.log, [(3, 5)], positive),
     ("sin", ndl.sin, np.sin, [(3, 5)], normal),
+    ("cos", ndl.cos, np.cos, [(3, 5)], normal),
     ("max", lambda x: ndl.max(x, (1,)), lambda a: a.max(axis=1), [(4, 6)], apart),
 ]
 
