@@ -200,6 +200,18 @@ class Cos(Elementwise):
         return -out_grad * sin(node.inputs[0])
 
 
+class Minimum(EWiseBinary):
+    """Elementwise minimum (NaN if either is NaN); a tie sends half the gradient each way."""
+
+    def element(self, a, b):
+        return S.minimum(a, b)
+
+    def gradient(self, out_grad, node):
+        a, b = node.inputs
+        share = compare(a, b, "lt") + compare(a, b, "eq") * 0.5
+        return out_grad * share, out_grad * (1.0 - share)
+
+
 _COMPARE = {
     "eq": lambda a, b: a == b,
     "ne": lambda a, b: a != b,
@@ -327,6 +339,12 @@ def cos(a):
     return Cos()(a)
 
 
+def minimum(a, b):
+    """Elementwise minimum; the inputs broadcast."""
+    op = Minimum()
+    return op(*_broadcast_pair(op, a, b))
+
+
 def sqrt(a):
     """a ** 0.5 (NaN below 0; the gradient 0.5 / sqrt(a) is inf at 0)."""
     return power_scalar(a, 0.5)
@@ -359,7 +377,7 @@ def where(cond, a, b):
 
 __all__ = [
     "Elementwise", "EWiseAdd", "AddScalar", "EWiseMul", "MulScalar", "EWiseDiv", "DivScalar", "EWisePow",
-    "PowerScalar", "Negate", "Log", "Exp", "Tanh", "Compare", "Where", "Sin", "Cos",
+    "PowerScalar", "Negate", "Log", "Exp", "Tanh", "Compare", "Where", "Sin", "Cos", "Minimum",
     "add", "add_scalar", "multiply", "mul_scalar", "divide", "divide_scalar", "power",
-    "power_scalar", "negate", "log", "exp", "tanh", "sin", "cos", "sqrt", "abs", "compare", "where", "sum_to_shape",
+    "power_scalar", "negate", "log", "exp", "tanh", "sin", "cos", "minimum", "sqrt", "abs", "compare", "where", "sum_to_shape",
 ]

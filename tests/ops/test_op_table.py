@@ -38,6 +38,8 @@ OPS = [
     ("log", ndl.log, np.log, [(3, 5)], positive),
     ("sin", ndl.sin, np.sin, [(3, 5)], normal),
     ("cos", ndl.cos, np.cos, [(3, 5)], normal),
+    ("minimum", ndl.minimum, np.minimum, [(3, 5), (3, 5)], apart),
+    ("minimum_broadcast", ndl.minimum, np.minimum, [(3, 5), (5,)], apart),
     ("max", lambda x: ndl.max(x, (1,)), lambda a: a.max(axis=1), [(4, 6)], apart),
 ]
 
