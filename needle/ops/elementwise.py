@@ -212,6 +212,17 @@ class Minimum(EWiseBinary):
         return out_grad * share, out_grad * (1.0 - share)
 
 
+class Abs(Elementwise):
+    """|a|; the gradient is sign(a) (0 at 0)."""
+
+    def element(self, a):
+        return S.abs(a)
+
+    def gradient(self, out_grad, node):
+        a = node.inputs[0]
+        return out_grad * (compare(a, 0.0, "gt") - compare(a, 0.0, "lt"))
+
+
 _COMPARE = {
     "eq": lambda a, b: a == b,
     "ne": lambda a, b: a != b,
@@ -351,10 +362,7 @@ def sqrt(a):
 
 
 def abs(a):  # noqa: A001  (numpy/torch name)
-    """|a| as relu(a) + relu(-a) (gradient sign(a), 0 at 0)."""
-    from .composite import relu
-
-    return relu(a) + relu(negate(a))
+    return Abs()(a)
 
 
 def compare(a, b, cmp: str):
@@ -377,7 +385,7 @@ def where(cond, a, b):
 
 __all__ = [
     "Elementwise", "EWiseAdd", "AddScalar", "EWiseMul", "MulScalar", "EWiseDiv", "DivScalar", "EWisePow",
-    "PowerScalar", "Negate", "Log", "Exp", "Tanh", "Compare", "Where", "Sin", "Cos", "Minimum",
+    "PowerScalar", "Negate", "Log", "Exp", "Tanh", "Compare", "Where", "Sin", "Cos", "Minimum", "Abs",
     "add", "add_scalar", "multiply", "mul_scalar", "divide", "divide_scalar", "power",
     "power_scalar", "negate", "log", "exp", "tanh", "sin", "cos", "minimum", "sqrt", "abs", "compare", "where", "sum_to_shape",
 ]

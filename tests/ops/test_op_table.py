@@ -40,6 +40,7 @@ OPS = [
     ("cos", ndl.cos, np.cos, [(3, 5)], normal),
     ("minimum", ndl.minimum, np.minimum, [(3, 5), (3, 5)], apart),
     ("minimum_broadcast", ndl.minimum, np.minimum, [(3, 5), (5,)], apart),
+    ("abs", ndl.abs, np.abs, [(3, 5)], away_from_zero),
     ("max", lambda x: ndl.max(x, (1,)), lambda a: a.max(axis=1), [(4, 6)], apart),
 ]
 
