@@ -223,6 +223,16 @@ class Abs(Elementwise):
         return out_grad * (compare(a, 0.0, "gt") - compare(a, 0.0, "lt"))
 
 
+class Sqrt(Elementwise):
+    """sqrt(a) (NaN below 0; the gradient 0.5 / sqrt(a) is inf at 0)."""
+
+    def element(self, a):
+        return S.sqrt(a)
+
+    def gradient(self, out_grad, node):
+        return out_grad / (node * 2.0)
+
+
 _COMPARE = {
     "eq": lambda a, b: a == b,
     "ne": lambda a, b: a != b,
@@ -357,8 +367,7 @@ def minimum(a, b):
 
 
 def sqrt(a):
-    """a ** 0.5 (NaN below 0; the gradient 0.5 / sqrt(a) is inf at 0)."""
-    return power_scalar(a, 0.5)
+    return Sqrt()(a)
 
 
 def abs(a):  # noqa: A001  (numpy/torch name)
@@ -385,7 +394,7 @@ def where(cond, a, b):
 
 __all__ = [
     "Elementwise", "EWiseAdd", "AddScalar", "EWiseMul", "MulScalar", "EWiseDiv", "DivScalar", "EWisePow",
-    "PowerScalar", "Negate", "Log", "Exp", "Tanh", "Compare", "Where", "Sin", "Cos", "Minimum", "Abs",
+    "PowerScalar", "Negate", "Log", "Exp", "Tanh", "Compare", "Where", "Sin", "Cos", "Minimum", "Abs", "Sqrt",
     "add", "add_scalar", "multiply", "mul_scalar", "divide", "divide_scalar", "power",
     "power_scalar", "negate", "log", "exp", "tanh", "sin", "cos", "minimum", "sqrt", "abs", "compare", "where", "sum_to_shape",
 ]

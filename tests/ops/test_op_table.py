@@ -41,6 +41,7 @@ OPS = [
     ("minimum", ndl.minimum, np.minimum, [(3, 5), (3, 5)], apart),
     ("minimum_broadcast", ndl.minimum, np.minimum, [(3, 5), (5,)], apart),
     ("abs", ndl.abs, np.abs, [(3, 5)], away_from_zero),
+    ("sqrt", ndl.sqrt, np.sqrt, [(3, 5)], positive),
     ("max", lambda x: ndl.max(x, (1,)), lambda a: a.max(axis=1), [(4, 6)], apart),
 ]
 
