@@ -311,8 +311,8 @@ SCALAR = {
 }
 
 #: a reduction's combine (a scalar-vocabulary function) -> (accumulator op, sign): the
-#: accumulators are `sum` and NaN-propagating `max`
-ACCUMULATORS = {"add": ("sum", 1.0), "maximum": ("max", 1.0)}
+#: accumulators are `sum` and NaN-propagating `max`; a minimum is -max(-x)
+ACCUMULATORS = {"add": ("sum", 1.0), "maximum": ("max", 1.0), "minimum": ("max", -1.0)}
 #: an accumulator's starting value
 ACC_IDENTITY = {"sum": 0.0, "max": float("-inf")}
 #: an accumulator's value with one more value folded in, as loop IR

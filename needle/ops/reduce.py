@@ -82,6 +82,16 @@ class Max(Reduce):
         return self._keepdims_grad(out_grad, node) * mask / count
 
 
+class Min(Max):
+    """Minimum over axes; the gradient is shared equally among tied minima (as Max's)."""
+
+    identity = float("inf")
+    combine = "minimum"
+
+    def compute(self, a):
+        return a.min(axis=self._axes(len(a.shape)))
+
+
 class Argmax(TensorOp):
     """Index of the maximum along `axis` (all axes flattened when None); not differentiable."""
 
@@ -115,6 +125,13 @@ def max(a, axes=None):  # noqa: A001  (course/numpy name)
     return Max(axes)(a)
 
 
+def min(a, axes=None, keepdims: bool = False):  # noqa: A001  (course/numpy name)
+    """Minimum over axes (all when None); `keepdims` keeps them with size 1."""
+    op = Min(axes)
+    out = op(a)
+    return reshape(out, _reduced_shape(a.shape, op._axes(len(a.shape)), keepdims=True)) if keepdims else out
+
+
 def argmax(a, axis=None):
     return Argmax(axis)(a)
 
@@ -127,4 +144,4 @@ def mean(a, axes=None):
     return summation(a, axes) / count
 
 
-__all__ = ["Summation", "Max", "Argmax", "summation", "max", "argmax", "mean", "check_not_empty"]
+__all__ = ["Summation", "Max", "Min", "Argmax", "summation", "max", "min", "argmax", "mean", "check_not_empty"]

@@ -43,6 +43,10 @@ OPS = [
     ("abs", ndl.abs, np.abs, [(3, 5)], away_from_zero),
     ("sqrt", ndl.sqrt, np.sqrt, [(3, 5)], positive),
     ("max", lambda x: ndl.max(x, (1,)), lambda a: a.max(axis=1), [(4, 6)], apart),
+    ("min_rows", lambda x: ndl.min(x, (1,)), lambda a: a.min(axis=1), [(4, 6)], apart),
+    ("min_columns_keepdims", lambda x: ndl.min(x, (0,), keepdims=True), lambda a: a.min(axis=0, keepdims=True),
+     [(5, 6)], apart),
+    ("min_all", ndl.min, np.min, [(3, 4)], apart),
 ]
 
 
