@@ -165,11 +165,14 @@ def _array_fn(name: str) -> Callable:
 
 
 def _as_float(compare: Callable) -> Callable:
+    """A comparison giving 1.0/0.0 in its operands' float dtype (numpy gives booleans)."""
     def f(a, b):
         out = compare(a, b)
         if isinstance(out, (bool, np.bool_)):
             return float(out)
-        return out.astype("float32") if getattr(out, "dtype", None) == np.bool_ else out
+        if getattr(out, "dtype", None) != np.bool_:
+            return out
+        return out.astype(getattr(a, "dtype", None) or getattr(b, "dtype", "float32"))
     return f
 
 
