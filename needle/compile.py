@@ -34,15 +34,10 @@ from .ir import tracer
 from .ir.autodiff_request import request_gradients
 from .ir.graph import Graph
 from .ir.tracer import GraphBuilder, tensor_type_of, tracing
+from .passes import pipeline
+from .passes.manager import PassContext
 from .runtime import graph_cache
 from .runtime.interpreter import run_graph
-PIPELINE = ("decompose", "autodiff", "simplify")
-#: the passes of the kernel executors: recompute rewrites the graph for fusion, the others
-#: are analyses (the graph is unchanged by them)
-KERNEL_PIPELINE = ("recompute", "fusion", "schedule", "memory_plan")
-
-
-EXECUTORS = ("native", "kernels", "interp", "cuda")
 
 
 def executor_kind(graph: Optional[Graph] = None) -> str:
@@ -58,8 +53,8 @@ def executor_kind(graph: Optional[Graph] = None) -> str:
         kind = "native" if BACKEND == "nd" else "interp"
         if graph is not None and BACKEND == "nd" and _on_cuda(graph):
             kind = "cuda"
-    if kind not in EXECUTORS:
-        raise ValueError(f"NEEDLE_EXECUTOR={kind!r}: use one of {', '.join(EXECUTORS)}")
+    if kind not in pipeline.EXECUTORS:
+        raise ValueError(f"NEEDLE_EXECUTOR={kind!r}: use one of {', '.join(pipeline.EXECUTORS)}")
     return kind
 
 
@@ -69,17 +64,6 @@ def _on_cuda(graph: Graph) -> bool:
 
     on = any(str(getattr(n.type, "device", "")).startswith("cuda") for n in graph.inputs)
     return on and cuda().enabled()
-
-
-def _pass_manager(kind: str):
-    return _pass_manager_for(PIPELINE + (KERNEL_PIPELINE if kind != "interp" else ()))
-
-
-def _pass_manager_for(names):
-    from . import passes  # noqa: F401  (registers the passes)
-    from .passes.manager import PASSES, PassManager
-
-    return PassManager([PASSES[name] for name in names if name in PASSES])
 
 
 #: compiled graphs kept per function (least recently used first out); `NEEDLE_COMPILE_CACHE_SIZE`
@@ -267,45 +251,39 @@ class CompiledFunction:
         return proxy
 
     def _build(self, graph: Graph) -> tuple[Callable, Graph, dict]:
-        """Run the pipeline on a traced graph (or take it from the disk cache) and build its
-        runner: (runner, final graph, pass snapshots)."""
-        from .passes.manager import PassContext
-
+        """Run the pipeline on a traced graph (or take its graph passes' result from the disk
+        cache) and build its runner: (runner, final graph, pass snapshots)."""
         ctx = PassContext()
         if ctx.dump_dir:  # one folder per function and signature, so dumps never overwrite
             ctx.dump_dir = os.path.join(ctx.dump_dir, f"{graph.name}-{self._serial}")
         kind = executor_kind(graph)
         # dumping IR or bisecting passes needs the passes to run: no warm start then
         debugging = ctx.dump_dir or ctx.pass_limit is not None
-        cached = None if debugging else graph_cache.load(graph, PIPELINE)
+        cached = None if debugging else graph_cache.load(graph, pipeline.GRAPH_PASSES)
         if cached is None:
-            final = _pass_manager(kind).run(graph, ctx)
-            # NEEDLE_PASS_LIMIT may stop before autodiff (a grad request cannot run: it is
-            # expanded here) or before the kernel analyses (the interpreter runs the graph)
-            if any(n.op == "grad" for n in final.nodes):
-                final = _pass_manager_for(("autodiff",)).run(final, PassContext(dump_dir="", pass_limit=1))
-            if "memory_plan" not in ctx.options:
-                kind = "interp"
+            final, plan = pipeline.run(graph, kind, ctx)
+            final = pipeline.expand_grad_requests(final, kind, ctx)  # NEEDLE_PASS_LIMIT stopped before autodiff
             if not debugging:
-                graph_cache.store(graph, PIPELINE, {name: g for name, g in ctx.snapshots.items()
-                                                   if name == "input" or name in PIPELINE})
-        else:  # warm start: no graph pass runs; the kernel executor's analyses still do
+                graph_cache.store(graph, pipeline.GRAPH_PASSES, {
+                    name: g for name, g in ctx.snapshots.items() if name == "input" or name in pipeline.GRAPH_PASSES})
+        else:  # warm start: no graph pass runs; the kernel executor's passes still do
             self.stats["graph_cache_hits"] = self.stats.get("graph_cache_hits", 0) + 1
-            final = cached[list(cached)[-1]]  # the other stages are parsed when asked for
+            final, plan = cached[list(cached)[-1]], None  # the other stages are parsed when asked for
             if kind != "interp":
-                final = _pass_manager_for(KERNEL_PIPELINE).run(final, ctx)
+                final, plan = pipeline.run(final, kind, ctx, pipeline.KERNEL_PASSES)
             for name, g in ctx.snapshots.items():
-                if name != "input":  # the analyses' own "input" is the cached final graph
+                if name != "input":  # the kernel passes' own "input" is the cached final graph
                     cached[name] = g
             ctx.snapshots = cached
+        if plan is None:  # the interpreter, or NEEDLE_PASS_LIMIT cut the analyses off
+            kind = "interp"
         runner = None
         if kind == "cuda":
-            from .codegen.cuda import CudaCodegenError
+            from .codegen.cuda import CudaCodegenError, build_program
             from .runtime.cuda_executor import CudaGraphExecutor
 
             try:
-                runner = CudaGraphExecutor(final, ctx.options["fusion_plan"], ctx.options["schedule"],
-                                           ctx.options["memory_plan"])
+                runner = CudaGraphExecutor(final, program=build_program(final, plan))
             except CudaCodegenError as e:
                 if _log("native") or _log("recompile"):
                     print(f"needle: {self.fn.__qualname__} runs on the interpreter: {e}", file=sys.stderr)
@@ -314,8 +292,7 @@ class CompiledFunction:
             from .runtime.native import NativeExecutor, NativeUnsupported
 
             try:
-                runner = NativeExecutor(final, ctx.options["fusion_plan"], ctx.options["schedule"],
-                                        ctx.options["memory_plan"])
+                runner = NativeExecutor(final, plan.fusion, plan.schedule, plan.memory)
                 self.stats.update(native=runner.stats)
                 self.stats["llvm_kernels"] = runner.stats["llvm_kernels"]
             except NativeUnsupported as e:
@@ -325,7 +302,7 @@ class CompiledFunction:
         if kind == "kernels":
             from .runtime.executor import KernelExecutor
 
-            runner = KernelExecutor(final, ctx.options["fusion_plan"], ctx.options["schedule"])
+            runner = KernelExecutor(final, plan.fusion, plan.schedule)
             self.stats["llvm_kernels"] = runner.llvm_kernels
         elif runner is None:
             runner = functools.partial(run_graph, final)

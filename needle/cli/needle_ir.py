@@ -23,11 +23,13 @@ the fusion plan (one line per group) and the refused merges (``why-not ...`` lin
 instead of the IR. The default pass is the last one that ran; ``--after input`` shows the
 graph as traced (with its ``grad`` requests); ``--all`` prints every stage in order. ``--function NAME`` keeps the functions whose
 ``__qualname__`` or its last dotted component is NAME. ``--list-passes`` prints the stage
-names ``--after`` takes (``input`` first, then the pipeline's passes) and exits.
+names ``--after`` takes (``input`` first, then the pipeline's passes: ``needle.passes.pipeline``)
+and exits.
 
 ``--target cuda`` (or ``--format cuda``) lowers every graph the script compiled for CUDA,
 whatever device the script's tensors are on (no GPU is needed): the final graph's fusion
-plan, schedule and a memory plan with the GPU's 256-byte alignment become one complete
+plan, schedule and a memory plan with the GPU's 256-byte alignment (the cuda pipeline's
+analyses, ``needle.passes.pipeline.plan_kernels``) become one complete
 translation unit (``needle.codegen.cuda``): every kernel as ``extern "C" __global__`` CUDA
 C and the host entry ``needle_graph_<name>(void** inputs, void** outputs, char* arena,
 cudaStream_t stream)`` launching them in schedule order, which ``nvcc -c`` accepts as is.
@@ -118,11 +120,10 @@ def _split_argv(argv: list) -> tuple:
 
 
 def pass_names() -> list:
-    """The stage names `--after` takes: 'input', then the default pipeline's passes."""
-    import needle.passes  # noqa: F401  (registers every pass)
-    from needle.passes.manager import list_passes
+    """The stage names `--after` takes: 'input', then the pipeline's passes."""
+    from needle.passes.pipeline import STAGES
 
-    return ["input", *list_passes()]
+    return list(STAGES)
 
 
 def _qualname(cf) -> str:
@@ -290,6 +291,7 @@ def _cuda_outputs(shown, out_dir: Optional[str]) -> tuple:
     """(text for stdout, exit code) of --target cuda: each graph's translation unit, printed
     or written to out_dir."""
     from needle.codegen.cuda import CudaCodegenError, build_program
+    from needle.passes.pipeline import plan_kernels
 
     per_function: dict = {}
     for cf, _, _ in shown:
@@ -304,7 +306,7 @@ def _cuda_outputs(shown, out_dir: Optional[str]) -> tuple:
         seen[id(cf)] = k + 1
         graph = stages.get("final") or list(stages.values())[-1]
         try:
-            program = build_program(graph)
+            program = build_program(graph, plan_kernels(graph, "cuda"))
             source = program.source()
         except CudaCodegenError as e:
             print(f"needle-ir: cannot emit CUDA for {qualname} {signature}: {e}", file=sys.stderr)

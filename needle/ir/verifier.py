@@ -1,6 +1,6 @@
 """The IR verifier: structural SSA checks, op checks, type consistency and stage invariants.
 
-`verify(graph, stage=None)` returns None or raises `IRVerifyError` naming the node
+`verify(graph, invariants=())` returns None or raises `IRVerifyError` naming the node
 (`%id = Op`), its user source location and the problem.
 
 Checks, for every graph:
@@ -16,20 +16,28 @@ Checks, for every graph:
   tuple's length) must match the node's type; the output device is the inputs' device
   (ToDevice: its `device` attribute).
 
-Stage invariants (`stage` names a pass; the checks hold *after* that pass):
-* ``autodiff`` or later: no `grad` nodes remain.
+Invariants a pipeline promises after some pass (`INVARIANTS`; which pass ensures which is
+declared in `needle.passes.pipeline`), checked when named in `invariants`
+(`check_invariants(graph, invariants)` checks only those):
+* ``decomposed``: a composite op remains only if it keeps its own (custom) VJP;
+* ``no_grad``: no `grad` node remains;
+* ``primitive``: no composite op remains.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 from .graph import GRAPH_OPS, ROLES, Graph, Node, TensorType
 from .printer import format_type
 
-__all__ = ["IRVerifyError", "verify", "STAGES"]
+__all__ = ["IRVerifyError", "verify", "check_invariants", "INVARIANTS"]
 
-#: pipeline stages in order (a stage's invariants hold after the pass of that name)
-STAGES = ("trace", "decompose", "autodiff", "simplify", "recompute", "fusion", "schedule", "memory_plan", "lower")
+#: invariant -> what it says about the graph
+INVARIANTS = {
+    "decomposed": "a composite op remains only if it keeps its own (custom) VJP",
+    "no_grad": "no grad node remains",
+    "primitive": "no composite op remains",
+}
 
 
 class IRVerifyError(ValueError):
@@ -48,10 +56,9 @@ class IRVerifyError(ValueError):
         super().__init__(where + message)
 
 
-def verify(graph: Graph, stage: Optional[str] = None) -> None:
-    """Check the graph's invariants (and those of `stage`, if given); raise IRVerifyError."""
-    if stage is not None and stage not in STAGES:
-        raise ValueError(f"verify: unknown stage {stage!r}; stages are {', '.join(STAGES)}")
+def verify(graph: Graph, invariants: Iterable[str] = ()) -> None:
+    """Check the graph's structure and types, and the named `invariants`; raise IRVerifyError."""
+    invariants = _known(invariants)
     from ..ops import OPS
 
     types: dict[int, Any] = {}
@@ -82,11 +89,37 @@ def verify(graph: Graph, stage: Optional[str] = None) -> None:
         if out not in types:
             raise IRVerifyError(f"output %{out} is never defined", None, graph)
 
-    if stage is not None and STAGES.index(stage) >= STAGES.index("autodiff"):
-        for node in graph.nodes:
-            if node.op == "grad":
-                raise IRVerifyError(f"a grad node remains after stage {stage!r} (the autodiff pass "
-                                    "must replace every grad node)", node, graph)
+    check_invariants(graph, invariants)
+
+
+def check_invariants(graph: Graph, invariants: Iterable[str]) -> None:
+    """Check only the named `INVARIANTS` (one walk over the nodes); raise IRVerifyError."""
+    invariants = _known(invariants)
+    if not invariants:
+        return
+    from ..ops import OPS
+
+    for node in graph.nodes:
+        if node.op == "grad" and "no_grad" in invariants:
+            raise IRVerifyError("a grad node remains (the autodiff pass must replace every grad node)",
+                                node, graph)
+        cls = OPS.get(node.op)
+        if cls is None or not getattr(cls, "composite", False):
+            continue
+        if "primitive" in invariants:
+            raise IRVerifyError(f"composite op {node.op} remains (decompose must expand it)", node, graph)
+        if "decomposed" in invariants and not getattr(cls, "custom_vjp", False):
+            raise IRVerifyError(f"composite op {node.op} remains and has no custom VJP (decompose must "
+                                "expand it before autodiff)", node, graph)
+
+
+def _known(invariants: Iterable[str]) -> frozenset:
+    invariants = frozenset((invariants,) if isinstance(invariants, str) else invariants)
+    unknown = invariants - INVARIANTS.keys()
+    if unknown:
+        raise ValueError(f"verify: unknown invariant(s) {', '.join(sorted(unknown))}; "
+                         f"invariants are {', '.join(INVARIANTS)}")
+    return invariants
 
 
 def _check_type_shape(t, fail):

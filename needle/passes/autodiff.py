@@ -6,17 +6,30 @@ eager reverse-mode algorithm (`compute_gradient_of_variables`) runs on those tra
 values. Because every op's VJP is written with needle ops, the VJPs emit graph nodes
 instead of computing: eager `backward()` and this pass share one definition per op.
 Emitted nodes carry the source location of the node they differentiate.
+
+The input must be decomposed (the `decomposed` invariant: composites remain only where they
+keep their custom VJP; the pipeline runs `decompose` first), else a `PassError` names the
+first composite node. The output may hold composites (those kept, and those VJPs emit): the
+pipeline's `decompose_rest` expands them.
 """
 from __future__ import annotations
 
 from ..ir.graph import Graph
 from ..ir.tracer import GraphBuilder, tracing
+from ..ir.verifier import IRVerifyError, check_invariants
+from .manager import FunctionPass, PassError, register_pass
 
 
 def autodiff(graph: Graph, ctx=None) -> Graph:
     """`graph` with every `grad` node expanded into forward-and-backward nodes."""
     if not any(n.op == "grad" for n in graph.nodes):
         return graph
+    try:
+        check_invariants(graph, ("decomposed",))
+    except IRVerifyError as e:
+        node = graph.node(e.node_id)
+        raise PassError("autodiff", f"expects a decomposed graph, but {e.problem}; run the "
+                        "decompose pass first", node) from None
     from .. import autograd, init, ops
     from ..autograd import Tensor, TensorTuple
     from ..ops.registry import op_from_node
@@ -48,10 +61,7 @@ def autodiff(graph: Graph, ctx=None) -> Graph:
                     value.requires_grad = True
                 env[node.id] = value
         builder.loc_override = None
-    out = builder.graph([env[i]._trace.node_id for i in graph.outputs])
-    from .decompose import decompose_graph  # composites kept for their custom VJP
-
-    return decompose_graph(out)[0]
+    return builder.graph([env[i]._trace.node_id for i in graph.outputs])
 
 
 def _expand_grad(node, env, builder, init, ops):
@@ -83,12 +93,4 @@ def _expand_grad(node, env, builder, init, ops):
     return ops.make_tuple(*[g if g._trace is not None else builder.lift(g) for g in grads])
 
 
-def _register() -> None:
-    try:
-        from .manager import FunctionPass, register_pass
-    except ImportError:  # the pass manager is optional for direct use
-        return
-    register_pass(FunctionPass("autodiff", autodiff))
-
-
-_register()
+register_pass(FunctionPass("autodiff", autodiff, ensures=("no_grad",)))

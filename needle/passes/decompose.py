@@ -1,4 +1,4 @@
-"""decompose: expand every composite op into primitives (the first pass of the pipeline).
+"""decompose: expand composite ops into primitives (`decompose` and `decompose_rest`).
 
 A composite op class (`composite = True` in the registry: ReLU, Sigmoid, LogSumExp,
 LogSoftmax, ...) defines `decompose(self, *inputs)`, the same function written with
@@ -9,9 +9,12 @@ unchanged with its inputs renumbered. Emitted nodes carry the source location of
 composite node they replace; graph inputs and outputs are kept. A decomposition that
 itself uses composite ops is expanded again (up to `MAX_ROUNDS` rounds).
 
-Invariant after the pass: no composite op remains (a `PassError` names the node otherwise,
-also when a composite op class has no `decompose`). `grad` nodes stay `grad` nodes for the
-autodiff pass, which then differentiates the primitives.
+While `grad` requests remain, composites that keep their own (custom) VJP stay, for autodiff;
+`grad` nodes stay `grad` nodes. The pipeline (`needle.passes.pipeline`) runs the pass twice:
+`decompose` before autodiff (invariant after it: `decomposed`, what autodiff requires) and
+`decompose_rest` after it, which expands what autodiff left: the composites kept for their
+VJP and those the VJPs emitted (invariant: `primitive`). A `PassError` names a composite
+node that cannot be expanded (also when its op class has no `decompose`).
 """
 from __future__ import annotations
 
@@ -113,4 +116,5 @@ def decompose(graph: Graph, ctx=None) -> PassResult:
     return PassResult(out, bool(counts), {"expanded": sum(counts.values()), "by_op": counts})
 
 
-register_pass(FunctionPass("decompose", decompose))
+register_pass(FunctionPass("decompose", decompose, ensures=("decomposed",)))
+register_pass(FunctionPass("decompose_rest", decompose, ensures=("primitive",)))

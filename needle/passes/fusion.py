@@ -1,7 +1,7 @@
-"""The fusion pass: groups primitives into `FusedGroup` kernels and explains every refusal.
+"""The fusion analysis: groups primitives into `FusedGroup` kernels and explains every refusal.
 
-The graph is returned unchanged; the plan is an annotation stored in
-`ctx.options["fusion_plan"]` and in the pass report (`{"kernels", "fused_ops", "plan"}`).
+The graph is unchanged; the result is a `FusionPlan` (the schedule and memory plan take it,
+and so do the executors); the pass report is `{"kernels", "fused_ops"}`.
 
 Rules (docs/passes.md, "fusion"):
 
@@ -46,7 +46,7 @@ from typing import Optional
 
 from ..ir.graph import Graph, Node, topological_order
 from ..ops.registry import reduced_axes
-from .manager import Pass, PassResult, register_pass
+from .manager import Analysis, register_pass
 
 __all__ = ["FusedGroup", "FusionPlan", "FusionPass", "plan_fusion", "format_plan", "format_why_not", "node_class",
            "VIEW_OPS"]
@@ -449,14 +449,14 @@ def format_why_not(plan: FusionPlan, graph: Optional[Graph] = None) -> str:
     return "".join(out)
 
 
-class FusionPass(Pass):
+class FusionPass(Analysis):
     name = "fusion"
 
-    def run(self, graph: Graph, ctx) -> PassResult:
-        plan = plan_fusion(graph)
-        ctx.options["fusion_plan"] = plan
-        return PassResult(graph, False, {"kernels": plan.kernels, "fused_ops": plan.fused_ops,
-                                         "plan": plan})
+    def analyze(self, graph: Graph) -> FusionPlan:
+        return plan_fusion(graph)
+
+    def summary(self, plan: FusionPlan) -> dict:
+        return {"kernels": plan.kernels, "fused_ops": plan.fused_ops}
 
 
 register_pass(FusionPass())

@@ -1,13 +1,18 @@
-"""The pass manager: runs a pipeline of graph passes with timing, IR snapshots, verification,
-numbered IR dumps and errors that name the pass and the user's source line.
+"""The pass manager: runs passes in order with timing, IR snapshots, verification, numbered
+IR dumps and errors that name the pass and the user's source line.
 
 A pass is an object with a `name` and `run(graph, ctx) -> PassResult(graph, changed, report)`;
-it never mutates its input graph. `PassManager(passes).run(graph, ctx)` runs them in order and,
+it never mutates its input graph. An `Analysis` leaves the graph unchanged and returns a typed
+result (a dataclass: the fusion plan, the schedule, the memory plan) instead; the analyses it
+`requires` are handed to it as arguments, and a missing one is a `PassError`, never computed
+behind the pipeline's back. `PassManager(passes).run(graph, ctx)` runs them in order and,
 after each one:
 
 * records `ctx.timings[name]` (seconds), `ctx.reports[name]` and `ctx.snapshots[name]` (the IR
-  after the pass; `ctx.snapshots["input"]` is the IR before the first pass);
-* verifies the result when `ctx.verify` (`NEEDLE_VERIFY=1`; the test suite turns it on);
+  after the pass; `ctx.snapshots["input"]` is the IR before the first pass), and an analysis's
+  result in `ctx.analyses[name]` (dropped when a later pass changes the graph);
+* verifies the result when `ctx.verify` (`NEEDLE_VERIFY=1`; the test suite turns it on): the
+  structural checks, plus the verifier invariants that the passes run so far `ensure`;
 * writes `NN-<name>.ir` to `ctx.dump_dir` (`NEEDLE_DUMP_IR=dir`), `00-input.ir` first. When a
   pass raises, its input is written as `NN-<name>.FAILED.ir` with the error at the top; when
   the verifier rejects a pass's output, that output is written as `NN-<name>.FAILED.ir`.
@@ -15,10 +20,8 @@ after each one:
 `ctx.pass_limit` (`NEEDLE_PASS_LIMIT=n`) runs only the first n passes, for bisecting a wrong
 result to the pass that introduced it; the names of the skipped passes go to `ctx.skipped`.
 
-Named passes live in `PASSES`; `register_pass(p)` adds one. Passes whose names appear in
-`PIPELINE_ORDER` form the default pipeline (`list_passes()`, `default_pipeline()`), in that
-order whatever the import order; other registered passes (dce, cse, fold, algebraic) can be
-run by name (`PassManager.from_names([...])`).
+Named passes live in `PASSES` (`register_pass`, `get_pass`, `PassManager.from_names`); which of
+them run for `@needle.compile`, and in what order, is declared once in `needle.passes.pipeline`.
 """
 from __future__ import annotations
 
@@ -28,10 +31,12 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 from ..ir.graph import Graph, Node
+from ..ir.printer import print_graph
+from ..ir.verifier import verify as verify_graph
 
 __all__ = [
-    "Pass", "FunctionPass", "PassResult", "PassContext", "PassManager", "PassError",
-    "PASSES", "PIPELINE_ORDER", "register_pass", "get_pass", "list_passes", "default_pipeline",
+    "Pass", "Analysis", "FunctionPass", "PassResult", "PassContext", "PassManager", "PassError",
+    "PASSES", "register_pass", "get_pass",
 ]
 
 
@@ -58,19 +63,22 @@ class PassError(RuntimeError):
 
 @dataclass
 class PassResult:
-    """What a pass returns: the new graph, whether it differs from the input, and a report."""
+    """What a pass returns: the new graph, whether it differs from the input, a report, and
+    an analysis's typed result (None for a transformation)."""
 
     graph: Graph
     changed: bool = False
     report: dict = field(default_factory=dict)
+    analysis: Any = None
 
 
 class Pass:
     """Base class of graph passes: set `name`, implement `run(graph, ctx) -> PassResult`."""
 
     name: str = ""
-    #: the verifier stage whose invariants hold after this pass (None: its name, if a stage)
-    stage: Optional[str] = None
+    #: verifier invariants (`needle.ir.verifier.INVARIANTS`) that hold after this pass and, in a
+    #: pipeline, after every later one
+    ensures: tuple[str, ...] = ()
 
     def run(self, graph: Graph, ctx: "PassContext") -> PassResult:
         raise NotImplementedError
@@ -83,12 +91,32 @@ class Pass:
         return f"<pass {self.name}>"
 
 
+class Analysis(Pass):
+    """A pass that leaves the graph unchanged and computes a typed result.
+
+    Subclasses implement `analyze(graph, *inputs)`, where `inputs` are the results of the
+    analyses named in `requires` (in that order), and `summary(result)`, the pass's report."""
+
+    requires: tuple[str, ...] = ()
+
+    def analyze(self, graph: Graph, *inputs: Any) -> Any:
+        raise NotImplementedError
+
+    def summary(self, result: Any) -> dict:
+        return {}
+
+    def run(self, graph: Graph, ctx: "PassContext") -> PassResult:
+        result = self.analyze(graph, *[ctx.analysis(name, self.name) for name in self.requires])
+        return PassResult(graph, False, self.summary(result), result)
+
+
 class FunctionPass(Pass):
     """A pass from a function `fn(graph, ctx) -> PassResult | Graph`."""
 
-    def __init__(self, name: str, fn: Callable[[Graph, "PassContext"], Any]):
+    def __init__(self, name: str, fn: Callable[[Graph, "PassContext"], Any], ensures: tuple[str, ...] = ()):
         self.name = name
         self.fn = fn
+        self.ensures = ensures
 
     def run(self, graph, ctx):
         out = self.fn(graph, ctx)
@@ -108,15 +136,16 @@ def _env_int(name: str) -> Optional[int]:
 
 
 class PassContext:
-    """Options and results of one pipeline run.
+    """Settings and results of one pipeline run.
 
     Arguments left as None are read from the environment: `verify` from `NEEDLE_VERIFY=1`,
-    `dump_dir` from `NEEDLE_DUMP_IR=dir`, `pass_limit` from `NEEDLE_PASS_LIMIT=n`.
+    `dump_dir` from `NEEDLE_DUMP_IR=dir`, `pass_limit` from `NEEDLE_PASS_LIMIT=n`. `analyses`
+    gives results the passes may take as if earlier analyses had computed them (e.g. a
+    hand-made fusion plan for the schedule).
     """
 
-    def __init__(self, options: Optional[dict] = None, verify: Optional[bool] = None,
-                 dump_dir: Optional[str] = None, pass_limit: Optional[int] = None):
-        self.options: dict = dict(options or {})
+    def __init__(self, verify: Optional[bool] = None, dump_dir: Optional[str] = None,
+                 pass_limit: Optional[int] = None, analyses: Optional[dict] = None):
         self.verify: bool = (os.environ.get("NEEDLE_VERIFY", "") not in ("", "0")
                              if verify is None else bool(verify))
         self.dump_dir: Optional[str] = (os.environ.get("NEEDLE_DUMP_IR") or None
@@ -127,6 +156,14 @@ class PassContext:
         self.snapshots: dict[str, Graph] = {}
         self.skipped: list[str] = []
         self.dumped: list[str] = []
+        self.analyses: dict[str, Any] = dict(analyses or {})
+
+    def analysis(self, name: str, consumer: str) -> Any:
+        """The result of analysis `name` for the current graph, which pass `consumer` takes."""
+        if name not in self.analyses:
+            raise PassError(consumer, f"needs the result of the {name!r} analysis of this graph; "
+                            f"run {name!r} before {consumer!r} (needle.passes.pipeline)")
+        return self.analyses[name]
 
     def __repr__(self) -> str:
         return (f"PassContext(verify={self.verify}, dump_dir={self.dump_dir!r}, "
@@ -135,23 +172,9 @@ class PassContext:
 
 def _format(graph: Graph) -> str:
     try:
-        from ..ir.printer import print_graph
-    except ImportError:
-        return repr(graph) + "\n"
-    try:
         return print_graph(graph)
     except Exception as e:  # a broken graph must still be dumped
         return f"# print_graph failed: {type(e).__name__}: {e}\n{graph!r}\n"
-
-
-def _verifier():
-    try:
-        from ..ir.verifier import verify
-    except ModuleNotFoundError as e:
-        if e.name and e.name.endswith("ir.verifier"):
-            return None
-        raise
-    return verify
 
 
 class PassManager:
@@ -173,6 +196,7 @@ class PassManager:
         ctx.snapshots["input"] = graph
         self._dump(ctx, 0, "input", graph)
         limit = len(self.passes) if ctx.pass_limit is None else max(0, ctx.pass_limit)
+        holds: set[str] = set()
         for number, p in enumerate(self.passes, start=1):
             if number > limit:
                 ctx.skipped.append(p.name)
@@ -192,16 +216,19 @@ class PassManager:
             ctx.timings[p.name] = ctx.timings.get(p.name, 0.0) + time.perf_counter() - start
             new = result.graph
             ctx.reports[p.name] = result.report
+            if result.analysis is not None:
+                ctx.analyses[p.name] = result.analysis
+            elif new is not graph:  # the earlier analyses describe the old graph
+                ctx.analyses.clear()
+            holds.update(p.ensures)
             if ctx.verify:
-                verify = _verifier()
-                if verify is not None:
-                    try:
-                        verify(new, stage=_stage(p))
-                    except Exception as e:
-                        error = PassError(p.name, f"the IR after the pass fails verification: {e}",
-                                          _error_node(e, new))
-                        self._dump(ctx, number, p.name + ".FAILED", new, error=str(error))
-                        raise error from e
+                try:
+                    verify_graph(new, holds)
+                except Exception as e:
+                    error = PassError(p.name, f"the IR after the pass fails verification: {e}",
+                                      _error_node(e, new))
+                    self._dump(ctx, number, p.name + ".FAILED", new, error=str(error))
+                    raise error from e
             ctx.snapshots[p.name] = new
             self._dump(ctx, number, p.name, new)
             graph = new
@@ -240,53 +267,20 @@ def _error_node(e: Exception, graph: Graph) -> Optional[Node]:
     return None
 
 
-def _stage(p: Pass) -> Optional[str]:
-    """The verifier stage after pass `p`: `p.stage` if set, else its name when the verifier
-    knows it as a stage, else None (structural checks only)."""
-    stage = getattr(p, "stage", None) or p.name
-    try:
-        from ..ir.verifier import STAGES
-    except ImportError:
-        return stage
-    return stage if stage in STAGES else None
-
-
 # ---- the pass registry ----------------------------------------------------------------
 #: every named pass
 PASSES: dict[str, Pass] = {}
 
-#: names of the default pipeline, in order; registered passes with these names run by default
-PIPELINE_ORDER: list[str] = ["decompose", "autodiff", "simplify", "fusion", "schedule", "memory_plan"]
 
-
-def register_pass(p: Pass, *, pipeline_after: Optional[str] = None) -> Pass:
-    """Register a pass under `p.name` (replacing one of the same name) and return it.
-
-    A name in `PIPELINE_ORDER` joins the default pipeline at its place; `pipeline_after=name`
-    adds a new name to `PIPELINE_ORDER` right after `name`.
-    """
+def register_pass(p: Pass) -> Pass:
+    """Register a pass under `p.name` (replacing one of the same name) and return it."""
     if not p.name:
         raise ValueError(f"cannot register a pass without a name: {p!r}")
-    if pipeline_after is not None and p.name not in PIPELINE_ORDER:
-        PIPELINE_ORDER.insert(PIPELINE_ORDER.index(pipeline_after) + 1, p.name)
     PASSES[p.name] = p
     return p
 
 
 def get_pass(name: str) -> Pass:
     if name not in PASSES:
-        raise KeyError(f"unknown pass {name!r}; registered passes: {', '.join(list_passes(all=True))}")
+        raise KeyError(f"unknown pass {name!r}; registered passes: {', '.join(sorted(PASSES))}")
     return PASSES[name]
-
-
-def list_passes(all: bool = False) -> list[str]:  # noqa: A002
-    """Names of the default pipeline's registered passes, in order (`all=True`: then the rest)."""
-    names = [n for n in PIPELINE_ORDER if n in PASSES]
-    if all:
-        names += sorted(n for n in PASSES if n not in PIPELINE_ORDER)
-    return names
-
-
-def default_pipeline() -> PassManager:
-    """A PassManager over the registered passes of the default pipeline."""
-    return PassManager([PASSES[n] for n in list_passes()])

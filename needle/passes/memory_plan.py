@@ -1,15 +1,16 @@
-"""The memory_plan pass: every planned buffer at an offset in one arena.
+"""The memory_plan analysis: every planned buffer at an offset in one arena.
 
-Input: `ctx.options["schedule"]` (the schedule pass; computed here when absent) and the
-fusion plan (`ctx.options["fusion_plan"]`, else one kernel per node). Output: the graph
-unchanged, and `MemoryPlan` in `ctx.options["memory_plan"]` and in the report.
+Input: the fusion plan and the schedule (the fusion and schedule analyses). Output: the graph
+unchanged, and a `MemoryPlan` (its `summary()` is the pass report). The pass's settings are
+its constructor's arguments (`MemoryPlanPass(alignment=..., strategy=..., outputs_in_arena=...)`),
+as `plan_memory`'s.
 
 What is planned: every value in `schedule.live` (a kernel's output that another kernel reads
 or the graph returns), but views. Graph inputs and consts live outside the arena. So do the
 values the graph returns, by default: the executor hands them to the caller or writes them
 back into donated parameter/state buffers (ARCHITECTURE decision 5), so they are listed in
 `plan.outputs` (value -> bytes) and the arena holds intermediates only;
-`ctx.options["outputs_in_arena"] = True` places them in the arena too (live to the end). Sizes are
+`outputs_in_arena=True` places them in the arena too (live to the end). Sizes are
 `prod(shape) * itemsize` (numpy dtype); a tuple-typed value made by a working kernel is one
 buffer holding its elements back to back, each element at an aligned offset
 (`plan.tuple_elements[v] = [(offset, size), ...]`).
@@ -33,9 +34,9 @@ Placement, in this order:
 3. **Greedy best-fit** over the slots: largest first (ties: earlier start, then graph order),
    each at the smallest gap (ties: lowest offset) between already placed slots whose live
    intervals intersect its own, or above all of them when no gap fits
-   (`ctx.options["memory_plan_strategy"] = "first_fit"` takes the lowest gap that fits instead).
+   (`strategy="first_fit"` takes the lowest gap that fits instead).
    Offsets are multiples of 64 bytes (256 when a buffer lives on a device named `cuda*`;
-   `ctx.options["memory_alignment"]` overrides).
+   `alignment` overrides; the cuda pipeline plans at 256).
 
 `arena_bytes` is the arena's size (rounded up to the alignment); `unplanned_bytes` the sum of
 the arena buffers' sizes, each in its own allocation (views excluded: they allocate nothing
@@ -50,8 +51,8 @@ from typing import Any, Optional
 import numpy as np
 
 from ..ir.graph import Graph, TensorType
-from .manager import Pass, PassResult, register_pass
-from .schedule import Schedule, _op_kind, build_schedule, plan_groups, singleton_plan
+from .manager import Analysis, register_pass
+from .schedule import Schedule, _op_kind, plan_groups
 
 __all__ = ["MemoryPlan", "MemoryPlanPass", "plan_memory", "check_plan", "PlanError",
            "nbytes", "VIEW_OPS", "CPU_ALIGNMENT", "GPU_ALIGNMENT"]
@@ -114,12 +115,9 @@ def _shape(t):
     return t.shape if isinstance(t, TensorType) else None
 
 
-def plan_memory(graph: Graph, schedule: Optional[Schedule] = None, fusion_plan: Any = None,
-                alignment: Optional[int] = None, strategy: str = "best_fit",
-                outputs_in_arena: bool = False) -> MemoryPlan:
-    """Plan the arena for `graph` under `schedule` (built from `fusion_plan` when None)."""
-    fusion_plan = singleton_plan(graph) if fusion_plan is None else fusion_plan
-    schedule = build_schedule(graph, fusion_plan) if schedule is None else schedule
+def plan_memory(graph: Graph, schedule: Schedule, fusion_plan: Any, alignment: Optional[int] = None,
+                strategy: str = "best_fit", outputs_in_arena: bool = False) -> MemoryPlan:
+    """Plan the arena for `graph` under `schedule` (of `fusion_plan`'s groups)."""
     groups = {g.id: g for g in plan_groups(fusion_plan)}
     live = schedule.live
     align = alignment or _alignment(graph, live)
@@ -332,24 +330,23 @@ def check_plan(schedule: Schedule, plan: MemoryPlan, graph: Optional[Graph] = No
                                 f"live {tuple(span[b])} overlap in time and address")
 
 
-class MemoryPlanPass(Pass):
+class MemoryPlanPass(Analysis):
     """Plans the arena (see the module docstring); the graph is unchanged."""
 
     name = "memory_plan"
+    requires = ("fusion", "schedule")
 
-    def run(self, graph: Graph, ctx) -> PassResult:
-        fusion_plan = ctx.options.get("fusion_plan")
-        schedule = ctx.options.get("schedule")
-        if schedule is None:
-            schedule = build_schedule(graph, fusion_plan)
-            ctx.options["schedule"] = schedule
-        plan = plan_memory(graph, schedule, fusion_plan, ctx.options.get("memory_alignment"),
-                           ctx.options.get("memory_plan_strategy", "best_fit"),
-                           bool(ctx.options.get("outputs_in_arena", False)))
-        ctx.options["memory_plan"] = plan
-        report = plan.summary()
-        report["memory_plan"] = plan
-        return PassResult(graph, False, report)
+    def __init__(self, alignment: Optional[int] = None, strategy: str = "best_fit",
+                 outputs_in_arena: bool = False):
+        self.alignment = alignment
+        self.strategy = strategy
+        self.outputs_in_arena = outputs_in_arena
+
+    def analyze(self, graph: Graph, fusion_plan: Any, schedule: Schedule) -> MemoryPlan:
+        return plan_memory(graph, schedule, fusion_plan, self.alignment, self.strategy, self.outputs_in_arena)
+
+    def summary(self, plan: MemoryPlan) -> dict:
+        return plan.summary()
 
 
 register_pass(MemoryPlanPass())

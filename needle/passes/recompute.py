@@ -97,4 +97,4 @@ class Recompute(Pass):
         return PassResult(out, copies > 0, {"copies": copies})
 
 
-register_pass(Recompute(), pipeline_after="simplify")
+register_pass(Recompute())

@@ -1,10 +1,10 @@
-"""The schedule pass: kernel order and buffer liveness over the fusion plan.
+"""The schedule analysis: kernel order and buffer liveness over the fusion plan.
 
-Input: the fusion plan in `ctx.options["fusion_plan"]` (`FusionPlan(groups, why_not)` of
-`FusedGroup(id, node_ids, inputs, outputs, kind, anchor)`, written by the fusion pass); when
-there is none, `singleton_plan(graph)` (every node but `input`/`const` its own group).
+Input: the fusion analysis's plan (`FusionPlan(groups, why_not)` of
+`FusedGroup(id, node_ids, inputs, outputs, kind, anchor)`), or any plan of that shape, such
+as `singleton_plan(graph)` (every node but `input`/`const` its own group).
 
-Output: the graph unchanged, and `Schedule(order, live, ...)` in `ctx.options["schedule"]`:
+Output: the graph unchanged, and a `Schedule(order, live, ...)`:
 
 * `order`: group ids in kernel order, a topological order of the groups, stable: ties go to
   the group whose first node comes first in the graph;
@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..ir.graph import Graph, topological_order
-from .manager import Pass, PassResult, register_pass
+from .manager import Analysis, register_pass
 
 __all__ = ["Schedule", "SingletonGroup", "SingletonPlan", "singleton_plan", "plan_groups",
            "build_schedule", "SchedulePass", "UNPLANNED_OPS"]
@@ -100,9 +100,8 @@ class ScheduleError(ValueError):
         self.node = node
 
 
-def build_schedule(graph: Graph, plan: Any = None) -> Schedule:
+def build_schedule(graph: Graph, plan: Any) -> Schedule:
     """Order the plan's groups and compute the liveness of every planned value."""
-    plan = singleton_plan(graph) if plan is None else plan
     groups = plan_groups(plan)
     position = {n.id: i for i, n in enumerate(graph.nodes)}
     group_of: dict[int, Any] = {}
@@ -170,23 +169,21 @@ def build_schedule(graph: Graph, plan: Any = None) -> Schedule:
     return Schedule(order, live, index, producer, reads, writes, end)
 
 
-class SchedulePass(Pass):
+class SchedulePass(Analysis):
     """Orders the fusion plan's kernels and computes liveness; the graph is unchanged."""
 
     name = "schedule"
+    requires = ("fusion",)
 
-    def run(self, graph: Graph, ctx) -> PassResult:
-        plan = ctx.options.get("fusion_plan")
-        source = "fusion" if plan is not None else "singleton"
+    def analyze(self, graph: Graph, plan: Any) -> Schedule:
         try:
-            sched = build_schedule(graph, plan)
+            return build_schedule(graph, plan)
         except ScheduleError as e:
             raise self.error(str(e), e.node) from e
-        ctx.options["schedule"] = sched
+
+    def summary(self, sched: Schedule) -> dict:
         longest = max((e - s for s, e in sched.live.values()), default=0)
-        return PassResult(graph, False, {"kernels": len(sched.order), "buffers": len(sched.live),
-                                         "plan": source, "longest_live": longest,
-                                         "schedule": sched})
+        return {"kernels": len(sched.order), "buffers": len(sched.live), "longest_live": longest}
 
 
 register_pass(SchedulePass())

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..backend_selection import BACKEND, array_api
 from ..ir.graph import Graph
+from ..passes.schedule import plan_groups
 from . import profile as _profile
 from .interpreter import const_array, run_graph
 
@@ -55,8 +56,7 @@ class KernelExecutor:
         from ..codegen import LoweringError, compile_kernel
 
         self.graph = graph
-        groups = {g.id: g for g in (fusion_plan.groups.values() if isinstance(fusion_plan.groups, dict)
-                                   else fusion_plan.groups)}
+        groups = {g.id: g for g in plan_groups(fusion_plan)}
         self.steps: list[_Step] = []
         self.llvm_kernels = 0
         for gid in schedule.order:

@@ -1,9 +1,12 @@
-"""The IR verifier: SSA, ops, input roles, type consistency and stage invariants."""
+"""The IR verifier: SSA, ops, input roles, type consistency and the invariants the pipeline's
+stages promise."""
 import pytest
 
 from needle.ir import (
-    STAGES, Graph, IRVerifyError, Node, SourceLoc, TensorType, make_attrs, parse_graph, verify,
+    INVARIANTS, Graph, IRVerifyError, Node, SourceLoc, TensorType, check_invariants, make_attrs, parse_graph,
+    verify,
 )
+from needle.passes.pipeline import invariants_after
 
 from .samples import ALL
 from .test_text_format import _build_mlp
@@ -18,9 +21,9 @@ def _graph(body: str, ret: str = "return %2") -> Graph:
     return parse_graph(HEAD + body + f"  {ret}\n}}\n")
 
 
-def _fails(g, *fragments, stage=None):
+def _fails(g, *fragments, stage="input"):
     with pytest.raises(IRVerifyError) as info:
-        verify(g, stage)
+        verify(g, invariants_after(stage))
     for fragment in fragments:
         assert fragment in str(info.value), str(info.value)
     return info.value
@@ -29,17 +32,17 @@ def _fails(g, *fragments, stage=None):
 @pytest.mark.parametrize("text", ALL)
 def test_samples_verify_at_trace(text):
     assert verify(parse_graph(text)) is None
-    assert verify(parse_graph(text), "trace") is None
+    assert verify(parse_graph(text), invariants_after("input")) is None
 
 
 def test_programmatic_graphs_verify():
     for depth in (1, 4):
         g = _build_mlp(depth=depth, batch=3, width=5)
         verify(g)
-        verify(g, "decompose")
+        verify(g, invariants_after("decompose"))  # ReLU keeps its custom VJP
         no_grad = Graph(g.name, g.nodes[:-1], g.outputs[:1])
-        verify(no_grad, "autodiff")
-        verify(no_grad, "simplify")
+        verify(no_grad, invariants_after("autodiff"))
+        _fails(no_grad, "ReLU remains", stage="simplify")  # decompose_rest expands it
 
 
 def test_matmul_with_wrong_shape_names_op_shapes_and_location():
@@ -125,8 +128,7 @@ def test_grad_checks_and_stage_invariant():
             "  %4 = grad(%3, %1) : (f32[784,100] cpu)  # train.py:15\n")
     g = _graph(body, "return %3, %4")
     verify(g)
-    verify(g, "trace")
-    verify(g, "decompose")
+    verify(g, invariants_after("decompose"))
     for stage in ("autodiff", "simplify", "fusion"):
         _fails(g, "%4 = grad (at train.py:15)", "grad node remains", stage=stage)
     _fails(_graph(body.replace("(f32[784,100] cpu)", "(f32[784,10] cpu)"), "return %4"),
@@ -134,10 +136,24 @@ def test_grad_checks_and_stage_invariant():
     _fails(_graph("  %2 = grad(%0) : ()\n"), "at least one input")
 
 
-def test_unknown_stage():
-    with pytest.raises(ValueError, match="unknown stage 'bogus'"):
+def test_unknown_invariant():
+    with pytest.raises(ValueError, match="unknown invariant.*bogus"):
         verify(parse_graph(ALL[0]), "bogus")
-    assert STAGES.index("autodiff") > STAGES.index("decompose")
+    assert set(invariants_after("memory_plan")) == set(INVARIANTS)
+
+
+def test_composite_invariants():
+    """decomposed: only composites with a custom VJP remain (autodiff's precondition);
+    primitive: none remains. check_invariants checks them alone."""
+    body = ("  %2 = Sigmoid(%0) : f32[100,784] cpu  # m.py:3\n"
+            "  %3 = ReLU(%0) : f32[100,784] cpu  # m.py:4\n")
+    both = _graph(body, "return %2, %3")
+    verify(both, ("no_grad",))
+    _fails(both, "%2 = Sigmoid (at m.py:3)", "has no custom VJP", stage="decompose")
+    relu = both.replace(nodes=both.nodes[:2] + both.nodes[3:], outputs=(3,))
+    check_invariants(relu, ("decomposed",))
+    with pytest.raises(IRVerifyError, match="%3 = ReLU .*composite op ReLU remains"):
+        check_invariants(relu, ("primitive",))
 
 
 def test_programmatic_errors_without_location():

@@ -14,8 +14,10 @@ from needle.ir.parser import parse_graph
 from needle.ir.printer import print_graph
 from needle.ops import composite
 from needle.ops.registry import OPS, TensorOp
-from needle.passes import PassContext, PassError, PassManager, get_pass, list_passes
+from needle.passes import PassContext, PassError, PassManager, get_pass
+from needle.passes.autodiff import autodiff
 from needle.passes.decompose import is_composite
+from needle.passes.pipeline import GRAPH_PASSES
 from needle.runtime.interpreter import run_graph
 
 
@@ -49,10 +51,10 @@ def execute(graph: Graph, *inputs: np.ndarray) -> list[np.ndarray]:
 
 
 # ---- registration -----------------------------------------------------------------------
-def test_registered_first_in_pipeline():
-    assert list_passes()[0] == "decompose"
-    assert list_passes().index("decompose") < list_passes().index("autodiff")
+def test_pipeline_decomposes_around_autodiff():
+    assert GRAPH_PASSES[:3] == ("decompose", "autodiff", "decompose_rest")
     assert get_pass("decompose").name == "decompose"
+    assert get_pass("decompose").ensures == ("decomposed",) and get_pass("decompose_rest").ensures == ("primitive",)
 
 
 def test_every_composite_op_has_a_decomposition():
@@ -383,10 +385,25 @@ RELU_GRAD = """
 
 def test_relu_keeps_its_own_vjp():
     """While a grad request is left ReLU stays, so autodiff emits eager's VJP, g * (x > 0):
-    0 at NaN, where the decomposed Where's gradient would pass g through (1)."""
+    0 at NaN, where the decomposed Where's gradient would pass g through (1); autodiff leaves
+    the forward ReLU, decompose_rest expands it."""
     decomposed, _ = run(["decompose"], ir(RELU_GRAD))
     assert print_graph(decomposed) == print_graph(ir(RELU_GRAD))
-    out, _ = run(["decompose", "autodiff"], ir(RELU_GRAD))
+    differentiated, _ = run(["decompose", "autodiff"], ir(RELU_GRAD))
+    assert print_graph(differentiated) == print_graph(ir("""
+        graph @f {
+          %0 = input() {name="x", role="arg"} : f32[4] cpu
+          %1 = ReLU(%0) : f32[4] cpu  # m.py:1
+          %2 = Summation(%1) {axes=None} : f32[] cpu  # m.py:1
+          %3 = const() {value=1.0} : f32[] cpu  # m.py:2
+          %4 = Reshape(%3) {shape=(1,)} : f32[1] cpu  # m.py:1
+          %5 = BroadcastTo(%4) {shape=(4,)} : f32[4] cpu  # m.py:1
+          %6 = Compare(%0) {cmp="gt", scalar=0.0} : f32[4] cpu  # m.py:1
+          %7 = EWiseMul(%5, %6) : f32[4] cpu  # m.py:1
+          %8 = MakeTensorTuple(%7) : (f32[4] cpu)  # m.py:2
+          return %2, %7
+        }""")), print_graph(differentiated)
+    out, _ = run(["decompose", "autodiff", "decompose_rest"], ir(RELU_GRAD))
     assert print_graph(out) == print_graph(ir("""
         graph @f {
           %0 = input() {name="x", role="arg"} : f32[4] cpu
@@ -404,6 +421,17 @@ def test_relu_keeps_its_own_vjp():
         }""")), print_graph(out)
     x = np.array([np.nan, -1.0, 0.0, 2.0], dtype=np.float32)
     np.testing.assert_array_equal(execute(out, x)[1], [0.0, 0.0, 0.0, 1.0])
+
+
+def test_autodiff_requires_a_decomposed_graph():
+    """autodiff never decomposes by itself: a composite without a custom VJP before it (the
+    pipeline's order violated) is an error naming the node and the pass to run first."""
+    graph = ir(RELU_GRAD.replace("ReLU", "Sigmoid"))
+    with pytest.raises(PassError, match=r"pass 'autodiff' failed at %1 = Sigmoid \(m.py:1\): expects a "
+                                        r"decomposed graph.*run the decompose pass first"):
+        run(["autodiff"], graph)
+    with pytest.raises(PassError, match="expects a decomposed graph"):
+        autodiff(graph)
 
 
 @pytest.mark.parametrize("name", ["logsumexp1", "logsumexp", "logsoftmax"])
@@ -444,7 +472,7 @@ def _finite_differences(name, x, w, eps=1e-6):
 def _grad_graph(name, x, w) -> Graph:
     graph = _traced_graph(ndl.grad(_loss(name)), x, w)
     assert "grad" in [n.op for n in graph.nodes]
-    out, ctx = run(["decompose", "autodiff", "simplify"], graph)
+    out, ctx = run(GRAPH_PASSES, graph)
     assert not any(is_composite(n) or n.op == "grad" for n in out.nodes), print_graph(out)
     # before autodiff, only composites that keep their own (custom) VJP remain
     assert not any(is_composite(n, keep_custom_vjp=True) for n in ctx.snapshots["decompose"].nodes)
@@ -506,7 +534,7 @@ def test_seeded_grad_request_survives_decompose():
     # seed were a wrt input and rejects it; autodiff removes the node either way
     ctx = PassContext(verify=False, dump_dir="")
     ctx.pass_limit = None
-    out = PassManager.from_names(["decompose", "autodiff", "simplify"]).run(graph, ctx)
+    out = PassManager.from_names(GRAPH_PASSES).run(graph, ctx)
     after = ctx.snapshots["decompose"]
     assert [n.attr("seeded") for n in after.nodes if n.op == "grad"] == [True]
     assert not any(is_composite(n) or n.op == "grad" for n in out.nodes)

@@ -1,5 +1,7 @@
-"""The pass manager: timings, reports, snapshots, verification, IR dumps (also on failure),
-NEEDLE_PASS_LIMIT bisection, errors naming the pass, node and user line, and the registry."""
+"""The pass manager: timings, reports, snapshots, verification (and the invariants passes
+ensure), IR dumps (also on failure), NEEDLE_PASS_LIMIT bisection, errors naming the pass, node
+and user line, analyses handing typed results to the analyses that require them, and the
+registry."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,8 +15,7 @@ from needle.ir.parser import parse_graph
 from needle.ir.printer import print_graph
 from needle.passes import manager
 from needle.passes import (
-    FunctionPass, Pass, PassContext, PassError, PassManager, PassResult, default_pipeline,
-    get_pass, list_passes, register_pass,
+    Analysis, FunctionPass, Pass, PassContext, PassError, PassManager, PassResult, get_pass, register_pass,
 )
 
 TEXT = """
@@ -160,26 +161,83 @@ def test_function_pass(graph):
     calls = []
 
     def strip_logs(g, ctx):
-        calls.append(ctx.options.get("flag"))
+        calls.append(ctx.verify)
         return g.replace(nodes=[n for n in g.nodes if n.op != "Log"])
 
-    ctx = PassContext(options={"flag": 7}, verify=True)
+    ctx = PassContext(verify=True)
     out = PassManager([FunctionPass("strip_logs", strip_logs)]).run(graph, ctx)
-    assert calls == [7] and "Log" not in [n.op for n in out]
+    assert calls == [True] and "Log" not in [n.op for n in out]
+
+
+class CountOps(Analysis):
+    """A typed result: the number of non-input nodes."""
+
+    name = "count"
+
+    def analyze(self, graph):
+        return len([n for n in graph.nodes if n.op != "input"])
+
+    def summary(self, count):
+        return {"count": count}
+
+
+class Double(Analysis):
+    name = "double"
+    requires = ("count",)
+
+    def analyze(self, graph, count):
+        return 2 * count
+
+
+def test_analyses_hand_typed_results_to_the_analyses_that_require_them(graph):
+    ctx = PassContext(verify=True)
+    out = PassManager([CountOps(), Double()]).run(graph, ctx)
+    assert out is graph and ctx.analyses == {"count": 5, "double": 10}
+    assert ctx.reports == {"count": {"count": 5}, "double": {}}
+    ctx = PassContext(analyses={"count": 7})  # a result given up front, e.g. a hand-made plan
+    PassManager([Double()]).run(graph, ctx)
+    assert ctx.analyses["double"] == 14
+
+
+def test_a_missing_analysis_is_an_error_not_computed(graph):
+    with pytest.raises(PassError, match="pass 'double' failed: needs the result of the 'count' analysis.*"
+                                        "run 'count' before 'double'"):
+        PassManager([Double()]).run(graph, PassContext())
+    # a pass that changes the graph drops the analyses of the old one
+    with pytest.raises(PassError, match="needs the result of the 'count' analysis"):
+        PassManager([CountOps(), get_pass("cse"), Double()]).run(graph, PassContext())
+    ctx = PassContext()
+    PassManager([CountOps(), get_pass("dce"), Double()]).run(parse_graph("graph @g {\n  %0 = input() "
+                                                                         '{name="x", role="arg"} : f32[2] cpu\n'
+                                                                         "  return %0\n}\n"), ctx)
+    assert ctx.analyses == {"count": 0, "double": 0}  # dce changed nothing: the count still holds
+
+
+def test_invariants_ensured_by_earlier_passes_are_verified_after_later_ones(graph):
+    grad = parse_graph(dedent("""
+        graph @g {
+          %0 = input() {name="x", role="arg"} : f32[3] cpu
+          %1 = Summation(%0) {axes=None} : f32[] cpu
+          %2 = grad(%1, %0) : (f32[3] cpu)
+          return %1, %2
+        }"""))
+    promise = FunctionPass("promise", lambda g, ctx: g, ensures=("no_grad",))
+    PassManager([get_pass("dce")]).run(grad, PassContext(verify=True))  # no invariant: fine
+    with pytest.raises(PassError, match="pass 'promise' failed.*grad node remains"):
+        PassManager([promise]).run(grad, PassContext(verify=True))
+    # a later pass breaking an earlier pass's promise is caught after it
+    add_grad = FunctionPass("add_grad", lambda g, ctx: grad)
+    PassManager([add_grad]).run(graph, PassContext(verify=True))
+    with pytest.raises(PassError, match="pass 'add_grad' failed.*grad node remains"):
+        PassManager([FunctionPass("promise", lambda g, ctx: g, ensures=("no_grad",)), add_grad]).run(
+            graph, PassContext(verify=True))
 
 
 def test_registry(monkeypatch):
     monkeypatch.setattr(manager, "PASSES", dict(manager.PASSES))
-    monkeypatch.setattr(manager, "PIPELINE_ORDER", list(manager.PIPELINE_ORDER))
-    names = list_passes()
-    assert "simplify" in names and "dce" not in names and "dce" in list_passes(all=True)
-    register_pass(FunctionPass("decompose", lambda g, ctx: g))
-    register_pass(FunctionPass("tidy", lambda g, ctx: g), pipeline_after="simplify")
-    register_pass(FunctionPass("extra", lambda g, ctx: g))
-    names = list_passes()
-    assert names.index("decompose") < names.index("simplify") < names.index("tidy")
-    assert "extra" not in names and "extra" in list_passes(all=True)
-    assert default_pipeline().names == names
+    assert {"decompose", "autodiff", "simplify", "dce", "fusion"} <= set(manager.PASSES)
+    extra = register_pass(FunctionPass("extra", lambda g, ctx: g))
+    assert get_pass("extra") is extra and PassManager.from_names(["extra", "dce"]).names == ["extra", "dce"]
     with pytest.raises(KeyError, match="unknown pass 'nope'"):
         get_pass("nope")
     with pytest.raises(ValueError):

@@ -10,21 +10,25 @@ import numpy as np
 import pytest
 
 from needle.ir.parser import parse_graph
-from needle.passes import PASSES, PassContext, PassManager, list_passes
-from needle.passes.memory_plan import PlanError, _fit, check_plan, plan_memory
-from needle.passes.schedule import SingletonGroup, SingletonPlan, build_schedule
+from needle.passes import PassContext, PassManager, get_pass
+from needle.passes.memory_plan import MemoryPlanPass, PlanError, _fit, check_plan, plan_memory
+from needle.passes.pipeline import KERNEL_PASSES
+from needle.passes.schedule import SingletonGroup, SingletonPlan, build_schedule, singleton_plan
 
 
 def ir(text):
     return parse_graph(dedent(text))
 
 
-def run(graph, options=None, verify=True, passes=("schedule", "memory_plan"), outputs_in_arena=True):
-    """Run the passes (returned values in the arena, unless said otherwise) and check the plan."""
-    ctx = PassContext(verify=verify, dump_dir="", options={"outputs_in_arena": outputs_in_arena, **(options or {})})
+def run(graph, fusion_plan=None, verify=True, fuse=False, outputs_in_arena=True):
+    """Schedule and plan the memory of `graph` (one kernel per node, unless a fusion plan is
+    given or `fuse`; returned values in the arena, unless said otherwise); check the plan."""
+    analyses = {} if fuse else {"fusion": fusion_plan or singleton_plan(graph)}
+    ctx = PassContext(verify=verify, dump_dir="", analyses=analyses)
     ctx.pass_limit = None
-    PassManager.from_names(list(passes)).run(graph, ctx)
-    schedule, plan = ctx.options["schedule"], ctx.options["memory_plan"]
+    passes = [get_pass("fusion")] * fuse + [get_pass("schedule"), MemoryPlanPass(outputs_in_arena=outputs_in_arena)]
+    PassManager(passes).run(graph, ctx)
+    schedule, plan = ctx.analyses["schedule"], ctx.analyses["memory_plan"]
     check_plan(schedule, plan, graph)
     return schedule, plan, ctx
 
@@ -186,7 +190,7 @@ def test_no_inplace_through_a_view_in_the_same_group():
     """)
     plan_ = SingletonPlan((SingletonGroup("a", (1,), (0,), (1,), "elementwise", 1),
                            SingletonGroup("b", (2, 3), (1,), (3,), "injective", 3)))
-    schedule, plan, _ = run(g, {"fusion_plan": plan_})
+    schedule, plan, _ = run(g, plan_)
     assert plan.inplace == {}
     assert plan.offsets[1] != plan.offsets[3]
 
@@ -243,7 +247,7 @@ def test_tuple_made_by_a_working_kernel_is_one_buffer():
               SingletonGroup(1, (3,), (2,), (3,), "view", 3),
               SingletonGroup(2, (4,), (3,), (4,), "elementwise", 4),
               SingletonGroup(3, (5,), (0,), (5,), "elementwise", 5))
-    schedule, plan, _ = run(g, {"fusion_plan": SingletonPlan(groups)})
+    schedule, plan, _ = run(g, SingletonPlan(groups))
     assert plan.sizes[2] == 3 * 64
     off = plan.offsets[2]
     assert plan.tuple_elements[2] == [(off, 20), (off + 64, 20), (off + 128, 20)]
@@ -257,8 +261,8 @@ def broken(plan, **changes):
 
 def test_checker_catches_broken_plans():
     g = ir(MIXED)
-    schedule = build_schedule(g)
-    plan = plan_memory(g, schedule, outputs_in_arena=True)
+    schedule = build_schedule(g, singleton_plan(g))
+    plan = plan_memory(g, schedule, singleton_plan(g), outputs_in_arena=True)
     check_plan(schedule, plan, g)
     with pytest.raises(PlanError, match="overlap"):       # %3 onto %1 while both live
         check_plan(schedule, broken(plan, offsets={**plan.offsets, 3: 0}))
@@ -292,8 +296,8 @@ def test_checker_catches_a_dead_view_base():
       return %4, %3
     }
     """)
-    schedule = build_schedule(g)
-    plan = plan_memory(g, schedule, outputs_in_arena=True)
+    schedule = build_schedule(g, singleton_plan(g))
+    plan = plan_memory(g, schedule, singleton_plan(g), outputs_in_arena=True)
     check_plan(schedule, plan, g)
     assert plan.aliases == {2: (1,)}
     # %3 (live 2..end) placed on %1, whose view %2 is read at kernel 3: caught
@@ -350,18 +354,17 @@ def transformer_lm(rng):
 @pytest.mark.parametrize("make", [mlpresnet, resnet9, transformer_lm])
 def test_training_step_arena(make):
     graph = make(np.random.RandomState(0))
-    passes = [p for p in ("fusion", "schedule", "memory_plan") if p in PASSES]
-    schedule, plan, ctx = run(graph, verify=False, passes=passes, outputs_in_arena=False)
+    schedule, plan, ctx = run(graph, verify=False, fuse=True, outputs_in_arena=False)
     assert len(schedule.order) > 10 and plan.unplanned_bytes > 0
     ratio = plan.arena_bytes / plan.unplanned_bytes
-    print(f"{make.__name__}: passes {passes}, arena {plan.arena_bytes} / unplanned "
+    print(f"{make.__name__}: arena {plan.arena_bytes} / unplanned "
           f"{plan.unplanned_bytes} = {ratio:.3f}, {len(plan.sizes)} buffers, "
           f"{len(plan.inplace)} in place, {len(plan.aliases)} views, peak live "
           f"{peak_live_bytes(schedule, plan)}, returned {sum(plan.outputs.values())}")
     assert ratio <= 0.6
     # best-fit and first-fit both give sound plans
     for strategy in ("best_fit", "first_fit"):
-        other = plan_memory(graph, schedule, ctx.options.get("fusion_plan"), strategy=strategy,
+        other = plan_memory(graph, schedule, ctx.analyses["fusion"], strategy=strategy,
                             outputs_in_arena=True)
         check_plan(schedule, other, graph)
     # the arena never needs less than the bytes live at the busiest kernel
@@ -379,6 +382,5 @@ def peak_live_bytes(schedule, plan):
                for k in range(schedule.end + 1))
 
 
-def test_in_default_pipeline_after_schedule():
-    names = list_passes()
-    assert names.index("memory_plan") == names.index("schedule") + 1
+def test_in_the_kernel_pipeline_after_schedule():
+    assert KERNEL_PASSES.index("memory_plan") == KERNEL_PASSES.index("schedule") + 1

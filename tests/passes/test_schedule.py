@@ -8,7 +8,8 @@ import pytest
 
 from needle.ir.parser import parse_graph
 from needle.ir.printer import print_graph
-from needle.passes import PassContext, PassError, PassManager, list_passes
+from needle.passes import PassContext, PassError, PassManager
+from needle.passes.pipeline import ANALYSES, STAGES
 from needle.passes.schedule import SingletonGroup, SingletonPlan, build_schedule, singleton_plan
 
 DIAMOND = """
@@ -29,8 +30,9 @@ def ir(text):
     return parse_graph(dedent(text))
 
 
-def run(graph, options=None):
-    ctx = PassContext(verify=True, dump_dir="", options=options)
+def run(graph, plan=None):
+    """The schedule pass given `plan` as the fusion analysis's result (default: one kernel per node)."""
+    ctx = PassContext(verify=True, dump_dir="", analyses={"fusion": plan or singleton_plan(graph)})
     ctx.pass_limit = None
     out = PassManager.from_names(["schedule"]).run(graph, ctx)
     return out, ctx
@@ -43,34 +45,31 @@ def group(gid, nodes, kind="elementwise"):
 
 
 def test_registered_in_pipeline_order():
-    names = list_passes()
-    assert "schedule" in names and names.index("schedule") > names.index("simplify")
+    assert STAGES.index("schedule") > STAGES.index("simplify") and ANALYSES.index("schedule") == 1
 
 
 def test_singleton_order_and_liveness():
     g = ir(DIAMOND)
     out, ctx = run(g)
     assert print_graph(out) == print_graph(g)            # the graph is unchanged
-    s = ctx.options["schedule"]
+    s = ctx.analyses["schedule"]
     assert s.order == [2, 3, 4, 5, 6]                    # no kernel for the input and the const
     assert s.end == 5
     # defined at the producer's index, last used at the last reader's; outputs live to the end
     assert s.live == {2: (0, 2), 3: (1, 5), 4: (2, 3), 5: (3, 4), 6: (4, 5)}
     assert 0 not in s.live and 1 not in s.live          # inputs and consts are not planned
     assert s.reads[5] == [3, 4] and s.writes[2] == [2]
-    assert ctx.reports["schedule"]["kernels"] == 5
-    assert ctx.reports["schedule"]["plan"] == "singleton"
+    assert ctx.reports["schedule"] == {"kernels": 5, "buffers": 5, "longest_live": 4}
 
 
 def test_fused_groups_hide_internal_values():
     g = ir(DIAMOND)
     plan = SingletonPlan((group("b", [4, 5]), group("a", [2, 3]), group("c", [6], "reduce")))
-    _, ctx = run(g, {"fusion_plan": plan})
-    s = ctx.options["schedule"]
+    _, ctx = run(g, plan)
+    s = ctx.analyses["schedule"]
     assert s.order == ["a", "b", "c"]                    # stable: by each group's first node
     # %2 is read by group b, %3 is returned, %5 is read by c; %4 stays inside group b
     assert s.live == {2: (0, 1), 3: (0, 3), 5: (1, 2), 6: (2, 3)}
-    assert ctx.reports["schedule"]["plan"] == "fusion"
 
 
 def test_topological_beats_first_position():
@@ -103,14 +102,14 @@ def test_cycle_is_a_pass_error():
     """)
     plan = SingletonPlan((group("a", [1, 3]), group("b", [2])))
     with pytest.raises(PassError, match="cycle"):
-        run(g, {"fusion_plan": plan})
+        run(g, plan)
 
 
 def test_node_missing_from_the_plan_is_a_pass_error():
     g = ir(DIAMOND)
     plan = SingletonPlan((group("a", [2, 3]), group("c", [6])))
     with pytest.raises(PassError, match="in no group"):
-        run(g, {"fusion_plan": plan})
+        run(g, plan)
 
 
 def test_unused_value_lives_one_kernel():

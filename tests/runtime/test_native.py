@@ -20,10 +20,9 @@ from needle.backend_selection import BACKEND  # noqa: E402
 if BACKEND != "nd":
     pytest.skip("the native executor runs on the nd backend", allow_module_level=True)
 
-from needle.compile import KERNEL_PIPELINE, _pass_manager_for  # noqa: E402
 from needle.ir import parse_graph  # noqa: E402
 from needle.ops.random import COMPILED_RNG  # noqa: E402
-from needle.passes.manager import PassContext  # noqa: E402
+from needle.passes import pipeline  # noqa: E402
 from needle.runtime import profile as _profile  # noqa: E402
 from needle.runtime.interpreter import run_graph  # noqa: E402
 from needle.runtime.native import NativeExecutor  # noqa: E402
@@ -94,9 +93,8 @@ def run_both(monkeypatch, fn, *arrays, tol=1e-5, allow_callbacks=False):
 
 def executor_for(text):
     g = parse_graph(text)
-    ctx = PassContext()
-    g2 = _pass_manager_for(KERNEL_PIPELINE).run(g, ctx)
-    ex = NativeExecutor(g2, ctx.options["fusion_plan"], ctx.options["schedule"], ctx.options["memory_plan"])
+    g2, plan = pipeline.run(g, "native", names=pipeline.KERNEL_PASSES)
+    ex = NativeExecutor(g2, plan.fusion, plan.schedule, plan.memory)
     return g2, ex
 
 

@@ -19,9 +19,8 @@ from needle.backend_selection import BACKEND  # noqa: E402
 if BACKEND != "nd":
     pytest.skip("the native executor runs on the nd backend", allow_module_level=True)
 
-from needle.compile import KERNEL_PIPELINE, _pass_manager_for  # noqa: E402
 from needle.ir import parse_graph  # noqa: E402
-from needle.passes.manager import PassContext  # noqa: E402
+from needle.passes import pipeline  # noqa: E402
 from needle.runtime.interpreter import run_graph  # noqa: E402
 from needle.runtime.native import NativeExecutor  # noqa: E402
 from tests.numerics import assert_close  # noqa: E402
@@ -279,9 +278,8 @@ def run_case(text, shapes, seed, specials):
             for v in rng.choice([np.nan, np.inf, -np.inf], size=rng.integers(1, 3)):
                 flat[rng.integers(flat.size)] = v
     g = parse_graph(text)
-    ctx = PassContext()
-    g2 = _pass_manager_for(KERNEL_PIPELINE).run(g, ctx)
-    ex = NativeExecutor(g2, ctx.options["fusion_plan"], ctx.options["schedule"], ctx.options["memory_plan"])
+    g2, plan = pipeline.run(g, "native", names=pipeline.KERNEL_PASSES)
+    ex = NativeExecutor(g2, plan.fusion, plan.schedule, plan.memory)
     with np.errstate(all="ignore"):
         want = run_graph(g, [ndl.backend_ndarray.array(a) for a in arrays])
     inputs = [ndl.backend_ndarray.array(a) for a in arrays]

@@ -19,9 +19,8 @@ from needle.backend_selection import BACKEND  # noqa: E402
 if BACKEND != "nd":
     pytest.skip("the native executor runs on the nd backend", allow_module_level=True)
 
-from needle.compile import KERNEL_PIPELINE, _pass_manager_for  # noqa: E402
 from needle.ir import parse_graph  # noqa: E402
-from needle.passes.manager import PassContext  # noqa: E402
+from needle.passes import pipeline  # noqa: E402
 from needle.runtime.native import NativeExecutor, UnsafeProgram  # noqa: E402
 from tests import numerics  # noqa: E402
 
@@ -116,9 +115,8 @@ def test_size_0_axes(monkeypatch, case):
 def native_executor(text: str) -> tuple:
     """(graph, NativeExecutor) of IR text after the kernel pipeline."""
     g = parse_graph(text)
-    ctx = PassContext()
-    g = _pass_manager_for(KERNEL_PIPELINE).run(g, ctx)
-    return g, NativeExecutor(g, ctx.options["fusion_plan"], ctx.options["schedule"], ctx.options["memory_plan"])
+    g, plan = pipeline.run(g, "native", names=pipeline.KERNEL_PASSES)
+    return g, NativeExecutor(g, plan.fusion, plan.schedule, plan.memory)
 
 
 def run_ir(text: str, *shapes: tuple) -> None:

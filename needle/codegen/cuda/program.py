@@ -1,6 +1,7 @@
 """A compiled graph as a CUDA program: every kernel launch in schedule order, with buffers.
 
-`build_program(graph, fusion_plan, schedule, memory_plan)` turns each fusion group into
+`build_program(graph, plan)` turns each fusion group of the pipeline's `KernelPlan` (fusion
+plan, schedule, memory plan: `needle.passes.pipeline`) into
 one or more GPU kernels (`CudaProgram.launches`), each launch's arguments being locations:
 an offset in the arena (the memory plan's buffers, then a scratch area for values internal
 to one group), a graph input or a graph output. `render.render_program` prints the
@@ -29,10 +30,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from math import prod
+from typing import Optional
 
 import numpy as np
 
 from ...ir.graph import Graph, Node
+from ...passes.pipeline import KernelPlan, plan_kernels
+from ...passes.schedule import plan_groups
 from ..loop_ir import (AccInit, AccRef, AccUpdate, Binary, Cmp, FConst, For, IBin, IConst, IVar, Load, LoopKernel,
                        Select, Store, Unary, linearize)
 from .gpu_ir import GpuKernel, ICmp
@@ -206,13 +210,11 @@ def _rename_loads(lk: LoopKernel, names: dict) -> LoopKernel:
 
 
 class _Builder:
-    def __init__(self, graph: Graph, fusion_plan, schedule, memory_plan, force_split=False):
-        from ...passes.schedule import plan_groups
-
+    def __init__(self, graph: Graph, plan: KernelPlan, force_split=False):
         self.g = graph
-        self.groups = {g.id: g for g in plan_groups(fusion_plan)}
-        self.schedule = schedule
-        self.mp = memory_plan
+        self.groups = {g.id: g for g in plan_groups(plan.fusion)}
+        self.schedule = plan.schedule
+        self.mp = plan.memory
         self.force_split = force_split
         self.launches: list = []
         self.reports: list = []
@@ -223,7 +225,7 @@ class _Builder:
         home: dict = {}
         for k, n in enumerate(graph.inputs):
             home[n.id] = Loc("in", k)
-        for v, off in memory_plan.offsets.items():
+        for v, off in self.mp.offsets.items():
             if isinstance(graph.node(v).type, tuple):
                 raise CudaCodegenError(f"tuple-typed buffer %{v} ({graph.node(v).op}) is not supported")
             home[v] = Loc("arena", 0, off)
@@ -233,7 +235,7 @@ class _Builder:
                 continue
             home[v] = Loc("out", k)
         self.home = home
-        self.scratch_base = _align(memory_plan.arena_bytes)
+        self.scratch_base = _align(self.mp.arena_bytes)
         self.scratch_top = 0
         self.scratch_max = 0
         self.gid = -1
@@ -363,7 +365,6 @@ class _Builder:
 
     def emit_loop_kernel(self, lk: LoopKernel, leaves, in_locs, out_locs, note=""):
         consts = {}
-        args = []
         for k, (v, loc) in enumerate(zip(leaves, in_locs)):
             if v is not None and self.g.node(v).op == "const":
                 consts[f"in{k}"] = self.const_symbol(v)
@@ -772,23 +773,16 @@ def _cut(sub: Graph, outputs, stops):
     return Graph(sub.name, tuple(nodes), tuple(new[o] for o in outputs)), ins
 
 
-def build_program(graph: Graph, fusion_plan=None, schedule=None, memory_plan=None, name=None,
+def build_program(graph: Graph, plan: Optional[KernelPlan] = None, name=None,
                   force_split: bool = False) -> CudaProgram:
-    """The CUDA program of `graph` (plans computed when not given: fusion, schedule, and a
-    memory plan with the GPU's 256-byte alignment). `force_split` sends every fused group
-    through the split path (tests)."""
-    from ...passes.fusion import plan_fusion
-    from ...passes.memory_plan import GPU_ALIGNMENT, plan_memory
-    from ...passes.schedule import build_schedule
-
-    fusion_plan = plan_fusion(graph) if fusion_plan is None else fusion_plan
-    schedule = build_schedule(graph, fusion_plan) if schedule is None else schedule
-    if memory_plan is None:
-        memory_plan = plan_memory(graph, schedule, fusion_plan, alignment=GPU_ALIGNMENT)
+    """The CUDA program of `graph` from its kernel plan (when None, the cuda pipeline's
+    analyses of `graph`: `plan_kernels(graph, "cuda")`). `force_split` sends every fused
+    group through the split path (tests)."""
+    plan = plan_kernels(graph, "cuda") if plan is None else plan
     for n in graph.inputs:
         if n.type.dtype != "float32":
             raise CudaCodegenError(f"graph input %{n.id} has dtype {n.type.dtype} (float32 only)")
-    b = _Builder(graph, fusion_plan, schedule, memory_plan, force_split)
+    b = _Builder(graph, plan, force_split)
     b.build()
     outs = []
     for v in graph.outputs:
@@ -797,9 +791,9 @@ def build_program(graph: Graph, fusion_plan=None, schedule=None, memory_plan=Non
             raise CudaCodegenError(f"graph output %{v} is a tuple")
         outs.append(tuple(t.shape))
     return CudaProgram(name or graph.name, [tuple(n.type.shape) for n in graph.inputs], outs, b.launches, b.consts,
-                       _align(memory_plan.arena_bytes) + b.scratch_max, memory_plan.arena_bytes, b.scratch_max,
+                       _align(plan.memory.arena_bytes) + b.scratch_max, plan.memory.arena_bytes, b.scratch_max,
                        b.reports, dict(b.home),
-                       {gid: b.writes(b.groups[gid]) for gid in schedule.order if gid not in b.view_groups})
+                       {gid: b.writes(b.groups[gid]) for gid in plan.schedule.order if gid not in b.view_groups})
 
 
 __all__ = ["build_program", "CudaProgram", "Launch", "Loc", "GroupReport", "CudaCodegenError", "check_known"]

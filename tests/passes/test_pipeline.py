@@ -1,0 +1,93 @@
+"""The pipeline is declared once (needle/passes/pipeline.py): `@needle.compile` runs it,
+`needle-ir` lists its stages, the verifier checks the invariants its passes ensure, and a pass
+added to the declaration shows up in all three. NEEDLE_PASS_LIMIT cuts it on every executor."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import needle as ndl
+from needle.cli.needle_ir import pass_names as needle_ir_stages
+from needle.ir.verifier import INVARIANTS
+from needle.passes import FunctionPass, PassError, manager, pipeline
+from needle.passes.pipeline import (ANALYSES, EXECUTORS, GRAPH_PASSES, KERNEL_PASSES, STAGES, KernelPlan,
+                                    invariants_after, pass_names, plan_kernels)
+
+
+def step(x, w):
+    loss = ndl.relu(x @ w).sum()
+    loss.backward()
+    return loss, w.grad
+
+
+def compiled_stages(monkeypatch, executor: str) -> list:
+    monkeypatch.setenv("NEEDLE_EXECUTOR", executor)
+    monkeypatch.setenv("NEEDLE_CACHE_DIR", "0")
+    w = ndl.Tensor(np.random.randn(4, 3).astype("float32"), requires_grad=True)
+    f = ndl.compile(lambda x: step(x, w))
+    f(ndl.Tensor(np.random.randn(5, 4).astype("float32")))
+    (_, stages), = f.entries()
+    return [s for s in stages if s != "final"]
+
+
+def test_declaration():
+    assert STAGES == ("input", *GRAPH_PASSES, *KERNEL_PASSES)
+    assert set(ANALYSES) <= set(KERNEL_PASSES) and set(EXECUTORS) == {"native", "kernels", "interp", "cuda"}
+    assert pass_names("interp") == GRAPH_PASSES and pass_names("cuda") == GRAPH_PASSES + KERNEL_PASSES
+    assert invariants_after("input") == set() and invariants_after("decompose") == {"decomposed"}
+    assert invariants_after("autodiff") == {"decomposed", "no_grad"}
+    assert invariants_after("memory_plan") == set(INVARIANTS)
+    with pytest.raises(ValueError, match="fusion: not in the interp pipeline"):
+        pipeline.pipeline("interp", ["fusion"])
+    with pytest.raises(ValueError, match="unknown executor"):
+        pass_names("gpu")
+
+
+@pytest.mark.parametrize("executor", ["native", "kernels", "interp"])
+def test_compile_needle_ir_and_verifier_read_the_declaration(monkeypatch, executor):
+    assert needle_ir_stages() == list(STAGES)
+    assert compiled_stages(monkeypatch, executor) == ["input", *pass_names(executor)]
+
+
+def test_a_pass_added_to_the_declaration_reaches_compile_needle_ir_and_the_verifier(monkeypatch):
+    tidy = FunctionPass("tidy", lambda g, ctx: g, ensures=("no_grad",))
+    monkeypatch.setitem(manager.PASSES, "tidy", tidy)
+    graph_passes = GRAPH_PASSES[:1] + ("tidy",) + GRAPH_PASSES[1:]
+    monkeypatch.setattr(pipeline, "GRAPH_PASSES", graph_passes)
+    monkeypatch.setattr(pipeline, "STAGES", ("input", *graph_passes, *KERNEL_PASSES))
+    assert needle_ir_stages()[1:3] == ["decompose", "tidy"]
+    assert invariants_after("tidy") == {"decomposed", "no_grad"}
+    # tidy promises no grad node, but runs before autodiff: the verifier names it
+    monkeypatch.setenv("NEEDLE_VERIFY", "1")
+    with pytest.raises(PassError, match="pass 'tidy' failed.*grad node remains"):
+        compiled_stages(monkeypatch, "native")
+    monkeypatch.setattr(tidy, "ensures", ())
+    assert compiled_stages(monkeypatch, "native")[1:3] == ["decompose", "tidy"]
+
+
+@pytest.mark.parametrize("executor", ["native", "kernels", "interp"])
+def test_pass_limit_on_every_executor(monkeypatch, executor):
+    """Each cut of the pipeline runs (the skipped passes up to autodiff expand the grad
+    request; without every analysis, the interpreter runs the graph) and equals eager."""
+    x = ndl.Tensor(np.random.randn(5, 4).astype("float32"))
+    w = ndl.Tensor(np.random.randn(4, 3).astype("float32"), requires_grad=True)
+    expected = [t.numpy() for t in step(x, w)]
+    monkeypatch.setenv("NEEDLE_EXECUTOR", executor)
+    monkeypatch.setenv("NEEDLE_CACHE_DIR", "0")
+    for limit in range(len(pass_names(executor)) + 1):
+        monkeypatch.setenv("NEEDLE_PASS_LIMIT", str(limit))
+        f = ndl.compile(lambda x: step(x, w))
+        for got, want in zip(f(x), expected):
+            np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-5)
+        ran_analyses = limit == len(pass_names(executor)) and executor != "interp"
+        assert f.stats["executor"] == (executor if ran_analyses else "interp"), limit
+
+
+def test_plan_kernels_is_the_targets_analyses():
+    w = ndl.Tensor(np.random.randn(4, 3).astype("float32"), requires_grad=True)
+    f = ndl.compile(lambda x: step(x, w))
+    f(ndl.Tensor(np.random.randn(5, 4).astype("float32")))
+    graph = f.graphs[-1][1]
+    cpu, cuda = plan_kernels(graph), plan_kernels(graph, "cuda")
+    assert isinstance(cpu, KernelPlan) and cpu.fusion.groups == cuda.fusion.groups
+    assert (cpu.memory.alignment, cuda.memory.alignment) == (64, 256)
