@@ -20,6 +20,8 @@ class Array:
         size = int(size)
         if size < 0:
             raise ValueError(f"Array: negative size {size}")
+        if size > 1 << 40:  # the compiled modules' limit
+            raise ValueError(f"Array: size too large: {size}")
         self.array = np.empty(size, dtype=_DTYPE)
 
     @property
@@ -87,6 +89,8 @@ def fill(out, val):
 def compact(a, out, shape, strides, offset):
     shape, strides, offset, numel = _check_view("compact", a.size, shape, strides, offset)
     _check_size("compact", "out", out, numel)
+    if numel and a is out:
+        raise ValueError("compact: a and out must be different buffers")
     if numel:
         out.array[:] = _view(a, shape, strides, offset).reshape(-1)
 
