@@ -1,8 +1,8 @@
 """Basic tensor constructors. Each random helper makes exactly one call on numpy's global RNG.
 
 Inside a compiled function numpy's RNG would run once, at trace time, and freeze its numbers
-into the graph; there `rand` and `randb` draw from the compiled counter-based generator
-(`needle.ops.random`) instead, so every call gets new numbers, and `randn` refuses.
+into the graph; there `rand`, `randb` and `randn` draw from the compiled counter-based generator
+(`needle.ops.random`) instead, so every call gets new numbers.
 """
 from __future__ import annotations
 
@@ -29,10 +29,11 @@ def rand(*shape, low=0.0, high=1.0, device=None, dtype="float32", requires_grad=
 
 def randn(*shape, mean=0.0, std=1.0, device=None, dtype="float32", requires_grad=False) -> Tensor:
     """Normal: `np.random.randn(*shape) * std + mean`."""
-    if tracer.active() is not None:
-        raise tracer.TraceError(
-            "init.randn inside a compiled function would draw its numbers once, at trace time; "
-            "draw them outside and pass them in (compiled code has init.rand and init.randb)")
+    if tracer.active() is not None:  # Box-Muller over two uniform draws
+        from .. import ops
+
+        radius = ops.sqrt(ops.log(1.0 - _traced_uniform(shape)) * -2.0)
+        return radius * ops.cos(_traced_uniform(shape) * (2 * np.pi)) * std + mean
     device = _device(device)
     array = device.randn(*shape) * std + mean
     return Tensor(array, device=device, dtype=dtype, requires_grad=requires_grad)
