@@ -65,8 +65,8 @@ def load_emulated_module():
 
 def use_emulated_cuda():
     """Make needle's cuda() the emulated device for this process; returns it."""
-    from needle.backend_ndarray import ndarray as nd_mod
+    from needle.backend_ndarray import core
 
-    dev = nd_mod.BackendDevice("cuda", load_emulated_module())
-    nd_mod._CUDA = dev
+    dev = core.BackendDevice("cuda", load_emulated_module())
+    core._CUDA = dev
     return dev

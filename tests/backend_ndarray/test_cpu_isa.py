@@ -1,0 +1,97 @@
+"""The cpu module's kernels in every instruction set built and usable here (baseline, avx2,
+avx512; backends/cpu/dispatch.cc picks one at import, NEEDLE_CPU_ISA forces one): each
+computes the same results as numpy, tails and NaNs included."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import needle.backend_ndarray as nd
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+pytestmark = pytest.mark.skipif(not nd.CPU_BACKEND_COMPILED, reason="the C++ cpu backend is not built")
+
+KERNELS = textwrap.dedent("""
+    import numpy as np
+    import needle.backend_ndarray as nd
+
+    mod = nd.cpu().mod
+    assert mod.cpu_isa() == ISA, (mod.cpu_isa(), ISA)
+    rng = np.random.default_rng(0)
+
+    def close(got, want, rtol=1e-5, atol=1e-6):
+        np.testing.assert_allclose(got.numpy(), want, rtol=rtol, atol=atol, equal_nan=True)
+
+    for n in (1, 7, 8, 9, 33, 1000, 70001):
+        A = rng.uniform(-3, 3, n).astype(np.float32)
+        B = rng.uniform(-3, 3, n).astype(np.float32)
+        if n > 5:
+            A[::5] = np.nan
+        B[::7] = A[::7]
+        a, b = nd.array(A), nd.array(B)
+        with np.errstate(all="ignore"):
+            close(a + b, A + B)
+            close(a * b, A * B)
+            close(a / b, A / B)
+            close(a.maximum(b), np.maximum(A, B))
+            close(a == b, (A == B).astype(np.float32))
+            close(a >= b, (A >= B).astype(np.float32))
+            close(a - 1.5, A - 1.5)
+            close(a.maximum(0.0), np.maximum(A, 0))
+            for p in (0.0, 0.5, 1.0, 2.0, -1.0, 3.0):
+                close(abs(a) ** p, np.abs(A) ** np.float32(p))
+            close(-a, -A)
+            close(a.exp(), np.exp(A))
+            close(a.tanh(), np.tanh(A))
+            close(abs(a).log(), np.log(np.abs(A)))
+            close(abs(a).sqrt(), np.sqrt(np.abs(A)))
+            close(nd.where(b, a, b), np.where(B != 0, A, B))
+        close(b.sum(), np.float32(B.astype(np.float64).sum()), rtol=1e-4, atol=1e-3)
+        close(b.max(), B.max(), rtol=0, atol=0)
+        close(a.max(), A.max(), rtol=0, atol=0)
+    C = rng.standard_normal((37, 5, 130)).astype(np.float32)
+    c = nd.array(C)
+    close(c.sum(axis=1), C.sum(axis=1), rtol=1e-5, atol=1e-5)
+    close(c.max(axis=1), C.max(axis=1), rtol=0, atol=0)
+    close(c.max(axis=2), C.max(axis=2), rtol=0, atol=0)
+    mod.set_blas_enabled(False)  # every product on the gemm kernel
+    for m, k, n in ((1, 1, 1), (5, 7, 3), (13, 300, 17), (64, 64, 128), (67, 30, 45)):
+        X = rng.standard_normal((m, k)).astype(np.float32)
+        Y = rng.standard_normal((k, n)).astype(np.float32)
+        close(nd.array(X) @ nd.array(Y), X @ Y, rtol=1e-4, atol=1e-4)
+        close(nd.array(X.T).permute((1, 0)) @ nd.array(Y), X @ Y, rtol=1e-4, atol=1e-4)
+    X = rng.standard_normal((16, 24)).astype(np.float32)
+    Y = rng.standard_normal((24, 32)).astype(np.float32)
+    close(nd.matmul_tiled(nd.array(X), nd.array(Y)), X @ Y, rtol=1e-4, atol=1e-4)
+    print("ok", ISA)
+""")
+
+
+def run_with(isa, code):
+    env = dict(os.environ, NEEDLE_CPU_ISA=isa, PYTHONPATH=ROOT)
+    return subprocess.run([sys.executable, "-c", f"ISA = {isa!r}\n" + code], capture_output=True, text=True,
+                          env=env, timeout=600, cwd=ROOT)
+
+
+@pytest.mark.parametrize("isa", ["baseline", "avx2", "avx512"])
+def test_kernels_of_each_instruction_set(isa):
+    usable = nd.cpu().mod.cpu_isas()
+    if isa not in usable:
+        pytest.skip(f"{isa} kernels are not built or this CPU lacks them (usable: {usable})")
+    res = run_with(isa, KERNELS)
+    assert res.returncode == 0 and f"ok {isa}" in res.stdout, res.stderr[-4000:]
+
+
+def test_default_is_the_widest_usable():
+    mod = nd.cpu().mod
+    usable = mod.cpu_isas()
+    assert usable[0] == "baseline"
+    assert os.environ.get("NEEDLE_CPU_ISA") or mod.cpu_isa() == usable[-1]
+
+
+def test_an_unknown_instruction_set_is_a_clear_error():
+    res = run_with("sse9", "import needle")
+    assert res.returncode != 0
+    assert "NEEDLE_CPU_ISA=sse9 is not an instruction set this module was built for (usable here: baseline" in res.stderr
