@@ -93,4 +93,4 @@ def _expand_grad(node, env, builder, init, ops):
     return ops.make_tuple(*[g if g._trace is not None else builder.lift(g) for g in grads])
 
 
-register_pass(FunctionPass("autodiff", autodiff, ensures=("no_grad",)))
+register_pass(FunctionPass("autodiff", autodiff, ensures=("no_grad",), breaks=("decomposed",)))

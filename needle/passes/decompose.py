@@ -117,4 +117,4 @@ def decompose(graph: Graph, ctx=None) -> PassResult:
 
 
 register_pass(FunctionPass("decompose", decompose, ensures=("decomposed",)))
-register_pass(FunctionPass("decompose_rest", decompose, ensures=("primitive",)))
+register_pass(FunctionPass("decompose_rest", decompose, ensures=("decomposed", "primitive")))

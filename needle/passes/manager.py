@@ -77,8 +77,10 @@ class Pass:
 
     name: str = ""
     #: verifier invariants (`needle.ir.verifier.INVARIANTS`) that hold after this pass and, in a
-    #: pipeline, after every later one
+    #: pipeline, after every later one that does not `break` them
     ensures: tuple[str, ...] = ()
+    #: invariants that may no longer hold after this pass (autodiff's VJPs may emit composites)
+    breaks: tuple[str, ...] = ()
 
     def run(self, graph: Graph, ctx: "PassContext") -> PassResult:
         raise NotImplementedError
@@ -113,10 +115,12 @@ class Analysis(Pass):
 class FunctionPass(Pass):
     """A pass from a function `fn(graph, ctx) -> PassResult | Graph`."""
 
-    def __init__(self, name: str, fn: Callable[[Graph, "PassContext"], Any], ensures: tuple[str, ...] = ()):
+    def __init__(self, name: str, fn: Callable[[Graph, "PassContext"], Any], ensures: tuple[str, ...] = (),
+                 breaks: tuple[str, ...] = ()):
         self.name = name
         self.fn = fn
         self.ensures = ensures
+        self.breaks = breaks
 
     def run(self, graph, ctx):
         out = self.fn(graph, ctx)
@@ -220,6 +224,7 @@ class PassManager:
                 ctx.analyses[p.name] = result.analysis
             elif new is not graph:  # the earlier analyses describe the old graph
                 ctx.analyses.clear()
+            holds.difference_update(p.breaks)
             holds.update(p.ensures)
             if ctx.verify:
                 try:

@@ -317,3 +317,23 @@ def test_randn_inside_a_compiled_function_draws_normals_at_every_call():
     assert abs(a.mean() - 1.0) < 0.05 and abs(a.std() - 2.0) < 0.05
     # a normal's tails: about 4.6% beyond two standard deviations
     assert 0.035 < np.mean(np.abs(a - 1.0) > 4.0) < 0.058
+
+
+def test_vjp_that_emits_a_composite_compiles_under_the_verifier():
+    """A gradient written with a composite (sigmoid) brings a composite back after autodiff;
+    decompose_rest expands it, and the verifier (on in tests) must not reject the graph
+    between the two."""
+    from needle.ops import elementwise_op, scalar as S
+
+    @elementwise_op("softplus_test")
+    def softplus(a):
+        return S.log(1.0 + S.exp(a))
+
+    @softplus.defvjp
+    def _(g, a):
+        return g * ndl.sigmoid(a)
+
+    x = ndl.Tensor(np.random.default_rng(3).standard_normal((3, 4)).astype(np.float32), requires_grad=True)
+    softplus(x).sum().backward()
+    step = ndl.compile(lambda t: ndl.grad(lambda u: softplus(u).sum())(t))
+    np.testing.assert_allclose(step(x).numpy(), x.grad.numpy(), rtol=1e-5, atol=1e-6)

@@ -35,7 +35,8 @@ def test_declaration():
     assert set(ANALYSES) <= set(KERNEL_PASSES) and set(EXECUTORS) == {"native", "kernels", "interp", "cuda"}
     assert pass_names("interp") == GRAPH_PASSES and pass_names("cuda") == GRAPH_PASSES + KERNEL_PASSES
     assert invariants_after("input") == set() and invariants_after("decompose") == {"decomposed"}
-    assert invariants_after("autodiff") == {"decomposed", "no_grad"}
+    assert invariants_after("autodiff") == {"no_grad"}  # its VJPs may emit composites: it breaks "decomposed"
+    assert invariants_after("decompose_rest") == set(INVARIANTS)
     assert invariants_after("memory_plan") == set(INVARIANTS)
     with pytest.raises(ValueError, match="fusion: not in the interp pipeline"):
         pipeline.pipeline("interp", ["fusion"])
@@ -80,7 +81,7 @@ def test_pass_limit_on_every_executor(monkeypatch, executor):
         for got, want in zip(f(x), expected):
             np.testing.assert_allclose(got.numpy(), want, rtol=1e-5, atol=1e-5)
         ran_analyses = limit == len(pass_names(executor)) and executor != "interp"
-        assert f.stats["executor"] == (executor if ran_analyses else "interp"), limit
+        assert (f.stats["executor"] != "interp") == ran_analyses, limit
 
 
 def test_plan_kernels_is_the_targets_analyses():
