@@ -11,11 +11,13 @@ are graph inputs, constants and values that have a buffer (arena, inputs, output
 the element itself, `UnDilate` a strided `GetItem`, `Dilate` an `UnSlice`.
 
 `Walker` evaluates any chain of views and data-movement ops over the leaves at a symbolic
-index, as a loop-IR value: the ops `lower` handles plus `Flip`, `UnSlice`, `Dilate`,
-`UnDilate`, `Concat`, `Stack`, `Split`/`TupleGetItem`/`MakeTensorTuple` and `Gather` (a load
-whose row index is read from the indices tensor). Positions that a view fills with zeros
-become a `Select` on an index condition (never a load out of bounds). GEMM/conv operands and
-the kernels that materialise ops `lower` cannot handle are built with it.
+index, as a loop-IR value, with lower's evaluator: each view's `index_map`, lower's maps
+that pick between pieces or zeros (`lower.PIECEWISE`: Dilate, UnSlice, Concat, Stack, tuple
+elements of Split/MakeTensorTuple), `Gather` (a load whose row index is read from the indices
+tensor) and, for GEMM epilogues, each elementwise op's `element` formula. Positions that a
+view fills with zeros become a `Select` on an index condition (never a load out of bounds).
+GEMM/conv operands and the kernels that materialise ops `lower` cannot handle are built
+with it.
 """
 from __future__ import annotations
 
@@ -23,9 +25,9 @@ from ...ir.graph import Graph, Node, make_attrs
 from ...ops import scalar as S
 from ...ops.registry import OPS, node_axes
 from ...ops.scalar import Arg
-from ..loop_ir import SCALAR, FConst, IConst, Load, Select, iadd, idiv, imod, linearize
-from ..lower import element, simplify, view_index
-from .gpu_ir import IAnd, ICmp, IFloat
+from ..loop_ir import SCALAR, FConst, Load, linearize
+from ..lower import PIECEWISE, TUPLE_PARTS, element, simplify, view_index
+from .gpu_ir import IFloat
 
 
 
@@ -209,74 +211,15 @@ class Walker:
             return S.evaluate(expr, [self.value(i, idx) for i in n.inputs], SCALAR)
         raise NotWalkable(nid)
 
-    def _sliced(self, src, idx, slices, shape):
-        """Zero outside the slices, else src at (i - start) / step."""
-        cond = None
-        src_idx = []
-        for i, (st, stop, step), d in zip(idx, slices, shape):
-            if (st, stop, step) == (0, d, 1):
-                src_idx.append(i)
-                continue
-            c = IAnd(ICmp("ge", i, IConst(st)), ICmp("lt", i, IConst(stop)))
-            off = iadd(i, IConst(-st))
-            if step != 1:
-                c = IAnd(c, ICmp("eq", imod(off, step), IConst(0)))
-                off = idiv(off, step)
-            cond = c if cond is None else IAnd(cond, c)
-            src_idx.append(off)
-        val = self.value(src, tuple(src_idx))
-        return val if cond is None else Select(cond, val, FConst(0.0))
+    #: the name lower's piecewise maps read values by
+    val = value
 
     def parts(self, nid):
         """[(index -> value, shape)] of a tuple value."""
         n = self.g.node(nid)
-        if n.op not in PARTS:
+        if n.op not in TUPLE_PARTS:
             raise NotWalkable(nid)
-        return PARTS[n.op](self, n)
-
-
-# ---- the index maps that pick between pieces or zeros, and tuple elements -------------------
-def _dilate(w: Walker, n, idx):
-    shape = n.type.shape
-    axes = node_axes(n, len(shape))
-    step = n.attr("dilation") + 1
-    return w._sliced(n.inputs[0], idx, [((0, d, step) if a in axes else (0, d, 1)) for a, d in enumerate(shape)],
-                     shape)
-
-
-def _unslice(w: Walker, n, idx):
-    return w._sliced(n.inputs[0], idx, n.attr("slices"), n.type.shape)
-
-
-def _concat(w: Walker, n, idx):
-    axis = n.attr("axis") % len(n.type.shape)
-    parts = w.parts(n.inputs[0])
-    starts, at = [], 0
-    for _, shape in parts:
-        starts.append(at)
-        at += shape[axis]
-    out = None
-    for (fn, shape), st in reversed(list(zip(parts, starts))):
-        sub = tuple(iadd(i, IConst(-st)) if a == axis else i for a, i in enumerate(idx))
-        val = fn(w.simp(sub))
-        out = val if out is None else Select(ICmp("lt", idx[axis], IConst(st + shape[axis])), val, out)
-    return out
-
-
-def _stack(w: Walker, n, idx):
-    axis = n.attr("axis") % len(n.type.shape)
-    parts = w.parts(n.inputs[0])
-    rest = idx[:axis] + idx[axis + 1:]
-    out = None
-    for j in reversed(range(len(parts))):
-        val = parts[j][0](rest)
-        out = val if out is None else Select(ICmp("eq", idx[axis], IConst(j)), val, out)
-    return out
-
-
-def _tuple_get_item(w: Walker, n, idx):
-    parts = w.parts(n.inputs[0])
-    return parts[n.attr("index") % len(parts)][0](idx)
+        return TUPLE_PARTS[n.op](self, n)
 
 
 def _gather(w: Walker, n, idx):
@@ -287,24 +230,8 @@ def _gather(w: Walker, n, idx):
     return w.value(a, (row,) + idx[k:])
 
 
-def _make_tuple_parts(w: Walker, n):
-    return [((lambda idx, i=i: w.value(i, idx)), w.shape(i)) for i in n.inputs]
-
-
-def _split_parts(w: Walker, n):
-    x = n.inputs[0]
-    shape = w.shape(x)
-    axis = n.attr("axis") % len(shape)
-    part_shape = shape[:axis] + shape[axis + 1:]
-    return [((lambda idx, j=j: w.value(x, tuple(idx[:axis]) + (IConst(j),) + tuple(idx[axis:]))), part_shape)
-            for j in range(shape[axis])]
-
-
-#: op -> its value at an index (ops whose index map picks between pieces or zeros, Gather)
-PIECES = {"Dilate": _dilate, "UnSlice": _unslice, "Concat": _concat, "Stack": _stack,
-          "TupleGetItem": _tuple_get_item, "Gather": _gather}
-#: tuple-valued op -> its elements
-PARTS = {"MakeTensorTuple": _make_tuple_parts, "Split": _split_parts}
+#: op -> its value at an index: lower's maps that pick between pieces or zeros, and Gather
+PIECES = {**PIECEWISE, "Gather": _gather}
 
 
 def leaf_loader(names: dict, consts: dict | None = None):
