@@ -3,13 +3,17 @@
 added to the declaration shows up in all three. NEEDLE_PASS_LIMIT cuts it on every executor."""
 from __future__ import annotations
 
+from textwrap import dedent
+
 import numpy as np
 import pytest
 
 import needle as ndl
 from needle.cli.needle_ir import pass_names as needle_ir_stages
+from needle.ir.parser import parse_graph
+from needle.ir.printer import print_graph
 from needle.ir.verifier import INVARIANTS
-from needle.passes import FunctionPass, PassError, manager, pipeline
+from needle.passes import FunctionPass, PassContext, PassError, PassManager, manager, pipeline
 from needle.passes.pipeline import (ANALYSES, EXECUTORS, GRAPH_PASSES, KERNEL_PASSES, STAGES, KernelPlan,
                                     invariants_after, pass_names, plan_kernels)
 
@@ -92,3 +96,44 @@ def test_plan_kernels_is_the_targets_analyses():
     cpu, cuda = plan_kernels(graph), plan_kernels(graph, "cuda")
     assert isinstance(cpu, KernelPlan) and cpu.fusion.groups == cuda.fusion.groups
     assert (cpu.memory.alignment, cuda.memory.alignment) == (64, 256)
+
+
+BIAS = """
+    graph @f {
+      %0 = input() {name="x", role="arg"} : f32[16,8] cpu
+      %1 = input() {name="b", role="arg"} : f32[1,8] cpu
+      %2 = BroadcastTo(%1) {shape=(16, 8)} : f32[16,8] cpu
+      %3 = EWiseMul(%0, %2) : f32[16,8] cpu
+      %4 = Summation(%3) {axes=(1,)} : f32[16] cpu
+      %5 = EWiseAdd(%0, %2) : f32[16,8] cpu
+      return %4, %5
+    }"""
+
+
+def test_kernel_passes_text_ir():
+    """Input IR -> recompute, fusion, schedule, memory_plan -> expected IR and KernelPlan:
+    recompute copies the cheap broadcast into its second reader; the analyses leave that
+    graph as it is and hand their results on (the schedule orders the fusion plan's groups,
+    the memory plan places the schedule's buffers)."""
+    out, plan = pipeline.run(parse_graph(dedent(BIAS)), "native", names=KERNEL_PASSES)
+    assert print_graph(out) == print_graph(parse_graph(dedent("""
+        graph @f {
+          %0 = input() {name="x", role="arg"} : f32[16,8] cpu
+          %1 = input() {name="b", role="arg"} : f32[1,8] cpu
+          %2 = BroadcastTo(%1) {shape=(16, 8)} : f32[16,8] cpu
+          %3 = EWiseMul(%0, %2) : f32[16,8] cpu
+          %4 = Summation(%3) {axes=(1,)} : f32[16] cpu
+          %6 = BroadcastTo(%1) {shape=(16, 8)} : f32[16,8] cpu
+          %5 = EWiseAdd(%0, %6) : f32[16,8] cpu
+          return %4, %5
+        }""")))
+    assert [(g.kind, g.node_ids) for g in plan.fusion.groups] == [("reduce", (2, 3, 4)), ("elementwise", (6, 5))]
+    assert plan.schedule.order == [0, 1] and plan.schedule.live == {4: (0, 2), 5: (1, 2)}
+    assert plan.memory.outputs == {4: 64, 5: 512} and plan.memory.arena_bytes == 0
+
+
+@pytest.mark.parametrize("names,missing", [(["schedule"], "fusion"), (["memory_plan"], "fusion"),
+                                           (["fusion", "memory_plan"], "schedule")])
+def test_an_analysis_never_runs_another(names, missing):
+    with pytest.raises(PassError, match=f"pass '{names[-1]}' failed: needs the result of the '{missing}' analysis"):
+        PassManager.from_names(names).run(parse_graph(dedent(BIAS)), PassContext(dump_dir="", pass_limit=9))
