@@ -280,7 +280,8 @@ ext_modules = [
         "needle.backend_ndarray.ndarray_backend_cpu",
         sources=sources,
         include_dirs=[_LazyInclude(), os.path.join("backends", "cpu")],
-        depends=sorted(glob.glob(os.path.join("backends", "cpu", "*.h")) + glob.glob(os.path.join("backends", "cpu", "*.inc"))
+        depends=sorted(glob.glob(os.path.join("backends", "cpu", "*.h"))
+                       + glob.glob(os.path.join("backends", "cpu", "*.inc"))
                        + glob.glob(os.path.join("backends", "common", "*.h"))),
         language="c++",
     )

@@ -141,9 +141,11 @@ void check_matmul_batched(const char* fn, const Buf& a, const Buf& b, const Buf&
   const int64_t a_need = checked_mul(fn, batch - 1, a_batch_stride) + checked_mul(fn, m, n);
   const int64_t b_need = checked_mul(fn, batch - 1, b_batch_stride) + checked_mul(fn, n, p);
   if (static_cast<int64_t>(a.size) < a_need)
-    value_error(std::string(fn) + ": a has size " + std::to_string(a.size) + ", needs at least " + std::to_string(a_need));
+    value_error(std::string(fn) + ": a has size " + std::to_string(a.size) + ", needs at least " +
+                std::to_string(a_need));
   if (static_cast<int64_t>(b.size) < b_need)
-    value_error(std::string(fn) + ": b has size " + std::to_string(b.size) + ", needs at least " + std::to_string(b_need));
+    value_error(std::string(fn) + ": b has size " + std::to_string(b.size) + ", needs at least " +
+                std::to_string(b_need));
 }
 
 // Rows of a (n_rows, row_size) table picked by the k float indices idx[0..k) (host memory):

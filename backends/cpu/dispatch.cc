@@ -70,8 +70,8 @@ const Isa* pick() {
     if (isa.supported()) best = &isa;
   }
   if (want && *want)
-    value_error(std::string("NEEDLE_CPU_ISA=") + want + " is not an instruction set this module was built for (usable here: " +
-                joined(usable()) + ")");
+    value_error(std::string("NEEDLE_CPU_ISA=") + want +
+                " is not an instruction set this module was built for (usable here: " + joined(usable()) + ")");
   return best;
 }
 

@@ -32,7 +32,7 @@ extern const Kernels table = {
     max,
     combine_rows<false>,
     combine_rows<true>,
-    gemm,
+    small_gemm,
     tiled_row,
 };
 

@@ -1,5 +1,5 @@
 // Matrix multiplication: BLAS (scipy-openblas32, loaded at run time with init_blas) for
-// large products, the dispatched gemm kernel (kernels_gemm.inc) for products with few
+// large products, the dispatched small_gemm kernel (kernels_gemm.inc) for products with few
 // columns and when no BLAS is loaded; the course's tiled layout kernel matmul_tiled;
 // batched matmul with broadcast operands.
 #include "common.h"
@@ -55,7 +55,7 @@ bool init_blas(const std::string& path) {
 inline bool use_blas() { return g_sgemm != nullptr && g_blas_enabled; }
 
 // ---- GEMM dispatch --------------------------------------------------------------
-// needle's gemm kernel takes products with few columns (it packs at most one strip of B at a
+// needle's small_gemm takes products with few columns (it packs at most one strip of B at a
 // time, so row blocks split across threads repeat no packing) and everything when no BLAS
 // is loaded; BLAS takes the rest.
 bool use_small(int64_t m, int64_t n, int64_t k) {
@@ -105,7 +105,7 @@ bool gemm_split_worth(int64_t m, int64_t n, int64_t k) {
   return pool_num_threads() > 1 && work >= (use_small(m, n, k) ? SMALL_SPLIT : BLAS_SPLIT);
 }
 
-// the gemm kernel's partial tiles cost by the row (a 2-row tile ~1/3 of a 6-row one): fine
+// small_gemm's partial tiles cost by the row (a 2-row tile ~1/3 of a 6-row one): fine
 // splits balance best; the BLAS is given whole 8-row multiples
 int64_t gemm_row_grain(int64_t m, int64_t n, int64_t k) { return use_small(m, n, k) ? 2 : 8; }
 
@@ -123,7 +123,7 @@ void gemm_ex(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const 
     const float* pb = trans_b ? b + j0 * ldb : b + j0;
     float* pc = c + i0 * ldc + j0;
     if (small) {
-      kernels().gemm(trans_a, trans_b, i1 - i0, j1 - j0, k, pa, lda, pb, ldb, pc, ldc);
+      kernels().small_gemm(trans_a, trans_b, i1 - i0, j1 - j0, k, pa, lda, pb, ldb, pc, ldc);
     } else {
       g_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
               static_cast<int>(i1 - i0), static_cast<int>(j1 - j0), static_cast<int>(k), 1.0f, pa,
@@ -148,7 +148,7 @@ void register_matmul(py::module_& m) {
   m.def("blas_loaded", []() { return g_sgemm != nullptr; });
   m.def("blas_path", []() { return g_blas_path; });
   m.def("set_blas_enabled", [](bool on) { g_blas_enabled = on; }, py::arg("enabled"),
-        "use BLAS (True) or only needle's own gemm kernel (False) for matmul");
+        "use BLAS (True) or only needle's own small_gemm kernel (False) for matmul");
   m.def("matmul", &matmul, py::arg("a"), py::arg("b"), py::arg("out"), py::arg("m"), py::arg("n"), py::arg("p"));
   m.def("matmul_tiled", &matmul_tiled, py::arg("a"), py::arg("b"), py::arg("out"), py::arg("m"), py::arg("n"),
         py::arg("p"));

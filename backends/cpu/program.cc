@@ -9,7 +9,7 @@
 // touches memory outside its buffers, whatever the graph says. Steps, in order:
 //   kernel    an LLVM kernel's `name_range(void** args, lo, hi)`, its top-level loop split
 //             across the thread pool when the work is large enough;
-//   gemm      batched C = op(A) @ op(B) (gemm_ex: BLAS or the gemm kernel), optionally followed
+//   gemm      batched C = op(A) @ op(B) (gemm_ex: BLAS or small_gemm), optionally followed
 //             per row block by an epilogue kernel's range (the rows still in cache);
 //   conv      NHWC convolution as im2col + GEMM by cache-sized blocks of output pixels
 //             (conv_blocked); its input gradient as GEMM + col2im, its weight gradient as

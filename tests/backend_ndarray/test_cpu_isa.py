@@ -94,4 +94,5 @@ def test_default_is_the_widest_usable():
 def test_an_unknown_instruction_set_is_a_clear_error():
     res = run_with("sse9", "import needle")
     assert res.returncode != 0
-    assert "NEEDLE_CPU_ISA=sse9 is not an instruction set this module was built for (usable here: baseline" in res.stderr
+    assert ("NEEDLE_CPU_ISA=sse9 is not an instruction set this module was built for "
+            "(usable here: baseline") in res.stderr

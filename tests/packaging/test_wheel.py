@@ -58,7 +58,8 @@ SMOKE = textwrap.dedent("""
 
 def run(cmd, **kw):
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, **kw)
-    assert res.returncode == 0, f"{' '.join(map(str, cmd))} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-6000:]}"
+    assert res.returncode == 0, \
+        f"{' '.join(map(str, cmd))} failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-6000:]}"
     return res.stdout
 
 
