@@ -190,6 +190,109 @@ def index_range(e: IExpr, ranges: dict, memo=None) -> Optional[tuple[int, int]]:
     return r
 
 
+# ---- index simplification over the loop ranges ------------------------------------------
+def _affine(e, ranges, memo):
+    """`e` as ({atom: coefficient}, constant) with atoms IVar or non-affine sub-expressions."""
+    if isinstance(e, IConst):
+        return {}, e.value
+    if isinstance(e, IBin) and e.op == "add":
+        ta, ca = _affine(e.a, ranges, memo)
+        tb, cb = _affine(e.b, ranges, memo)
+        t = dict(ta)
+        for k, v in tb.items():
+            t[k] = t.get(k, 0) + v
+        return _recombine({k: v for k, v in t.items() if v}), ca + cb
+    if isinstance(e, IBin) and e.op == "mul" and (isinstance(e.a, IConst) or isinstance(e.b, IConst)):
+        c, x = (e.a.value, e.b) if isinstance(e.a, IConst) else (e.b.value, e.a)
+        t, k = _affine(x, ranges, memo)
+        return {a: v * c for a, v in t.items() if v * c}, k * c
+    return {e: 1}, 0
+
+
+def _recombine(terms):
+    """(x div c)*(m*c) + (x mod c)*m -> x*m, repeatedly."""
+    changed = True
+    while changed:
+        changed = False
+        for t, v in list(terms.items()):
+            if isinstance(t, IBin) and t.op == "mod" and isinstance(t.b, IConst):
+                dv = IBin("div", t.a, t.b)
+                if terms.get(dv) == v * t.b.value:
+                    del terms[t], terms[dv]
+                    sub, _ = _affine(t.a, {}, {}) if isinstance(t.a, IBin) else ({t.a: 1}, 0)
+                    if _ != 0:
+                        sub = {t.a: 1}
+                    for a, w in sub.items():
+                        terms[a] = terms.get(a, 0) + w * v
+                    terms = {a: w for a, w in terms.items() if w}
+                    changed = True
+                    break
+    return terms
+
+
+def _build(terms, const):
+    out = IConst(0)
+    for atom, c in terms.items():
+        out = iadd(out, imul(atom, IConst(c)))
+    return iadd(out, IConst(const))
+
+
+def simplify(e, ranges, memo=None):
+    """Index expression `e` with div/mod by constants folded where the loop ranges allow:
+    (c*q + r) div c = q and (c*q + r) mod c = r when 0 <= r < c; otherwise the multiples of
+    c are taken out of the division when the rest is non-negative."""
+    memo = {} if memo is None else memo
+    if not isinstance(e, IBin):
+        return e
+    a, b = simplify(e.a, ranges, memo), simplify(e.b, ranges, memo)
+    if e.op in ("add", "mul"):
+        x = iadd(a, b) if e.op == "add" else imul(a, b)
+        if isinstance(x, IBin) and (e.op == "add" or isinstance(a, IConst) or isinstance(b, IConst)):
+            x = _build(*_affine(x, ranges, memo))
+        return x
+    if not (isinstance(b, IConst) and b.value > 0):
+        return IBin(e.op, a, b)
+    c = b.value
+    if c == 1:
+        return a if e.op == "div" else IConst(0)
+    terms, k = _affine(a, ranges, memo)
+    if any((index_range(t, ranges, memo) or (-1, 0))[0] < 0 for t in terms):
+        return IBin(e.op, a, b)
+    for d in _divisors_desc(c):  # e = d*q + r with 0 <= r < d: e div c = q div (c/d)
+        q = {t: v // d for t, v in terms.items() if v % d == 0}
+        r = {t: v for t, v in terms.items() if v % d != 0}
+        rest = _build(r, k % d)
+        rr = index_range(rest, ranges, memo)
+        if rr is None or rr[0] < 0 or rr[1] >= d:
+            continue
+        qe = _build(q, k // d)
+        if d == c:
+            return qe if e.op == "div" else rest
+        qr = index_range(qe, ranges, memo)
+        if qr is not None and qr[0] >= 0 and qr[1] < c // d:  # q < c/d: e div c = 0
+            return IConst(0) if e.op == "div" else _build(*_affine(iadd(imul(qe, IConst(d)), rest),
+                                                                   ranges, memo))
+        if e.op == "div":
+            return IBin("div", qe, IConst(c // d))
+        return _build(*_affine(iadd(imul(IBin("mod", qe, IConst(c // d)), IConst(d)), rest),
+                               ranges, memo))
+    # (c*q + r) div c = q + r div c and (c*q + r) mod c = r mod c for r >= 0: the multiples
+    # of c leave the division (i1 + 1600*i0) div 400 = 4*i0 + i1 div 400
+    q = {t: v // c for t, v in terms.items() if v % c == 0}
+    rest = _build({t: v for t, v in terms.items() if v % c != 0}, k % c)
+    rr = index_range(rest, ranges, memo)
+    if (q or k // c) and rr is not None and rr[0] >= 0:
+        if e.op == "mod":
+            return IBin("mod", rest, b)
+        return _build(*_affine(iadd(_build(q, k // c), IBin("div", rest, b)), ranges, memo))
+    return IBin(e.op, a, b)
+
+
+def _divisors_desc(c):
+    small = [d for d in range(2, int(c ** 0.5) + 1) if c % d == 0]
+    return sorted(set(small + [c // d for d in small] + [c]), reverse=True)
+
+
 def ivars(e: IExpr) -> set:
     if isinstance(e, IVar):
         return {e.name}

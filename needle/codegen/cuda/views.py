@@ -25,8 +25,8 @@ from ...ir.graph import Graph, Node, make_attrs
 from ...ops import scalar as S
 from ...ops.registry import OPS, node_axes
 from ...ops.scalar import Arg
-from ..loop_ir import SCALAR, FConst, Load, linearize
-from ..lower import PIECEWISE, TUPLE_PARTS, element, simplify, view_index
+from ..loop_ir import SCALAR, FConst, Load, linearize, simplify
+from ..lower import PIECEWISE, TUPLE_PARTS, element, view_index
 from .gpu_ir import IFloat
 
 
