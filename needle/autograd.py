@@ -280,7 +280,7 @@ class Tensor(Value):
             raise ValueError(f"backward: out_grad has shape {tuple(out_grad.shape)}, but the tensor "
                              f"it seeds has shape {tuple(self.shape)}")
         if self._trace is not None:
-            from .ir.autodiff_request import request_gradients
+            from .trace.autodiff_request import request_gradients
             request_gradients(self, out_grad)
             return
         if out_grad is None:
@@ -500,7 +500,7 @@ def sum_node_list(node_list: List[Value]) -> Value:
 
 # Bottom imports: ops needs Tensor/TensorTuple defined above.
 from . import ops  # noqa: E402
-from .ir import tracer  # noqa: E402
+from .trace import tracer  # noqa: E402
 from .errors import OpError, user_location  # noqa: E402
 from .ops import registry as _registry  # noqa: E402
 from .ops.registry import Op, TensorOp, TensorTupleOp  # noqa: E402,F401

@@ -30,10 +30,10 @@ from . import autograd, guards, init
 from .autograd import Tensor, TensorTuple
 from .errors import IdError
 from .backend_selection import BACKEND, array_api, default_device as _default_device
-from .ir import tracer
-from .ir.autodiff_request import request_gradients
+from .trace import tracer
+from .trace.autodiff_request import request_gradients
 from .ir.graph import Graph
-from .ir.tracer import GraphBuilder, tensor_type_of, tracing
+from .trace.tracer import GraphBuilder, tensor_type_of, tracing
 from .passes import pipeline
 from .passes.manager import PassContext
 from .runtime import graph_cache

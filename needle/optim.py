@@ -12,7 +12,7 @@ import numpy as np
 from . import ops
 from .autograd import Tensor, no_grad
 from .init import ones_like as ndl_ones_like
-from .ir import tracer
+from .trace import tracer
 
 
 def _cast(t: Tensor, like: Tensor) -> Tensor:

@@ -47,7 +47,7 @@ def build_model(args, vocab_size=None, device=None):
         model = mlp_resnet.MLPResNet(784, hidden_dim=args.hidden_size)
         if device is not None and device != ndl.cpu():
             # the course's MLPResNet takes no device argument: move its tensors after building
-            from needle.nn.state import named_tensors
+            from needle.nn.nn_basic import named_tensors
             for t in named_tensors(model).values():
                 t.data = ndl.Tensor(t.numpy(), device=device, dtype=t.dtype, requires_grad=False)
         return model

@@ -11,7 +11,7 @@ import numpy as np
 from ..autograd import Tensor
 from ..backend_selection import BACKEND, cpu
 from ..errors import IdError
-from ..ir import tracer
+from ..trace import tracer
 
 
 def _device(device):

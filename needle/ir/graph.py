@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Union
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
+
+from .printer import print_graph
+from .types import _DTYPE_SHORT, DTYPE_LONG, SourceLoc, TensorType, ValueType  # noqa: F401  (part of the graph's API)
 
 #: roles of graph inputs: function arguments, parameters, optimizer/module state,
 #: hyper-parameters read at every call (learning rate), and constants captured at trace time
@@ -22,37 +25,6 @@ ROLES = ("arg", "param", "state", "hyper", "const")
 
 #: ops that exist only in the IR (not in the op registry)
 GRAPH_OPS = ("input", "const", "grad")
-
-
-@dataclass(frozen=True)
-class TensorType:
-    """Static type of a value: shape, dtype name and device name."""
-
-    shape: tuple[int, ...]
-    dtype: str = "float32"
-    device: str = "cpu"
-
-    def __str__(self) -> str:
-        dims = ",".join(str(d) for d in self.shape)
-        return f"{_DTYPE_SHORT.get(self.dtype, self.dtype)}[{dims}] {self.device}"
-
-
-_DTYPE_SHORT = {"float32": "f32", "float64": "f64", "int64": "i64", "int32": "i32", "bool": "bool"}
-DTYPE_LONG = {v: k for k, v in _DTYPE_SHORT.items()}
-
-#: the type of a node: one tensor, or a tuple of tensors (split, make_tuple, grad)
-ValueType = Union[TensorType, tuple[TensorType, ...]]
-
-
-@dataclass(frozen=True)
-class SourceLoc:
-    """Where in the user's code a node was created."""
-
-    file: str
-    line: int
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}"
 
 
 @dataclass(frozen=True)
@@ -144,8 +116,6 @@ class Graph:
 
     def __str__(self) -> str:
         """The graph in the IR text format (`needle.ir.printer.print_graph`)."""
-        from .printer import print_graph
-
         return print_graph(self)
 
 

@@ -15,9 +15,12 @@ round-trip exactly, plus `inf`, `-inf`, `nan`; double-quoted strings; `True`, `F
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .graph import _DTYPE_SHORT, Graph, Node, TensorType, ValueType
+from .types import _DTYPE_SHORT, TensorType, ValueType
+
+if TYPE_CHECKING:
+    from .graph import Graph, Node
 
 __all__ = ["print_graph", "format_node", "format_type", "format_value", "format_attrs"]
 

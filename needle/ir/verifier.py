@@ -27,7 +27,9 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Optional
 
+from ..errors import OpError
 from .graph import GRAPH_OPS, ROLES, Graph, Node, TensorType
+from .op_table import OPS, op_from_node
 from .printer import format_type
 
 __all__ = ["IRVerifyError", "verify", "check_invariants", "INVARIANTS"]
@@ -59,8 +61,6 @@ class IRVerifyError(ValueError):
 def verify(graph: Graph, invariants: Iterable[str] = ()) -> None:
     """Check the graph's structure and types, and the named `invariants`; raise IRVerifyError."""
     invariants = _known(invariants)
-    from ..ops import OPS
-
     types: dict[int, Any] = {}
     input_names: dict[str, int] = {}
     for node in graph.nodes:
@@ -97,8 +97,6 @@ def check_invariants(graph: Graph, invariants: Iterable[str]) -> None:
     invariants = _known(invariants)
     if not invariants:
         return
-    from ..ops import OPS
-
     for node in graph.nodes:
         if node.op == "grad" and "no_grad" in invariants:
             raise IRVerifyError("a grad node remains (the autodiff pass must replace every grad node)",
@@ -218,9 +216,6 @@ def _stand(t):
 
 
 def _check_registry_op(node: Node, in_types: list, fail):
-    from ..errors import OpError
-    from ..ops.registry import op_from_node
-
     args = [_stand(t) for t in in_types]
     tensors = [a for a in args if isinstance(a, _Stand)]
     if node.op == "ToDevice":  # rebuilding it would create a device; its shape is its input's

@@ -1,12 +1,13 @@
 """Module machinery and the basic layers (Linear, norms, dropout, losses)."""
 from __future__ import annotations
 
-from typing import Any, Dict, List
+from typing import Any, Dict, Iterator, List, Tuple
 
 import numpy as np
 
 from .. import init, ops
 from ..autograd import Tensor
+from .state import as_numpy
 
 
 class Parameter(Tensor):
@@ -175,9 +176,6 @@ class Module:
         tensors stay the same objects, so an optimizer built on them keeps working. Gradients
         move too, and modules' `device` attributes (used to create new tensors) are updated.
         Returns self."""
-        from ..autograd import Tensor as _Tensor
-        from .state import _named_tensors
-
         if isinstance(device, str):
             from .. import backend_selection
 
@@ -192,10 +190,10 @@ class Module:
                 continue
             seen.add(id(t))
             if t.device != device:
-                t.data = _Tensor(t.detach(), device=device, dtype=t.dtype, requires_grad=False)
+                t.data = Tensor(t.detach(), device=device, dtype=t.dtype, requires_grad=False)
             g = t.grad
             if g is not None and g.device != device:
-                t.grad = _Tensor(g.detach(), device=device, dtype=g.dtype, requires_grad=False)
+                t.grad = Tensor(g.detach(), device=device, dtype=g.dtype, requires_grad=False)
         for _, m in self.named_modules():
             if "device" in m.__dict__:
                 m.device = device
@@ -236,14 +234,10 @@ class Module:
 
     def state_dict(self) -> Dict[str, np.ndarray]:
         """Parameters and buffers (plain Tensor attributes) as numpy arrays, dotted names."""
-        from .state import module_state_dict
-
         return module_state_dict(self)
 
     def load_state_dict(self, state: Dict[str, Any], strict: bool = True) -> None:
         """Copy `state` into the module's tensors (validated first; nothing changes on error)."""
-        from .state import load_module_state_dict
-
         load_module_state_dict(self, state, strict=strict)
 
     def __call__(self, *args, **kwargs):
@@ -251,6 +245,59 @@ class Module:
 
     def forward(self, *args, **kwargs):
         raise NotImplementedError(f"{type(self).__name__}.forward is not implemented")
+
+
+# ---- state dicts: every Tensor attribute (parameters and buffers) by dotted name ----------
+
+
+def _named_tensors(value, prefix: str) -> Iterator[Tuple[str, Tensor]]:
+    if isinstance(value, Tensor):
+        yield prefix, value
+    elif isinstance(value, Module):
+        yield from _named_tensors(value.__dict__, prefix)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(k, str) and k.startswith("_"):
+                continue
+            yield from _named_tensors(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _named_tensors(v, f"{prefix}.{i}" if prefix else str(i))
+
+
+def named_tensors(module) -> Dict[str, Tensor]:
+    """Dotted name -> Tensor (the module's own objects, first occurrence wins)."""
+    out: Dict[str, Tensor] = {}
+    for name, t in _named_tensors(module, ""):
+        out.setdefault(name, t)
+    return out
+
+
+def module_state_dict(module) -> Dict[str, np.ndarray]:
+    return {name: np.array(t.numpy(), copy=True) for name, t in named_tensors(module).items()}
+
+
+def load_module_state_dict(module, state, strict: bool = True) -> None:
+    current = named_tensors(module)
+    arrays = {k: as_numpy(v) for k, v in state.items()}
+    if strict:
+        for name, t in current.items():
+            if name not in arrays:
+                raise ValueError(f"load_state_dict: missing key {name!r} (model shape {tuple(t.shape)}, "
+                                 f"not in the state dict)")
+        for name, a in arrays.items():
+            if name not in current:
+                raise ValueError(f"load_state_dict: unexpected key {name!r} (state dict shape "
+                                 f"{tuple(a.shape)}, not in the model)")
+    for name, t in current.items():
+        if name in arrays and tuple(arrays[name].shape) != tuple(t.shape):
+            raise ValueError(f"load_state_dict: shape mismatch for key {name!r}: state dict has "
+                             f"{tuple(arrays[name].shape)}, model has {tuple(t.shape)}")
+    new_data = {name: Tensor(arrays[name].astype(np.dtype(str(t.dtype)), copy=True), device=t.device,
+                             dtype=t.dtype, requires_grad=False)
+                for name, t in current.items() if name in arrays}
+    for name, value in new_data.items():
+        current[name].data = value
 
 
 class Identity(Module):

@@ -16,67 +16,16 @@ import hashlib
 import json
 import os
 import tempfile
-from typing import Dict, Iterator, Tuple
+from typing import Dict, Tuple
 
 import numpy as np
 
 from ..autograd import Tensor
 
 
-def _named_tensors(value, prefix: str) -> Iterator[Tuple[str, Tensor]]:
-    from .nn_basic import Module
-
-    if isinstance(value, Tensor):
-        yield prefix, value
-    elif isinstance(value, Module):
-        yield from _named_tensors(value.__dict__, prefix)
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            if isinstance(k, str) and k.startswith("_"):
-                continue
-            yield from _named_tensors(v, f"{prefix}.{k}" if prefix else str(k))
-    elif isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            yield from _named_tensors(v, f"{prefix}.{i}" if prefix else str(i))
-
-
-def named_tensors(module) -> Dict[str, Tensor]:
-    """Dotted name -> Tensor (the module's own objects, first occurrence wins)."""
-    out: Dict[str, Tensor] = {}
-    for name, t in _named_tensors(module, ""):
-        out.setdefault(name, t)
-    return out
-
-
-def module_state_dict(module) -> Dict[str, np.ndarray]:
-    return {name: np.array(t.numpy(), copy=True) for name, t in named_tensors(module).items()}
-
-
-def _as_numpy(value) -> np.ndarray:
+def as_numpy(value) -> np.ndarray:
+    """A Tensor's data, or any array-like, as a numpy array."""
     return value.numpy() if isinstance(value, Tensor) else np.asarray(value)
-
-
-def load_module_state_dict(module, state, strict: bool = True) -> None:
-    current = named_tensors(module)
-    arrays = {k: _as_numpy(v) for k, v in state.items()}
-    if strict:
-        for name, t in current.items():
-            if name not in arrays:
-                raise ValueError(f"load_state_dict: missing key {name!r} (model shape {tuple(t.shape)}, "
-                                 f"not in the state dict)")
-        for name, a in arrays.items():
-            if name not in current:
-                raise ValueError(f"load_state_dict: unexpected key {name!r} (state dict shape "
-                                 f"{tuple(a.shape)}, not in the model)")
-    for name, t in current.items():
-        if name in arrays and tuple(arrays[name].shape) != tuple(t.shape):
-            raise ValueError(f"load_state_dict: shape mismatch for key {name!r}: state dict has "
-                             f"{tuple(arrays[name].shape)}, model has {tuple(t.shape)}")
-    new_data = {name: Tensor(arrays[name].astype(np.dtype(str(t.dtype)), copy=True), device=t.device,
-                             dtype=t.dtype, requires_grad=False)
-                for name, t in current.items() if name in arrays}
-    for name, value in new_data.items():
-        current[name].data = value
 
 
 def save_checkpoint(path, tensors: Dict[str, np.ndarray], metadata: Dict[str, str] = None) -> None:
@@ -92,7 +41,7 @@ def save_checkpoint(path, tensors: Dict[str, np.ndarray], metadata: Dict[str, st
     for k, v in tensors.items():
         if not isinstance(k, str):
             raise TypeError(f"save_checkpoint: tensor names must be strings, got {k!r}")
-        arrays[k] = np.ascontiguousarray(_as_numpy(v))
+        arrays[k] = np.ascontiguousarray(as_numpy(v))
     metadata[CHECKSUMS] = json.dumps({k: _digest(a) for k, a in arrays.items()}, sort_keys=True)
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)

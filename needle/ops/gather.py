@@ -59,7 +59,7 @@ def check_ids(ids, n: int, error: str) -> None:
     Appends a scalar graph value counting the bad ids (negative, >= n, fractional or NaN) to
     the builder's `checks`, with `error` (the text eager mode raises) and the user's line;
     the compiled function raises it after a call where the count is non-zero."""
-    from ..ir import tracer
+    from ..trace import tracer
 
     builder = tracer.ACTIVE
     ids = ids if tracer.is_traced(ids) else builder.lift(ids)

@@ -76,7 +76,7 @@ class RandomUniform(TensorOp):
 
 def random_uniform(shape):
     """Uniform [0, 1) tensor inside a compiled function (seeded by COMPILED_RNG)."""
-    from ..ir import tracer
+    from ..trace import tracer
 
     builder = tracer.ACTIVE
     if builder is None:

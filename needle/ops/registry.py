@@ -31,9 +31,8 @@ from math import prod
 from typing import Any, Callable, ClassVar, NamedTuple, Optional
 
 from ..errors import OpError
+from ..ir.op_table import OPS, op_from_node  # noqa: F401  (filled here, read by the IR)
 
-#: every op class by name
-OPS: dict[str, type["Op"]] = {}
 
 Shape = tuple[int, ...]
 
@@ -183,13 +182,6 @@ def moves_data(cls) -> bool:
     """Views and the index maps that pick between pieces or zeros (Dilate, UnSlice, Concat,
     Stack): their groups do no arithmetic."""
     return cls.moves_data
-
-
-def op_from_node(name: str, attrs: dict[str, Any]) -> Op:
-    """The registry op named `name` with the given IR attributes."""
-    if name not in OPS:
-        raise KeyError(f"unknown op {name!r}; registered ops: {', '.join(sorted(OPS))}")
-    return OPS[name].from_attrs(attrs)
 
 
 def normalize_axes(op: Op, axes, ndim: int) -> Optional[tuple[int, ...]]:

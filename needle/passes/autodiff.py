@@ -15,7 +15,7 @@ pipeline's `decompose_rest` expands them.
 from __future__ import annotations
 
 from ..ir.graph import Graph
-from ..ir.tracer import GraphBuilder, tracing
+from ..trace.tracer import GraphBuilder, tracing
 from ..ir.verifier import IRVerifyError, check_invariants
 from .manager import FunctionPass, PassError, register_pass
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..ir.graph import Graph, Node
-from ..ir.tracer import GraphBuilder, tracing
+from ..trace.tracer import GraphBuilder, tracing
 from .manager import FunctionPass, PassError, PassResult, register_pass
 
 #: expansion rounds before giving up on decompositions that keep producing composites

@@ -6,7 +6,7 @@ import pytest
 
 import needle as ndl
 import needle.nn as nn
-from needle.ir.tracer import TraceError
+from needle.trace.tracer import TraceError
 from tests.conftest import close, tensor
 
 

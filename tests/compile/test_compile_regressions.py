@@ -9,7 +9,8 @@ import pytest
 import needle as ndl
 import needle.nn as nn
 from needle.ir.graph import TensorType
-from needle.ir.tracer import GraphBuilder, tracing
+from needle.ops import OPS
+from needle.trace.tracer import GraphBuilder, tracing
 from needle.passes.dce import DeadCodeElimination
 from needle.runtime import run_graph
 from tests.conftest import FLOAT
@@ -333,7 +334,10 @@ def test_vjp_that_emits_a_composite_compiles_under_the_verifier():
     def _(g, a):
         return g * ndl.sigmoid(a)
 
-    x = ndl.Tensor(np.random.default_rng(3).standard_normal((3, 4)).astype(np.float32), requires_grad=True)
-    softplus(x).sum().backward()
-    step = ndl.compile(lambda t: ndl.grad(lambda u: softplus(u).sum())(t))
-    np.testing.assert_allclose(step(x).numpy(), x.grad.numpy(), rtol=1e-5, atol=1e-6)
+    try:
+        x = ndl.Tensor(np.random.default_rng(3).standard_normal((3, 4)).astype(np.float32), requires_grad=True)
+        softplus(x).sum().backward()
+        step = ndl.compile(lambda t: ndl.grad(lambda u: softplus(u).sum())(t))
+        np.testing.assert_allclose(step(x).numpy(), x.grad.numpy(), rtol=1e-5, atol=1e-6)
+    finally:
+        OPS.pop("softplus_test", None)  # other tests list the registered ops

@@ -20,7 +20,7 @@ from typing import Any, Iterator, Optional
 import numpy as np
 
 from ..errors import NeedleError, user_frame
-from .graph import Graph, Node, SourceLoc, TensorType, make_attrs
+from ..ir.graph import Graph, Node, SourceLoc, TensorType, make_attrs
 
 _local = threading.local()
 
