@@ -21,7 +21,6 @@ import os
 import sys
 import threading
 import time
-import types
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -33,6 +32,7 @@ from .backend_selection import BACKEND, array_api, default_device as _default_de
 from .trace import tracer
 from .trace.autodiff_request import request_gradients
 from .ir.graph import Graph
+from .trace import state as trace_state
 from .trace.tracer import GraphBuilder, tensor_type_of, tracing
 from .passes import pipeline
 from .passes.manager import PassContext
@@ -180,12 +180,12 @@ class CompiledFunction:
     # ---- tracing ------------------------------------------------------------------------
     def _compile(self, args: tuple, kwargs: dict) -> _Entry:
         start = time.perf_counter()
-        roots = _roots(self.fn, args, kwargs)
+        roots = trace_state.roots(self.fn, args, kwargs)
         named = guards.name_guards(self.fn)
-        for obj in _state_snapshot(roots, named)[1]:
-            for opt in _optimizers(obj):
+        for obj in trace_state.state_snapshot(roots, named)[1]:
+            for opt in trace_state.optimizers(obj):
                 opt.init_state()  # buffers eager creates on the first step, zero-filled
-        holders, stateful, objects = _state_snapshot(roots, named)
+        holders, stateful, objects = trace_state.state_snapshot(roots, named)
         builder = GraphBuilder(getattr(self.fn, "__qualname__", "fn"), birth=autograd._BIRTHS + 1)
         builder.slots = {id(t): (obj, key, path) for obj, key, t, path in holders.values()}
         traced_args = [self._trace_arg(builder, a, f"arg{i}", ("arg", i)) for i, a in enumerate(args)]
@@ -197,8 +197,8 @@ class CompiledFunction:
                 flat, structure = _flatten(result)
                 out_ids = [(x if x._trace is not None else builder.lift(x))._trace.node_id for x in flat]
         finally:
-            slot_updates = _take_slot_updates(holders)
-            created = _take_new_traced_entries(roots, named, holders)
+            slot_updates = trace_state.take_slot_updates(holders)
+            created = trace_state.take_new_traced_entries(roots, named, holders)
             for target, _ in builder.data_updates.values():
                 target._trace = None
             for external, _ in builder.grad_targets:
@@ -210,7 +210,7 @@ class CompiledFunction:
                 f"{self.fn.__qualname__} creates state while compiled ({', '.join(created)}): a "
                 "compiled function can only update state that exists before it is called; create "
                 "it (e.g. zero-filled) before the first call")
-        binding_of = _bindings_by_tensor(builder)  # tensors made by the trace have none: not written
+        binding_of = trace_state.bindings_by_tensor(builder)  # tensors made by the trace have none: not written
         writes = ([("grad", binding_of[id(ext)], g) for ext, g in builder.grad_targets if id(ext) in binding_of]
                   + [("data", binding_of[id(t)], v) for t, v in builder.data_updates.values() if id(t) in binding_of]
                   + [("slot", (obj, key), v) for obj, key, v in slot_updates]
@@ -327,7 +327,7 @@ class CompiledFunction:
             elif kind == "const":
                 value = binding[1]
             else:
-                tensor = _resolve(binding, args, kwargs)
+                tensor = trace_state.resolve_binding(binding, args, kwargs)
                 if not isinstance(tensor, Tensor):
                     return None, f"`{name}` is now a {type(tensor).__name__}, not a Tensor"
                 value = tensor.realize_cached_data()
@@ -350,11 +350,11 @@ class CompiledFunction:
                 raise IdError(message)
         for (kind, target), value in zip(entry.writes, extra):
             if kind == "grad":
-                _resolve(target, args, kwargs).grad = Tensor.make_const(value)
+                trace_state.resolve_binding(target, args, kwargs).grad = Tensor.make_const(value)
             elif kind == "data":
-                _resolve(target, args, kwargs).cached_data = value
+                trace_state.resolve_binding(target, args, kwargs).cached_data = value
             elif kind == "slot":
-                _set(*target, Tensor.make_const(value))
+                trace_state.set_slot(*target, Tensor.make_const(value))
             elif kind == "hyper":
                 holder, attr = target
                 number = float(_scalar(value))
@@ -424,140 +424,6 @@ def _node_of(builder, value) -> int:
     if value._trace is None:
         value = builder.lift(value)
     return value._trace.node_id
-
-
-def _roots(fn, args=(), kwargs=None) -> list:
-    """(name, object) for what a function can reach: arguments, closure cells, globals it
-    names, and the bound instance of a method."""
-    roots = [(f"arg{i}", a) for i, a in enumerate(args)] + list((kwargs or {}).items())
-    code = getattr(fn, "__code__", None)
-    for name, cell in zip(code.co_freevars if code else (), getattr(fn, "__closure__", None) or ()):
-        try:
-            roots.append((name, cell.cell_contents))
-        except ValueError:
-            continue
-    fn_globals = getattr(fn, "__globals__", {})
-    roots += [(n, fn_globals[n]) for n in (code.co_names if code else ()) if n in fn_globals]
-    bound = getattr(fn, "__self__", None)
-    if bound is not None:
-        roots.append(("self", bound))
-    return roots
-
-
-def _optimizers(obj) -> list:
-    return [obj] if hasattr(obj, "params") and hasattr(obj, "_buffer_names") else []
-
-
-def _state_snapshot(roots: list, named: list = ()) -> tuple[dict, list, dict]:
-    """What a trace can read outside its arguments:
-    * slots: {(id(holder), key): (holder, key, tensor, path)} for each attribute, dict or list
-      entry, global or closure variable holding a Tensor (path like `model.modules[0].weight`);
-    * the modules and optimizers found on the way;
-    * objects: {id(obj): (obj, path)} of the objects whose attributes a trace may read."""
-    snapshot: dict = {}
-    stateful: list = []
-    objects: dict = {}
-    seen: set = set()
-
-    def visit(obj, depth, path):
-        if depth > 64 or id(obj) in seen:
-            return
-        seen.add(id(obj))
-        if isinstance(obj, (list, tuple, dict)):
-            for key, item in (obj.items() if isinstance(obj, dict) else enumerate(obj)):
-                if isinstance(item, autograd.Value) and not isinstance(obj, tuple):
-                    snapshot[(id(obj), key)] = (obj, key, item, f"{path}[{key!r}]")
-                visit(item, depth + 1, f"{path}[{key!r}]")
-        elif _is_state_holder(obj):
-            objects[id(obj)] = (obj, path)
-            if _optimizers(obj) or (hasattr(obj, "training") and hasattr(obj, "_children")):
-                stateful.append(obj)
-            for key, item in list(vars(obj).items()):
-                if isinstance(item, autograd.Value):
-                    snapshot[(id(obj), key)] = (obj, key, item, f"{path}.{key}")
-                else:
-                    visit(item, depth + 1, f"{path}.{key}")
-
-    for label, guard, holder, key in named:  # globals and closure variables holding tensors
-        if isinstance(guard.value, autograd.Value):
-            snapshot[(id(holder), key)] = (holder, key, guard.value, label.split("`")[1])
-    for name, root in roots:
-        visit(root, 0, name)
-    return snapshot, stateful, objects
-
-
-def _take_new_traced_entries(roots: list, named: list, snapshot: dict) -> list:
-    """Remove dict entries and attributes that the trace created holding traced values; name them."""
-    current = _state_snapshot(roots, named)[0]
-    created = []
-    for key, (obj, name, value, path) in current.items():
-        if key not in snapshot and value._trace is not None:
-            created.append(path)
-            if isinstance(obj, dict):
-                del obj[name]
-            elif isinstance(obj, list):
-                obj[name] = None
-            else:
-                delattr(obj, name)
-    return created
-
-
-def _is_state_holder(obj) -> bool:
-    """Objects whose attributes may hold tensors: instances of user or needle classes
-    (modules, optimizers, training jobs), not modules, functions, classes or arrays."""
-    if isinstance(obj, (types.ModuleType, types.FunctionType, types.BuiltinFunctionType, type,
-                        np.ndarray, str, bytes, autograd.Value)):
-        return False
-    return hasattr(obj, "__dict__") and type(obj).__module__ not in ("builtins", "numpy")
-
-
-def _get(holder, key):
-    """holder[key] for a dict or list, else the attribute (a cell's `cell_contents` too)."""
-    return holder[key] if isinstance(holder, (dict, list)) else getattr(holder, key)
-
-
-def _set(holder, key, value) -> None:
-    if isinstance(holder, (dict, list)):
-        holder[key] = value
-    else:
-        setattr(holder, key, value)
-
-
-def _take_slot_updates(snapshot: dict) -> list:
-    """(holder, key, traced value) for every snapshotted slot the trace reassigned; each
-    slot gets its old tensor back (the compiled call writes the new value after running)."""
-    updates = []
-    for obj, key, old, _ in snapshot.values():
-        try:
-            current = _get(obj, key)
-        except (AttributeError, KeyError, IndexError, ValueError):
-            continue
-        if current is not old and isinstance(current, autograd.Value) and current._trace is not None:
-            updates.append((obj, key, current))
-            _set(obj, key, old)
-    return updates
-
-
-def _bindings_by_tensor(builder: GraphBuilder) -> dict:
-    """{id(tensor): binding of the graph input standing for it} for the tensors a trace read."""
-    by_node = {nid: bound for nid, bound, _ in builder.inputs}
-    return {key: by_node[proxy._trace.node_id] for key, (_, proxy) in builder.lifted.items()
-            if proxy._trace.node_id in by_node}
-
-
-def _resolve(binding: tuple, args: tuple, kwargs: dict):
-    """The object a tensor binding names at this call."""
-    kind = binding[0]
-    if kind == "arg":
-        return args[binding[1]]
-    if kind == "kwarg":
-        return kwargs[binding[1]]
-    if kind == "slot":
-        try:
-            return _get(binding[1], binding[2])
-        except (AttributeError, KeyError, IndexError, ValueError):
-            return None
-    return binding[1]
 
 
 def _scalar(value) -> float:
