@@ -11,8 +11,8 @@ How each group becomes kernels:
 
 * **elementwise / reduce**: the group plus the view nodes it reads through (`views.expand`)
   is lowered with `needle.codegen.lower` and bound to the grid (`schedule.bind`). When
-  `lower` refuses (ops it does not handle yet: UnSlice, Dilate, Concat, Stack, Gather,
-  Flip), the group is *split*: each such op is materialised into scratch by a pointwise
+  `lower` refuses (a Gather, outputs of different sizes...), the group is *split*: each
+  op of `HARD_OPS` (the view walker's `PIECES`) is materialised into scratch by a pointwise
   kernel built with the view walker (values it reads that are computed in the group are
   materialised first by their own lowered kernels), and the rest of the group is lowered
   with those values as inputs.
@@ -35,19 +35,21 @@ from typing import Optional
 import numpy as np
 
 from ...ir.graph import Graph, Node
+from ...ops.registry import OPS
 from ...passes.pipeline import KernelPlan, plan_kernels
 from ...passes.schedule import plan_groups
-from ..loop_ir import (AccInit, AccRef, AccUpdate, Binary, Cmp, FConst, For, IBin, IConst, IVar, Load, LoopKernel,
-                       Select, Store, Unary, linearize)
+from ..loop_ir import (BINARY_OPS, UNARY_OPS, AccInit, AccRef, AccUpdate, Binary, Cmp, FConst, For, IBin, IConst, IVar,
+                       Load, LoopKernel, Select, Store, Unary, linearize)
 from .gpu_ir import GpuKernel, ICmp
 from .schedule import bind_all
 from .templates import (Operand, conv_data_operands, conv_filter_operands, conv_operands, fill_kernel, gemm_kernel,
                         pointwise_kernel, rand_kernel, scatter_add_kernels)
-from .views import NotWalkable, Walker, expand, rewrite_tuples
+from .views import PIECES, NotWalkable, Walker, expand, rewrite_tuples
 
 ALIGN = 256
-#: ops materialised by the split path when `lower` refuses a group
-HARD_OPS = ("UnSlice", "Dilate", "Concat", "Stack", "Gather", "Flip", "UnDilate", "ToDevice")
+#: ops the split path materialises with the view walker: the maps that pick between pieces
+#: or zeros, and Gather
+HARD_OPS = frozenset(PIECES)
 
 
 class CudaCodegenError(NotImplementedError):
@@ -119,10 +121,6 @@ class _Unknown(Exception):
     pass
 
 
-_KNOWN_UNARY = ("neg", "exp", "log", "tanh", "sqrt")
-_KNOWN_BINARY = ("add", "sub", "mul", "div", "pow")
-
-
 def check_known(lk: LoopKernel) -> None:
     """Raise _Unknown unless the loop kernel uses only node types the CUDA renderer and the
     emulator know (the loop IR may grow; unknown nodes send the group to the split path)."""
@@ -145,9 +143,9 @@ def check_known(lk: LoopKernel) -> None:
             return
         if isinstance(e, Load):
             return idx(e.index)
-        if isinstance(e, Unary) and e.op in _KNOWN_UNARY:
+        if isinstance(e, Unary) and e.op in UNARY_OPS:
             return val(e.a)
-        if isinstance(e, Binary) and e.op in _KNOWN_BINARY:
+        if isinstance(e, Binary) and e.op in BINARY_OPS:
             val(e.a)
             return val(e.b)
         if isinstance(e, Cmp):
@@ -385,10 +383,10 @@ class _Builder:
             origin[n.id] = leaves[k]
         done = set(loc)
         hard = [n.id for n in sub.nodes if n.op in HARD_OPS]
-        if not hard:
+        if not hard:  # nothing to materialise: the rest must lower, or this would recurse
             try:
-                lower(sub)
-            except LoweringError as e:
+                check_known(lower(sub))
+            except (LoweringError, _Unknown) as e:
                 raise CudaCodegenError(f"cannot lower {sorted({n.op for n in sub.nodes})}: {e}") from e
         for h in hard:
             while True:
@@ -476,23 +474,15 @@ class _Builder:
         walker = Walker(sub, leaf)
         size = prod(node.type.shape)
         self._sizes = {f"in{k}": prod(n.type.shape) for k, n in enumerate(sub.inputs)}
-        if node.op == "MatMul":
-            index_of = self._matmul_index(node)
-        elif node.op in ("Conv", "ConvBackwardData", "ConvBackwardFilter"):
-            index_of = self._conv_index(node)
-        else:
+        if node.op not in _EXTERN:
             raise CudaCodegenError(f"extern op {node.op} has no CUDA template")
-        fused = self._fused_epilogue(g, anchor, epi, outs, index_of, aloc is not None) if epi else None
+        how, index, emit = _EXTERN[node.op]
+        fused = self._fused_epilogue(g, anchor, epi, outs, *index(node), aloc is not None) if epi else None
         if fused is None and aloc is None:
             aloc = self.scratch(4 * size)
         gemm_args = {} if fused is None else {"epilogue": fused[0], "outputs": [(n, s) for n, s, _ in fused[1]],
                                               "extra_inputs": [(n, s) for n, s, _ in fused[2]]}
-        if node.op == "MatMul":
-            kernel, detail = self.matmul(walker, sub, node, size, **gemm_args)
-            how = "gemm"
-        else:
-            kernel, detail = self.conv(walker, sub, node, size, **gemm_args)
-            how = "conv" if node.op == "Conv" else "conv_grad"
+        kernel, detail = emit(self, walker, sub, node, size, **gemm_args)
         locs = {f"in{k}": self.home[v] if self.g.node(v).op != "const" else None for k, v in enumerate(leaves)}
         if fused is None:
             locs["out0"] = aloc
@@ -512,22 +502,23 @@ class _Builder:
 
     @staticmethod
     def _matmul_index(node):
+        """(the output index of GEMM element (m, n) in batch `bvars`, the number of batch axes)."""
         def index_of(bvars, gm, gn):
             return tuple(bvars) + (gm, gn)
-        return index_of
+        return index_of, len(node.type.shape) - 2
 
     @staticmethod
     def _conv_index(node):
-        """The output index of GEMM element (m, n) for the conv ops: m runs over the first
-        three output axes (row-major), n over the last."""
+        """The conv ops' `_matmul_index`: m runs over the first three output axes (row-major),
+        n over the last; no batch axes."""
         _, d1, d2, _ = node.type.shape
         from ..loop_ir import idiv, imod
 
         def index_of(bvars, gm, gn):
             return (idiv(gm, d1 * d2), imod(idiv(gm, d2), d1), imod(gm, d2), gn)
-        return index_of
+        return index_of, 0
 
-    def _fused_epilogue(self, g, anchor, epi, outs, index_of, anchor_stored: bool):
+    def _fused_epilogue(self, g, anchor, epi, outs, index_of, batch: int, anchor_stored: bool):
         """(epilogue(bvars, m, n, value) -> [Store], outputs [(name, size, Loc)], extra inputs
         [(name, size, Loc)]) computing the group's elementwise epilogue in the GEMM's store,
         or None when it is not elementwise at the GEMM's own element (views of the result,
@@ -574,7 +565,6 @@ class _Builder:
 
         from .gpu_ir import TileRef
         try:
-            batch = len(shape) - 2 if anchor.op == "MatMul" else 0
             epilogue(tuple(IVar(f"b{k}") for k in range(batch)), IVar("gm"), IVar("gn"), TileRef("c", 0, 0))
         except NotWalkable:
             return None
@@ -582,10 +572,11 @@ class _Builder:
         return epilogue, outputs, extra
 
     def _reshape_chain(self, anchor, epi, outs) -> bool:
+        """Whether the epilogue is a chain of ops sharing the anchor's memory (reshapes)."""
         cur = anchor
         for v in epi:
             n = self.g.node(v)
-            if n.op != "Reshape" or n.inputs[0] != cur:
+            if not OPS[n.op].aliases_input or n.inputs[0] != cur:
                 return False
             cur = v
         return outs == [cur]
@@ -635,12 +626,7 @@ class _Builder:
         sx, sw = sub.node(x).type.shape, sub.node(w).type.shape
         stride, padding = node.attr("stride", 1), node.attr("padding", 0)
         xf, wf = (lambda idx: walker.value(x, idx)), (lambda idx: walker.value(w, idx))
-        if node.op == "Conv":
-            a, b, (M, N, K) = conv_operands(xf, wf, sx, sw, stride, padding, [], [])
-        elif node.op == "ConvBackwardData":
-            a, b, (M, N, K) = conv_data_operands(xf, wf, sx, sw, tuple(node.attr("size")), stride, padding)
-        else:
-            a, b, (M, N, K) = conv_filter_operands(xf, wf, sx, sw, tuple(node.attr("kernel")), stride, padding)
+        a, b, (M, N, K) = _CONV_OPERANDS[node.op](xf, wf, sx, sw, node, stride, padding)
         kernel = self._gemm(a.fn, b.fn, M, N, K, (), size, note=f"{node.op} stride {stride} padding {padding}",
                             **gemm_args)
         return kernel, f"{node.op} as an implicit GEMM M={M} N={N} K={K} stride={stride} padding={padding}"
@@ -668,39 +654,42 @@ class _Builder:
                 inputs.append((node_.id, o))
             return Load(names[node_.id], linearize(idx, node_.type.shape))
 
-        walker = Walker(sub, leaf)
-        shape = node.type.shape
-        if node.op == "RandomUniform":
-            counter = walker.value(n.inputs[0], ())
-            base = walker.value(n.inputs[1], ())
-            ins = [(names[i], prod(sub.node(i).type.shape)) for i, _ in inputs]
-            kernel = rand_kernel(self.name("_rng"), shape, counter, base, n.attr("stream", 0), ins)
-            self.launch(kernel, [self.home[o] for _, o in inputs] + [self.home[v]])
-            return "rng", f"stream {n.attr('stream', 0)}"
-        if node.op == "IndexAdd":
-            values, indices = n.inputs
-            vshape = sub.node(values).type.shape
-            k = len(sub.node(indices).type.shape)
-            vfn = lambda idx: walker.value(values, idx)  # noqa: E731
-            ifn = lambda idx: walker.value(indices, idx)  # noqa: E731
-            # trace once to learn the buffers
-            probe = [IVar(f"i{d}") for d in range(len(vshape))]
-            vfn(tuple(probe))
-            ifn(tuple(probe[:k]))
-            ins = [(names[i], prod(sub.node(i).type.shape)) for i, _ in inputs]
-            zero, scatter = scatter_add_kernels(self.name("_index_add"), shape, vshape, k, vfn, ifn, ins)
-            self.launch(zero, [self.home[v]])
-            self.launch(scatter, [self.home[o] for _, o in inputs] + [self.home[v]])
-            return "index_add", "zero + atomicAdd scatter"
-        if node.op == "ToDevice":
-            src = n.inputs[0]
-            fn = lambda idx: walker.value(src, idx)  # noqa: E731
-            fn(tuple(IVar(f"i{d}") for d in range(len(shape))))
-            ins = [(names[i], prod(sub.node(i).type.shape)) for i, _ in inputs]
-            kernel = pointwise_kernel(self.name("_copy"), shape, fn, ins)
-            self.launch(kernel, [self.home[o] for _, o in inputs] + [self.home[v]])
-            return "copy", "ToDevice"
-        raise CudaCodegenError(f"opaque op {node.op} has no CUDA template")
+        if node.op not in _OPAQUE:
+            raise CudaCodegenError(f"opaque op {node.op} has no CUDA template")
+        return _OPAQUE[node.op](self, Walker(sub, leaf), sub, n, v, names, inputs)
+
+    def _rng(self, walker, sub, n, v, names, inputs):
+        counter = walker.value(n.inputs[0], ())
+        base = walker.value(n.inputs[1], ())
+        ins = [(names[i], prod(sub.node(i).type.shape)) for i, _ in inputs]
+        kernel = rand_kernel(self.name("_rng"), n.type.shape, counter, base, n.attr("stream", 0), ins)
+        self.launch(kernel, [self.home[o] for _, o in inputs] + [self.home[v]])
+        return "rng", f"stream {n.attr('stream', 0)}"
+
+    def _index_add(self, walker, sub, n, v, names, inputs):
+        values, indices = n.inputs
+        vshape = sub.node(values).type.shape
+        k = len(sub.node(indices).type.shape)
+        vfn = lambda idx: walker.value(values, idx)  # noqa: E731
+        ifn = lambda idx: walker.value(indices, idx)  # noqa: E731
+        # trace once to learn the buffers
+        probe = [IVar(f"i{d}") for d in range(len(vshape))]
+        vfn(tuple(probe))
+        ifn(tuple(probe[:k]))
+        ins = [(names[i], prod(sub.node(i).type.shape)) for i, _ in inputs]
+        zero, scatter = scatter_add_kernels(self.name("_index_add"), n.type.shape, vshape, k, vfn, ifn, ins)
+        self.launch(zero, [self.home[v]])
+        self.launch(scatter, [self.home[o] for _, o in inputs] + [self.home[v]])
+        return "index_add", "zero + atomicAdd scatter"
+
+    def _copy(self, walker, sub, n, v, names, inputs):
+        src = n.inputs[0]
+        fn = lambda idx: walker.value(src, idx)  # noqa: E731
+        fn(tuple(IVar(f"i{d}") for d in range(len(n.type.shape))))
+        ins = [(names[i], prod(sub.node(i).type.shape)) for i, _ in inputs]
+        kernel = pointwise_kernel(self.name("_copy"), n.type.shape, fn, ins)
+        self.launch(kernel, [self.home[o] for _, o in inputs] + [self.home[v]])
+        return "copy", n.op
 
     # ---- graph outputs ---------------------------------------------------------------
     def outputs(self):
@@ -742,6 +731,22 @@ class _Builder:
             ins = [(names[i], prod(sub.node(i).type.shape)) for i, _ in inputs]
             kernel = pointwise_kernel(self.name("_copy"), shape, fn, ins)
             self.launch(kernel, [self.home[o] for _, o in inputs] + [Loc("out", k)], note=f"output {k}: copy of %{v}")
+
+
+#: extern op -> (its report's `how`, its GEMM element's output index, the method emitting the GEMM)
+_EXTERN = {"MatMul": ("gemm", _Builder._matmul_index, _Builder.matmul),
+           "Conv": ("conv", _Builder._conv_index, _Builder.conv),
+           "ConvBackwardData": ("conv_grad", _Builder._conv_index, _Builder.conv),
+           "ConvBackwardFilter": ("conv_grad", _Builder._conv_index, _Builder.conv)}
+#: conv op -> its implicit GEMM's operands (x, w: index -> value; their shapes; the node)
+_CONV_OPERANDS = {
+    "Conv": lambda xf, wf, sx, sw, node, s, p: conv_operands(xf, wf, sx, sw, s, p, [], []),
+    "ConvBackwardData": lambda xf, wf, sx, sw, node, s, p: conv_data_operands(xf, wf, sx, sw, tuple(node.attr("size")),
+                                                                               s, p),
+    "ConvBackwardFilter": lambda xf, wf, sx, sw, node, s, p: conv_filter_operands(xf, wf, sx, sw,
+                                                                                   tuple(node.attr("kernel")), s, p)}
+#: opaque op -> the method emitting its kernels
+_OPAQUE = {"RandomUniform": _Builder._rng, "IndexAdd": _Builder._index_add, "ToDevice": _Builder._copy}
 
 
 def _cut(sub: Graph, outputs, stops):
