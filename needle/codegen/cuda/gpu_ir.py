@@ -31,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ..loop_ir import (AccInit, AccRef, AccUpdate, Binary, Cmp, FConst, IBin, IConst, IVar, Load,
+from ..loop_ir import (ACC_IDENTITY, AccInit, AccRef, AccUpdate, Binary, Cmp, FConst, IBin, IConst, IVar, Load,
                        Select, Store, Unary)
 
 __all__ = ["GpuKernel", "GParam", "IDecl", "ICmp", "IAnd", "IOr", "IFloat", "Loop", "If", "Decl",
@@ -42,8 +42,6 @@ __all__ = ["GpuKernel", "GParam", "IDecl", "ICmp", "IAnd", "IOr", "IFloat", "Loo
 
 #: thread/block coordinates every kernel defines
 THREAD_VARS = ("tx", "ty", "bx", "by", "bz")
-#: identity of each accumulator op
-ACC_IDENTITY = {"sum": 0.0, "max": float("-inf")}
 
 
 # ---- index-side extensions ----------------------------------------------------------------
