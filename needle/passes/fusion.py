@@ -45,7 +45,7 @@ from math import prod
 from typing import Optional
 
 from ..ir.graph import Graph, Node, topological_order
-from ..ops.registry import reduced_axes
+from ..ops.registry import is_view, moves_data, op_names, reduced_axes
 from .manager import Analysis, register_pass
 
 __all__ = ["FusedGroup", "FusionPlan", "FusionPass", "plan_fusion", "format_plan", "format_why_not", "node_class",
@@ -57,9 +57,11 @@ _FREE = ("input", "const")
 #: the most nodes one group (kernel) holds (the course models' largest hold about 60)
 MAX_GROUP_NODES = 256
 
-#: pure index maps (no arithmetic): their groups do no work unless they hold other ops
-VIEW_OPS = frozenset({"Reshape", "Permute", "Transpose", "BroadcastTo", "GetItem", "Flip",
-                      "Dilate", "UnDilate", "UnSlice", "Concat", "Stack"})
+#: ops that only move data (views, and the maps that pick between pieces or zeros): their
+#: groups do no work unless they hold other ops
+VIEW_OPS = op_names(moves_data)
+#: bijective views (Reshape, Permute, Transpose): a GEMM reads them as strided operands
+_BIJECTIVE_VIEWS = op_names(lambda c: is_view(c) and c.inverse_index_map is not None)
 
 
 def node_class(node: Node) -> str:
@@ -240,7 +242,7 @@ class _Planner:
 
     def _gemm_operand(self, nodes: set) -> bool:
         """Transposes/reshapes read only by extern ops: the GEMM reads them as strided operands."""
-        if not all(self.g.node(n).op in ("Transpose", "Permute", "Reshape") for n in nodes):
+        if not all(self.g.node(n).op in _BIJECTIVE_VIEWS for n in nodes):
             return False
         outside = [u for n in nodes for u in self.users[n] if u not in nodes]
         return bool(outside) and not (nodes & self.returned) and \

@@ -51,6 +51,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ..ir.graph import Graph, TensorType
+from ..ops.registry import op_names
 from .manager import Analysis, register_pass
 from .schedule import Schedule, _op_kind, plan_groups
 
@@ -59,8 +60,8 @@ __all__ = ["MemoryPlan", "MemoryPlanPass", "plan_memory", "check_plan", "PlanErr
 
 CPU_ALIGNMENT = 64
 GPU_ALIGNMENT = 256
-#: single-node kernels that alias their input instead of copying it
-VIEW_OPS = ("Reshape", "Detach")
+#: single-node kernels that alias their input instead of copying it (Reshape, Detach)
+VIEW_OPS = op_names(lambda c: c.aliases_input)
 
 
 def _align(n: int, a: int) -> int:
