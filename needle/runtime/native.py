@@ -40,6 +40,7 @@ import numpy as np
 
 from ..backend_selection import array_api
 from ..ir.graph import Graph, TensorType
+from ..ops.registry import op_from_node
 from ..passes.fusion import node_class
 from ..passes.schedule import plan_groups
 from . import profile as _profile
@@ -523,11 +524,12 @@ class NativeExecutor:
         shape = node.type.shape
         trans = False
         base = v
-        if self._is_view(v) and node.op in ("Transpose", "Permute"):
+        op = op_from_node(node.op, node.attr_dict) if self._is_view(v) else None
+        if hasattr(op, "_perm"):  # a permutation of the axes
             nd = len(shape)
-            if _perm(node, nd) == tuple(range(nd - 2)) + (nd - 1, nd - 2):
+            if tuple(op._perm(nd)) == tuple(range(nd - 2)) + (nd - 1, nd - 2):
                 base, trans = node.inputs[0], True
-        elif self._is_view(v) and node.op == "Reshape":
+        elif op is not None and op.aliases_input:
             base = node.inputs[0]   # a reshape of a compact buffer is the same memory
         slot = self._slot_of(base)
         rows, cols = shape[-2], shape[-1]
@@ -653,13 +655,6 @@ class NativeExecutor:
 _CONV_OPS = ("Conv", "ConvBackwardData", "ConvBackwardFilter")
 #: program.cc's conv_blocked: at most this many threads, each with a patch block of this size
 _CONV_THREADS, _CONV_BLOCK_BYTES = 8, 256 << 10
-
-
-def _perm(node, ndim: int) -> tuple:
-    from ..ops.registry import op_from_node
-
-    op = op_from_node(node.op, node.attr_dict)
-    return tuple(op._perm(ndim)) if node.op == "Transpose" else tuple(op.axes)
 
 
 def _view(address: int, t) -> np.ndarray:
