@@ -1,13 +1,13 @@
 """The compiled CUDA executor: a whole graph as one native entry point on the GPU.
 
-    runner = CudaGraphExecutor(graph, fusion_plan, schedule, memory_plan)
+    runner = CudaGraphExecutor(graph, plan)   # plan: the pipeline's KernelPlan (None: planned here)
     outputs = runner(inputs)          # cuda NDArrays in (other arrays are copied over), out
 
-At construction the graph becomes a CUDA program (`needle.codegen.cuda.build_program`: every
-fusion group as generated kernels, GEMM/conv as tiled-GEMM kernels, arena offsets from the
-memory plan), rendered as one translation unit, compiled by nvcc for this GPU's compute
-capability into a shared library (cached on disk by source text, architecture and nvcc
-version) and loaded. The arena (the memory plan's bytes plus scratch for values internal to a
+At construction the graph becomes a CUDA program (`needle.codegen.cuda.build_program` of the
+`KernelPlan`: every fusion group as generated kernels, GEMM/conv as tiled-GEMM kernels, arena
+offsets from the memory plan; or `program=`, one already built), rendered as one translation
+unit, compiled by nvcc for this GPU's compute capability into a shared library (cached on
+disk by source text, architecture and nvcc version) and loaded. The arena (the memory plan's bytes plus scratch for values internal to a
 group) is one device allocation owned by the executor. A call makes the output arrays,
 passes every input/output pointer to the library's entry `needle_graph_<name>`, which launches
 every kernel in schedule order on the legacy default stream (the stream the cuda NDArray
@@ -22,22 +22,25 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from ..codegen.cuda.program import CudaProgram, build_program
+from ..passes.pipeline import KernelPlan
+
 
 class CudaGraphExecutor:
-    """Runs `graph` on the GPU (see the module docstring). `arch` overrides the detected
-    `sm_XY`; `program` may be given (a `CudaProgram` already built for this graph)."""
+    """Runs `graph` on the GPU (see the module docstring): the program of `plan` (None: the
+    cuda pipeline's analyses of `graph`), or `program`, a `CudaProgram` already built for this
+    graph. `arch` overrides the detected `sm_XY`."""
 
-    def __init__(self, graph, fusion_plan=None, schedule=None, memory_plan=None, *, arch: Optional[str] = None,
-                 synchronize: bool = True, program=None):
+    def __init__(self, graph, plan: Optional[KernelPlan] = None, *, program: Optional[CudaProgram] = None,
+                 arch: Optional[str] = None, synchronize: bool = True):
         from ..backend_ndarray import cuda
-        from ..codegen.cuda import build_program
         from ..codegen.cuda.build import GraphLibrary, compile_library, compute_capability
 
         self.graph = graph
         self.device = cuda()
         if not self.device.enabled():
             raise RuntimeError("CudaGraphExecutor needs the cuda device (ndarray_backend_cuda and a GPU)")
-        self.program = program or build_program(graph, fusion_plan, schedule, memory_plan)
+        self.program = program or build_program(graph, plan)
         self.source = self.program.source()
         self.arch = arch or compute_capability()
         self.library = GraphLibrary(compile_library(self.source, self.arch), self.program.symbol)
