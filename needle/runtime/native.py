@@ -442,16 +442,8 @@ class NativeExecutor:
         g = self.graph
         if len(group.node_ids) == 1:
             n = g.node(group.node_ids[0])
-            if n.op == "RandomUniform" and n.id in group.outputs:
-                counter, base = n.inputs
-                self._emit(["random", [self._slot_of(counter), self._slot_of(base), self._out_slot(n.id)],
-                            prod(n.type.shape), int(n.attr("stream"))], (n.id,), (n.id,), "native", f"k{group.id}")
-                return
-            if n.op == "IndexAdd" and n.id in group.outputs:
-                values, idx = n.inputs
-                self._emit(["index_add", [self._slot_of(values), self._slot_of(idx), self._out_slot(n.id)],
-                            prod(self._shape(idx)), n.type.shape[0], prod(n.type.shape[1:])],
-                           (n.id,), (n.id,), "native", f"k{group.id}")
+            if n.op in _NATIVE_STEPS and n.id in group.outputs:
+                self._emit(_NATIVE_STEPS[n.op](self, n), (n.id,), (n.id,), "native", f"k{group.id}")
                 return
         ex = self._expand(group.node_ids, group.outputs)
         self._callback(ex, [self._slot_of(i) for i in ex.inputs], [self._out_slot(v) for v in group.outputs],
@@ -460,6 +452,8 @@ class NativeExecutor:
     def _extern(self, group) -> None:
         g = self.graph
         anchor = g.node(group.anchor)
+        if anchor.op not in _CONV_OPS and anchor.op not in _GEMM_OPS:
+            return self._opaque(group)
         rest = tuple(i for i in group.node_ids if i != anchor.id)
         c = self._out_slot(anchor.id, transient=anchor.id not in group.outputs)
         if anchor.op in _CONV_OPS:
@@ -467,8 +461,6 @@ class NativeExecutor:
             if rest:
                 self._epilogue(group, anchor, rest, c, gemm=False)
             return
-        if anchor.op != "MatMul":
-            return self._opaque(group)
         slots, p, offsets = self._gemm_params(anchor)
         self.stats["gemms"] += 1
         step = self._emit(["gemm", slots + [c], p, 0, [], [], 0, offsets], (anchor.id,), (anchor.id,), "blas",
@@ -653,6 +645,15 @@ class NativeExecutor:
 
 #: the conv ops, in the order of backends/cpu/program.cc's conv step kinds
 _CONV_OPS = ("Conv", "ConvBackwardData", "ConvBackwardFilter")
+#: the ops a "gemm" step computes
+_GEMM_OPS = ("MatMul",)
+#: opaque op -> its backends/cpu/program.cc step, from (executor, node)
+_NATIVE_STEPS = {
+    "RandomUniform": lambda ex, n: ["random", [ex._slot_of(n.inputs[0]), ex._slot_of(n.inputs[1]), ex._out_slot(n.id)],
+                                    prod(n.type.shape), int(n.attr("stream"))],
+    "IndexAdd": lambda ex, n: ["index_add", [ex._slot_of(n.inputs[0]), ex._slot_of(n.inputs[1]), ex._out_slot(n.id)],
+                               prod(ex._shape(n.inputs[1])), n.type.shape[0], prod(n.type.shape[1:])],
+}
 #: program.cc's conv_blocked: at most this many threads, each with a patch block of this size
 _CONV_THREADS, _CONV_BLOCK_BYTES = 8, 256 << 10
 
