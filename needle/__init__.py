@@ -1,4 +1,18 @@
 """needle: a deep-learning framework with the CMU 10-414/714 Needle API and a graph compiler."""
+
+
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml holds the one version string)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("needle")
+    except PackageNotFoundError:  # a checkout used without installing it
+        return "0+unknown"
+
+
+__version__ = _version()  # before the submodules, which read it
+
 from . import backend_selection
 from .backend_selection import BACKEND, Device, all_devices, cpu, cuda, default_device  # noqa: F401
 from . import autograd
@@ -15,14 +29,3 @@ if BACKEND == "nd":
     from .backend_ndarray import cpu_numpy  # noqa: F401
 from . import backend_numpy  # noqa: F401
 
-def _version() -> str:
-    """The installed distribution's version (pyproject.toml holds the one version string)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("needle")
-    except PackageNotFoundError:  # a checkout used without installing it
-        return "0+unknown"
-
-
-__version__ = _version()

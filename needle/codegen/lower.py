@@ -25,6 +25,8 @@ from ..ops.registry import OPS, is_reduction, is_view, node_axes, op_from_node, 
 from .loop_ir import (ACC_COMBINE, ACC_IDENTITY, ACCUMULATORS, SCALAR, AccInit, AccRef, AccUpdate, Buffer, FConst,
                       For, ICmp, IConst, IVar, Load, LoopKernel, Select, Store, Unary, coefficient, iadd, idiv,
                       imod, imul, index_map, linearize, map_loads, rewrite, simplify, unravel, walk_exprs)
+from .schedule import ScheduleError, parallelize, strip_mine
+from .schedule import default_schedule
 
 #: reductions lowered to an accumulator, views lowered as index maps (from the ops' facts)
 REDUCTIONS = op_names(is_reduction)
@@ -271,8 +273,6 @@ def _nest(shape, prefix, inner, outer_parallel=True):
     then scheduled by `schedule.default_schedule` (the innermost loop `vector`, the outermost
     of a nest at least two deep `parallel` when `outer_parallel` and its iterations are
     independent)."""
-    from .schedule import default_schedule
-
     axes = [k for k, d in enumerate(shape) if d != 1]
     body = tuple(inner)
     for k in reversed(axes):
@@ -513,8 +513,6 @@ def _column_blocks(body, full, last):
     Blocks are a multiple of the vector width that divides the column count, with at least
     eight of them; `body` is returned unchanged when the reduction is small or no such
     width exists."""
-    from .schedule import ScheduleError, parallelize, strip_mine
-
     n = full[last]
     width = next((w for w in range(8 * (n // 64), 0, -8) if n % w == 0), None)  # n // w >= 8
     if width is None or prod(full) < COLUMN_BLOCKS_MIN:

@@ -2,6 +2,7 @@
 import numpy as np
 
 from .dataset import Dataset, _supports_batch_fetch
+from ..autograd import Tensor
 
 __all__ = ["DataLoader"]
 
@@ -88,8 +89,6 @@ class DataLoader:
         return [np.stack([item[k] for item in items]) for k in range(len(items[0]))]
 
     def _make_batch(self, fields):
-        from ..autograd import Tensor
-
         kwargs = {}
         if self.device is not None:
             kwargs["device"] = self.device

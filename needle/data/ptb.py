@@ -2,6 +2,7 @@
 import os
 
 import numpy as np
+from ..autograd import Tensor
 
 __all__ = ["Dictionary", "Corpus", "batchify", "get_batch"]
 
@@ -83,8 +84,6 @@ def get_batch(batches, i, bptt, device=None, dtype=None):
     ``L = min(bptt, len(batches) - 1 - i)``. Tensors are constants
     (requires_grad=False) on ``device`` with ``dtype``.
     """
-    from ..autograd import Tensor
-
     seq_len = min(bptt, len(batches) - 1 - i)
     data = batches[i : i + seq_len, :]
     target = batches[i + 1 : i + 1 + seq_len, :].flatten()

@@ -18,6 +18,10 @@ from ..ir.graph import Graph
 from ..trace.tracer import GraphBuilder, tracing
 from ..ir.verifier import IRVerifyError, check_invariants
 from .manager import FunctionPass, PassError, register_pass
+from .. import autograd, init, ops
+from ..autograd import Tensor, TensorTuple
+from ..autograd import compute_gradient_of_variables
+from ..ops.registry import op_from_node
 
 
 def autodiff(graph: Graph, ctx=None) -> Graph:
@@ -30,9 +34,6 @@ def autodiff(graph: Graph, ctx=None) -> Graph:
         node = graph.node(e.node_id)
         raise PassError("autodiff", f"expects a decomposed graph, but {e.problem}; run the "
                         "decompose pass first", node) from None
-    from .. import autograd, init, ops
-    from ..autograd import Tensor, TensorTuple
-    from ..ops.registry import op_from_node
 
     builder = GraphBuilder(graph.name, birth=autograd._BIRTHS + 1)
     env: dict = {}
@@ -66,8 +67,6 @@ def autodiff(graph: Graph, ctx=None) -> Graph:
 
 def _expand_grad(node, env, builder, init, ops):
     """Gradients of the loss w.r.t. the wrt inputs of one `grad` node, as a traced tuple."""
-    from ..autograd import compute_gradient_of_variables
-
     seeded = node.attr("seeded", False)
     loss = env[node.inputs[0]]
     wrt_ids = node.inputs[1:-1] if seeded else node.inputs[1:]

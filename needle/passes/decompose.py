@@ -23,6 +23,10 @@ import dataclasses
 from ..ir.graph import Graph, Node
 from ..trace.tracer import GraphBuilder, tracing
 from .manager import FunctionPass, PassError, PassResult, register_pass
+from .. import autograd
+from ..autograd import Tensor, TensorTuple
+from ..ops.registry import OPS
+from ..ops.registry import op_from_node
 
 #: expansion rounds before giving up on decompositions that keep producing composites
 MAX_ROUNDS = 8
@@ -31,8 +35,6 @@ MAX_ROUNDS = 8
 def is_composite(node: Node, keep_custom_vjp: bool = False) -> bool:
     """True when `node` is a registry op whose class sets `composite = True` (and, with
     keep_custom_vjp, does not ask to keep its own VJP through autodiff)."""
-    from ..ops.registry import OPS
-
     cls = OPS.get(node.op)
     return (cls is not None and getattr(cls, "composite", False)
             and not (keep_custom_vjp and getattr(cls, "custom_vjp", False)))
@@ -58,10 +60,6 @@ def decompose_graph(graph: Graph) -> tuple[Graph, dict]:
 
 
 def _expand_once(graph: Graph, counts: dict, keep_custom_vjp: bool = False) -> Graph:
-    from .. import autograd
-    from ..autograd import Tensor, TensorTuple
-    from ..ops.registry import op_from_node
-
     builder = GraphBuilder(graph.name, birth=autograd._BIRTHS + 1)
     env: dict = {}  # old id -> traced value in the new graph
     with tracing(builder):

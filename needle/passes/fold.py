@@ -18,6 +18,9 @@ import numpy as np
 from ..ir.graph import Node, TensorType, make_attrs
 from .manager import Pass, PassResult
 from .rewrite import is_pure, replace_node, rewrite
+from .. import backend_selection
+from ..ops import OPS
+from ..ops.registry import op_from_node
 
 #: the largest constant (in elements) folding may create
 MAX_FOLD_ELEMENTS = 1024
@@ -66,9 +69,6 @@ def make_const(node: Node, arr: np.ndarray) -> Node:
 
 def evaluate(node: Node, inputs: list[np.ndarray]) -> np.ndarray:
     """Run a registry node's eager kernel on numpy inputs; a numpy result."""
-    from .. import backend_selection
-    from ..ops.registry import op_from_node
-
     array_api = backend_selection.array_api
     op = op_from_node(node.op, node.attr_dict)
     device = getattr(backend_selection, "cpu_numpy", None)
@@ -90,7 +90,6 @@ def _foldable(node: Node, get) -> bool:
         return False
     if not all(n.op == "const" and isinstance(n.type, TensorType) for n in ins):
         return False
-    from .. import backend_selection
 
     if backend_selection.BACKEND != "np":
         if any(np.dtype(t.dtype).kind != "f" for t in [node.type] + [n.type for n in ins]):
@@ -108,8 +107,6 @@ def _one_element(node: Node) -> Node:
 def _cheap_uniform(node: Node, ins: list[Node]) -> bool:
     """A large result known to be uniform without computing it: an elementwise op of
     scalar-fill consts (folded on one element), or a broadcast of one."""
-    from ..ops import OPS
-
     if not all(n.op == "const" and not isinstance(n.attr("value"), tuple) for n in ins):
         return False
     return node.op == "BroadcastTo" or getattr(OPS.get(node.op), "kind", None) == "elementwise"

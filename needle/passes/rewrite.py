@@ -19,6 +19,7 @@ from typing import Callable, Optional, Union
 
 from ..ir.graph import Graph, Node
 from .manager import PassError
+from ..ops import OPS
 
 Rule = Callable[[Node, Callable[[int], Node]], Union[None, int, Node]]
 
@@ -78,7 +79,6 @@ def is_pure(op: str) -> Optional[bool]:
     """
     if op == "input":
         return False
-    from ..ops import OPS
 
     cls = OPS.get(op)
     return True if cls is None else getattr(cls, "pure", True)

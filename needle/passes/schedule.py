@@ -26,6 +26,7 @@ from typing import Any
 
 from ..ir.graph import Graph, topological_order
 from .manager import Analysis, register_pass
+from ..ops import OPS
 
 __all__ = ["Schedule", "SingletonGroup", "SingletonPlan", "singleton_plan", "plan_groups",
            "build_schedule", "SchedulePass", "UNPLANNED_OPS"]
@@ -53,8 +54,6 @@ class SingletonPlan:
 
 
 def _op_kind(op: str) -> str:
-    from ..ops import OPS
-
     cls = OPS.get(op)
     return getattr(cls, "kind", "opaque") if cls is not None else "opaque"
 

@@ -22,6 +22,8 @@ from ..ir.graph import Graph
 from ..passes.schedule import plan_groups
 from . import profile as _profile
 from .interpreter import const_array, run_graph
+from ..backend_ndarray import NDArray
+from ..codegen import LoweringError, compile_kernel
 
 
 def _to_numpy(x):
@@ -53,8 +55,6 @@ class KernelExecutor:
     """Runs `graph` by the groups of `fusion_plan` in `schedule` order."""
 
     def __init__(self, graph: Graph, fusion_plan, schedule):
-        from ..codegen import LoweringError, compile_kernel
-
         self.graph = graph
         groups = {g.id: g for g in plan_groups(fusion_plan)}
         self.steps: list[_Step] = []
@@ -111,7 +111,6 @@ def _launch(kernel, args, device) -> list:
     the kernel's numpy wrapper."""
     if BACKEND == "np" or any(isinstance(a, (np.ndarray, tuple)) for a in args):
         return kernel(*[_to_numpy(a) for a in args])
-    from ..backend_ndarray import NDArray
 
     ins = [a.compact() for a in args]
     for a, p in zip(ins, kernel.inputs):

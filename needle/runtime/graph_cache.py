@@ -17,14 +17,13 @@ from ..cache import code_fingerprint, read_entry, write_entry
 from ..ir.graph import Graph
 from ..ir.parser import parse_graph
 from ..ir.printer import print_graph
+from .. import __version__
+from ..backend_selection import BACKEND
 
 _STAGE = "# stage: "
 
 
 def _key(graph: Graph, pipeline: Sequence[str]) -> str:
-    from .. import __version__
-    from ..backend_selection import BACKEND
-
     text = "\n".join([print_graph(graph), ",".join(pipeline), __version__, BACKEND, code_fingerprint()])
     return hashlib.sha256(text.encode()).hexdigest()
 

@@ -13,12 +13,12 @@ from ..backend_selection import BACKEND, array_api
 from ..errors import OpError
 from ..ir.graph import Graph, Node, TensorType
 from ..ops.registry import op_from_node
+from .. import backend_selection
 
 
 def _device(type_: TensorType):
     if BACKEND == "np":
         return None
-    from .. import backend_selection
 
     return getattr(backend_selection, type_.device)()
 

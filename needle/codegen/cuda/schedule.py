@@ -26,7 +26,8 @@ from __future__ import annotations
 
 from math import prod
 
-from ..loop_ir import AccInit, AccRef, AccUpdate, Binary, For, IConst, IVar, Load, LoopKernel, Store, coefficient, walk_exprs
+from ..loop_ir import (AccInit, AccRef, AccUpdate, Binary, Cmp, coefficient, For, iadd, IConst, idiv, imod,
+                       imul, IVar, ivars, Load, LoopKernel, Store, Unary, walk_exprs)
 from .gpu_ir import (ACC_IDENTITY, Assign, Barrier, Decl, FConst, GParam, GpuKernel, IAnd, ICmp, IDecl, If, Loop, Select,
                      Shared, Shfl, SLoad, SStore, Var, walk_stmts)
 
@@ -41,22 +42,18 @@ class ScheduleError(NotImplementedError):
 
 
 def _div(a, b):
-    from ..loop_ir import idiv
     return idiv(a, b)
 
 
 def _mod(a, b):
-    from ..loop_ir import imod
     return imod(a, b)
 
 
 def _add(a, b):
-    from ..loop_ir import iadd
     return iadd(a, b)
 
 
 def _mul(a, b):
-    from ..loop_ir import imul
     return imul(a, b)
 
 
@@ -215,7 +212,6 @@ def _parallel_safe(lk: LoopKernel) -> bool:
     """Whether every iteration of the outer nest writes its own elements: each store's
     index names every outer loop variable, and a buffer the nest stores is loaded only at
     the index it is stored at."""
-    from ..loop_ir import ivars
     loops, inner = perfect_nest(lk.body)
     names = {lp.var for lp in loops}
     stores = _stores(inner)
@@ -235,7 +231,6 @@ def _parallel_safe(lk: LoopKernel) -> bool:
 def _carried_to_accumulator(lk: LoopKernel):
     """A nest `buf[I] = buf[I] (+|max) v` rebuilt as a reduction with an accumulator
     (see bind_all), or None when the nest is not of that form."""
-    from ..loop_ir import Cmp, ivars
     loops, inner = perfect_nest(lk.body)
     if not loops or any(not isinstance(x, Store) for x in inner):
         return None
@@ -278,7 +273,6 @@ def _carried_to_accumulator(lk: LoopKernel):
 
 def _replace_load(e, target: Load, repl, memo: dict):
     """A copy of value expression e with loads equal to `target` replaced by `repl`."""
-    from ..loop_ir import Cmp, Unary
     if id(e) in memo:
         return memo[id(e)]
     if isinstance(e, Load):
@@ -301,7 +295,6 @@ def _merge_column_phases(lk: LoopKernel):
     over the full domain and the kept domain that read buf) as one reduction kernel: kept
     loops around an accumulator, the reduced loops, the passes reading the accumulator, buf
     stored once. None unless the body has exactly that form."""
-    from ..loop_ir import ivars
     body = tuple(lk.body)
     if len(body) < 2:
         return None
