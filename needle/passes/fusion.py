@@ -45,6 +45,7 @@ from math import prod
 from typing import Optional
 
 from ..ir.graph import Graph, Node, topological_order
+from ..ir.subgraph import cut
 from ..ops.registry import is_view, moves_data, op_names, reduced_axes
 from .manager import Analysis, register_pass
 
@@ -93,19 +94,7 @@ class FusedGroup:
     def subgraph(self, graph: Graph) -> Graph:
         """The group as a standalone graph: `input` nodes in0.. for its inputs, its nodes
         re-numbered after them, and `return` of its outputs."""
-        nodes: list[Node] = []
-        new_id: dict[int, int] = {}
-        for i, v in enumerate(self.inputs):
-            src = graph.node(v)
-            new_id[v] = i
-            nodes.append(Node(i, "input", (), (("name", f"in{i}"), ("role", "arg")), src.type))
-        for j, nid in enumerate(self.node_ids):
-            n = graph.node(nid)
-            new_id[nid] = len(self.inputs) + j
-            nodes.append(Node(new_id[nid], n.op, tuple(new_id[i] for i in n.inputs), n.attrs,
-                              n.type, n.loc))
-        return Graph(f"{graph.name}.k{self.id}", tuple(nodes),
-                     tuple(new_id[o] for o in self.outputs))
+        return cut(graph, (*self.inputs, *self.node_ids), self.inputs, self.outputs, f"{graph.name}.k{self.id}")
 
 
 @dataclass

@@ -40,6 +40,7 @@ import numpy as np
 
 from ..backend_selection import array_api
 from ..ir.graph import Graph, TensorType
+from ..ir.subgraph import is_literal
 from ..ops.registry import op_from_node
 from ..passes.fusion import node_class
 from ..passes.schedule import plan_groups
@@ -234,7 +235,7 @@ class NativeExecutor:
                 if i in inside or i in self.tmp_loc:
                     continue
                 n = g.node(i)
-                if self._is_view(i) or (n.op == "const" and isinstance(n.attr("value"), (int, float))):
+                if self._is_view(i) or is_literal(n):
                     if self._wide_stack(n):
                         if materialize:
                             self._materialize_stack(n)

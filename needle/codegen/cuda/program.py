@@ -34,7 +34,8 @@ from typing import Optional
 
 import numpy as np
 
-from ...ir.graph import Graph, Node
+from ...ir.graph import Graph
+from ...ir.subgraph import cut, is_literal
 from ...ops.registry import OPS
 from ...passes.pipeline import KernelPlan, plan_kernels
 from ...passes.schedule import plan_groups
@@ -702,12 +703,11 @@ class _Builder:
             shape = node.type.shape
             if prod(shape) == 0:
                 continue
-            if node.op == "const" and isinstance(node.attr("value"), (int, float)):
+            if is_literal(node):
                 self.launch(fill_kernel(self.name("_fill"), prod(shape), node.attr("value")), [Loc("out", k)])
                 continue
             if v in self.home or node.op == "const":
-                sub = Graph(f"{self.g.name}.out{k}", (Node(0, "input", (), (("name", "in0"), ("role", "arg")),
-                                                           node.type),), (0,))
+                sub = cut(self.g, [v], [v], [v], f"{self.g.name}.out{k}")
                 leaves = [v]
             else:
                 sub, leaves = expand(self.g, [v], [v], self.has_buffer, f"{self.g.name}.out{k}")
@@ -763,19 +763,9 @@ def _cut(sub: Graph, outputs, stops):
         if v in stops or n.op in ("input", "const"):
             continue
         stack.extend(n.inputs)
-    nodes, ins, new = [], [], {}
-    for n in sub.nodes:
-        if n.id not in need:
-            continue
-        new[n.id] = len(nodes)
-        if n.op == "const" and isinstance(n.attr("value"), (int, float)) and n.id not in stops:
-            nodes.append(Node(len(nodes), "const", (), n.attrs, n.type, n.loc))
-        elif n.id in stops or n.op in ("input", "const"):
-            nodes.append(Node(len(nodes), "input", (), (("name", f"in{len(ins)}"), ("role", "arg")), n.type, n.loc))
-            ins.append(n.id)
-        else:
-            nodes.append(Node(len(nodes), n.op, tuple(new[i] for i in n.inputs), n.attrs, n.type, n.loc))
-    return Graph(sub.name, tuple(nodes), tuple(new[o] for o in outputs)), ins
+    ids = [n.id for n in sub.nodes if n.id in need]
+    ins = [v for v in ids if v in stops or sub.node(v).op in ("input", "const") and not is_literal(sub.node(v))]
+    return cut(sub, ids, ins, outputs, sub.name), ins
 
 
 def build_program(graph: Graph, plan: Optional[KernelPlan] = None, name=None,

@@ -22,6 +22,7 @@ with it.
 from __future__ import annotations
 
 from ...ir.graph import Graph, Node, make_attrs
+from ...ir.subgraph import cut, is_literal
 from ...ops import scalar as S
 from ...ops.registry import OPS, node_axes
 from ...ops.scalar import Arg
@@ -67,24 +68,9 @@ def expand(graph: Graph, node_ids, outputs, has_buffer, name: str):
             stack.extend(n.inputs)
     pos = {n.id: k for k, n in enumerate(graph.nodes)}
     leaf_list = sorted(leaves, key=pos.get)
-    new_id: dict = {}
-    nodes: list = []
-    inputs = []
-    for v in leaf_list:
-        n = graph.node(v)
-        new_id[v] = len(nodes)
-        if n.op == "const" and isinstance(n.attr("value"), (int, float)):
-            nodes.append(Node(len(nodes), "const", (), n.attrs, n.type, n.loc))
-        else:
-            nodes.append(Node(len(nodes), "input", (), (("name", f"in{len(inputs)}"), ("role", "arg")),
-                              n.type, n.loc))
-            inputs.append(v)
-    for n in graph.nodes:
-        if n.id in include:
-            new_id[n.id] = len(nodes)
-            nodes.append(Node(len(nodes), n.op, tuple(new_id[i] for i in n.inputs), n.attrs, n.type, n.loc))
-    sub = Graph(name, tuple(nodes), tuple(new_id[o] for o in outputs))
-    return sub, inputs
+    inputs = [v for v in leaf_list if not is_literal(graph.node(v))]
+    ids = leaf_list + [n.id for n in graph.nodes if n.id in include]
+    return cut(graph, ids, inputs, outputs, name), inputs
 
 
 # ---- rewrites -----------------------------------------------------------------------------
