@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import needle as ndl
-from needle.codegen.cuda import program
+from needle.codegen.cuda import split
 from needle.codegen.cuda.program import CudaCodegenError, build_program
 from needle.ops import OPS, elementwise_op, scalar as S
 from tests.codegen.test_cuda_codegen import emulate, graph_of, hows, rnd
@@ -51,6 +51,6 @@ def test_custom_op_with_sin_lowers_and_fuses(wave):
 
 def test_a_function_the_builder_does_not_know_is_an_error_not_a_recursion(monkeypatch):
     g = graph_of(lambda a: ndl.sin(a) * 2.0, np.ones((3, 4), np.float32))
-    monkeypatch.setattr(program, "UNARY_OPS", tuple(op for op in program.UNARY_OPS if op != "sin"))
+    monkeypatch.setattr(split, "UNARY_OPS", tuple(op for op in split.UNARY_OPS if op != "sin"))
     with pytest.raises(CudaCodegenError, match="cannot lower"):
         build_program(g)

@@ -5,17 +5,18 @@ plan, schedule, memory plan: `needle.passes.pipeline`) into
 one or more GPU kernels (`CudaProgram.launches`), each launch's arguments being locations:
 an offset in the arena (the memory plan's buffers, then a scratch area for values internal
 to one group), a graph input or a graph output. `render.render_program` prints the
-translation unit; `emulate.emulate_program` runs it on the CPU.
+translation unit; `emulate.emulate_program` runs it on the CPU. The program's records
+(`CudaProgram`, `Launch`, `Loc`, `GroupReport`) are in `records.py`.
 
 How each group becomes kernels:
 
 * **elementwise / reduce**: the group plus the view nodes it reads through (`views.expand`)
   is lowered with `needle.codegen.lower` and bound to the grid (`schedule.bind`). When
-  `lower` refuses (a Gather, outputs of different sizes...), the group is *split*: each
-  op of `HARD_OPS` (the view walker's `PIECES`) is materialised into scratch by a pointwise
-  kernel built with the view walker (values it reads that are computed in the group are
-  materialised first by their own lowered kernels), and the rest of the group is lowered
-  with those values as inputs.
+  `lower` refuses (a Gather, outputs of different sizes...), the group is *split*
+  (`split.py`): each op of `HARD_OPS` (the view walker's `PIECES`) is materialised into
+  scratch by a pointwise kernel built with the view walker (values it reads that are
+  computed in the group are materialised first by their own lowered kernels), and the rest
+  of the group is lowered with those values as inputs.
 * **extern** (MatMul, Conv): the tiled GEMM template (`templates.gemm_kernel`; a conv is
   an implicit GEMM with im2col computed in the operand loads), operands read through their
   views in place; an epilogue runs as a second, lowered kernel reading the GEMM result
@@ -28,7 +29,6 @@ How each group becomes kernels:
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 from math import prod
 from typing import Optional
 
@@ -39,146 +39,14 @@ from ...ir.subgraph import cut, is_literal
 from ...ops.registry import OPS
 from ...passes.pipeline import KernelPlan, plan_kernels
 from ...passes.schedule import plan_groups
-from ..loop_ir import (BINARY_OPS, UNARY_OPS, AccInit, AccRef, AccUpdate, Binary, Cmp, FConst, For, IBin, IConst, IVar,
-                       Load, LoopKernel, Select, Store, Unary, linearize)
-from .gpu_ir import GpuKernel, ICmp
+from ..loop_ir import AccUpdate, For, IConst, IVar, Load, LoopKernel, Store, linearize
+from .gpu_ir import GpuKernel
+from .records import CudaCodegenError, CudaProgram, GroupReport, Launch, Loc, align
 from .schedule import bind_all
+from .split import SplitPath, UnknownLoopIR, check_known
 from .templates import (Operand, conv_data_operands, conv_filter_operands, conv_operands, fill_kernel, gemm_kernel,
                         pointwise_kernel, rand_kernel, scatter_add_kernels)
-from .views import PIECES, NotWalkable, Walker, expand, rewrite_tuples
-
-ALIGN = 256
-#: ops the split path materialises with the view walker: the maps that pick between pieces
-#: or zeros, and Gather
-HARD_OPS = frozenset(PIECES)
-
-
-class CudaCodegenError(NotImplementedError):
-    """A group of the graph cannot be emitted as CUDA (the message names it)."""
-
-
-@dataclass(frozen=True)
-class Loc:
-    """Where a buffer lives: `arena` (byte `offset`), `in`/`out` (graph input/output
-    `index`, byte `offset` within it)."""
-    space: str
-    index: int = 0
-    offset: int = 0
-
-
-@dataclass
-class Launch:
-    kernel: GpuKernel
-    args: tuple          # one Loc per kernel parameter
-    group: int
-    note: str = ""
-
-
-@dataclass
-class GroupReport:
-    id: int
-    kind: str
-    how: str             # lowered | split | gemm | conv | rng | index_add | copy | view | output
-    launches: int
-    detail: str = ""
-
-
-@dataclass
-class CudaProgram:
-    name: str
-    inputs: list                 # shapes
-    outputs: list                # shapes
-    launches: list
-    consts: dict                 # symbol -> np.ndarray (float32)
-    arena_bytes: int
-    plan_arena_bytes: int
-    scratch_bytes: int
-    groups: list = field(default_factory=list)
-    #: graph value -> Loc of its buffer (inputs, arena, outputs); group id -> values it writes
-    homes: dict = field(default_factory=dict)
-    writes: dict = field(default_factory=dict)
-
-    def source(self) -> str:
-        from .render import render_program
-        return render_program(self)
-
-    @property
-    def symbol(self) -> str:
-        from .render import graph_symbol
-        return graph_symbol(self.name)
-
-    def summary(self) -> dict:
-        hows: dict = {}
-        for g in self.groups:
-            hows[g.how] = hows.get(g.how, 0) + 1
-        return {"launches": len(self.launches), "groups": hows, "arena_bytes": self.arena_bytes}
-
-
-def _align(n, a=ALIGN):
-    return (n + a - 1) // a * a
-
-
-class _Unknown(Exception):
-    pass
-
-
-def check_known(lk: LoopKernel) -> None:
-    """Raise _Unknown unless the loop kernel uses only node types the CUDA renderer and the
-    emulator know (the loop IR may grow; unknown nodes send the group to the split path)."""
-    def idx(e):
-        if isinstance(e, (IVar, IConst)):
-            return
-        if isinstance(e, IBin) and e.op in ("add", "mul", "div", "mod"):
-            idx(e.a)
-            idx(e.b)
-            return
-        raise _Unknown(f"index expression {type(e).__name__}")
-
-    seen = set()
-
-    def val(e):
-        if id(e) in seen:
-            return
-        seen.add(id(e))
-        if isinstance(e, (FConst, AccRef)):
-            return
-        if isinstance(e, Load):
-            return idx(e.index)
-        if isinstance(e, Unary) and e.op in UNARY_OPS:
-            return val(e.a)
-        if isinstance(e, Binary) and e.op in BINARY_OPS:
-            val(e.a)
-            return val(e.b)
-        if isinstance(e, Cmp):
-            val(e.a)
-            return val(e.b)
-        if isinstance(e, Select) and isinstance(e.cond, Cmp):
-            val(e.cond)
-            val(e.a)
-            return val(e.b)
-        if isinstance(e, Select) and isinstance(e.cond, ICmp) and e.cond.op in ("eq", "ne", "lt", "le", "gt", "ge"):
-            idx(e.cond.a)
-            idx(e.cond.b)
-            val(e.a)
-            return val(e.b)
-        raise _Unknown(f"value expression {type(e).__name__}")
-
-    def stmts(body):
-        for s in body:
-            if type(s) is For:
-                stmts(s.body)
-            elif type(s) is Store:
-                idx(s.index)
-                val(s.value)
-            elif type(s) is AccInit:
-                pass
-            elif type(s) is AccUpdate:
-                val(s.value)
-            else:
-                raise _Unknown(f"statement {type(s).__name__}")
-
-    stmts(lk.body)
-
+from .views import NotWalkable, Walker, expand, rewrite_tuples
 
 def _rename_loads(lk: LoopKernel, names: dict) -> LoopKernel:
     """Loads of buffers in `names` read the given symbols instead (constants); those
@@ -208,7 +76,7 @@ def _rename_loads(lk: LoopKernel, names: dict) -> LoopKernel:
     return LoopKernel(lk.name, tuple(p for p in lk.params if p.name not in names), stmts(lk.body))
 
 
-class _Builder:
+class _Builder(SplitPath):
     def __init__(self, graph: Graph, plan: KernelPlan, force_split=False):
         self.g = graph
         self.groups = {g.id: g for g in plan_groups(plan.fusion)}
@@ -234,7 +102,7 @@ class _Builder:
                 continue
             home[v] = Loc("out", k)
         self.home = home
-        self.scratch_base = _align(self.mp.arena_bytes)
+        self.scratch_base = align(self.mp.arena_bytes)
         self.scratch_top = 0
         self.scratch_max = 0
         self.gid = -1
@@ -258,7 +126,7 @@ class _Builder:
 
     def scratch(self, nbytes) -> Loc:
         loc = Loc("arena", 0, self.scratch_base + self.scratch_top)
-        self.scratch_top += _align(max(nbytes, 4))
+        self.scratch_top += align(max(nbytes, 4))
         self.scratch_max = max(self.scratch_max, self.scratch_top)
         return loc
 
@@ -357,7 +225,7 @@ class _Builder:
                 check_known(lk)
                 self.emit_loop_kernel(lk, leaves, in_locs, out_locs)
                 return "lowered", ""
-            except (LoweringError, _Unknown) as e:
+            except (LoweringError, UnknownLoopIR) as e:
                 reason = str(e)
         self.split(sub, leaves, in_locs, out_locs)
         return "split", f"lower: {reason}"
@@ -372,82 +240,6 @@ class _Builder:
         by_name.update({f"out{k}": loc for k, loc in enumerate(out_locs)})
         for kernel in bind_all(lk, lk.name):
             self.launch(kernel, [by_name[p.name] for p in kernel.params], note)
-
-    # -- the split path
-    def split(self, sub: Graph, leaves, in_locs, out_locs):
-        from ..lower import LoweringError, lower
-
-        loc = {}      # sub node id -> Loc of its buffer
-        origin = {}   # sub node id -> graph value (for constants)
-        for k, n in enumerate(sub.inputs):
-            loc[n.id] = in_locs[k]
-            origin[n.id] = leaves[k]
-        done = set(loc)
-        hard = [n.id for n in sub.nodes if n.op in HARD_OPS]
-        if not hard:  # nothing to materialise: the rest must lower, or this would recurse
-            try:
-                check_known(lower(sub))
-            except (LoweringError, _Unknown) as e:
-                raise CudaCodegenError(f"cannot lower {sorted({n.op for n in sub.nodes})}: {e}") from e
-        for h in hard:
-            while True:
-                try:
-                    self.walker_kernel(sub, h, loc, origin, done)
-                    break
-                except NotWalkable as e:
-                    self.materialize(sub, e.node_id, loc, origin, done)
-        final = _cut(sub, list(sub.outputs), done)
-        self.subgraph_from_cut(final, loc, origin, out_locs)
-
-    def materialize(self, sub, c, loc, origin, done):
-        if c in done:
-            raise CudaCodegenError(f"cannot materialise %{c} of {sub.name}")
-        cone = _cut(sub, [c], done)
-        out = self.scratch(4 * prod(sub.node(c).type.shape))
-        self.subgraph_from_cut(cone, loc, origin, [out])
-        loc[c] = out
-        done.add(c)
-
-    def subgraph_from_cut(self, cut, loc, origin, out_locs):
-        graph, ins = cut
-        in_locs = [loc[v] for v in ins]
-        leaves = [origin.get(v) for v in ins]
-        self.subgraph(graph, leaves, in_locs, out_locs, force_split=False)
-
-    def walker_kernel(self, sub, h, loc, origin, done):
-        """Materialise hard node h into scratch with a pointwise walker kernel."""
-        shape = sub.node(h).type.shape
-        names: dict = {}
-        inputs = []
-
-        def leaf(node, idx):
-            v = node.id
-            o = origin.get(v)
-            if o is not None and self.g.node(o).op == "const":
-                from ..loop_ir import Load as _Load
-                return _Load(self.const_symbol(o), linearize(idx, node.type.shape))
-            if v not in names:
-                names[v] = f"in{len(names)}"
-                inputs.append(v)
-            from ..loop_ir import Load as _Load
-            return _Load(names[v], linearize(idx, node.type.shape))
-
-        ranges = {f"i{k}": d for k, d in enumerate(shape) if d != 1}
-        walker = Walker(sub, leaf, ranges, stop=lambda nid: nid in done and nid != h)
-        walker.value(h, tuple(IConst(0) if d == 1 else IVar(f"i{k}") for k, d in enumerate(shape)))  # may raise
-        kernel = pointwise_kernel(self.name("_" + sub.node(h).op.lower()), shape, lambda idx: walker.value(h, idx),
-                                  [], out_size=prod(shape))
-        kernel = dataclasses.replace(kernel, params=tuple(
-            [self._gparam(names[v], prod(sub.node(v).type.shape)) for v in inputs]) + kernel.params)
-        out = self.scratch(4 * prod(shape))
-        self.launch(kernel, [loc[v] for v in inputs] + [out], note=f"materialise {sub.node(h).op}")
-        loc[h] = out
-        done.add(h)
-
-    @staticmethod
-    def _gparam(name, size):
-        from .gpu_ir import GParam
-        return GParam(name, size, "in")
 
     # ---- extern groups ---------------------------------------------------------------
     def extern(self, g):
@@ -749,25 +541,6 @@ _CONV_OPERANDS = {
 _OPAQUE = {"RandomUniform": _Builder._rng, "IndexAdd": _Builder._index_add, "ToDevice": _Builder._copy}
 
 
-def _cut(sub: Graph, outputs, stops):
-    """(Graph, input ids): the nodes of `sub` that `outputs` need, with `stops` (and sub's
-    inputs) as inputs; scalar consts stay consts."""
-    need = set()
-    stack = list(outputs)
-    while stack:
-        v = stack.pop()
-        if v in need:
-            continue
-        need.add(v)
-        n = sub.node(v)
-        if v in stops or n.op in ("input", "const"):
-            continue
-        stack.extend(n.inputs)
-    ids = [n.id for n in sub.nodes if n.id in need]
-    ins = [v for v in ids if v in stops or sub.node(v).op in ("input", "const") and not is_literal(sub.node(v))]
-    return cut(sub, ids, ins, outputs, sub.name), ins
-
-
 def build_program(graph: Graph, plan: Optional[KernelPlan] = None, name=None,
                   force_split: bool = False) -> CudaProgram:
     """The CUDA program of `graph` from its kernel plan (when None, the cuda pipeline's
@@ -786,7 +559,7 @@ def build_program(graph: Graph, plan: Optional[KernelPlan] = None, name=None,
             raise CudaCodegenError(f"graph output %{v} is a tuple")
         outs.append(tuple(t.shape))
     return CudaProgram(name or graph.name, [tuple(n.type.shape) for n in graph.inputs], outs, b.launches, b.consts,
-                       _align(plan.memory.arena_bytes) + b.scratch_max, plan.memory.arena_bytes, b.scratch_max,
+                       align(plan.memory.arena_bytes) + b.scratch_max, plan.memory.arena_bytes, b.scratch_max,
                        b.reports, dict(b.home),
                        {gid: b.writes(b.groups[gid]) for gid in plan.schedule.order if gid not in b.view_groups})
 

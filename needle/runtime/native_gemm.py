@@ -1,0 +1,154 @@
+"""The native program's BLAS steps: GEMM (MatMul) and conv groups with their epilogues.
+
+A mixin of `NativeExecutor` (see `needle.runtime.native`): an extern group's anchor becomes
+a "gemm" or "conv" step of backends/cpu/program.cc, its operands read in place where a view
+allows it; its elementwise epilogue is fused into the GEMM by row blocks when it reads the
+product element by element, else it is a kernel after it.
+"""
+from __future__ import annotations
+
+from math import prod
+
+import numpy as np
+
+from ..ops.registry import op_from_node
+from ..passes.fusion import node_class
+from . import profile as _profile
+
+#: bytes of a float32 value
+F32 = 4
+#: the conv ops, in the order of backends/cpu/program.cc's conv step kinds
+_CONV_OPS = ("Conv", "ConvBackwardData", "ConvBackwardFilter")
+#: the ops a "gemm" step computes
+_GEMM_OPS = ("MatMul",)
+#: program.cc's conv_blocked: at most this many threads, each with a patch block of this size
+_CONV_THREADS, _CONV_BLOCK_BYTES = 8, 256 << 10
+
+
+class GemmConvSteps:
+    """`NativeExecutor`'s extern groups (MatMul, Conv, ConvBackwardData/Filter)."""
+
+    def _extern(self, group) -> None:
+        g = self.graph
+        anchor = g.node(group.anchor)
+        if anchor.op not in _CONV_OPS and anchor.op not in _GEMM_OPS:
+            return self._opaque(group)
+        rest = tuple(i for i in group.node_ids if i != anchor.id)
+        c = self._out_slot(anchor.id, transient=anchor.id not in group.outputs)
+        if anchor.op in _CONV_OPS:
+            self._conv(anchor, c)
+            if rest:
+                self._epilogue(group, anchor, rest, c, gemm=False)
+            return
+        slots, p, offsets = self._gemm_params(anchor)
+        self.stats["gemms"] += 1
+        step = self._emit(["gemm", slots + [c], p, 0, [], [], 0, offsets], (anchor.id,), (anchor.id,), "blas",
+                          f"k{group.id}")
+        if rest:
+            self._epilogue(group, anchor, rest, c, gemm=step)
+
+    def _epilogue(self, group, anchor, rest, c_slot, gemm) -> None:
+        """The elementwise ops after a GEMM/conv: fused into the GEMM step by row blocks when
+        they read its result element by element, else a kernel after it."""
+        outputs = tuple(o for o in group.outputs if o != anchor.id)
+        if not outputs:
+            return
+        self.loc.setdefault(anchor.id, c_slot)
+        ex = self._expand(rest, outputs)
+        kernel = self._kernel(ex)
+        ins = [self._slot_of(i) for i in ex.inputs]
+        outs = [self._out_slot(v) for v in outputs]
+        rows = gemm[2][1] if gemm and gemm[2][0] == 1 else 0  # a single product's rows
+        if kernel is not None and rows and kernel.range_extent % rows == 0 and self._rowwise(anchor, rest, outputs):
+            gemm[3:7] = kernel.range_address, ins + outs, [p.size for p in kernel.loop.params], kernel.range_extent
+            k = next(i for i, st in enumerate(self.steps) if st is gemm)
+            prof = _profile.step_profile(*self._profiled(group.node_ids, group.outputs), None, where="blas+llvm")
+            prof.label = f"k{group.id}" + prof.label[prof.label.index(" "):]
+            self._profiles[k] = prof
+            self.stats["fused_epilogues"] += 1
+            self.stats["llvm_kernels"] += 1
+            return
+        if kernel is not None:
+            self._add_kernel(kernel, ins + outs, f"k{group.id}.epi", ex)
+        else:
+            self._callback(ex, ins, outs, f"k{group.id}.epi")
+
+    def _rowwise(self, anchor, rest, outputs) -> bool:
+        """True if the epilogue reads the GEMM result only at the element it writes: every
+        op depending on it is elementwise over its shape, and every output has that shape."""
+        g = self.graph
+        shape = anchor.type.shape
+        dep = {anchor.id}
+        for i in rest:
+            n = g.node(i)
+            if any(j in dep for j in n.inputs):
+                if node_class(n) != "elementwise" or n.type.shape != shape:
+                    return False
+                dep.add(i)
+        return all(self._shape(o) == shape for o in outputs)
+
+    def _gemm_operand(self, v: int, ndim_out: int):
+        """(slot, transposed, leading dim, batch stride, matrix shape) for GEMM operand v:
+        a transpose of its last two axes or a reshape of a buffer is read in place."""
+        g = self.graph
+        node = g.node(v)
+        shape = node.type.shape
+        trans = False
+        base = v
+        op = op_from_node(node.op, node.attr_dict) if self._is_view(v) else None
+        if hasattr(op, "_perm"):  # a permutation of the axes
+            nd = len(shape)
+            if tuple(op._perm(nd)) == tuple(range(nd - 2)) + (nd - 1, nd - 2):
+                base, trans = node.inputs[0], True
+        elif op is not None and op.aliases_input:
+            base = node.inputs[0]   # a reshape of a compact buffer is the same memory
+        slot = self._slot_of(base)
+        rows, cols = shape[-2], shape[-1]
+        ld = rows if trans else cols
+        batch = prod(shape[:-2])
+        return slot, trans, ld, (rows * cols if batch > 1 else 0), batch
+
+    def _gemm_params(self, node):
+        """(operand slots, GEMM parameters, per-batch element offsets of a and b)."""
+        a, b = node.inputs
+        out = node.type.shape
+        sa, sb = self._shape(a), self._shape(b)
+        batch = prod(out[:-2])
+        sl_a, ta, lda, _, _ = self._gemm_operand(a, len(out))
+        sl_b, tb, ldb, _, _ = self._gemm_operand(b, len(out))
+        m, k, n = sa[-2], sa[-1], sb[-1]
+        offsets = []
+        if batch > 1:  # numpy broadcasting of the batch axes, as element offsets per product
+            for s in (sa, sb):
+                lead = (1,) * (len(out) - len(s)) + tuple(s[:-2])
+                index = np.broadcast_to(np.arange(prod(lead)).reshape(lead), out[:-2]).reshape(-1)
+                offsets.append(index * (s[-2] * s[-1]))
+            offsets = [int(x) for pair in zip(*offsets) for x in pair]
+        return [sl_a, sl_b], [batch, m, n, k, int(ta), int(tb), lda, ldb, 0, 0, m * n], offsets
+
+    def _conv(self, node, out_slot) -> None:
+        """Conv (kind 0), ConvBackwardData (1) or ConvBackwardFilter (2) as a program step,
+        with the scratch backends/cpu/program.cc needs for it."""
+        kind = _CONV_OPS.index(node.op)
+        a, b = node.inputs
+        s, p = int(node.attr("stride")), int(node.attr("padding"))
+        if kind == 0:     # x, w
+            (n, h, wd, ci), (kh, kw, _, co) = self._shape(a), self._shape(b)
+        elif kind == 1:   # g, w -> dx of the conv's input size
+            n, co = self._shape(a)[0], self._shape(a)[3]
+            kh, kw, ci, _ = self._shape(b)
+            h, wd = node.attr("size")
+        else:             # x, g -> dw
+            n, h, wd, ci = self._shape(a)
+            co = self._shape(b)[3]
+            kh, kw = node.attr("kernel")
+        ho, wo = (h + 2 * p - kh) // s + 1, (wd + 2 * p - kw) // s + 1
+        row = kh * kw * ci
+        if kind == 0:     # program.cc conv_blocked: a block of patches per thread
+            floats = _CONV_THREADS * max(16, _CONV_BLOCK_BYTES // (4 * row)) * row
+        else:             # the im2col matrix (patches, or their gradients)
+            floats = n * ho * wo * row
+        cols = self._scratch(floats * F32)
+        self._emit(["conv", kind, [self._slot_of(a), self._slot_of(b), out_slot, cols],
+                    [n, h, wd, ci, kh, kw, co, s, p]], (node.id,), (node.id,), "im2col+blas", f"conv%{node.id}")
+        self.stats["convs"] += 1
