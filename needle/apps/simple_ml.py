@@ -78,14 +78,6 @@ def _loss_instance(loss_fn):
     return loss_fn() if isinstance(loss_fn, type) else loss_fn
 
 
-def _detach_hidden(h):
-    if h is None:
-        return None
-    if isinstance(h, (tuple, list)):
-        return tuple(_detach_hidden(x) for x in h)
-    return h.detach()
-
-
 # ---- CIFAR-10 -----------------------------------------------------------------------
 
 
@@ -153,7 +145,7 @@ def epoch_general_ptb(data, model, seq_len=40, loss_fn=nn.SoftmaxLoss(), opt=Non
             if clip is not None:
                 opt.clip_grad_norm(clip)
             opt.step()
-        h = _detach_hidden(h)
+        h = nn.detach_hidden(h)
         yn = y.numpy().reshape(-1)
         correct += int((out.numpy().argmax(axis=1) == yn).sum())
         total_loss += float(loss.numpy()) * yn.shape[0]

@@ -114,14 +114,6 @@ def _unflatten_hidden(flat: tuple, kind):
     return tuple(flat) if kind == "tuple" else flat[0]
 
 
-def _detach_hidden(h):
-    if h is None:
-        return None
-    if isinstance(h, (tuple, list)):
-        return tuple(_detach_hidden(x) for x in h)
-    return h.detach()
-
-
 def unigram_perplexity(train_ids, eval_targets, vocab_size):
     """exp(mean NLL of ``eval_targets`` under the add-one smoothed unigram of ``train_ids``)."""
     counts = np.bincount(np.asarray(train_ids, dtype=np.int64), minlength=vocab_size)
@@ -188,7 +180,7 @@ class PTBJob:
             X, y = ndata.get_batch(self.train_data, i, self.args.seq_len, device=self.device,
                                    dtype="float32")
             loss, h = self.step(X, y, h)
-            h = _detach_hidden(h)
+            h = nn.detach_hidden(h)
             n += y.shape[0]
             steps += 1
             _record_step(bar, losses, loss, n, t0, "tokens_s")
@@ -202,7 +194,7 @@ class PTBJob:
                 X, y = ndata.get_batch(self.eval_data, i, self.args.seq_len, device=self.device,
                                        dtype="float32")
                 out, h = self.model(X, h)
-                h = _detach_hidden(h)
+                h = nn.detach_hidden(h)
                 total += _scalar(self.loss_fn(out, y)) * y.shape[0]
                 n += y.shape[0]
         mean = total / max(n, 1)

@@ -45,6 +45,16 @@ def _time_steps(seq):
     return ops.split(seq, 0).tuple()
 
 
+def detach_hidden(h):
+    """A recurrent state (a Tensor, a tuple of them such as LSTM's (h, c), or None) cut off
+    from its history: truncated backpropagation through time between sequence windows."""
+    if h is None:
+        return None
+    if isinstance(h, (tuple, list)):
+        return tuple(detach_hidden(x) for x in h)
+    return h.detach()
+
+
 class RNNCell(Module):
     def extra_repr(self) -> str:
         return f"{self.input_size}, {self.hidden_size}, nonlinearity={self.nonlinearity!r}"

@@ -176,3 +176,14 @@ def test_embedding_init_forward_gather_and_grad():
     expected = np.einsum("sbn,sbd->nd", one_hot, g)
     assert_close(emb.weight.grad, expected)
     check_grads(lambda: emb(idx), [emb.weight], n_entries=8)
+
+
+def test_detach_hidden_cuts_history_of_nested_states():
+    x = ndl.Tensor(np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32), requires_grad=True)
+    h, c = x * 2.0, ndl.exp(x)
+    out = nn.detach_hidden((h, [c]))
+    assert isinstance(out, tuple) and isinstance(out[1], tuple)
+    np.testing.assert_array_equal(out[0].numpy(), h.numpy())
+    np.testing.assert_array_equal(out[1][0].numpy(), c.numpy())
+    assert not out[0].inputs and not out[1][0].inputs and not out[0].requires_grad
+    assert nn.detach_hidden(None) is None
