@@ -42,19 +42,13 @@ def MLPResNet(dim, hidden_dim=100, num_blocks=3, num_classes=10, norm=nn.BatchNo
     )
 
 
-def epoch(dataloader, model, opt=None):
-    """One pass over ``dataloader``: training with ``opt``, evaluation without.
-
-    Returns (error rate over the dataset, mean of the per-batch mean losses).
-    """
-    np.random.seed(4)
-    loss_fn = nn.SoftmaxLoss()
+def run_batches(dataloader, model, loss_fn, opt=None):
+    """Yield (logits, loss, labels) for each batch of ``dataloader``: after a training step
+    when ``opt`` is given (the model in train mode), else in eval mode without one."""
     if opt is not None:
         model.train()
     else:
         model.eval()
-    errors = 0
-    losses = []
     for batch in dataloader:
         X, y = batch[0], batch[1]
         if opt is not None:
@@ -64,6 +58,18 @@ def epoch(dataloader, model, opt=None):
         if opt is not None:
             loss.backward()
             opt.step()
+        yield out, loss, y
+
+
+def epoch(dataloader, model, opt=None):
+    """One pass over ``dataloader``: training with ``opt``, evaluation without.
+
+    Returns (error rate over the dataset, mean of the per-batch mean losses).
+    """
+    np.random.seed(4)
+    errors = 0
+    losses = []
+    for out, loss, y in run_batches(dataloader, model, nn.SoftmaxLoss(), opt):
         errors += int((out.numpy().argmax(axis=1) != y.numpy()).sum())
         losses.append(float(loss.numpy()))
     return errors / len(dataloader.dataset), float(np.mean(losses))

@@ -13,6 +13,7 @@ import needle as ndl
 import needle.nn as nn
 import needle.optim as optim  # noqa: F401  (makes ndl.optim available)
 
+from needle.apps.mlp_resnet import run_batches
 from needle.apps.models import *  # noqa: F401,F403
 
 __all__ = [
@@ -84,18 +85,8 @@ def _loss_instance(loss_fn):
 def epoch_general_cifar10(dataloader, model, loss_fn=nn.SoftmaxLoss(), opt=None):
     """One epoch (training when ``opt`` is given); returns (avg_acc, avg_loss)."""
     np.random.seed(4)
-    loss_fn = _loss_instance(loss_fn)
-    model.train() if opt is not None else model.eval()
     correct, total_loss, n = 0, 0.0, 0
-    for batch in dataloader:
-        X, y = batch[0], batch[1]
-        if opt is not None:
-            opt.reset_grad()
-        out = model(X)
-        loss = loss_fn(out, y)
-        if opt is not None:
-            loss.backward()
-            opt.step()
+    for out, loss, y in run_batches(dataloader, model, _loss_instance(loss_fn), opt):
         yn = y.numpy().reshape(-1)
         correct += int((out.numpy().argmax(axis=1) == yn).sum())
         total_loss += float(loss.numpy()) * yn.shape[0]

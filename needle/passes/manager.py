@@ -82,6 +82,11 @@ class Pass:
     #: invariants that may no longer hold after this pass (autodiff's VJPs may emit composites)
     breaks: tuple[str, ...] = ()
 
+    def update_invariants(self, holds: set) -> None:
+        """`holds`, the invariants true before this pass, becomes those true after it."""
+        holds.difference_update(self.breaks)
+        holds.update(self.ensures)
+
     def run(self, graph: Graph, ctx: "PassContext") -> PassResult:
         raise NotImplementedError
 
@@ -224,8 +229,7 @@ class PassManager:
                 ctx.analyses[p.name] = result.analysis
             elif new is not graph:  # the earlier analyses describe the old graph
                 ctx.analyses.clear()
-            holds.difference_update(p.breaks)
-            holds.update(p.ensures)
+            p.update_invariants(holds)
             if ctx.verify:
                 try:
                     verify_graph(new, holds)

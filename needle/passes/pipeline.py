@@ -67,8 +67,7 @@ def invariants_after(name: str) -> frozenset:
     """The verifier invariants that hold after pass `name` of the pipeline ('input': none)."""
     holds: set = set()
     for n in STAGES[1:STAGES.index(name) + 1]:
-        holds.difference_update(PASSES[n].breaks)
-        holds.update(PASSES[n].ensures)
+        PASSES[n].update_invariants(holds)
     return frozenset(holds)
 
 
