@@ -5,6 +5,7 @@ lazily where batches are built.
 """
 from .dataset import Dataset, NDArrayDataset
 from .dataloader import DataLoader
+from .sampler import DistributedSampler
 from .transforms import Transform, RandomFlipHorizontal, RandomCrop
 from .mnist import MNISTDataset, parse_mnist
 from .cifar10 import CIFAR10Dataset
@@ -15,6 +16,7 @@ __all__ = [
     "Dataset",
     "NDArrayDataset",
     "DataLoader",
+    "DistributedSampler",
     "Transform",
     "RandomFlipHorizontal",
     "RandomCrop",

@@ -23,6 +23,8 @@ class DataLoader:
     PyTorch-style extras (keyword-only; the defaults keep the behaviour above):
     ``drop_last=True`` leaves out the final batch when it is shorter than ``batch_size``
     (``len()`` counts full batches only; the shuffle still draws one permutation of all N).
+    ``sampler`` (e.g. ``DistributedSampler``) gives the indices of each pass, in order, instead of
+    ``arange(N)`` or the shuffle; it excludes ``shuffle=True``.
     ``collate_fn(samples)`` receives the list of ``dataset[i]`` items of a batch, in batch
     order, and its return value is the batch as it is (no Tensor conversion; ``device``,
     ``dtype`` and ``requires_grad`` are not applied).
@@ -32,7 +34,7 @@ class DataLoader:
     batch_size: int
 
     def __init__(self, dataset, batch_size=1, shuffle=False, *, device=None,
-                 dtype=None, requires_grad=None, drop_last=False, collate_fn=None):
+                 dtype=None, requires_grad=None, drop_last=False, collate_fn=None, sampler=None):
         if batch_size is None or int(batch_size) < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.dataset = dataset
@@ -45,7 +47,10 @@ class DataLoader:
             raise TypeError(f"collate_fn must be callable or None, got {type(collate_fn).__name__}")
         self.drop_last = bool(drop_last)
         self.collate_fn = collate_fn
-        self.ordering = None if shuffle else self._split(np.arange(len(dataset)))
+        if sampler is not None and shuffle:
+            raise ValueError("DataLoader: pass either shuffle=True or a sampler (it decides the order), not both")
+        self.sampler = sampler
+        self.ordering = None if shuffle or sampler is not None else self._split(np.arange(len(dataset)))
         self._idx = 0
 
     def _split(self, order):
@@ -58,13 +63,15 @@ class DataLoader:
         return batches
 
     def __len__(self):
-        n = len(self.dataset)
+        n = len(self.sampler if self.sampler is not None else self.dataset)
         if getattr(self, "drop_last", False):
             return n // self.batch_size
         return (n + self.batch_size - 1) // self.batch_size
 
     def __iter__(self):
-        if self.shuffle:
+        if self.sampler is not None:
+            self.ordering = self._split(np.fromiter(iter(self.sampler), dtype=np.int64))
+        elif self.shuffle:
             self.ordering = self._split(np.random.permutation(len(self.dataset)))
         self._idx = 0
         return self

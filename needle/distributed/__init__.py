@@ -1,0 +1,13 @@
+"""needle.distributed: data-parallel training on MPI (mpi4py with the MPICH wheel).
+
+Run a script on N processes with `mpiexec -n N python script.py`; outside `mpiexec` it
+runs as a world of one. See docs/distributed.md.
+"""
+from .collectives import (AllGather, AllReduce, Broadcast, ReduceScatter, all_gather, all_reduce, broadcast,
+                          reduce_scatter)
+from .training import DistributedOptimizer, broadcast_parameters
+from .world import CollectiveTimeout, barrier, init, is_initialized, local_rank, rank, world_size
+
+__all__ = ["init", "is_initialized", "rank", "world_size", "local_rank", "barrier", "all_reduce", "broadcast",
+           "all_gather", "reduce_scatter", "broadcast_parameters", "DistributedOptimizer", "CollectiveTimeout",
+           "AllReduce", "Broadcast", "AllGather", "ReduceScatter"]

@@ -1,0 +1,185 @@
+"""Collectives as needle ops: `AllReduce`, `Broadcast`, `AllGather`, `ReduceScatter`.
+
+Each is a registry op like any other (needle/ops/registry.py): `infer` gives the output
+type, `compute` runs the MPI collective on the arrays (eagerly, or as the compiled graph's
+step), `gradient` is the adjoint collective, so eager `backward()`, the compiler's
+autodiff pass and the IR printer/parser all read this one definition. No op records a
+rank: every rank traces the same graph (a world-size attribute is recorded where the
+shape depends on it), which is what the compiled step's graph fingerprint compares.
+
+Semantics (SPMD: every rank calls the same collectives in the same order):
+* all_reduce(x, op): the elementwise sum / mean / max over ranks, on every rank;
+  with `root` set, the sum lands on that rank only and the others get zeros (the
+  adjoint of broadcast);
+* broadcast(x, src): `src`'s x on every rank;
+* all_gather(x): the ranks' x concatenated along axis 0 in rank order (as Horovod);
+* reduce_scatter(x): the sum over ranks, this rank's 1/N slice along axis 0 (the
+  adjoint of all_gather).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend_selection import BACKEND, array_api
+from ..ops.elementwise import compare
+from ..ops.registry import TensorOp
+from . import world
+
+__all__ = ["AllReduce", "Broadcast", "AllGather", "ReduceScatter", "all_reduce", "broadcast", "all_gather",
+           "reduce_scatter", "REDUCE_OPS"]
+
+REDUCE_OPS = ("sum", "mean", "max")
+
+
+def _to_numpy(a) -> np.ndarray:
+    return np.ascontiguousarray(a if isinstance(a, np.ndarray) else a.numpy(), dtype=np.float32)
+
+
+def _from_numpy(x: np.ndarray, like):
+    return x if BACKEND == "np" else array_api.array(x, device=like.device)
+
+
+def _mpi_op(op: str):
+    from mpi4py import MPI  # only reached with a world of more than one, i.e. mpi4py present
+
+    return MPI.MAX if op == "max" else MPI.SUM
+
+
+class _Collective(TensorOp, abstract=True):
+    kind = "opaque"
+    pure = False   # never merged, folded or evaluated at compile time
+
+
+class AllReduce(_Collective):
+    """Elementwise reduction over ranks (see the module docstring)."""
+
+    def __init__(self, op: str = "sum", root: int = -1):
+        if op not in REDUCE_OPS:
+            raise ValueError(f"all_reduce: op must be one of {REDUCE_OPS}, got {op!r}")
+        if root >= 0 and op != "sum":
+            raise ValueError(f"all_reduce: a root reduction is a sum, got op={op!r}")
+        self.op = op
+        self.root = int(root)
+
+    def infer(self, a):
+        return tuple(a.shape), a.dtype
+
+    def compute(self, a):
+        comm = world.comm()
+        x = _to_numpy(a)
+        if comm is None:
+            return _from_numpy(x.copy(), a)
+        out = np.empty_like(x)
+        what = f"all_reduce({self.op}) of shape {x.shape}"
+        if self.root >= 0:
+            world.wait(comm.Ireduce(x, out, op=_mpi_op("sum"), root=self.root), what)
+            if comm.Get_rank() != self.root:
+                out[...] = 0.0
+        else:
+            world.wait(comm.Iallreduce(x, out, op=_mpi_op(self.op)), what)
+            if self.op == "mean":
+                out /= np.float32(comm.Get_size())
+        return _from_numpy(out, a)
+
+    def gradient(self, out_grad, node):
+        if self.op == "max":
+            hit = compare(node.inputs[0], node, "eq")
+            return all_reduce(out_grad, "sum") * hit / all_reduce(hit, "sum")
+        if self.root >= 0:
+            return broadcast(out_grad, self.root)
+        return all_reduce(out_grad, self.op)
+
+
+class Broadcast(_Collective):
+    """`src`'s tensor on every rank."""
+
+    def __init__(self, src: int = 0):
+        self.src = int(src)
+
+    def infer(self, a):
+        return tuple(a.shape), a.dtype
+
+    def compute(self, a):
+        comm = world.comm()
+        x = _to_numpy(a).copy()
+        if comm is not None:
+            world.wait(comm.Ibcast(x, root=self.src), f"broadcast(src={self.src}) of shape {x.shape}")
+        return _from_numpy(x, a)
+
+    def gradient(self, out_grad, node):
+        return AllReduce("sum", root=self.src)(out_grad)
+
+
+class AllGather(_Collective):
+    """The ranks' tensors concatenated along axis 0, in rank order."""
+
+    def __init__(self, world_size: int = 1):
+        self.world_size = int(world_size)
+
+    def infer(self, a):
+        if len(a.shape) == 0:
+            raise self.error("all_gather needs a tensor with at least one axis, got a scalar")
+        return (a.shape[0] * self.world_size,) + tuple(a.shape[1:]), a.dtype
+
+    def compute(self, a):
+        comm = world.comm()
+        x = _to_numpy(a)
+        if comm is None:
+            return _from_numpy(x.copy(), a)
+        out = np.empty((x.shape[0] * comm.Get_size(),) + x.shape[1:], dtype=np.float32)
+        world.wait(comm.Iallgather(x, out), f"all_gather of shape {x.shape}")
+        return _from_numpy(out, a)
+
+    def gradient(self, out_grad, node):
+        return ReduceScatter(self.world_size)(out_grad)
+
+
+class ReduceScatter(_Collective):
+    """The sum over ranks, this rank's slice of axis 0 (axis 0 divides by the world size)."""
+
+    def __init__(self, world_size: int = 1):
+        self.world_size = int(world_size)
+
+    def infer(self, a):
+        if len(a.shape) == 0 or a.shape[0] % self.world_size:
+            raise self.error(f"reduce_scatter needs axis 0 divisible by the world size {self.world_size}, "
+                             f"got shape {tuple(a.shape)}")
+        return (a.shape[0] // self.world_size,) + tuple(a.shape[1:]), a.dtype
+
+    def compute(self, a):
+        comm = world.comm()
+        x = _to_numpy(a)
+        if comm is None:
+            return _from_numpy(x.copy(), a)
+        out = np.empty((x.shape[0] // comm.Get_size(),) + x.shape[1:], dtype=np.float32)
+        world.wait(comm.Ireduce_scatter_block(x, out, op=_mpi_op("sum")), f"reduce_scatter of shape {x.shape}")
+        return _from_numpy(out, a)
+
+    def gradient(self, out_grad, node):
+        return AllGather(self.world_size)(out_grad)
+
+
+# In a world of one every collective is the identity, so none is recorded (eagerly or in a
+# compiled graph): single-process scripts pay nothing for being written for N ranks.
+
+def all_reduce(t, op: str = "sum"):
+    """The elementwise `op` ("sum", "mean" or "max") of `t` over all ranks, on every rank."""
+    collective = AllReduce(op)
+    return collective(t) if world.world_size() > 1 else t
+
+
+def broadcast(t, src: int = 0):
+    """Rank `src`'s `t`, on every rank."""
+    if not 0 <= src < world.world_size():
+        raise ValueError(f"broadcast: src={src} is not a rank of this world of {world.world_size()}")
+    return Broadcast(src)(t) if world.world_size() > 1 else t
+
+
+def all_gather(t):
+    """Every rank's `t`, concatenated along axis 0 in rank order."""
+    return AllGather(world.world_size())(t) if world.world_size() > 1 else t
+
+
+def reduce_scatter(t):
+    """The sum of `t` over ranks; this rank's 1/world_size slice of axis 0."""
+    return ReduceScatter(world.world_size())(t) if world.world_size() > 1 else t

@@ -1,0 +1,199 @@
+"""The process world of data-parallel training: MPI through mpi4py (the MPICH wheel).
+
+`init()` is idempotent. Outside `mpiexec` (or without mpi4py installed) the world is one
+process, so a script written for N ranks runs unchanged on one. Inside `mpiexec`, `init`
+also makes a rank that raises abort the whole job (`MPI_Abort`), after printing its
+traceback under its rank number, so the other ranks never hang in a collective.
+
+Every blocking wait on a collective goes through `wait(request, what)`, which gives up
+after `NEEDLE_DIST_TIMEOUT` seconds (default 300) with an error naming the collective and
+the ranks that had not reached it.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+import time
+import traceback
+from typing import Any, Optional
+
+import numpy as np
+
+__all__ = ["init", "is_initialized", "rank", "world_size", "local_rank", "barrier", "comm",
+           "CollectiveTimeout", "timeout_seconds", "wait"]
+
+
+class CollectiveTimeout(RuntimeError):
+    """A collective waited longer than NEEDLE_DIST_TIMEOUT for the other ranks."""
+
+
+class _World:
+    """The initialised state: the communicator (None for a world of one) and counters."""
+
+    def __init__(self, comm: Any):
+        self.comm = comm
+        self.rank = comm.Get_rank() if comm is not None else 0
+        self.size = comm.Get_size() if comm is not None else 1
+        self.local_rank = _local_rank(comm)
+        self.collectives = 0        # how many collectives this rank has started
+        self.progress: Optional[_Progress] = None
+
+
+_WORLD: Optional[_World] = None
+
+
+def _launched_by_mpi() -> bool:
+    return any(k in os.environ for k in ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE",
+                                         "HYDRA_CONTROL_FD", "PMI_FD"))
+
+
+def _local_rank(comm) -> int:
+    if comm is None:
+        return 0
+    from mpi4py import MPI
+
+    return comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
+
+
+def init() -> None:
+    """Join the world (idempotent). A world of one outside `mpiexec`; inside it, needs mpi4py
+    (`pip install needle[distributed]`)."""
+    global _WORLD
+    if _WORLD is not None:
+        return
+    if not _launched_by_mpi():
+        _WORLD = _World(None)
+        return
+    try:
+        from mpi4py import MPI  # optional dependency: only needed under mpiexec
+    except ImportError as e:
+        raise ImportError("needle.distributed under mpiexec needs mpi4py: pip install 'needle[distributed]'") from e
+    comm = MPI.COMM_WORLD.Dup()
+    _WORLD = _World(comm if comm.Get_size() > 1 else None)
+    if _WORLD.comm is not None:
+        _WORLD.progress = _Progress(_WORLD.comm)
+        _install_abort_hook()
+
+
+def is_initialized() -> bool:
+    return _WORLD is not None
+
+
+def _world() -> _World:
+    init()
+    return _WORLD
+
+
+def rank() -> int:
+    """This process's rank, 0 .. world_size() - 1."""
+    return _world().rank
+
+
+def world_size() -> int:
+    """How many processes train together."""
+    return _world().size
+
+
+def local_rank() -> int:
+    """This process's rank among the ranks on its machine."""
+    return _world().local_rank
+
+
+def comm() -> Any:
+    """The mpi4py communicator, or None in a world of one."""
+    return _world().comm
+
+
+def barrier() -> None:
+    """Wait until every rank reaches this point (bounded by NEEDLE_DIST_TIMEOUT)."""
+    w = _world()
+    if w.comm is not None:
+        wait(w.comm.Ibarrier(), "barrier")
+
+
+def timeout_seconds() -> float:
+    raw = os.environ.get("NEEDLE_DIST_TIMEOUT", "300")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"NEEDLE_DIST_TIMEOUT must be a number of seconds, got {raw!r}") from None
+    if value <= 0:
+        raise ValueError(f"NEEDLE_DIST_TIMEOUT must be positive, got {raw!r}")
+    return value
+
+
+def wait(request: Any, what: str) -> None:
+    """Complete a non-blocking MPI request, or raise CollectiveTimeout after the timeout."""
+    w = _world()
+    w.collectives += 1
+    if w.progress is not None:
+        w.progress.publish(w.collectives)
+    if request.Test():
+        return
+    limit = timeout_seconds()
+    start = time.monotonic()
+    pause = 1e-5
+    while not request.Test():
+        if time.monotonic() - start > limit:
+            missing = w.progress.behind(w.collectives) if w.progress is not None else "unknown"
+            raise CollectiveTimeout(
+                f"rank {w.rank}: {what} waited {limit:g} s (NEEDLE_DIST_TIMEOUT) for the other ranks; "
+                f"ranks that had not reached it: {missing}")
+        time.sleep(pause)
+        pause = min(pause * 2, 1e-3)
+
+
+class _Progress:
+    """Every rank's count of started collectives, in a one-sided MPI window on rank 0, so a
+    rank that times out can name the ranks that are behind it without their help."""
+
+    def __init__(self, comm: Any):
+        from mpi4py import MPI
+
+        self.rank = comm.Get_rank()
+        self.size = comm.Get_size()
+        self.win = MPI.Win.Allocate(8 * self.size if self.rank == 0 else 0, disp_unit=8, comm=comm)
+        if self.rank == 0:
+            np.frombuffer(self.win.tomemory(), dtype=np.int64)[:] = 0
+        self.win.Lock_all()
+        self._count = np.zeros(1, dtype=np.int64)
+        atexit.register(self.close)
+
+    def publish(self, count: int) -> None:
+        self._count[0] = count
+        self.win.Rput(self._count, 0, target=self.rank).Wait()
+
+    def behind(self, count: int, patience: float = 5.0) -> str:
+        """The ranks whose count is below `count` (or "unknown" if rank 0's window does not answer)."""
+        counts = np.zeros(self.size, dtype=np.int64)
+        request = self.win.Rget(counts, 0)
+        start = time.monotonic()
+        while not request.Test():
+            if time.monotonic() - start > patience:
+                return "unknown (rank 0 does not answer)"
+            time.sleep(1e-3)
+        return ", ".join(str(r) for r in range(self.size) if counts[r] < count) or "none (all arrived late)"
+
+    def close(self) -> None:
+        if self.win is not None:
+            self.win.Unlock_all()
+            self.win.Free()
+            self.win = None
+
+
+def _install_abort_hook() -> None:
+    """An uncaught exception on any rank prints its traceback and aborts every rank."""
+    previous = sys.excepthook
+
+    def abort_all(kind, value, tb):
+        from mpi4py import MPI
+
+        sys.stderr.write(f"needle.distributed: rank {rank()} of {world_size()} failed:\n")
+        sys.stderr.write("".join(traceback.format_exception(kind, value, tb)))
+        sys.stderr.flush()
+        if previous not in (sys.__excepthook__, abort_all):
+            previous(kind, value, tb)
+        MPI.COMM_WORLD.Abort(1)
+
+    sys.excepthook = abort_all
