@@ -194,6 +194,7 @@ def _install_abort_hook() -> None:
         sys.stderr.flush()
         if previous not in (sys.__excepthook__, abort_all):
             previous(kind, value, tb)
+        time.sleep(0.5)   # let mpiexec forward the message before it kills the job
         MPI.COMM_WORLD.Abort(1)
 
     sys.excepthook = abort_all
