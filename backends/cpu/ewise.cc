@@ -13,7 +13,7 @@ namespace {
 // not fit in cache anyway, and streaming saves the read-for-ownership traffic.
 // Buffers are 64-byte aligned and chunks start at multiples of 16 elements.
 constexpr size_t STREAM_MIN = size_t(2) << 20;
-// exp, log, tanh cost more per element: split them across threads sooner
+// exp, log, tanh, sin, cos cost more per element: split them across threads sooner
 constexpr int64_t TRANSCENDENTAL_THRESHOLD = 16384;
 
 void binary(Binary op, const char* fn, const Array& a, const Array& b, Array& out) {
@@ -96,7 +96,9 @@ constexpr UnaryName UNARY[] = {{"ewise_neg", NEG, PAR_THRESHOLD},
                                {"ewise_sqrt", SQRT, PAR_THRESHOLD},
                                {"ewise_exp", EXP, TRANSCENDENTAL_THRESHOLD},
                                {"ewise_log", LOG, TRANSCENDENTAL_THRESHOLD},
-                               {"ewise_tanh", TANH, TRANSCENDENTAL_THRESHOLD}};
+                               {"ewise_tanh", TANH, TRANSCENDENTAL_THRESHOLD},
+                               {"ewise_sin", SIN, TRANSCENDENTAL_THRESHOLD},
+                               {"ewise_cos", COS, TRANSCENDENTAL_THRESHOLD}};
 
 }  // namespace
 

@@ -15,7 +15,7 @@ constexpr int TILE = 8;  // tile size of matmul_tiled's layout
 
 enum Binary { ADD, MUL, DIV, MAXIMUM, EQ, GE, N_BINARY };
 // SQUARE .. ONES: scalar_power's fast paths (x**2, x**-1, x**1, x**0)
-enum Unary { NEG, SQRT, EXP, LOG, TANH, SQUARE, RECIPROCAL, COPY, ONES, N_UNARY };
+enum Unary { NEG, SQRT, EXP, LOG, TANH, SIN, COS, SQUARE, RECIPROCAL, COPY, ONES, N_UNARY };
 
 struct Kernels {
   // out[i] = op(a[i], b[i]) / op(a[i], val) / op(a[i]) for i < n; `stream`: write `out` with

@@ -25,7 +25,7 @@ namespace {
 extern const Kernels table = {
     {ewise_add, ewise_mul, ewise_div, ewise_maximum, ewise_eq, ewise_ge},
     {scalar_add, scalar_mul, scalar_div, scalar_maximum, scalar_eq, scalar_ge},
-    {unary_neg, unary_sqrt, unary_exp, unary_log, unary_tanh, unary_square, unary_reciprocal, unary_copy,
+    {unary_neg, unary_sqrt, unary_exp, unary_log, unary_tanh, unary_sin, unary_cos, unary_square, unary_reciprocal, unary_copy,
      unary_ones},
     where,
     sum,

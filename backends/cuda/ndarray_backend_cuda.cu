@@ -408,6 +408,8 @@ struct PowOp { __device__ __forceinline__ float operator()(float x, float y) con
 struct ExpOp { __device__ __forceinline__ float operator()(float x) const { return expf(x); } };
 struct LogOp { __device__ __forceinline__ float operator()(float x) const { return logf(x); } };
 struct TanhOp { __device__ __forceinline__ float operator()(float x) const { return tanhf(x); } };
+struct SinOp { __device__ __forceinline__ float operator()(float x) const { return sinf(x); } };
+struct CosOp { __device__ __forceinline__ float operator()(float x) const { return cosf(x); } };
 struct SqrtOp { __device__ __forceinline__ float operator()(float x) const { return sqrtf(x); } };
 struct NegOp { __device__ __forceinline__ float operator()(float x) const { return -x; } };
 struct CopyOp { __device__ __forceinline__ float operator()(float x) const { return x; } };
@@ -970,6 +972,8 @@ PYBIND11_MODULE(ndarray_backend_cuda, m) {
   NEEDLE_UNARY(exp, ExpOp)
   NEEDLE_UNARY(log, LogOp)
   NEEDLE_UNARY(tanh, TanhOp)
+  NEEDLE_UNARY(sin, SinOp)
+  NEEDLE_UNARY(cos, CosOp)
   NEEDLE_UNARY(sqrt, SqrtOp)
   NEEDLE_UNARY(neg, NegOp)
 #undef NEEDLE_UNARY

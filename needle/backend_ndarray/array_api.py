@@ -13,7 +13,7 @@ from .shapes import _builtin_sum, _check_dtype, _is_scalar, _norm_axis, _norm_ax
 __all__ = [
     "array", "asarray", "empty", "full", "zeros", "ones", "empty_like", "zeros_like", "ones_like",
     "broadcast_to", "reshape", "transpose", "permute_dims", "swapaxes", "expand_dims", "squeeze",
-    "maximum", "minimum", "log", "exp", "tanh", "sqrt", "negative", "abs",
+    "maximum", "minimum", "log", "exp", "tanh", "sin", "cos", "sqrt", "negative", "abs",
     "add", "subtract", "multiply", "divide", "power", "equal", "greater_equal",
     "sum", "max", "min", "argmax", "flip", "pad", "matmul", "matmul_tiled", "where",
     "concatenate", "stack", "split", "take", "index_add", "im2col", "col2im",
@@ -176,6 +176,14 @@ def exp(a):
 
 def tanh(a):
     return _nd(a).tanh()
+
+
+def sin(a):
+    return _nd(a).sin()
+
+
+def cos(a):
+    return _nd(a).cos()
 
 
 def sqrt(a):

@@ -123,6 +123,12 @@ class ArrayMath:
     def tanh(self):
         return self._unary("ewise_tanh")
 
+    def sin(self):
+        return self._unary("ewise_sin")
+
+    def cos(self):
+        return self._unary("ewise_cos")
+
     def sqrt(self):
         if hasattr(self._device.mod, "ewise_sqrt"):
             return self._unary("ewise_sqrt")

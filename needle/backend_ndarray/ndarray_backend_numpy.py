@@ -148,6 +148,8 @@ def _unary(name, fn):
 ewise_log = _unary("ewise_log", np.log)
 ewise_exp = _unary("ewise_exp", np.exp)
 ewise_tanh = _unary("ewise_tanh", np.tanh)
+ewise_sin = _unary("ewise_sin", np.sin)
+ewise_cos = _unary("ewise_cos", np.cos)
 ewise_sqrt = _unary("ewise_sqrt", np.sqrt)
 ewise_neg = _unary("ewise_neg", np.negative)
 
