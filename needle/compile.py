@@ -27,6 +27,7 @@ import numpy as np
 
 from . import autograd, guards, init
 from .autograd import Tensor, TensorTuple
+from .distributed import check_same_graph
 from .errors import IdError
 from .backend_selection import BACKEND, array_api, default_device as _default_device
 from .trace import tracer
@@ -217,6 +218,7 @@ class CompiledFunction:
                   + [("hyper", (obj, attr), v) for obj, attr, v in builder.hyper_updates.values()])
         out_ids += [_node_of(builder, v) for _, _, v in writes] + [nid for nid, _ in builder.checks]
         graph = builder.graph(out_ids)
+        check_same_graph(graph)   # ranks that traced different collectives fail here, not in a deadlock
         self.stats["traces"] += 1
         runner, final, snapshots = self._build(graph)
         bindings = [("const", _to_backend(bound)) if role == "const" else bound

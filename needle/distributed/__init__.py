@@ -5,9 +5,10 @@ runs as a world of one. See docs/distributed.md.
 """
 from .collectives import (AllGather, AllReduce, Broadcast, ReduceScatter, all_gather, all_reduce, broadcast,
                           reduce_scatter)
+from .fingerprint import GraphMismatch, check_same_graph
 from .training import DistributedOptimizer, broadcast_parameters
 from .world import CollectiveTimeout, barrier, init, is_initialized, local_rank, rank, world_size
 
 __all__ = ["init", "is_initialized", "rank", "world_size", "local_rank", "barrier", "all_reduce", "broadcast",
-           "all_gather", "reduce_scatter", "broadcast_parameters", "DistributedOptimizer", "CollectiveTimeout",
+           "all_gather", "reduce_scatter", "broadcast_parameters", "DistributedOptimizer", "CollectiveTimeout", "GraphMismatch", "check_same_graph",
            "AllReduce", "Broadcast", "AllGather", "ReduceScatter"]

@@ -22,11 +22,11 @@ import numpy as np
 
 from ..backend_selection import BACKEND, array_api
 from ..ops.elementwise import compare
-from ..ops.registry import TensorOp
+from ..ops.registry import TensorOp, op_names
 from . import world
 
 __all__ = ["AllReduce", "Broadcast", "AllGather", "ReduceScatter", "all_reduce", "broadcast", "all_gather",
-           "reduce_scatter", "REDUCE_OPS"]
+           "reduce_scatter", "REDUCE_OPS", "COLLECTIVE_OPS"]
 
 REDUCE_OPS = ("sum", "mean", "max")
 
@@ -47,7 +47,8 @@ def _mpi_op(op: str):
 
 class _Collective(TensorOp, abstract=True):
     kind = "opaque"
-    pure = False   # never merged, folded or evaluated at compile time
+    pure = False        # never merged, folded or evaluated at compile time
+    collective = True   # every rank must run it, in the same order
 
 
 class AllReduce(_Collective):
@@ -161,6 +162,10 @@ class ReduceScatter(_Collective):
 
 # In a world of one every collective is the identity, so none is recorded (eagerly or in a
 # compiled graph): single-process scripts pay nothing for being written for N ranks.
+
+#: the IR names of the collectives (a graph holding one is fingerprinted across ranks)
+COLLECTIVE_OPS = op_names(lambda cls: getattr(cls, "collective", False))
+
 
 def all_reduce(t, op: str = "sum"):
     """The elementwise `op` ("sum", "mean" or "max") of `t` over all ranks, on every rank."""

@@ -73,6 +73,14 @@ def test_a_stalled_collective_times_out_naming_the_missing_rank():
     assert "ranks that had not reached it: 2" in result.stderr + result.stdout
 
 
+@needs_mpi
+def test_ranks_that_trace_different_graphs_get_a_clear_error():
+    result = mpirun(2, "mismatch", timeout=60)
+    assert result.returncode != 0
+    assert "traced a different graph on rank(s) 1 than on rank 0" in result.stderr, result.stderr
+    assert "GraphMismatch" in result.stderr
+
+
 # ---- a world of one (no mpiexec) ---------------------------------------------------------------
 
 def test_world_of_one_collectives_are_the_identity():

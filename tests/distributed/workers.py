@@ -148,7 +148,13 @@ def stalls() -> None:
         raise
 
 
-CASES = {f.__name__: f for f in (collectives, equivalence, raises, stalls)}
+def mismatch() -> None:
+    """Ranks compile the same step on different shapes: a clear error, not a deadlock."""
+    f = ndl.compile(lambda t: dist.all_reduce(t * 2.0))
+    f(ndl.Tensor(np.ones((2 + dist.rank(), 3), np.float32)))
+
+
+CASES = {f.__name__: f for f in (collectives, equivalence, raises, stalls, mismatch)}
 
 if __name__ == "__main__":
     dist.init()
