@@ -308,7 +308,7 @@ def unknown_callbacks(ex) -> list:
     from needle.codegen import LoweringError, compile_kernel
 
     unknown = []
-    for name, sub in ex._callbacks:
+    for name, sub in ex.built.callbacks:
         try:
             compile_kernel(sub)
             unknown.append(f"{name}: lowers, yet ran as a callback")

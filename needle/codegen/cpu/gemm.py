@@ -1,77 +1,86 @@
-"""The native program's BLAS steps: GEMM (MatMul) and conv groups with their epilogues.
+"""The CPU program's BLAS steps: GEMM (MatMul) and conv groups with their epilogues.
 
-A mixin of `NativeExecutor` (see `needle.runtime.native`): an extern group's anchor becomes
-a "gemm" or "conv" step of backends/cpu/program.cc, its operands read in place where a view
-allows it; its elementwise epilogue is fused into the GEMM by row blocks when it reads the
-product element by element, else it is a kernel after it.
+A mixin of `CpuBuilder` (program.py): an extern group's anchor becomes a `GemmStep` or a
+`ConvStep` of backends/cpu/program.cc, its operands read in place where a view allows it:
+
+* a MatMul is a BLAS GEMM on its operands in place (a transposed or reshaped operand is
+  passed as a transposed/strided GEMM operand), batched with broadcast operands; its
+  elementwise epilogue runs as an LLVM kernel on each block of rows right after the GEMM
+  wrote them (while they are in cache: the step's `Epilogue`) when it reads the product
+  element by element, else as a kernel after the GEMM;
+* a Conv is im2col + GEMM by cache-sized blocks of output pixels, one block buffer per
+  thread; its input gradient (ConvBackwardData) GEMM + col2im, its weight gradient
+  (ConvBackwardFilter) im2col + one GEMM; their epilogues as for a GEMM.
 """
 from __future__ import annotations
 
+import dataclasses
 from math import prod
 
 import numpy as np
 
-from ..ops.registry import op_from_node
-from ..passes.fusion import node_class
-from . import profile as _profile
+from ...ops.registry import op_from_node
+from ...passes.fusion import node_class
+from ..llvm_render import range_extent
+from .steps import ConvStep, Epilogue, GemmStep
 
 #: bytes of a float32 value
 F32 = 4
-#: the conv ops, in the order of backends/cpu/program.cc's conv step kinds
-_CONV_OPS = ("Conv", "ConvBackwardData", "ConvBackwardFilter")
-#: the ops a "gemm" step computes
+#: conv op -> its backends/cpu/program.cc conv step kind
+_CONV_KINDS = {"Conv": 0, "ConvBackwardData": 1, "ConvBackwardFilter": 2}
+#: the ops a GEMM step computes
 _GEMM_OPS = ("MatMul",)
 #: program.cc's conv_blocked: at most this many threads, each with a patch block of this size
 _CONV_THREADS, _CONV_BLOCK_BYTES = 8, 256 << 10
 
 
 class GemmConvSteps:
-    """`NativeExecutor`'s extern groups (MatMul, Conv, ConvBackwardData/Filter)."""
+    """`CpuBuilder`'s extern groups (MatMul, Conv, ConvBackwardData/Filter)."""
 
-    def _extern(self, group) -> None:
+    def extern(self, group) -> tuple[str, str]:
         g = self.graph
         anchor = g.node(group.anchor)
-        if anchor.op not in _CONV_OPS and anchor.op not in _GEMM_OPS:
-            return self._opaque(group)
+        if anchor.op not in _CONV_KINDS and anchor.op not in _GEMM_OPS:
+            return self.opaque(group)
         rest = tuple(i for i in group.node_ids if i != anchor.id)
         c = self._out_slot(anchor.id, transient=anchor.id not in group.outputs)
-        if anchor.op in _CONV_OPS:
+        if anchor.op in _CONV_KINDS:
             self._conv(anchor, c)
-            if rest:
-                self._epilogue(group, anchor, rest, c, gemm=False)
-            return
+            how = self._epilogue(group, anchor, rest, c, None) if rest else ""
+            return "conv", how
         slots, p, offsets = self._gemm_params(anchor)
         self.stats["gemms"] += 1
-        step = self._emit(["gemm", slots + [c], p, 0, [], [], 0, offsets], (anchor.id,), (anchor.id,), "blas",
-                          f"k{group.id}")
-        if rest:
-            self._epilogue(group, anchor, rest, c, gemm=step)
+        k = self._emit(GemmStep((*slots, c), tuple(p), tuple(offsets)), (anchor.id,), (anchor.id,), "blas",
+                       f"k{group.id}")
+        return "gemm", self._epilogue(group, anchor, rest, c, k) if rest else ""
 
-    def _epilogue(self, group, anchor, rest, c_slot, gemm) -> None:
-        """The elementwise ops after a GEMM/conv: fused into the GEMM step by row blocks when
-        they read its result element by element, else a kernel after it."""
+    def _epilogue(self, group, anchor, rest, c_slot, gemm) -> str:
+        """The elementwise ops after a GEMM/conv: fused into the GEMM step (`gemm`: its index)
+        by row blocks when they read its result element by element, else a kernel after it.
+        Returns how, for the group's report."""
         outputs = tuple(o for o in group.outputs if o != anchor.id)
         if not outputs:
-            return
+            return ""
         self.loc.setdefault(anchor.id, c_slot)
         ex = self._expand(rest, outputs)
         kernel = self._kernel(ex)
         ins = [self._slot_of(i) for i in ex.inputs]
         outs = [self._out_slot(v) for v in outputs]
-        rows = gemm[2][1] if gemm and gemm[2][0] == 1 else 0  # a single product's rows
-        if kernel is not None and rows and kernel.range_extent % rows == 0 and self._rowwise(anchor, rest, outputs):
-            gemm[3:7] = kernel.range_address, ins + outs, [p.size for p in kernel.loop.params], kernel.range_extent
-            k = next(i for i, st in enumerate(self.steps) if st is gemm)
-            prof = _profile.step_profile(*self._profiled(group.node_ids, group.outputs), None, where="blas+llvm")
-            prof.label = f"k{group.id}" + prof.label[prof.label.index(" "):]
-            self._profiles[k] = prof
+        step = self.steps[gemm] if gemm is not None else None
+        rows = step.params[1] if step is not None and step.params[0] == 1 else 0  # a single product's rows
+        if kernel is not None and rows and range_extent(kernel) % rows == 0 and self._rowwise(anchor, rest, outputs):
+            epilogue = Epilogue(kernel, (*ins, *outs), tuple(p.size for p in kernel.params), range_extent(kernel))
+            self.steps[gemm] = dataclasses.replace(step, epilogue=epilogue)
+            if self.sources is not None:
+                self.sources[gemm] = self._source(group.node_ids, group.outputs, "blas+llvm", f"k{group.id}")
             self.stats["fused_epilogues"] += 1
             self.stats["llvm_kernels"] += 1
-            return
+            return "epilogue fused"
         if kernel is not None:
             self._add_kernel(kernel, ins + outs, f"k{group.id}.epi", ex)
-        else:
-            self._callback(ex, ins, outs, f"k{group.id}.epi")
+            return "epilogue kernel"
+        self._callback(ex, ins, outs, f"k{group.id}.epi")
+        return "epilogue callback"
 
     def _rowwise(self, anchor, rest, outputs) -> bool:
         """True if the epilogue reads the GEMM result only at the element it writes: every
@@ -95,7 +104,7 @@ class GemmConvSteps:
         shape = node.type.shape
         trans = False
         base = v
-        op = op_from_node(node.op, node.attr_dict) if self._is_view(v) else None
+        op = op_from_node(node.op, node.attr_dict) if self.is_view(v) else None
         if hasattr(op, "_perm"):  # a permutation of the axes
             nd = len(shape)
             if tuple(op._perm(nd)) == tuple(range(nd - 2)) + (nd - 1, nd - 2):
@@ -129,7 +138,7 @@ class GemmConvSteps:
     def _conv(self, node, out_slot) -> None:
         """Conv (kind 0), ConvBackwardData (1) or ConvBackwardFilter (2) as a program step,
         with the scratch backends/cpu/program.cc needs for it."""
-        kind = _CONV_OPS.index(node.op)
+        kind = _CONV_KINDS[node.op]
         a, b = node.inputs
         s, p = int(node.attr("stride")), int(node.attr("padding"))
         if kind == 0:     # x, w
@@ -149,6 +158,6 @@ class GemmConvSteps:
         else:             # the im2col matrix (patches, or their gradients)
             floats = n * ho * wo * row
         cols = self._scratch(floats * F32)
-        self._emit(["conv", kind, [self._slot_of(a), self._slot_of(b), out_slot, cols],
-                    [n, h, wd, ci, kh, kw, co, s, p]], (node.id,), (node.id,), "im2col+blas", f"conv%{node.id}")
+        self._emit(ConvStep(kind, (self._slot_of(a), self._slot_of(b), out_slot, cols), (n, h, wd, ci, kh, kw, co, s, p)),
+                   (node.id,), (node.id,), "im2col+blas", f"conv%{node.id}")
         self.stats["convs"] += 1
