@@ -6,7 +6,13 @@ from typing import Any, Iterator, List, Optional
 
 import numpy
 
+from . import backend_selection, ops, value_types
 from .backend_selection import BACKEND, Device, NDArray, array_api, cpu, default_device
+from .backprop import compute_gradient_of_variables, find_topo_sort  # noqa: F401  (the course's API names them here)
+from .errors import OpError, user_location
+from .ops.registry import Op, TensorOp, TensorTupleOp  # noqa: F401
+from .trace import tracer
+from .trace.autodiff_request import request_gradients
 
 #: When True, op results are computed only when read (`realize_cached_data`).
 LAZY_MODE = False
@@ -172,7 +178,7 @@ class Tensor(Value):
             return numpy.array(numpy_array, dtype=dtype)
         # The nd backend stores float32 only: bool and integer data become 0/1 and float ids;
         # an explicit dtype= other than float32 or bool is a TypeError naming float32.
-        if dtype is not None:
+        if dtype is not None:  # lazy: the nd backend's extension may be missing under NEEDLE_BACKEND=np
             from .backend_ndarray.ndarray import _check_dtype
 
             _check_dtype(dtype)
@@ -228,7 +234,6 @@ class Tensor(Value):
         if BACKEND == "np":
             return cpu()
         if self._trace is not None:
-            from . import backend_selection
             return getattr(backend_selection, self._trace.type.device)()
         return self.realize_cached_data().device
 
@@ -280,7 +285,6 @@ class Tensor(Value):
             raise ValueError(f"backward: out_grad has shape {tuple(out_grad.shape)}, but the tensor "
                              f"it seeds has shape {tuple(self.shape)}")
         if self._trace is not None:
-            from .trace.autodiff_request import request_gradients
             request_gradients(self, out_grad)
             return
         if out_grad is None:
@@ -420,90 +424,5 @@ class Tensor(Value):
         return ops.sigmoid(self)
 
 
-def compute_gradient_of_variables(output_tensor: Tensor, out_grad: Tensor, before_vjp=None) -> None:
-    """Take the gradient of `output_tensor` w.r.t. every node of its graph (stored in `.grad`).
-
-    Adjoints flowing into a TensorTuple through TupleGetItem are collected per index and
-    assembled into one tuple, so indexing all T parts of a split costs O(T), not O(T^2).
-    `before_vjp(node)`, when given, runs before each node's VJP (the autodiff pass uses it
-    to give the emitted nodes the source location of the node they differentiate).
-    """
-    node_to_output_grads_list: dict = {output_tensor: [out_grad]}
-    tuple_parts: dict = {}
-    for node in reversed(find_topo_sort([output_tensor])):
-        grads = node_to_output_grads_list.pop(node, None)
-        parts = tuple_parts.pop(node, None)
-        if parts is not None:
-            grads = (grads or []) + [_assemble_tuple_grad(node, parts)]
-        if grads is None:
-            continue
-        node.grad = sum_node_list(grads)
-        if node.op is None:
-            continue
-        if isinstance(node.op, ops.TupleGetItem):
-            source = node.inputs[0]
-            if source.requires_grad:
-                index = node.op.index % len(source)
-                tuple_parts.setdefault(source, {}).setdefault(index, []).append(node.grad)
-            continue
-        if before_vjp is not None:
-            before_vjp(node)
-        for inp, grad in zip(node.inputs, node.op.gradient_as_tuple(node.grad, node)):
-            if inp.requires_grad:
-                node_to_output_grads_list.setdefault(inp, []).append(grad)
-
-
-def _assemble_tuple_grad(node: "TensorTuple", parts: dict) -> "TensorTuple":
-    """The adjoint of a TensorTuple from its per-index adjoints (zeros where none)."""
-    from . import init
-
-    from .ops.tuple_ops import part_types
-
-    items = []
-    for i, (shape, dtype) in enumerate(part_types(node)):
-        if i in parts:
-            items.append(sum_node_list(parts[i]))
-        else:
-            items.append(init.zeros(*shape, dtype=dtype, device=parts[next(iter(parts))][0].device))
-    return ops.make_tuple(*items)
-
-
-def find_topo_sort(node_list: List[Value]) -> List[Value]:
-    """Post-order DFS from each node in order, inputs left to right, each node once."""
-    visited: set = set()
-    topo_order: List[Value] = []
-    for root in node_list:
-        if id(root) in visited:
-            continue
-        visited.add(id(root))
-        stack = [(root, iter(root.inputs))]
-        while stack:
-            node, children = stack[-1]
-            for child in children:
-                if id(child) not in visited:
-                    visited.add(id(child))
-                    stack.append((child, iter(child.inputs)))
-                    break
-            else:
-                stack.pop()
-                topo_order.append(node)
-    return topo_order
-
-
-def sum_node_list(node_list: List[Value]) -> Value:
-    """Sum of the partial adjoints (left to right)."""
-    total = node_list[0]
-    for node in node_list[1:]:
-        total = total + node
-    return total
-
-
-# Bottom imports: ops needs Tensor/TensorTuple defined above.
-from . import ops  # noqa: E402
-from .trace import tracer  # noqa: E402
-from .errors import OpError, user_location  # noqa: E402
-from .ops import registry as _registry  # noqa: E402
-from .ops.registry import Op, TensorOp, TensorTupleOp  # noqa: E402,F401
-
-_registry.Tensor = Tensor
-_registry.TensorTuple = TensorTuple
+value_types.Tensor = Tensor
+value_types.TensorTuple = TensorTuple

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import ops
 from ..autograd import Tensor
-from ..backend_selection import BACKEND, cpu
+from ..backend_selection import cpu
 from ..errors import IdError
+from ..ops import registry
+from ..ops.random import random_uniform
 from ..trace import tracer
 
 
@@ -30,8 +33,6 @@ def rand(*shape, low=0.0, high=1.0, device=None, dtype="float32", requires_grad=
 def randn(*shape, mean=0.0, std=1.0, device=None, dtype="float32", requires_grad=False) -> Tensor:
     """Normal: `np.random.randn(*shape) * std + mean`."""
     if tracer.active() is not None:  # Box-Muller over two uniform draws
-        from .. import ops
-
         radius = ops.sqrt(ops.log(1.0 - _traced_uniform(shape)) * -2.0)
         return radius * ops.cos(_traced_uniform(shape) * (2 * np.pi)) * std + mean
     device = _device(device)
@@ -41,18 +42,11 @@ def randn(*shape, mean=0.0, std=1.0, device=None, dtype="float32", requires_grad
 
 def _traced_uniform(shape) -> Tensor:
     """Uniform [0, 1) numbers of a compiled call (new ones at every call)."""
-    from ..ops.random import random_uniform
-
     return random_uniform(tuple(shape))
 
 
 def constant(*shape, c=1.0, device=None, dtype="float32", requires_grad=False) -> Tensor:
-    device = _device(device)
-    if BACKEND == "np":
-        array = np.full(shape, c, dtype=dtype)
-    else:
-        array = device.full(shape, c, dtype=dtype)
-    return Tensor.make_const(array, requires_grad=requires_grad)
+    return registry.constant(shape, c, dtype, _device(device), requires_grad)
 
 
 def ones(*shape, device=None, dtype="float32", requires_grad=False) -> Tensor:
@@ -66,8 +60,6 @@ def zeros(*shape, device=None, dtype="float32", requires_grad=False) -> Tensor:
 def randb(*shape, p=0.5, device=None, dtype="bool", requires_grad=False) -> Tensor:
     """Bernoulli(p): `np.random.rand(*shape) <= p`."""
     if tracer.active() is not None:
-        from .. import ops
-
         return ops.compare(_traced_uniform(shape), p, "le")
     device = _device(device)
     array = device.rand(*shape) <= p
@@ -91,8 +83,6 @@ def one_hot(n, i, device=None, dtype="float32", requires_grad=False) -> Tensor:
 
 def _traced_one_hot(n, i, device, dtype) -> Tensor:
     """one_hot of traced ids as graph ops: compare(ids[..., None], iota(n)) (no data read)."""
-    from .. import ops
-
     shape = tuple(i.shape) + (n,)
     # a graph const: its reshape and broadcast stay graph views
     iota = tracer.ACTIVE.lift(Tensor(np.arange(n, dtype="float32"), device=device, dtype=dtype,

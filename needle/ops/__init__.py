@@ -5,6 +5,7 @@ from .shape import *  # noqa: F401,F403
 from .reduce import *  # noqa: F401,F403
 from .tuple_ops import *  # noqa: F401,F403
 from .gather import *  # noqa: F401,F403
+from .indexing import *  # noqa: F401,F403
 from .linalg import *  # noqa: F401,F403
 from .composite import *  # noqa: F401,F403
 from .random import *  # noqa: F401,F403

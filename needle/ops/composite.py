@@ -1,57 +1,45 @@
 """Composite ops: functions of primitives with their own eager kernel and VJP.
 
-The compiler's decompose pass expands them into primitives before autodiff.
+The compiler's decompose pass expands them into primitives (`decompose`; an elementwise
+composite's is its scalar formula, `element`, evaluated over Tensors).
 """
 from __future__ import annotations
 
 from ..backend_selection import array_api
 from . import scalar as S
-from .elementwise import compare, exp
-from .reduce import Reduce, check_not_empty, summation
+from .elementwise import Elementwise, compare, exp, log
+from .reduce import Reduce, _reduced_shape, check_not_empty, summation
+from .reduce import max as reduce_max
 from .registry import TensorOp
 from .shape import broadcast_to, reshape
 
 
-class ReLU(TensorOp):
-    kind = "elementwise"
+class ReLU(Elementwise):
+    """max(a, 0); decomposed as where(a <= 0, 0, a), which matches it also for -inf and NaN."""
+
     composite = True
     custom_vjp = True  # its VJP is eager's (0 at NaN; the decomposed Where's would be 1 there)
 
     def element(self, a):
         return S.where(a <= 0.0, 0.0, a)
 
-    def compute(self, a):
+    def compute(self, a):  # one kernel instead of the formula's compare and select
         return array_api.maximum(a, 0.0)
 
     def gradient(self, out_grad, node):
         return out_grad * compare(node.inputs[0], 0.0, "gt")
 
-    def decompose(self, a):
-        """where(a <= 0, 0, a): like maximum(a, 0) also for -inf and NaN inputs."""
-        from .elementwise import where, zeros_like
 
-        return where(compare(a, 0.0, "le"), zeros_like(a), a)
-
-
-class Sigmoid(TensorOp):
+class Sigmoid(Elementwise):
     """1 / (1 + exp(-a)), computed as (tanh(a/2) + 1) / 2 so it never overflows."""
 
-    kind = "elementwise"
     composite = True
 
     def element(self, a):
         return (S.tanh(a * 0.5) + 1.0) * 0.5
 
-    def compute(self, a):
-        return (array_api.tanh(a * 0.5) + 1.0) * 0.5
-
     def gradient(self, out_grad, node):
         return out_grad * node * (1.0 - node)
-
-    def decompose(self, a):
-        from .elementwise import tanh
-
-        return (tanh(a * 0.5) + 1.0) * 0.5
 
 
 class LogSumExp(Reduce):
@@ -74,9 +62,6 @@ class LogSumExp(Reduce):
 
     def decompose(self, a):
         """log(sum(exp(a - m))) + m with m = max(a) detached (its gradient would cancel)."""
-        from .elementwise import log
-        from .reduce import _reduced_shape, max as reduce_max
-
         axes = self._axes(len(a.shape))
         m = reduce_max(a, axes).detach()
         kept = _reduced_shape(a.shape, axes, keepdims=True)
@@ -110,9 +95,6 @@ class LogSoftmax(TensorOp):
     def decompose(self, a):
         """z - log(sum(exp(z), 1)) with z = a - max(a, 1) (max detached), as `compute` does:
         subtracting the shift first keeps small results exact for inputs of any magnitude."""
-        from .elementwise import log
-        from .reduce import max as reduce_max
-
         n, c = a.shape
         m = reduce_max(a, (1,)).detach()
         z = a - broadcast_to(reshape(m, (n, 1)), (n, c))
@@ -140,8 +122,6 @@ def logsoftmax(a):
 def softmax(a, axis: int = -1):
     """exp(z) / sum(exp(z), axis) with z = a - max(a, axis) (the max detached: its gradient
     cancels), stable for inputs of any magnitude."""
-    from .reduce import max as reduce_max
-
     n = len(a.shape)
     if not -n <= axis < n:
         raise ValueError(f"softmax: axis {axis} is out of range for a tensor of shape {a.shape}")

@@ -3,7 +3,12 @@ from __future__ import annotations
 
 from ..backend_selection import array_api
 from . import scalar as S
-from .registry import Op, TensorOp, broadcast_shapes
+import operator
+
+import numpy as np
+
+from .. import value_types
+from .registry import Op, TensorOp, broadcast_shapes, constant, zeros_like
 from .shape import broadcast_to, sum_to_shape
 
 
@@ -15,6 +20,11 @@ class Elementwise(TensorOp, abstract=True):
 
     def compute(self, *arrays):
         return S.compute(S.formula(self.element, len(arrays)), arrays)
+
+    def decompose(self, *tensors):
+        """The op written with primitive needle ops: `element` evaluated over Tensors (the
+        decompose pass expands composite elementwise ops with it)."""
+        return S.evaluate(S.formula(self.element, len(tensors)), tensors, TENSOR_TABLE)
 
 
 class EWiseBinary(Elementwise, abstract=True):
@@ -293,12 +303,6 @@ class Where(Elementwise):
         return zeros_like(cond), where(cond, out_grad, zero), where(cond, zero, out_grad)
 
 
-def zeros_like(t):
-    from .. import init
-
-    return init.zeros_like(t)
-
-
 # ---- function forms --------------------------------------------------------------------
 def add(a, b):
     op = EWiseAdd()
@@ -376,9 +380,7 @@ def abs(a):  # noqa: A001  (numpy/torch name)
 
 def compare(a, b, cmp: str):
     """Elementwise a <cmp> b (cmp in eq, ne, gt, ge, lt, le) as 1.0/0.0; b a tensor or scalar."""
-    from ..autograd import Tensor
-
-    if isinstance(b, Tensor):
+    if isinstance(b, value_types.Tensor):
         op = Compare(cmp)
         return op(*_broadcast_pair(op, a, b))
     return Compare(cmp, b)(a)
@@ -390,6 +392,54 @@ def where(cond, a, b):
     shape = broadcast_shapes(op, cond.shape, a.shape, b.shape)
     cond, a, b = (x if x.shape == shape else broadcast_to(x, shape) for x in (cond, a, b))
     return op(cond, a, b)
+
+
+# ---- the scalar vocabulary on Tensors (`Elementwise.decompose`) -------------------------------
+def _as_tensors(xs: tuple, like) -> tuple:
+    """`xs` with Python numbers filled to Tensors of `like`'s shape, dtype and device."""
+    return tuple(x if isinstance(x, value_types.Tensor) else constant(like.shape, x, like.dtype, like.device)
+                 for x in xs)
+
+
+def _on_tensors(name: str, fn):
+    """`fn` (a needle op's function form) for vocabulary function `name`, its number inputs
+    filled; on numbers alone (a constant part of a formula) numpy's float32 function."""
+    def f(*xs):
+        like = next((x for x in xs if isinstance(x, value_types.Tensor)), None)
+        if like is None:
+            return float(getattr(np, name)(*map(np.float32, xs)))
+        return fn(*_as_tensors(xs, like))
+    return f
+
+
+_MIRRORED = {"eq": "eq", "ne": "ne", "lt": "gt", "le": "ge", "gt": "lt", "ge": "le"}
+
+
+def _compare_with(cmp: str):
+    def f(a, b):
+        if isinstance(a, value_types.Tensor):
+            return compare(a, b, cmp)
+        if isinstance(b, value_types.Tensor):
+            return compare(b, a, _MIRRORED[cmp])
+        return float(_COMPARE[cmp](a, b))
+    return f
+
+
+def _where_with(c, a, b):
+    if not isinstance(c, value_types.Tensor):
+        return a if c != 0.0 else b
+    return where(c, *_as_tensors((a, b), c))
+
+
+#: each vocabulary function as needle ops (`maximum` has no op of its own)
+TENSOR_TABLE = {
+    "const": float, "add": operator.add, "sub": operator.sub, "mul": operator.mul,
+    "div": operator.truediv, "pow": operator.pow, "neg": operator.neg, "where": _where_with,
+    **{cmp: _compare_with(cmp) for cmp in _MIRRORED},
+    **{name: _on_tensors(name, fn) for name, fn in (
+        ("abs", abs), ("exp", exp), ("log", log), ("tanh", tanh), ("sqrt", sqrt), ("sin", sin),
+        ("cos", cos), ("minimum", minimum))},
+}
 
 
 __all__ = [

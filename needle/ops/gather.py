@@ -4,9 +4,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..backend_selection import array_api
+from ..trace import tracer
 from .elementwise import compare
 from .reduce import summation
-from .registry import TensorOp
+from .registry import TensorOp, zeros_like
 
 
 class Gather(TensorOp):
@@ -23,8 +24,6 @@ class Gather(TensorOp):
         return array_api.take(a, indices, axis=0)
 
     def gradient(self, out_grad, node):
-        from .elementwise import zeros_like
-
         a, indices = node.inputs
         return IndexAdd(a.shape[0])(out_grad, indices), zeros_like(indices)
 
@@ -47,8 +46,6 @@ class IndexAdd(TensorOp):
         return array_api.index_add(indices, values, self.num_rows)
 
     def gradient(self, out_grad, node):
-        from .elementwise import zeros_like
-
         values, indices = node.inputs
         return Gather()(out_grad, indices), zeros_like(indices)
 
@@ -59,8 +56,6 @@ def check_ids(ids, n: int, error: str) -> None:
     Appends a scalar graph value counting the bad ids (negative, >= n, fractional or NaN) to
     the builder's `checks`, with `error` (the text eager mode raises) and the user's line;
     the compiled function raises it after a call where the count is non-zero."""
-    from ..trace import tracer
-
     builder = tracer.ACTIVE
     ids = ids if tracer.is_traced(ids) else builder.lift(ids)
     bad = compare(ids, 0.0, "lt") + compare(ids, float(n), "ge")

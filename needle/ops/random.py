@@ -14,7 +14,8 @@ from math import prod
 import numpy as np
 
 from ..backend_selection import BACKEND, array_api
-from .registry import TensorOp
+from ..trace import tracer
+from .registry import TensorOp, zeros_like
 
 
 class CompiledRNGState:
@@ -69,15 +70,11 @@ class RandomUniform(TensorOp):
         return u if BACKEND == "np" else array_api.array(u, device=counter.device)
 
     def gradient(self, out_grad, node):
-        from .elementwise import zeros_like
-
         return tuple(zeros_like(x) for x in node.inputs)
 
 
 def random_uniform(shape):
     """Uniform [0, 1) tensor inside a compiled function (seeded by COMPILED_RNG)."""
-    from ..trace import tracer
-
     builder = tracer.ACTIVE
     if builder is None:
         raise RuntimeError("random_uniform is for compiled functions; eager code uses init.rand")

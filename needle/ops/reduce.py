@@ -4,7 +4,8 @@ from __future__ import annotations
 from math import prod
 
 from ..backend_selection import array_api
-from .registry import TensorOp, normalize_axes
+from .elementwise import compare
+from .registry import TensorOp, normalize_axes, zeros_like
 from .shape import broadcast_to, reshape
 
 
@@ -74,8 +75,6 @@ class Max(Reduce):
         return array_api.max(a, axis=self._axes(len(a.shape)))
 
     def gradient(self, out_grad, node):
-        from .elementwise import compare
-
         a = node.inputs[0]
         mask = compare(a, self._keepdims_grad(node.detach(), node), "eq")
         count = self._keepdims_grad(Summation(self.axes)(mask), node)
@@ -112,8 +111,6 @@ class Argmax(TensorOp):
         return array_api.argmax(a, axis=self.axis)
 
     def gradient(self, out_grad, node):
-        from .elementwise import zeros_like
-
         return zeros_like(node.inputs[0])
 
 

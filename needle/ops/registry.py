@@ -30,15 +30,13 @@ from __future__ import annotations
 from math import prod
 from typing import Any, Callable, ClassVar, NamedTuple, Optional
 
+from .. import backend_selection, value_types
+from ..backend_selection import array_api
 from ..errors import OpError
 from ..ir.op_table import OPS, op_from_node  # noqa: F401  (filled here, read by the IR)
 
 
 Shape = tuple[int, ...]
-
-# Bound by needle.autograd once Tensor/TensorTuple exist (breaks the import cycle).
-Tensor: Any = None
-TensorTuple: Any = None
 
 
 class Op:
@@ -87,8 +85,6 @@ class Op:
         op = cls.__new__(cls)
         for key, value in attrs.items():
             if key == "device" and isinstance(value, str):
-                from .. import backend_selection
-
                 value = getattr(backend_selection, value)()
             setattr(op, key, value)
         return op
@@ -145,7 +141,7 @@ class TensorOp(Op, abstract=True):
     """An op whose output is a Tensor."""
 
     def __call__(self, *args):
-        return Tensor.make_from_op(self, args)
+        return value_types.Tensor.make_from_op(self, args)
 
 
 class TensorTupleOp(Op, abstract=True):
@@ -154,7 +150,19 @@ class TensorTupleOp(Op, abstract=True):
     kind = "tuple"
 
     def __call__(self, *args):
-        return TensorTuple.make_from_op(self, args)
+        return value_types.TensorTuple.make_from_op(self, args)
+
+
+def constant(shape: Shape, value: float, dtype, device, requires_grad: bool = False):
+    """A constant Tensor filled with `value` (a graph const inside a trace)."""
+    array = array_api.full(tuple(shape), value, dtype=dtype, device=device)
+    return value_types.Tensor.make_const(array, requires_grad=requires_grad)
+
+
+def zeros_like(t):
+    """A constant Tensor of zeros with `t`'s shape, dtype and device (VJPs of inputs that
+    get no gradient)."""
+    return constant(t.shape, 0.0, t.dtype, t.device)
 
 
 def _is_device(value) -> bool:

@@ -22,6 +22,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from ..backend_selection import array_api
+
 #: every function of the vocabulary and its number of arguments
 FUNCTIONS: dict[str, int] = {
     "add": 2, "sub": 2, "mul": 2, "div": 2, "pow": 2, "neg": 1,
@@ -148,8 +150,6 @@ def evaluate(expr: Expr, args: Sequence[Any], table: Mapping[str, Callable]) -> 
 def _array_fn(name: str) -> Callable:
     """The array API's function `name`, or numpy's applied to the arrays' numpy data and copied back
     to their device when the backend has none (NDArray has no sin/cos)."""
-    from ..backend_selection import array_api
-
     own = getattr(array_api, name, None)
     if own is not None:
         return own
@@ -177,8 +177,6 @@ def _as_float(compare: Callable) -> Callable:
 
 
 def _where(c, a, b):
-    from ..backend_selection import array_api
-
     if not hasattr(c, "shape") or c.shape == ():
         return a if float(c) != 0.0 else b
     return array_api.where(c, a, b)
@@ -192,8 +190,7 @@ _CMP = {"eq": operator.eq, "ne": operator.ne, "lt": operator.lt, "le": operator.
 
 @functools.cache
 def array_table() -> dict[str, Callable]:
-    """The eager table: each vocabulary function on backend arrays (or numbers); built on
-    first use, since it reads the array backend."""
+    """The eager table: each vocabulary function on backend arrays (or numbers)."""
     table: dict[str, Callable] = {"const": float, **_ARITH, "where": _where}
     table.update({k: _as_float(f) for k, f in _CMP.items()})
     for fn in ("abs", "exp", "log", "tanh", "sqrt", "sin", "cos", "maximum", "minimum"):
@@ -205,8 +202,6 @@ def compute(expr: Expr, arrays: Sequence[Any]) -> Any:
     """Eager value of `expr` over backend arrays of one shape (a constant result is filled)."""
     out = evaluate(expr, arrays, array_table())
     if isinstance(out, float):
-        from ..backend_selection import array_api
-
         a = arrays[0]
         return array_api.full(a.shape, out, dtype="float32", device=getattr(a, "device", None))
     return out

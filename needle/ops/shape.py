@@ -4,10 +4,8 @@ from __future__ import annotations
 from math import prod
 from typing import Callable, Optional
 
-import numpy as np
-
-from ..backend_selection import BACKEND, array_api
-from .registry import TensorOp, normalize_axes
+from ..backend_selection import array_api
+from .registry import TensorOp, normalize_axes, zeros_like
 
 
 def _compact(a):
@@ -179,9 +177,7 @@ def sum_to_shape(t, shape):
     lead = len(t.shape) - len(shape)
     axes = tuple(range(lead)) + tuple(
         i + lead for i, d in enumerate(shape) if d == 1 and t.shape[i + lead] != 1)
-    from .reduce import summation
-
-    out = summation(t, axes) if axes else t
+    out = t.sum(axes) if axes else t
     return reshape(out, shape) if out.shape != shape else out
 
 
@@ -256,83 +252,6 @@ class UnSlice(TensorOp):
 
     def gradient(self, out_grad, node):
         return GetItem(self.slices)(out_grad)
-
-
-def get_item(a, index):
-    """`a[index]` with ints, slices (any non-zero step) and at most one integer list (or 1-D
-    integer numpy array), as numpy reads them: ints drop their axis; a negative step flips
-    the axis and slices it; an integer list gathers along its axis."""
-    shape = a.shape
-    op = GetItem(())
-    if not isinstance(index, tuple):
-        index = (index,)
-    if len(index) > len(shape):
-        raise op.error(f"too many indices ({len(index)}) for a tensor of shape {shape}")
-    slices, kept, flips, advanced, take = [], [], [], [], None
-    for axis, dim in enumerate(shape):
-        idx = index[axis] if axis < len(index) else slice(None)
-        if isinstance(idx, slice):
-            if idx.step is not None and int(idx.step) < 0:
-                # a[start:stop:-k] is a slice with step k of the axis flipped
-                start, stop, step = idx.indices(dim)
-                flips.append(axis)
-                slices.append((dim - 1 - start, dim - 1 - stop, -step))
-            else:
-                slices.append((idx.start, idx.stop, idx.step))
-            kept.append(axis)
-        elif isinstance(idx, list) or (isinstance(idx, np.ndarray) and idx.ndim > 0):
-            ids = np.asarray(idx)
-            if take is not None:
-                raise op.error("only one integer-list index is supported")
-            if ids.ndim != 1 or (ids.size and ids.dtype.kind not in "iu"):
-                raise op.error(f"unsupported index {idx!r} (an integer list must be 1-D integers)")
-            ids = ids.astype(np.int64)
-            if ids.size and (ids.min() < -dim or ids.max() >= dim):
-                raise IndexError(f"GetItem: index list {idx!r} is out of range for axis {axis} of size {dim}")
-            take = (axis, ids % dim if dim else ids)
-            slices.append((None, None, None))
-            kept.append(axis)
-            advanced.append(axis)
-        elif isinstance(idx, int) or hasattr(idx, "__index__"):
-            i = int(idx)
-            if not -dim <= i < dim:
-                raise IndexError(f"GetItem: index {i} is out of range for axis {axis} of size {dim}")
-            i %= dim
-            slices.append((i, i + 1, 1))
-            advanced.append(axis)
-        else:
-            raise op.error(f"unsupported index {idx!r} (ints, slices and one integer list are supported)")
-    if flips:
-        a = flip(a, tuple(flips))
-    out = GetItem(slices)(a)
-    out_shape = [out.shape[k] for k in kept]
-    if take is not None:
-        out = _take_along(out, *take)
-        pos = kept.index(take[0])
-        out_shape[pos] = len(take[1])
-        # numpy: when the advanced indices (ints and the list) are not adjacent, the list's
-        # axis goes first
-        if max(advanced) - min(advanced) + 1 != len(advanced) and pos != 0:
-            out = reshape(out, tuple(out_shape)) if tuple(out_shape) != out.shape else out
-            axes = (pos,) + tuple(i for i in range(len(out_shape)) if i != pos)
-            return permute(out, axes)
-    out_shape = tuple(out_shape)
-    return reshape(out, out_shape) if out_shape != out.shape else out
-
-
-def _take_along(a, axis: int, ids):
-    """a's entries at integer positions `ids` along `axis` (Gather on that axis moved first)."""
-    from ..autograd import Tensor
-    from .gather import gather
-
-    ids = Tensor(ids if BACKEND == "np" else ids.astype(np.float32), device=a.device, requires_grad=False)
-    if axis == 0:
-        return gather(a, ids)
-    n = len(a.shape)
-    perm = (axis,) + tuple(i for i in range(n) if i != axis)
-    out = gather(permute(a, perm), ids)
-    inverse = tuple(perm.index(i) for i in range(n))
-    return permute(out, inverse)
 
 
 class Flip(View):
@@ -423,8 +342,6 @@ class Detach(TensorOp):
         return a
 
     def gradient(self, out_grad, node):
-        from .elementwise import zeros_like
-
         return zeros_like(node.inputs[0])
 
 
@@ -481,6 +398,6 @@ def to_device(a, device):
 
 __all__ = [
     "Reshape", "Permute", "Transpose", "BroadcastTo", "GetItem", "UnSlice", "Flip", "Dilate",
-    "UnDilate", "Detach", "ToDevice", "View", "linear_index", "unravel_index", "reshape", "permute", "transpose", "broadcast_to", "get_item",
+    "UnDilate", "Detach", "ToDevice", "View", "linear_index", "unravel_index", "reshape", "permute", "transpose", "broadcast_to",
     "flip", "dilate", "undilate", "to_device", "sum_to_shape",
 ]

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from ..backend_selection import array_api
-from .registry import TensorOp, TensorTupleOp
+from .. import value_types
+from .registry import TensorOp, TensorTupleOp, constant
 from .shape import GetItem, _compact
 
 
@@ -32,9 +33,7 @@ class TupleGetItem(TensorOp):
         self.index = index
 
     def __call__(self, value, fold_const: bool = True):
-        from ..autograd import TensorTuple
-
-        if not isinstance(value, TensorTuple):
+        if not isinstance(value, value_types.TensorTuple):
             raise self.error(f"expects a TensorTuple, got {type(value).__name__}")
         if fold_const and isinstance(value.op, MakeTensorTuple):
             return value.inputs[self.index]
@@ -51,12 +50,10 @@ class TupleGetItem(TensorOp):
         return a[self.index]
 
     def gradient(self, out_grad, node):
-        from .. import init
-
         parts = part_types(node.inputs[0])
         index = self.index % len(parts)
-        return make_tuple(*[out_grad if i == index else init.zeros(
-            *shape, dtype=dtype, device=out_grad.device) for i, (shape, dtype) in enumerate(parts)])
+        return make_tuple(*[out_grad if i == index else constant(shape, 0.0, dtype, out_grad.device)
+                            for i, (shape, dtype) in enumerate(parts)])
 
 
 def _shape_tuple(op, args):

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+from .. import ops, value_types
+from ..backprop import find_topo_sort
 
 
 def request_gradients(loss, out_grad: Optional[object] = None, targets: Sequence = ()) -> None:
@@ -15,9 +17,6 @@ def request_gradients(loss, out_grad: Optional[object] = None, targets: Sequence
     it on every node). Tensors lifted from outside the trace also get `.grad`, and the
     compiled function writes the real gradient there after each call.
     """
-    from .. import ops
-    from ..autograd import TensorTuple
-
     builder = loss._trace.builder
     leaves = _differentiated_leaves(loss)
     known = {id(v) for v in leaves}
@@ -32,7 +31,7 @@ def request_gradients(loss, out_grad: Optional[object] = None, targets: Sequence
         inputs.append(seed._trace.node_id)
     types = tuple(v._trace.type for v in leaves)
     node_id = builder.add("grad", inputs, {"seeded": seeded}, types)
-    grads = builder.traced(TensorTuple, node_id, types, requires_grad=True)  # as eager's (higher order)
+    grads = builder.traced(value_types.TensorTuple, node_id, types, requires_grad=True)  # as eager's (higher order)
     grads.inputs = [loss] + leaves  # so an outer request finds the variables through this one
     externals = {id(proxy): external for external, proxy in builder.lifted.values()}
     for i, leaf in enumerate(leaves):
@@ -49,9 +48,6 @@ def _differentiated_leaves(loss) -> list:
     reach from `loss` as on eager's tape: not through a non-differentiable op (an eager
     comparison's result keeps no inputs), so that eager and compiled leave the same `.grad`s
     None; through an inner request's gradients to its loss and leaves."""
-    from ..autograd import find_topo_sort
-    from .. import ops
-
     def is_leaf(v) -> bool:  # not an op result, nor an inner request's gradients
         return isinstance(v.op, ops.Detach) or (v.op is None and not v.inputs)
 

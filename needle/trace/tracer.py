@@ -19,8 +19,10 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
+from .. import value_types
 from ..errors import NeedleError, user_frame
 from ..ir.graph import Graph, Node, SourceLoc, TensorType, make_attrs
+from ..ir.op_table import OPS
 
 _local = threading.local()
 
@@ -122,8 +124,6 @@ class GraphBuilder:
         key = id(value)
         if key in self.lifted:
             return self.lifted[key][1]
-        from ..autograd import Tensor
-
         data = value.realize_cached_data()
         type_ = tensor_type_of(data)
         if getattr(value, "_birth", 0) < self.birth:
@@ -135,7 +135,7 @@ class GraphBuilder:
             node_id = self.add_input(self._unique(name), role, type_, binding)
         else:
             node_id = self._const(data, type_)
-        proxy = self.traced(Tensor, node_id, type_, requires_grad=value.requires_grad)
+        proxy = self.traced(value_types.Tensor, node_id, type_, requires_grad=value.requires_grad)
         self.lifted[key] = (value, proxy)
         return proxy
 
@@ -151,8 +151,6 @@ class GraphBuilder:
     def assign_data(self, target, value) -> None:
         """`target.data = value` inside the trace: later reads of target see value; an
         external target's new data is a graph output written back after each call."""
-        from .. import ops
-
         if not is_traced(value):
             value = self.lift(value)
         if target._trace is None or target._trace.builder is not self:
@@ -160,21 +158,19 @@ class GraphBuilder:
                 target._trace = value._trace  # a tensor made during the trace: just rebind
                 return
             self.lift(target)  # earlier graph reads keep the old value
-        value = ops.Detach()(value)  # .data carries no history
+        value = OPS["Detach"]()(value)  # .data carries no history
         target._trace = value._trace
         if getattr(target, "_birth", 0) < self.birth:
             self.data_updates[id(target)] = (target, value)
 
     def hyper_input(self, obj, attr: str):
         """A scalar graph input read from `obj.attr` (a Python number) at every call."""
-        from ..autograd import Tensor
-
         key = (id(obj), attr)
         if key not in self.hypers:
             type_ = TensorType((), "float32", "cpu")
             node_id = self.add_input(self._unique(f"{type(obj).__name__}.{attr}"), "hyper", type_,
                                      ("hyper", obj, attr))
-            self.hypers[key] = self.traced(Tensor, node_id, type_)
+            self.hypers[key] = self.traced(value_types.Tensor, node_id, type_)
         return self.hypers[key]
 
     def set_hyper(self, obj, attr: str, value) -> None:
