@@ -1,13 +1,11 @@
 """Elementwise primitives: binary, scalar, unary, compare and where."""
 from __future__ import annotations
 
-from ..backend_selection import array_api
-from . import scalar as S
 import operator
 
-import numpy as np
-
 from .. import value_types
+from ..backend_selection import array_api
+from . import scalar as S
 from .registry import Op, TensorOp, broadcast_shapes, constant, zeros_like
 from .shape import broadcast_to, sum_to_shape
 
@@ -401,14 +399,10 @@ def _as_tensors(xs: tuple, like) -> tuple:
                  for x in xs)
 
 
-def _on_tensors(name: str, fn):
-    """`fn` (a needle op's function form) for vocabulary function `name`, its number inputs
-    filled; on numbers alone (a constant part of a formula) numpy's float32 function."""
+def _filling(fn):
+    """`fn` (a needle op's function form) with its number inputs filled to Tensors."""
     def f(*xs):
-        like = next((x for x in xs if isinstance(x, value_types.Tensor)), None)
-        if like is None:
-            return float(getattr(np, name)(*map(np.float32, xs)))
-        return fn(*_as_tensors(xs, like))
+        return fn(*_as_tensors(xs, next(x for x in xs if isinstance(x, value_types.Tensor))))
     return f
 
 
@@ -436,7 +430,7 @@ TENSOR_TABLE = {
     "const": float, "add": operator.add, "sub": operator.sub, "mul": operator.mul,
     "div": operator.truediv, "pow": operator.pow, "neg": operator.neg, "where": _where_with,
     **{cmp: _compare_with(cmp) for cmp in _MIRRORED},
-    **{name: _on_tensors(name, fn) for name, fn in (
+    **{name: S.folding(name, _filling(fn)) for name, fn in (
         ("abs", abs), ("exp", exp), ("log", log), ("tanh", tanh), ("sqrt", sqrt), ("sin", sin),
         ("cos", cos), ("minimum", minimum))},
 }

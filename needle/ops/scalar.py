@@ -146,6 +146,17 @@ def evaluate(expr: Expr, args: Sequence[Any], table: Mapping[str, Callable]) -> 
     return memo[id(expr)]
 
 
+def folding(name: str, fn: Callable) -> Callable:
+    """`fn` for vocabulary function `name` in a target's table, except on numbers alone (a
+    constant part of a formula, like `exp(1.0)`): numpy's float32 function, a number."""
+    def f(*xs):
+        if all(isinstance(x, float) for x in xs):
+            return float(getattr(np, name)(*map(np.float32, xs)))
+        return fn(*xs)
+    f.__name__ = name
+    return f
+
+
 # ---- eager: the table over backend arrays (numpy, or NDArray through the array API) ----------
 def _array_fn(name: str) -> Callable:
     """The array API's function `name`, or numpy's applied to the arrays' numpy data and copied back
@@ -194,7 +205,7 @@ def array_table() -> dict[str, Callable]:
     table: dict[str, Callable] = {"const": float, **_ARITH, "where": _where}
     table.update({k: _as_float(f) for k, f in _CMP.items()})
     for fn in ("abs", "exp", "log", "tanh", "sqrt", "sin", "cos", "maximum", "minimum"):
-        table[fn] = _array_fn(fn)
+        table[fn] = folding(fn, _array_fn(fn))
     return table
 
 
@@ -206,5 +217,5 @@ def compute(expr: Expr, arrays: Sequence[Any]) -> Any:
         return array_api.full(a.shape, out, dtype="float32", device=getattr(a, "device", None))
     return out
 
-__all__ = ["Expr", "Arg", "Const", "Call", "FUNCTIONS", "call", "const", "formula", "evaluate", "compute",
+__all__ = ["Expr", "Arg", "Const", "Call", "FUNCTIONS", "call", "const", "formula", "evaluate", "folding", "compute",
            "abs", "exp", "log", "tanh", "sqrt", "sin", "cos", "maximum", "minimum", "where", "pow"]
