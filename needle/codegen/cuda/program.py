@@ -6,7 +6,9 @@ one or more GPU kernels (`CudaProgram.launches`), each launch's arguments being 
 an offset in the arena (the memory plan's buffers, then a scratch area for values internal
 to one group), a graph input or a graph output. `render.render_program` prints the
 translation unit; `emulate.emulate_program` runs it on the CPU. The program's records
-(`CudaProgram`, `Launch`, `Loc`, `GroupReport`) are in `records.py`.
+(`CudaProgram`, `Launch`) are in `records.py`; `Loc` and `GroupReport` are the neutral
+builder's (`codegen/program.py`), whose walk (groups in schedule order, homes of values,
+view groups, output copies, reports) this builder specialises.
 
 How each group becomes kernels:
 
@@ -41,7 +43,8 @@ from ...passes.pipeline import KernelPlan, plan_kernels
 from ...passes.schedule import plan_groups
 from ..loop_ir import AccUpdate, For, IConst, IVar, Load, LoopKernel, Store, linearize
 from .gpu_ir import GpuKernel
-from .records import CudaCodegenError, CudaProgram, GroupReport, Launch, Loc, align
+from ..program import GroupReport, Loc, ProgramBuilder
+from .records import CudaCodegenError, CudaProgram, Launch, align
 from .schedule import bind_all
 from .split import SplitPath, UnknownLoopIR, check_known
 from .templates import (Operand, conv_data_operands, conv_filter_operands, conv_operands, fill_kernel, gemm_kernel,
@@ -76,51 +79,37 @@ def _rename_loads(lk: LoopKernel, names: dict) -> LoopKernel:
     return LoopKernel(lk.name, tuple(p for p in lk.params if p.name not in names), stmts(lk.body))
 
 
-class _Builder(SplitPath):
+class _Builder(SplitPath, ProgramBuilder):
+    """The CUDA specialisation of the neutral walk (`codegen/program.py`): a step is a launch."""
+
     def __init__(self, graph: Graph, plan: KernelPlan, force_split=False):
-        self.g = graph
-        self.groups = {g.id: g for g in plan_groups(plan.fusion)}
-        self.schedule = plan.schedule
-        self.mp = plan.memory
-        self.force_split = force_split
-        self.launches: list = []
-        self.reports: list = []
-        self.consts: dict = {}
-        self.const_name: dict = {}
-        self.group_of = {n: g.id for g in self.groups.values() for n in g.node_ids}
-        self.view_groups = {gid for gid, g in self.groups.items() if self._is_view_group(g)}
-        home: dict = {}
-        for k, n in enumerate(graph.inputs):
-            home[n.id] = Loc("in", k)
-        for v, off in self.mp.offsets.items():
+        for v in plan.memory.offsets:
             if isinstance(graph.node(v).type, tuple):
                 raise CudaCodegenError(f"tuple-typed buffer %{v} ({graph.node(v).op}) is not supported")
-            home[v] = Loc("arena", 0, off)
-        for k, v in enumerate(graph.outputs):
-            n = graph.node(v)
-            if v in home or n.op in ("input", "const") or self.group_of.get(v) in self.view_groups:
-                continue
-            home[v] = Loc("out", k)
-        self.home = home
-        self.scratch_base = align(self.mp.arena_bytes)
+        super().__init__(graph, plan.fusion, plan.schedule, plan.memory)
+        self.force_split = force_split
+        self.launches: list = []
+        self.consts: dict = {}
+        self.const_name: dict = {}
+        self.scratch_base = align(self.memory.arena_bytes)
         self.scratch_top = 0
         self.scratch_max = 0
-        self.gid = -1
         self.count = 0
 
-    def _is_view_group(self, g) -> bool:
+    def is_view_group(self, g) -> bool:
         if g.kind in ("view", "tuple"):
             return True
         writes = self.schedule.writes.get(g.id, []) if hasattr(self.schedule, "writes") else []
-        return bool(writes) and all(v in self.mp.aliases for v in writes)
+        return bool(writes) and all(v in self.memory.aliases for v in writes)
 
     # ---- helpers ---------------------------------------------------------------------
     def has_buffer(self, v) -> bool:
-        if v in self.home:
+        if v in self.homes:
             return True
-        gid = self.group_of.get(v)
+        group = self.group_of.get(v)
+        gid = None if group is None else group.id
         if gid is not None and gid not in self.view_groups and gid != self.gid:
-            raise CudaCodegenError(f"%{v} ({self.g.node(v).op}, group k{gid}) is read by group k{self.gid} "
+            raise CudaCodegenError(f"%{v} ({self.graph.node(v).op}, group k{gid}) is read by group k{self.gid} "
                                    "but has no buffer in the memory plan")
         return False
 
@@ -132,7 +121,7 @@ class _Builder(SplitPath):
 
     def const_symbol(self, v) -> str:
         if v not in self.const_name:
-            n = self.g.node(v)
+            n = self.graph.node(v)
             from ...passes.fold import const_array
             arr = np.asarray(const_array(n), np.float32).reshape(n.type.shape)
             name = f"ndl_const_{v}"
@@ -159,9 +148,9 @@ class _Builder(SplitPath):
         self.launches.append(Launch(kernel, tuple(args), self.gid, note))
 
     def leaf_loc(self, v) -> Loc:
-        if v not in self.home and self.g.node(v).op == "const":
+        if v not in self.homes and self.graph.node(v).op == "const":
             return Loc("const", v)   # read from its __device__ array, never passed
-        return self.home[v]
+        return self.homes[v]
 
     def dtype_check(self, sub: Graph, what):
         for n in sub.nodes:
@@ -170,49 +159,33 @@ class _Builder(SplitPath):
                 if t.dtype != "float32":
                     raise CudaCodegenError(f"{what}: %{n.id} {n.op} has dtype {t.dtype} (float32 only)")
 
-    # ---- driver ----------------------------------------------------------------------
-    def build(self) -> None:
-        for gid in self.schedule.order:
-            g = self.groups[gid]
-            self.gid = gid
-            self.count = 0
-            self.scratch_top = 0
-            before = len(self.launches)
-            if gid in self.view_groups:
-                self.reports.append(GroupReport(gid, g.kind, "view", 0, "recomputed by its consumers"))
-                continue
-            try:
-                if g.kind == "extern":
-                    how, detail = self.extern(g)
-                elif g.kind == "opaque":
-                    how, detail = self.opaque(g)
-                else:
-                    how, detail = self.fused(g)
-            except CudaCodegenError as e:
-                raise CudaCodegenError(f"group k{gid} [{g.kind}] of @{self.g.name}: {e}") from e
-            self.reports.append(GroupReport(gid, g.kind, how, len(self.launches) - before, detail))
-        self.gid = -1
+    # ---- the walk's hooks --------------------------------------------------------------
+    def begin_group(self) -> None:
         self.count = 0
         self.scratch_top = 0
-        before = len(self.launches)
-        self.outputs()
-        if len(self.launches) > before:
-            self.reports.append(GroupReport(-1, "output", "copy", len(self.launches) - before,
-                                            "graph outputs no kernel writes in place"))
+
+    def n_steps(self) -> int:
+        return len(self.launches)
+
+    def build_group(self, g) -> tuple[str, str]:
+        try:
+            return super().build_group(g)
+        except CudaCodegenError as e:
+            raise CudaCodegenError(f"group k{g.id} [{g.kind}] of @{self.graph.name}: {e}") from e
 
     def writes(self, g) -> list:
-        return [v for v in g.node_ids if v in self.home]
+        return [v for v in g.node_ids if v in self.homes]
 
     # ---- fused groups ----------------------------------------------------------------
     def fused(self, g):
         outs = self.writes(g)
         if not outs:
             return "lowered", "no value of the group is used"
-        sub, leaves = expand(self.g, g.node_ids, outs, self.has_buffer, f"{self.g.name}.k{g.id}")
+        sub, leaves = expand(self.graph, g.node_ids, outs, self.has_buffer, f"{self.graph.name}.k{g.id}")
         sub = rewrite_tuples(sub)
         self.dtype_check(sub, f"k{g.id}")
         locs = [self.leaf_loc(v) for v in leaves]
-        return self.subgraph(sub, leaves, locs, [self.home[o] for o in outs])
+        return self.subgraph(sub, leaves, locs, [self.homes[o] for o in outs])
 
     def subgraph(self, sub: Graph, leaves, in_locs, out_locs, force_split=None):
         """Emit kernels computing `sub`'s outputs into out_locs (its inputs at in_locs)."""
@@ -233,7 +206,7 @@ class _Builder(SplitPath):
     def emit_loop_kernel(self, lk: LoopKernel, leaves, in_locs, out_locs, note=""):
         consts = {}
         for k, (v, loc) in enumerate(zip(leaves, in_locs)):
-            if v is not None and self.g.node(v).op == "const":
+            if v is not None and self.graph.node(v).op == "const":
                 consts[f"in{k}"] = self.const_symbol(v)
         lk = _rename_loads(lk, consts)
         by_name = {f"in{k}": loc for k, loc in enumerate(in_locs)}
@@ -243,16 +216,16 @@ class _Builder(SplitPath):
 
     # ---- extern groups ---------------------------------------------------------------
     def extern(self, g):
-        anchor = self.g.node(g.anchor)
+        anchor = self.graph.node(g.anchor)
         outs = self.writes(g)
         epi = [v for v in g.node_ids if v != anchor.id]
         aloc = None
-        if anchor.id in self.home:
-            aloc = self.home[anchor.id]
+        if anchor.id in self.homes:
+            aloc = self.homes[anchor.id]
         elif epi and self._reshape_chain(anchor.id, epi, outs):
-            aloc = self.home[outs[0]]
+            aloc = self.homes[outs[0]]
             epi = []
-        sub, leaves = expand(self.g, [anchor.id], [anchor.id], self.has_buffer, f"{self.g.name}.k{g.id}")
+        sub, leaves = expand(self.graph, [anchor.id], [anchor.id], self.has_buffer, f"{self.graph.name}.k{g.id}")
         sub = rewrite_tuples(sub)
         self.dtype_check(sub, f"k{g.id}")
         names = {n.id: f"in{k}" for k, n in enumerate(sub.inputs)}
@@ -260,7 +233,7 @@ class _Builder(SplitPath):
 
         def leaf(n, idx):
             o = leaves[int(names[n.id][2:])]
-            if self.g.node(o).op == "const":
+            if self.graph.node(o).op == "const":
                 return Load(self.const_symbol(o), linearize(idx, n.type.shape))
             return Load(names[n.id], linearize(idx, n.type.shape))
 
@@ -276,7 +249,7 @@ class _Builder(SplitPath):
         gemm_args = {} if fused is None else {"epilogue": fused[0], "outputs": [(n, s) for n, s, _ in fused[1]],
                                               "extra_inputs": [(n, s) for n, s, _ in fused[2]]}
         kernel, detail = emit(self, walker, sub, node, size, **gemm_args)
-        locs = {f"in{k}": self.home[v] if self.g.node(v).op != "const" else None for k, v in enumerate(leaves)}
+        locs = {f"in{k}": self.homes[v] if self.graph.node(v).op != "const" else None for k, v in enumerate(leaves)}
         if fused is None:
             locs["out0"] = aloc
         else:
@@ -285,11 +258,11 @@ class _Builder(SplitPath):
         self.launch(kernel, [locs[p.name] for p in kernel.params], note=f"{node.op} %{anchor.id}")
         if epi and fused is None:
             has = lambda v: v == anchor.id or self.has_buffer(v)  # noqa: E731
-            esub, eleaves = expand(self.g, epi, [o for o in outs if o != anchor.id], has,
-                                   f"{self.g.name}.k{g.id}.epilogue")
+            esub, eleaves = expand(self.graph, epi, [o for o in outs if o != anchor.id], has,
+                                   f"{self.graph.name}.k{g.id}.epilogue")
             esub = rewrite_tuples(esub)
             locs = [aloc if v == anchor.id else self.leaf_loc(v) for v in eleaves]
-            self.subgraph(esub, eleaves, locs, [self.home[o] for o in outs if o != anchor.id])
+            self.subgraph(esub, eleaves, locs, [self.homes[o] for o in outs if o != anchor.id])
             detail += f"; epilogue of {len(epi)} ops"
         return how, detail
 
@@ -318,10 +291,10 @@ class _Builder(SplitPath):
         outputs of another shape, ops the walker does not evaluate)."""
         shape = anchor.type.shape
         e_outs = [o for o in outs if o != anchor.id]
-        if any(self.g.node(o).type.shape != shape for o in e_outs):
+        if any(self.graph.node(o).type.shape != shape for o in e_outs):
             return None
         has = lambda v: v == anchor.id or self.has_buffer(v)  # noqa: E731
-        esub, eleaves = expand(self.g, epi, e_outs, has, f"{self.g.name}.k{g.id}.epilogue")
+        esub, eleaves = expand(self.graph, epi, e_outs, has, f"{self.graph.name}.k{g.id}.epilogue")
         esub = rewrite_tuples(esub)
         self.dtype_check(esub, f"k{g.id} epilogue")
         origin = {n.id: v for n, v in zip(esub.inputs, eleaves)}
@@ -335,7 +308,7 @@ class _Builder(SplitPath):
                 if tuple(idx) != current["idx"]:
                     raise NotWalkable(n.id)
                 return current["tile"]
-            if self.g.node(o).op == "const":
+            if self.graph.node(o).op == "const":
                 return Load(self.const_symbol(o), linearize(idx, n.type.shape))
             if n.id not in names:
                 names[n.id] = f"e{len(names)}"
@@ -343,9 +316,9 @@ class _Builder(SplitPath):
             return Load(names[n.id], linearize(idx, n.type.shape))
 
         walker = Walker(esub, leaf, elementwise=True)
-        outputs = [(f"out{k}", prod(shape), self.home[o]) for k, o in enumerate(e_outs)]
+        outputs = [(f"out{k}", prod(shape), self.homes[o]) for k, o in enumerate(e_outs)]
         if anchor_stored:
-            outputs.append(("outa", prod(shape), self.home[anchor.id]))
+            outputs.append(("outa", prod(shape), self.homes[anchor.id]))
 
         def epilogue(bvars, gm, gn, tile):
             idx = tuple(index_of(bvars, gm, gn))
@@ -368,7 +341,7 @@ class _Builder(SplitPath):
         """Whether the epilogue is a chain of ops sharing the anchor's memory (reshapes)."""
         cur = anchor
         for v in epi:
-            n = self.g.node(v)
+            n = self.graph.node(v)
             if not OPS[n.op].aliases_input or n.inputs[0] != cur:
                 return False
             cur = v
@@ -429,10 +402,10 @@ class _Builder(SplitPath):
         if len(g.node_ids) != 1:
             raise CudaCodegenError(f"opaque group of {len(g.node_ids)} nodes")
         v = g.node_ids[0]
-        node = self.g.node(v)
-        if v not in self.home:
+        node = self.graph.node(v)
+        if v not in self.homes:
             return "skipped", "result unused"
-        sub, leaves = expand(self.g, [v], [v], self.has_buffer, f"{self.g.name}.k{g.id}")
+        sub, leaves = expand(self.graph, [v], [v], self.has_buffer, f"{self.graph.name}.k{g.id}")
         sub = rewrite_tuples(sub)
         n = sub.node(sub.outputs[0])
         names: dict = {}
@@ -440,7 +413,7 @@ class _Builder(SplitPath):
 
         def leaf(node_, idx):
             o = leaves[[m.id for m in sub.inputs].index(node_.id)]
-            if self.g.node(o).op == "const":
+            if self.graph.node(o).op == "const":
                 return Load(self.const_symbol(o), linearize(idx, node_.type.shape))
             if node_.id not in names:
                 names[node_.id] = f"in{len(names)}"
@@ -456,7 +429,7 @@ class _Builder(SplitPath):
         base = walker.value(n.inputs[1], ())
         ins = [(names[i], prod(sub.node(i).type.shape)) for i, _ in inputs]
         kernel = rand_kernel(self.name("_rng"), n.type.shape, counter, base, n.attr("stream", 0), ins)
-        self.launch(kernel, [self.home[o] for _, o in inputs] + [self.home[v]])
+        self.launch(kernel, [self.homes[o] for _, o in inputs] + [self.homes[v]])
         return "rng", f"stream {n.attr('stream', 0)}"
 
     def _index_add(self, walker, sub, n, v, names, inputs):
@@ -471,8 +444,8 @@ class _Builder(SplitPath):
         ifn(tuple(probe[:k]))
         ins = [(names[i], prod(sub.node(i).type.shape)) for i, _ in inputs]
         zero, scatter = scatter_add_kernels(self.name("_index_add"), n.type.shape, vshape, k, vfn, ifn, ins)
-        self.launch(zero, [self.home[v]])
-        self.launch(scatter, [self.home[o] for _, o in inputs] + [self.home[v]])
+        self.launch(zero, [self.homes[v]])
+        self.launch(scatter, [self.homes[o] for _, o in inputs] + [self.homes[v]])
         return "index_add", "zero + atomicAdd scatter"
 
     def _copy(self, walker, sub, n, v, names, inputs):
@@ -481,48 +454,45 @@ class _Builder(SplitPath):
         fn(tuple(IVar(f"i{d}") for d in range(len(n.type.shape))))
         ins = [(names[i], prod(sub.node(i).type.shape)) for i, _ in inputs]
         kernel = pointwise_kernel(self.name("_copy"), n.type.shape, fn, ins)
-        self.launch(kernel, [self.home[o] for _, o in inputs] + [self.home[v]])
+        self.launch(kernel, [self.homes[o] for _, o in inputs] + [self.homes[v]])
         return "copy", n.op
 
     # ---- graph outputs ---------------------------------------------------------------
-    def outputs(self):
-        for k, v in enumerate(self.g.outputs):
-            if self.home.get(v) == Loc("out", k):
-                continue
-            node = self.g.node(v)
-            if isinstance(node.type, tuple):
-                raise CudaCodegenError(f"graph output %{v} is a tuple")
-            shape = node.type.shape
-            if prod(shape) == 0:
-                continue
-            if is_literal(node):
-                self.launch(fill_kernel(self.name("_fill"), prod(shape), node.attr("value")), [Loc("out", k)])
-                continue
-            if v in self.home or node.op == "const":
-                sub = cut(self.g, [v], [v], [v], f"{self.g.name}.out{k}")
-                leaves = [v]
-            else:
-                sub, leaves = expand(self.g, [v], [v], self.has_buffer, f"{self.g.name}.out{k}")
-                sub = rewrite_tuples(sub)
-            names: dict = {}
-            inputs: list = []
+    def copy_output(self, v: int, k: int) -> None:
+        node = self.graph.node(v)
+        if isinstance(node.type, tuple):
+            raise CudaCodegenError(f"graph output %{v} is a tuple")
+        shape = node.type.shape
+        if prod(shape) == 0:
+            return
+        if is_literal(node):
+            self.launch(fill_kernel(self.name("_fill"), prod(shape), node.attr("value")), [Loc("out", k)])
+            return
+        if v in self.homes or node.op == "const":
+            sub = cut(self.graph, [v], [v], [v], f"{self.graph.name}.out{k}")
+            leaves = [v]
+        else:
+            sub, leaves = expand(self.graph, [v], [v], self.has_buffer, f"{self.graph.name}.out{k}")
+            sub = rewrite_tuples(sub)
+        names: dict = {}
+        inputs: list = []
 
-            def leaf(node_, idx, sub=sub, leaves=leaves, names=names, inputs=inputs):
-                o = leaves[[m.id for m in sub.inputs].index(node_.id)]
-                if self.g.node(o).op == "const":
-                    return Load(self.const_symbol(o), linearize(idx, node_.type.shape))
-                if node_.id not in names:
-                    names[node_.id] = f"in{len(names)}"
-                    inputs.append((node_.id, o))
-                return Load(names[node_.id], linearize(idx, node_.type.shape))
+        def leaf(node_, idx):
+            o = leaves[[m.id for m in sub.inputs].index(node_.id)]
+            if self.graph.node(o).op == "const":
+                return Load(self.const_symbol(o), linearize(idx, node_.type.shape))
+            if node_.id not in names:
+                names[node_.id] = f"in{len(names)}"
+                inputs.append((node_.id, o))
+            return Load(names[node_.id], linearize(idx, node_.type.shape))
 
-            walker = Walker(sub, leaf)
-            out_id = sub.outputs[0]
-            fn = (lambda idx, w=walker, o=out_id: w.value(o, idx))
-            fn(tuple(IConst(0) if d == 1 else IVar(f"i{j}") for j, d in enumerate(shape)))
-            ins = [(names[i], prod(sub.node(i).type.shape)) for i, _ in inputs]
-            kernel = pointwise_kernel(self.name("_copy"), shape, fn, ins)
-            self.launch(kernel, [self.home[o] for _, o in inputs] + [Loc("out", k)], note=f"output {k}: copy of %{v}")
+        walker = Walker(sub, leaf)
+        out_id = sub.outputs[0]
+        fn = (lambda idx: walker.value(out_id, idx))  # noqa: E731
+        fn(tuple(IConst(0) if d == 1 else IVar(f"i{j}") for j, d in enumerate(shape)))
+        ins = [(names[i], prod(sub.node(i).type.shape)) for i, _ in inputs]
+        kernel = pointwise_kernel(self.name("_copy"), shape, fn, ins)
+        self.launch(kernel, [self.homes[o] for _, o in inputs] + [Loc("out", k)], note=f"output {k}: copy of %{v}")
 
 
 #: extern op -> (its report's `how`, its GEMM element's output index, the method emitting the GEMM)
@@ -560,7 +530,7 @@ def build_program(graph: Graph, plan: Optional[KernelPlan] = None, name=None,
         outs.append(tuple(t.shape))
     return CudaProgram(name or graph.name, [tuple(n.type.shape) for n in graph.inputs], outs, b.launches, b.consts,
                        align(plan.memory.arena_bytes) + b.scratch_max, plan.memory.arena_bytes, b.scratch_max,
-                       b.reports, dict(b.home),
+                       b.reports, dict(b.homes),
                        {gid: b.writes(b.groups[gid]) for gid in plan.schedule.order if gid not in b.view_groups})
 
 

@@ -1,5 +1,6 @@
-"""The CUDA program's records: where buffers live (`Loc`), kernel launches, group reports,
-and the `CudaProgram` that `program.build_program` returns."""
+"""The CUDA program's records: kernel launches (their arguments: `codegen.program.Loc`) and
+the `CudaProgram` that `program.build_program` returns (its group reports:
+`codegen.program.GroupReport`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -13,30 +14,12 @@ class CudaCodegenError(NotImplementedError):
     """A group of the graph cannot be emitted as CUDA (the message names it)."""
 
 
-@dataclass(frozen=True)
-class Loc:
-    """Where a buffer lives: `arena` (byte `offset`), `in`/`out` (graph input/output
-    `index`, byte `offset` within it)."""
-    space: str
-    index: int = 0
-    offset: int = 0
-
-
 @dataclass
 class Launch:
     kernel: GpuKernel
     args: tuple          # one Loc per kernel parameter
     group: int
     note: str = ""
-
-
-@dataclass
-class GroupReport:
-    id: int
-    kind: str
-    how: str             # lowered | split | gemm | conv | rng | index_add | copy | view | output
-    launches: int
-    detail: str = ""
 
 
 @dataclass

@@ -159,7 +159,7 @@ class SplitPath:
         def leaf(node, idx):
             v = node.id
             o = origin.get(v)
-            if o is not None and self.g.node(o).op == "const":
+            if o is not None and self.graph.node(o).op == "const":
                 return Load(self.const_symbol(o), linearize(idx, node.type.shape))
             if v not in names:
                 names[v] = f"in{len(names)}"
