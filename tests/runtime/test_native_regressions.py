@@ -259,3 +259,13 @@ def test_program_steps_are_checked_against_their_buffers():
         p.add_kernel("k0", 0, [0, 2], [12, 9], 1, 1, 1)
     with pytest.raises(ValueError, match="a kernel larger than the padded image"):
         p.add_conv(0, [0, 1, 2, 3], [1, 2, 2, 1, 5, 5, 1, 1, 0])   # a 5x5 kernel over a 2x2 image
+
+
+def test_gemm_epilogue_reading_a_wide_stack(monkeypatch):
+    """a @ b + stack(6 pieces): the stack is copied piece by piece into scratch by steps
+    after the GEMM's; an epilogue fused into the GEMM step read that scratch before the
+    copies ran (a kernel after the copies instead)."""
+    def step(a, b, *xs):
+        return a @ b + ndl.stack(xs, axis=0)
+
+    check_step(monkeypatch, step, [], (6, 5), (5, 7), *[(7,)] * 6)

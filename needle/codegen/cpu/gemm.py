@@ -56,7 +56,8 @@ class GemmConvSteps:
 
     def _epilogue(self, group, anchor, rest, c_slot, gemm) -> str:
         """The elementwise ops after a GEMM/conv: fused into the GEMM step (`gemm`: its index)
-        by row blocks when they read its result element by element, else a kernel after it.
+        by row blocks when they read its result element by element and need no step before
+        them (the copy of a wide join), else a kernel after it.
         Returns how, for the group's report."""
         outputs = tuple(o for o in group.outputs if o != anchor.id)
         if not outputs:
@@ -66,8 +67,10 @@ class GemmConvSteps:
         kernel = self._kernel(ex)
         ins = [self._slot_of(i) for i in ex.inputs]
         outs = [self._out_slot(v) for v in outputs]
-        step = self.steps[gemm] if gemm is not None else None
-        rows = step.params[1] if step is not None and step.params[0] == 1 else 0  # a single product's rows
+        # a single product's rows, when no step (a copy of an operand) came after the GEMM's:
+        # the fused epilogue runs inside the GEMM step
+        step = self.steps[gemm] if gemm is not None and gemm == len(self.steps) - 1 else None
+        rows = step.params[1] if step is not None and step.params[0] == 1 else 0
         if kernel is not None and rows and range_extent(kernel) % rows == 0 and self._rowwise(anchor, rest, outputs):
             epilogue = Epilogue(kernel, (*ins, *outs), tuple(p.size for p in kernel.params), range_extent(kernel))
             self.steps[gemm] = dataclasses.replace(step, epilogue=epilogue)
