@@ -1,10 +1,9 @@
 """needle: a deep-learning framework with the CMU 10-414/714 Needle API and a graph compiler."""
+from importlib.metadata import PackageNotFoundError, version
 
 
 def _version() -> str:
     """The installed distribution's version (pyproject.toml holds the one version string)."""
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("needle")
     except PackageNotFoundError:  # a checkout used without installing it

@@ -33,11 +33,13 @@ from .backend_selection import BACKEND, array_api, default_device as _default_de
 from .trace import tracer
 from .trace.autodiff_request import request_gradients
 from .ir.graph import Graph
+from .ir.printer import print_graph
 from .trace import state as trace_state
 from .trace.tracer import GraphBuilder, tensor_type_of, tracing
 from .passes import pipeline
 from .passes.manager import PassContext
 from .runtime import graph_cache
+from .runtime.profile import format_table
 from .runtime.interpreter import run_graph
 
 
@@ -47,8 +49,6 @@ def executor_kind(graph: Optional[Graph] = None) -> str:
     from Python), 'interp' (the reference interpreter; the default under NEEDLE_BACKEND=np)
     or 'cuda' (CUDA C for the whole graph, needle.runtime.cuda_executor; the default for a
     graph whose inputs are on an enabled `cuda()` device)."""
-    from .backend_selection import BACKEND
-
     kind = os.environ.get("NEEDLE_EXECUTOR")
     if kind is None:
         kind = "native" if BACKEND == "nd" else "interp"
@@ -280,6 +280,8 @@ class CompiledFunction:
         if plan is None:  # the interpreter, or NEEDLE_PASS_LIMIT cut the analyses off
             kind = "interp"
         runner = None
+        # lazy: an executor's code generator and JIT (llvmlite, nvcc) load when a graph is
+        # first compiled for it, not at `import needle`
         if kind == "cuda":
             from .codegen.cuda import CudaCodegenError, build_program
             from .runtime.cuda_executor import CudaGraphExecutor
@@ -367,8 +369,6 @@ class CompiledFunction:
 
     def ir(self, stage: str = "final") -> str:
         """Text IR of the most recent signature after pass `stage` ('input' = as traced)."""
-        from .ir.printer import print_graph
-
         if not self._cache:
             raise RuntimeError(f"{self.fn.__qualname__} has not been compiled yet: call it first")
         entry = self._cache[self._last_key]
@@ -380,8 +380,6 @@ class CompiledFunction:
     def profile(self) -> str:
         """Per-kernel time, GFLOP/s, GB/s and roofline fraction of every compiled signature
         (one table each), as printed at exit under NEEDLE_PROFILE=1 (native or kernel executor)."""
-        from .runtime.profile import format_table
-
         name = self.fn.__qualname__
         if not self._cache:
             raise RuntimeError(f"{name} has not been compiled yet: call it first")

@@ -7,7 +7,7 @@ from .backend_selection import BACKEND
 def _cpu_module():
     if BACKEND != "nd":
         return None
-    try:
+    try:  # lazy: the cpu extension may be missing (an np-only install)
         from .backend_ndarray import ndarray_backend_cpu
     except ImportError:
         return None

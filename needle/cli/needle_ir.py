@@ -58,6 +58,14 @@ import sys
 import traceback
 from typing import Optional
 
+from needle.codegen import LoweringError, compile_kernel
+from needle.codegen.cuda import CudaCodegenError, build_program
+from needle.compile import compiled_functions, executor_kind
+from needle.ir.dot import to_dot
+from needle.ir.printer import print_graph
+from needle.passes.fusion import format_plan, format_why_not, plan_fusion
+from needle.passes.pipeline import STAGES, plan_kernels
+
 HEADER = "# needle-ir:"
 
 # options that take a value (everything else before the script is a flag)
@@ -121,8 +129,6 @@ def _split_argv(argv: list) -> tuple:
 
 def pass_names() -> list:
     """The stage names `--after` takes: 'input', then the pipeline's passes."""
-    from needle.passes.pipeline import STAGES
-
     return list(STAGES)
 
 
@@ -141,8 +147,6 @@ def _matches(cf, name: Optional[str]) -> bool:
 
 def _snapshot() -> dict:
     """id(compiled function) -> (graphs it had compiled, calls it had answered)."""
-    from needle.compile import compiled_functions
-
     return {id(cf): (cf.compiled, _calls(cf)) for cf in compiled_functions()}
 
 
@@ -152,16 +156,12 @@ def _calls(cf) -> int:
 
 def _new_graphs(before: dict) -> list:
     """(qualname, signature text, {stage: Graph}) for each signature compiled since `before`."""
-    from needle.compile import compiled_functions
-
     return [(cf, signature, stages) for cf in compiled_functions()
             for signature, stages in cf.entries(since=before.get(id(cf), (0, 0))[0])]
 
 
 def _called(before: dict) -> bool:
     """Whether a compiled function was called since `before`."""
-    from needle.compile import compiled_functions
-
     return any(_calls(cf) > before.get(id(cf), (0, 0))[1] for cf in compiled_functions())
 
 
@@ -225,8 +225,6 @@ def _extern(group, graph) -> str:
 def _native_step(group, graph) -> Optional[str]:
     """What the native executor (the default on the nd backend) runs for an extern group,
     or None under another executor."""
-    from needle.compile import executor_kind
-
     if group.kind != "extern" or executor_kind() != "native":
         return None
     gemm = ("BLAS sgemm or needle's small_gemm" if graph.node(group.anchor).op == "MatMul"
@@ -256,9 +254,6 @@ def _not_generated(group, graph, subgraph) -> Optional[str]:
 def _render_kernels(graph, fmt: str) -> str:
     """Every fusion group of `graph` in plan order: a kernel header and its C / LLVM IR, or
     one comment line saying why it runs on the interpreter."""
-    from needle.codegen import LoweringError, compile_kernel
-    from needle.passes.fusion import plan_fusion
-
     out = []
     for group in plan_fusion(graph).groups:
         native = _native_step(group, graph)
@@ -290,9 +285,6 @@ def _file_stem(qualname: str) -> str:
 def _cuda_outputs(shown, out_dir: Optional[str]) -> tuple:
     """(text for stdout, exit code) of --target cuda: each graph's translation unit, printed
     or written to out_dir."""
-    from needle.codegen.cuda import CudaCodegenError, build_program
-    from needle.passes.pipeline import plan_kernels
-
     per_function: dict = {}
     for cf, _, _ in shown:
         per_function[id(cf)] = per_function.get(id(cf), 0) + 1
@@ -325,8 +317,6 @@ def _cuda_outputs(shown, out_dir: Optional[str]) -> tuple:
 
 
 def _render_why_not(graph) -> str:
-    from needle.passes.fusion import format_plan, format_why_not, plan_fusion
-
     plan = plan_fusion(graph)
     return format_plan(plan, graph) + format_why_not(plan, graph)
 
@@ -337,11 +327,7 @@ def _render(graph, fmt: str, why_not: bool = False) -> str:
     if fmt in ("c", "llvm"):
         return _render_kernels(graph, fmt)
     if fmt == "dot":
-        from needle.ir.dot import to_dot
-
         return to_dot(graph)
-    from needle.ir.printer import print_graph
-
     return print_graph(graph)
 
 

@@ -8,6 +8,10 @@ Progress goes to stderr (a tqdm bar per epoch); stdout gets one summary line per
 and, as its very last line, one JSON object with the run's figures. See
 docs/training.md.
 
+Data-parallel: `mpiexec -n N needle-train ...` (or `--nproc N`) trains on N processes, each
+with --batch-size examples per step; rank 0 alone prints and writes checkpoints (see
+docs/distributed.md).
+
 Exit codes: 0 success, 2 usage or data errors (message on stderr), 3 the loss became NaN or
 infinite (training stops; the last checkpoint, of a good epoch, is kept), 130 interrupted
 (Ctrl-C; the message says which checkpoint to ``--resume`` from).
@@ -24,12 +28,14 @@ import time
 import numpy as np
 
 import needle as ndl
+import needle.distributed as dist
 import needle.nn as nn
 from needle.ops.random import COMPILED_RNG
 import needle.optim as optim
 from needle.errors import IdError
+from needle.nn.nn_basic import named_tensors
 from needle.apps import mlp_resnet, models
-from needle.cli import train_metrics
+from needle.cli import train_metrics, train_ranks
 
 from needle.cli.train_checkpoint import read_checkpoint, restore_checkpoint, save_training_checkpoint
 from needle.cli.train_data import load_images, load_ptb
@@ -47,7 +53,6 @@ def build_model(args, vocab_size=None, device=None):
         model = mlp_resnet.MLPResNet(784, hidden_dim=args.hidden_size)
         if device is not None and device != ndl.cpu():
             # the course's MLPResNet takes no device argument: move its tensors after building
-            from needle.nn.nn_basic import named_tensors
             for t in named_tensors(model).values():
                 t.data = ndl.Tensor(t.numpy(), device=device, dtype=t.dtype, requires_grad=False)
         return model
@@ -58,12 +63,17 @@ def build_model(args, vocab_size=None, device=None):
                                 seq_len=args.seq_len, device=device, dtype="float32")
 
 
-def build_optimizer(args, model):
+def build_optimizer(args, model, world_size=1):
+    """The optimizer of --optimizer. On N > 1 ranks it averages gradients over them first, and
+    its learning rate is N x --lr (the linear scaling rule for an N x larger global batch, as in
+    Horovod's examples) unless --no-lr-scaling."""
     params = model.parameters()
+    lr = args.lr * world_size if getattr(args, "lr_scaling", True) else args.lr
     if args.optimizer == "adam":
-        return optim.Adam(params, lr=args.lr, weight_decay=args.weight_decay)
-    return optim.SGD(params, lr=args.lr, momentum=args.momentum or 0.0,
-                     weight_decay=args.weight_decay)
+        opt = optim.Adam(params, lr=lr, weight_decay=args.weight_decay)
+    else:
+        opt = optim.SGD(params, lr=lr, momentum=args.momentum or 0.0, weight_decay=args.weight_decay)
+    return dist.DistributedOptimizer(opt) if world_size > 1 else opt
 
 
 # ---- main ---------------------------------------------------------------------------------
@@ -116,7 +126,14 @@ def _checked(loader, args):
 
 
 def run(args, argv, state):
-    """Train; print the summaries and the JSON line. ``state`` records the last checkpoint."""
+    """Train; print the summaries and the JSON line. ``state`` records the last checkpoint.
+
+    Under MPI every rank runs this; only rank 0 prints and writes files."""
+    rank, world_size = train_ranks.world()
+    main_rank = rank == 0
+    say = print if main_rank else (lambda *a, **k: None)
+    if not main_rank:
+        args.no_progress = True
     ckpt = None
     if args.resume is not None:
         ckpt = read_checkpoint(args.resume)
@@ -129,10 +146,10 @@ def run(args, argv, state):
             train_metrics.require_matplotlib()
         except ImportError as e:
             raise UsageError(str(e)) from None
-    if args.checkpoint is not None:
+    if args.checkpoint is not None and main_rank:
         for tmp in nn.stale_temporaries(args.checkpoint):  # left by a run killed mid-write
             os.unlink(tmp)
-            print(f"needle-train: removed {tmp}, left by an interrupted checkpoint write", file=sys.stderr)
+            say(f"needle-train: removed {tmp}, left by an interrupted checkpoint write", file=sys.stderr)
     device = _device(args.device)
 
     np.random.seed(args.seed)  # the one seeding; everything after draws from it in order
@@ -143,16 +160,17 @@ def run(args, argv, state):
             raise BadData(f"the evaluation split is empty ({desc})")
         vocab = len(corpus.dictionary)
         model = build_model(args, vocab_size=vocab, device=device)
-        opt = build_optimizer(args, model)
+        opt = build_optimizer(args, model, world_size)
         job = PTBJob(args, model, opt, train_ids, eval_ids, vocab, device)
     else:
         Xtr, ytr, Xev, yev, desc = _checked(load_images, args)
         if len(yev) == 0:
             raise BadData(f"the evaluation split is empty ({desc})")
         model = build_model(args, device=device)
-        opt = build_optimizer(args, model)
+        opt = build_optimizer(args, model, world_size)
         job = ClassificationJob(args, model, opt, Xtr, ytr, Xev, yev, device)
-    print(f"needle-train {args.task} --model {args.model}: data {desc}", file=sys.stderr)
+    say(f"needle-train {args.task} --model {args.model}: data {desc}"
+        + (f" ({world_size} processes)" if world_size > 1 else ""), file=sys.stderr)
 
     start_epoch = 0
     last = None
@@ -165,19 +183,21 @@ def run(args, argv, state):
         last = json.loads(ckpt[1].get("last_epoch", "null"))
         state["saved_epoch"] = start_epoch
         state["path"] = args.resume
-        print(f"resumed from {args.resume} after epoch {start_epoch}", file=sys.stderr)
+        say(f"resumed from {args.resume} after epoch {start_epoch}", file=sys.stderr)
         if start_epoch >= args.epochs:
-            print(f"needle-train: {args.resume} already holds epoch {start_epoch} of --epochs {args.epochs}: "
+            say(f"needle-train: {args.resume} already holds epoch {start_epoch} of --epochs {args.epochs}: "
                   f"nothing to train (raise --epochs to train more)", file=sys.stderr)
 
+    dist.broadcast_parameters(model)  # every rank starts from rank 0's model
     ev = None
-    curve_file = train_metrics.metrics_path(args.checkpoint) if args.checkpoint else None
+    curve_file = train_metrics.metrics_path(args.checkpoint) if args.checkpoint and main_rank else None
     curves = train_metrics.read_epochs(curve_file, before=start_epoch + 1) if ckpt is not None and curve_file else []
     if curve_file:  # the file holds this run's epochs only (a resumed run keeps the saved ones)
         with open(curve_file, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r) + "\n" for r in curves)
     for epoch in range(start_epoch + 1, args.epochs + 1):
         state["epoch"] = epoch
+        job.set_epoch(epoch)
         bar = progress_bar(args, job.n_steps(), f"epoch {epoch}/{args.epochs}", job.unit)
         t0 = time.perf_counter()
         try:
@@ -185,6 +205,7 @@ def run(args, argv, state):
         finally:
             bar.close()
         seconds = time.perf_counter() - t0
+        n *= world_size  # every rank trains on the same number of examples
         ev = job.evaluate()
         if not math.isfinite(ev["eval_loss"]):
             raise Diverged(f"the evaluation loss became {ev['eval_loss']}")
@@ -192,15 +213,15 @@ def run(args, argv, state):
                 "samples_per_s": n / seconds if seconds > 0 else 0.0,
                 "steps_per_s": steps / seconds if seconds > 0 else 0.0,
                 "seconds": seconds}
-        print(_summary_line(epoch, args.epochs, last["train_loss"], ev, seconds,
+        say(_summary_line(epoch, args.epochs, last["train_loss"], ev, seconds,
                             last["samples_per_s"], job.unit), flush=True)
         curves.append({"epoch": epoch, "train_loss": last["train_loss"], **ev, "seconds": seconds})
-        if args.checkpoint is not None:
+        if args.checkpoint is not None and main_rank:
             save_training_checkpoint(args.checkpoint, args, model, opt, epoch, last)
             train_metrics.append_epoch(curve_file, curves[-1])
             state["saved_epoch"] = epoch
             state["path"] = args.checkpoint
-    if args.plot and curves:
+    if args.plot and curves and main_rank:
         train_metrics.plot(curves, args.plot)
 
     if ev is None:  # nothing left to train after --resume
@@ -223,9 +244,11 @@ def run(args, argv, state):
         "samples_per_s": last["samples_per_s"],
         "steps_per_s": last["steps_per_s"],
         "compiled": bool(args.compile),
+        "world_size": world_size,
+        "global_batch_size": args.batch_size * world_size,
         "data": desc,
     })
-    print(json.dumps(result), flush=True)
+    say(json.dumps(result), flush=True)
     return model, result
 
 
@@ -234,7 +257,24 @@ def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.nproc is not None and not dist.under_mpiexec():
+        if args.nproc < 1:
+            print(f"needle-train: error: --nproc must be positive, got {args.nproc}", file=sys.stderr)
+            return 2
+        try:
+            return train_ranks.launch(args.nproc, argv)
+        except FileNotFoundError as e:
+            print(f"needle-train: error: {e}", file=sys.stderr)
+            return 2
     state = {}
+    code = _run_reporting(args, argv, state)
+    if code and dist.world_size() > 1:
+        dist.abort(code)   # the other ranks may be waiting in a collective: stop them all
+    return code
+
+
+def _run_reporting(args, argv, state):
+    """run(), with its failures reported on stderr as an exit code."""
     try:
         run(args, argv, state)
     except (DataNotFound, BadData, CheckpointError, UsageError) as e:

@@ -48,7 +48,7 @@ def require_matplotlib() -> None:
 
 def plot(records: list[dict], out: str) -> None:
     """Train and eval loss, and eval accuracy or perplexity, per epoch, written to `out`."""
-    import matplotlib
+    import matplotlib  # lazy: optional (needle[plot]), and only --plot needs it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

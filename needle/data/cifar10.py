@@ -5,6 +5,7 @@ the real format needs (numpy's array reconstruction), so a crafted file cannot r
 code: any other global raises ValueError naming the file and the global.
 """
 import errno
+import importlib
 import pickle
 from pathlib import Path
 
@@ -18,8 +19,6 @@ _IMAGE_SIZE = 3 * 32 * 32
 
 
 def _numpy_global(modules, name):
-    import importlib
-
     for mod in modules:
         try:
             return getattr(importlib.import_module(mod), name)

@@ -5,9 +5,10 @@ from typing import Any, Dict, Iterator, List, Tuple
 
 import numpy as np
 
-from .. import init, ops
+from .. import backend_selection, init, ops
 from ..autograd import Tensor
 from .state import as_numpy
+from .summary import module_summary
 
 
 class Parameter(Tensor):
@@ -158,8 +159,6 @@ class Module:
     def summary(self, *inputs, **kwargs) -> str:
         """A table of every submodule's output shape and parameter count for one example
         forward pass (eval mode, no gradients, no state changes); `print` it."""
-        from .summary import module_summary
-
         return module_summary(self, *inputs, **kwargs)
 
     def apply(self, fn) -> "Module":
@@ -177,8 +176,6 @@ class Module:
         move too, and modules' `device` attributes (used to create new tensors) are updated.
         Returns self."""
         if isinstance(device, str):
-            from .. import backend_selection
-
             name = device[:-2] if device.endswith("()") else device
             factory = getattr(backend_selection, name, None)
             if factory is None or not callable(factory):

@@ -46,7 +46,7 @@ from typing import Optional
 
 from ..ir.graph import Graph, Node, topological_order
 from ..ir.subgraph import cut
-from ..ops.registry import is_view, moves_data, op_names, reduced_axes
+from ..ops.registry import OPS, is_view, moves_data, op_names, reduced_axes
 from .manager import Analysis, register_pass
 
 __all__ = ["FusedGroup", "FusionPlan", "FusionPass", "plan_fusion", "format_plan", "format_why_not", "node_class",
@@ -67,8 +67,6 @@ _BIJECTIVE_VIEWS = op_names(lambda c: is_view(c) and c.inverse_index_map is not 
 
 def node_class(node: Node) -> str:
     """Fusion class of a node: view, elementwise, reduce, extern, tuple or opaque."""
-    from ..ops import OPS
-
     cls = OPS.get(node.op)
     kind = getattr(cls, "kind", "opaque") if cls is not None else "opaque"
     if kind in ("broadcast", "injective"):
