@@ -206,6 +206,7 @@ def run(args, argv, state):
             bar.close()
         seconds = time.perf_counter() - t0
         n *= world_size  # every rank trains on the same number of examples
+        dist.broadcast_parameters(model)  # rank 0's BatchNorm statistics are the model's (as DDP's buffers)
         ev = job.evaluate()
         if not math.isfinite(ev["eval_loss"]):
             raise Diverged(f"the evaluation loss became {ev['eval_loss']}")

@@ -85,8 +85,8 @@ def restore_checkpoint(path, tensors, meta, args, model, opt):
     for name in buffers:
         prefix = f"optim.{name}."
         ostate[name] = {int(k[len(prefix):]): v for k, v in tensors.items() if k.startswith(prefix)}
-    # command-line hyper-parameters win over the saved ones
-    ostate["lr"] = args.lr
+    # command-line hyper-parameters win over the saved ones (the lr as built: scaled for N ranks)
+    ostate["lr"] = opt.lr
     ostate["weight_decay"] = args.weight_decay
     if "momentum" in ostate:
         ostate["momentum"] = args.momentum or 0.0

@@ -1,4 +1,8 @@
-"""needle-train's training loops: one job per task family (classification, language model)."""
+"""needle-train's training loops: one job per task family (classification, language model).
+
+Under MPI (world size N > 1) each rank trains on its share of every epoch (a
+DistributedSampler for images, a contiguous 1/N of the token stream for PTB) with the
+per-rank batch size, and evaluates its share; the evaluation sums are added over ranks."""
 from __future__ import annotations
 
 import math
@@ -9,10 +13,12 @@ import numpy as np
 
 import needle as ndl
 import needle.data as ndata
+import needle.distributed as dist
 import needle.nn as nn
 import needle.optim as optim
 
 from needle.cli.train_options import DataNotFound, Diverged
+from needle.cli.train_ranks import shard, sum_over_ranks
 
 try:
     from tqdm import tqdm as _tqdm
@@ -67,15 +73,26 @@ class ClassificationJob:
     def __init__(self, args, model, opt, Xtr, ytr, Xev, yev, device):
         self.args, self.model, self.opt, self.device = args, model, opt, device
         self.loss_fn = nn.SoftmaxLoss()
-        self.train_loader = ndata.DataLoader(ndata.NDArrayDataset(Xtr, ytr), args.batch_size,
-                                             shuffle=True, device=device)
-        self.eval_loader = ndata.DataLoader(ndata.NDArrayDataset(Xev, yev), args.batch_size,
+        train = ndata.NDArrayDataset(Xtr, ytr)
+        if dist.world_size() > 1:  # every rank: the same permutation, its own disjoint share
+            self.sampler = ndata.DistributedSampler(train, seed=args.seed)
+            self.train_loader = ndata.DataLoader(train, args.batch_size, sampler=self.sampler, device=device)
+        else:  # one np.random.permutation per pass, as the course's loaders
+            self.sampler = None
+            self.train_loader = ndata.DataLoader(train, args.batch_size, shuffle=True, device=device)
+        mine = shard(len(yev)) if dist.world_size() > 1 else slice(None)
+        self.eval_loader = ndata.DataLoader(ndata.NDArrayDataset(Xev[mine], yev[mine]), args.batch_size,
                                             shuffle=False, device=device)
         step = optim.train_step(model, self.loss_fn, opt)
         self.step = ndl.compile(step) if args.compile else step
 
+    def set_epoch(self, epoch: int) -> None:
+        """Train epoch `epoch` (1-based) next: its permutation of the ranks' shares."""
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch - 1)
+
     def train_epoch(self, bar):
-        """Returns (per-batch mean losses, examples, steps)."""
+        """Returns (per-batch mean losses, examples, steps) of this rank."""
         self.model.train()
         losses, n, steps, t0 = [], 0, 0, time.perf_counter()
         for X, y in self.train_loader:  # one np.random.permutation per pass
@@ -99,6 +116,8 @@ class ClassificationJob:
                 total_loss += _scalar(loss) * len(yn)
                 correct += int((out.numpy().argmax(axis=1) == yn).sum())
                 n += len(yn)
+        if dist.world_size() > 1:
+            total_loss, correct, n = sum_over_ranks([total_loss, correct, n])
         return {"eval_loss": total_loss / max(n, 1), "eval_accuracy": correct / max(n, 1)}
 
 
@@ -131,12 +150,15 @@ class PTBJob:
         self.args, self.model, self.opt, self.device = args, model, opt, device
         self.loss_fn = nn.SoftmaxLoss()
         bs = args.batch_size
+        self.unigram_ppl = unigram_perplexity(train_ids, ndata.batchify(eval_ids, bs * dist.world_size())[1:],
+                                              vocab_size)
+        if dist.world_size() > 1:  # each rank: a contiguous 1/N of the stream, in bs columns
+            train_ids, eval_ids = train_ids[shard(len(train_ids))], eval_ids[shard(len(eval_ids))]
         if len(train_ids) < 2 * bs or len(eval_ids) < 2 * bs:
             raise DataNotFound(f"PTB: too few tokens ({len(train_ids)} train, {len(eval_ids)} "
                                f"eval) for --batch-size {bs}")
         self.train_data = ndata.batchify(train_ids, bs, device=device, dtype="float32")
         self.eval_data = ndata.batchify(eval_ids, bs, device=device, dtype="float32")
-        self.unigram_ppl = unigram_perplexity(train_ids, self.eval_data[1:], vocab_size)
         self._h_kind = None
         self.step = self._compiled_step() if args.compile else self._step
 
@@ -173,6 +195,9 @@ class PTBJob:
     def n_steps(self):
         return len(self._starts(self.train_data))
 
+    def set_epoch(self, epoch: int) -> None:
+        """Epochs all read the same stream (no shuffle)."""
+
     def train_epoch(self, bar):
         self.model.train()
         losses, n, steps, t0, h = [], 0, 0, time.perf_counter(), None
@@ -197,6 +222,8 @@ class PTBJob:
                 h = nn.detach_hidden(h)
                 total += _scalar(self.loss_fn(out, y)) * y.shape[0]
                 n += y.shape[0]
+        if dist.world_size() > 1:
+            total, n = sum_over_ranks([total, n])
         mean = total / max(n, 1)
         return {"eval_loss": mean, "eval_perplexity": float(math.exp(min(mean, 700.0))),
                 "unigram_perplexity": self.unigram_ppl}

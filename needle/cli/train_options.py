@@ -140,6 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"use only the first N training {unit} (quick runs)")
         p.add_argument("--eval-limit", type=int, default=None,
                        help=f"use only the first N evaluation {unit} (quick runs)")
+        p.add_argument("--nproc", type=int, default=None, metavar="N",
+                       help="train data-parallel on N processes (starts mpiexec; needs "
+                            "'needle[distributed]'); --batch-size stays per process")
+        p.add_argument("--lr-scaling", action=argparse.BooleanOptionalAction, default=True,
+                       help="on N processes, use N x --lr for the N x larger global batch (the default; "
+                            "--no-lr-scaling keeps --lr)")
         p.add_argument("--no-progress", action="store_true",
                        help="no tqdm progress bars on stderr")
         p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,

@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-__all__ = ["init", "is_initialized", "rank", "world_size", "local_rank", "barrier", "comm",
+__all__ = ["init", "is_initialized", "under_mpiexec", "abort", "rank", "world_size", "local_rank", "barrier", "comm",
            "CollectiveTimeout", "timeout_seconds", "wait"]
 
 
@@ -43,7 +43,8 @@ class _World:
 _WORLD: Optional[_World] = None
 
 
-def _launched_by_mpi() -> bool:
+def under_mpiexec() -> bool:
+    """True in a process started by mpiexec (MPICH's Hydra, or another MPI's launcher)."""
     return any(k in os.environ for k in ("PMI_RANK", "PMI_SIZE", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE",
                                          "HYDRA_CONTROL_FD", "PMI_FD"))
 
@@ -62,7 +63,7 @@ def init() -> None:
     global _WORLD
     if _WORLD is not None:
         return
-    if not _launched_by_mpi():
+    if not under_mpiexec():
         _WORLD = _World(None)
         return
     try:
@@ -187,14 +188,23 @@ def _install_abort_hook() -> None:
     previous = sys.excepthook
 
     def abort_all(kind, value, tb):
-        from mpi4py import MPI
-
         sys.stderr.write(f"needle.distributed: rank {rank()} of {world_size()} failed:\n")
         sys.stderr.write("".join(traceback.format_exception(kind, value, tb)))
-        sys.stderr.flush()
         if previous not in (sys.__excepthook__, abort_all):
             previous(kind, value, tb)
-        time.sleep(0.5)   # let mpiexec forward the message before it kills the job
-        MPI.COMM_WORLD.Abort(1)
+        abort(1)
 
     sys.excepthook = abort_all
+
+
+def abort(code: int) -> None:
+    """End every rank of the job now with exit code `code` (after this rank's output is
+    forwarded); a no-op in a world of one."""
+    if _WORLD is None or _WORLD.comm is None:
+        return
+    from mpi4py import MPI
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    time.sleep(0.5)   # let mpiexec forward the message before it kills the job
+    MPI.COMM_WORLD.Abort(code)
