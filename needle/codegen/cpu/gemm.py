@@ -161,6 +161,6 @@ class GemmConvSteps:
         else:             # the im2col matrix (patches, or their gradients)
             floats = n * ho * wo * row
         cols = self._scratch(floats * F32)
-        self._emit(ConvStep(kind, (self._slot_of(a), self._slot_of(b), out_slot, cols), (n, h, wd, ci, kh, kw, co, s, p)),
-                   (node.id,), (node.id,), "im2col+blas", f"conv%{node.id}")
+        step = ConvStep(kind, (self._slot_of(a), self._slot_of(b), out_slot, cols), (n, h, wd, ci, kh, kw, co, s, p))
+        self._emit(step, (node.id,), (node.id,), "im2col+blas", f"conv%{node.id}")
         self.stats["convs"] += 1

@@ -40,7 +40,6 @@ from ...ir.graph import Graph
 from ...ir.subgraph import cut, is_literal
 from ...ops.registry import OPS
 from ...passes.pipeline import KernelPlan, plan_kernels
-from ...passes.schedule import plan_groups
 from ..loop_ir import AccUpdate, For, IConst, IVar, Load, LoopKernel, Store, linearize
 from .gpu_ir import GpuKernel
 from ..program import GroupReport, Loc, ProgramBuilder
