@@ -1,4 +1,5 @@
-"""Tensor, TensorTuple and reverse-mode automatic differentiation (the eager tape)."""
+"""Tensor and TensorTuple, the eager values; `backward()` runs the tape of `needle.backprop`
+(eagerly) or requests gradients from the autodiff pass (in a trace)."""
 from __future__ import annotations
 
 import contextlib
