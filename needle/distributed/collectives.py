@@ -18,9 +18,12 @@ Semantics (SPMD: every rank calls the same collectives in the same order):
 """
 from __future__ import annotations
 
+import ctypes
+from math import prod
+
 import numpy as np
 
-from ..backend_selection import BACKEND, array_api
+from ..backend_selection import array_api
 from ..ops.elementwise import compare
 from ..ops.registry import TensorOp, op_names
 from . import world
@@ -31,12 +34,35 @@ __all__ = ["AllReduce", "Broadcast", "AllGather", "ReduceScatter", "all_reduce",
 REDUCE_OPS = ("sum", "mean", "max")
 
 
-def _to_numpy(a) -> np.ndarray:
-    return np.ascontiguousarray(a if isinstance(a, np.ndarray) else a.numpy(), dtype=np.float32)
+class _Host:
+    """MPI buffers over an op's input and a new output array, without copies where the array
+    lives in host memory (numpy, or needle's cpu device: a float32 view of its buffer); other
+    devices go through a host copy."""
+
+    def __init__(self, a, out_shape: tuple):
+        self.like = a
+        self.direct = isinstance(a, np.ndarray) or getattr(a.device, "name", "") == "cpu"
+        if isinstance(a, np.ndarray):
+            self.send = np.ascontiguousarray(a, dtype=np.float32)
+            self.out = np.empty(out_shape, dtype=np.float32)
+            self.recv = self.out
+        elif self.direct:
+            a = a.compact()
+            self.send = _float_view(a._handle.ptr(), a.shape)
+            self.out = type(a).make(out_shape, device=a.device)
+            self.recv = _float_view(self.out._handle.ptr(), out_shape)
+        else:
+            self.send = np.ascontiguousarray(a.numpy(), dtype=np.float32)
+            self.recv = np.empty(out_shape, dtype=np.float32)
+
+    def result(self):
+        """The output array (device arrays: the host buffer copied over)."""
+        return self.out if self.direct else array_api.array(self.recv, device=self.like.device)
 
 
-def _from_numpy(x: np.ndarray, like):
-    return x if BACKEND == "np" else array_api.array(x, device=like.device)
+def _float_view(address: int, shape: tuple) -> np.ndarray:
+    n = prod(shape)
+    return np.ctypeslib.as_array((ctypes.c_float * max(n, 1)).from_address(address))[:n].reshape(shape)
 
 
 def _mpi_op(op: str):
@@ -67,20 +93,20 @@ class AllReduce(_Collective):
 
     def compute(self, a):
         comm = world.comm()
-        x = _to_numpy(a)
+        buf = _Host(a, tuple(a.shape))
         if comm is None:
-            return _from_numpy(x.copy(), a)
-        out = np.empty_like(x)
-        what = f"all_reduce({self.op}) of shape {x.shape}"
+            buf.recv[...] = buf.send
+            return buf.result()
+        what = f"all_reduce({self.op}) of shape {tuple(a.shape)}"
         if self.root >= 0:
-            world.wait(comm.Ireduce(x, out, op=_mpi_op("sum"), root=self.root), what)
+            world.wait(comm.Ireduce(buf.send, buf.recv, op=_mpi_op("sum"), root=self.root), what)
             if comm.Get_rank() != self.root:
-                out[...] = 0.0
+                buf.recv[...] = 0.0
         else:
-            world.wait(comm.Iallreduce(x, out, op=_mpi_op(self.op)), what)
+            world.wait(comm.Iallreduce(buf.send, buf.recv, op=_mpi_op(self.op)), what)
             if self.op == "mean":
-                out /= np.float32(comm.Get_size())
-        return _from_numpy(out, a)
+                buf.recv *= np.float32(1.0 / comm.Get_size())
+        return buf.result()
 
     def gradient(self, out_grad, node):
         if self.op == "max":
@@ -102,10 +128,11 @@ class Broadcast(_Collective):
 
     def compute(self, a):
         comm = world.comm()
-        x = _to_numpy(a).copy()
+        buf = _Host(a, tuple(a.shape))
+        buf.recv[...] = buf.send
         if comm is not None:
-            world.wait(comm.Ibcast(x, root=self.src), f"broadcast(src={self.src}) of shape {x.shape}")
-        return _from_numpy(x, a)
+            world.wait(comm.Ibcast(buf.recv, root=self.src), f"broadcast(src={self.src}) of shape {tuple(a.shape)}")
+        return buf.result()
 
     def gradient(self, out_grad, node):
         return AllReduce("sum", root=self.src)(out_grad)
@@ -124,12 +151,13 @@ class AllGather(_Collective):
 
     def compute(self, a):
         comm = world.comm()
-        x = _to_numpy(a)
+        shape = tuple(a.shape)
+        buf = _Host(a, (shape[0] * self.world_size,) + shape[1:])
         if comm is None:
-            return _from_numpy(x.copy(), a)
-        out = np.empty((x.shape[0] * comm.Get_size(),) + x.shape[1:], dtype=np.float32)
-        world.wait(comm.Iallgather(x, out), f"all_gather of shape {x.shape}")
-        return _from_numpy(out, a)
+            buf.recv[...] = buf.send
+        else:
+            world.wait(comm.Iallgather(buf.send, buf.recv), f"all_gather of shape {shape}")
+        return buf.result()
 
     def gradient(self, out_grad, node):
         return ReduceScatter(self.world_size)(out_grad)
@@ -149,12 +177,14 @@ class ReduceScatter(_Collective):
 
     def compute(self, a):
         comm = world.comm()
-        x = _to_numpy(a)
+        shape = tuple(a.shape)
+        buf = _Host(a, (shape[0] // self.world_size,) + shape[1:])
         if comm is None:
-            return _from_numpy(x.copy(), a)
-        out = np.empty((x.shape[0] // comm.Get_size(),) + x.shape[1:], dtype=np.float32)
-        world.wait(comm.Ireduce_scatter_block(x, out, op=_mpi_op("sum")), f"reduce_scatter of shape {x.shape}")
-        return _from_numpy(out, a)
+            buf.recv[...] = buf.send
+        else:
+            world.wait(comm.Ireduce_scatter_block(buf.send, buf.recv, op=_mpi_op("sum")),
+                       f"reduce_scatter of shape {shape}")
+        return buf.result()
 
     def gradient(self, out_grad, node):
         return AllGather(self.world_size)(out_grad)

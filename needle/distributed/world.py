@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-__all__ = ["init", "is_initialized", "under_mpiexec", "abort", "rank", "world_size", "local_rank", "barrier", "comm",
+__all__ = ["init", "is_initialized", "under_mpiexec", "abort", "stats", "rank", "world_size", "local_rank", "barrier", "comm",
            "CollectiveTimeout", "timeout_seconds", "wait"]
 
 
@@ -37,6 +37,7 @@ class _World:
         self.size = comm.Get_size() if comm is not None else 1
         self.local_rank = _local_rank(comm)
         self.collectives = 0        # how many collectives this rank has started
+        self.wait_seconds = 0.0     # time spent blocked in wait()
         self.progress: Optional[_Progress] = None
 
 
@@ -130,19 +131,24 @@ def wait(request: Any, what: str) -> None:
     w.collectives += 1
     if w.progress is not None:
         w.progress.publish(w.collectives)
+    start = time.monotonic()
+    try:
+        _wait(w, request, what, start)
+    finally:
+        w.wait_seconds += time.monotonic() - start
+
+
+def _wait(w: _World, request: Any, what: str, start: float) -> None:
     if request.Test():
         return
     limit = timeout_seconds()
-    start = time.monotonic()
-    pause = 1e-5
-    while not request.Test():
+    while not request.Test():   # Test drives MPI's progress engine: poll, yielding the core
+        os.sched_yield()
         if time.monotonic() - start > limit:
             missing = w.progress.behind(w.collectives) if w.progress is not None else "unknown"
             raise CollectiveTimeout(
                 f"rank {w.rank}: {what} waited {limit:g} s (NEEDLE_DIST_TIMEOUT) for the other ranks; "
                 f"ranks that had not reached it: {missing}")
-        time.sleep(pause)
-        pause = min(pause * 2, 1e-3)
 
 
 class _Progress:
@@ -181,6 +187,12 @@ class _Progress:
             self.win.Unlock_all()
             self.win.Free()
             self.win = None
+
+
+def stats() -> dict:
+    """This rank's collective counters: how many it started and the seconds it waited in them."""
+    w = _world()
+    return {"collectives": w.collectives, "wait_seconds": w.wait_seconds}
 
 
 def _install_abort_hook() -> None:

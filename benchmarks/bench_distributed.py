@@ -1,0 +1,175 @@
+"""needle.distributed on this machine: all-reduce bandwidth and data-parallel training steps.
+
+    python benchmarks/bench_distributed.py [--ranks 2] [--only allreduce,T2,T4] [--repeats N]
+
+1. All-reduce of float32 buffers from 4 KB to 64 MB on `--ranks` processes: needle's
+   `all_reduce(Tensor)` (eager: output allocation and the MPI call) against mpi4py's raw
+   `Allreduce` on numpy buffers of the same size, same run, turn about. Overhead = needle's
+   median time / mpi4py's - 1.
+2. Compiled T2 (ResNet9, batch 128) and T4 (Transformer LM, batch 16) training steps of
+   WORKLOADS.md: `--ranks` processes x 1 thread, each on batch/ranks, with
+   DistributedOptimizer, against 1 process x `--ranks` threads on the whole batch. Also the
+   time each step spends waiting in all-reduces, and the raw all-reduce time of the same
+   gradient bytes: hidden share = 1 - waited / raw (0 when the all-reduces do not overlap).
+
+Runs `mpiexec` itself (the workers are this file with --worker).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+SIZES = [4 << 10, 64 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20]
+
+
+def _median_ms(call, repeats: int, comm) -> float:
+    for _ in range(2):
+        call()
+    times = []
+    for _ in range(repeats):
+        comm.Barrier()
+        t = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t)
+    # every rank's median, the slowest wins (a collective is as fast as its last rank)
+    return max(comm.allgather(statistics.median(times))) * 1e3
+
+
+def worker_allreduce(repeats: int) -> list:
+    import needle as ndl
+    import needle.distributed as dist
+    from mpi4py import MPI
+
+    dist.init()
+    comm = MPI.COMM_WORLD
+    rows = []
+    for nbytes in SIZES:
+        n = nbytes // 4
+        x = np.random.default_rng(comm.rank).standard_normal(n).astype(np.float32)
+        out = np.empty_like(x)
+        t = ndl.Tensor(x)
+        reps = repeats if nbytes >= (1 << 20) else repeats * 10
+        raw, ours = [], []
+        for _ in range(3):   # turn about
+            raw.append(_median_ms(lambda: comm.Allreduce(x, out), reps, comm))
+            ours.append(_median_ms(lambda: dist.all_reduce(t), reps, comm))
+        rows.append({"bytes": nbytes, "mpi4py_ms": min(raw), "needle_ms": min(ours)})
+    return rows
+
+
+def worker_train(wid: str, ranks_mode: bool, repeats: int) -> dict:
+    import needle as ndl
+    import needle.distributed as dist
+    import needle.nn as nn
+    import needle.optim as optim
+    from bench_workloads import nd_model, train_batch
+
+    dist.init()
+    n = dist.world_size()
+    model, opt = nd_model(wid)
+    model.train()
+    if n > 1:
+        opt = dist.DistributedOptimizer(opt)
+    step = ndl.compile(optim.train_step(model, nn.SoftmaxLoss(), opt))
+    x, y = train_batch(wid, quick=False)
+    axis = 0 if wid == "T2" else 1
+    share = x.shape[axis] // n
+    r = dist.rank()
+    xs = np.take(x, range(r * share, (r + 1) * share), axis=axis)
+    ys = y.reshape(-1, x.shape[1])[:, r * share:(r + 1) * share].reshape(-1) if wid != "T2" else \
+        y[r * share:(r + 1) * share]
+    xt, yt = ndl.Tensor(xs.astype(np.float32)), ndl.Tensor(ys.astype(np.float32))
+    comm = dist.comm()
+    for _ in range(3):
+        float(step(xt, yt).numpy())
+    before = dist.stats()
+    times = []
+    for _ in range(repeats):
+        if comm is not None:
+            comm.Barrier()
+        t = time.perf_counter()
+        float(step(xt, yt).numpy())
+        times.append(time.perf_counter() - t)
+    after = dist.stats()
+    grad_bytes = sum(int(np.prod(p.shape)) * 4 for p in model.parameters())
+    result = {"step_ms": statistics.median(times) * 1e3, "grad_bytes": grad_bytes, "ranks": n}
+    if comm is not None:
+        from mpi4py import MPI
+
+        flat = np.zeros(grad_bytes // 4, np.float32)
+        out = np.empty_like(flat)
+        result["step_ms"] = max(comm.allgather(result["step_ms"]))
+        result["waited_ms"] = (after["wait_seconds"] - before["wait_seconds"]) / repeats * 1e3
+        result["raw_allreduce_ms"] = _median_ms(lambda: comm.Allreduce(flat, out, op=MPI.SUM), 10, comm)
+    return result
+
+
+def _run(command: list, env: dict) -> dict:
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{proc.stderr[-3000:]}")
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][0]
+    return json.loads(line[len("RESULT "):])
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--ranks", type=int, default=2)
+    ap.add_argument("--only", default="allreduce,T2,T4")
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--ranks-mode", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker is not None:
+        result = (worker_allreduce(args.repeats) if args.worker == "allreduce"
+                  else worker_train(args.worker, args.ranks_mode, args.repeats))
+        import needle.distributed as dist
+        if dist.rank() == 0:
+            print("RESULT " + json.dumps(result), flush=True)
+        return
+    mpiexec = shutil.which("mpiexec")
+    if mpiexec is None:
+        raise SystemExit("needs mpiexec: pip install 'needle[distributed]'")
+    me = [sys.executable, os.path.abspath(__file__)]
+    one_thread = dict(os.environ, NEEDLE_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
+    all_threads = dict(os.environ, NEEDLE_NUM_THREADS=str(args.ranks), OPENBLAS_NUM_THREADS=str(args.ranks))
+    only = args.only.split(",")
+    print(f"# bench_distributed: {args.ranks} ranks, {os.cpu_count()} cores, repeats {args.repeats}")
+    if "allreduce" in only:
+        rows = _run([mpiexec, "-n", str(args.ranks), *me, "--worker", "allreduce", "--repeats",
+                     str(args.repeats)], one_thread)
+        print("\n| message | mpi4py Allreduce ms | needle all_reduce ms | needle GB/s | overhead |")
+        print("|---|---|---|---|---|")
+        for r in rows:
+            size = f"{r['bytes'] >> 20} MB" if r["bytes"] >= 1 << 20 else f"{r['bytes'] >> 10} KB"
+            print(f"| {size} | {r['mpi4py_ms']:.3f} | {r['needle_ms']:.3f} | "
+                  f"{r['bytes'] / r['needle_ms'] / 1e6:.2f} | {100 * (r['needle_ms'] / r['mpi4py_ms'] - 1):+.1f}% |")
+    steps = [w for w in only if w.startswith("T")]
+    if steps:
+        print(f"\n| step | 1 rank x {args.ranks} threads ms | {args.ranks} ranks x 1 thread ms | speed-up | "
+              "gradients MB | all-reduce waited ms/step | raw all-reduce ms | hidden |")
+        print("|---|---|---|---|---|---|---|---|")
+    for wid in steps:
+        single = _run([*me, "--worker", wid, "--repeats", str(args.repeats)], all_threads)
+        multi = _run([mpiexec, "-n", str(args.ranks), *me, "--worker", wid, "--ranks-mode", "--repeats",
+                      str(args.repeats)], one_thread)
+        hidden = max(0.0, 1 - multi["waited_ms"] / multi["raw_allreduce_ms"])
+        print(f"| {wid} | {single['step_ms']:.1f} | {multi['step_ms']:.1f} | "
+              f"{single['step_ms'] / multi['step_ms']:.2f}x | {multi['grad_bytes'] / 1e6:.1f} | "
+              f"{multi['waited_ms']:.2f} | {multi['raw_allreduce_ms']:.2f} | {100 * hidden:.0f}% |")
+
+
+if __name__ == "__main__":
+    main()
