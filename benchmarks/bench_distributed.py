@@ -1,6 +1,7 @@
 """needle.distributed on this machine: all-reduce bandwidth and data-parallel training steps.
 
     python benchmarks/bench_distributed.py [--ranks 2] [--only allreduce,T2,T4] [--repeats N]
+    python benchmarks/bench_distributed.py --scaling-model [--latency-us 20] [--overlap 0.5]
 
 1. All-reduce of float32 buffers from 4 KB to 64 MB on `--ranks` processes: needle's
    `all_reduce(Tensor)` (eager: output allocation and the MPI call) against mpi4py's raw
@@ -116,6 +117,30 @@ def worker_train(wid: str, ranks_mode: bool, repeats: int) -> dict:
     return result
 
 
+#: gradient bytes (float32) of the WORKLOADS.md models, and their compiled step times on one
+#: 2-thread machine of this kind (docs/performance.md)
+MODEL_STEPS = {"T2": (1_727_784, 15.4), "T4": (26_833_984, 186.0)}
+
+
+def scaling_model(latency_us: float, overlap: float) -> None:
+    """Print the ring all-reduce model: time = 2(N-1)/N * bytes / bandwidth + 2(N-1) * latency,
+    and the step-time efficiency t / (t + (1 - overlap) * allreduce) of N machines each on
+    one machine's batch (weak scaling)."""
+    print(f"\nRing all-reduce model: latency {latency_us:g} us per hop, {100 * overlap:.0f}% of the "
+          "all-reduce hidden behind the backward pass")
+    machines = [2, 4, 8, 16, 32, 64]
+    print("\n| step | link | " + " | ".join(f"N={n}" for n in machines) + " |")
+    print("|---|---|" + "---|" * len(machines))
+    for wid, (nbytes, step_ms) in MODEL_STEPS.items():
+        for gbit in (10, 25, 100):
+            cells = []
+            for n in machines:
+                ar_ms = (2 * (n - 1) / n * nbytes / (gbit * 1e9 / 8) + 2 * (n - 1) * latency_us * 1e-6) * 1e3
+                eff = step_ms / (step_ms + (1 - overlap) * ar_ms)
+                cells.append(f"{ar_ms:.1f} ms, {100 * eff:.0f}%")
+            print(f"| {wid} ({nbytes / 1e6:.1f} MB, {step_ms:g} ms) | {gbit} Gb/s | " + " | ".join(cells) + " |")
+
+
 def _run(command: list, env: dict) -> dict:
     proc = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
     if proc.returncode != 0:
@@ -129,9 +154,16 @@ def main(argv=None) -> None:
     ap.add_argument("--ranks", type=int, default=2)
     ap.add_argument("--only", default="allreduce,T2,T4")
     ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--scaling-model", action="store_true",
+                    help="print the ring all-reduce model for T2/T4 on 2-64 machines and exit")
+    ap.add_argument("--latency-us", type=float, default=20.0, help="per-hop latency of the model (default 20 us)")
+    ap.add_argument("--overlap", type=float, default=0.0, help="hidden share of the model's all-reduce (0-1)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--ranks-mode", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.scaling_model:
+        scaling_model(args.latency_us, args.overlap)
+        return
     if args.worker is not None:
         result = (worker_allreduce(args.repeats) if args.worker == "allreduce"
                   else worker_train(args.worker, args.ranks_mode, args.repeats))
