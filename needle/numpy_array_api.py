@@ -7,18 +7,22 @@ from __future__ import annotations
 
 import numpy as np
 from numpy import (  # noqa: F401  (re-exported array API)
+    abs,
     argmax,
     broadcast_to,
     concatenate,
+    cos,
     exp,
     flip,
     log,
     matmul,
     max,
     maximum,
+    minimum,
     ndarray,
     pad,
     reshape,
+    sin,
     sqrt,
     stack,
     sum,

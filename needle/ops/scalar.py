@@ -159,20 +159,8 @@ def folding(name: str, fn: Callable) -> Callable:
 
 # ---- eager: the table over backend arrays (numpy, or NDArray through the array API) ----------
 def _array_fn(name: str) -> Callable:
-    """The array API's function `name`, or numpy's applied to the arrays' numpy data and copied back
-    to their device when the backend has none (NDArray has no sin/cos)."""
-    own = getattr(array_api, name, None)
-    if own is not None:
-        return own
-    np_fn = getattr(np, name)
-
-    def via_numpy(*xs):
-        device = next((x.device for x in xs if hasattr(x, "numpy")), None)
-        out = np_fn(*(x.numpy() if hasattr(x, "numpy") else x for x in xs))
-        return out if device is None else array_api.array(np.asarray(out, np.float32), device=device)
-
-    via_numpy.__name__ = name
-    return via_numpy
+    """The array API's function `name` (numpy's, or NDArray's through backend_ndarray's)."""
+    return getattr(array_api, name)
 
 
 def _as_float(compare: Callable) -> Callable:
