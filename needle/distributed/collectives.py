@@ -81,14 +81,18 @@ class AllReduce(_Collective):
     """Elementwise reduction over ranks (see the module docstring)."""
 
     def __init__(self, op: str = "sum", root: int = -1):
-        if op not in REDUCE_OPS:
-            raise ValueError(f"all_reduce: op must be one of {REDUCE_OPS}, got {op!r}")
-        if root >= 0 and op != "sum":
-            raise ValueError(f"all_reduce: a root reduction is a sum, got op={op!r}")
         self.op = op
         self.root = int(root)
+        self._check()
+
+    def _check(self) -> None:
+        if self.op not in REDUCE_OPS:
+            raise self.error(f"op must be one of {REDUCE_OPS}, got {self.op!r}")
+        if self.root >= 0 and self.op != "sum":
+            raise self.error(f"a root reduction is a sum, got op={self.op!r}")
 
     def infer(self, a):
+        self._check()   # also for an op rebuilt from IR attributes
         return tuple(a.shape), a.dtype
 
     def compute(self, a):
@@ -108,13 +112,15 @@ class AllReduce(_Collective):
                 buf.recv *= np.float32(1.0 / comm.Get_size())
         return buf.result()
 
+    # VJPs build the adjoint ops themselves: a graph's collectives are for the world it was
+    # traced in, whatever world differentiates it
     def gradient(self, out_grad, node):
         if self.op == "max":
             hit = compare(node.inputs[0], node, "eq")
-            return all_reduce(out_grad, "sum") * hit / all_reduce(hit, "sum")
+            return AllReduce("sum")(out_grad) * hit / AllReduce("sum")(hit)
         if self.root >= 0:
-            return broadcast(out_grad, self.root)
-        return all_reduce(out_grad, self.op)
+            return Broadcast(self.root)(out_grad)
+        return AllReduce(self.op)(out_grad)
 
 
 class Broadcast(_Collective):
