@@ -64,7 +64,7 @@ from needle.compile import compiled_functions, executor_kind
 from needle.ir.dot import to_dot
 from needle.ir.printer import print_graph
 from needle.passes.fusion import format_plan, format_why_not, plan_fusion
-from needle.passes.pipeline import STAGES, plan_kernels
+from needle.passes import pipeline
 
 HEADER = "# needle-ir:"
 
@@ -129,7 +129,7 @@ def _split_argv(argv: list) -> tuple:
 
 def pass_names() -> list:
     """The stage names `--after` takes: 'input', then the pipeline's passes."""
-    return list(STAGES)
+    return list(pipeline.STAGES)  # read at each call: the declaration is the one source
 
 
 def _qualname(cf) -> str:
@@ -298,7 +298,7 @@ def _cuda_outputs(shown, out_dir: Optional[str]) -> tuple:
         seen[id(cf)] = k + 1
         graph = stages.get("final") or list(stages.values())[-1]
         try:
-            program = build_program(graph, plan_kernels(graph, "cuda"))
+            program = build_program(graph, pipeline.plan_kernels(graph, "cuda"))
             source = program.source()
         except CudaCodegenError as e:
             print(f"needle-ir: cannot emit CUDA for {qualname} {signature}: {e}", file=sys.stderr)

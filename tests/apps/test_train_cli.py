@@ -51,7 +51,8 @@ def test_mnist_synthetic_output_format(capsys):
     res, summaries = _result(out)
     assert [l.split()[1] for l in summaries] == ["1/2", "2/2"]
     assert set(res) == {"task", "model", "epochs", "train_loss", "eval_loss", "eval_accuracy",
-                        "samples_per_s", "steps_per_s", "compiled", "data"}
+                        "samples_per_s", "steps_per_s", "compiled", "world_size", "global_batch_size", "data"}
+    assert res["world_size"] == 1 and res["global_batch_size"] == 50
     assert res["task"] == "mnist" and res["model"] == "mlpresnet" and res["epochs"] == 2
     assert res["compiled"] is True  # compiled is the default
     assert 0.0 <= res["eval_accuracy"] <= 1.0
@@ -299,7 +300,8 @@ def test_ptb_tiny(capsys, tmp_path, model):
     assert rc == 0, err
     res, summaries = _result(out)
     assert set(res) == {"task", "model", "epochs", "train_loss", "eval_loss", "eval_perplexity",
-                        "unigram_perplexity", "samples_per_s", "steps_per_s", "compiled", "data"}
+                        "unigram_perplexity", "samples_per_s", "steps_per_s", "compiled", "world_size",
+                        "global_batch_size", "data"}
     assert res["model"] == model and len(summaries) == 2
     assert res["eval_perplexity"] == pytest.approx(np.exp(res["eval_loss"]), rel=1e-6)
     assert "training on valid" in res["data"] and "ptb.test.txt" in res["data"]
