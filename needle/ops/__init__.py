@@ -9,6 +9,7 @@ from .indexing import *  # noqa: F401,F403
 from .linalg import *  # noqa: F401,F403
 from .composite import *  # noqa: F401,F403
 from .random import *  # noqa: F401,F403
+from .onnx_ops import *  # noqa: F401,F403
 from .custom import elementwise_op  # noqa: F401
 from . import scalar  # noqa: F401
 

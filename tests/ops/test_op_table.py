@@ -3,6 +3,8 @@
 eager backward() and of the compiled gradient (the autodiff pass)."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -47,6 +49,7 @@ OPS = [
     ("min_columns_keepdims", lambda x: ndl.min(x, (0,), keepdims=True), lambda a: a.min(axis=0, keepdims=True),
      [(5, 6)], apart),
     ("min_all", ndl.min, np.min, [(3, 4)], apart),
+    ("erf", ndl.erf, np.vectorize(math.erf), [(3, 5)], normal),
 ]
 
 
