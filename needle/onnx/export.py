@@ -79,8 +79,11 @@ class _GraphOnly(CompiledFunction):
 
 def _trace(fn: Callable, args: tuple) -> tuple[Graph, list, int]:
     """The primitive graph of fn(*args), its inputs' bindings, and how many outputs it returns."""
-    traced = _GraphOnly(lambda *a: tuple(_flatten(fn(*a))))
-    traced.__qualname__ = getattr(fn, "__qualname__", "model")
+    def flat(*a):
+        return tuple(_flatten(fn(*a)))
+
+    flat.__qualname__ = getattr(fn, "__qualname__", "model")
+    traced = _GraphOnly(flat)
     try:
         with _TRACE_LOCK:
             entry = traced._compile(args, {})
