@@ -20,6 +20,7 @@ from ..compile import _TRACE_LOCK, REGISTRY, CompiledFunction
 from ..autograd import Tensor
 from ..guards import parameter_names
 from ..ir.graph import Graph
+from ..nn.nn_basic import named_tensors
 from ..passes import pipeline
 from ..passes.manager import PassContext
 from ..trace import state as trace_state
@@ -29,8 +30,9 @@ from .export_ops import EXPORTERS
 
 __all__ = ["export", "ExportError", "MIN_OPSET"]
 
-#: the oldest opset written (ReduceSum, Split, Squeeze and Unsqueeze take axes as inputs from 13)
-MIN_OPSET = 13
+#: the oldest opset written (axes as inputs of ReduceSum, Split, Squeeze, Unsqueeze from 13;
+#: Reshape's allowzero from 14)
+MIN_OPSET = 14
 
 
 def export(model_or_fn: Callable, example_args: Union[Any, Sequence[Any]], path: Union[str, os.PathLike],
@@ -56,7 +58,7 @@ def export(model_or_fn: Callable, example_args: Union[Any, Sequence[Any]], path:
         else:
             graph, bindings, n_out = _trace(fn, args)
             coeffs = None
-    model = _to_onnx(graph, bindings, n_out, args, names, opset, coeffs)
+    model = _to_onnx(graph, bindings, n_out, args, names, _tensor_names(fn, args), opset, coeffs)
     onnx.checker.check_model(model, full_check=True)
     _write_atomically(model, os.fspath(path))
     return model
@@ -132,8 +134,8 @@ def _batch_size(args: tuple) -> int:
 
 
 # ---- the ONNX model ---------------------------------------------------------------------
-def _to_onnx(graph: Graph, bindings: list, n_out: int, args: tuple, names: list, opset: int,
-             coeffs) -> onnx.ModelProto:
+def _to_onnx(graph: Graph, bindings: list, n_out: int, args: tuple, names: list, tensor_names: dict,
+             opset: int, coeffs) -> onnx.ModelProto:
     missing = [n for n in graph.nodes if n.op not in ("input", "const") and n.op not in EXPORTERS]
     if missing:
         listed = "\n".join(f"  {n.op}{where(n)}" for n in missing)
@@ -146,11 +148,13 @@ def _to_onnx(graph: Graph, bindings: list, n_out: int, args: tuple, names: list,
         if binding[0] == "arg":
             e.values[node.id] = names[binding[1]]
             inputs.append(_value_info(e.values[node.id], node, coeffs))
-        else:
-            e.values[node.id] = node.attr("name")
-            value = _bound_value(binding, args)
-            e.initializers.append(numpy_helper.from_array(
-                np.asarray(value, dtype=node.type.dtype).reshape(node.type.shape), node.attr("name")))
+            continue
+        value = _bound_value(binding, args)
+        name = tensor_names.get(id(value), node.attr("name"))
+        e.values[node.id] = name if name not in e.values.values() else node.attr("name")
+        e.initializers.append(numpy_helper.from_array(
+            np.asarray(value.numpy() if isinstance(value, Tensor) else value, dtype=node.type.dtype)
+            .reshape(node.type.shape), e.values[node.id]))
     for node in graph.nodes:
         if node.op == "const":
             e.values[node.id] = _const(e, node)
@@ -169,15 +173,27 @@ def _value_info(name: str, node, coeffs) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, ONNX_DTYPES[node.type.dtype], dims)
 
 
-def _bound_value(binding: tuple, args: tuple) -> np.ndarray:
-    """The value a graph input bound to a parameter, state, constant or hyper-parameter has now."""
+def _bound_value(binding: tuple, args: tuple) -> Union[Tensor, np.ndarray]:
+    """What a graph input bound to a parameter, state, constant or hyper-parameter holds now."""
     kind = binding[0]
     if kind == "hyper":
         return np.float32(getattr(binding[1], binding[2]))
     if kind == "const":
         value = binding[1]
         return value.numpy() if hasattr(value, "numpy") else np.asarray(value)
-    return trace_state.resolve_binding(binding, args, {}).numpy()
+    return trace_state.resolve_binding(binding, args, {})
+
+
+def _tensor_names(fn: Callable, args: tuple) -> dict:
+    """id(tensor) -> dotted name (`linear.weight`; a module reached from a function keeps
+    its variable's name first) for the tensors of the modules `fn` reaches."""
+    out: dict = {}
+    for root_name, root in trace_state.roots(fn, args):
+        if _is_module(root):
+            prefix = "" if root_name == "self" else f"{root_name}."
+            for name, t in named_tensors(root).items():
+                out.setdefault(id(t), prefix + name)
+    return out
 
 
 def _const(e: Emitter, node) -> str:

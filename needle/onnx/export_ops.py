@@ -13,7 +13,7 @@ from typing import Callable
 from onnx import TensorProto
 
 from ..ir.graph import Node
-from .export_emit import Emitter, ValueName
+from .export_emit import ONNX_DTYPES, Emitter, ValueName
 
 Exporter = Callable[[Emitter, Node], ValueName]
 
@@ -61,7 +61,7 @@ def _compare(e: Emitter, n: Node) -> str:
     b = e.values[n.inputs[1]] if len(n.inputs) > 1 else e.const(e.static(n, "scalar"), n.type.dtype)
     cmp = n.attr("cmp")
     out = e.add("Not", [e.add("Equal", [a, b])]) if cmp == "ne" else e.add(_COMPARE[cmp], [a, b])
-    return e.add("Cast", [out], to=TensorProto.FLOAT)
+    return e.add("Cast", [out], to=ONNX_DTYPES[n.type.dtype])
 
 
 @exporter("Where")
@@ -93,12 +93,15 @@ def _argmax(e: Emitter, n: Node) -> str:
     axis = e.static(n, "axis")
     if axis is None:
         x, axis = e.add("Reshape", [x, e.ints([-1])]), 0
-    return e.add("Cast", [e.add("ArgMax", [x], axis=axis, keepdims=0)], to=TensorProto.FLOAT)
+    return e.add("Cast", [e.add("ArgMax", [x], axis=axis, keepdims=0)], to=ONNX_DTYPES[n.type.dtype])
 
 
 @exporter("Reshape")
 def _reshape(e: Emitter, n: Node) -> str:
-    return e.add("Reshape", [e.values[n.inputs[0]], e.shape(n, "shape")])
+    target = e.shape(n, "shape")
+    if 0 in n.attr("shape"):  # a size-0 axis, not ONNX's "copy this axis of the input"
+        return e.add("Reshape", [e.values[n.inputs[0]], target], allowzero=1)
+    return e.add("Reshape", [e.values[n.inputs[0]], target])
 
 
 @exporter("BroadcastTo")
