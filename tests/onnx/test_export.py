@@ -4,6 +4,8 @@ the error for ops without an exporter; export -> `needle.onnx.load` round trips.
 from __future__ import annotations
 
 import os
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -178,6 +180,12 @@ def test_every_exporter_has_a_case():
         assert names <= {n.op for n in graph.nodes}, label
         covered |= names
     assert covered == set(EXPORTERS)
+
+
+def test_docs_list_the_exported_ops():
+    text = (Path(__file__).resolve().parents[2] / "docs" / "onnx.md").read_text()
+    line = next(line for line in text.splitlines() if line.startswith("Exported ops:"))
+    assert set(re.findall(r"`(\w+)`", line)) == set(EXPORTERS)
 
 
 # ---- errors and files ---------------------------------------------------------------------
