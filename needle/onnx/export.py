@@ -39,16 +39,20 @@ def export(model_or_fn: Callable, example_args: Union[Any, Sequence[Any]], path:
            opset: int = 17, dynamic_batch: bool = False) -> onnx.ModelProto:
     """Trace `model_or_fn(*example_args)` and write it to `path` as an ONNX model (returned).
 
-    `example_args`: one argument or a tuple/list of them (Tensors or numpy arrays: the
-    graph inputs, named after the function's parameters). The outputs are the returned
+    `model_or_fn`: a Module, a function of Tensors, a `@needle.compile`d function or an
+    imported ONNX model (`needle.onnx.load`). `example_args`: one argument or a tuple/list
+    of them (Tensors or numpy arrays: the graph inputs, named after the function's
+    parameters, or an imported model's `input_names`). The outputs are the returned
     Tensors, nested tuples flattened, named `output0`, `output1`, ... `dynamic_batch`: axis
     0 of every input and output is the symbolic dimension `batch`."""
     if not MIN_OPSET <= opset <= onnx.defs.onnx_opset_version():
         raise ExportError(f"opset {opset}: needle writes opsets {MIN_OPSET} to {onnx.defs.onnx_opset_version()}")
     args = tuple(example_args) if isinstance(example_args, (tuple, list)) else (example_args,)
     args = tuple(Tensor(a, requires_grad=False) if isinstance(a, np.ndarray) else a for a in args)
-    fn = model_or_fn.forward if _is_module(model_or_fn) else model_or_fn
-    names = parameter_names(fn, len(args))
+    fn = _traced_function(model_or_fn)
+    names = getattr(model_or_fn, "input_names", None)
+    if not isinstance(names, list) or len(names) != len(args):
+        names = parameter_names(fn, len(args))
     with _eval_mode(fn, args):
         if dynamic_batch:
             b1 = max(_batch_size(args), 2)
@@ -104,6 +108,13 @@ def _flatten(value: Any) -> Iterator[Tensor]:
     elif value is not None:
         raise ExportError(f"export: the function returns a {type(value).__name__}; return Tensors "
                           "(or nested tuples of them)")
+
+
+def _traced_function(obj: Any) -> Callable:
+    """The Python function to trace: a module's or model's `forward`, with a compiled
+    function (`@needle.compile`, an imported ONNX model's forward) unwrapped."""
+    fn = obj.forward if hasattr(obj, "forward") else obj
+    return fn.fn if isinstance(fn, CompiledFunction) else fn
 
 
 def _is_module(obj: Any) -> bool:

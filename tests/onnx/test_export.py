@@ -234,4 +234,12 @@ def test_round_trip_export_load(name, tmp_path):
     feeds = inputs(2)
     got = loaded(*feeds)
     got = [t.numpy() for t in (got if isinstance(got, (tuple, list)) else [got])]
-    assert_close(got, eager(model, feeds))
+    want = eager(model, feeds)
+    assert_close(got, want)
+    again = needle.onnx.export(loaded, inputs(2), tmp_path / "again.onnx")  # and the imported model back
+    assert [i.name for i in again.graph.input] == ["x"]
+    assert_close(run_onnx(tmp_path / "again.onnx", feeds), want)
+
+
+def test_compiled_function_exports_its_python_function(tmp_path):
+    export_and_compare(ndl.compile(lambda a, b: ops.tanh(a @ b)), [randn(3, 4), randn(4, 2)], tmp_path)
