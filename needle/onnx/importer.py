@@ -1,0 +1,218 @@
+"""ONNX import: a model becomes a function of Tensors, compiled with `@needle.compile`.
+
+Each node is converted by its entry in the converter table (`registry.CONVERTERS`) into
+needle ops; a node whose inputs are all known at import (initializers, constants, shape
+computations of static shapes) is folded with numpy instead (ONNX's reference
+implementation of the op). Everything unsupported is found before anything runs.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from ..autograd import Tensor
+from ..compile import compile as ndl_compile
+from . import ops_math, ops_nn, ops_shape  # noqa: F401  (fill the converter table)
+from .checks import ModelSource, read_model
+from .errors import OnnxError, UnsupportedModelError
+from .registry import CONVERTERS, NodeInput, Value, describe, node_attrs, to_tensor
+
+#: the ONNX opsets whose semantics the converters follow (default domain)
+OPSETS = range(7, onnx.defs.onnx_opset_version() + 1)
+#: element types of runtime inputs: floats, and ints and bools carried as float32
+INPUT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
+               onnx.TensorProto.INT64, onnx.TensorProto.INT32, onnx.TensorProto.BOOL}
+#: ops that make their constants themselves (ConstantOfShape's are zero-strided)
+_OWN_CONSTANTS = {"Constant", "ConstantOfShape"}
+#: ops whose outputs are known at import even from a runtime input (its static shape)
+_SHAPE_OPS = {"Shape", "Size"}
+_EXACT_IDS = 2 ** 24
+
+
+def model_opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+def _dims(value: onnx.ValueInfoProto) -> list:
+    return [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+            for d in value.type.tensor_type.shape.dim]
+
+
+class OnnxFunction:
+    """The model's graph as a Python function of its runtime inputs (Tensors) returning its
+    outputs (Tensors); `static` inputs are fixed arrays folded at import. It has no
+    `__dict__`: a compiled function closing over it guards it by identity and does not walk
+    its protobufs for tensors."""
+
+    __slots__ = ("model", "opset", "constants", "input_names", "output_names", "input_shapes", "input_types")
+
+    def __init__(self, model: onnx.ModelProto, input_shapes=None, static: Optional[dict] = None):
+        self.model, self.opset = model, model_opset(model)
+        graph = model.graph
+        self.constants: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        self.constants.update({k: np.asarray(v) for k, v in (static or {}).items()})
+        declared = [v for v in graph.input if v.name not in self.constants]
+        self.input_names = [v.name for v in declared]
+        self.output_names = [v.name for v in graph.output]
+        overrides = _overrides(input_shapes, self.input_names)
+        self.input_shapes = {v.name: overrides.get(v.name, _dims(v)) for v in declared}
+        self.input_types = {v.name: v.type.tensor_type.elem_type for v in declared}
+        problems = self._problems()
+        if problems:
+            raise UnsupportedModelError(problems)
+        self.input_shapes = {k: tuple(int(d) for d in s) for k, s in self.input_shapes.items()}
+
+    def _problems(self) -> list[str]:
+        """Every unsupported op, attribute, dtype and dynamic shape of the model."""
+        problems = []
+        if self.opset not in OPSETS:
+            problems.append(f"opset {self.opset} (supported: {OPSETS.start}-{OPSETS.stop - 1})")
+        for name, shape in self.input_shapes.items():
+            if self.input_types[name] not in INPUT_TYPES:
+                problems.append(f"input {name!r}: element type "
+                                f"{helper.tensor_dtype_to_string(self.input_types[name])} is not supported")
+            if any(not isinstance(d, int) for d in shape):
+                problems.append(f"input {name!r}: dynamic shape {shape} (give input_shapes)")
+        known = set(self.constants)
+        for node in self.model.graph.node:
+            where = describe(node, self.opset)
+            conv = CONVERTERS.get(node.op_type)
+            if node.domain not in ("", "ai.onnx"):
+                problems.append(f"{where}: domain {node.domain!r} is not supported")
+            elif conv is None:
+                problems.append(f"{where}: op type {node.op_type} is not supported")
+            else:
+                reason = conv.check(node, self.opset) if conv.check else None
+                if reason:
+                    problems.append(f"{where}: {reason}")
+                for i in conv.static:
+                    if i < len(node.input) and node.input[i] and node.input[i] not in known:
+                        problems.append(f"{where}: input {i} ({node.input[i]!r}) is computed at run time "
+                                        f"but must be known at import (a dynamic shape)")
+            if node.op_type in _SHAPE_OPS or all(i in known for i in node.input if i):
+                known.update(node.output)
+        return problems
+
+    def __call__(self, *tensors: Tensor) -> tuple:
+        env: dict[str, Any] = dict(self.constants)
+        env.update(zip(self.input_names, tensors))
+        for node in self.model.graph.node:
+            outputs = self._convert(node, [env[i] if i else None for i in node.input])
+            env.update((name, v) for name, v in zip(node.output, outputs) if name)
+        return tuple(to_tensor(env[name]) for name in self.output_names)
+
+    def _convert(self, node: onnx.NodeProto, inputs: list) -> list:
+        constant = all(v is None or isinstance(v, np.ndarray) for v in inputs)
+        if constant and inputs and node.op_type not in _OWN_CONSTANTS:
+            return _fold(node, inputs, self.opset)
+        out = CONVERTERS[node.op_type].fn(NodeInput(node, self.opset, inputs, node_attrs(node)))
+        return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+def _fold(node: onnx.NodeProto, inputs: list, opset: int) -> list:
+    """The node's outputs computed with ONNX's reference implementation."""
+    feeds = {name: v for name, v in zip(node.input, inputs) if name}
+    graph = helper.make_graph(
+        [node], "fold", [helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+                         for k, v in feeds.items()],
+        [helper.make_tensor_value_info(name, onnx.TensorProto.UNDEFINED, None) for name in node.output])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    try:
+        return [np.asarray(v) for v in ReferenceEvaluator(model).run(None, feeds)]
+    except Exception as e:
+        raise OnnxError(f"{describe(node, opset)}: folding its constant inputs failed: {e}") from None
+
+
+def _overrides(input_shapes, names: Sequence[str]) -> dict:
+    if input_shapes is None:
+        return {}
+    if isinstance(input_shapes, dict):
+        unknown = set(input_shapes) - set(names)
+        if unknown:
+            raise OnnxError(f"input_shapes names unknown inputs {sorted(unknown)}; the inputs are {list(names)}")
+        return {k: list(v) for k, v in input_shapes.items()}
+    return {k: list(v) for k, v in zip(names, input_shapes)}
+
+
+def as_input(value: Union[np.ndarray, Tensor, Any], name: str, shape: tuple) -> Tensor:
+    """A runtime input as a float32 Tensor of its declared shape (ints as exact float ids)."""
+    if isinstance(value, Tensor):
+        arr_shape = tuple(value.shape)
+    else:
+        arr = np.asarray(value)
+        if arr.dtype.kind in "iub" and arr.size and np.abs(arr).max() >= _EXACT_IDS:
+            raise OnnxError(f"input {name!r}: integers of magnitude 2^24 or more are not exact as float32 ids")
+        arr_shape = arr.shape
+    if arr_shape != shape:
+        raise OnnxError(f"input {name!r}: shape {arr_shape}, the model was imported for {shape}")
+    if isinstance(value, Tensor):
+        return value
+    return Tensor(np.ascontiguousarray(arr, np.float32), requires_grad=False)
+
+
+class ImportedModel:
+    """A compiled ONNX model: call it with numpy arrays or Tensors (positional in the model's
+    input order, or by name); it returns a Tensor, or a tuple for several outputs."""
+
+    def __init__(self, model: onnx.ModelProto, input_shapes=None, static: Optional[dict] = None,
+                 compiled: bool = True):
+        self.function = OnnxFunction(model, input_shapes, static)
+        fn = self.function
+
+        def forward(*xs):
+            return fn(*xs)
+
+        forward.__name__ = forward.__qualname__ = _identifier(model.graph.name or "onnx_model")
+        self.forward = ndl_compile(forward) if compiled else forward
+
+    @property
+    def input_names(self) -> list[str]:
+        return self.function.input_names
+
+    @property
+    def output_names(self) -> list[str]:
+        return self.function.output_names
+
+    def __call__(self, *args, **kwargs):
+        f = self.function
+        if len(args) + len(kwargs) != len(f.input_names):
+            raise OnnxError(f"the model takes {len(f.input_names)} inputs {f.input_names}, "
+                            f"got {len(args) + len(kwargs)}")
+        values = dict(zip(f.input_names, args))
+        values.update(kwargs)
+        missing = [k for k in f.input_names if k not in values]
+        if missing:
+            raise OnnxError(f"missing inputs {missing}")
+        out = self.forward(*(as_input(values[k], k, f.input_shapes[k]) for k in f.input_names))
+        return out[0] if len(out) == 1 else out
+
+    def ir(self, stage: str = "final") -> str:
+        """The IR at `stage`, as `CompiledFunction.ir` (call the model once first)."""
+        return self.forward.ir(stage)
+
+
+def _identifier(name: str) -> str:
+    out = "".join(c if c.isalnum() or c == "_" else "_" for c in name)
+    return out if out and not out[0].isdigit() else "m_" + out
+
+
+def load(source: ModelSource, input_shapes=None) -> ImportedModel:
+    """The ONNX model at `source` (a path, bytes or ModelProto) as a compiled callable.
+
+    `input_shapes` (a dict by input name, or a list in input order) overrides the declared
+    input shapes: e.g. a batch of 8 for a model saved with batch 1, or sizes for dynamic
+    dimensions. Raises `InvalidModelError` for an unreadable or unsafe file and
+    `UnsupportedModelError` (listing every problem) before anything runs."""
+    return ImportedModel(read_model(source), input_shapes)
+
+
+def supported_ops() -> list[str]:
+    """The ONNX op types the importer converts."""
+    return sorted(CONVERTERS)
+
+
+__all__ = ["load", "ImportedModel", "OnnxFunction", "supported_ops", "as_input"]

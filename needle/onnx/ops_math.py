@@ -1,0 +1,206 @@
+"""Converters of ONNX's elementwise, activation, matmul, reduction and softmax ops."""
+from __future__ import annotations
+
+import math
+from functools import reduce
+
+import numpy as np
+
+from .. import ops
+from ..autograd import Tensor
+from .registry import NodeInput, attr_is, converter, to_tensor
+from .tensor_ops import binary, broadcast, floor, keepdims, maximum, normalize_axes
+
+_BINARY = {
+    "Add": ops.add, "Sub": lambda a, b: a - b, "Mul": ops.multiply, "Div": ops.divide,
+    "Equal": lambda a, b: ops.compare(a, b, "eq"),
+    "Less": lambda a, b: ops.compare(a, b, "lt"), "Greater": lambda a, b: ops.compare(a, b, "gt"),
+    "LessOrEqual": lambda a, b: ops.compare(a, b, "le"), "GreaterOrEqual": lambda a, b: ops.compare(a, b, "ge"),
+    "And": ops.multiply, "Or": lambda a, b: maximum(a, b), "Xor": lambda a, b: ops.compare(a, b, "ne"),
+    "PRelu": lambda x, s: ops.where(ops.compare(x, 0.0, "lt"), x * s, x),
+}
+
+
+for _name, _fn in _BINARY.items():
+    converter(_name)(lambda n, fn=_fn: binary(fn, n.inputs[0], n.inputs[1]))
+
+
+@converter("Pow")
+def _pow_node(n: NodeInput):
+    b = n.inputs[1]
+    if not isinstance(b, Tensor) and np.asarray(b).size == 1:
+        e = float(np.asarray(b).reshape(-1)[0])
+        out = ops.power_scalar(n.tensor(0), int(e) if e.is_integer() else e)
+        return broadcast(out, np.broadcast_shapes(out.shape, np.shape(b)))
+    return binary(ops.power, n.inputs[0], b)
+
+
+_UNARY = {
+    "Neg": ops.negate, "Abs": ops.abs, "Sqrt": ops.sqrt, "Exp": ops.exp, "Log": ops.log, "Tanh": ops.tanh,
+    "Sigmoid": ops.sigmoid, "Relu": ops.relu, "Erf": ops.erf, "Sin": ops.sin, "Cos": ops.cos,
+    "Reciprocal": lambda x: 1.0 / x, "Floor": floor, "Ceil": lambda x: -floor(-x),
+    "Not": lambda x: 1.0 - ops.compare(x, 0.0, "ne"),
+    "Softplus": lambda x: maximum(x, 0.0) + ops.log(1.0 + ops.exp(-ops.abs(x))),
+    "Softsign": lambda x: x / (1.0 + ops.abs(x)),
+    "Sign": lambda x: ops.compare(x, 0.0, "gt") - ops.compare(x, 0.0, "lt"),
+    "Tan": lambda x: ops.sin(x) / ops.cos(x),
+}
+for _name, _fn in _UNARY.items():
+    converter(_name)(lambda n, fn=_fn: fn(n.tensor(0)))
+
+
+@converter("LeakyRelu")
+def _leaky_relu(n: NodeInput):
+    x = n.tensor(0)
+    return ops.where(ops.compare(x, 0.0, "lt"), x * n.attr("alpha", 0.01), x)
+
+
+@converter("Elu")
+def _elu(n: NodeInput):
+    x = n.tensor(0)
+    return ops.where(ops.compare(x, 0.0, "lt"), (ops.exp(x) - 1.0) * n.attr("alpha", 1.0), x)
+
+
+@converter("Selu")
+def _selu(n: NodeInput):
+    x = n.tensor(0)
+    alpha, gamma = n.attr("alpha", 1.67326319217681884765625), n.attr("gamma", 1.05070102214813232421875)
+    return ops.where(ops.compare(x, 0.0, "le"), (ops.exp(x) - 1.0) * (alpha * gamma), x * gamma)
+
+
+@converter("HardSigmoid")
+def _hard_sigmoid(n: NodeInput):
+    y = n.tensor(0) * n.attr("alpha", 0.2) + n.attr("beta", 0.5)
+    return ops.minimum(maximum(y, 0.0), to_tensor(np.ones(y.shape, np.float32)))
+
+
+@converter("HardSwish")
+def _hard_swish(n: NodeInput):
+    x = n.tensor(0)
+    return x * ops.minimum(maximum(x / 6.0 + 0.5, 0.0), to_tensor(np.ones(x.shape, np.float32)))
+
+
+@converter("Gelu", check=attr_is("approximate", ("none", "tanh"), "none"))
+def _gelu(n: NodeInput):
+    x = n.tensor(0)
+    if n.attr("approximate", "none") == "tanh":
+        return x * 0.5 * (1.0 + ops.tanh((x + x * x * x * 0.044715) * math.sqrt(2.0 / math.pi)))
+    return x * 0.5 * (1.0 + ops.erf(x * (1.0 / math.sqrt(2.0))))
+
+
+@converter("Clip")
+def _clip(n: NodeInput):
+    x = n.tensor(0)
+    lo = n.const(1) if n.since(11) else n.attr("min")
+    hi = n.const(2) if n.since(11) else n.attr("max")
+    if lo is not None:
+        x = maximum(x, float(np.asarray(lo).reshape(-1)[0]))
+    if hi is not None:
+        x = ops.minimum(x, to_tensor(np.full(x.shape, float(np.asarray(hi).reshape(-1)[0]), np.float32)))
+    return x
+
+
+def _variadic(fn):
+    return lambda n: reduce(lambda a, b: binary(fn, a, b), [n.tensor(i) for i in range(len(n.inputs))])
+
+
+converter("Sum")(_variadic(ops.add))
+converter("Max")(_variadic(maximum))
+converter("Min")(_variadic(ops.minimum))
+
+
+@converter("Mean")
+def _mean(n: NodeInput):
+    return _variadic(ops.add)(n) / float(len(n.inputs))
+
+
+@converter("Where")
+def _where(n: NodeInput):
+    c, a, b = (n.tensor(i) for i in range(3))
+    shape = np.broadcast_shapes(c.shape, a.shape, b.shape)
+    return ops.where(*(broadcast(t, shape) for t in (c, a, b)))
+
+
+@converter("MatMul")
+def _matmul(n: NodeInput):
+    a, b = n.tensor(0), n.tensor(1)
+    a2 = ops.reshape(a, (1,) + a.shape) if len(a.shape) == 1 else a
+    b2 = ops.reshape(b, b.shape + (1,)) if len(b.shape) == 1 else b
+    out = ops.matmul(a2, b2)
+    if len(b.shape) == 1:
+        out = ops.reshape(out, out.shape[:-1])
+    if len(a.shape) == 1:
+        out = ops.reshape(out, out.shape[:-2] + out.shape[-1:])
+    return out
+
+
+@converter("Gemm")
+def _gemm(n: NodeInput):
+    a, b = n.tensor(0), n.tensor(1)
+    if n.attr("transA", 0):
+        a = ops.transpose(a)
+    if n.attr("transB", 0):
+        b = ops.transpose(b)
+    out = ops.matmul(a, b)
+    if n.attr("alpha", 1.0) != 1.0:
+        out = out * n.attr("alpha", 1.0)
+    if n.has(2):
+        c = n.tensor(2)
+        out = out + broadcast(c * n.attr("beta", 1.0) if n.attr("beta", 1.0) != 1.0 else c, out.shape)
+    return out
+
+
+def _reduce_axes(n: NodeInput, since_input: int):
+    """The reduced axes (an input from opset `since_input`, else the attribute), or None
+    for a no-op reduction."""
+    axes = n.ints(1) if n.since(since_input) else n.attr("axes")
+    if not axes and n.attr("noop_with_empty_axes", 0):
+        return None
+    return axes
+
+
+def _reduction(fn, since_input: int = 18, prepare=None, finish=None):
+    def convert(n: NodeInput):
+        x = n.tensor(0)
+        axes = _reduce_axes(n, since_input)
+        if prepare:
+            x = prepare(x)
+        if axes is None:
+            return finish(x, 1) if finish else x
+        axes = normalize_axes(axes or None, len(x.shape))
+        count = int(np.prod([x.shape[a] for a in axes]))
+        out = keepdims(fn(x, axes), x.shape, axes, n.attr("keepdims", 1))
+        return finish(out, count) if finish else out
+    return convert
+
+
+converter("ReduceSum")(_reduction(ops.summation, since_input=13))
+converter("ReduceMean")(_reduction(ops.summation, finish=lambda y, k: y / float(k)))
+converter("ReduceMax")(_reduction(ops.max))
+converter("ReduceMin")(_reduction(ops.min))
+converter("ReduceSumSquare")(_reduction(ops.summation, prepare=lambda x: x * x))
+converter("ReduceL1")(_reduction(ops.summation, prepare=ops.abs))
+converter("ReduceL2")(_reduction(ops.summation, prepare=lambda x: x * x, finish=lambda y, k: ops.sqrt(y)))
+converter("ReduceLogSumExp")(_reduction(lambda x, axes: ops.logsumexp(x, axes)))
+converter("ReduceLogSum")(_reduction(ops.summation, finish=lambda y, k: ops.log(y)))
+
+
+def _softmax_family(log: bool):
+    def convert(n: NodeInput):
+        x = n.tensor(0)
+        axis = n.attr("axis", -1 if n.since(13) else 1) % max(len(x.shape), 1)
+        if n.since(13):
+            z, axes, shape = x, (axis,), x.shape
+        else:  # the input flattened to 2-D at `axis`, normalised over the second part
+            shape = x.shape
+            z = ops.reshape(x, (int(np.prod(shape[:axis])), int(np.prod(shape[axis:]))))
+            axes = (1,)
+        z = z - broadcast(keepdims(ops.max(z, axes).detach(), z.shape, axes, True), z.shape)
+        lse = broadcast(keepdims(ops.logsumexp(z, axes), z.shape, axes, True), z.shape)
+        out = z - lse if log else ops.exp(z - lse)
+        return ops.reshape(out, shape)
+    return convert
+
+
+converter("Softmax")(_softmax_family(log=False))
+converter("LogSoftmax")(_softmax_family(log=True))

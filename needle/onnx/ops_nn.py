@@ -1,0 +1,232 @@
+"""Converters of ONNX's convolution, pooling and normalization ops (NCHW, as ONNX lays them
+out; needle's Conv is NHWC, so a conv permutes around it)."""
+from __future__ import annotations
+
+import itertools
+from functools import reduce
+from math import ceil, floor, prod
+
+import numpy as np
+
+from .. import ops
+from ..autograd import Tensor
+from .errors import UnsupportedModelError
+from .registry import NodeInput, attr_is, converter, describe, to_tensor
+from .tensor_ops import broadcast, keepdims, maximum, pad, strided
+
+_AUTO_PAD = ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER")
+
+
+def _window(n: NodeInput, spatial, kernel, ceil_mode: bool = False):
+    """(pads begin, pads end, output sizes) of a sliding window over `spatial` sizes, from
+    the node's pads, strides, dilations and auto_pad."""
+    k = len(spatial)
+    strides = n.attr("strides") or [1] * k
+    dilations = n.attr("dilations") or [1] * k
+    spans = [(kk - 1) * d + 1 for kk, d in zip(kernel, dilations)]
+    auto = n.attr("auto_pad", "NOTSET")
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        out = [-(-i // s) for i, s in zip(spatial, strides)]
+        total = [max((o - 1) * s + sp - i, 0) for o, s, sp, i in zip(out, strides, spans, spatial)]
+        small = [t // 2 for t in total]
+        begin = small if auto == "SAME_UPPER" else [t - m for t, m in zip(total, small)]
+        return begin, [t - b for t, b in zip(total, begin)], out, strides, dilations
+    pads = [0] * 2 * k if auto == "VALID" else (n.attr("pads") or [0] * 2 * k)
+    begin, end = list(pads[:k]), list(pads[k:])
+    rnd = ceil if ceil_mode else floor
+    out = [rnd((i + b + e - sp) / s) + 1 for i, b, e, sp, s in zip(spatial, begin, end, spans, strides)]
+    if ceil_mode:  # a window must start inside the input or its leading padding
+        out = [o - 1 if (o - 1) * s >= i + b else o for o, s, i, b in zip(out, strides, spatial, begin)]
+    # the padding a window reaches past the end (ceil mode), counted as padding, never read
+    end = [max(e, (o - 1) * s + sp - i - b) for o, s, sp, i, b, e in zip(out, strides, spans, spatial, begin, end)]
+    return begin, end, out, strides, dilations
+
+
+def _windows(x: Tensor, lead: int, offsets_of, out, strides):
+    """The strided view of `x` for each kernel offset (spatial axes after `lead` axes)."""
+    for offsets in offsets_of:
+        yield strided(x, [0] * lead + list(offsets), [1] * lead + list(strides), list(x.shape[:lead]) + list(out))
+
+
+def _offsets(kernel, dilations):
+    return itertools.product(*[range(0, kk * d, d) for kk, d in zip(kernel, dilations)])
+
+
+@converter("Conv", check=attr_is("auto_pad", _AUTO_PAD, "NOTSET"))
+def _conv(n: NodeInput):
+    x, w = n.inputs[0], n.inputs[1]
+    rank = len(x.shape) - 2
+    if rank not in (1, 2):
+        raise UnsupportedModelError([f"{describe(n.node, n.opset)}: {rank}-D convolution (1-D and 2-D only)"])
+    kernel = list(w.shape[2:])
+    begin, end, out, strides, dilations = _window(n, list(x.shape[2:]), kernel)
+    x = n.tensor(0)
+    if rank == 1:  # as a 2-D conv of height 1
+        x = ops.reshape(x, x.shape[:2] + (1,) + x.shape[2:])
+        w = w.reshape(w.shape[:2] + (1,) + w.shape[2:]) if isinstance(w, np.ndarray) else \
+            ops.reshape(w, w.shape[:2] + (1,) + w.shape[2:])
+        begin, end, strides, dilations = [0] + begin, [0] + end, [1] + strides, [1] + dilations
+    groups = n.attr("group", 1)
+    if groups > 1 and isinstance(w, np.ndarray):  # block-diagonal dense weight
+        w, groups = _dense_grouped(w, groups), 1
+    y = _grouped_conv(x, w, groups, begin, end, strides, dilations)
+    if rank == 1:
+        y = ops.reshape(y, y.shape[:2] + y.shape[3:])
+    if n.has(2):
+        b = n.tensor(2)
+        y = y + broadcast(ops.reshape(b, (1, b.shape[0]) + (1,) * rank), y.shape)
+    return y
+
+
+def _dense_grouped(w: np.ndarray, groups: int) -> np.ndarray:
+    c_out, c_in = w.shape[:2]
+    dense = np.zeros((c_out, c_in * groups) + w.shape[2:], np.float32)
+    step = c_out // groups
+    for g in range(groups):
+        dense[g * step:(g + 1) * step, g * c_in:(g + 1) * c_in] = w[g * step:(g + 1) * step]
+    return dense
+
+
+def _grouped_conv(x: Tensor, w, groups: int, begin, end, strides, dilations) -> Tensor:
+    if groups == 1:
+        return _conv2d(x, w, begin, end, strides, dilations)
+    cin, cout = x.shape[1] // groups, w.shape[0] // groups
+    wt = to_tensor(w)
+    parts = [_conv2d(ops.get_item(x, (slice(None), slice(g * cin, (g + 1) * cin))),
+                     ops.get_item(wt, (slice(g * cout, (g + 1) * cout),)), begin, end, strides, dilations)
+             for g in range(groups)]
+    return ops.concat(parts, 1)
+
+
+def _conv2d(x: Tensor, w, begin, end, strides, dilations) -> Tensor:
+    """ONNX's 2-D Conv (NCHW, OIHW weight) with needle's NHWC Conv."""
+    if isinstance(w, np.ndarray):
+        hwio = to_tensor(np.ascontiguousarray(np.transpose(w, (2, 3, 1, 0))))
+    else:
+        hwio = ops.permute(w, (2, 3, 1, 0))
+    if any(d > 1 for d in dilations):
+        hwio = _dilate(hwio, dilations)
+    same = begin[0] == begin[1] == end[0] == end[1]
+    if not same:
+        x = pad(x, [0, 0] + list(begin), [0, 0] + list(end))
+    stride = strides[0] if strides[0] == strides[1] else 1
+    y = ops.conv(ops.permute(x, (0, 2, 3, 1)), hwio, stride=stride, padding=begin[0] if same else 0)
+    if strides[0] != strides[1]:
+        y = ops.get_item(y, (slice(None), slice(None, None, strides[0]), slice(None, None, strides[1])))
+    return ops.permute(y, (0, 3, 1, 2))
+
+
+def _dilate(hwio: Tensor, dilations) -> Tensor:
+    """The kernel with dilation-1 zeros between its taps (and none after the last)."""
+    (kh, kw), (dh, dw) = hwio.shape[:2], dilations
+    size = ((kh - 1) * dh + 1, (kw - 1) * dw + 1)
+    slices = ((0, size[0], dh), (0, size[1], dw), (0, hwio.shape[2], 1), (0, hwio.shape[3], 1))
+    return ops.UnSlice(slices, size + hwio.shape[2:])(hwio)
+
+
+@converter("MaxPool", check=attr_is("auto_pad", _AUTO_PAD, "NOTSET"))
+def _max_pool(n: NodeInput):
+    if len(n.node.output) > 1 and n.node.output[1]:
+        raise UnsupportedModelError([f"{describe(n.node, n.opset)}: MaxPool's Indices output"])
+    x = n.tensor(0)
+    kernel = n.attr("kernel_shape")
+    begin, end, out, strides, dilations = _window(n, list(x.shape[2:]), kernel, bool(n.attr("ceil_mode", 0)))
+    xp = pad(x, [0, 0] + begin, [0, 0] + end, float("-inf"))
+    return reduce(maximum, _windows(xp, 2, _offsets(kernel, dilations), out, strides))
+
+
+@converter("AveragePool", check=attr_is("auto_pad", _AUTO_PAD, "NOTSET"))
+def _average_pool(n: NodeInput):
+    x = n.tensor(0)
+    kernel = n.attr("kernel_shape")
+    spatial = list(x.shape[2:])
+    explicit = _window(n, spatial, kernel)[:2]
+    begin, end, out, strides, dilations = _window(n, spatial, kernel, bool(n.attr("ceil_mode", 0)))
+    xp = pad(x, [0, 0] + begin, [0, 0] + end)
+    total = reduce(ops.add, _windows(xp, 2, _offsets(kernel, dilations), out, strides))
+    # the divisor: how many counted elements each window covers (the input, and the explicit
+    # padding when count_include_pad)
+    counted = np.zeros([s + b + e for s, b, e in zip(spatial, begin, end)], np.float32)
+    lo = begin if not n.attr("count_include_pad", 0) else [b - eb for b, eb in zip(begin, explicit[0])]
+    hi = [b + s for b, s in zip(begin, spatial)] if not n.attr("count_include_pad", 0) else \
+        [b + s + ee for b, s, ee in zip(begin, spatial, explicit[1])]
+    counted[tuple(slice(a, b) for a, b in zip(lo, hi))] = 1.0
+    count = sum(counted[tuple(slice(o, o + (k - 1) * s + 1, s) for o, k, s in zip(off, out, strides))]
+                for off in _offsets(kernel, dilations))
+    return total / broadcast(to_tensor(count.reshape((1, 1) + count.shape)), total.shape)
+
+
+def _global(fn):
+    def convert(n: NodeInput):
+        x = n.tensor(0)
+        axes = tuple(range(2, len(x.shape)))
+        return keepdims(fn(x, axes), x.shape, axes, True)
+    return convert
+
+
+converter("GlobalAveragePool")(_global(lambda x, axes: ops.summation(x, axes) / float(prod(x.shape[2:]))))
+converter("GlobalMaxPool")(_global(ops.max))
+
+
+def _per_channel(v, rank: int):
+    """A (C,) vector shaped (1, C, 1, ...) for an input of `rank` axes."""
+    shape = (1, -1) + (1,) * (rank - 2)
+    return v.reshape(shape) if isinstance(v, np.ndarray) else ops.reshape(v, (1, v.shape[0]) + (1,) * (rank - 2))
+
+
+@converter("BatchNormalization", check=attr_is("training_mode", (0,), 0))
+def _batch_norm(n: NodeInput):
+    x = n.tensor(0)
+    scale, bias, mean, var = n.inputs[1:5]
+    eps = n.attr("epsilon", 1e-5)
+    if all(isinstance(v, np.ndarray) for v in (scale, bias, mean, var)):
+        a = (scale / np.sqrt(var.astype(np.float64) + eps)).astype(np.float32)
+        b = (bias - mean * a).astype(np.float32)
+        a, b = to_tensor(_per_channel(a, len(x.shape))), to_tensor(_per_channel(b, len(x.shape)))
+    else:
+        scale, bias, mean, var = (to_tensor(_per_channel(v, len(x.shape))) for v in (scale, bias, mean, var))
+        a = scale / ops.sqrt(var + eps)
+        b = bias - mean * a
+    return x * broadcast(a, x.shape) + broadcast(b, x.shape)
+
+
+def _normalize(x: Tensor, axes, eps: float):
+    """(x - mean) / sqrt(var + eps) over `axes`, with the mean and 1/std kept (keepdims)."""
+    count = float(prod(x.shape[a] for a in axes))
+    mean = keepdims(ops.summation(x, axes) / count, x.shape, axes, True)
+    centered = x - broadcast(mean, x.shape)
+    var = keepdims(ops.summation(centered * centered, axes) / count, x.shape, axes, True)
+    inv_std = ops.power_scalar(var + eps, -0.5)
+    return centered * broadcast(inv_std, x.shape), mean, inv_std
+
+
+@converter("InstanceNormalization")
+def _instance_norm(n: NodeInput):
+    x = n.tensor(0)
+    y, _, _ = _normalize(x, tuple(range(2, len(x.shape))), n.attr("epsilon", 1e-5))
+    scale, bias = (to_tensor(_per_channel(n.inputs[i], len(x.shape))) for i in (1, 2))
+    return y * broadcast(scale, x.shape) + broadcast(bias, x.shape)
+
+
+@converter("LayerNormalization")
+def _layer_norm(n: NodeInput):
+    x = n.tensor(0)
+    axis = n.attr("axis", -1) % len(x.shape)
+    y, mean, inv_std = _normalize(x, tuple(range(axis, len(x.shape))), n.attr("epsilon", 1e-5))
+    y = y * broadcast(n.tensor(1), x.shape)
+    if n.has(2):
+        y = y + broadcast(n.tensor(2), x.shape)
+    return [y, mean, inv_std][:len(n.node.output)]
+
+
+@converter("LRN")
+def _lrn(n: NodeInput):
+    x = n.tensor(0)
+    size = n.attr("size")
+    alpha, beta, bias = n.attr("alpha", 1e-4), n.attr("beta", 0.75), n.attr("bias", 1.0)
+    rank = len(x.shape)
+    before, after = (size - 1) // 2, size - 1 - (size - 1) // 2
+    sq = pad(x * x, [0, before] + [0] * (rank - 2), [0, after] + [0] * (rank - 2))
+    channels = x.shape[1]
+    total = reduce(ops.add, (ops.get_item(sq, (slice(None), slice(k, k + channels))) for k in range(size)))
+    return x * ops.power_scalar(total * (alpha / size) + bias, -beta)
