@@ -176,7 +176,10 @@ def _to_onnx(graph: Graph, bindings: list, n_out: int, args: tuple, names: list,
         e.nodes.append(helper.make_node("Identity", [e.values[out]], [f"output{i}"], name=f"output{i}"))
         outputs.append(_value_info(f"output{i}", graph.node(out), coeffs))
     onnx_graph = helper.make_graph(e.nodes, graph.name, inputs, outputs, e.initializers)
-    return helper.make_model(onnx_graph, producer_name="needle", opset_imports=[helper.make_opsetid("", opset)])
+    opsets = [helper.make_opsetid("", opset)]
+    # the oldest IR version that holds the opset, so that older runtimes read the file too
+    return helper.make_model(onnx_graph, producer_name="needle", opset_imports=opsets,
+                             ir_version=helper.find_min_ir_version_for(opsets))
 
 
 def _value_info(name: str, node, coeffs) -> onnx.ValueInfoProto:

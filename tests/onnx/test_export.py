@@ -166,6 +166,7 @@ def test_opsets(opset, tmp_path):
     fn = lambda a: a.max(axes=1) + ops.min(a, axes=(1,)) + a.sum(axes=1)  # noqa: E731
     model = export_and_compare(fn, [randn(4, 6)], tmp_path, opset=opset)
     assert model.opset_import[0].version == opset
+    assert model.ir_version == onnx.helper.find_min_ir_version_for(model.opset_import)
 
 
 def test_reshape_to_a_size_0_axis(tmp_path):
