@@ -16,8 +16,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ..compile import _TRACE_LOCK, REGISTRY, CompiledFunction
 from ..autograd import Tensor
+from ..compile import _TRACE_LOCK, REGISTRY, CompiledFunction
 from ..guards import parameter_names
 from ..ir.graph import Graph
 from ..nn.nn_basic import named_tensors
@@ -25,7 +25,7 @@ from ..passes import pipeline
 from ..passes.manager import PassContext
 from ..trace import state as trace_state
 from .export_batch import batch_coefficients, batch_dims, with_batch
-from .export_emit import ONNX_DTYPES, Emitter, ExportError, where
+from .export_emit import ONNX_DTYPES, Emitter, ExportError, at_line
 from .export_ops import EXPORTERS
 
 __all__ = ["export", "ExportError", "MIN_OPSET"]
@@ -149,7 +149,7 @@ def _to_onnx(graph: Graph, bindings: list, n_out: int, args: tuple, names: list,
              opset: int, coeffs) -> onnx.ModelProto:
     missing = [n for n in graph.nodes if n.op not in ("input", "const") and n.op not in EXPORTERS]
     if missing:
-        listed = "\n".join(f"  {n.op}{where(n)}" for n in missing)
+        listed = "\n".join(f"  {n.op}{at_line(n)}" for n in missing)
         raise ExportError(f"export: no ONNX exporter for {len(missing)} node(s) of {graph.name}:\n{listed}\n"
                           f"ops that export: {', '.join(exportable_ops())}")
     arg_nodes = [(n, b) for n, b in zip(graph.inputs, bindings) if b[0] == "arg"]

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..autograd import Tensor
 from ..ir.graph import Graph, Node
-from .export_emit import ExportError, where
+from .export_emit import ExportError, at_line
 
 #: (node id, attribute name or 'type') -> per-integer multiples of the batch, or None when
 #: the value changes with the batch but not as a multiple of it
@@ -40,7 +40,7 @@ def batch_coefficients(g1: Graph, g2: Graph, b1: int, b2: int) -> BatchCoeffs:
         first = next((a for a, b in zip(g1.nodes, g2.nodes) if a.op != b.op), g1.nodes[-1])
         raise ExportError(f"dynamic_batch: the traced graph changes with the batch size ({len(g1.nodes)} "
                           f"nodes at batch {b1}, {len(g2.nodes)} at batch {b2}; first difference: "
-                          f"{first.op}{where(first)}), e.g. a loop over axis 0; export with a static batch")
+                          f"{first.op}{at_line(first)}), e.g. a loop over axis 0; export with a static batch")
     coeffs: BatchCoeffs = {}
     for a, b in zip(g1.nodes, g2.nodes):
         pairs = [(name, value, b.attr(name)) for name, value in a.attrs if name not in ("name", "role")]
@@ -50,7 +50,7 @@ def batch_coefficients(g1: Graph, g2: Graph, b1: int, b2: int) -> BatchCoeffs:
             if v1 != v2:
                 coeffs[(a.id, name)] = _multiples(v1, v2, b1, b2)
                 if a.op == "const" and name == "value":
-                    raise ExportError(f"dynamic_batch: the constant{where(a)} changes with the batch size")
+                    raise ExportError(f"dynamic_batch: the constant{at_line(a)} changes with the batch size")
     return coeffs
 
 

@@ -26,7 +26,7 @@ class ExportError(NeedleError, ValueError):
     """A graph that cannot be written as ONNX (an op without an exporter, a dynamic shape)."""
 
 
-def where(node: Node) -> str:
+def at_line(node: Node) -> str:
     """' (at file:line)' for a node with a source location, else ''."""
     return f" (at {node.loc.file}:{node.loc.line})" if node.loc is not None else ""
 
@@ -83,7 +83,7 @@ class Emitter:
         """Attribute `name` of `node`, which must not depend on the batch size."""
         if (node.id, name) in self.batch_coeffs:
             raise ExportError(f"dynamic_batch: attribute {name}={node.attr(name)!r} of {node.op}"
-                              f"{where(node)} depends on the batch size; export it with a static batch")
+                              f"{at_line(node)} depends on the batch size; export it with a static batch")
         return node.attr(name)
 
     def shape(self, node: Node, name: str = "type") -> str:

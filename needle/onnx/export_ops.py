@@ -38,9 +38,8 @@ def _register_simple(table: dict) -> None:
 
 
 _register_simple({"EWiseAdd": "Add", "EWiseMul": "Mul", "EWiseDiv": "Div", "EWisePow": "Pow",
-                  "Minimum": "Min", "MatMul": "MatMul"})
-_register_simple({"Negate": "Neg", "Exp": "Exp", "Log": "Log", "Tanh": "Tanh", "Sqrt": "Sqrt",
-                  "Sin": "Sin", "Cos": "Cos", "Abs": "Abs", "Erf": "Erf",
+                  "Minimum": "Min", "MatMul": "MatMul", "Negate": "Neg", "Exp": "Exp", "Log": "Log",
+                  "Tanh": "Tanh", "Sqrt": "Sqrt", "Sin": "Sin", "Cos": "Cos", "Abs": "Abs", "Erf": "Erf",
                   "ToDevice": "Identity"})
 
 _SCALAR_OPS = {"AddScalar": "Add", "MulScalar": "Mul", "DivScalar": "Div", "PowerScalar": "Pow"}

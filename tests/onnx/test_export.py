@@ -112,6 +112,14 @@ def test_dynamic_batch_of_a_loop_over_axis_0_is_refused(tmp_path):
     assert not (tmp_path / "m.onnx").exists()
 
 
+def test_dynamic_batch_of_a_batch_dependent_attribute_names_it(tmp_path):
+    def mean_over_batch(x):
+        return x.sum(axes=(0,)) / x.shape[0]
+
+    with pytest.raises(ExportError, match=r"scalar=2 of DivScalar \(at .*test_export.py:\d+\) depends on the batch"):
+        needle.onnx.export(mean_over_batch, [randn(1, 3)], tmp_path / "m.onnx", dynamic_batch=True)
+
+
 # ---- one function per exporter ------------------------------------------------------------
 W = randn(3, 3, 4, 5)
 TABLE = randn(10, 6)
@@ -201,8 +209,8 @@ def test_op_without_exporter_lists_each_node_with_its_line(tmp_path):
     assert "no ONNX exporter for 2 node(s)" in message
     here = os.path.basename(__file__)
     line = fn.__code__.co_firstlineno
-    assert f"RandomUniform (at " in message and f"{here}:{line + 1}" in message
-    assert f"IndexAdd (at " in message and f"{here}:{line + 2}" in message
+    assert "RandomUniform (at " in message and f"{here}:{line + 1}" in message
+    assert "IndexAdd (at " in message and f"{here}:{line + 2}" in message
     assert not (tmp_path / "m.onnx").exists()
 
 
