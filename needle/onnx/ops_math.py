@@ -91,12 +91,12 @@ def _gelu(n: NodeInput):
 @converter("Clip")
 def _clip(n: NodeInput):
     x = n.tensor(0)
-    lo = n.const(1) if n.since(11) else n.attr("min")
-    hi = n.const(2) if n.since(11) else n.attr("max")
+    lo = (n.inputs[1] if n.has(1) else None) if n.since(11) else n.attr("min")
+    hi = (n.inputs[2] if n.has(2) else None) if n.since(11) else n.attr("max")
     if lo is not None:
-        x = maximum(x, float(np.asarray(lo).reshape(-1)[0]))
+        x = binary(maximum, x, np.float32(lo) if isinstance(lo, float) else lo)
     if hi is not None:
-        x = ops.minimum(x, to_tensor(np.full(x.shape, float(np.asarray(hi).reshape(-1)[0]), np.float32)))
+        x = binary(ops.minimum, x, np.float32(hi) if isinstance(hi, float) else hi)
     return x
 
 
@@ -127,11 +127,8 @@ def _matmul(n: NodeInput):
     a2 = ops.reshape(a, (1,) + a.shape) if len(a.shape) == 1 else a
     b2 = ops.reshape(b, b.shape + (1,)) if len(b.shape) == 1 else b
     out = ops.matmul(a2, b2)
-    if len(b.shape) == 1:
-        out = ops.reshape(out, out.shape[:-1])
-    if len(a.shape) == 1:
-        out = ops.reshape(out, out.shape[:-2] + out.shape[-1:])
-    return out
+    shape = out.shape[:-2] + out.shape[-2:-1] * (len(a.shape) > 1) + out.shape[-1:] * (len(b.shape) > 1)
+    return ops.reshape(out, shape) if shape != out.shape else out
 
 
 @converter("Gemm")
@@ -150,25 +147,23 @@ def _gemm(n: NodeInput):
     return out
 
 
-def _reduce_axes(n: NodeInput, since_input: int):
-    """The reduced axes (an input from opset `since_input`, else the attribute), or None
-    for a no-op reduction."""
-    axes = n.ints(1) if n.since(since_input) else n.attr("axes")
-    if not axes and n.attr("noop_with_empty_axes", 0):
-        return None
-    return axes
-
-
-def _reduction(fn, since_input: int = 18, prepare=None, finish=None):
+def _reduction(fn, since_input: int = 18, prepare=None, finish=None, empty: float = 0.0):
+    """A Reduce* converter: `fn(x, axes)` after `prepare(x)`, then `finish(y, count)`; a
+    reduction over no elements is `empty` (finished)."""
     def convert(n: NodeInput):
         x = n.tensor(0)
-        axes = _reduce_axes(n, since_input)
+        axes = n.ints(1) if n.since(since_input) else n.attr("axes")
         if prepare:
             x = prepare(x)
-        if axes is None:
+        if not axes and n.attr("noop_with_empty_axes", 0):
             return finish(x, 1) if finish else x
         axes = normalize_axes(axes or None, len(x.shape))
         count = int(np.prod([x.shape[a] for a in axes]))
+        if count == 0:
+            kept = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
+            y = to_tensor(np.full(kept if n.attr("keepdims", 1) else
+                                  tuple(d for i, d in enumerate(x.shape) if i not in axes), empty, np.float32))
+            return finish(y, 1) if finish else y
         out = keepdims(fn(x, axes), x.shape, axes, n.attr("keepdims", 1))
         return finish(out, count) if finish else out
     return convert
@@ -176,12 +171,12 @@ def _reduction(fn, since_input: int = 18, prepare=None, finish=None):
 
 converter("ReduceSum")(_reduction(ops.summation, since_input=13))
 converter("ReduceMean")(_reduction(ops.summation, finish=lambda y, k: y / float(k)))
-converter("ReduceMax")(_reduction(ops.max))
-converter("ReduceMin")(_reduction(ops.min))
+converter("ReduceMax")(_reduction(ops.max, empty=-np.inf))
+converter("ReduceMin")(_reduction(ops.min, empty=np.inf))
 converter("ReduceSumSquare")(_reduction(ops.summation, prepare=lambda x: x * x))
 converter("ReduceL1")(_reduction(ops.summation, prepare=ops.abs))
 converter("ReduceL2")(_reduction(ops.summation, prepare=lambda x: x * x, finish=lambda y, k: ops.sqrt(y)))
-converter("ReduceLogSumExp")(_reduction(lambda x, axes: ops.logsumexp(x, axes)))
+converter("ReduceLogSumExp")(_reduction(lambda x, axes: ops.logsumexp(x, axes), empty=-np.inf))
 converter("ReduceLogSum")(_reduction(ops.summation, finish=lambda y, k: ops.log(y)))
 
 

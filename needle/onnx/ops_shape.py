@@ -8,7 +8,7 @@ from .. import ops
 from ..autograd import Tensor
 from .checks import MAX_BYTES
 from .errors import UnsupportedModelError
-from .registry import NodeInput, attr_is, converter, describe
+from .registry import NodeInput, attr_is, converter, describe, to_tensor
 from .tensor_ops import broadcast, floor, normalize_axes, pad, take
 
 
@@ -76,7 +76,8 @@ def _reshape(n: NodeInput):
 @converter("Flatten")
 def _flatten(n: NodeInput):
     x = n.tensor(0)
-    axis = n.attr("axis", 1) % (len(x.shape) + 1) if x.shape else 0
+    axis = n.attr("axis", 1)
+    axis = axis + len(x.shape) if axis < 0 else axis
     return ops.reshape(x, (int(np.prod(x.shape[:axis])), int(np.prod(x.shape[axis:]))))
 
 
@@ -184,12 +185,12 @@ def _pad_edges(x: Tensor, begin, end, reflect: bool) -> Tensor:
     return x
 
 
-@converter("Pad", static=(1, 2, 3), check=attr_is("mode", ("constant", "reflect", "edge"), "constant"))
+@converter("Pad", static=(1, 3), check=attr_is("mode", ("constant", "reflect", "edge"), "constant"))
 def _pad(n: NodeInput):
     x = n.tensor(0)
     rank = len(x.shape)
     pads = n.ints(1) if n.since(11) else n.attr("pads")
-    value = n.const(2) if n.since(11) else n.attr("value", 0.0)
+    value = n.inputs[2] if n.since(11) and n.has(2) else n.attr("value", 0.0)
     axes = normalize_axes(n.ints(3), rank) if n.has(3) else range(rank)
     begin, end = [0] * rank, [0] * rank
     for k, a in enumerate(axes):
@@ -197,7 +198,10 @@ def _pad(n: NodeInput):
     mode = n.attr("mode", "constant")
     if mode != "constant":
         return _pad_edges(x, begin, end, mode == "reflect")
-    return pad(x, begin, end, float(np.asarray(value).reshape(-1)[0]) if value is not None else 0.0)
+    if isinstance(value, Tensor):  # padding with a runtime scalar: zeros, then value outside x
+        outside = pad(to_tensor(np.zeros(x.shape, np.float32)), begin, end, 1.0)
+        return pad(x, begin, end) + outside * broadcast(ops.reshape(value, (1,) * rank), outside.shape)
+    return pad(x, begin, end, float(np.asarray(value).reshape(-1)[0]))
 
 
 @converter("Range", static=(0, 1, 2))
@@ -223,6 +227,7 @@ def _space_to_depth(n: NodeInput):
     x = n.tensor(0)
     b, c, h, w = x.shape
     k = n.attr("blocksize")
-    y = ops.permute(ops.reshape(x, (b, c, h // k, k, w // k, k)), (0, 3, 5, 1, 2, 4))
+    perm = (0, 3, 5, 1, 2, 4) if n.attr("mode", "DCR") == "DCR" else (0, 1, 3, 5, 2, 4)
+    y = ops.permute(ops.reshape(x, (b, c, h // k, k, w // k, k)), perm)
     return ops.reshape(y, (b, c * k * k, h // k, w // k))
 

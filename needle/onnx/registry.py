@@ -67,7 +67,7 @@ def to_tensor(value: Value) -> Tensor:
     if arr.size > 1 and not any(arr.strides):
         return Tensor(np.asarray(arr.flat[0], np.float32).reshape((1,) * arr.ndim),
                       requires_grad=False).broadcast_to(arr.shape)
-    return Tensor(np.ascontiguousarray(arr, np.float32), requires_grad=False)
+    return Tensor(np.array(arr, np.float32, order="C"), requires_grad=False)
 
 
 @dataclass
