@@ -21,7 +21,7 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import numpy as np
 
@@ -459,6 +459,36 @@ def _unflatten(results, structure):
         return results[0]
     kind, _ = structure
     return kind(results)
+
+
+class TracedGraph(NamedTuple):
+    """A function's primitive graph (`trace_graph`): its inputs' bindings (as a compiled
+    call reads them: args, then state) and how many of its outputs the function returned."""
+    graph: Graph
+    bindings: list
+    n_outputs: int
+
+
+class _GraphPasses(CompiledFunction):
+    """A compiled function whose build stops after the graph passes: no code is generated."""
+
+    def _build(self, graph: Graph) -> tuple[None, Graph, dict]:
+        ctx = PassContext(dump_dir="", pass_limit=len(pipeline.GRAPH_PASSES))
+        final, _ = pipeline.run(graph, "interp", ctx)
+        return None, final, ctx.snapshots
+
+
+def trace_graph(fn: Callable, args: tuple) -> TracedGraph:
+    """Trace `fn(*args)` as `@needle.compile` does and run the graph passes (decompose ...
+    simplify): the primitive graph that tools such as ONNX export translate. Nothing is
+    compiled and the function is not kept among `compiled_functions()`."""
+    traced = _GraphPasses(fn)
+    try:
+        with _TRACE_LOCK:
+            entry = traced._compile(tuple(args), {})
+    finally:
+        REGISTRY.remove(traced)
+    return TracedGraph(entry.graph, entry.bindings, entry.n_outputs)
 
 
 def compile(fn: Optional[Callable] = None):  # noqa: A001  (the public name is needle.compile)

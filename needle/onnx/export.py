@@ -17,12 +17,10 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..autograd import Tensor
-from ..compile import _TRACE_LOCK, REGISTRY, CompiledFunction
+from ..compile import CompiledFunction, trace_graph
 from ..guards import parameter_names
 from ..ir.graph import Graph
 from ..nn.nn_basic import named_tensors
-from ..passes import pipeline
-from ..passes.manager import PassContext
 from ..trace import state as trace_state
 from .export_batch import batch_coefficients, batch_dims, with_batch
 from .export_emit import ONNX_DTYPES, Emitter, ExportError, at_line
@@ -74,28 +72,13 @@ def exportable_ops() -> list:
 
 
 # ---- tracing ----------------------------------------------------------------------------
-class _GraphOnly(CompiledFunction):
-    """A compiled function whose build stops after the graph passes: no code is generated."""
-
-    def _build(self, graph: Graph) -> tuple[None, Graph, dict]:
-        ctx = PassContext(dump_dir="", pass_limit=len(pipeline.GRAPH_PASSES))
-        final, _ = pipeline.run(graph, "interp", ctx)
-        return None, final, ctx.snapshots
-
-
 def _trace(fn: Callable, args: tuple) -> tuple[Graph, list, int]:
     """The primitive graph of fn(*args), its inputs' bindings, and how many outputs it returns."""
     def flat(*a):
         return tuple(_flatten(fn(*a)))
 
     flat.__qualname__ = getattr(fn, "__qualname__", "model")
-    traced = _GraphOnly(flat)
-    try:
-        with _TRACE_LOCK:
-            entry = traced._compile(args, {})
-    finally:
-        REGISTRY.remove(traced)
-    return entry.graph, entry.bindings, entry.n_outputs
+    return trace_graph(flat, args)
 
 
 def _flatten(value: Any) -> Iterator[Tensor]:
