@@ -69,7 +69,12 @@ def _conv(n: NodeInput):
     groups = n.attr("group", 1)
     if groups > 1 and isinstance(w, np.ndarray):  # block-diagonal dense weight
         w, groups = _dense_grouped(w, groups), 1
-    y = _grouped_conv(x, w, groups, begin, end, strides, dilations)
+    if isinstance(w, np.ndarray) and w.size and not any(w.strides):
+        # one value everywhere (ConstantOfShape): every output channel is the same, computed once
+        y = _grouped_conv(x, w[:1], 1, begin, end, strides, dilations)
+        y = ops.broadcast_to(y, (y.shape[0], w.shape[0]) + y.shape[2:])
+    else:
+        y = _grouped_conv(x, w, groups, begin, end, strides, dilations)
     if rank == 1:
         y = ops.reshape(y, y.shape[:2] + y.shape[3:])
     if n.has(2):
