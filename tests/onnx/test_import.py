@@ -1,0 +1,168 @@
+"""needle.onnx.load against onnxruntime on fresh random inputs (a small CNN, a transformer
+block with shape computations), input_shapes, and the import errors: every unsupported node
+listed at once, dynamic shapes, malformed and truncated files, external data outside the
+model's folder, huge declared sizes."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import needle as ndl
+import needle.onnx
+from needle.onnx import InvalidModelError, UnsupportedModelError
+
+rng = np.random.default_rng(0)
+
+
+def _init(name, *shape, scale=0.3):
+    return numpy_helper.from_array((rng.standard_normal(shape) * scale).astype(np.float32), name)
+
+
+def _ints(name, values):
+    return numpy_helper.from_array(np.asarray(values, np.int64), name)
+
+
+def _model(nodes, inputs, outputs, inits, opset=17):
+    graph = helper.make_graph(nodes, "m", inputs, outputs, inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _io(name, shape):
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def cnn(batch="N"):
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1], strides=[2, 2]),
+        helper.make_node("BatchNormalization", ["c1", "s", "bb", "m", "v"], ["n1"]),
+        helper.make_node("Relu", ["n1"], ["r1"]),
+        helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["p1", "w2"], ["c2"], group=2, kernel_shape=[3, 3], auto_pad="SAME_UPPER"),
+        helper.make_node("AveragePool", ["c2"], ["a2"], kernel_shape=[2, 2], ceil_mode=1),
+        helper.make_node("GlobalAveragePool", ["a2"], ["g"]),
+        helper.make_node("Flatten", ["g"], ["f"]),
+        helper.make_node("Gemm", ["f", "wf", "bf"], ["logits"], transB=1),
+        helper.make_node("Softmax", ["logits"], ["y"], axis=1),
+    ]
+    inits = [_init("w1", 8, 3, 3, 3), _init("b1", 8), _init("s", 8), _init("bb", 8), _init("m", 8),
+             numpy_helper.from_array(rng.uniform(0.5, 1.5, 8).astype(np.float32), "v"),
+             _init("w2", 8, 4, 3, 3), _init("wf", 10, 8), _init("bf", 10)]
+    return _model(nodes, [_io("x", [batch, 3, 17, 17])], [_io("y", [batch, 10])], inits)
+
+
+def transformer_block(seq=6, dim=8):
+    """Self-attention with shapes computed in the graph (Shape, Gather, Concat, Reshape)."""
+    heads = 2
+    nodes = [
+        helper.make_node("Shape", ["x"], ["xs"]),
+        helper.make_node("Gather", ["xs", "zero"], ["batch"], axis=0),
+        helper.make_node("Unsqueeze", ["batch", "axis0"], ["batch1"]),
+        helper.make_node("Concat", ["batch1", "heads_shape"], ["qshape"], axis=0),
+        helper.make_node("MatMul", ["x", "wq"], ["q"]),
+        helper.make_node("Reshape", ["q", "qshape"], ["q4"]),
+        helper.make_node("Transpose", ["q4"], ["qh"], perm=[0, 2, 1, 3]),
+        helper.make_node("Transpose", ["q4"], ["kh"], perm=[0, 2, 3, 1]),
+        helper.make_node("MatMul", ["qh", "kh"], ["att"]),
+        helper.make_node("Div", ["att", "scale"], ["atts"]),
+        helper.make_node("Softmax", ["atts"], ["p"], axis=-1),
+        helper.make_node("MatMul", ["p", "qh"], ["o"]),
+        helper.make_node("Transpose", ["o"], ["ot"], perm=[0, 2, 1, 3]),
+        helper.make_node("Reshape", ["ot", "xs"], ["o3"]),
+        helper.make_node("Add", ["x", "o3"], ["res"]),
+        helper.make_node("LayerNormalization", ["res", "g", "b"], ["ln"], axis=-1),
+        helper.make_node("MatMul", ["ln", "w1"], ["h"]),
+        helper.make_node("Gelu", ["h"], ["gh"]),
+        helper.make_node("ReduceMean", ["gh", "axis_last"], ["y"], keepdims=0),
+    ]
+    inits = [_ints("zero", 0), _ints("axis0", [0]), _ints("heads_shape", [seq, heads, dim // heads]),
+             _ints("axis_last", [-1]), _init("wq", dim, dim), _init("g", dim), _init("b", dim),
+             _init("w1", dim, 16), numpy_helper.from_array(np.float32(np.sqrt(dim // heads)), "scale")]
+    return _model(nodes, [_io("x", [2, seq, dim])], [_io("y", [2, seq])], inits, opset=20)
+
+
+def _ort(model, **feeds):
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)[0]
+
+
+@pytest.mark.parametrize("batch", [1, 8])
+def test_cnn_matches_onnxruntime(batch):
+    model = cnn()
+    imported = needle.onnx.load(model, input_shapes={"x": [batch, 3, 17, 17]})
+    x = rng.standard_normal((batch, 3, 17, 17)).astype(np.float32)
+    got = imported(x)
+    assert isinstance(got, ndl.Tensor) and imported.forward.stats["executor"] in ("native", "cuda")
+    np.testing.assert_allclose(got.numpy(), _ort(model, x=x), rtol=1e-4, atol=1e-6)
+    x2 = rng.standard_normal((batch, 3, 17, 17)).astype(np.float32)   # no recompile for new values
+    np.testing.assert_allclose(imported(ndl.Tensor(x2)).numpy(), _ort(model, x=x2), rtol=1e-4, atol=1e-6)
+
+
+def test_transformer_block_matches_onnxruntime():
+    model = transformer_block()
+    imported = needle.onnx.load(model.SerializeToString())
+    x = rng.standard_normal((2, 6, 8)).astype(np.float32)
+    np.testing.assert_allclose(imported(x=x).numpy(), _ort(model, x=x), rtol=1e-4, atol=1e-5)
+    assert "Shape" not in imported.ir("final")  # shape computations were folded at import
+
+
+def test_unsupported_nodes_are_listed_together():
+    nodes = [helper.make_node("Relu", ["x"], ["a"]),
+             helper.make_node("NonZero", ["a"], ["b"], name="nz"),
+             helper.make_node("Pad", ["x", "pads"], ["c"], mode="wrap", name="pad"),
+             helper.make_node("Reshape", ["x", "b"], ["y"], name="dyn")]
+    model = _model(nodes, [_io("x", [2, 3])], [_io("y", [2, 3])], [_ints("pads", [0, 1, 0, 1])], opset=19)
+    with pytest.raises(UnsupportedModelError) as err:
+        needle.onnx.load(model)
+    message = str(err.value)
+    assert len(err.value.problems) == 3
+    for part in ("'nz' (NonZero, opset 19)", "'pad' (Pad, opset 19): mode='wrap'", "'dyn' (Reshape, opset 19)"):
+        assert part in message
+
+
+def test_dynamic_input_shape_needs_input_shapes():
+    with pytest.raises(UnsupportedModelError, match=r"dynamic shape \[.N., 3, 17, 17\] \(give input_shapes\)"):
+        needle.onnx.load(cnn())
+    assert needle.onnx.load(cnn(), input_shapes=[[2, 3, 17, 17]]).input_names == ["x"]
+
+
+def test_malformed_and_truncated_files(tmp_path):
+    data = cnn(batch=1).SerializeToString()
+    (tmp_path / "truncated.onnx").write_bytes(data[: len(data) // 2])
+    (tmp_path / "garbage.onnx").write_bytes(b"\xff\x00not a model" * 10)
+    for name in ("truncated.onnx", "garbage.onnx"):
+        with pytest.raises(InvalidModelError, match="not .*ONNX model|checker"):
+            needle.onnx.load(str(tmp_path / name))
+    with pytest.raises(InvalidModelError, match="no such ONNX file"):
+        needle.onnx.load(str(tmp_path / "missing.onnx"))
+
+
+def test_external_data_outside_the_model_folder(tmp_path):
+    model = cnn(batch=1)
+    outside = tmp_path / "secret.bin"
+    outside.write_bytes(b"\0" * 4096)
+    w = next(t for t in model.graph.initializer if t.name == "wf")
+    w.ClearField("raw_data")
+    w.ClearField("float_data")
+    w.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", "../secret.bin"), ("offset", "0"), ("length", "320")):
+        w.external_data.add(key=key, value=value)
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "m.onnx").write_bytes(model.SerializeToString())
+    with pytest.raises(InvalidModelError, match="outside the model's folder"):
+        needle.onnx.load(str(folder / "m.onnx"))
+
+
+def test_huge_declared_sizes():
+    big = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[1 << 20, 1 << 12], raw_data=b"\0" * 16)
+    model = _model([helper.make_node("Add", ["x", "w"], ["y"])], [_io("x", [1, 1])], [_io("y", [1, 1])], [big])
+    with pytest.raises(InvalidModelError, match="exceed the limit"):
+        needle.onnx.load(model)
+    model = _model([helper.make_node("Relu", ["x"], ["y"])], [_io("x", [1 << 30, 1 << 10])], [_io("y", [1 << 30, 1 << 10])], [])
+    with pytest.raises(InvalidModelError, match="over the limit"):
+        needle.onnx.load(model)
