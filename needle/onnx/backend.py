@@ -75,15 +75,14 @@ class NeedleBackend(Backend):
     @classmethod
     def run_node(cls, node: onnx.NodeProto, inputs: Sequence[np.ndarray], device: str = "CPU",
                  outputs_info: Optional[Sequence[tuple]] = None, **kwargs) -> tuple:
-        """One node on `inputs` (its output types from `outputs_info`, float32 by default)."""
+        """One node on `inputs` (its outputs' types from ONNX's shape inference)."""
         super().run_node(node, inputs, device=device, outputs_info=outputs_info)
         arrays = [np.asarray(a) for a in inputs]
         graph_inputs = [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
                         for name, a in zip(node.input, arrays) if name]
-        infos = outputs_info or [(np.dtype(np.float32), None)] * len(node.output)
-        graph_outputs = [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(np.dtype(dt)), None)
-                         for name, (dt, _) in zip(node.output, infos)]
+        graph_outputs = [helper.make_value_info(name, onnx.TypeProto()) for name in node.output]
         model = helper.make_model(helper.make_graph([node], "node", graph_inputs, graph_outputs))
+        model = onnx.shape_inference.infer_shapes(model)  # the outputs' types and shapes
         return cls.prepare(model, device, **kwargs).run([a for name, a in zip(node.input, arrays) if name])
 
     @classmethod
