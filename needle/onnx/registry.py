@@ -112,3 +112,16 @@ class NodeInput:
 def describe(node: onnx.NodeProto, opset: int) -> str:
     name = node.name or (node.output[0] if node.output else "?")
     return f"node {name!r} ({node.op_type}, opset {opset})"
+
+
+_FAMILIES = {"ops_math": "elementwise, activations, matmul, reductions, softmax",
+             "ops_nn": "convolution, pooling, normalization", "ops_shape": "shapes, indexing, constants"}
+
+
+def op_table() -> str:
+    """The supported ONNX op types by family, as the Markdown table of docs/onnx.md."""
+    rows = ["| family | ONNX op types |", "|---|---|"]
+    for module, family in _FAMILIES.items():
+        names = sorted(op for op, c in CONVERTERS.items() if c.fn.__module__.endswith(module))
+        rows.append(f"| {family} | {' '.join(names)} |")
+    return "\n".join(rows)
