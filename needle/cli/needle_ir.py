@@ -5,6 +5,8 @@
 
 Runs SCRIPT.py to completion as ``python SCRIPT.py ARGS`` would (its directory first on
 ``sys.path``, ``__name__ == "__main__"``), with the script's own stdout sent to stderr.
+An ONNX file (``needle-ir model.onnx``) is imported with ``needle.onnx.load`` and called
+once on zeros of its declared input shapes instead.
 Then prints to stdout, for every distinct graph compiled during the run (each compiled
 function and signature once, in compile order), a header line
 
@@ -165,6 +167,15 @@ def _called(before: dict) -> bool:
     return any(_calls(cf) > before.get(id(cf), (0, 0))[1] for cf in compiled_functions())
 
 
+def _run_onnx(path: str) -> None:
+    """Import an ONNX model and call it once on zeros of its input shapes."""
+    import numpy as np
+    import needle.onnx  # lazy: onnx is an optional extra
+
+    model = needle.onnx.load(path)
+    model(*(np.zeros(model.function.input_shapes[k], np.float32) for k in model.input_names))
+
+
 def _run_script(script: str, args: list) -> int:
     """Run the script as `python SCRIPT ARGS` would; its stdout goes to stderr. Returns its
     exit code (0 when it ran to completion)."""
@@ -175,7 +186,10 @@ def _run_script(script: str, args: list) -> int:
     code = 0
     try:
         with contextlib.redirect_stdout(sys.stderr):
-            runpy.run_path(path, run_name="__main__")
+            if path.endswith(".onnx"):
+                _run_onnx(path)
+            else:
+                runpy.run_path(path, run_name="__main__")
     except SystemExit as e:
         if e.code is None or e.code == 0:
             code = 0
