@@ -276,6 +276,15 @@ def attribute_guard(label: str, obj: Any, name: str) -> Guard:
 
 
 # ---- recording attribute reads while tracing ----------------------------------------------
+def _instance_dict(obj: Any) -> dict:
+    """obj's instance attributes; empty for objects without a readable one (__slots__ classes,
+    protobuf messages)."""
+    try:
+        return object.__getattribute__(obj, "__dict__")
+    except AttributeError:
+        return {}
+
+
 @contextlib.contextmanager
 def recording_reads(objects: list) -> Iterator[dict]:
     """While active, record the instance attributes of `objects` read by the calling thread:
@@ -292,7 +301,7 @@ def recording_reads(objects: list) -> Iterator[dict]:
         def hook(self, name, _inner=inner):
             value = _inner(self, name)
             if (id(self) in watched and name[:2] != "__" and threading.get_ident() == thread
-                    and name in object.__getattribute__(self, "__dict__")):
+                    and name in _instance_dict(self)):
                 reads.setdefault((id(self), name), (self, name))
             return value
 

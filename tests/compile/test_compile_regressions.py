@@ -341,3 +341,25 @@ def test_vjp_that_emits_a_composite_compiles_under_the_verifier():
         np.testing.assert_allclose(step(x).numpy(), x.grad.numpy(), rtol=1e-5, atol=1e-6)
     finally:
         OPS.pop("softplus_test", None)  # other tests list the registered ops
+
+
+def test_state_reached_through_an_object_without_a_readable_instance_dict():
+    """An object the trace reads attributes of may lack an instance __dict__ (a protobuf
+    message, such as an imported ONNX model's): its reads go unrecorded, tracing goes on."""
+    onnx = pytest.importorskip("onnx")
+    w = ndl.Tensor(np.random.randn(3).astype(np.float32))
+
+    class Holder:
+        def __init__(self):
+            self.model = onnx.ModelProto(doc_string="m")
+            self.w = w
+
+    holder = Holder()
+
+    @ndl.compile
+    def f(x):
+        assert holder.model.doc_string == "m"
+        return x * holder.w
+
+    x = ndl.Tensor(np.random.randn(3).astype(np.float32))
+    np.testing.assert_allclose(f(x).numpy(), x.numpy() * w.numpy(), rtol=1e-6)
