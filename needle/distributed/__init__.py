@@ -7,9 +7,9 @@ from .collectives import (AllGather, AllReduce, Broadcast, ReduceScatter, all_ga
                           reduce_scatter)
 from .fingerprint import GraphMismatch, check_same_graph
 from .training import DistributedOptimizer, broadcast_parameters
-from .world import (CollectiveTimeout, abort, barrier, init, is_initialized, local_rank, rank, under_mpiexec,
-                    world_size)
+from .world import (CollectiveTimeout, abort, barrier, comm, init, is_initialized, local_rank, rank, stats,
+                    under_mpiexec, world_size)
 
-__all__ = ["init", "is_initialized", "under_mpiexec", "abort", "rank", "world_size", "local_rank", "barrier", "all_reduce", "broadcast",
+__all__ = ["init", "is_initialized", "under_mpiexec", "abort", "comm", "stats", "rank", "world_size", "local_rank", "barrier", "all_reduce", "broadcast",
            "all_gather", "reduce_scatter", "broadcast_parameters", "DistributedOptimizer", "CollectiveTimeout", "GraphMismatch", "check_same_graph",
            "AllReduce", "Broadcast", "AllGather", "ReduceScatter"]

@@ -47,8 +47,8 @@ class _Host:
             self.out = np.empty(out_shape, dtype=np.float32)
             self.recv = self.out
         elif self.direct:
-            a = a.compact()
-            self.send = _float_view(a._handle.ptr(), a.shape)
+            self.compact = a.compact()   # held: the view below does not keep it alive
+            self.send = _float_view(self.compact._handle.ptr(), a.shape)
             self.out = type(a).make(out_shape, device=a.device)
             self.recv = _float_view(self.out._handle.ptr(), out_shape)
         else:

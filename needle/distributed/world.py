@@ -24,6 +24,11 @@ __all__ = ["init", "is_initialized", "under_mpiexec", "abort", "stats", "rank", 
            "CollectiveTimeout", "timeout_seconds", "wait"]
 
 
+#: a rank that has waited this long in a collective publishes that it reached it (a rank that
+#: times out names the ranks whose published count is behind its own)
+PUBLISH_AFTER = 0.5
+
+
 class CollectiveTimeout(RuntimeError):
     """A collective waited longer than NEEDLE_DIST_TIMEOUT for the other ranks."""
 
@@ -129,8 +134,6 @@ def wait(request: Any, what: str) -> None:
     """Complete a non-blocking MPI request, or raise CollectiveTimeout after the timeout."""
     w = _world()
     w.collectives += 1
-    if w.progress is not None:
-        w.progress.publish(w.collectives)
     start = time.monotonic()
     try:
         _wait(w, request, what, start)
@@ -142,9 +145,14 @@ def _wait(w: _World, request: Any, what: str, start: float) -> None:
     if request.Test():
         return
     limit = timeout_seconds()
+    published = False
     while not request.Test():   # Test drives MPI's progress engine: poll, yielding the core
         os.sched_yield()
-        if time.monotonic() - start > limit:
+        waited = time.monotonic() - start
+        if not published and waited > PUBLISH_AFTER and w.progress is not None:
+            w.progress.publish(w.collectives)   # this rank has reached collective number n
+            published = True
+        if waited > limit:
             missing = w.progress.behind(w.collectives) if w.progress is not None else "unknown"
             raise CollectiveTimeout(
                 f"rank {w.rank}: {what} waited {limit:g} s (NEEDLE_DIST_TIMEOUT) for the other ranks; "
@@ -152,8 +160,10 @@ def _wait(w: _World, request: Any, what: str, start: float) -> None:
 
 
 class _Progress:
-    """Every rank's count of started collectives, in a one-sided MPI window on rank 0, so a
-    rank that times out can name the ranks that are behind it without their help."""
+    """The count of collectives each rank has reached, in a one-sided MPI window on rank 0, so
+    a rank that times out can name the ranks behind it without their help. A rank publishes
+    only when it has waited PUBLISH_AFTER in a collective: fast collectives cost nothing,
+    and a rank that never arrives keeps an older count than the ranks waiting for it."""
 
     def __init__(self, comm: Any):
         from mpi4py import MPI

@@ -26,6 +26,8 @@ def collectives() -> None:
     _close(dist.all_reduce(x).numpy(), sum(data), "all_reduce sum")
     _close(dist.all_reduce(x, "mean").numpy(), sum(data) / n, "all_reduce mean")
     _close(dist.all_reduce(x, "max").numpy(), np.max(data, axis=0), "all_reduce max")
+    strided = ndl.Tensor(np.tile(data[r], (1, 500))).transpose()   # a non-compact view, 3000 x 2
+    _close(dist.all_reduce(strided).numpy(), np.tile(sum(data), (1, 500)).T, "all_reduce of a strided view")
     _close(dist.broadcast(x, n - 1).numpy(), data[n - 1], "broadcast")
     _close(dist.all_gather(x).numpy(), np.concatenate(data), "all_gather")
     stacked = ndl.Tensor(np.concatenate(data) * (r + 1))
