@@ -33,14 +33,29 @@ I64 = ir.IntType(64)
 FM = ("contract",)
 FM_ACC = ("reassoc", "contract")
 VECTOR_WIDTH = 8
-_CMP = {"eq": "==", "gt": ">", "ge": ">=", "lt": "<", "le": "<="}
-#: loop IR's unary and binary value ops as LLVM IR (builder, operands...)
-_UNARY = {"neg": lambda b, x: b.fneg(x), "exp": vmath.exp, "log": vmath.log, "tanh": vmath.tanh,
-          "sqrt": vmath.sqrt, "sin": vmath.sin, "cos": vmath.cos}
-_BINARY = {"add": lambda b, x, y: b.fadd(x, y, flags=FM), "sub": lambda b, x, y: b.fsub(x, y, flags=FM),
-           "mul": lambda b, x, y: b.fmul(x, y, flags=FM), "div": lambda b, x, y: b.fdiv(x, y, flags=FM),
-           "pow": vmath.pow}
-_ICMP = dict(_CMP, ne="!=")
+
+
+def _max_nan(b, acc, v):
+    """max that propagates NaN: v when v is NaN or greater"""
+    return b.select(b.or_(b.fcmp_unordered("uno", v, v), b.fcmp_ordered(">", v, acc)), v, acc)
+
+
+#: the loop IR's ops as LLVM IR, keyed like `loop_ir.VOCABULARY`: unary, binary, index and
+#: accumulate ops are functions (builder, operands...); a compare op is its predicate and
+#: whether a float compare is ordered (`ne` is unordered: true for NaN); index compares are
+#: signed
+LLVM_OPS = {
+    "unary": {"neg": lambda b, x: b.fneg(x), "exp": vmath.exp, "log": vmath.log, "tanh": vmath.tanh,
+              "sqrt": vmath.sqrt, "sin": vmath.sin, "cos": vmath.cos},
+    "binary": {"add": lambda b, x, y: b.fadd(x, y, flags=FM), "sub": lambda b, x, y: b.fsub(x, y, flags=FM),
+               "mul": lambda b, x, y: b.fmul(x, y, flags=FM), "div": lambda b, x, y: b.fdiv(x, y, flags=FM),
+               "pow": vmath.pow},
+    "compare": {"eq": ("==", True), "ne": ("!=", False), "gt": (">", True), "ge": (">=", True),
+                "lt": ("<", True), "le": ("<=", True)},
+    "index": {"add": lambda b, x, y: b.add(x, y), "mul": lambda b, x, y: b.mul(x, y),
+              "div": lambda b, x, y: b.sdiv(x, y), "mod": lambda b, x, y: b.srem(x, y)},
+    "accumulate": {"sum": lambda b, acc, v: b.fadd(acc, v, flags=FM_ACC), "max": _max_nan},
+}
 
 
 class _Renderer:
@@ -124,10 +139,10 @@ class _Renderer:
             v = self.fexpr(s.value)
             if self.vvar is not None and s.acc in self.vaccs:
                 ptr = self.vaccs[s.acc]
-                b.store(_combine(b, s.op, b.load(ptr), self.splat(v)), ptr)
+                b.store(LLVM_OPS["accumulate"][s.op](b, b.load(ptr), self.splat(v)), ptr)
             else:
                 ptr = self.accs[s.acc]
-                b.store(_combine(b, s.op, b.load(ptr), v), ptr)
+                b.store(LLVM_OPS["accumulate"][s.op](b, b.load(ptr), v), ptr)
         else:
             raise TypeError(f"unknown statement {s!r}")
 
@@ -176,7 +191,7 @@ class _Renderer:
             v = b.load(self.vaccs.pop(a))
             acc = b.load(self.accs[a])
             for lane in range(W):
-                acc = _combine(b, ops[a], acc, b.extract_element(v, ir.Constant(ir.IntType(32), lane)))
+                acc = LLVM_OPS["accumulate"][ops[a]](b, acc, b.extract_element(v, ir.Constant(ir.IntType(32), lane)))
             b.store(acc, self.accs[a])
         if lo is not None:
             self.loop(s.var, vend, hi, 1, s.body)
@@ -222,7 +237,7 @@ class _Renderer:
         x, y = self.iexpr(e.a), self.iexpr(e.b)
         if isinstance(x.type, ir.VectorType) or isinstance(y.type, ir.VectorType):
             x, y = self.splat_i(x), self.splat_i(y)
-        return {"add": b.add, "mul": b.mul, "div": b.sdiv, "mod": b.srem}[e.op](x, y)
+        return LLVM_OPS["index"][e.op](b, x, y)
 
     def splat_i(self, v):
         return self._splat(v, I64)
@@ -269,24 +284,23 @@ class _Renderer:
                 out = b.insert_element(out, b.load(b.gep(base, [b.extract_element(idx, ln)])), ln)
             return out
         if isinstance(e, Unary):
-            return _UNARY[e.op](b, self.fexpr(e.a))
+            return LLVM_OPS["unary"][e.op](b, self.fexpr(e.a))
         if isinstance(e, Binary):
             x, y = self.fexpr(e.a), self.fexpr(e.b)
             if e.op == "div" and isinstance(x.type, ir.VectorType) and not isinstance(y.type, ir.VectorType):
                 # a divisor uniform across the lanes: one exact scalar reciprocal (hoisted out
                 # of the loop where y is invariant), then a vector multiply
                 y, e = b.fdiv(ir.Constant(F32, 1.0), y, flags=FM), Binary("mul", e.a, e.b)
-            return _BINARY[e.op](b, *self._pair(x, y))
+            return LLVM_OPS["binary"][e.op](b, *self._pair(x, y))
         if isinstance(e, Cmp):
             x, y = self._pair(self.fexpr(e.a), self.fexpr(e.b))
-            if e.op == "ne":
-                return b.fcmp_unordered("!=", x, y)
-            return b.fcmp_ordered(_CMP[e.op], x, y)
+            pred, ordered = LLVM_OPS["compare"][e.op]
+            return (b.fcmp_ordered if ordered else b.fcmp_unordered)(pred, x, y)
         if isinstance(e, ICmp):
             x, y = self.iexpr(e.a), self.iexpr(e.b)
             if isinstance(x.type, ir.VectorType) or isinstance(y.type, ir.VectorType):
                 x, y = self.splat_i(x), self.splat_i(y)
-            return b.icmp_signed(_ICMP[e.op], x, y)
+            return b.icmp_signed(LLVM_OPS["compare"][e.op][0], x, y)
         if isinstance(e, Select):
             c = self.fexpr(e.cond)
             x, y = self._pair(self.fexpr(e.a), self.fexpr(e.b))
@@ -301,14 +315,6 @@ class _Renderer:
         if isinstance(x.type, ir.VectorType) != isinstance(y.type, ir.VectorType):
             return self._splat(x, F32), self._splat(y, F32)
         return x, y
-
-
-def _combine(b, op, acc, v):
-    if op == "sum":
-        return b.fadd(acc, v, flags=FM_ACC)
-    # max that propagates NaN: take v when v is NaN or greater
-    take = b.or_(b.fcmp_unordered("uno", v, v), b.fcmp_ordered(">", v, acc))
-    return b.select(take, v, acc)
 
 
 def range_extent(kernel: LoopKernel) -> int:

@@ -1,304 +1,124 @@
 """Loop IR: the loop nests that kernels are lowered to, between the graph IR and machine code.
 
 A `LoopKernel` has float32 buffer parameters (inputs first, then outputs) and a body of
-statements. Index expressions (`IExpr`) are integer trees over loop variables; value
-expressions (`FExpr`) are float32 scalar trees whose leaves are `Load`s, constants and
-accumulator reads. Every node is a frozen dataclass: equal text means an equal kernel.
+statements. Index expressions (`IExpr`, in `index_ir.py`, re-exported here) are integer
+trees over loop variables; value expressions (`FExpr`) are float32 scalar trees whose
+leaves are `Load`s, constants and accumulator reads. Every node is a frozen dataclass:
+equal text means an equal kernel.
 
 Statements:
-* `For(var, extent, kind, body)` -- `kind` is serial, parallel or vector (the innermost,
-  contiguous loop; renderers emit it with vector registers plus a scalar tail);
+* `For(var, extent, kind, body)` -- `kind` is serial, parallel, vector (the innermost,
+  contiguous loop; renderers emit it with vector registers plus a scalar tail) or unrolled;
 * `Store(buf, index, value)`;
 * `AccInit(acc, op)` / `AccUpdate(acc, op, value)` -- a reduction accumulator (`sum` or
   `max`) set to its identity and combined with a value; `AccRef(acc)` reads it.
+
+The ops these nodes carry are one table, `VOCABULARY` (kind -> op name -> `Op`): the unary,
+binary, compare, index and accumulate ops. Every renderer (LLVM, C, CUDA C, and the tests'
+GPU emulator) spells each op of it in a table of its own keyed the same way, and a test
+checks that each table covers exactly this vocabulary (`vocabulary_gaps`). The GPU IR
+(`cuda/gpu_ir.py`) extends this IR with grid bindings, shared memory, barriers and warp
+shuffles; it adds no ops.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional, Union
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Callable, Optional, Union
 
-LOOP_KINDS = ("serial", "parallel", "vector")
-ACC_OPS = ("sum", "max")
-UNARY_OPS = ("neg", "exp", "log", "tanh", "sqrt", "sin", "cos")
-BINARY_OPS = ("add", "sub", "mul", "div", "pow")
-CMP_OPS = ("eq", "ne", "gt", "ge", "lt", "le")
+# the index expressions are their own module, part of this IR (re-exported)
+from .index_ir import (IBin, IConst, IExpr, IVar, Ix, coefficient, iadd, idiv, imod, imul,  # noqa: F401
+                       index_map, index_range, ivars, linearize, simplify, unravel)
+
+#: serial; parallel (the outermost loop: its iterations may run on several threads); vector
+#: (the innermost, contiguous loop); unrolled (serial, fully unrolled where the target can:
+#: the GPU's staging loops)
+LOOP_KINDS = ("serial", "parallel", "vector", "unrolled")
 
 
-# ---- index expressions --------------------------------------------------------------------
+# ---- the op vocabulary ----------------------------------------------------------------------
 @dataclass(frozen=True)
-class IVar:
+class Op:
+    """One op of the loop IR. `kind` says which nodes carry it: unary (`Unary`), binary
+    (`Binary`), compare (`Cmp` on values, `ICmp` on indices), index (`IBin`), accumulate
+    (`AccInit`/`AccUpdate`); `arity` counts its operands (an accumulate op's are the
+    accumulator and the value folded in). An accumulate op also has its `identity` (the
+    starting value) and `combine(acc, v)`, the accumulator with v folded in as loop IR."""
+    kind: str
     name: str
+    meaning: str
+    identity: Optional[float] = None
+    combine: Optional[Callable] = field(default=None, compare=False)
+
+    @property
+    def arity(self) -> int:
+        return KINDS[self.kind]
 
 
-@dataclass(frozen=True)
-class IConst:
-    value: int
+#: kind -> number of operands
+KINDS = {"unary": 1, "binary": 2, "compare": 2, "index": 2, "accumulate": 2}
 
 
-@dataclass(frozen=True)
-class IBin:
-    op: str  # add, mul, div (floor division), mod
-    a: "IExpr"
-    b: "IExpr"
-
-
-IExpr = Union[IVar, IConst, IBin]
-
-
-def iadd(a: IExpr, b: IExpr) -> IExpr:
-    if isinstance(a, IConst) and isinstance(b, IConst):
-        return IConst(a.value + b.value)
-    if isinstance(a, IConst) and a.value == 0:
-        return b
-    if isinstance(b, IConst) and b.value == 0:
-        return a
-    return IBin("add", a, b)
-
-
-def imul(a: IExpr, b: IExpr) -> IExpr:
-    if isinstance(a, IConst) and isinstance(b, IConst):
-        return IConst(a.value * b.value)
-    for x, y in ((a, b), (b, a)):
-        if isinstance(x, IConst):
-            if x.value == 0:
-                return IConst(0)
-            if x.value == 1:
-                return y
-    return IBin("mul", a, b)
-
-
-def idiv(a: IExpr, b: int) -> IExpr:
-    if b == 1:
-        return a
-    if isinstance(a, IConst):
-        return IConst(a.value // b)
-    return IBin("div", a, IConst(b))
-
-
-def imod(a: IExpr, b: int) -> IExpr:
-    if b == 1:
-        return IConst(0)
-    if isinstance(a, IConst):
-        return IConst(a.value % b)
-    return IBin("mod", a, IConst(b))
-
-
-def linearize(idx, shape) -> IExpr:
-    """Row-major linear index of a multi-index into `shape`."""
-    out: IExpr = IConst(0)
-    stride = 1
-    for i, d in reversed(list(zip(idx, shape))):
-        out = iadd(out, imul(i, IConst(stride)))
-        stride *= d
+def _vocabulary(*ops: Op) -> dict:
+    out: dict = {kind: {} for kind in KINDS}
+    for op in ops:
+        if op.name in out[op.kind]:
+            raise ValueError(f"loop IR: {op.kind} op {op.name!r} defined twice")
+        out[op.kind][op.name] = op
     return out
 
 
-def unravel(lin: IExpr, shape) -> list:
-    """Row-major multi-index of a linear index into `shape`."""
+#: kind -> op name -> Op: everything a renderer must spell
+VOCABULARY = _vocabulary(
+    Op("unary", "neg", "-a"),
+    Op("unary", "exp", "e ** a (inf -> inf, -inf -> 0)"),
+    Op("unary", "log", "natural log (0 -> -inf, below 0 -> NaN)"),
+    Op("unary", "tanh", "hyperbolic tangent (+-inf -> +-1)"),
+    Op("unary", "sqrt", "square root (below 0 -> NaN)"),
+    Op("unary", "sin", "sine (+-inf -> NaN)"),
+    Op("unary", "cos", "cosine (+-inf -> NaN)"),
+    Op("binary", "add", "a + b"),
+    Op("binary", "sub", "a - b"),
+    Op("binary", "mul", "a * b"),
+    Op("binary", "div", "a / b (IEEE: x / 0 is +-inf or NaN)"),
+    Op("binary", "pow", "a ** b with C's powf rules"),
+    Op("compare", "eq", "a == b (false when either is NaN)"),
+    Op("compare", "ne", "a != b (true when either is NaN, like numpy)"),
+    Op("compare", "gt", "a > b (ordered)"),
+    Op("compare", "ge", "a >= b (ordered)"),
+    Op("compare", "lt", "a < b (ordered)"),
+    Op("compare", "le", "a <= b (ordered)"),
+    Op("index", "add", "a + b"),
+    Op("index", "mul", "a * b"),
+    Op("index", "div", "a / b truncated toward zero (C's /)"),
+    Op("index", "mod", "remainder with the sign of a (C's %)"),
+    Op("accumulate", "sum", "acc + v", 0.0, lambda acc, v: Binary("add", acc, v)),
+    Op("accumulate", "max", "NaN-propagating maximum of acc and v", float("-inf"),
+       lambda acc, v: SCALAR["maximum"](v, acc)),
+)
+
+UNARY_OPS = tuple(VOCABULARY["unary"])
+BINARY_OPS = tuple(VOCABULARY["binary"])
+CMP_OPS = tuple(VOCABULARY["compare"])
+INDEX_OPS = tuple(VOCABULARY["index"])
+ACC_OPS = tuple(VOCABULARY["accumulate"])
+#: an accumulator's starting value
+ACC_IDENTITY = {name: op.identity for name, op in VOCABULARY["accumulate"].items()}
+#: an accumulator's value with one more value folded in, as loop IR: ACC_COMBINE[op](acc, v)
+ACC_COMBINE = {name: op.combine for name, op in VOCABULARY["accumulate"].items()}
+
+
+def vocabulary_gaps(table: dict, target: str = "renderer") -> list:
+    """What keeps a target's op table ({kind: {op name: spelling}}) from covering exactly
+    the vocabulary: one line per missing or unknown kind or op; [] when it covers it."""
     out = []
-    stride = 1
-    for d in reversed(shape):
-        out.append(IConst(0) if d == 1 else imod(idiv(lin, stride), d))
-        stride *= d
-    return out[::-1]
-
-
-class Ix:
-    """An index expression with Python arithmetic (+ - * // %), so that ops' index maps,
-    written for ints, build loop IR; `divmod` records whether any // or % was taken (a
-    list shared by every Ix derived from the same inputs)."""
-
-    __slots__ = ("e", "divmod")
-
-    def __init__(self, e: IExpr, divmod: list):
-        self.e, self.divmod = e, divmod
-
-    def _of(self, o) -> IExpr:
-        return o.e if isinstance(o, Ix) else IConst(int(o))
-
-    def __add__(self, o): return Ix(iadd(self.e, self._of(o)), self.divmod)
-    def __radd__(self, o): return Ix(iadd(self._of(o), self.e), self.divmod)
-    def __mul__(self, o): return Ix(imul(self.e, self._of(o)), self.divmod)
-    def __rmul__(self, o): return Ix(imul(self._of(o), self.e), self.divmod)
-    def __sub__(self, o): return Ix(iadd(self.e, imul(self._of(o), IConst(-1))), self.divmod)
-    def __rsub__(self, o): return Ix(iadd(self._of(o), imul(self.e, IConst(-1))), self.divmod)
-
-    def __floordiv__(self, d: int):
-        self.divmod.append(True)
-        return Ix(idiv(self.e, d), self.divmod)
-
-    def __mod__(self, d: int):
-        self.divmod.append(True)
-        return Ix(imod(self.e, d), self.divmod)
-
-
-def index_map(fn, idx) -> tuple[tuple, bool]:
-    """(`fn(idx)` as index expressions, whether it divided): `fn` maps a tuple of index
-    values to another, written with Python arithmetic."""
-    divmod: list = []
-    out = fn(tuple(Ix(i, divmod) for i in idx))
-    return tuple(x.e if isinstance(x, Ix) else IConst(int(x)) for x in out), bool(divmod)
-
-
-def coefficient(e: IExpr, var: str):
-    """d(e)/d(var) when e is affine in var (an int), else None."""
-    if isinstance(e, IVar):
-        return 1 if e.name == var else 0
-    if isinstance(e, IConst):
-        return 0
-    ca, cb = coefficient(e.a, var), coefficient(e.b, var)
-    if e.op == "add":
-        return None if ca is None or cb is None else ca + cb
-    if e.op == "mul":
-        if isinstance(e.b, IConst) and ca is not None:
-            return ca * e.b.value
-        if isinstance(e.a, IConst) and cb is not None:
-            return cb * e.a.value
-        return 0 if ca == 0 and cb == 0 else None
-    return 0 if ca == 0 and cb == 0 else None  # div/mod: affine only when var is absent
-
-
-def index_range(e: IExpr, ranges: dict, memo=None) -> Optional[tuple[int, int]]:
-    """(lo, hi) bounds of index expression e with each loop variable v in [0, ranges[v] - 1],
-    or None when unknown (a variable not in `ranges`, a division by a non-constant); div and
-    mod by a positive constant truncate toward zero, as the renderers' sdiv and srem do."""
-    memo = {} if memo is None else memo
-    if e in memo:
-        return memo[e]
-    r = None
-    if isinstance(e, IConst):
-        r = (e.value, e.value)
-    elif isinstance(e, IVar):
-        r = (0, ranges[e.name] - 1) if e.name in ranges else None
-    else:
-        a, b = index_range(e.a, ranges, memo), index_range(e.b, ranges, memo)
-        if a is not None and b is not None:
-            if e.op == "add":
-                r = (a[0] + b[0], a[1] + b[1])
-            elif e.op == "mul":
-                ps = [x * y for x in a for y in b]
-                r = (min(ps), max(ps))
-            elif e.op in ("div", "mod") and b[0] == b[1] and b[0] > 0:
-                c = b[0]
-                if e.op == "div":  # monotonic: truncate both bounds
-                    r = tuple(-(-x // c) if x < 0 else x // c for x in a)
-                elif a[0] >= 0:
-                    r = (a[0], a[1]) if a[1] < c else (0, c - 1)
-                else:  # the sign of a, magnitude below c
-                    r = (max(a[0], 1 - c), min(max(a[1], 0), c - 1))
-    memo[e] = r
-    return r
-
-
-# ---- index simplification over the loop ranges ------------------------------------------
-def _affine(e, ranges, memo):
-    """`e` as ({atom: coefficient}, constant) with atoms IVar or non-affine sub-expressions."""
-    if isinstance(e, IConst):
-        return {}, e.value
-    if isinstance(e, IBin) and e.op == "add":
-        ta, ca = _affine(e.a, ranges, memo)
-        tb, cb = _affine(e.b, ranges, memo)
-        t = dict(ta)
-        for k, v in tb.items():
-            t[k] = t.get(k, 0) + v
-        return _recombine({k: v for k, v in t.items() if v}), ca + cb
-    if isinstance(e, IBin) and e.op == "mul" and (isinstance(e.a, IConst) or isinstance(e.b, IConst)):
-        c, x = (e.a.value, e.b) if isinstance(e.a, IConst) else (e.b.value, e.a)
-        t, k = _affine(x, ranges, memo)
-        return {a: v * c for a, v in t.items() if v * c}, k * c
-    return {e: 1}, 0
-
-
-def _recombine(terms):
-    """(x div c)*(m*c) + (x mod c)*m -> x*m, repeatedly."""
-    changed = True
-    while changed:
-        changed = False
-        for t, v in list(terms.items()):
-            if isinstance(t, IBin) and t.op == "mod" and isinstance(t.b, IConst):
-                dv = IBin("div", t.a, t.b)
-                if terms.get(dv) == v * t.b.value:
-                    del terms[t], terms[dv]
-                    sub, _ = _affine(t.a, {}, {}) if isinstance(t.a, IBin) else ({t.a: 1}, 0)
-                    if _ != 0:
-                        sub = {t.a: 1}
-                    for a, w in sub.items():
-                        terms[a] = terms.get(a, 0) + w * v
-                    terms = {a: w for a, w in terms.items() if w}
-                    changed = True
-                    break
-    return terms
-
-
-def _build(terms, const):
-    out = IConst(0)
-    for atom, c in terms.items():
-        out = iadd(out, imul(atom, IConst(c)))
-    return iadd(out, IConst(const))
-
-
-def simplify(e, ranges, memo=None):
-    """Index expression `e` with div/mod by constants folded where the loop ranges allow:
-    (c*q + r) div c = q and (c*q + r) mod c = r when 0 <= r < c; otherwise the multiples of
-    c are taken out of the division when the rest is non-negative."""
-    memo = {} if memo is None else memo
-    if not isinstance(e, IBin):
-        return e
-    a, b = simplify(e.a, ranges, memo), simplify(e.b, ranges, memo)
-    if e.op in ("add", "mul"):
-        x = iadd(a, b) if e.op == "add" else imul(a, b)
-        if isinstance(x, IBin) and (e.op == "add" or isinstance(a, IConst) or isinstance(b, IConst)):
-            x = _build(*_affine(x, ranges, memo))
-        return x
-    if not (isinstance(b, IConst) and b.value > 0):
-        return IBin(e.op, a, b)
-    c = b.value
-    if c == 1:
-        return a if e.op == "div" else IConst(0)
-    terms, k = _affine(a, ranges, memo)
-    if any((index_range(t, ranges, memo) or (-1, 0))[0] < 0 for t in terms):
-        return IBin(e.op, a, b)
-    for d in _divisors_desc(c):  # e = d*q + r with 0 <= r < d: e div c = q div (c/d)
-        q = {t: v // d for t, v in terms.items() if v % d == 0}
-        r = {t: v for t, v in terms.items() if v % d != 0}
-        rest = _build(r, k % d)
-        rr = index_range(rest, ranges, memo)
-        if rr is None or rr[0] < 0 or rr[1] >= d:
+    for kind in sorted(set(KINDS) | set(table)):
+        have, want = set(table.get(kind, ())), set(VOCABULARY.get(kind, ()))
+        if kind not in KINDS:
+            out.append(f"{target}: unknown op kind {kind!r}")
             continue
-        qe = _build(q, k // d)
-        if d == c:
-            return qe if e.op == "div" else rest
-        qr = index_range(qe, ranges, memo)
-        if qr is not None and qr[0] >= 0 and qr[1] < c // d:  # q < c/d: e div c = 0
-            return IConst(0) if e.op == "div" else _build(*_affine(iadd(imul(qe, IConst(d)), rest),
-                                                                   ranges, memo))
-        if e.op == "div":
-            return IBin("div", qe, IConst(c // d))
-        return _build(*_affine(iadd(imul(IBin("mod", qe, IConst(c // d)), IConst(d)), rest),
-                               ranges, memo))
-    # (c*q + r) div c = q + r div c and (c*q + r) mod c = r mod c for r >= 0: the multiples
-    # of c leave the division (i1 + 1600*i0) div 400 = 4*i0 + i1 div 400
-    q = {t: v // c for t, v in terms.items() if v % c == 0}
-    rest = _build({t: v for t, v in terms.items() if v % c != 0}, k % c)
-    rr = index_range(rest, ranges, memo)
-    if (q or k // c) and rr is not None and rr[0] >= 0:
-        if e.op == "mod":
-            return IBin("mod", rest, b)
-        return _build(*_affine(iadd(_build(q, k // c), IBin("div", rest, b)), ranges, memo))
-    return IBin(e.op, a, b)
-
-
-def _divisors_desc(c):
-    small = [d for d in range(2, int(c ** 0.5) + 1) if c % d == 0]
-    return sorted(set(small + [c // d for d in small] + [c]), reverse=True)
-
-
-def ivars(e: IExpr) -> set:
-    if isinstance(e, IVar):
-        return {e.name}
-    if isinstance(e, IConst):
-        return set()
-    return ivars(e.a) | ivars(e.b)
+        out += [f"{target}: no spelling of {kind} op {op!r}" for op in sorted(want - have)]
+        out += [f"{target}: {kind} op {op!r} is not in the loop IR's vocabulary" for op in sorted(have - want)]
+    return out
 
 
 # ---- value expressions --------------------------------------------------------------------
@@ -416,11 +236,6 @@ SCALAR = {
 #: a reduction's combine (a scalar-vocabulary function) -> (accumulator op, sign): the
 #: accumulators are `sum` and NaN-propagating `max`; a minimum is -max(-x)
 ACCUMULATORS = {"add": ("sum", 1.0), "maximum": ("max", 1.0), "minimum": ("max", -1.0)}
-#: an accumulator's starting value
-ACC_IDENTITY = {"sum": 0.0, "max": float("-inf")}
-#: an accumulator's value with one more value folded in, as loop IR
-ACC_COMBINE = {"sum": lambda acc, v: Binary("add", acc, v), "max": lambda acc, v: SCALAR["maximum"](v, acc)}
-
 
 
 # ---- statements ---------------------------------------------------------------------------
@@ -529,6 +344,33 @@ def postorder(e, done=()):
             seen.add(id(x))
             stack.append((x, True))
             stack += ((o, False) for o in reversed(operands(x)))
+
+
+def children(x) -> tuple:
+    """The IR nodes directly inside node x: its fields that are nodes, or tuples of nodes
+    (a statement's body). Generic, so it covers the GPU IR's extensions as well."""
+    out: list = []
+    for f in fields(x):
+        v = getattr(x, f.name)
+        if is_dataclass(v):
+            out.append(v)
+        elif isinstance(v, tuple):
+            out += [y for y in v if is_dataclass(y)]
+    return tuple(out)
+
+
+def iter_nodes(*roots):
+    """Every node reachable from `roots` (statements, expressions, kernels), each once by
+    identity, parents before children."""
+    seen: set = set()
+    stack = list(reversed(roots))
+    while stack:
+        x = stack.pop()
+        if id(x) in seen:
+            continue
+        seen.add(id(x))
+        yield x
+        stack += reversed(children(x))
 
 
 def rewrite(e, fn, memo=None):

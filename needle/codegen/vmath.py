@@ -1,16 +1,24 @@
-"""Vectorisable float32 exp / log / tanh emitted inline as LLVM IR (Cephes-style polynomials).
+"""Vectorisable float32 exp / log / tanh / sin / cos emitted inline as LLVM IR (Cephes-style
+polynomials).
 
 Each function takes an `ir.IRBuilder` and a float or <N x float> value and returns one of
 the same type, built only from arithmetic, compares, selects, `llvm.floor` and bit casts,
 so the code is the same for a vector body and its scalar tail and never calls libm.
 Accuracy is ~1e-7 relative; NaN and Inf behave like libm: exp(+inf)=inf, exp(-inf)=0,
 log(0)=-inf, log(x<0)=nan, tanh(+-inf)=+-1, NaN in gives NaN out.
+
+sin and cos reduce the argument by multiples of pi/2 in double precision (a three-part
+Cody-Waite split of pi/2, exact for |x| < 2**24), then evaluate Cephes' float polynomials
+on [-pi/4, pi/4]: within ~1e-7 absolute of the true value. Lanes beyond 2**24, infinite or
+NaN (sin(+-inf) = NaN) take libm's `sinf`/`cosf` on a branch that only runs when a vector
+has such a lane.
 """
 from __future__ import annotations
 
 from llvmlite import ir
 
 F32 = ir.FloatType()
+F64 = ir.DoubleType()
 I32 = ir.IntType(32)
 FM = ("reassoc", "contract")
 
@@ -44,7 +52,9 @@ def _poly(b, x, coefs):
 def intrinsic(b, name, *args):
     """Call the overloaded intrinsic `llvm.<name>` on float or vector arguments."""
     t = args[0].type
-    suffix = f"v{t.count}f32" if isinstance(t, ir.VectorType) else "f32"
+    elem = t.element if isinstance(t, ir.VectorType) else t
+    bits = "f64" if isinstance(elem, ir.DoubleType) else "f32"
+    suffix = f"v{t.count}{bits}" if isinstance(t, ir.VectorType) else bits
     full = f"llvm.{name}.{suffix}"
     fn = b.module.globals.get(full)
     if fn is None:
@@ -121,14 +131,65 @@ def sqrt(b: ir.IRBuilder, x):
     return intrinsic(b, "sqrt", x)
 
 
+#: pi/2 as P1 + P2 + P3: P1 and P2 have 29 significant bits, so j * P1 and j * P2 are exact
+#: in double for integers |j| < 2**24; P3 is the rest, rounded
+_PIO2 = (float.fromhex("0x1.921fb54000000p+0"), float.fromhex("0x1.10b4611000000p-30"),
+         float.fromhex("0x1.4c4c6628b80dcp-59"))
+_TWO_OVER_PI = 0.6366197723675814
+#: above this |x| (and for inf and NaN) sin and cos are libm's
+TRIG_REDUCE_MAX = 2.0 ** 24
+_SIN = [-1.9515295891e-4, 8.3321608736e-3, -1.6666654611e-1]
+_COS = [2.443315711809948e-5, -1.388731625493765e-3, 4.166664568298827e-2]
+
+
+def _like_type(x, t_scalar):
+    return ir.VectorType(t_scalar, x.type.count) if isinstance(x.type, ir.VectorType) else t_scalar
+
+
+def _any(b, cond):
+    """Whether any lane of an i1 or <N x i1> value is set (an i1)."""
+    if not isinstance(cond.type, ir.VectorType):
+        return cond
+    n = cond.type.count
+    return b.icmp_unsigned("!=", b.bitcast(cond, ir.IntType(n)), ir.Constant(ir.IntType(n), 0))
+
+
+def _sin_cos(b: ir.IRBuilder, x, quarter: int, libm: str):
+    """sin(x + quarter * pi/2): see the module docstring."""
+    big = b.fcmp_unordered(">", intrinsic(b, "fabs", x), _c(x, TRIG_REDUCE_MAX))  # NaN too
+    xd = b.fpext(_sel(b, big, _c(x, 0.0), x), _like_type(x, F64))
+    jd = b.fmul(xd, _like(xd, F64, _TWO_OVER_PI))
+    half = _sel(b, b.fcmp_ordered("<", jd, _like(xd, F64, 0.0)), _like(xd, F64, -0.5), _like(xd, F64, 0.5))
+    j = b.fptosi(b.fadd(jd, half), _ity(x))  # round half away from zero
+    jf = b.sitofp(j, xd.type)
+    r = xd  # no fast-math flags: the Cody-Waite steps must not be reassociated
+    for p in _PIO2:
+        r = b.fsub(r, b.fmul(jf, _like(xd, F64, p)))
+    r = b.fptrunc(r, x.type)
+    z = b.fmul(r, r, flags=FM)
+    s = _fma(b, b.fmul(_poly(b, z, _SIN), z, flags=FM), r, r)
+    c = b.fadd(b.fsub(b.fmul(b.fmul(_poly(b, z, _COS), z, flags=FM), z, flags=FM),
+                      b.fmul(z, _c(x, 0.5), flags=FM), flags=FM), _c(x, 1.0), flags=FM)
+    q = b.add(j, _like(x, I32, quarter))
+    zero = _like(x, I32, 0)
+    out = _sel(b, b.icmp_signed("!=", b.and_(q, _like(x, I32, 1)), zero), c, s)
+    fast = _sel(b, b.icmp_signed("!=", b.and_(q, _like(x, I32, 2)), zero), b.fneg(out), out)
+    before = b.block
+    with b.if_then(_any(b, big), likely=False):
+        slow = _sel(b, big, intrinsic(b, libm, x), fast)
+        slow_end = b.block
+    phi = b.phi(x.type)
+    phi.add_incoming(fast, before)
+    phi.add_incoming(slow, slow_end)
+    return phi
+
+
 def sin(b: ir.IRBuilder, x):
-    """libm's sinf per lane (LLVM scalarises the intrinsic: correct, not vectorised)."""
-    return intrinsic(b, "sin", x)
+    return _sin_cos(b, x, 0, "sin")
 
 
 def cos(b: ir.IRBuilder, x):
-    """libm's cosf per lane, as `sin`."""
-    return intrinsic(b, "cos", x)
+    return _sin_cos(b, x, 1, "cos")
 
 
 def pow(b: ir.IRBuilder, x, y):  # noqa: A001

@@ -18,8 +18,9 @@ import pytest
 
 import needle as ndl
 from needle.codegen.cuda import build_program, render_kernel
-from needle.codegen.cuda.gpu_ir import (AtomicAdd, Barrier, Decl, FConst, GParam, GpuKernel, ICmp, IConst, IDecl, If,
-                                        IVar, Load, Shared, Shfl, SLoad, SStore, Store, Var)
+from needle.codegen.cuda.gpu_ir import (AtomicAdd, Barrier, Decl, GParam, GpuKernel, IDecl, If, Shared, Shfl, SLoad,
+                                        SStore, Var)
+from needle.codegen.loop_ir import FConst, ICmp, IConst, IVar, Load, Store
 from needle.codegen.cuda.render import HELPERS
 from needle.codegen.cuda.schedule import bind, bind_all
 from needle.codegen.lower import lower

@@ -1,13 +1,14 @@
-"""The scalar semantics kernels rely on, in numpy: C's integer division and remainder, the
-compiled RNG (splitmix64), NaN-propagating max, and pure index expressions as closures."""
+"""The scalar semantics kernels rely on, in numpy: the loop IR's ops (`OPS`, keyed like
+`loop_ir.VOCABULARY`), C's integer division and remainder, the compiled RNG (splitmix64),
+NaN-propagating max, and pure index expressions as closures."""
 from __future__ import annotations
 
 from typing import Callable, Optional
 
 import numpy as np
 
-from needle.codegen.cuda.gpu_ir import IAnd, ICmp, IOr
-from needle.codegen.loop_ir import IBin, IConst, IVar
+from needle.codegen.cuda.gpu_ir import IAnd, IOr
+from needle.codegen.loop_ir import IBin, ICmp, IConst, IVar
 
 _U64 = np.uint64
 
@@ -65,6 +66,17 @@ def max_nan(a, b):
     return np.where(np.isnan(a) | (a > b), a, b).astype(np.float32)
 
 
+#: the loop IR's ops in numpy, the emulator's spelling of the vocabulary (as a renderer's)
+OPS = {
+    "unary": {"neg": np.negative, "exp": np.exp, "log": np.log, "tanh": np.tanh, "sqrt": np.sqrt, "sin": np.sin,
+              "cos": np.cos},
+    "binary": {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide, "pow": np.power},
+    "compare": CMP,
+    "index": {"add": lambda a, b: a + b, "mul": lambda a, b: a * b, "div": cdiv, "mod": cmod},
+    "accumulate": {"sum": np.add, "max": max_nan},
+}
+
+
 def compile_index(e) -> Optional[Callable[[dict], object]]:
     """A Python closure evaluating a pure index expression (no float reads) on the index
     variables, or None (evaluated by walking the tree)."""
@@ -82,14 +94,6 @@ def compile_index(e) -> Optional[Callable[[dict], object]]:
             return lambda iv: np.logical_and(fa(iv), fb(iv))
         if isinstance(e, IOr):
             return lambda iv: np.logical_or(fa(iv), fb(iv))
-        if isinstance(e, ICmp):
-            cmp = CMP[e.op]
-            return lambda iv: cmp(fa(iv), fb(iv))
-        if e.op == "add":
-            return lambda iv: fa(iv) + fb(iv)
-        if e.op == "mul":
-            return lambda iv: fa(iv) * fb(iv)
-        if e.op == "div":
-            return lambda iv: cdiv(fa(iv), fb(iv))
-        return lambda iv: cmod(fa(iv), fb(iv))
+        fn = OPS["compare" if isinstance(e, ICmp) else "index"][e.op]
+        return lambda iv: fn(fa(iv), fb(iv))
     return None

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from needle.codegen.cuda.gpu_ir import (ACC_IDENTITY, AtomicAdd, Assign, Barrier, Decl, GpuKernel, IAnd, ICmp, IDecl,
-                                        IFloat, If, IOr, Loop, MicroGemm, Rand, SLoad, SStore, Shfl, TileDecl, TileRef,
-                                        Var)
-from needle.codegen.loop_ir import (AccInit, AccRef, AccUpdate, Binary, Cmp, FConst, IBin, IConst, IVar, Load, Select,
-                                    Store, Unary)
+from needle.codegen.cuda.gpu_ir import (AtomicAdd, Assign, Barrier, Decl, GpuKernel, IAnd, IDecl, IFloat, If, IOr,
+                                        MicroGemm, Rand, SLoad, SStore, Shfl, TileDecl, TileRef, Var)
+from needle.codegen.loop_ir import (ACC_IDENTITY, AccInit, AccRef, AccUpdate, Binary, Cmp, FConst, For, IBin, ICmp,
+                                    IConst, IVar, Load, Select, Store, Unary)
 
-from .arith import CMP, cdiv, cmod, compile_index, max_nan, uniform
+from .arith import OPS, compile_index, uniform
 
 #: lanes emulated at once (blocks are processed in chunks of about this many threads)
 MAX_LANES = 1 << 17
@@ -108,7 +107,7 @@ class KernelRun:
                 return
             v = self.value(s.value, mask, {})
             old = self.fv[s.acc]
-            new = old + v if s.op == "sum" else max_nan(old, v)
+            new = OPS["accumulate"][s.op](old, v)
             self._set(s.acc, new, mask)
         elif isinstance(s, Decl):
             v = self.value(s.value, mask, {}) if self._active(mask) else np.float32(np.nan)
@@ -122,7 +121,7 @@ class KernelRun:
             self._set(s.var, self.value(s.value, mask, {}), mask)
         elif isinstance(s, IDecl):
             self.iv[s.var] = self.index(s.value, mask, {})
-        elif isinstance(s, Loop):
+        elif isinstance(s, For):
             for v in range(s.extent):
                 self.iv[s.var] = v
                 self.block(s.body, mask)
@@ -390,16 +389,9 @@ class KernelRun:
                 raise EmulationError(f"{self.k.name}: index variable {e.name} is not defined")
             return v
         if isinstance(e, IBin):
-            a, b = self.index(e.a, mask, memo), self.index(e.b, mask, memo)
-            if e.op == "add":
-                return a + b
-            if e.op == "mul":
-                return a * b
-            if e.op == "div":
-                return cdiv(a, b)
-            return cmod(a, b)
+            return OPS["index"][e.op](self.index(e.a, mask, memo), self.index(e.b, mask, memo))
         if isinstance(e, ICmp):
-            return CMP[e.op](self.index(e.a, mask, memo), self.index(e.b, mask, memo))
+            return OPS["compare"][e.op](self.index(e.a, mask, memo), self.index(e.b, mask, memo))
         if isinstance(e, IAnd):
             return np.logical_and(self.index(e.a, mask, memo), self.index(e.b, mask, memo))
         if isinstance(e, IOr):
@@ -443,27 +435,13 @@ class KernelRun:
             return self.fv[e.name]
         if isinstance(e, Unary):
             a = np.asarray(self.value(e.a, mask, memo), np.float32)
-            if e.op == "neg":
-                return -a
-            return getattr(np, e.op)(a).astype(np.float32)
+            return np.asarray(OPS["unary"][e.op](a), np.float32)
         if isinstance(e, Binary):
             a = np.asarray(self.value(e.a, mask, memo), np.float32)
             b = np.asarray(self.value(e.b, mask, memo), np.float32)
-            if e.op == "add":
-                return a + b
-            if e.op == "sub":
-                return a - b
-            if e.op == "mul":
-                return a * b
-            if e.op == "div":
-                return a / b
-            if e.op == "pow":
-                return np.power(a, b).astype(np.float32)
-            if e.op == "max_nan":
-                return max_nan(a, b)
-            raise EmulationError(f"unknown binary op {e.op}")
+            return np.asarray(OPS["binary"][e.op](a, b), np.float32)
         if isinstance(e, Cmp):
-            return CMP[e.op](self.value(e.a, mask, memo), self.value(e.b, mask, memo))
+            return OPS["compare"][e.op](self.value(e.a, mask, memo), self.value(e.b, mask, memo))
         if isinstance(e, Select):
             if isinstance(e.cond, Cmp):
                 c = self.value(e.cond, mask, memo)

@@ -1,18 +1,18 @@
-"""GPU kernel IR: loop-IR statements bound to a CUDA grid (blocks, threads, shared memory).
+"""GPU kernel IR: the loop IR (`needle.codegen.loop_ir`) extended with what a CUDA kernel needs.
 
-A `GpuKernel` is what the CUDA C renderer (`render.py`) prints and what the CPU emulator
-(`emulate.py`) runs. It reuses the loop IR's expressions (`Load`, `Binary`, `Select`, ...,
-index trees of `IVar`/`IConst`/`IBin`) and statements (`Store`, `AccInit`, `AccUpdate`) and
-adds what a GPU kernel needs:
+A `GpuKernel` is what the CUDA C renderer (`render.py`) prints and what the tests' GPU
+emulator (`tests/gpu_emulator`) runs. Its body is loop IR -- the expressions (`Load`,
+`Binary`, `Select`, ..., index trees of `IVar`/`IConst`/`IBin`, `ICmp`), the statements
+`For` (serial, or `unrolled`), `Store`, `AccInit`/`AccUpdate` and the op vocabulary,
+reductions' accumulators included -- plus these extensions, which add no ops:
 
 * thread coordinates: the index variables `tx`, `ty` (threadIdx.x/y) and `bx`, `by`, `bz`
   (blockIdx.x/y/z), defined in every kernel;
 * `IDecl(var, index)`: an integer local (`const int var = ...`);
-* `ICmp` / `IAnd` / `IOr`: integer conditions (bounds guards), usable as `If` conditions and as
-  the condition of a `Select` (whose untaken arm is never evaluated, so a guarded load may
-  point out of bounds);
+* `IAnd` / `IOr`: conditions over `ICmp`s (bounds guards), usable as `If` conditions and as
+  the condition of a `Select` (whose untaken arm is then never evaluated, so a guarded load
+  may point out of bounds);
 * `IFloat(value)`: an index computed from a float value (`(int)value`, a gather's row);
-* `Loop(var, extent, body, unroll)`: a serial loop inside one thread;
 * `If(cond, body, orelse)`;
 * `Decl(var, value)` / `Assign(var, value)` / `Var(var)`: float locals (registers);
 * `SStore(array, index, value)` / `SLoad(array, index)`: `__shared__` float arrays;
@@ -21,24 +21,25 @@ adds what a GPU kernel needs:
   `__shfl_sync(FULL, src, offset)` (mode "idx", offset = source lane); all 32 lanes of the
   warp must execute it;
 * `AtomicAdd(buf, index, value)`: `atomicAdd(&buf[index], value)`;
-* `Rand(counter, base, stream, index)`: the compiled RNG's uniform float (RandomUniform).
+* `Rand(counter, base, stream, index)`: the compiled RNG's uniform float (RandomUniform);
+* `TileDecl` / `TileRef` / `MicroGemm`: a thread's register tile and a GEMM's inner product.
 
-Every node is a frozen dataclass, so equal kernels compare and hash equal (the translation
-unit emits one definition per distinct kernel).
+Reductions across threads combine partials with `AccUpdate` of the accumulator's own op
+(`loop_ir.ACC_COMBINE`), so there is one reduction vocabulary. Every node is a frozen
+dataclass, so equal kernels compare and hash equal (the translation unit emits one
+definition per distinct kernel).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ..loop_ir import (ACC_IDENTITY, AccInit, AccRef, AccUpdate, Binary, Cmp, FConst, IBin, IConst, IVar, Load,
-                       Select, Store, Unary)
+from ..loop_ir import For, ICmp, IVar, iter_nodes
 
-__all__ = ["GpuKernel", "GParam", "IDecl", "ICmp", "IAnd", "IOr", "IFloat", "Loop", "If", "Decl",
-           "Assign", "Var", "SStore", "SLoad", "Barrier", "Shfl", "AtomicAdd", "Rand", "Shared",
-           "THREAD_VARS", "AccInit", "AccRef", "AccUpdate", "Binary", "Cmp", "FConst", "IBin",
-           "IConst", "IVar", "Load", "Select", "Store", "Unary", "walk_stmts", "index_vars",
-           "ACC_IDENTITY"]
+__all__ = ["GpuKernel", "GParam", "IDecl", "IAnd", "IOr", "IFloat", "If", "Decl", "Assign", "Var", "SStore",
+           "SLoad", "Barrier", "Shfl", "AtomicAdd", "Rand", "Shared", "TileDecl", "TileRef", "MicroGemm",
+           "THREAD_VARS", "CONDITIONS", "walk_stmts", "index_vars",
+           "ICmp"]  # ICmp: the loop IR's, the guards' comparison (re-exported for split.py)
 
 #: thread/block coordinates every kernel defines
 THREAD_VARS = ("tx", "ty", "bx", "by", "bz")
@@ -54,16 +55,6 @@ class IFloat:
     bound: int = 0
 
 
-try:  # the loop IR's own index comparison (lower emits it for slices and pieces)
-    from ..loop_ir import ICmp
-except ImportError:  # pragma: no cover - older loop IR
-    @dataclass(frozen=True)
-    class ICmp:
-        op: str  # lt, le, gt, ge, eq, ne
-        a: object
-        b: object
-
-
 @dataclass(frozen=True)
 class IAnd:
     a: object
@@ -74,6 +65,10 @@ class IAnd:
 class IOr:
     a: object
     b: object
+
+
+#: index conditions: as a `Select`'s condition, they make it lazy (only the taken arm runs)
+CONDITIONS = (ICmp, IAnd, IOr)
 
 
 # ---- float-side extensions ----------------------------------------------------------------
@@ -103,14 +98,6 @@ class Rand:
 class IDecl:
     var: str
     value: object
-
-
-@dataclass(frozen=True)
-class Loop:
-    var: str
-    extent: int
-    body: tuple
-    unroll: bool = False
 
 
 @dataclass(frozen=True)
@@ -206,22 +193,16 @@ def walk_stmts(body):
     """Every statement of a body, nested ones included (pre-order)."""
     for s in body:
         yield s
-        if isinstance(s, Loop):
-            yield from walk_stmts(s.body)
-        elif isinstance(s, If):
+        if isinstance(s, If):
             yield from walk_stmts(s.body)
             yield from walk_stmts(s.orelse)
-        elif hasattr(s, "body") and isinstance(getattr(s, "body"), tuple):  # loop_ir.For
+        elif isinstance(s, For):
             yield from walk_stmts(s.body)
 
 
-def index_vars(e) -> set:
-    """Index variable names an index expression reads."""
-    if isinstance(e, IVar):
-        return {e.name}
-    if isinstance(e, (IBin, ICmp, IAnd, IOr)):
-        return index_vars(e.a) | index_vars(e.b)
-    return set()
+def index_vars(*roots) -> set:
+    """The index variable names read anywhere in `roots` (expressions or statements)."""
+    return {x.name for x in iter_nodes(*roots) if isinstance(x, IVar)}
 
 
 # ---- register tiles (GEMM) ----------------------------------------------------------------
@@ -259,5 +240,3 @@ class MicroGemm:
     rows: int
     cols: int
 
-
-__all__ += ["TileDecl", "TileRef", "MicroGemm"]

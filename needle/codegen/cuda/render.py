@@ -12,18 +12,19 @@ memory-plan offsets in `arena` (graph inputs and outputs are the caller's pointe
 returns `cudaGetLastError()`. `needle_graph_<name>_arena_bytes()` gives the arena size the
 caller must allocate (the memory plan's arena plus scratch for values internal to a group).
 
-Value expressions are printed with common sub-expressions bound to `const float` temporaries
-(the loop IR shares sub-trees, which printed inline would repeat). A `Select` guarded by an
-index condition becomes an if/else, so its untaken arm (a possibly out-of-bounds load) is
-never evaluated.
+The kernel text comes from `CudaRenderer`, the C-like renderers' common part
+(`needle.codegen.c_like`: the op table, literals, index and value expressions with common
+sub-expressions bound to `const float` temporaries, loops, stores, accumulators) plus the GPU
+IR's extensions. A `Select` guarded by an index condition becomes an if/else, so its untaken
+arm (a possibly out-of-bounds load) is never evaluated.
 """
 from __future__ import annotations
 
 import dataclasses
 
-from ..loop_ir import AccInit, AccRef, AccUpdate, Binary, Cmp, FConst, IBin, IConst, IVar, Load, Select, Store, Unary
-from .gpu_ir import (ACC_IDENTITY, AtomicAdd, Assign, Barrier, Decl, GpuKernel, IAnd, ICmp, IDecl, IFloat, If,
-                     IOr, Loop, MicroGemm, Rand, SLoad, SStore, Shfl, TileDecl, TileRef, Var, walk_stmts)
+from ..c_like import CLike, op_table
+from ..loop_ir import For, IBin, Load, Select
+from .gpu_ir import CONDITIONS, GpuKernel, IFloat, Rand, SLoad, TileRef, Var, index_vars, walk_stmts
 
 INT_MAX = 2 ** 31 - 1
 
@@ -62,221 +63,40 @@ __host__ __device__ __forceinline__ float ndl_uniform(float counter, float base,
 }
 """
 
-_IOP = {"add": "+", "mul": "*", "div": "/", "mod": "%"}
-_FOP = {"add": "+", "sub": "-", "mul": "*", "div": "/"}
-_COP = {"eq": "==", "ne": "!=", "gt": ">", "ge": ">=", "lt": "<", "le": "<="}
-#: loop IR's unary value ops as CUDA C
-_UNARY = {"neg": "(-{})", "exp": "expf({})", "log": "logf({})", "tanh": "tanhf({})", "sqrt": "sqrtf({})",
-          "sin": "sinf({})", "cos": "cosf({})"}
+#: the loop IR's ops as CUDA C (libdevice's functions; the NaN-propagating max of a `max`
+#: accumulator is the helper `ndl_max_nan`)
+CUDA_OPS = op_table(
+    unary={"exp": "expf({})", "log": "logf({})", "tanh": "tanhf({})", "sqrt": "sqrtf({})", "sin": "sinf({})",
+           "cos": "cosf({})"},
+    binary={"pow": "powf({}, {})"},
+    accumulate={"max": "{acc} = ndl_max_nan({acc}, {v})"},
+)
 
-
-def float_literal(v: float) -> str:
-    v = float(v)
-    if v != v:
-        return "NDL_NAN"
-    if v in (float("inf"), float("-inf")):
-        return "NDL_INF" if v > 0 else "(-NDL_INF)"
-    text = repr(v)
-    if "e" not in text and "." not in text:
-        text += ".0"
-    return f"{text}f" if not text.startswith("-") else f"({text}f)"
+_COORD = {"tx": "threadIdx.x", "ty": "threadIdx.y", "bx": "blockIdx.x", "by": "blockIdx.y",
+          "bz": "blockIdx.z"}
 
 
 def index_type(kernel: GpuKernel) -> str:
     """`int` when every buffer, the grid and all constants fit 32 bits, else `long long`."""
     big = max([p.size for p in kernel.params] + [kernel.blocks * kernel.threads, 0])
     for s in walk_stmts(kernel.body):
-        if isinstance(s, Loop):
+        if isinstance(s, For):
             big = max(big, s.extent * kernel.threads)
     return "int" if big < INT_MAX // 4 else "long long"
 
 
-class _Emitter:
-    """Prints statements of one kernel, binding shared float sub-expressions to temps."""
+def _index_values(e) -> tuple:
+    """The float values an index expression reads (through `IFloat`)."""
+    if isinstance(e, IFloat):
+        return (e.value,)
+    if isinstance(e, (IBin,) + CONDITIONS):
+        return _index_values(e.a) + _index_values(e.b)
+    return ()
 
-    def __init__(self, itype: str):
-        self.itype = itype
-        self.lines: list = []
-        self.ntemp = 0
 
-    # -- index expressions
-    def index(self, e, ind, scope) -> str:
-        if isinstance(e, IVar):
-            return e.name
-        if isinstance(e, IConst):
-            return str(e.value) if e.value >= 0 else f"({e.value})"
-        if isinstance(e, IBin):
-            return f"({self.index(e.a, ind, scope)} {_IOP[e.op]} {self.index(e.b, ind, scope)})"
-        if isinstance(e, ICmp):
-            return f"({self.index(e.a, ind, scope)} {_COP[e.op]} {self.index(e.b, ind, scope)})"
-        if isinstance(e, IAnd):
-            return f"({self.index(e.a, ind, scope)} && {self.index(e.b, ind, scope)})"
-        if isinstance(e, IOr):
-            return f"({self.index(e.a, ind, scope)} || {self.index(e.b, ind, scope)})"
-        if isinstance(e, IFloat):
-            v = self.value(e.value, ind, scope)
-            if e.bound:
-                return f"(({v}) >= 0.0f && ({v}) < {float(e.bound)!r}f ? ({self.itype})({v}) : ({self.itype})0)"
-            return f"(({self.itype})({v}))"
-        raise TypeError(f"unknown index expression {e!r}")
-
-    # -- value expressions with CSE
-    def value(self, e, ind, scope) -> str:
-        """`e` as C text; shared sub-trees (by identity, counted in scope["counts"]) are
-        bound to temporaries emitted before the current statement."""
-        key = id(e)
-        for memo in reversed(scope["memo"]):
-            if key in memo:
-                return memo[key]
-        text = self._value(e, ind, scope)
-        trivial = isinstance(e, (FConst, AccRef, Var, TileRef))
-        if not trivial and scope["counts"].get(key, 0) > 1:
-            name = f"t{self.ntemp}"
-            self.ntemp += 1
-            self.lines.append(f"{ind}const float {name} = {text};")
-            scope["memo"][-1][key] = name
-            return name
-        return text
-
-    def _value(self, e, ind, scope) -> str:
-        if isinstance(e, FConst):
-            return float_literal(e.value)
-        if isinstance(e, Load):
-            return f"{e.buf}[{self.index(e.index, ind, scope)}]"
-        if isinstance(e, SLoad):
-            return f"{e.array}[{self.index(e.index, ind, scope)}]"
-        if isinstance(e, (AccRef,)):
-            return e.acc
-        if isinstance(e, Var):
-            return e.name
-        if isinstance(e, TileRef):
-            return f"{e.name}[{e.row}][{e.col}]"
-        if isinstance(e, Unary):
-            a = self.value(e.a, ind, scope)
-            return _UNARY[e.op].format(a)
-        if isinstance(e, Binary):
-            a, b = self.value(e.a, ind, scope), self.value(e.b, ind, scope)
-            if e.op == "pow":
-                return f"powf({a}, {b})"
-            if e.op == "max_nan":
-                return f"ndl_max_nan({a}, {b})"
-            return f"({a} {_FOP[e.op]} {b})"
-        if isinstance(e, Cmp):
-            return f"({self.value(e.a, ind, scope)} {_COP[e.op]} {self.value(e.b, ind, scope)})"
-        if isinstance(e, Select):
-            if isinstance(e.cond, (ICmp, IAnd, IOr)):  # lazy: an if/else into a temporary
-                name = f"t{self.ntemp}"
-                self.ntemp += 1
-                cond = self.index(e.cond, ind, scope)
-                self.lines.append(f"{ind}float {name};")
-                self.lines.append(f"{ind}if {_paren(cond)} {{")
-                scope["memo"].append({})
-                a = self.value(e.a, ind + "  ", scope)
-                scope["memo"].pop()
-                self.lines.append(f"{ind}  {name} = {a};")
-                self.lines.append(f"{ind}}} else {{")
-                scope["memo"].append({})
-                b = self.value(e.b, ind + "  ", scope)
-                scope["memo"].pop()
-                self.lines.append(f"{ind}  {name} = {b};")
-                self.lines.append(f"{ind}}}")
-                return name
-            c = self.value(e.cond, ind, scope)
-            return f"({c} ? {self.value(e.a, ind, scope)} : {self.value(e.b, ind, scope)})"
-        if isinstance(e, Rand):
-            c, b = self.value(e.counter, ind, scope), self.value(e.base, ind, scope)
-            return (f"ndl_uniform({c}, {b}, {e.stream}ULL, "
-                    f"(unsigned long long)({self.index(e.index, ind, scope)}))")
-        raise TypeError(f"unknown value expression {e!r}")
-
-    def scope_for(self, *exprs) -> dict:
-        counts: dict = {}
-        stack = list(exprs)
-        while stack:
-            x = stack.pop()
-            k = id(x)
-            counts[k] = counts.get(k, 0) + 1
-            if counts[k] > 1:
-                continue
-            stack.extend(_children(x))
-        return {"counts": counts, "memo": [{}]}
-
-    # -- statements
-    def stmt(self, s, ind):
-        out = self.lines
-        if isinstance(s, Store):
-            sc = self.scope_for(s.value)
-            v = self.value(s.value, ind, sc)
-            out.append(f"{ind}{s.buf}[{self.index(s.index, ind, sc)}] = {v};")
-        elif isinstance(s, SStore):
-            sc = self.scope_for(s.value)
-            v = self.value(s.value, ind, sc)
-            out.append(f"{ind}{s.array}[{self.index(s.index, ind, sc)}] = {v};")
-        elif isinstance(s, AtomicAdd):
-            sc = self.scope_for(s.value)
-            v = self.value(s.value, ind, sc)
-            out.append(f"{ind}atomicAdd(&{s.buf}[{self.index(s.index, ind, sc)}], {v});")
-        elif isinstance(s, AccInit):
-            out.append(f"{ind}float {s.acc} = {float_literal(ACC_IDENTITY[s.op])};")
-        elif isinstance(s, AccUpdate):
-            sc = self.scope_for(s.value)
-            v = self.value(s.value, ind, sc)
-            out.append(f"{ind}{s.acc} += {v};" if s.op == "sum" else f"{ind}{s.acc} = ndl_max_nan({s.acc}, {v});")
-        elif isinstance(s, Decl):
-            sc = self.scope_for(s.value)
-            out.append(f"{ind}float {s.var} = {self.value(s.value, ind, sc)};")
-        elif isinstance(s, Assign):
-            sc = self.scope_for(s.value)
-            out.append(f"{ind}{s.var} = {self.value(s.value, ind, sc)};")
-        elif isinstance(s, IDecl):
-            sc = self.scope_for()
-            out.append(f"{ind}const {self.itype} {s.var} = {self.index(s.value, ind, sc)};")
-        elif isinstance(s, Loop):
-            if s.unroll:
-                out.append(f"{ind}#pragma unroll")
-            out.append(f"{ind}for ({self.itype} {s.var} = 0; {s.var} < {s.extent}; ++{s.var}) {{")
-            for x in s.body:
-                self.stmt(x, ind + "  ")
-            out.append(f"{ind}}}")
-        elif isinstance(s, If):
-            sc = self.scope_for()
-            out.append(f"{ind}if {_paren(self.index(s.cond, ind, sc))} {{")
-            for x in s.body:
-                self.stmt(x, ind + "  ")
-            if s.orelse:
-                out.append(f"{ind}}} else {{")
-                for x in s.orelse:
-                    self.stmt(x, ind + "  ")
-            out.append(f"{ind}}}")
-        elif isinstance(s, Barrier):
-            out.append(f"{ind}__syncthreads();")
-        elif isinstance(s, TileDecl):
-            out.append(f"{ind}float {s.name}[{s.rows}][{s.cols}];")
-            out.append(f"{ind}#pragma unroll")
-            out.append(f"{ind}for (int mi = 0; mi < {s.rows}; ++mi) {{")
-            out.append(f"{ind}  #pragma unroll")
-            out.append(f"{ind}  for (int nj = 0; nj < {s.cols}; ++nj) {s.name}[mi][nj] = 0.0f;")
-            out.append(f"{ind}}}")
-        elif isinstance(s, MicroGemm):
-            sc = self.scope_for()
-            out.append(f"{ind}#pragma unroll")
-            out.append(f"{ind}for (int kk = 0; kk < {s.depth}; ++kk) {{")
-            out.append(f"{ind}  float a_r[{s.rows}], b_r[{s.cols}];")
-            out.append(f"{ind}  #pragma unroll")
-            out.append(f"{ind}  for (int mi = 0; mi < {s.rows}; ++mi) a_r[mi] = {s.a_array}[{self.index(s.a_index, ind, sc)}];")
-            out.append(f"{ind}  #pragma unroll")
-            out.append(f"{ind}  for (int nj = 0; nj < {s.cols}; ++nj) b_r[nj] = {s.b_array}[{self.index(s.b_index, ind, sc)}];")
-            out.append(f"{ind}  #pragma unroll")
-            out.append(f"{ind}  for (int mi = 0; mi < {s.rows}; ++mi) {{")
-            out.append(f"{ind}    #pragma unroll")
-            out.append(f"{ind}    for (int nj = 0; nj < {s.cols}; ++nj) {s.acc}[mi][nj] = fmaf(a_r[mi], b_r[nj], {s.acc}[mi][nj]);")
-            out.append(f"{ind}  }}")
-            out.append(f"{ind}}}")
-        elif isinstance(s, Shfl):
-            fn = "__shfl_down_sync" if s.mode == "down" else "__shfl_sync"
-            out.append(f"{ind}{s.dst} = {fn}(0xffffffffu, {s.src}, {s.offset});")
-        else:
-            raise TypeError(f"unknown statement {s!r}")
+def _lazy(e) -> bool:
+    """A select on an index condition: only its taken arm is evaluated."""
+    return isinstance(e, Select) and isinstance(e.cond, CONDITIONS)
 
 
 def _paren(text: str) -> str:
@@ -293,100 +113,144 @@ def _balanced(text: str) -> bool:
     return depth == 0
 
 
-def _children(e):
-    if isinstance(e, Unary):
-        return (e.a,)
-    if isinstance(e, (Binary, Cmp)):
-        return (e.a, e.b)
-    if isinstance(e, Select):
-        # arms of an index-guarded select are scoped: do not count them with the outside
-        return (e.cond, e.a, e.b) if not isinstance(e.cond, (ICmp, IAnd, IOr)) else ()
-    if isinstance(e, Load):
-        return _index_values(e.index)
-    if isinstance(e, Rand):
-        return (e.counter, e.base)
-    return ()
+class CudaRenderer(CLike):
+    """The C-like renderer with the GPU IR's extensions: a select on an index condition is
+    an if/else into a temporary (its untaken arm, a possibly out-of-bounds load, never
+    runs), a load read twice is bound to one register, and the GPU statements."""
+
+    OPS = CUDA_OPS
+    INF, NAN = "NDL_INF", "NDL_NAN"
+    REPEAT = CLike.REPEAT + (Var, TileRef)
+    CONDITIONS = CLike.CONDITIONS + CONDITIONS
+
+    def operands(self, e) -> tuple:
+        if _lazy(e):
+            return ()  # its arms are printed inside their branches
+        if isinstance(e, (Load, SLoad)):
+            return _index_values(e.index)
+        if isinstance(e, Rand):
+            return (e.counter, e.base) + _index_values(e.index)
+        return super().operands(e)
+
+    # ---- index expressions
+    def index_IAnd(self, e, ind):
+        return f"({self.index(e.a, ind)} && {self.index(e.b, ind)})"
+
+    def index_IOr(self, e, ind):
+        return f"({self.index(e.a, ind)} || {self.index(e.b, ind)})"
+
+    def index_IFloat(self, e, ind):
+        v, t = self.expr(e.value, ind), self.itype
+        if e.bound:
+            return f"(({v}) >= 0.0f && ({v}) < {float(e.bound)!r}f ? ({t})({v}) : ({t})0)"
+        return f"(({t})({v}))"
+
+    # ---- value expressions
+    def node_SLoad(self, e, ops, ind):
+        return f"{e.array}[{self.index(e.index, ind)}]"
+
+    def node_Var(self, e, ops, ind):
+        return e.name
+
+    def node_TileRef(self, e, ops, ind):
+        return f"{e.name}[{e.row}][{e.col}]"
+
+    def node_Rand(self, e, ops, ind):
+        return f"ndl_uniform({ops[0]}, {ops[1]}, {e.stream}ULL, (unsigned long long)({self.index(e.index, ind)}))"
+
+    def node_Select(self, e, ops, ind):
+        if not _lazy(e):
+            return super().node_Select(e, ops, ind)
+        name = self.temp()
+        self.lines.append(f"{ind}float {name};")
+        self.lines.append(f"{ind}if {_paren(self.index(e.cond, ind))} {{")
+        self.lines.append(f"{ind}  {name} = {self.expr(e.a, ind + '  ')};")
+        self.lines.append(f"{ind}}} else {{")
+        self.lines.append(f"{ind}  {name} = {self.expr(e.b, ind + '  ')};")
+        self.lines.append(f"{ind}}}")
+        return name
+
+    # ---- statements
+    def stmt_SStore(self, s, ind):
+        value = self.expr(s.value, ind)
+        self.lines.append(f"{ind}{s.array}[{self.index(s.index, ind)}] = {value};")
+
+    def stmt_AtomicAdd(self, s, ind):
+        value = self.expr(s.value, ind)
+        self.lines.append(f"{ind}atomicAdd(&{s.buf}[{self.index(s.index, ind)}], {value});")
+
+    def stmt_Decl(self, s, ind):
+        self.lines.append(f"{ind}float {s.var} = {self.expr(s.value, ind)};")
+
+    def stmt_Assign(self, s, ind):
+        self.lines.append(f"{ind}{s.var} = {self.expr(s.value, ind)};")
+
+    def stmt_IDecl(self, s, ind):
+        self.lines.append(f"{ind}const {self.itype} {s.var} = {self.index(s.value, ind)};")
+
+    def stmt_If(self, s, ind):
+        self.lines.append(f"{ind}if {_paren(self.index(s.cond, ind))} {{")
+        self.body(s.body, ind + "  ")
+        if s.orelse:
+            self.lines.append(f"{ind}}} else {{")
+            self.body(s.orelse, ind + "  ")
+        self.lines.append(f"{ind}}}")
+
+    def stmt_Barrier(self, s, ind):
+        self.lines.append(f"{ind}__syncthreads();")
+
+    def stmt_Shfl(self, s, ind):
+        fn = "__shfl_down_sync" if s.mode == "down" else "__shfl_sync"
+        self.lines.append(f"{ind}{s.dst} = {fn}(0xffffffffu, {s.src}, {s.offset});")
+
+    def stmt_TileDecl(self, s, ind):
+        self.lines += [f"{ind}float {s.name}[{s.rows}][{s.cols}];",
+                       f"{ind}#pragma unroll",
+                       f"{ind}for (int mi = 0; mi < {s.rows}; ++mi) {{",
+                       f"{ind}  #pragma unroll",
+                       f"{ind}  for (int nj = 0; nj < {s.cols}; ++nj) {s.name}[mi][nj] = 0.0f;",
+                       f"{ind}}}"]
+
+    def stmt_MicroGemm(self, s, ind):
+        a, b = self.index(s.a_index, ind), self.index(s.b_index, ind)
+        self.lines += [f"{ind}#pragma unroll",
+                       f"{ind}for (int kk = 0; kk < {s.depth}; ++kk) {{",
+                       f"{ind}  float a_r[{s.rows}], b_r[{s.cols}];",
+                       f"{ind}  #pragma unroll",
+                       f"{ind}  for (int mi = 0; mi < {s.rows}; ++mi) a_r[mi] = {s.a_array}[{a}];",
+                       f"{ind}  #pragma unroll",
+                       f"{ind}  for (int nj = 0; nj < {s.cols}; ++nj) b_r[nj] = {s.b_array}[{b}];",
+                       f"{ind}  #pragma unroll",
+                       f"{ind}  for (int mi = 0; mi < {s.rows}; ++mi) {{",
+                       f"{ind}    #pragma unroll",
+                       f"{ind}    for (int nj = 0; nj < {s.cols}; ++nj) "
+                       f"{s.acc}[mi][nj] = fmaf(a_r[mi], b_r[nj], {s.acc}[mi][nj]);",
+                       f"{ind}  }}",
+                       f"{ind}}}"]
 
 
-def _index_values(e):
-    if isinstance(e, IFloat):
-        return (e.value,)
-    if isinstance(e, (IBin, ICmp, IAnd, IOr)):
-        return _index_values(e.a) + _index_values(e.b)
-    return ()
-
-
-def _uses(body, name) -> bool:
-    """Whether any index expression of the body reads the variable `name`."""
-
-    def idx(e):
-        if isinstance(e, IVar):
-            return e.name == name
-        if isinstance(e, (IBin, ICmp, IAnd, IOr)):
-            return idx(e.a) or idx(e.b)
-        if isinstance(e, IFloat):
-            return val(e.value)
-        return False
-
-    def val(e):
-        stack, seen = [e], set()
-        while stack:
-            x = stack.pop()
-            if id(x) in seen:
-                continue
-            seen.add(id(x))
-            if isinstance(x, (Load, SLoad)) and idx(x.index):
-                return True
-            if isinstance(x, Rand) and idx(x.index):
-                return True
-            if isinstance(x, Select) and isinstance(x.cond, (ICmp, IAnd, IOr)):
-                if idx(x.cond):
-                    return True
-                stack.extend((x.a, x.b))
-                continue
-            stack.extend(_children(x))
-        return False
-
-    for s in walk_stmts(body):
-        if isinstance(s, (Store, SStore, AtomicAdd)) and (idx(s.index) or val(s.value)):
-            return True
-        if isinstance(s, (AccUpdate, Decl, Assign)) and val(s.value):
-            return True
-        if isinstance(s, (IDecl,)) and idx(s.value):
-            return True
-        if isinstance(s, MicroGemm) and (idx(s.a_index) or idx(s.b_index)):
-            return True
-        if isinstance(s, If) and idx(s.cond):
-            return True
-    return False
-
-
-_COORD = {"tx": "threadIdx.x", "ty": "threadIdx.y", "bx": "blockIdx.x", "by": "blockIdx.y",
-          "bz": "blockIdx.z"}
+#: a float as a CUDA C literal (NDL_INF / NDL_NAN for the specials, negatives in parentheses)
+float_literal = CudaRenderer.float_literal
 
 
 def render_kernel(kernel: GpuKernel, consts: dict | None = None) -> str:
     """One kernel as CUDA C: `extern "C" __global__ void <name>(float* ...)`."""
-    itype = index_type(kernel)
+    r = CudaRenderer(index_type(kernel))
     params = []
     for p in kernel.params:
         qual = "const float*" if p.role == "in" else "float*"
         params.append(f"{qual}{' __restrict__' if p.restrict else ''} {p.name}")
-    head = []
-    if kernel.note:
-        for line in kernel.note.splitlines():
-            head.append(f"// {line}")
+    head = [f"// {line}" for line in kernel.note.splitlines()]
     head.append(f'extern "C" __global__ void __launch_bounds__({kernel.threads}) '
                 f"{kernel.name}({', '.join(params)}) {{")
-    em = _Emitter(itype)
+    used = index_vars(*kernel.body)
     for var, coord in _COORD.items():
-        if _uses(kernel.body, var):
-            em.lines.append(f"  const {itype} {var} = ({itype}){coord};")
+        if var in used:
+            r.lines.append(f"  const {r.itype} {var} = ({r.itype}){coord};")
     for sh in kernel.shared:
-        em.lines.append(f"  __shared__ float {sh.name}[{max(sh.size, 1)}];")
-    for s in kernel.body:
-        em.stmt(s, "  ")
-    return "\n".join(head + em.lines + ["}"]) + "\n"
+        r.lines.append(f"  __shared__ float {sh.name}[{max(sh.size, 1)}];")
+    r.body(kernel.body, "  ")
+    return "\n".join(head + r.lines + ["}"]) + "\n"
 
 
 def _c_name(name: str) -> str:

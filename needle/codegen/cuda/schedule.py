@@ -26,10 +26,11 @@ from __future__ import annotations
 
 from math import prod
 
-from ..loop_ir import (AccInit, AccRef, AccUpdate, Binary, Cmp, coefficient, For, iadd, IConst, idiv, imod,
-                       imul, IVar, ivars, Load, LoopKernel, Store, Unary, walk_exprs)
-from .gpu_ir import (ACC_IDENTITY, Assign, Barrier, Decl, FConst, GParam, GpuKernel, IAnd, ICmp, IDecl, If, Loop, Select,
-                     Shared, Shfl, SLoad, SStore, Var, walk_stmts)
+from ..loop_ir import (ACC_COMBINE, ACC_IDENTITY, AccInit, AccRef, AccUpdate, Binary, Cmp, coefficient, FConst, For,
+                       iadd, ICmp, IConst, idiv, imod, imul, IVar, ivars, Load, LoopKernel, operands, Select, Store,
+                       Unary, walk_exprs)
+from .gpu_ir import (Assign, Barrier, Decl, GParam, GpuKernel, IAnd, IDecl, If, Shared, Shfl, SLoad, SStore, Var,
+                     walk_stmts)
 
 #: reductions over at most this many elements run serially, one thread per output
 SERIAL_MAX = 32
@@ -111,7 +112,7 @@ def serial(stmts) -> tuple:
             continue
         flush()
         if isinstance(s, For):
-            out.append(Loop(s.var, s.extent, serial(s.body)))
+            out.append(For(s.var, s.extent, "serial", serial(s.body)))
         else:
             out.append(s)
     flush()
@@ -228,6 +229,17 @@ def _parallel_safe(lk: LoopKernel) -> bool:
     return True
 
 
+def _accumulation(v, cur) -> tuple:
+    """(op, x) when value v folds x into `cur` with an accumulate op (`ACC_COMBINE[op]`, its
+    operands either way round), else (None, None)."""
+    near = operands(v) + tuple(o for c in operands(v) for o in operands(c))
+    for x in near:
+        for op, combine in ACC_COMBINE.items():
+            if x != cur and v in (combine(cur, x), combine(x, cur)):
+                return op, x
+    return None, None
+
+
 def _carried_to_accumulator(lk: LoopKernel):
     """A nest `buf[I] = buf[I] (+|max) v` rebuilt as a reduction with an accumulator
     (see bind_all), or None when the nest is not of that form."""
@@ -239,17 +251,7 @@ def _carried_to_accumulator(lk: LoopKernel):
         return None
     st = carried[0]
     cur = Load(st.buf, st.index)
-    v = st.value
-    op = value = None
-    if isinstance(v, Binary) and v.op == "add" and (v.a == cur or v.b == cur):
-        op, value = "sum", (v.b if v.a == cur else v.a)
-    elif isinstance(v, Select) and isinstance(v.cond, Cmp) and v.cond.op == "ne" and v.cond.a == v.cond.b:
-        x = v.cond.a
-        inner_sel = v.b
-        if (v.a == x and isinstance(inner_sel, Select) and isinstance(inner_sel.cond, Cmp)
-                and inner_sel.cond.op == "gt" and inner_sel.cond.a == x and inner_sel.cond.b == cur
-                and inner_sel.a == x and inner_sel.b == cur):
-            op, value = "max", x
+    op, value = _accumulation(st.value, cur)
     if op is None or _reads(value, st.buf):
         return None
     others = [x for x in inner if x is not st]
@@ -264,8 +266,7 @@ def _carried_to_accumulator(lk: LoopKernel):
     body: tuple = (AccUpdate(acc, op, value),) + tuple(others)
     for lp in reversed(red):
         body = (For(lp.var, lp.extent, "serial", body),)
-    combine = Binary("add", cur, AccRef(acc)) if op == "sum" else Binary("max_nan", cur, AccRef(acc))
-    body = (AccInit(acc, op),) + body + (Store(st.buf, st.index, combine),)
+    body = (AccInit(acc, op),) + body + (Store(st.buf, st.index, ACC_COMBINE[op](cur, AccRef(acc))),)
     for lp in reversed(kept):
         body = (For(lp.var, lp.extent, "serial", body),)
     return LoopKernel(lk.name, lk.params, body)
@@ -393,15 +394,11 @@ def pointwise(name, params, loops, inner, note="") -> GpuKernel:
                      note=f"pointwise: {total} threads in blocks of {B}" + (f"; {note}" if note else ""))
 
 
-def _combine(op, a, b):
-    return Binary("add", a, b) if op == "sum" else Binary("max_nan", a, b)
-
-
 def warp_reduce(acc, op, tmp, width=32) -> list:
     out = []
     off = width // 2
     while off >= 1:
-        out += [Shfl(tmp, acc, off, "down"), Assign(acc, _combine(op, Var(acc), Var(tmp)))]
+        out += [Shfl(tmp, acc, off, "down"), AccUpdate(acc, op, Var(tmp))]
         off //= 2
     return out
 
@@ -464,7 +461,8 @@ def _distribute(inner, lane: str, nlanes: int, guard, reduce_fn, accs_out: dict)
                 out += [IDecl(rv, lv), *work]
             else:
                 kv = f"k{n}"
-                out.append(Loop(kv, -(-R // nlanes), (IDecl(rv, _add(_mul(IVar(kv), IConst(nlanes)), lv)),) + work))
+                lane_r = IDecl(rv, _add(_mul(IVar(kv), IConst(nlanes)), lv))
+                out.append(For(kv, -(-R // nlanes), "serial", (lane_r,) + work))
         else:
             cond = ICmp("eq", lv, IConst(0))
             if guard is not None:
@@ -508,7 +506,7 @@ def column_reduce(name, params, loops, inner) -> GpuKernel:
         s = TY // 2
         while s >= 1:
             out.append(If(ICmp("lt", ty, IConst(s)), (
-                Assign(acc, _combine(op, Var(acc), SLoad(sm, _add(_mul(_add(ty, IConst(s)), IConst(TX)), tx)))),
+                AccUpdate(acc, op, SLoad(sm, _add(_mul(_add(ty, IConst(s)), IConst(TX)), tx))),
                 SStore(sm, _add(_mul(ty, IConst(TX)), tx), Var(acc)))))
             out.append(Barrier())
             s //= 2

@@ -16,9 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from math import prod
 
-from ..loop_ir import Buffer, For, IConst, IVar, Load, LoopKernel, Store, coefficient, iadd, idiv, imod, imul, linearize, walk_exprs
-from .gpu_ir import (AtomicAdd, Barrier, FConst, GParam, GpuKernel, IAnd, ICmp, IDecl, IFloat, Loop, MicroGemm, Rand,
-                     Select, Shared, SStore, TileDecl, TileRef, If)
+from ..loop_ir import (Buffer, FConst, For, ICmp, IConst, IVar, Load, LoopKernel, Select, Store, coefficient, iadd,
+                       idiv, imod, imul, linearize, walk_exprs)
+from .gpu_ir import (AtomicAdd, Barrier, GParam, GpuKernel, IAnd, IDecl, IFloat, If, MicroGemm, Rand, Shared, SStore,
+                     TileDecl, TileRef)
 from .schedule import bind, decode
 
 
@@ -165,14 +166,14 @@ def gemm_kernel(name, M, N, K, batch_shape, a: Operand, b: Operand, out_size, ti
 
     ktiles = -(-K // BK)
     step = [IDecl("k0", imul(IVar("kt"), IConst(BK))),
-            Loop("la", BM * BK // NT, tuple(la), unroll=True),
-            Loop("lb", BN * BK // NT, tuple(lb), unroll=True),
+            For("la", BM * BK // NT, "unrolled", tuple(la)),
+            For("lb", BN * BK // NT, "unrolled", tuple(lb)),
             Barrier(),
             MicroGemm("c", "As", iadd(iadd(imul(IVar("kk"), IConst(SA)), IVar("trow")), imul(IVar("mi"), IConst(BM // TM))),
                       "Bs", iadd(iadd(imul(IVar("kk"), IConst(SB)), IVar("tcol")), imul(IVar("nj"), IConst(BN // TN))),
                       BK, TM, TN),
             Barrier()]
-    body.append(Loop("kt", ktiles, tuple(step)))
+    body.append(For("kt", ktiles, "serial", tuple(step)))
     for mi in range(TM):
         for nj in range(TN):
             gm = iadd(iadd(IVar("m0"), IVar("trow")), IConst(mi * (BM // TM)))
