@@ -16,7 +16,7 @@ from onnx.reference import ReferenceEvaluator
 
 from ..autograd import Tensor
 from ..compile import compile as ndl_compile
-from . import ops_math, ops_nn, ops_shape  # noqa: F401  (fill the converter table)
+from . import layout, ops_math, ops_nn, ops_shape  # noqa: F401  (fill the converter table)
 from .checks import ModelSource, read_model
 from .errors import OnnxError, UnsupportedModelError
 from .registry import CONVERTERS, NodeInput, Value, describe, node_attrs, to_tensor
@@ -109,8 +109,7 @@ class OnnxFunction:
         constant = all(v is None or isinstance(v, np.ndarray) for v in inputs)
         if constant and inputs and node.op_type not in _OWN_CONSTANTS:
             return _fold(node, inputs, self.opset)
-        out = CONVERTERS[node.op_type].fn(NodeInput(node, self.opset, inputs, node_attrs(node)))
-        return list(out) if isinstance(out, (list, tuple)) else [out]
+        return layout.convert(node.op_type, CONVERTERS[node.op_type], NodeInput(node, self.opset, inputs, node_attrs(node)))
 
 
 def _fold(node: onnx.NodeProto, inputs: list, opset: int) -> list:

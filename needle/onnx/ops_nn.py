@@ -1,5 +1,6 @@
-"""Converters of ONNX's convolution, pooling and normalization ops (NCHW, as ONNX lays them
-out; needle's Conv is NHWC, so a conv permutes around it)."""
+"""Converters of ONNX's convolution, pooling and normalization ops. ONNX lays activations out
+NCHW, needle's Conv NHWC: a 2-D conv's output is held NHWC (`Nhwc`, see layout.py) and the
+pools and BatchNormalization work in their input's layout."""
 from __future__ import annotations
 
 import itertools
@@ -11,7 +12,8 @@ import numpy as np
 from .. import ops
 from ..autograd import Tensor
 from .errors import UnsupportedModelError
-from .registry import NodeInput, attr_is, converter, describe, to_tensor
+from .layout import as_nhwc
+from .registry import NodeInput, Nhwc, attr_is, converter, describe, to_tensor
 from .tensor_ops import broadcast, keepdims, maximum, pad, strided
 
 _AUTO_PAD = ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER")
@@ -42,45 +44,74 @@ def _window(n: NodeInput, spatial, kernel, ceil_mode: bool = False):
     return begin, end, out, strides, dilations
 
 
-def _windows(x: Tensor, lead: int, offsets_of, out, strides):
-    """The strided view of `x` for each kernel offset (spatial axes after `lead` axes)."""
+def _windows(x: Tensor, axes, offsets_of, out, strides):
+    """The strided view of `x` for each kernel offset (over the spatial `axes`)."""
+    rank = len(x.shape)
     for offsets in offsets_of:
-        yield strided(x, [0] * lead + list(offsets), [1] * lead + list(strides), list(x.shape[:lead]) + list(out))
+        yield strided(x, _place(rank, axes, offsets, 0), _place(rank, axes, strides, 1),
+                      _place(rank, axes, out, None, x.shape))
+
+
+def _place(rank: int, axes, values, fill, default=None) -> list:
+    """`values` at `axes` of a list of `rank` entries, the others `fill` (or `default[i]`)."""
+    out = list(default) if default is not None else [fill] * rank
+    for a, v in zip(axes, values):
+        out[a] = v
+    return out
+
+
+def _spatial(v) -> tuple:
+    """(Tensor, its spatial axes, its channel axis) of an N, C, spatial... value (NHWC when
+    held so)."""
+    if isinstance(v, Nhwc):
+        return v.t, [1, 2], 3
+    t = to_tensor(v)
+    return t, list(range(2, len(t.shape))), 1
+
+
+def _like(y: Tensor, v):
+    """`y`, computed in the layout of the input `v`, as a graph value."""
+    return Nhwc(y) if isinstance(v, Nhwc) else y
 
 
 def _offsets(kernel, dilations):
     return itertools.product(*[range(0, kk * d, d) for kk, d in zip(kernel, dilations)])
 
 
-@converter("Conv", check=attr_is("auto_pad", _AUTO_PAD, "NOTSET"))
+@converter("Conv", check=attr_is("auto_pad", _AUTO_PAD, "NOTSET"), layout=True)
 def _conv(n: NodeInput):
+    """A 2-D conv gives an `Nhwc` value (its input in any layout); a 1-D conv, as a 2-D one
+    of height 1, gives NCW."""
     x, w = n.inputs[0], n.inputs[1]
     rank = len(x.shape) - 2
     if rank not in (1, 2):
         raise UnsupportedModelError([f"{describe(n.node, n.opset)}: {rank}-D convolution (1-D and 2-D only)"])
     kernel = list(w.shape[2:])
     begin, end, out, strides, dilations = _window(n, list(x.shape[2:]), kernel)
-    x = n.tensor(0)
-    if rank == 1:  # as a 2-D conv of height 1
+    if rank == 1:
+        x = n.tensor(0)
         x = ops.reshape(x, x.shape[:2] + (1,) + x.shape[2:])
         w = w.reshape(w.shape[:2] + (1,) + w.shape[2:]) if isinstance(w, np.ndarray) else \
             ops.reshape(w, w.shape[:2] + (1,) + w.shape[2:])
         begin, end, strides, dilations = [0] + begin, [0] + end, [1] + strides, [1] + dilations
+    x = as_nhwc(x)
     groups = n.attr("group", 1)
     if groups > 1 and isinstance(w, np.ndarray):  # block-diagonal dense weight
         w, groups = _dense_grouped(w, groups), 1
     if isinstance(w, np.ndarray) and w.size and not any(w.strides):
         # one value everywhere (ConstantOfShape): every output channel is the same, computed once
         y = _grouped_conv(x, w[:1], 1, begin, end, strides, dilations)
-        y = ops.broadcast_to(y, (y.shape[0], w.shape[0]) + y.shape[2:])
+        y = ops.broadcast_to(y, y.shape[:3] + (w.shape[0],))
     else:
         y = _grouped_conv(x, w, groups, begin, end, strides, dilations)
-    if rank == 1:
-        y = ops.reshape(y, y.shape[:2] + y.shape[3:])
     if n.has(2):
-        b = n.tensor(2)
-        y = y + broadcast(ops.reshape(b, (1, b.shape[0]) + (1,) * rank), y.shape)
-    return y
+        b = n.inputs[2]
+        b = to_tensor(b.reshape(1, 1, 1, -1)) if isinstance(b, np.ndarray) else ops.reshape(b, (1, 1, 1, b.shape[0]))
+        y = y + broadcast(b, y.shape)
+    if rank == 1:
+        y = Nhwc(y).nchw()
+        return ops.reshape(y, y.shape[:2] + y.shape[3:])
+    return Nhwc(y)
 
 
 def _dense_grouped(w: np.ndarray, groups: int) -> np.ndarray:
@@ -93,18 +124,20 @@ def _dense_grouped(w: np.ndarray, groups: int) -> np.ndarray:
 
 
 def _grouped_conv(x: Tensor, w, groups: int, begin, end, strides, dilations) -> Tensor:
+    """ONNX's 2-D Conv of groups (OIHW weight) on the NHWC `x`, NHWC out."""
     if groups == 1:
         return _conv2d(x, w, begin, end, strides, dilations)
-    cin, cout = x.shape[1] // groups, w.shape[0] // groups
+    cin, cout = x.shape[3] // groups, w.shape[0] // groups
     wt = to_tensor(w)
-    parts = [_conv2d(ops.get_item(x, (slice(None), slice(g * cin, (g + 1) * cin))),
+    channels = (slice(None),) * 3
+    parts = [_conv2d(ops.get_item(x, channels + (slice(g * cin, (g + 1) * cin),)),
                      ops.get_item(wt, (slice(g * cout, (g + 1) * cout),)), begin, end, strides, dilations)
              for g in range(groups)]
-    return ops.concat(parts, 1)
+    return ops.concat(parts, 3)
 
 
 def _conv2d(x: Tensor, w, begin, end, strides, dilations) -> Tensor:
-    """ONNX's 2-D Conv (NCHW, OIHW weight) with needle's NHWC Conv."""
+    """ONNX's 2-D Conv (OIHW weight) with needle's Conv, NHWC in and out."""
     if isinstance(w, np.ndarray):
         hwio = to_tensor(np.ascontiguousarray(np.transpose(w, (2, 3, 1, 0))))
     else:
@@ -113,12 +146,12 @@ def _conv2d(x: Tensor, w, begin, end, strides, dilations) -> Tensor:
         hwio = _dilate(hwio, dilations)
     same = begin[0] == begin[1] == end[0] == end[1]
     if not same:
-        x = pad(x, [0, 0] + list(begin), [0, 0] + list(end))
+        x = pad(x, [0] + list(begin) + [0], [0] + list(end) + [0])
     stride = strides[0] if strides[0] == strides[1] else 1
-    y = ops.conv(ops.permute(x, (0, 2, 3, 1)), hwio, stride=stride, padding=begin[0] if same else 0)
+    y = ops.conv(x, hwio, stride=stride, padding=begin[0] if same else 0)
     if strides[0] != strides[1]:
         y = ops.get_item(y, (slice(None), slice(None, None, strides[0]), slice(None, None, strides[1])))
-    return ops.permute(y, (0, 3, 1, 2))
+    return y
 
 
 def _dilate(hwio: Tensor, dilations) -> Tensor:
@@ -129,26 +162,26 @@ def _dilate(hwio: Tensor, dilations) -> Tensor:
     return ops.UnSlice(slices, size + hwio.shape[2:])(hwio)
 
 
-@converter("MaxPool", check=attr_is("auto_pad", _AUTO_PAD, "NOTSET"))
+@converter("MaxPool", check=attr_is("auto_pad", _AUTO_PAD, "NOTSET"), layout=True)
 def _max_pool(n: NodeInput):
     if len(n.node.output) > 1 and n.node.output[1]:
         raise UnsupportedModelError([f"{describe(n.node, n.opset)}: MaxPool's Indices output"])
-    x = n.tensor(0)
-    kernel = n.attr("kernel_shape")
-    begin, end, out, strides, dilations = _window(n, list(x.shape[2:]), kernel, bool(n.attr("ceil_mode", 0)))
-    xp = pad(x, [0, 0] + begin, [0, 0] + end, float("-inf"))
-    return reduce(maximum, _windows(xp, 2, _offsets(kernel, dilations), out, strides))
+    x, axes, _ = _spatial(n.inputs[0])
+    kernel, rank = n.attr("kernel_shape"), len(x.shape)
+    begin, end, out, strides, dilations = _window(n, [x.shape[a] for a in axes], kernel, bool(n.attr("ceil_mode", 0)))
+    xp = pad(x, _place(rank, axes, begin, 0), _place(rank, axes, end, 0), float("-inf"))
+    return _like(reduce(maximum, _windows(xp, axes, _offsets(kernel, dilations), out, strides)), n.inputs[0])
 
 
-@converter("AveragePool", check=attr_is("auto_pad", _AUTO_PAD, "NOTSET"))
+@converter("AveragePool", check=attr_is("auto_pad", _AUTO_PAD, "NOTSET"), layout=True)
 def _average_pool(n: NodeInput):
-    x = n.tensor(0)
-    kernel = n.attr("kernel_shape")
-    spatial = list(x.shape[2:])
+    x, axes, _ = _spatial(n.inputs[0])
+    kernel, rank = n.attr("kernel_shape"), len(x.shape)
+    spatial = [x.shape[a] for a in axes]
     explicit = _window(n, spatial, kernel)[:2]
     begin, end, out, strides, dilations = _window(n, spatial, kernel, bool(n.attr("ceil_mode", 0)))
-    xp = pad(x, [0, 0] + begin, [0, 0] + end)
-    total = reduce(ops.add, _windows(xp, 2, _offsets(kernel, dilations), out, strides))
+    xp = pad(x, _place(rank, axes, begin, 0), _place(rank, axes, end, 0))
+    total = reduce(ops.add, _windows(xp, axes, _offsets(kernel, dilations), out, strides))
     # the divisor: how many counted elements each window covers (the input, and the explicit
     # padding when count_include_pad)
     counted = np.zeros([s + b + e for s, b, e in zip(spatial, begin, end)], np.float32)
@@ -158,41 +191,48 @@ def _average_pool(n: NodeInput):
     counted[tuple(slice(a, b) for a, b in zip(lo, hi))] = 1.0
     count = sum(counted[tuple(slice(o, o + (k - 1) * s + 1, s) for o, k, s in zip(off, out, strides))]
                 for off in _offsets(kernel, dilations))
-    return total / broadcast(to_tensor(count.reshape((1, 1) + count.shape)), total.shape)
+    count = count.reshape(_place(rank, axes, count.shape, 1))
+    return _like(total / broadcast(to_tensor(count), total.shape), n.inputs[0])
 
 
 def _global(fn):
     def convert(n: NodeInput):
-        x = n.tensor(0)
-        axes = tuple(range(2, len(x.shape)))
-        return keepdims(fn(x, axes), x.shape, axes, True)
+        x, axes, _ = _spatial(n.inputs[0])
+        return _like(keepdims(fn(x, tuple(axes)), x.shape, axes, True), n.inputs[0])
     return convert
 
 
-converter("GlobalAveragePool")(_global(lambda x, axes: ops.summation(x, axes) / float(prod(x.shape[2:]))))
-converter("GlobalMaxPool")(_global(ops.max))
+converter("GlobalAveragePool", layout=True)(
+    _global(lambda x, axes: ops.summation(x, axes) / float(prod(x.shape[a] for a in axes))))
+converter("GlobalMaxPool", layout=True)(_global(ops.max))
 
 
-def _per_channel(v, rank: int):
-    """A (C,) vector shaped (1, C, 1, ...) for an input of `rank` axes."""
-    shape = (1, -1) + (1,) * (rank - 2)
-    return v.reshape(shape) if isinstance(v, np.ndarray) else ops.reshape(v, (1, v.shape[0]) + (1,) * (rank - 2))
+def _per_channel(v, rank: int, axis: int = 1):
+    """A (C,) vector shaped with C at `axis` and 1s elsewhere, for an input of `rank` axes."""
+    shape = _place(rank, [axis], [-1], 1)
+    return v.reshape(shape) if isinstance(v, np.ndarray) else ops.reshape(v, tuple(_place(rank, [axis], v.shape, 1)))
 
 
-@converter("BatchNormalization", check=attr_is("training_mode", (0,), 0))
+@converter("BatchNormalization", check=attr_is("training_mode", (0,), 0), layout=True)
 def _batch_norm(n: NodeInput):
-    x = n.tensor(0)
+    x, _, channel = _spatial(n.inputs[0])
+    rank = len(x.shape)
     scale, bias, mean, var = n.inputs[1:5]
     eps = n.attr("epsilon", 1e-5)
     if all(isinstance(v, np.ndarray) for v in (scale, bias, mean, var)):
-        a = (scale / np.sqrt(var.astype(np.float64) + eps)).astype(np.float32)
-        b = (bias - mean * a).astype(np.float32)
-        a, b = to_tensor(_per_channel(a, len(x.shape))), to_tensor(_per_channel(b, len(x.shape)))
+        a, b = bn_affine(scale, bias, mean, var, eps)
+        a, b = to_tensor(_per_channel(a, rank, channel)), to_tensor(_per_channel(b, rank, channel))
     else:
-        scale, bias, mean, var = (to_tensor(_per_channel(v, len(x.shape))) for v in (scale, bias, mean, var))
+        scale, bias, mean, var = (to_tensor(_per_channel(v, rank, channel)) for v in (scale, bias, mean, var))
         a = scale / ops.sqrt(var + eps)
         b = bias - mean * a
-    return x * broadcast(a, x.shape) + broadcast(b, x.shape)
+    return _like(x * broadcast(a, x.shape) + broadcast(b, x.shape), n.inputs[0])
+
+
+def bn_affine(scale, bias, mean, var, eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """(a, b) of inference BatchNormalization as y = a * x + b per channel."""
+    a = (scale / np.sqrt(var.astype(np.float64) + eps)).astype(np.float32)
+    return a, (bias - mean * a).astype(np.float32)
 
 
 def _normalize(x: Tensor, axes, eps: float):

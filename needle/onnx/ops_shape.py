@@ -8,7 +8,7 @@ from .. import ops
 from ..autograd import Tensor
 from .checks import MAX_BYTES
 from .errors import UnsupportedModelError
-from .registry import NodeInput, attr_is, converter, describe, to_tensor
+from .registry import NodeInput, Nhwc, attr_is, converter, describe, to_tensor
 from .tensor_ops import broadcast, floor, normalize_axes, pad, take
 
 
@@ -33,13 +33,13 @@ def _constant_of_shape(n: NodeInput):
     return np.broadcast_to(value.reshape(()), shape)  # zero-strided: no memory per element
 
 
-@converter("Shape")
+@converter("Shape", layout=True)
 def _shape(n: NodeInput):
     shape = np.array(n.inputs[0].shape, np.int64)
     return shape[n.attr("start", 0):n.attr("end", len(shape))] if n.since(15) else shape
 
 
-@converter("Size")
+@converter("Size", layout=True)
 def _size(n: NodeInput):
     return np.array(int(np.prod(n.inputs[0].shape)), np.int64)
 
@@ -106,8 +106,11 @@ def _unsqueeze(n: NodeInput):
     return ops.reshape(x, tuple(shape))
 
 
-@converter("Concat")
+@converter("Concat", layout=True)
 def _concat(n: NodeInput):
+    held = [v for v in n.inputs if v is not None]
+    if all(isinstance(v, Nhwc) for v in held) and n.attr("axis") % 4 == 1:  # channels, kept NHWC
+        return Nhwc(ops.concat([v.t for v in held], 3)) if len(held) > 1 else held[0]
     parts = [n.tensor(i) for i in range(len(n.inputs)) if n.has(i)]
     axis = n.attr("axis") % len(parts[0].shape)
     parts = [p for p in parts if p.shape[axis]] or parts[:1]

@@ -2,8 +2,9 @@
 
 A value of the imported graph is a numpy array while it is known at import (initializers,
 constants, shape computations: folded with numpy) and a needle Tensor otherwise (float32;
-ints, bools and ids carried as float32). A converter takes a `NodeInput` and returns the
-node's outputs, Tensors or arrays.
+ints, bools and ids carried as float32), or an `Nhwc` (a 4-D activation held in needle's
+conv layout). A converter takes a `NodeInput` and returns the node's outputs, Tensors or
+arrays; only converters registered with `layout=True` see (and may return) `Nhwc` values.
 """
 from __future__ import annotations
 
@@ -14,10 +15,34 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from .. import ops
 from ..autograd import Tensor
 from .errors import UnsupportedModelError
 
-Value = Union[np.ndarray, Tensor]
+
+
+class Nhwc:
+    """A 4-D NCHW value of the graph held as the NHWC Tensor `t` (needle's conv layout), so
+    that chains of convs, pools and elementwise ops permute only at their ends."""
+
+    __slots__ = ("t", "_nchw")
+
+    def __init__(self, t: Tensor):
+        self.t, self._nchw = t, None
+
+    @property
+    def shape(self) -> tuple:
+        n, h, w, c = self.t.shape
+        return (n, c, h, w)
+
+    def nchw(self) -> Tensor:
+        """The value in ONNX's layout (one permute, made once)."""
+        if self._nchw is None:
+            self._nchw = ops.permute(self.t, (0, 3, 1, 2))
+        return self._nchw
+
+
+Value = Union[np.ndarray, Tensor, Nhwc]
 #: a node's problem, if any, found before anything runs: (node, opset) -> reason or None
 Check = Callable[[onnx.NodeProto, int], Optional[str]]
 
@@ -28,16 +53,19 @@ class Converter:
     #: indices of inputs that must be known at import (shapes, axes, pads, ...)
     static: tuple[int, ...] = ()
     check: Optional[Check] = None
+    #: takes `Nhwc` inputs as they are (others get them in ONNX's layout)
+    layout: bool = False
 
 
 CONVERTERS: dict[str, Converter] = {}
 
 
-def converter(*op_types: str, static: Sequence[int] = (), check: Optional[Check] = None):
+def converter(*op_types: str, static: Sequence[int] = (), check: Optional[Check] = None,
+              layout: bool = False):
     """Register the decorated function as the converter of `op_types`."""
     def register(fn):
         for op in op_types:
-            CONVERTERS[op] = Converter(fn, tuple(static), check)
+            CONVERTERS[op] = Converter(fn, tuple(static), check, layout)
         return fn
     return register
 
@@ -60,9 +88,11 @@ def node_attrs(node: onnx.NodeProto) -> dict[str, Any]:
 
 def to_tensor(value: Value) -> Tensor:
     """A Tensor of `value` (an array becomes a float32 constant; a zero-strided array, such
-    as ConstantOfShape's, a broadcast scalar)."""
+    as ConstantOfShape's, a broadcast scalar; an `Nhwc` in ONNX's layout)."""
     if isinstance(value, Tensor):
         return value
+    if isinstance(value, Nhwc):
+        return value.nchw()
     arr = np.asarray(value)
     if arr.size > 1 and not any(arr.strides):
         return Tensor(np.asarray(arr.flat[0], np.float32).reshape((1,) * arr.ndim),
@@ -94,7 +124,7 @@ class NodeInput:
         if not self.has(i):
             return default
         v = self.inputs[i]
-        if isinstance(v, Tensor):
+        if isinstance(v, (Tensor, Nhwc)):
             raise UnsupportedModelError([f"{describe(self.node, self.opset)}: input {i} "
                                          f"({self.node.input[i]!r}) must be known at import"])
         return np.asarray(v)
