@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from .loop_ir import ACC_IDENTITY, VOCABULARY, AccRef, Cmp, FConst, ICmp, IConst, IVar, operands
+from .loop_ir import ACC_IDENTITY, VOCABULARY, AccRef, Cmp, FConst, ICmp, IConst, IVar, operands, postorder
 
 #: the operators every C-like target spells alike
 C_OPERATORS = {
@@ -115,18 +115,8 @@ class CLike:
         return None
 
     def _postorder(self, e):
-        """The sub-expressions of e not printed yet, each once, operands first (iterative:
-        expressions of any depth)."""
-        seen: set = set()
-        stack = [(e, False)]
-        while stack:
-            x, expanded = stack.pop()
-            if expanded:
-                yield x
-            elif id(x) not in seen and (x is e or self._known(x) is None):
-                seen.add(id(x))
-                stack.append((x, True))
-                stack += ((o, False) for o in reversed(self.operands(x)))
+        """The sub-expressions of e not printed yet, each once, operands first."""
+        return postorder(e, operands_of=self.operands, keep=lambda x: x is e or self._known(x) is None)
 
     def expr(self, e, ind: str) -> str:
         """Value expression e as text; temporaries for shared or deep sub-expressions are

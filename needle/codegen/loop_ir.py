@@ -330,20 +330,22 @@ def walk_exprs(e, seen=None):
         stack += operands(x)
 
 
-def postorder(e, done=()):
-    """The sub-expressions of value expression e whose id is not in `done`, each once,
-    operands first (left to right): the order in which a recursive walk would finish them,
-    without recursion, so expressions of any depth are walked."""
+def postorder(e, done=(), operands_of=operands, keep=None):
+    """The sub-expressions of value expression e whose id is not in `done` (or, given `keep`,
+    for which keep(x) holds), each once, operands first (left to right, `operands_of`): the
+    order in which a recursive walk would finish them, without recursion, so expressions of
+    any depth are walked."""
+    keep = keep or (lambda x: id(x) not in done)
     seen: set = set()
     stack = [(e, False)]
     while stack:
         x, expanded = stack.pop()
         if expanded:
             yield x
-        elif id(x) not in seen and id(x) not in done:
+        elif id(x) not in seen and keep(x):
             seen.add(id(x))
             stack.append((x, True))
-            stack += ((o, False) for o in reversed(operands(x)))
+            stack += ((o, False) for o in reversed(operands_of(x)))
 
 
 def children(x) -> tuple:

@@ -397,6 +397,26 @@ class _Builder(SplitPath, ProgramBuilder):
         return kernel, f"{node.op} as an implicit GEMM M={M} N={N} K={K} stride={stride} padding={padding}"
 
     # ---- opaque groups ---------------------------------------------------------------
+    def _input_loads(self, sub: Graph, leaves: list) -> tuple:
+        """(leaf, names, inputs) for a Walker over `sub`: leaf(node, idx) loads a leaf's element,
+        a const from its symbol, any other value from a parameter named in0, in1, ... in the
+        order first read (`names`: sub input id -> parameter; `inputs`: (sub input id, graph
+        value) in that order)."""
+        names: dict = {}
+        inputs: list = []
+        position = {m.id: k for k, m in enumerate(sub.inputs)}
+
+        def leaf(node_, idx):
+            o = leaves[position[node_.id]]
+            if self.graph.node(o).op == "const":
+                return Load(self.const_symbol(o), linearize(idx, node_.type.shape))
+            if node_.id not in names:
+                names[node_.id] = f"in{len(names)}"
+                inputs.append((node_.id, o))
+            return Load(names[node_.id], linearize(idx, node_.type.shape))
+
+        return leaf, names, inputs
+
     def opaque(self, g):
         if len(g.node_ids) != 1:
             raise CudaCodegenError(f"opaque group of {len(g.node_ids)} nodes")
@@ -407,17 +427,7 @@ class _Builder(SplitPath, ProgramBuilder):
         sub, leaves = expand(self.graph, [v], [v], self.has_buffer, f"{self.graph.name}.k{g.id}")
         sub = rewrite_tuples(sub)
         n = sub.node(sub.outputs[0])
-        names: dict = {}
-        inputs: list = []
-
-        def leaf(node_, idx):
-            o = leaves[[m.id for m in sub.inputs].index(node_.id)]
-            if self.graph.node(o).op == "const":
-                return Load(self.const_symbol(o), linearize(idx, node_.type.shape))
-            if node_.id not in names:
-                names[node_.id] = f"in{len(names)}"
-                inputs.append((node_.id, o))
-            return Load(names[node_.id], linearize(idx, node_.type.shape))
+        leaf, names, inputs = self._input_loads(sub, leaves)
 
         if node.op not in _OPAQUE:
             raise CudaCodegenError(f"opaque op {node.op} has no CUDA template")
@@ -473,17 +483,7 @@ class _Builder(SplitPath, ProgramBuilder):
         else:
             sub, leaves = expand(self.graph, [v], [v], self.has_buffer, f"{self.graph.name}.out{k}")
             sub = rewrite_tuples(sub)
-        names: dict = {}
-        inputs: list = []
-
-        def leaf(node_, idx):
-            o = leaves[[m.id for m in sub.inputs].index(node_.id)]
-            if self.graph.node(o).op == "const":
-                return Load(self.const_symbol(o), linearize(idx, node_.type.shape))
-            if node_.id not in names:
-                names[node_.id] = f"in{len(names)}"
-                inputs.append((node_.id, o))
-            return Load(names[node_.id], linearize(idx, node_.type.shape))
+        leaf, names, inputs = self._input_loads(sub, leaves)
 
         walker = Walker(sub, leaf)
         out_id = sub.outputs[0]
