@@ -119,6 +119,7 @@ def encoder_model():
     layer = torch.nn.TransformerEncoderLayer(d, heads, ff, dropout=0.0, batch_first=True)
     enc = torch.nn.TransformerEncoder(layer, layers, enable_nested_tensor=False).eval()
     x = torch.randn(batch, seq, d)
+    torch.backends.mha.set_fastpath_enabled(False)  # the fused encoder-layer op has no ONNX export
     buf = io.BytesIO()
     with torch.no_grad():
         torch.onnx.export(enc, (x,), buf, input_names=["x"], output_names=["y"], opset_version=17, dynamo=False)
@@ -151,7 +152,9 @@ def bench(label: str, model, shapes: dict, args) -> tuple:
         raise AssertionError(f"{label}: needle and onnxruntime disagree ({err:.1e})")
     ms = timed({"needle": lambda: nd(**feeds).numpy(), "onnxruntime": lambda: sess.run(None, feeds)},
                args.repeats, warmup=1, rounds=min(5, args.repeats))
-    return label, ms["needle"], ms["onnxruntime"], ms["onnxruntime"] / ms["needle"], compile_s
+    row = (label, ms["needle"], ms["onnxruntime"], ms["onnxruntime"] / ms["needle"], compile_s)
+    log(f"[{label}] needle {row[1]:.1f} ms, onnxruntime {row[2]:.1f} ms, ratio {row[3]:.2f}")
+    return row
 
 
 def main() -> None:
@@ -163,6 +166,7 @@ def main() -> None:
     args = p.parse_args()
     for var in ("NEEDLE_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
         os.environ[var] = str(args.threads)
+    load_before = os.getloadavg()
     rows = []
     for name in args.only.split(","):
         if name == "transformer":
@@ -176,7 +180,8 @@ def main() -> None:
             continue
         for b in (int(x) for x in args.batches.split(",")):
             rows.append(bench(f"{name} batch {b}", *light_model(name, b), args))
-    print(f"threads {args.threads}, median of {args.repeats} calls, load average before/after: see header")
+    print(f"threads {args.threads}, median of {args.repeats} calls; load average (1, 5, 15 min) before "
+          f"{'/'.join(f'{v:.1f}' for v in load_before)}, after {'/'.join(f'{v:.1f}' for v in os.getloadavg())}\n")
     print("| model | needle ms | onnxruntime ms | needle/ort throughput | needle compile s |")
     print("|---|---:|---:|---:|---:|")
     for label, nms, oms, ratio, cs in rows:

@@ -48,7 +48,8 @@ class OnnxFunction:
     `__dict__`: a compiled function closing over it guards it by identity and does not walk
     its protobufs for tensors."""
 
-    __slots__ = ("model", "opset", "constants", "input_names", "output_names", "input_shapes", "input_types")
+    __slots__ = ("model", "opset", "constants", "input_names", "output_names", "input_shapes", "input_types",
+                 "folded")
 
     def __init__(self, model: onnx.ModelProto, input_shapes=None, static: Optional[dict] = None):
         self.model, self.opset = model, model_opset(model)
@@ -61,12 +62,15 @@ class OnnxFunction:
         overrides = _overrides(input_shapes, self.input_names)
         self.input_shapes = {v.name: overrides.get(v.name, _dims(v)) for v in declared}
         self.input_types = {v.name: v.type.tensor_type.elem_type for v in declared}
-        problems = self._problems()
+        known = _known_at_import(graph, set(self.constants))
+        problems = self._problems(known)
         if problems:
             raise UnsupportedModelError(problems)
         self.input_shapes = {k: tuple(int(d) for d in s) for k, s in self.input_shapes.items()}
+        #: {BatchNormalization node index: index of the Conv folded into it}
+        self.folded = ops_nn.conv_batch_norm_pairs(graph, known)
 
-    def _problems(self) -> list[str]:
+    def _problems(self, known: set) -> list[str]:
         """Every unsupported op, attribute, dtype and dynamic shape of the model."""
         problems = []
         if self.opset not in OPSETS:
@@ -77,14 +81,14 @@ class OnnxFunction:
                                 f"{helper.tensor_dtype_to_string(self.input_types[name])} is not supported")
             if any(not isinstance(d, int) for d in shape):
                 problems.append(f"input {name!r}: dynamic shape {shape} (give input_shapes)")
-        known = set(self.constants)
         for node in self.model.graph.node:
             where = describe(node, self.opset)
             conv = CONVERTERS.get(node.op_type)
             if node.domain not in ("", "ai.onnx"):
                 problems.append(f"{where}: domain {node.domain!r} is not supported")
             elif conv is None:
-                problems.append(f"{where}: op type {node.op_type} is not supported")
+                if not (node.input and all(i in known for i in node.input if i)):  # else folded at import
+                    problems.append(f"{where}: op type {node.op_type} is not supported")
             else:
                 reason = conv.check(node, self.opset) if conv.check else None
                 if reason:
@@ -93,16 +97,25 @@ class OnnxFunction:
                     if i < len(node.input) and node.input[i] and node.input[i] not in known:
                         problems.append(f"{where}: input {i} ({node.input[i]!r}) is computed at run time "
                                         f"but must be known at import (a dynamic shape)")
-            if node.op_type in _SHAPE_OPS or all(i in known for i in node.input if i):
-                known.update(node.output)
         return problems
 
     def __call__(self, *tensors: Tensor) -> tuple:
         env: dict[str, Any] = dict(self.constants)
         env.update(zip(self.input_names, tensors))
-        for node in self.model.graph.node:
-            outputs = self._convert(node, [env[i] if i else None for i in node.input])
-            env.update((name, v) for name, v in zip(node.output, outputs) if name)
+        nodes = self.model.graph.node
+        skipped = set(self.folded.values())
+        for k, node in enumerate(nodes):
+            if k in skipped:
+                continue
+            if k in self.folded:  # a BatchNormalization: its Conv with folded weights
+                conv = nodes[self.folded[k]]
+                node, inputs = conv, ops_nn.fold_batch_norm([env[i] if i else None for i in conv.input],
+                                                            [env[i] for i in node.input[1:5]],
+                                                            node_attrs(node).get("epsilon", 1e-5))
+            else:
+                inputs = [env[i] if i else None for i in node.input]
+            outputs = self._convert(node, inputs)
+            env.update((name, v) for name, v in zip(nodes[k].output, outputs) if name)
         return tuple(to_tensor(env[name]) for name in self.output_names)
 
     def _convert(self, node: onnx.NodeProto, inputs: list) -> list:
@@ -110,6 +123,14 @@ class OnnxFunction:
         if constant and inputs and node.op_type not in _OWN_CONSTANTS:
             return _fold(node, inputs, self.opset)
         return layout.convert(node.op_type, CONVERTERS[node.op_type], NodeInput(node, self.opset, inputs, node_attrs(node)))
+
+
+def _known_at_import(graph: onnx.GraphProto, known: set) -> set:
+    """The names of `graph` whose values are known at import, from the `known` ones."""
+    for node in graph.node:
+        if node.op_type in _SHAPE_OPS or all(i in known for i in node.input if i):
+            known.update(node.output)
+    return known
 
 
 def _fold(node: onnx.NodeProto, inputs: list, opset: int) -> list:

@@ -133,11 +133,7 @@ def _matmul(n: NodeInput):
 
 @converter("Gemm")
 def _gemm(n: NodeInput):
-    a, b = n.tensor(0), n.tensor(1)
-    if n.attr("transA", 0):
-        a = ops.transpose(a)
-    if n.attr("transB", 0):
-        b = ops.transpose(b)
+    a, b = (_transposed(n.inputs[i]) if n.attr(f"trans{ab}", 0) else n.tensor(i) for i, ab in enumerate("AB"))
     out = ops.matmul(a, b)
     if n.attr("alpha", 1.0) != 1.0:
         out = out * n.attr("alpha", 1.0)
@@ -145,6 +141,11 @@ def _gemm(n: NodeInput):
         c = n.tensor(2)
         out = out + broadcast(c * n.attr("beta", 1.0) if n.attr("beta", 1.0) != 1.0 else c, out.shape)
     return out
+
+
+def _transposed(v) -> Tensor:
+    """A matrix transposed (a weight known at import: once, at import)."""
+    return to_tensor(v.T) if isinstance(v, np.ndarray) else ops.transpose(to_tensor(v))
 
 
 def _reduction(fn, since_input: int = 18, prepare=None, finish=None, empty: float = 0.0):

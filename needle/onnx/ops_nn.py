@@ -4,16 +4,18 @@ pools and BatchNormalization work in their input's layout."""
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from functools import reduce
 from math import ceil, floor, prod
 
 import numpy as np
+import onnx
 
 from .. import ops
 from ..autograd import Tensor
 from .errors import UnsupportedModelError
 from .layout import as_nhwc
-from .registry import NodeInput, Nhwc, attr_is, converter, describe, to_tensor
+from .registry import NodeInput, Nhwc, attr_is, converter, describe, node_attrs, to_tensor
 from .tensor_ops import broadcast, keepdims, maximum, pad, strided
 
 _AUTO_PAD = ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER")
@@ -275,3 +277,31 @@ def _lrn(n: NodeInput):
     channels = x.shape[1]
     total = reduce(ops.add, (ops.get_item(sq, (slice(None), slice(k, k + channels))) for k in range(size)))
     return x * ops.power_scalar(total * (alpha / size) + bias, -beta)
+
+
+def conv_batch_norm_pairs(graph: onnx.GraphProto, known: set) -> dict[int, int]:
+    """{BatchNormalization node index: Conv node index} for each inference normalization of a
+    Conv's output used nowhere else, the conv's weight and bias and the normalization's
+    parameters known at import: folded into the conv's weight and bias (`fold_batch_norm`)."""
+    uses = Counter(i for node in graph.node for i in node.input)
+    uses.update(v.name for v in graph.output)
+    producer = {out: k for k, node in enumerate(graph.node) for out in node.output}
+    pairs = {}
+    for k, node in enumerate(graph.node):
+        if node.op_type != "BatchNormalization" or any(node.output[1:]) or node_attrs(node).get("training_mode"):
+            continue
+        c = producer.get(node.input[0])
+        conv = graph.node[c] if c is not None else None
+        if conv is not None and conv.op_type == "Conv" and uses[node.input[0]] == 1 \
+                and conv.input[0] not in known and all(i in known for i in list(conv.input[1:]) + list(node.input[1:])):
+            pairs[k] = c
+    return pairs
+
+
+def fold_batch_norm(conv_inputs: list, bn_params: list, eps: float) -> list:
+    """The inputs (x, weight, bias) of one Conv computing a Conv of `conv_inputs` followed by
+    an inference BatchNormalization of `bn_params` (scale, bias, mean, var)."""
+    x, w = conv_inputs[:2]
+    b = conv_inputs[2] if len(conv_inputs) > 2 and conv_inputs[2] is not None else np.zeros(w.shape[0], np.float32)
+    a, shift = bn_affine(*bn_params, eps)
+    return [x, (w * a.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32), (b * a + shift).astype(np.float32)]

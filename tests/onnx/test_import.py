@@ -166,3 +166,12 @@ def test_huge_declared_sizes():
     model = _model([helper.make_node("Relu", ["x"], ["y"])], [_io("x", [1 << 30, 1 << 10])], [_io("y", [1 << 30, 1 << 10])], [])
     with pytest.raises(InvalidModelError, match="over the limit"):
         needle.onnx.load(model)
+
+
+def test_unsupported_op_on_values_known_at_import_is_folded():
+    """An op without a converter (Mod) computing on a static shape is folded at import."""
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Mod", ["s", "two"], ["m"]),
+             helper.make_node("Add", ["x", "m"], ["y"])]
+    model = _model(nodes, [_io("x", [3, 2])], [_io("y", [3, 2])], [_ints("two", [2])])
+    x = rng.standard_normal((3, 2)).astype(np.float32)
+    np.testing.assert_allclose(needle.onnx.load(model)(x).numpy(), x + np.array([1, 0], np.float32))

@@ -1,6 +1,7 @@
 """Activations stay in needle's NHWC conv layout through chains of convs, pools,
 normalizations, concats and elementwise ops (needle/onnx/layout.py): the final IR permutes at
-the graph's input and output only, and the results match onnxruntime."""
+the graph's input and output only; a BatchNormalization after a conv is folded into its
+weights; the results match onnxruntime."""
 from __future__ import annotations
 
 import numpy as np
@@ -47,3 +48,4 @@ def test_cnn_chain_stays_nhwc_and_matches_onnxruntime():
     np.testing.assert_allclose(imported(x).numpy(), want, rtol=1e-4, atol=1e-5)
     # the input's permute to NHWC, and the Transpose (merged with the permute back to NCHW)
     assert imported.ir("final").count("= Permute(") == 2
+    assert imported.function.folded == {1: 0}  # the BatchNormalization folded into the first conv
