@@ -91,17 +91,18 @@ class Permute(View):
     def __init__(self, axes):
         self.axes = tuple(axes)
 
-    def _perm(self, ndim):
+    def permutation(self, ndim) -> tuple:
+        """Output axis k reads input axis permutation(ndim)[k]."""
         return self.axes
 
     def index_map(self, idx, in_shape, out_shape):
         out = [0] * len(in_shape)
-        for k, ax in enumerate(self._perm(len(in_shape))):
+        for k, ax in enumerate(self.permutation(len(in_shape))):
             out[ax] = idx[k]
         return tuple(out)
 
     def inverse_index_map(self, idx, in_shape, out_shape):
-        return tuple(idx[ax] for ax in self._perm(len(in_shape)))
+        return tuple(idx[ax] for ax in self.permutation(len(in_shape)))
 
     def infer(self, a):
         if sorted(self.axes) != list(range(len(a.shape))):
@@ -124,7 +125,7 @@ class Transpose(Permute):
     def __init__(self, axes: Optional[tuple] = None):
         self.axes = axes
 
-    def _perm(self, ndim):
+    def permutation(self, ndim) -> tuple:
         i, j = self.axes if self.axes is not None else (ndim - 2, ndim - 1)
         if ndim < 2 or not (-ndim <= i < ndim and -ndim <= j < ndim):
             raise self.error(f"cannot swap axes {(i, j)} of a {ndim}-d input")
@@ -133,11 +134,11 @@ class Transpose(Permute):
         return tuple(perm)
 
     def infer(self, a):
-        perm = self._perm(len(a.shape))
+        perm = self.permutation(len(a.shape))
         return tuple(a.shape[i] for i in perm), a.dtype
 
     def compute(self, a):
-        return array_api.transpose(a, self._perm(len(a.shape)))
+        return array_api.transpose(a, self.permutation(len(a.shape)))
 
     def gradient(self, out_grad, node):
         return Transpose(self.axes)(out_grad)

@@ -27,7 +27,11 @@ from __future__ import annotations
 from math import copysign, prod
 from typing import Callable, Optional, Union
 
+from ..errors import OpError
 from ..ir.graph import Node, make_attrs
+from ..ir.op_table import op_from_node
+from ..ops.registry import op_names
+from ..ops.shape import Permute
 from .fold import uniform_value
 from .manager import Pass, PassResult
 from .rewrite import replace_node, rewrite
@@ -53,50 +57,45 @@ def _scalar_identity(node: Node, get: Get) -> Result:
     return None
 
 
-def _negate(node: Node, get: Get) -> Result:
+def _involution(node: Node, get: Get) -> Result:
+    """op(op(x)) -> x."""
     inner = get(node.inputs[0])
-    return inner.inputs[0] if inner.op == "Negate" else None
+    return inner.inputs[0] if inner.op == node.op else None
 
 
 def _reshape(node: Node, get: Get) -> Result:
     inner = get(node.inputs[0])
     if _shape(node) == _shape(inner):
         return inner.id
-    if inner.op == "Reshape":  # reshape of reshape: one reshape of the innermost input
+    if inner.op == node.op:  # reshape of reshape: one reshape of the innermost input
         return replace_node(node, inputs=inner.inputs, attrs=make_attrs({"shape": _shape(node)}))
     return None
 
 
-def _perm(node: Node, ndim: int) -> Optional[tuple[int, ...]]:
-    """The axis permutation a Permute or Transpose node applies to an ndim-d input."""
-    axes = node.attr("axes")
-    if node.op == "Permute":
-        return tuple(axes)
-    if ndim < 2:
+def _permutation(node: Node, ndim: int) -> Optional[tuple[int, ...]]:
+    """The axis permutation a permuting view (Permute, Transpose: `permutation` on the op)
+    applies to an ndim-d input; None when it cannot apply."""
+    try:
+        return tuple(op_from_node(node.op, node.attr_dict).permutation(ndim))
+    except OpError:
         return None
-    i, j = axes if axes is not None else (ndim - 2, ndim - 1)
-    perm = list(range(ndim))
-    perm[i], perm[j] = perm[j], perm[i]
-    return tuple(perm)
 
 
 def _permute(node: Node, get: Get) -> Result:
     inner = get(node.inputs[0])
     ndim = len(_shape(node))
-    perm = _perm(node, ndim)
+    perm = _permutation(node, ndim)
     if perm is None:
         return None
     if perm == tuple(range(ndim)):
         return inner.id
-    if inner.op not in ("Permute", "Transpose"):
-        return None
-    inner_perm = _perm(inner, ndim)
+    inner_perm = _permutation(inner, ndim) if inner.op in PERMUTING else None
     if inner_perm is None:
         return None
     combined = tuple(inner_perm[p] for p in perm)  # out axis i reads x axis inner[perm[i]]
     if combined == tuple(range(ndim)):
         return inner.inputs[0]
-    if node.op == "Permute" and inner.op == "Permute":
+    if node.op == inner.op == PERMUTE:  # two swaps stay two Transposes (a GEMM reads each as a flag)
         return replace_node(node, inputs=inner.inputs, attrs=make_attrs({"axes": combined}))
     return None
 
@@ -106,7 +105,7 @@ def _broadcast(node: Node, get: Get) -> Result:
     shape = _shape(node)
     if shape == _shape(inner):
         return inner.id
-    if inner.op == "BroadcastTo":
+    if inner.op == node.op:
         return replace_node(node, inputs=inner.inputs, attrs=make_attrs({"shape": shape}))
     if inner.op == "const" and prod(_shape(inner)) == 1:
         return replace_node(node, op="const", inputs=(),
@@ -138,12 +137,18 @@ def _summation(node: Node, get: Get) -> Result:
     return None
 
 
+#: the permuting views (their op declares `permutation`), and the general one
+PERMUTING = op_names(lambda cls: hasattr(cls, "permutation"))
+PERMUTE = Permute.__name__
+#: ops that only stop gradients (the output is the input, not differentiable): identities
+#: once no grad request is left
+GRADIENT_STOPS = op_names(lambda cls: cls.aliases_input and not cls.differentiable)
+
 RULES: dict[str, Callable[[Node, Get], Result]] = {
     **{op: _scalar_identity for op in _NEUTRAL_SCALAR},
-    "Negate": _negate,
+    "Negate": _involution,
     "Reshape": _reshape,
-    "Permute": _permute,
-    "Transpose": _permute,
+    **{op: _permute for op in PERMUTING},
     "BroadcastTo": _broadcast,
     "Summation": _summation,
     **{op: _binary_with_const for op in _SCALAR_FORM},
@@ -159,8 +164,8 @@ class AlgebraicSimplification(Pass):
         differentiating = any(n.op == "grad" for n in graph.nodes)
 
         def rule(node, get):
-            if node.op == "Detach" and not differentiating:  # stops gradients only
-                counts["Detach"] = counts.get("Detach", 0) + 1
+            if node.op in GRADIENT_STOPS and not differentiating:
+                counts[node.op] = counts.get(node.op, 0) + 1
                 return node.inputs[0]
             fn = RULES.get(node.op)
             out = fn(node, get) if fn is not None else None

@@ -11,7 +11,7 @@ report lists such nodes under "skipped".
 from __future__ import annotations
 
 from math import prod
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -99,7 +99,7 @@ def _foldable(node: Node, get) -> bool:
 
 def _one_element(node: Node) -> Node:
     """The node computing a single element of itself (BroadcastTo to all-ones)."""
-    if node.op == "BroadcastTo":
+    if _kind(node.op) == "broadcast":
         return replace_node(node, attrs=make_attrs({"shape": (1,) * len(node.type.shape)}))
     return node
 
@@ -109,7 +109,11 @@ def _cheap_uniform(node: Node, ins: list[Node]) -> bool:
     scalar-fill consts (folded on one element), or a broadcast of one."""
     if not all(n.op == "const" and not isinstance(n.attr("value"), tuple) for n in ins):
         return False
-    return node.op == "BroadcastTo" or getattr(OPS.get(node.op), "kind", None) == "elementwise"
+    return _kind(node.op) in ("broadcast", "elementwise")
+
+
+def _kind(op: str) -> Optional[str]:
+    return getattr(OPS.get(op), "kind", None)
 
 
 class ConstantFolding(Pass):

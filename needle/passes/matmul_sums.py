@@ -14,10 +14,17 @@ the product. The products' order in the sum changes (float rounding).
 from __future__ import annotations
 
 from ..ir.graph import Graph, Node, TensorType, make_attrs
+from ..ops.elementwise import EWiseAdd
+from ..ops.linalg import MatMul
+from ..ops.shape import Transpose
+from ..ops.tuple_ops import Concat, MakeTensorTuple
 from .dce import live_ids
 from .manager import Pass, PassResult
 
 MIN_TERMS = 4
+#: the ops of the pattern and of its rewrite
+ADD, MATMUL, TRANSPOSE, CONCAT, TUPLE = (cls.__name__ for cls in (EWiseAdd, MatMul, Transpose, Concat,
+                                                                  MakeTensorTuple))
 
 
 def _tree(graph: Graph, users: dict, root: Node) -> tuple[list[Node], list[Node]]:
@@ -26,7 +33,7 @@ def _tree(graph: Graph, users: dict, root: Node) -> tuple[list[Node], list[Node]
     inner, leaves, stack = [], [], [root]
     while stack:
         n = stack.pop()
-        if n.op == "EWiseAdd" and n.type == root.type and (n is root or len(users[n.id]) == 1):
+        if n.op == ADD and n.type == root.type and (n is root or len(users[n.id]) == 1):
             inner.append(n)
             stack += [graph.node(i) for i in reversed(n.inputs)]
         else:
@@ -35,7 +42,7 @@ def _tree(graph: Graph, users: dict, root: Node) -> tuple[list[Node], list[Node]
 
 
 def _is_2d_transpose(graph: Graph, node: Node) -> bool:
-    return (node.op == "Transpose" and node.attr("axes") is None
+    return (node.op == TRANSPOSE and node.attr("axes") is None
             and len(graph.node(node.inputs[0]).type.shape) == 2)
 
 
@@ -48,14 +55,14 @@ def batch_matmul_sums(graph: Graph) -> tuple[Graph, int]:
     replaced: dict[int, list[Node]] = {}   # root id -> the nodes that take its place
     dropped: set[int] = set()
     for root in graph.nodes:
-        if root.op != "EWiseAdd" or root.id in dropped or not isinstance(root.type, TensorType):
+        if root.op != ADD or root.id in dropped or not isinstance(root.type, TensorType):
             continue
         parent = users[root.id]
-        if len(parent) == 1 and parent[0] >= 0 and graph.node(parent[0]).op == "EWiseAdd" \
+        if len(parent) == 1 and parent[0] >= 0 and graph.node(parent[0]).op == ADD \
                 and graph.node(parent[0]).type == root.type:
             continue  # an inner node of a larger sum
         inner, leaves = _tree(graph, users, root)
-        terms = [l for l in leaves if l.op == "MatMul" and l.type == root.type and len(root.type.shape) == 2
+        terms = [l for l in leaves if l.op == MATMUL and l.type == root.type and len(root.type.shape) == 2
                  and len(users[l.id]) == 1 and leaves.count(l) == 1]
         if len(terms) < MIN_TERMS:
             continue
@@ -74,17 +81,17 @@ def batch_matmul_sums(graph: Graph) -> tuple[Graph, int]:
         k = sum(r.type.shape[0] for r in rights)
         if all(_is_2d_transpose(graph, a) for a in lefts):
             xs = [graph.node(a.inputs[0]) for a in lefts]
-            tup = add("MakeTensorTuple", [x.id for x in xs], tuple(x.type for x in xs))
-            stacked = add("Concat", [tup], TensorType((k, t.shape[0]), t.dtype, t.device), axis=0)
-            left = add("Transpose", [stacked], TensorType((t.shape[0], k), t.dtype, t.device), axes=None)
+            tup = add(TUPLE, [x.id for x in xs], tuple(x.type for x in xs))
+            stacked = add(CONCAT, [tup], TensorType((k, t.shape[0]), t.dtype, t.device), axis=0)
+            left = add(TRANSPOSE, [stacked], TensorType((t.shape[0], k), t.dtype, t.device), axes=None)
         else:
-            tup = add("MakeTensorTuple", [a.id for a in lefts], tuple(a.type for a in lefts))
-            left = add("Concat", [tup], TensorType((t.shape[0], k), t.dtype, t.device), axis=1)
-        tup = add("MakeTensorTuple", [r.id for r in rights], tuple(r.type for r in rights))
-        right = add("Concat", [tup], TensorType((k, t.shape[1]), t.dtype, t.device), axis=0)
-        total = add("MatMul", [left, right], t)
+            tup = add(TUPLE, [a.id for a in lefts], tuple(a.type for a in lefts))
+            left = add(CONCAT, [tup], TensorType((t.shape[0], k), t.dtype, t.device), axis=1)
+        tup = add(TUPLE, [r.id for r in rights], tuple(r.type for r in rights))
+        right = add(CONCAT, [tup], TensorType((k, t.shape[1]), t.dtype, t.device), axis=0)
+        total = add(MATMUL, [left, right], t)
         for other in [l for l in leaves if l not in terms]:
-            total = add("EWiseAdd", [total, other.id], t)
+            total = add(ADD, [total, other.id], t)
         last = new.pop()  # the sum keeps the root's id, so its users and outputs stay
         new.append(Node(root.id, last.op, last.inputs, last.attrs, t, loc))
         replaced[root.id] = new

@@ -110,7 +110,7 @@ class GemmConvSteps:
         op = op_from_node(node.op, node.attr_dict) if self.is_view(v) else None
         if hasattr(op, "_perm"):  # a permutation of the axes
             nd = len(shape)
-            if tuple(op._perm(nd)) == tuple(range(nd - 2)) + (nd - 1, nd - 2):
+            if tuple(op.permutation(nd)) == tuple(range(nd - 2)) + (nd - 1, nd - 2):
                 base, trans = node.inputs[0], True
         elif op is not None and op.aliases_input:
             base = node.inputs[0]   # a reshape of a compact buffer is the same memory
