@@ -30,8 +30,9 @@ F32 = 4
 _CONV_KINDS = {"Conv": 0, "ConvBackwardData": 1, "ConvBackwardFilter": 2}
 #: the ops a GEMM step computes
 _GEMM_OPS = ("MatMul",)
-#: program.cc's conv_blocked: at most this many threads, each with a patch block of this size
-_CONV_THREADS, _CONV_BLOCK_BYTES = 8, 256 << 10
+#: program.cc's conv_blocked: at most this many threads, each with a patch block of this
+#: size but at least this many rows
+_CONV_THREADS, _CONV_BLOCK_BYTES, _CONV_MIN_ROWS = 8, 256 << 10, 256
 
 
 class GemmConvSteps:
@@ -157,7 +158,8 @@ class GemmConvSteps:
         ho, wo = (h + 2 * p - kh) // s + 1, (wd + 2 * p - kw) // s + 1
         row = kh * kw * ci
         if kind == 0:     # program.cc conv_blocked: a block of patches per thread
-            floats = _CONV_THREADS * max(16, _CONV_BLOCK_BYTES // (4 * row)) * row
+            most = max(16, _CONV_BLOCK_BYTES // (4 * row), _CONV_MIN_ROWS)
+            floats = min(_CONV_THREADS * most, n * ho * wo + most) * row
         else:             # the im2col matrix (patches, or their gradients)
             floats = n * ho * wo * row
         cols = self._scratch(floats * F32)
