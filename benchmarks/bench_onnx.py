@@ -14,7 +14,7 @@ onnxruntime: CPU, `intra_op_num_threads=threads`, `ORT_ENABLE_ALL`. needle:
 `NEEDLE_NUM_THREADS` = `OPENBLAS_NUM_THREADS` = threads, set before needle is imported.
 Both take turns (`timed`: warm-up, rounds of calls, medians), float32, the same input.
 `ratio` = needle's throughput / onnxruntime's (median ms of ort / median ms of needle);
-`compile s` = needle's import + compile + first call. Progress to stderr, table to stdout.
+`compile s` = needle's import + compile + first call, with an empty kernel cache. Progress to stderr, table to stdout.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ import io
 import os
 import statistics
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,6 +37,20 @@ ENCODER = (4, 256, 4, 1024, 8, 64)
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def openblas_core() -> str:
+    """The kernel family of the OpenBLAS needle calls (scipy-openblas32): the machine's
+    `OPENBLAS_CORETYPE`, or what it detects."""
+    try:
+        import ctypes
+
+        import scipy_openblas32 as blas
+        lib = ctypes.CDLL(os.path.join(blas.get_lib_dir(), f"lib{blas.get_library()}.so"))
+        lib.scipy_openblas_get_corename.restype = ctypes.c_char_p
+        return lib.scipy_openblas_get_corename().decode()
+    except (ImportError, OSError, AttributeError):
+        return "unknown"
 
 
 def timed(calls: dict, repeats: int, warmup: int, rounds: int = 5) -> dict:
@@ -166,6 +181,7 @@ def main() -> None:
     args = p.parse_args()
     for var in ("NEEDLE_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
         os.environ[var] = str(args.threads)
+    os.environ["NEEDLE_CACHE_DIR"] = tempfile.mkdtemp(prefix="bench_onnx_cache_")  # cold compiles
     load_before = os.getloadavg()
     rows = []
     for name in args.only.split(","):
@@ -180,7 +196,8 @@ def main() -> None:
             continue
         for b in (int(x) for x in args.batches.split(",")):
             rows.append(bench(f"{name} batch {b}", *light_model(name, b), args))
-    print(f"threads {args.threads}, median of {args.repeats} calls; load average (1, 5, 15 min) before "
+    print(f"threads {args.threads}, needle's OpenBLAS kernels {openblas_core()}, median of {args.repeats} calls; "
+          f"load average (1, 5, 15 min) before "
           f"{'/'.join(f'{v:.1f}' for v in load_before)}, after {'/'.join(f'{v:.1f}' for v in os.getloadavg())}\n")
     print("| model | needle ms | onnxruntime ms | needle/ort throughput | needle compile s |")
     print("|---|---:|---:|---:|---:|")
