@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from math import prod
 from functools import reduce
 
 import numpy as np
@@ -124,6 +125,9 @@ def _where(n: NodeInput):
 @converter("MatMul")
 def _matmul(n: NodeInput):
     a, b = n.tensor(0), n.tensor(1)
+    if len(a.shape) > 2 and len(b.shape) == 2:  # a stack of rows by one matrix: one GEMM
+        rows = ops.matmul(ops.reshape(a, (prod(a.shape[:-1]), a.shape[-1])), b)
+        return ops.reshape(rows, a.shape[:-1] + b.shape[1:])
     a2 = ops.reshape(a, (1,) + a.shape) if len(a.shape) == 1 else a
     b2 = ops.reshape(b, b.shape + (1,)) if len(b.shape) == 1 else b
     out = ops.matmul(a2, b2)
