@@ -126,6 +126,8 @@ class _Renderer:
         if isinstance(s, For):
             if s.kind == "vector" and s.extent >= self.W and self.vvar is None:
                 self.vector_loop(s)
+            elif s.extent < self.W:
+                self.unrolled(s.var, range(s.extent), s.body)
             else:
                 self.loop(s.var, 0, s.extent, 1, s.body)
         elif isinstance(s, Store):
@@ -170,6 +172,18 @@ class _Renderer:
         b.branch(cond)
         b.position_at_end(done)
 
+    def unrolled(self, var, indices, body):
+        """The body once per constant index: LLVM gets no loop shorter than a vector (its loop
+        vectorizer has nothing to gain there, and LLVM 22's hangs on some of them: a 3-trip
+        loop of exp/log polynomials)."""
+        saved_vars, saved_memo = dict(self.vars), self.memo
+        for i in indices:
+            self.vars[var] = ir.Constant(I64, i)
+            self.memo = {}
+            for s in body:
+                self.stmt(s)
+        self.vars, self.memo = saved_vars, saved_memo
+
     def vector_loop(self, s: For, lo=None, hi=None):
         """The body on <W x float> over the largest multiple of W, then a scalar tail;
         over [lo, hi) (i64 values) when given, else over the whole extent."""
@@ -196,7 +210,7 @@ class _Renderer:
         if lo is not None:
             self.loop(s.var, vend, hi, 1, s.body)
         elif vend < s.extent:
-            self.loop(s.var, vend, s.extent, 1, s.body)
+            self.unrolled(s.var, range(vend, s.extent), s.body)
 
     def store(self, buf, index, v):
         b = self.b

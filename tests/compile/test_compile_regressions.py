@@ -363,3 +363,26 @@ def test_state_reached_through_an_object_without_a_readable_instance_dict():
 
     x = ndl.Tensor(np.random.randn(3).astype(np.float32))
     np.testing.assert_allclose(f(x).numpy(), x.numpy() * w.numpy(), rtol=1e-6)
+
+
+def test_loop_of_three_polynomial_iterations_compiles(tmp_path):
+    """Fuzzer seed 426209: LLVM 22's loop vectorizer never returned on a 3-trip loop storing
+    log(exp(.) + 3) (the LLVM renderer now unrolls loops shorter than a vector). Run in a
+    subprocess so that a hang fails the test instead of stalling the suite."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    program = tmp_path / "program.py"
+    program.write_text(
+        "import numpy as np, needle as ndl\n"
+        "def f(x):\n"
+        "    v4 = ndl.logsoftmax(ndl.broadcast_to(x, (8, 3)))\n"
+        "    return ndl.log(ndl.exp(ndl.add_scalar(v4, 2.0)) + 3.0)\n"
+        "x = ndl.Tensor(np.random.randn(1).astype(np.float32))\n"
+        "np.testing.assert_allclose(ndl.compile(f)(x).numpy(), f(x).numpy(), rtol=1e-5)\n"
+        "print('ok')\n")
+    root = Path(__file__).resolve().parents[2]
+    env = {**__import__("os").environ, "NEEDLE_CACHE_DIR": "0", "PYTHONPATH": str(root)}
+    run = subprocess.run([sys.executable, str(program)], capture_output=True, text=True, timeout=120, env=env)
+    assert run.returncode == 0 and "ok" in run.stdout, run.stderr

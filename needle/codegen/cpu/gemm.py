@@ -109,7 +109,7 @@ class GemmConvSteps:
         trans = False
         base = v
         op = op_from_node(node.op, node.attr_dict) if self.is_view(v) else None
-        if hasattr(op, "_perm"):  # a permutation of the axes
+        if hasattr(op, "permutation"):  # a permutation of the axes
             nd = len(shape)
             if tuple(op.permutation(nd)) == tuple(range(nd - 2)) + (nd - 1, nd - 2):
                 base, trans = node.inputs[0], True
