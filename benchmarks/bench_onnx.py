@@ -93,22 +93,23 @@ def light_model(name: str, batch: int):
     model = onnx.load(path)
     graph = model.graph
     arrays = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
-    fills = {n.output[0]: tuple(int(d) for d in arrays[n.input[0]]) for n in graph.node if n.op_type == "ConstantOfShape"}
+    fills = {n.output[0]: tuple(int(d) for d in arrays[n.input[0]])
+             for n in graph.node if n.op_type == "ConstantOfShape"}
     weights = {**{k: v.shape for k, v in arrays.items() if v.dtype == np.float32}, **fills}
     nodes = [n for n in graph.node if n.op_type != "ConstantOfShape"]
     rng = np.random.default_rng(0)
-    for name, shape in weights.items():
+    for key, shape in weights.items():
         if len(shape) == 1:  # biases and BN parameters (variances must stay positive)
-            arrays[name] = rng.uniform(0.5, 1.0, shape).astype(np.float32)
+            arrays[key] = rng.uniform(0.5, 1.0, shape).astype(np.float32)
         else:
-            arrays[name] = rng.standard_normal(shape).astype(np.float32) * np.float32(np.sqrt(2 / np.prod(shape[1:])))
+            arrays[key] = rng.standard_normal(shape).astype(np.float32) * np.float32(np.sqrt(2 / np.prod(shape[1:])))
     for node in nodes:  # a Reshape to (1, features) saved at batch 1 keeps the batch
         if node.op_type == "Reshape" and arrays[node.input[1]][0] == 1:
             arrays[node.input[1]] = np.concatenate([[-1], arrays[node.input[1]][1:]]).astype(np.int64)
     used = {i for n in nodes for i in n.input}
     inputs = [v for v in graph.input if v.name in used and v.name not in arrays]
-    for field, values in ((graph.node, nodes), (graph.input, inputs),
-                          (graph.initializer, [numpy_helper.from_array(arrays[k], k) for k in sorted(used & set(arrays))])):
+    inits = [numpy_helper.from_array(arrays[k], k) for k in sorted(used & set(arrays))]
+    for field, values in ((graph.node, nodes), (graph.input, inputs), (graph.initializer, inits)):
         del field[:]
         field.extend(values)
     model.ir_version = max(model.ir_version, 4)  # initializers need not be graph inputs

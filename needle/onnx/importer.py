@@ -122,7 +122,8 @@ class OnnxFunction:
         constant = all(v is None or isinstance(v, np.ndarray) for v in inputs)
         if constant and inputs and node.op_type not in _OWN_CONSTANTS:
             return _fold(node, inputs, self.opset)
-        return layout.convert(node.op_type, CONVERTERS[node.op_type], NodeInput(node, self.opset, inputs, node_attrs(node)))
+        n = NodeInput(node, self.opset, inputs, node_attrs(node))
+        return layout.convert(node.op_type, CONVERTERS[node.op_type], n)
 
 
 def _known_at_import(graph: onnx.GraphProto, known: set) -> set:

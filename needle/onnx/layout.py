@@ -10,7 +10,7 @@ import numpy as np
 
 from .. import ops
 from ..autograd import Tensor
-from .registry import Converter, NodeInput, Nhwc, Value, to_tensor
+from .registry import Converter, Nhwc, NodeInput, Value, to_tensor
 
 #: ONNX ops whose output element i depends on their inputs' elements i only (numpy broadcasting)
 ELEMENTWISE = frozenset({

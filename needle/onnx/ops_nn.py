@@ -15,7 +15,7 @@ from .. import ops
 from ..autograd import Tensor
 from .errors import UnsupportedModelError
 from .layout import as_nhwc
-from .registry import NodeInput, Nhwc, attr_is, converter, describe, node_attrs, to_tensor
+from .registry import Nhwc, NodeInput, attr_is, converter, describe, node_attrs, to_tensor
 from .tensor_ops import broadcast, keepdims, maximum, pad, strided
 
 _AUTO_PAD = ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER")

@@ -8,7 +8,7 @@ from .. import ops
 from ..autograd import Tensor
 from .checks import MAX_BYTES
 from .errors import UnsupportedModelError
-from .registry import NodeInput, Nhwc, attr_is, converter, describe, to_tensor
+from .registry import Nhwc, NodeInput, attr_is, converter, describe, to_tensor
 from .tensor_ops import broadcast, floor, normalize_axes, pad, take
 
 
