@@ -19,16 +19,17 @@ Both take turns (`timed`: warm-up, rounds of calls, medians), float32, the same 
 from __future__ import annotations
 
 import argparse
-import gc
 import io
 import os
-import statistics
 import sys
 import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from bench_workloads import timed  # noqa: E402  (the same turn-about timing as the workloads)
 
 LIGHT = ("resnet50", "squeezenet", "vgg19")
 #: the Transformer encoder: (layers, d_model, heads, feed-forward, batch, sequence)
@@ -51,35 +52,6 @@ def openblas_core() -> str:
         return lib.scipy_openblas_get_corename().decode()
     except (ImportError, OSError, AttributeError):
         return "unknown"
-
-
-def timed(calls: dict, repeats: int, warmup: int, rounds: int = 5) -> dict:
-    """{name: median ms} of `repeats` calls of each variant after `warmup` ones, the variants
-    taking turns in `rounds` blocks, each block after 50 ms of untimed calls (as
-    bench_workloads.timed); the garbage collector off while timing."""
-    for call in calls.values():
-        for _ in range(warmup):
-            call()
-    rounds = max(1, min(rounds, repeats))
-    per_round = [repeats // rounds + (r < repeats % rounds) for r in range(rounds)]
-    times: dict = {name: [] for name in calls}
-    gc.collect()
-    gc.disable()
-    try:
-        for count in per_round:
-            for name, call in calls.items():
-                start = time.perf_counter()
-                while True:
-                    call()
-                    if time.perf_counter() - start >= 0.05:
-                        break
-                for _ in range(count):
-                    t = time.perf_counter()
-                    call()
-                    times[name].append(time.perf_counter() - t)
-    finally:
-        gc.enable()
-    return {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
 
 
 def light_model(name: str, batch: int):
@@ -166,8 +138,9 @@ def bench(label: str, model, shapes: dict, args) -> tuple:
     log(f"[{label}] compile {compile_s:.1f} s, executor {nd.forward.stats['executor']}, max rel. diff {err:.1e}")
     if err > 1e-3:
         raise AssertionError(f"{label}: needle and onnxruntime disagree ({err:.1e})")
-    ms = timed({"needle": lambda: nd(**feeds).numpy(), "onnxruntime": lambda: sess.run(None, feeds)},
-               args.repeats, warmup=1, rounds=min(5, args.repeats))
+    ms = {name: median for name, (median, _) in timed(
+        {"needle": lambda: nd(**feeds).numpy(), "onnxruntime": lambda: sess.run(None, feeds)},
+        args.repeats, warmup=1, rounds=min(5, args.repeats)).items()}
     row = (label, ms["needle"], ms["onnxruntime"], ms["onnxruntime"] / ms["needle"], compile_s)
     log(f"[{label}] needle {row[1]:.1f} ms, onnxruntime {row[2]:.1f} ms, ratio {row[3]:.2f}")
     return row
