@@ -88,6 +88,14 @@ def _external_tensors(model: onnx.ModelProto) -> list:
             if t.HasField("data_location") and t.data_location == onnx.TensorProto.EXTERNAL]
 
 
+def _count(text: str, tensor: str, key: str) -> int:
+    """An external-data offset or length: a non-negative integer, else InvalidModelError."""
+    if not text.isdigit():
+        raise InvalidModelError(f"initializer {tensor!r}: external data {key} {text!r} is not a "
+                                "non-negative integer")
+    return int(text)
+
+
 def _load_external(model: onnx.ModelProto, base_dir, max_bytes: int) -> None:
     """Read external data after checking each location stays inside the model's folder and
     each (offset, length) inside its file."""
@@ -103,8 +111,9 @@ def _load_external(model: onnx.ModelProto, base_dir, max_bytes: int) -> None:
                                     f"points outside the model's folder {root}")
         if not os.path.isfile(target):
             raise InvalidModelError(f"initializer {t.name!r}: external data file {location!r} not found")
-        offset, size = int(info.get("offset", 0)), os.path.getsize(target)
-        length = int(info.get("length", size - offset))
+        size = os.path.getsize(target)
+        offset = _count(info.get("offset", "0"), t.name, "offset")
+        length = _count(info.get("length", str(size - offset)), t.name, "length")
         need = prod(t.dims) * _itemsize(t.data_type)
         if offset < 0 or length != need or offset + length > size or length > max_bytes:
             raise InvalidModelError(f"initializer {t.name!r}: external data ({location!r}, offset {offset}, "

@@ -158,6 +158,22 @@ def test_external_data_outside_the_model_folder(tmp_path):
         needle.onnx.load(str(folder / "m.onnx"))
 
 
+@pytest.mark.parametrize("offset,length", [("zero", "320"), ("0", "-5"), ("0", "1e3")])
+def test_external_data_with_bad_offset_or_length(tmp_path, offset, length):
+    """Offsets and lengths that are not non-negative integers: a clear error, not a ValueError."""
+    model = cnn(batch=1)
+    (tmp_path / "w.bin").write_bytes(b"\0" * 4096)
+    w = next(t for t in model.graph.initializer if t.name == "wf")
+    w.ClearField("raw_data")
+    w.ClearField("float_data")
+    w.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", "w.bin"), ("offset", offset), ("length", length)):
+        w.external_data.add(key=key, value=value)
+    (tmp_path / "m.onnx").write_bytes(model.SerializeToString())
+    with pytest.raises(InvalidModelError, match="external data"):
+        needle.onnx.load(str(tmp_path / "m.onnx"))
+
+
 def test_huge_declared_sizes():
     big = TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[1 << 20, 1 << 12], raw_data=b"\0" * 16)
     model = _model([helper.make_node("Add", ["x", "w"], ["y"])], [_io("x", [1, 1])], [_io("y", [1, 1])], [big])
