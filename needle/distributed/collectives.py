@@ -72,9 +72,29 @@ def _mpi_op(op: str):
 
 
 class _Collective(TensorOp, abstract=True):
+    """A collective computes on host float32 buffers (`host_compute(outs, ins)`, numpy arrays):
+    eagerly over views of the arrays' memory, and in a compiled step as the native program's
+    host step over its buffers (no copies either way on the cpu device)."""
+
     kind = "opaque"
     pure = False        # never merged, folded or evaluated at compile time
     collective = True   # every rank must run it, in the same order
+
+    def compute(self, a):
+        buf = _Host(a, tuple(self.infer(a)[0]))
+        self.host_compute([buf.recv], [buf.send])
+        return buf.result()
+
+    def host_compute(self, outs: list, ins: list) -> None:
+        comm = world.comm()
+        if comm is None:
+            outs[0][...] = ins[0]
+        else:
+            self.mpi(comm, ins[0], outs[0])
+
+    def mpi(self, comm, send: np.ndarray, recv: np.ndarray) -> None:
+        """The collective over the world's ranks, from `send` into `recv`."""
+        raise NotImplementedError
 
 
 class AllReduce(_Collective):
@@ -95,22 +115,16 @@ class AllReduce(_Collective):
         self._check()   # also for an op rebuilt from IR attributes
         return tuple(a.shape), a.dtype
 
-    def compute(self, a):
-        comm = world.comm()
-        buf = _Host(a, tuple(a.shape))
-        if comm is None:
-            buf.recv[...] = buf.send
-            return buf.result()
-        what = f"all_reduce({self.op}) of shape {tuple(a.shape)}"
+    def mpi(self, comm, send, recv):
+        what = f"all_reduce({self.op}) of shape {send.shape}"
         if self.root >= 0:
-            world.wait(comm.Ireduce(buf.send, buf.recv, op=_mpi_op("sum"), root=self.root), what)
+            world.wait(comm.Ireduce(send, recv, op=_mpi_op("sum"), root=self.root), what)
             if comm.Get_rank() != self.root:
-                buf.recv[...] = 0.0
+                recv[...] = 0.0
         else:
-            world.wait(comm.Iallreduce(buf.send, buf.recv, op=_mpi_op(self.op)), what)
+            world.wait(comm.Iallreduce(send, recv, op=_mpi_op(self.op)), what)
             if self.op == "mean":
-                buf.recv *= np.float32(1.0 / comm.Get_size())
-        return buf.result()
+                recv *= np.float32(1.0 / comm.Get_size())
 
     # VJPs build the adjoint ops themselves: a graph's collectives are for the world it was
     # traced in, whatever world differentiates it
@@ -132,13 +146,9 @@ class Broadcast(_Collective):
     def infer(self, a):
         return tuple(a.shape), a.dtype
 
-    def compute(self, a):
-        comm = world.comm()
-        buf = _Host(a, tuple(a.shape))
-        buf.recv[...] = buf.send
-        if comm is not None:
-            world.wait(comm.Ibcast(buf.recv, root=self.src), f"broadcast(src={self.src}) of shape {tuple(a.shape)}")
-        return buf.result()
+    def mpi(self, comm, send, recv):
+        recv[...] = send
+        world.wait(comm.Ibcast(recv, root=self.src), f"broadcast(src={self.src}) of shape {send.shape}")
 
     def gradient(self, out_grad, node):
         return AllReduce("sum", root=self.src)(out_grad)
@@ -155,15 +165,8 @@ class AllGather(_Collective):
             raise self.error("all_gather needs a tensor with at least one axis, got a scalar")
         return (a.shape[0] * self.world_size,) + tuple(a.shape[1:]), a.dtype
 
-    def compute(self, a):
-        comm = world.comm()
-        shape = tuple(a.shape)
-        buf = _Host(a, (shape[0] * self.world_size,) + shape[1:])
-        if comm is None:
-            buf.recv[...] = buf.send
-        else:
-            world.wait(comm.Iallgather(buf.send, buf.recv), f"all_gather of shape {shape}")
-        return buf.result()
+    def mpi(self, comm, send, recv):
+        world.wait(comm.Iallgather(send, recv), f"all_gather of shape {send.shape}")
 
     def gradient(self, out_grad, node):
         return ReduceScatter(self.world_size)(out_grad)
@@ -181,16 +184,8 @@ class ReduceScatter(_Collective):
                              f"got shape {tuple(a.shape)}")
         return (a.shape[0] // self.world_size,) + tuple(a.shape[1:]), a.dtype
 
-    def compute(self, a):
-        comm = world.comm()
-        shape = tuple(a.shape)
-        buf = _Host(a, (shape[0] // self.world_size,) + shape[1:])
-        if comm is None:
-            buf.recv[...] = buf.send
-        else:
-            world.wait(comm.Ireduce_scatter_block(buf.send, buf.recv, op=_mpi_op("sum")),
-                       f"reduce_scatter of shape {shape}")
-        return buf.result()
+    def mpi(self, comm, send, recv):
+        world.wait(comm.Ireduce_scatter_block(send, recv, op=_mpi_op("sum")), f"reduce_scatter of shape {send.shape}")
 
     def gradient(self, out_grad, node):
         return AllGather(self.world_size)(out_grad)

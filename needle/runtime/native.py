@@ -19,6 +19,7 @@ Either failure is an `UnsafeProgram` error, before any run.
 """
 from __future__ import annotations
 
+import ctypes
 from math import prod
 from typing import Any, Optional, Sequence
 
@@ -26,8 +27,8 @@ import numpy as np
 
 from ..backend_selection import array_api
 from ..codegen.cpu.program import NativeUnsupported, UnsafeProgram, build_cpu_program
-from ..codegen.cpu.steps import (CallbackStep, ConvStep, CopyStep, GatherStep, GemmStep, IndexAddStep, KernelStep,
-                                 RandomStep)
+from ..codegen.cpu.steps import (CallbackStep, ConvStep, CopyStep, GatherStep, GemmStep, HostStep, IndexAddStep,
+                                 KernelStep, RandomStep)
 from ..codegen.jit import compile_loop_kernel
 from ..ir.graph import Graph
 from . import profile as _profile
@@ -185,6 +186,16 @@ def _add_callback(ex: NativeExecutor, s: CallbackStep) -> None:
     ex.program.add_callback(run, list(s.slots), list(s.sizes), s.name)
 
 
+def _add_host(ex: NativeExecutor, s: HostStep) -> None:
+    n_in = len(s.shapes) - 1
+
+    def run(addresses):
+        views = [_view_of(a, shape) for a, shape in zip(addresses, s.shapes)]
+        s.op.host_compute(views[n_in:], views[:n_in])
+
+    ex.program.add_callback(run, list(s.slots), [prod(shape) for shape in s.shapes], s.name)
+
+
 #: step record -> how it is added to the Program
 _ADD = {
     KernelStep: lambda ex, s: ex.program.add_kernel(s.name, ex._kernel_address(s.loop), list(s.slots), list(s.sizes),
@@ -196,13 +207,16 @@ _ADD = {
     IndexAddStep: lambda ex, s: ex.program.add_index_add(list(s.slots), s.n_indices, s.n_rows, s.row_size),
     CopyStep: lambda ex, s: ex.program.add_copy(list(s.slots), s.n),
     CallbackStep: _add_callback,
+    HostStep: _add_host,
 }
 
 
 def _view(address: int, t) -> np.ndarray:
-    """A numpy float32 array over `address` (no copy)."""
-    import ctypes
+    """A numpy float32 array of type t's shape over `address` (no copy)."""
+    return _view_of(address, t.shape)
 
-    n = int(prod(t.shape))
+
+def _view_of(address: int, shape: tuple) -> np.ndarray:
+    n = int(prod(shape))
     buf = (ctypes.c_float * max(n, 1)).from_address(address)
-    return np.ctypeslib.as_array(buf)[:n].reshape(t.shape)
+    return np.ctypeslib.as_array(buf)[:n].reshape(shape)

@@ -50,6 +50,8 @@ def collectives() -> None:
     t = ndl.Tensor(data[r])
     for _ in range(2):
         _close(f(t).numpy(), sum(data) / n + np.concatenate(data).sum(0), "compiled collectives")
+    if f.stats["executor"] == "native":  # host steps on the program's buffers, not interpreter callbacks
+        assert f.stats["native"]["callbacks"] == 0, f.stats["native"]
     # broadcast_parameters: every rank ends with rank 0's values, buffers included
     np.random.seed(r)
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))

@@ -27,6 +27,7 @@ from typing import Optional
 
 from ...ir.graph import Graph, TensorType
 from ...ir.subgraph import is_literal
+from ...ir.op_table import op_from_node
 from ...ops.registry import OPS
 from ...passes.fusion import FusedGroup
 from ..llvm_render import range_extent
@@ -34,8 +35,8 @@ from ..loop_ir import LoopKernel, out_of_bounds
 from ..lower import VIEWS, LoweringError, lower
 from ..program import ProgramBuilder
 from .gemm import F32, GemmConvSteps
-from .steps import (CallbackStep, CopyStep, CpuProgram, GatherStep, IndexAddStep, KernelStep, RandomStep, Slot,
-                    StepSource)
+from .steps import (CallbackStep, CopyStep, CpuProgram, GatherStep, HostStep, IndexAddStep, KernelStep, RandomStep,
+                    Slot, StepSource)
 
 
 class NativeUnsupported(NotImplementedError):
@@ -118,6 +119,12 @@ class CpuBuilder(GemmConvSteps, ProgramBuilder):
                 self._emit(_NATIVE_STEPS[n.op](self, n, self._out_slot(n.id)), (n.id,), (n.id,), "native",
                            f"k{group.id}")
                 return "native", n.op
+            if hasattr(OPS.get(n.op), "host_compute") and n.id in group.outputs and _f32_tensors(g, n):
+                slots = tuple(self._slot_of(i) for i in n.inputs) + (self._out_slot(n.id),)
+                shapes = tuple(self._shape(i) for i in n.inputs) + (self._shape(n.id),)
+                self._emit(HostStep(op_from_node(n.op, n.attr_dict), slots, shapes, n.op), (n.id,), (n.id,),
+                           "host", f"k{group.id}")
+                return "host", n.op
         ex = self._expand(group.node_ids, group.outputs)
         self._callback(ex, [self._slot_of(i) for i in ex.inputs], [self._out_slot(v) for v in group.outputs],
                        f"k{group.id}")
@@ -388,6 +395,12 @@ class CpuBuilder(GemmConvSteps, ProgramBuilder):
                    group.node_ids, group.outputs, "interp", label)
         self.callbacks.append((name, sub))
         self.stats["callbacks"] += 1
+
+
+def _f32_tensors(graph: Graph, node) -> bool:
+    """The node and its inputs are float32 tensors (what a host step's views hold)."""
+    types = [node.type] + [graph.node(i).type for i in node.inputs]
+    return all(isinstance(t, TensorType) and t.dtype == "float32" for t in types)
 
 
 #: op -> its native step (backends/cpu/program.cc), from (builder, node, output slot)

@@ -107,6 +107,16 @@ class CopyStep:
 
 
 @dataclass(frozen=True)
+class HostStep:
+    """An opaque op that computes straight into host memory (`op.host_compute(outs, ins)` on
+    float32 numpy views of its slots: inputs, then its output), e.g. a collective's MPI call."""
+    op: Any
+    slots: tuple
+    shapes: tuple
+    name: str
+
+
+@dataclass(frozen=True)
 class CallbackStep:
     """`subgraph` run on the reference interpreter over slots (its inputs, then outputs)."""
     subgraph: Graph
