@@ -41,7 +41,7 @@ from needle.cli.train_checkpoint import read_checkpoint, restore_checkpoint, sav
 from needle.cli.train_data import load_images, load_ptb
 from needle.cli.train_jobs import ClassificationJob, PTBJob, progress_bar
 from needle.cli.train_options import (BadData, CheckpointError, DataNotFound, Diverged,
-                                      UsageError, build_parser, resolve_options)
+                                      UsageError, build_parser, resolve_options, without_options)
 
 __all__ = ["main", "run", "build_model", "build_optimizer"]
 
@@ -89,18 +89,7 @@ def _device(name):
 
 
 def _resume_command(argv, path):
-    args = [a for a in argv]
-    out, skip = [], False
-    for a in args:
-        if skip:
-            skip = False
-            continue
-        if a in ("--resume", "--checkpoint"):
-            skip = True
-            continue
-        if a.startswith("--resume=") or a.startswith("--checkpoint="):
-            continue
-        out.append(a)
+    out = without_options(argv, ("--resume", "--checkpoint"))
     return "needle-train " + " ".join(shlex.quote(a) for a in out + ["--resume", str(path)])
 
 

@@ -155,6 +155,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def without_options(argv, names) -> list:
+    """argv without the options `names` (each with its value, as `--name v` or `--name=v`)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in names:
+            skip = True
+        elif not any(a.startswith(n + "=") for n in names):
+            out.append(a)
+    return out
+
+
 def resolve_options(args, ckpt_meta=None):
     """Fill unset options from the checkpoint (on --resume), then from TASK_DEFAULTS."""
     saved = {}

@@ -12,8 +12,9 @@ import numpy as np
 
 import needle as ndl
 import needle.distributed as dist
+from needle.cli.train_options import without_options
 
-__all__ = ["world", "shard", "sum_over_ranks", "launch", "without_nproc"]
+__all__ = ["world", "shard", "sum_over_ranks", "launch"]
 
 
 def world() -> tuple[int, int]:
@@ -36,19 +37,6 @@ def sum_over_ranks(values: Sequence[float]) -> list[float]:
     return [float(v) for v in total.numpy()]
 
 
-def without_nproc(argv: Sequence[str]) -> list[str]:
-    """argv with the --nproc option removed."""
-    out, skip = [], False
-    for a in argv:
-        if skip:
-            skip = False
-        elif a == "--nproc":
-            skip = True
-        elif not a.startswith("--nproc="):
-            out.append(a)
-    return out
-
-
 def launch(nproc: int, argv: Sequence[str]) -> int:
     """Run needle-train with `argv` on `nproc` ranks through mpiexec; its exit code."""
     here = os.path.join(os.path.dirname(sys.executable), "mpiexec")
@@ -56,5 +44,5 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     if mpiexec is None:
         raise FileNotFoundError("--nproc needs mpiexec: pip install 'needle[distributed]' (mpi4py and the "
                                 "mpich wheel, which brings mpiexec)")
-    command = [mpiexec, "-n", str(nproc), sys.executable, "-m", "needle.cli.train", *without_nproc(argv)]
+    command = [mpiexec, "-n", str(nproc), sys.executable, "-m", "needle.cli.train", *without_options(argv, ("--nproc",))]
     return subprocess.call(command)

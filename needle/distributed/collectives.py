@@ -18,12 +18,10 @@ Semantics (SPMD: every rank calls the same collectives in the same order):
 """
 from __future__ import annotations
 
-import ctypes
-from math import prod
-
 import numpy as np
 
 from ..backend_selection import array_api
+from ..host_memory import float_view
 from ..ops.elementwise import compare
 from ..ops.registry import TensorOp, op_names
 from . import world
@@ -48,9 +46,9 @@ class _Host:
             self.recv = self.out
         elif self.direct:
             self.compact = a.compact()   # held: the view below does not keep it alive
-            self.send = _float_view(self.compact._handle.ptr(), a.shape)
+            self.send = float_view(self.compact._handle.ptr(), a.shape)
             self.out = type(a).make(out_shape, device=a.device)
-            self.recv = _float_view(self.out._handle.ptr(), out_shape)
+            self.recv = float_view(self.out._handle.ptr(), out_shape)
         else:
             self.send = np.ascontiguousarray(a.numpy(), dtype=np.float32)
             self.recv = np.empty(out_shape, dtype=np.float32)
@@ -58,11 +56,6 @@ class _Host:
     def result(self):
         """The output array (device arrays: the host buffer copied over)."""
         return self.out if self.direct else array_api.array(self.recv, device=self.like.device)
-
-
-def _float_view(address: int, shape: tuple) -> np.ndarray:
-    n = prod(shape)
-    return np.ctypeslib.as_array((ctypes.c_float * max(n, 1)).from_address(address))[:n].reshape(shape)
 
 
 def _mpi_op(op: str):

@@ -19,7 +19,6 @@ Either failure is an `UnsafeProgram` error, before any run.
 """
 from __future__ import annotations
 
-import ctypes
 from math import prod
 from typing import Any, Optional, Sequence
 
@@ -30,6 +29,7 @@ from ..codegen.cpu.program import NativeUnsupported, UnsafeProgram, build_cpu_pr
 from ..codegen.cpu.steps import (CallbackStep, ConvStep, CopyStep, GatherStep, GemmStep, HostStep, IndexAddStep,
                                  KernelStep, RandomStep)
 from ..codegen.jit import compile_loop_kernel
+from ..host_memory import float_view
 from ..ir.graph import Graph
 from . import profile as _profile
 from .interpreter import const_array, run_graph
@@ -178,10 +178,10 @@ def _add_callback(ex: NativeExecutor, s: CallbackStep) -> None:
     out_types = [sub.node(o).type for o in sub.outputs]
 
     def run(addresses):
-        ins = [array_api.array(_view(a, t), device=device) for a, t in zip(addresses, in_types)]
+        ins = [array_api.array(float_view(a, t.shape), device=device) for a, t in zip(addresses, in_types)]
         outs = run_graph(sub, ins)
         for a, t, o in zip(addresses[len(ins):], out_types, outs):
-            _view(a, t)[...] = o.numpy()
+            float_view(a, t.shape)[...] = o.numpy()
 
     ex.program.add_callback(run, list(s.slots), list(s.sizes), s.name)
 
@@ -190,7 +190,7 @@ def _add_host(ex: NativeExecutor, s: HostStep) -> None:
     n_in = len(s.shapes) - 1
 
     def run(addresses):
-        views = [_view_of(a, shape) for a, shape in zip(addresses, s.shapes)]
+        views = [float_view(a, shape) for a, shape in zip(addresses, s.shapes)]
         s.op.host_compute(views[n_in:], views[:n_in])
 
     ex.program.add_callback(run, list(s.slots), [prod(shape) for shape in s.shapes], s.name)
@@ -209,14 +209,3 @@ _ADD = {
     CallbackStep: _add_callback,
     HostStep: _add_host,
 }
-
-
-def _view(address: int, t) -> np.ndarray:
-    """A numpy float32 array of type t's shape over `address` (no copy)."""
-    return _view_of(address, t.shape)
-
-
-def _view_of(address: int, shape: tuple) -> np.ndarray:
-    n = int(prod(shape))
-    buf = (ctypes.c_float * max(n, 1)).from_address(address)
-    return np.ctypeslib.as_array(buf)[:n].reshape(shape)
