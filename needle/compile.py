@@ -197,6 +197,10 @@ class CompiledFunction:
                 result = self.fn(*traced_args, **traced_kwargs)
                 flat, structure = _flatten(result)
                 out_ids = [(x if x._trace is not None else builder.lift(x))._trace.node_id for x in flat]
+                # what each differentiated tensor's .grad holds when the function returns: a
+                # gradient reassigned after backward() (averaged, clipped...) is written back
+                grad_targets = {id(ext): (ext, ext.grad if getattr(ext.grad, "_trace", None) is not None else g)
+                                for ext, g in builder.grad_targets}
         finally:
             slot_updates = trace_state.take_slot_updates(holders)
             created = trace_state.take_new_traced_entries(roots, named, holders)
@@ -212,7 +216,7 @@ class CompiledFunction:
                 "compiled function can only update state that exists before it is called; create "
                 "it (e.g. zero-filled) before the first call")
         binding_of = trace_state.bindings_by_tensor(builder)  # tensors made by the trace have none: not written
-        writes = ([("grad", binding_of[id(ext)], g) for ext, g in builder.grad_targets if id(ext) in binding_of]
+        writes = ([("grad", binding_of[id(ext)], g) for ext, g in grad_targets.values() if id(ext) in binding_of]
                   + [("data", binding_of[id(t)], v) for t, v in builder.data_updates.values() if id(t) in binding_of]
                   + [("slot", (obj, key), v) for obj, key, v in slot_updates]
                   + [("hyper", (obj, attr), v) for obj, attr, v in builder.hyper_updates.values()])

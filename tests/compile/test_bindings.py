@@ -156,6 +156,31 @@ def test_gradients_of_arguments_are_written_like_eager():
         close(kx.grad, b * 3.0)
 
 
+@pytest.mark.parametrize("after", ["scaled", "clipped_twice"])
+def test_a_gradient_reassigned_after_backward_is_written_back(after):
+    """`p.grad = f(p.grad)` after backward() (DistributedOptimizer's average, clipping): the
+    compiled step left p.grad holding backward's value instead of the reassigned one."""
+    w = nn.Parameter(np.random.randn(3, 4).astype(np.float32))
+
+    def step(x):
+        w.grad = None
+        loss = ndl.summation(x @ w)
+        loss.backward()
+        w.grad = w.grad * 2.0
+        if after == "clipped_twice":
+            w.grad = w.grad - 0.5
+        return loss
+
+    compiled = ndl.compile(step)
+    for _ in range(2):
+        x = rand(2, 3)
+        step(x)
+        want = w.grad.numpy().copy()
+        w.grad = None
+        compiled(x)
+        close(w.grad, want)
+
+
 def test_the_same_tensor_twice_is_one_input():
     @ndl.compile
     def f(x, y):
