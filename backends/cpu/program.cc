@@ -25,6 +25,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <mutex>
 
 namespace needle {
 namespace cpu {
@@ -207,7 +208,9 @@ class Program {
     return outs;
   }
 
-  // Binds the io slots to `io` (addresses) and runs every step in order.
+  // Binds the io slots to `io` (addresses) and runs every step in order. The steps run
+  // without the GIL (a callback takes it back), so Python threads run meanwhile: the one
+  // that moves a gradient bucket's non-blocking all-reduce along, above all.
   void run(const std::vector<size_t>& io) {
     if (static_cast<int>(io.size()) != n_io_)
       value_error("Program.run: expects " + std::to_string(n_io_) + " addresses, got " + std::to_string(io.size()));
@@ -217,6 +220,8 @@ class Program {
       seconds_.assign(steps_.size(), 0.0);
       calls_.assign(steps_.size(), 0);
     }
+    py::gil_scoped_release no_gil;
+    std::lock_guard<std::mutex> one_run_at_a_time(running_);   // the arena is shared by all calls
     for (size_t k = 0; k < steps_.size(); ++k) {
       Step& s = steps_[k];
       auto start = profile_ ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point();
@@ -234,6 +239,7 @@ class Program {
         case INDEX_ADD: run_index_add(s); break;
         case COPY: std::memcpy(at(s, 1), at(s, 0), sizeof(float) * s.p[0]); break;
         case CALLBACK: {
+          py::gil_scoped_acquire gil;
           py::list a;
           for (int slot : s.slots) a.append(reinterpret_cast<size_t>(addr_[slot]));
           s.callback(a);
@@ -477,6 +483,7 @@ class Program {
   std::vector<int64_t> out_sizes_;
   int n_io_;
   bool profile_ = false;
+  std::mutex running_;
   std::vector<double> seconds_;
   std::vector<int64_t> calls_;
   std::vector<Step> steps_;

@@ -24,7 +24,7 @@ from ..backend_selection import array_api
 from ..host_memory import float_view
 from ..ops.elementwise import compare
 from ..ops.registry import TensorOp, op_names
-from . import world
+from . import pending, world
 
 __all__ = ["AllReduce", "Broadcast", "AllGather", "ReduceScatter", "all_reduce", "broadcast", "all_gather",
            "reduce_scatter", "REDUCE_OPS", "COLLECTIVE_OPS"]
@@ -91,12 +91,41 @@ class _Collective(TensorOp, abstract=True):
 
 
 class AllReduce(_Collective):
-    """Elementwise reduction over ranks (see the module docstring)."""
+    """Elementwise reduction over ranks (see the module docstring).
 
-    def __init__(self, op: str = "sum", root: int = -1):
+    `bucket` (set by the `bucket` pass, needle/passes/bucket.py; -1: none) groups gradient
+    sums that the native executor reduces together: one non-blocking in-place all-reduce
+    over the bucket's memory (`start`), waited for before the first reader of a result."""
+
+    bucket = -1
+
+    def __init__(self, op: str = "sum", root: int = -1, bucket: int = -1):
         self.op = op
         self.root = int(root)
+        if bucket >= 0:   # only a bucketed all-reduce shows the attribute in the IR
+            self.bucket = int(bucket)
         self._check()
+
+    def bucketable(self) -> bool:
+        """A sum over all ranks, not in a bucket yet: one that can be reduced in place."""
+        return self.op == "sum" and self.root < 0 and self.bucket < 0
+
+    def start(self, spans: list) -> list:
+        """Start summing each of `spans` (host float32 arrays) over the ranks, in place, with
+        a background thread moving the requests along (needle/distributed/pending.py); the
+        requests, for `finish` (none in a world of one)."""
+        comm = world.comm()
+        if comm is None:
+            return []
+        from mpi4py import MPI  # a world of more than one has mpi4py
+
+        requests = [comm.Iallreduce(MPI.IN_PLACE, span, op=MPI.SUM) for span in spans]
+        pending.track(requests)
+        return requests
+
+    def finish(self, requests: list) -> None:
+        """Wait for what `start` started."""
+        pending.finish(requests, f"all_reduce of gradient bucket {self.bucket}")
 
     def _check(self) -> None:
         if self.op not in REDUCE_OPS:
@@ -192,9 +221,14 @@ COLLECTIVE_OPS = op_names(lambda cls: getattr(cls, "collective", False))
 
 
 def all_reduce(t, op: str = "sum"):
-    """The elementwise `op` ("sum", "mean" or "max") of `t` over all ranks, on every rank."""
-    collective = AllReduce(op)
-    return collective(t) if world.world_size() > 1 else t
+    """The elementwise `op` ("sum", "mean" or "max") of `t` over all ranks, on every rank.
+    A mean is recorded as a sum times 1/world_size: the sum can join a gradient bucket and
+    the scaling fuses into the sum's reader."""
+    collective = AllReduce(op)   # checks op
+    n = world.world_size()
+    if n == 1:
+        return t
+    return AllReduce("sum")(t) * (1.0 / n) if op == "mean" else collective(t)
 
 
 def broadcast(t, src: int = 0):

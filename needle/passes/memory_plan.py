@@ -31,6 +31,12 @@ Placement, in this order:
    stores them one after another) (`plan.inplace[out] = in`).
    Each dying buffer is taken once; chains (a -> b -> c) share one slot, whose live interval
    is the union of theirs. A view is never taken in place (it may be a permutation).
+   A gradient bucket's all-reduce (a `bucket` attribute, set by the bucket pass) takes the
+   slot of the gradient it reduces the same way when the gradient dies there (the native
+   executor reduces in place), unless that slot already belongs to a bucket.
+2b. **Buckets are blocks**: the slots of a bucket's results are laid out back to back, in
+   schedule order, as one block live while any of them is, so one all-reduce covers the
+   bucket with no packing copy (`plan.buckets[b] = (offset, bytes)` of the block).
 3. **Greedy best-fit** over the slots: largest first (ties: earlier start, then graph order),
    each at the smallest gap (ties: lowest offset) between already placed slots whose live
    intervals intersect its own, or above all of them when no gap fits
@@ -88,6 +94,7 @@ class MemoryPlan:
     aliases: dict = field(default_factory=dict)         # view -> (buffers it reads...); no bytes
     tuple_elements: dict = field(default_factory=dict)  # tuple value -> [(offset, size), ...]
     outputs: dict = field(default_factory=dict)         # returned value -> bytes, outside the arena
+    buckets: dict = field(default_factory=dict)         # gradient bucket -> (offset, bytes) of its block
 
     @property
     def ratio(self) -> float:
@@ -97,7 +104,8 @@ class MemoryPlan:
         return {"arena_bytes": self.arena_bytes, "unplanned_bytes": self.unplanned_bytes,
                 "ratio": round(self.ratio, 4), "buffers": len(self.sizes),
                 "inplace": len(self.inplace), "views": len(self.aliases),
-                "output_bytes": sum(self.outputs.values()), "alignment": self.alignment}
+                "output_bytes": sum(self.outputs.values()), "alignment": self.alignment,
+                "buckets": len(self.buckets)}
 
 
 class PlanError(AssertionError):
@@ -148,15 +156,37 @@ def plan_memory(graph: Graph, schedule: Schedule, fusion_plan: Any, alignment: O
                 interval[b][1] = max(interval[b][1], live[view][1])
     sizes = {v: nbytes(type_of[v], align) for v in roots}
 
-    # 2. in-place: an elementwise kernel's output takes the slot of a same-size input dying there
+    # 2. in-place: an elementwise kernel's output takes the slot of a same-size input dying
+    # there; so does a gradient bucket's all-reduce result (the reduction runs in place)
     slot_of = {v: v for v in roots}               # buffer -> slot id (the chain's first buffer)
     slot_interval = {v: list(interval[v]) for v in roots}
     taken: set[int] = set()
     inplace: dict[int, int] = {}
+    blocks: dict[int, list] = {}                  # bucket -> its members' slots, in schedule order
+    bucket_of_slot: dict[int, int] = {}
+
+    def may_take(o: int, v: int, k: int) -> bool:
+        return v in sizes and v not in taken and interval[v][1] == k and sizes[v] == sizes[o] \
+            and _shape(type_of[v]) == _shape(type_of[o])
+
+    def take(o: int, v: int) -> None:
+        taken.add(v)
+        inplace[o] = v
+        slot = slot_of[o] = slot_of[v]
+        slot_interval[slot][1] = max(slot_interval[slot][1], interval[o][1])
+
     for k, gid in enumerate(schedule.order):
         g = groups[gid]
         writes = schedule.writes.get(gid, [])
         outs = [o for o in writes if o in sizes]
+        bucket = _bucket(graph, g)
+        if bucket >= 0 and outs:
+            o, v = outs[0], graph.node(outs[0]).inputs[0]
+            if may_take(o, v, k) and slot_of[v] not in bucket_of_slot:
+                take(o, v)
+            bucket_of_slot[slot_of[o]] = bucket
+            blocks.setdefault(bucket, []).append(slot_of[o])
+            continue
         if not outs or g.kind in ("view", "reduce", "extern", "opaque", "tuple"):
             continue
         shapes = {_shape(type_of[o]) for o in writes}
@@ -164,32 +194,37 @@ def plan_memory(graph: Graph, schedule: Schedule, fusion_plan: Any, alignment: O
             continue
         for o in outs:
             for v in schedule.reads.get(gid, []):
-                if v not in sizes or v in taken or interval[v][1] != k or sizes[v] != sizes[o] \
-                        or _shape(type_of[v]) != _shape(type_of[o]):
-                    continue
-                if not _pointwise_use(graph, g, v, o):
-                    continue
-                taken.add(v)
-                inplace[o] = v
-                slot = slot_of[v]
-                slot_of[o] = slot
-                slot_interval[slot][1] = max(slot_interval[slot][1], interval[o][1])
-                break
+                if may_take(o, v, k) and _pointwise_use(graph, g, v, o):
+                    take(o, v)
+                    break
 
-    # 3. best-fit over slots, largest first
+    # 2b. a bucket's slots back to back in one block, live while any of them is
+    in_block, block_size = {}, {}
+    for members in blocks.values():
+        first, rel = members[0], 0
+        for s in members:
+            in_block[s] = (first, rel)
+            rel += _align(sizes[s], align)
+        block_size[first] = rel
+        slot_interval[first] = [min(slot_interval[s][0] for s in members), max(slot_interval[s][1] for s in members)]
+
+    # 3. best-fit over slots (a bucket's block as one), largest first
     order = {v: i for i, v in enumerate(roots)}
-    slots = [s for s in roots if slot_of[s] == s]
-    slots.sort(key=lambda s: (-sizes[s], slot_interval[s][0], order[s]))
+    slots = [s for s in roots if slot_of[s] == s and in_block.get(s, (s,))[0] == s]
+    slots.sort(key=lambda s: (-block_size.get(s, sizes[s]), slot_interval[s][0], order[s]))
     placed: list[tuple[int, int, int, int]] = []   # (offset, end address, start, end)
     slot_offset: dict[int, int] = {}
     for s in slots:
-        size = _align(sizes[s], align)
+        size = _align(block_size.get(s, sizes[s]), align)
         start, end = slot_interval[s]
         busy = sorted((o, e) for o, e, a, b in placed if a <= end and start <= b)
         slot_offset[s] = _fit(busy, size, strategy)
         if size:
             placed.append((slot_offset[s], slot_offset[s] + size, start, end))
+    for s, (first, rel) in in_block.items():
+        slot_offset[s] = slot_offset[first] + rel
     offsets = {v: slot_offset[slot_of[v]] for v in roots}
+    buckets = {b: (slot_offset[m[0]], block_size[m[0]]) for b, m in blocks.items()}
     arena = _align(max((o + sizes[v] for v, o in offsets.items() if v in sizes), default=0), align)
     tuples = {}
     for v in roots:
@@ -200,8 +235,13 @@ def plan_memory(graph: Graph, schedule: Schedule, fusion_plan: Any, alignment: O
                 at += _align(nbytes(e), align)
             tuples[v] = elems
     return MemoryPlan(offsets, sizes, arena, sum(sizes.values()), align, inplace, aliases, tuples,
-                      outside)
+                      outside, buckets)
 
+
+
+def _bucket(graph: Graph, g) -> int:
+    """The gradient bucket of a group that is one bucketed all-reduce, else -1."""
+    return graph.node(g.node_ids[0]).attr("bucket", -1) if len(g.node_ids) == 1 else -1
 
 def _fit(busy: list, size: int, strategy: str) -> int:
     """The offset for `size` bytes among busy (offset, end) ranges sorted by offset."""
@@ -319,6 +359,12 @@ def check_plan(schedule: Schedule, plan: MemoryPlan, graph: Optional[Graph] = No
         if span[a][1] != start_b:
             return False
         return a in schedule.reads.get(schedule.producer.get(b), ())
+
+    for b, (off, size) in plan.buckets.items():
+        for n in (graph.nodes if graph is not None else ()):
+            if n.attr("bucket", -1) == b and n.id in sizes and not off <= offsets[n.id] <= off + size - sizes[n.id]:
+                raise PlanError(f"%{n.id} of bucket {b} at [{offsets[n.id]}, {offsets[n.id] + sizes[n.id]}) is "
+                                f"outside the bucket's block [{off}, {off + size})")
 
     items = sorted((offsets[v], offsets[v] + s, v) for v, s in sizes.items() if s > 0)
     for i, (lo, hi, a) in enumerate(items):   # sweep by address: only address-overlapping pairs

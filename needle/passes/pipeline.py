@@ -3,13 +3,15 @@ what order. `needle-ir` (its `--after` stage names), the verifier's invariants p
 CUDA program builder and the tests all read it from here.
 
     decompose → autodiff → decompose_rest → simplify          GRAPH_PASSES: every executor
-      → recompute → fusion → schedule → memory_plan           KERNEL_PASSES: native, kernels, cuda
+      → recompute → bucket → fusion → schedule → memory_plan  KERNEL_PASSES: native, kernels, cuda
 
 * `decompose` expands composite ops, keeping those with a custom VJP while `grad` requests
   remain; `autodiff` (which requires that) expands each request; `decompose_rest` expands
   what autodiff left; `simplify` folds, merges and prunes. The disk graph cache stores the
   graph passes' snapshots, so a warm start runs only the kernel passes.
-* `recompute` rewrites the graph for fusion; `fusion`, `schedule` and `memory_plan` are
+* `recompute` rewrites the graph for fusion; `bucket` groups gradient all-reduces into
+  buckets that the schedule, the memory plan and the native executor overlap with the
+  backward pass (needle/passes/bucket.py); `fusion`, `schedule` and `memory_plan` are
   analyses (`ANALYSES`): the graph is unchanged, each returns a typed result that the next
   takes as an argument, and the executor receives the three as one `KernelPlan`.
 * `interp` runs the graph passes only; `cuda` plans memory at the GPU's 256-byte alignment.
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 from typing import Iterable, Optional
 
 from ..ir.graph import Graph
-from . import autodiff, decompose, recompute, simplify  # noqa: F401  (they register their passes)
+from . import autodiff, bucket, decompose, recompute, simplify  # noqa: F401  (they register their passes)
 from .fusion import FusionPlan
 from .manager import PASSES, Pass, PassContext, PassManager
 from .memory_plan import GPU_ALIGNMENT, MemoryPlan, MemoryPlanPass
@@ -36,7 +38,7 @@ __all__ = ["GRAPH_PASSES", "KERNEL_PASSES", "ANALYSES", "EXECUTORS", "STAGES", "
 #: graph rewrites every executor runs
 GRAPH_PASSES = ("decompose", "autodiff", "decompose_rest", "simplify")
 #: what the kernel executors run next: a rewrite for fusion, then the analyses
-KERNEL_PASSES = ("recompute", "fusion", "schedule", "memory_plan")
+KERNEL_PASSES = ("recompute", "bucket", "fusion", "schedule", "memory_plan")
 #: the passes that leave the graph unchanged and return a typed result, in `KernelPlan` order
 ANALYSES = ("fusion", "schedule", "memory_plan")
 #: `NEEDLE_EXECUTOR` values (needle.compile.executor_kind)

@@ -7,7 +7,10 @@ as `singleton_plan(graph)` (every node but `input`/`const` its own group).
 Output: the graph unchanged, and a `Schedule(order, live, ...)`:
 
 * `order`: group ids in kernel order, a topological order of the groups, stable: ties go to
-  the group whose first node comes first in the graph;
+  the group whose first node comes first in the graph. Gradient buckets (a `bucket`
+  attribute, set by the bucket pass) are scheduled for overlap: a group holding a bucket
+  member runs as soon as it is ready, and a group reading a member's result comes after
+  every member of that bucket (the native executor waits for the bucket's all-reduce there);
 * `live[v] = (start, end)` for every *planned* value `v` (a value produced by a kernel and
   read by another kernel or returned): `start` is the index (in `order`) of the kernel that
   produces it, `end` the index of the last kernel that reads it, both inclusive. A value
@@ -136,6 +139,8 @@ def build_schedule(graph: Graph, plan: Any) -> Schedule:
     for g in groups:  # outputs the plan declares are buffers even if nobody reads them
         escapes.update(o for o in g.outputs if o in group_of)
 
+    _order_buckets(graph, groups, group_of, deps, first)
+
     # groups in dependency order, ties broken by the position of each group's first node
     users: dict[Any, list] = {g.id: [] for g in groups}
     for gid, d in deps.items():
@@ -166,6 +171,25 @@ def build_schedule(graph: Graph, plan: Any) -> Schedule:
             if last != end:
                 live[v] = (start, max(last, index[gid]))
     return Schedule(order, live, index, producer, reads, writes, end)
+
+
+def _order_buckets(graph: Graph, groups: list, group_of: dict, deps: dict, first: dict) -> None:
+    """Gradient buckets: member groups first among the ready groups; each reader of a
+    member's result after all of its bucket's members."""
+    bucket_groups: dict[int, set] = {}
+    for n in graph.nodes:
+        b = n.attr("bucket", -1)
+        if b >= 0 and n.id in group_of:
+            bucket_groups.setdefault(b, set()).add(group_of[n.id])
+            first[group_of[n.id]] = -1
+    if not bucket_groups:
+        return
+    for n in graph.nodes:
+        gid = group_of.get(n.id)
+        for i in n.inputs:
+            b = graph.node(i).attr("bucket", -1)
+            if b >= 0 and gid is not None and gid not in bucket_groups[b]:
+                deps[gid] |= bucket_groups[b]
 
 
 class SchedulePass(Analysis):

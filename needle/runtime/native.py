@@ -26,8 +26,8 @@ import numpy as np
 
 from ..backend_selection import array_api
 from ..codegen.cpu.program import NativeUnsupported, UnsafeProgram, build_cpu_program
-from ..codegen.cpu.steps import (CallbackStep, ConvStep, CopyStep, GatherStep, GemmStep, HostStep, IndexAddStep,
-                                 KernelStep, RandomStep)
+from ..codegen.cpu.steps import (CallbackStep, CollectiveStartStep, CollectiveWaitStep, ConvStep, CopyStep,
+                                 GatherStep, GemmStep, HostStep, IndexAddStep, KernelStep, RandomStep)
 from ..codegen.jit import compile_loop_kernel
 from ..host_memory import float_view
 from ..ir.graph import Graph
@@ -58,6 +58,7 @@ class NativeExecutor:
         self.stats = built.stats
         self.out_types = [graph.node(v).type for v in graph.outputs]
         self._keep: list = []           # arrays and kernels the program points into
+        self.in_flight: dict = {}       # collectives started and not yet waited for: handle -> (op, started)
         self.arena = NDArray.make((max(built.arena_bytes // _F32, 1),), device=self.device)
         self.scratch = NDArray.make((max(built.scratch_bytes // _F32, 1),), device=self.device)
         self.program = backend.Program(built.n_slots, [prod(n.type.shape) for n in graph.inputs],
@@ -196,6 +197,21 @@ def _add_host(ex: NativeExecutor, s: HostStep) -> None:
     ex.program.add_callback(run, list(s.slots), [prod(shape) for shape in s.shapes], s.name)
 
 
+def _add_collective_start(ex: NativeExecutor, s: CollectiveStartStep) -> None:
+    def run(addresses):
+        ex.in_flight[s.handle] = (s.op, s.op.start([float_view(a, (n,)) for a, n in zip(addresses, s.sizes)]))
+
+    ex.program.add_callback(run, list(s.slots), list(s.sizes), s.name)
+
+
+def _add_collective_wait(ex: NativeExecutor, s: CollectiveWaitStep) -> None:
+    def run(addresses):
+        op, started = ex.in_flight.pop(s.handle)
+        op.finish(started)
+
+    ex.program.add_callback(run, [], [], s.name)
+
+
 #: step record -> how it is added to the Program
 _ADD = {
     KernelStep: lambda ex, s: ex.program.add_kernel(s.name, ex._kernel_address(s.loop), list(s.slots), list(s.sizes),
@@ -208,4 +224,6 @@ _ADD = {
     CopyStep: lambda ex, s: ex.program.add_copy(list(s.slots), s.n),
     CallbackStep: _add_callback,
     HostStep: _add_host,
+    CollectiveStartStep: _add_collective_start,
+    CollectiveWaitStep: _add_collective_wait,
 }

@@ -55,6 +55,12 @@ def test_n_ranks_train_like_one_rank_with_the_whole_batch(n):
 
 
 @needs_mpi
+@pytest.mark.parametrize("n", [2, 3])
+def test_gradient_buckets_reduce_in_place_and_train_like_eager(n):
+    assert_ok(mpirun(n, "buckets", NEEDLE_BUCKET_CAP_MB="0.0002"), n)
+
+
+@needs_mpi
 def test_a_rank_that_raises_stops_every_rank_quickly():
     start = time.monotonic()
     result = mpirun(2, "raises", timeout=60)

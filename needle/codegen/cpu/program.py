@@ -11,6 +11,9 @@ it, in the output array made for the call); graph inputs are read in place.
 * a MatMul is a BLAS GEMM, a Conv im2col + GEMM, with their elementwise epilogue fused by
   row blocks where it allows (`gemm.py`);
 * RandomUniform, Gather and IndexAdd are native steps;
+* a collective with `host_compute` (an all-reduce...) is a host step on the program's
+  buffers; a gradient bucket's all-reduces are one non-blocking step over the bucket's
+  memory, waited for before their results are read (`buckets.py`);
 * a view operand that no kernel can read in place is materialised by a copy kernel into
   scratch memory (one scratch region shared by all steps: it lives for one group);
 * anything else (an op with no kernel lowering) is a callback that runs the group on the
@@ -34,6 +37,7 @@ from ..llvm_render import range_extent
 from ..loop_ir import LoopKernel, out_of_bounds
 from ..lower import VIEWS, LoweringError, lower
 from ..program import ProgramBuilder
+from .buckets import BucketSteps
 from .gemm import F32, GemmConvSteps
 from .steps import (CallbackStep, CopyStep, CpuProgram, GatherStep, HostStep, IndexAddStep, KernelStep, RandomStep,
                     Slot, StepSource)
@@ -60,9 +64,10 @@ def _align(n: int, a: int = 64) -> int:
 WIDE_JOIN = 4
 
 
-class CpuBuilder(GemmConvSteps, ProgramBuilder):
+class CpuBuilder(BucketSteps, GemmConvSteps, ProgramBuilder):
     """The CPU program of a graph (see the module docstring); GEMM and conv steps are
-    `GemmConvSteps`' (gemm.py). `profile`: record a `StepSource` per step."""
+    `GemmConvSteps`' (gemm.py), gradient buckets `BucketSteps`' (buckets.py). `profile`:
+    record a `StepSource` per step."""
 
     def __init__(self, graph: Graph, fusion_plan, schedule, memory_plan, profile: bool = False):
         for n in graph.nodes:
@@ -93,6 +98,7 @@ class CpuBuilder(GemmConvSteps, ProgramBuilder):
         self.scratch_size = 0
         self.steps: list = []
         self.sources: Optional[list] = [] if profile else None
+        self.init_buckets()
 
     def program(self) -> CpuProgram:
         self.build()
@@ -104,6 +110,8 @@ class CpuBuilder(GemmConvSteps, ProgramBuilder):
     def begin_group(self) -> None:
         self.scratch_top = 0
         self.tmp_loc.clear()
+        if self.gid not in self.view_groups:
+            self.wait_for_buckets(self.groups[self.gid] if self.gid >= 0 else None)
 
     def n_steps(self) -> int:
         return len(self.steps)
@@ -115,6 +123,8 @@ class CpuBuilder(GemmConvSteps, ProgramBuilder):
         g = self.graph
         if len(group.node_ids) == 1:
             n = g.node(group.node_ids[0])
+            if n.id in self.bucket_of:
+                return self.bucket_member(n)
             if n.op in _NATIVE_STEPS and n.id in group.outputs:
                 self._emit(_NATIVE_STEPS[n.op](self, n, self._out_slot(n.id)), (n.id,), (n.id,), "native",
                            f"k{group.id}")

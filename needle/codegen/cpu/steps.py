@@ -117,6 +117,25 @@ class HostStep:
 
 
 @dataclass(frozen=True)
+class CollectiveStartStep:
+    """Start `op`'s non-blocking in-place collective over `slots` (`sizes` floats each):
+    `op.start(views)` returns what `op.finish` completes at the `CollectiveWaitStep` of the
+    same `handle`."""
+    op: Any
+    slots: tuple
+    sizes: tuple
+    handle: int
+    name: str
+
+
+@dataclass(frozen=True)
+class CollectiveWaitStep:
+    """Complete the collective started under `handle`."""
+    handle: int
+    name: str
+
+
+@dataclass(frozen=True)
 class CallbackStep:
     """`subgraph` run on the reference interpreter over slots (its inputs, then outputs)."""
     subgraph: Graph
