@@ -13,11 +13,14 @@ executor read the attribute:
   member is computed, and waits for it just before the first reader of any member's result,
   so communication overlaps the rest of the backward pass.
 
-Buckets fill in the order the all-reduces were traced (one per parameter, so neighbouring
-layers share a bucket), up to `cap_bytes` each (`NEEDLE_BUCKET_CAP_MB`, default 25), and are
-numbered in the order their gradients are computed (autodiff emits the last layer's first). A member must not
-depend on the result of another member of its bucket (it could never start): such an
-all-reduce opens a new bucket.
+Buckets fill in the order the gradients are computed (their producers' order in the graph:
+autodiff emits the last layer's gradient first, as PyTorch DDP fills its buckets in reverse
+parameter order), up to `cap_bytes` each (`NEEDLE_BUCKET_CAP_MB`, default 25). A bucket also
+closes when the next gradient is more than `GAP_SECONDS` of estimated work away (the ops'
+`cost` between the two): unlike a bucket of a fixed size, a gradient followed by a long
+stretch of backward pass (a language model's output layer) starts its all-reduce at once. A
+member must not depend on the result of another member of its bucket (it could never start):
+such an all-reduce opens a new bucket.
 """
 from __future__ import annotations
 
@@ -37,6 +40,9 @@ __all__ = ["BucketPass", "bucket_collectives", "cap_bytes_from_env", "DEFAULT_CA
 
 #: PyTorch DistributedDataParallel's default bucket_cap_mb
 DEFAULT_CAP_BYTES = 25 << 20
+#: a bucket also closes when the next gradient is this much estimated work away: its
+#: all-reduce can run meanwhile (rates of one core, for the estimate only)
+GAP_SECONDS, GAP_GFLOPS, GAP_GBS = 5e-3, 50.0, 10.0
 
 
 def _bucketable(node) -> bool:
@@ -48,32 +54,33 @@ def _bucketable(node) -> bool:
 def bucket_collectives(graph: Graph, cap_bytes: int = DEFAULT_CAP_BYTES) -> tuple[Graph, int]:
     """The graph with its bucketable all-reduces assigned to buckets; the number of buckets."""
     position = {n.id: k for k, n in enumerate(graph.nodes)}
-    members = sorted((n for n in graph.nodes if _bucketable(n)), key=lambda n: (position[n.inputs[0]], position[n.id]))
+    members = [n for n in graph.nodes if _bucketable(n)]
     if not members:
         return graph, 0
-    # after_bucket[v]: the highest bucket whose result value v depends on (-1: none)
-    after_bucket: dict[int, int] = {}
+    # above[v]: the members whose result value v depends on, one bit each
+    bit = {n.id: 1 << k for k, n in enumerate(members)}
+    above: dict[int, int] = {}
+    for n in graph.nodes:
+        deps = 0
+        for i in n.inputs:
+            deps |= above[i]
+        above[n.id] = deps | bit.get(n.id, 0)
+    work = _work_before(graph)
     assigned: dict[int, int] = {}
-    bucket, filled = -1, cap_bytes
-    ranked = {n.id: k for k, n in enumerate(members)}
-    for n in graph.nodes:   # graph order: a member's input is final before the member is seen
-        if n.id in ranked:
-            size = prod(n.type.shape) * np.dtype(n.type.dtype).itemsize
-            depends = after_bucket.get(n.inputs[0], -1)
-            if bucket < 0 or filled + size > cap_bytes and filled > 0 or depends >= bucket:
-                bucket, filled = bucket + 1, 0
-            assigned[n.id] = bucket
-            filled += size
-            after_bucket[n.id] = bucket
-        else:
-            after_bucket[n.id] = max((after_bucket.get(i, -1) for i in n.inputs), default=-1)
-    # buckets were opened in graph order; number them in the order they fill (by gradient)
-    order = {}
-    for n in members:
-        order.setdefault(assigned[n.id], len(order))
-    nodes = [replace_node(n, attrs=make_attrs({**n.attr_dict, "bucket": order[assigned[n.id]]}))
-             if n.id in assigned else n for n in graph.nodes]
-    return graph.replace(nodes=nodes), len(order)
+    bucket, filled, in_bucket, last = -1, 0, 0, 0.0
+    for n in sorted(members, key=lambda n: (position[n.inputs[0]], position[n.id])):   # as gradients are made
+        size = prod(n.type.shape) * np.dtype(n.type.dtype).itemsize
+        ready = work[n.inputs[0]]
+        if bucket < 0 or filled and filled + size > cap_bytes or ready - last > GAP_SECONDS \
+                or above[n.inputs[0]] & in_bucket:
+            bucket, filled, in_bucket = bucket + 1, 0, 0
+        assigned[n.id] = bucket
+        filled += size
+        in_bucket |= bit[n.id]
+        last = ready
+    nodes = [replace_node(n, attrs=make_attrs({**n.attr_dict, "bucket": assigned[n.id]})) if n.id in assigned else n
+             for n in graph.nodes]
+    return graph.replace(nodes=nodes), bucket + 1
 
 
 def cap_bytes_from_env() -> int:
@@ -88,6 +95,19 @@ def cap_bytes_from_env() -> int:
     if not mb > 0:
         raise ValueError(f"NEEDLE_BUCKET_CAP_MB must be a positive number of megabytes, got {raw!r}")
     return max(1, int(mb * (1 << 20)))
+
+
+def _work_before(graph: Graph) -> dict[int, float]:
+    """Estimated seconds of work from the start of the graph to each value, in graph order
+    (the ops' `cost`: flops at GAP_GFLOPS, bytes at GAP_GBS)."""
+    work, total = {}, 0.0
+    for n in graph.nodes:
+        if isinstance(n.type, TensorType) and n.op in OPS and all(isinstance(graph.node(i).type, TensorType)
+                                                                  for i in n.inputs):
+            cost = op_from_node(n.op, n.attr_dict).cost(n.type.shape, [graph.node(i).type.shape for i in n.inputs])
+            total += cost.flops / (GAP_GFLOPS * 1e9) + cost.bytes / (GAP_GBS * 1e9)
+        work[n.id] = total
+    return work
 
 
 class BucketPass(Pass):

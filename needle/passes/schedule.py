@@ -10,7 +10,8 @@ Output: the graph unchanged, and a `Schedule(order, live, ...)`:
   the group whose first node comes first in the graph. Gradient buckets (a `bucket`
   attribute, set by the bucket pass) are scheduled for overlap: a group holding a bucket
   member runs as soon as it is ready, and a group reading a member's result comes after
-  every member of that bucket (the native executor waits for the bucket's all-reduce there);
+  every member of that bucket (the native executor waits for the bucket's all-reduce there)
+  and after every other ready group, the readers of earlier buckets first;
 * `live[v] = (start, end)` for every *planned* value `v` (a value produced by a kernel and
   read by another kernel or returned): `start` is the index (in `order`) of the kernel that
   produces it, `end` the index of the last kernel that reads it, both inclusive. A value
@@ -175,7 +176,9 @@ def build_schedule(graph: Graph, plan: Any) -> Schedule:
 
 def _order_buckets(graph: Graph, groups: list, group_of: dict, deps: dict, first: dict) -> None:
     """Gradient buckets: member groups first among the ready groups; each reader of a
-    member's result after all of its bucket's members."""
+    member's result after all of its bucket's members, and last among the ready groups,
+    earlier buckets' readers first (the optimizer's updates of the first buckets run while the
+    last bucket's all-reduce is in flight)."""
     bucket_groups: dict[int, set] = {}
     for n in graph.nodes:
         b = n.attr("bucket", -1)
@@ -184,12 +187,14 @@ def _order_buckets(graph: Graph, groups: list, group_of: dict, deps: dict, first
             first[group_of[n.id]] = -1
     if not bucket_groups:
         return
+    late = len(graph.nodes)
     for n in graph.nodes:
         gid = group_of.get(n.id)
         for i in n.inputs:
             b = graph.node(i).attr("bucket", -1)
             if b >= 0 and gid is not None and gid not in bucket_groups[b]:
                 deps[gid] |= bucket_groups[b]
+                first[gid] = max(first[gid], late * (b + 1) + first[gid] % late)
 
 
 class SchedulePass(Analysis):

@@ -96,7 +96,31 @@ def test_a_sum_that_reads_its_bucket_opens_a_new_one():
         }"""
     out, _ = bucketed(text)
     buckets = {n.id: n.attr("bucket") for n in out.nodes if n.op == "AllReduce"}
-    assert buckets[2] != buckets[4] and buckets[4] == buckets[5], buckets
+    assert buckets[2] != buckets[4] and buckets[2] == buckets[5], buckets
+
+
+def test_a_long_stretch_of_work_between_two_gradients_closes_the_bucket():
+    """w2's gradient comes a 512x512x512 product (~5 ms of estimated work) after w1's: w1's
+    all-reduce starts at once instead of waiting for w2's, however far below the cap."""
+    text = """
+        graph @f {
+          %0 = input() {name="w1", role="arg"} : f32[8] cpu
+          %1 = input() {name="w2", role="arg"} : f32[8] cpu
+          %2 = input() {name="x", role="arg"} : f32[512,512] cpu
+          %3 = MulScalar(%0) {scalar=2.0} : f32[8] cpu  # m.py:1
+          %4 = MatMul(%2, %2) : f32[512,512] cpu  # m.py:2
+          %5 = Summation(%4) {axes=(0,)} : f32[512] cpu  # m.py:3
+          %6 = MulScalar(%1) {scalar=2.0} : f32[8] cpu  # m.py:4
+          %7 = AllReduce(%3) {op="sum", root=-1} : f32[8] cpu  # opt.py:1
+          %8 = AllReduce(%6) {op="sum", root=-1} : f32[8] cpu  # opt.py:1
+          return %7, %8, %5
+        }"""
+    out, _ = bucketed(text, DEFAULT_CAP_BYTES)
+    assert [n.attr("bucket") for n in out.nodes if n.op == "AllReduce"] == [0, 1]
+    # without the product in between: one bucket
+    near = text.replace("%4 = MatMul(%2, %2)", "%4 = Exp(%2)")
+    out, _ = bucketed(near, DEFAULT_CAP_BYTES)
+    assert [n.attr("bucket") for n in out.nodes if n.op == "AllReduce"] == [0, 0]
 
 
 def test_cap_from_the_environment(monkeypatch):
@@ -123,6 +147,9 @@ def test_schedule_starts_members_early_and_reads_results_after_their_bucket():
     assert at[8] == at[3] + 1 and at[7] == at[4] + 1 and at[6] == at[5] + 1, at   # each right after its gradient
     for reader in (10, 11):   # bucket 0's readers: after both of its members
         assert at[reader] > max(at[7], at[8]), at
+    # readers last, the earlier bucket's first: %9 (bucket 1's reader) is graph-first among
+    # them, yet it runs after the others, while bucket 1's all-reduce is in flight
+    assert at[9] > max(at[10], at[11]) > at[6], at
 
 
 def test_memory_plan_lays_each_bucket_out_in_place_and_back_to_back():
