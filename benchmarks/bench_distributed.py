@@ -10,8 +10,12 @@
 2. Compiled T2 (ResNet9, batch 128) and T4 (Transformer LM, batch 16) training steps of
    WORKLOADS.md: `--ranks` processes x 1 thread, each on batch/ranks, with
    DistributedOptimizer, against 1 process x `--ranks` threads on the whole batch. Also the
-   time each step spends waiting in all-reduces, and the raw all-reduce time of the same
-   gradient bytes: hidden share = 1 - waited / raw (0 when the all-reduces do not overlap).
+   gradient buckets' all-reduces (needle.distributed.stats() of the rank that waited longest):
+   the time they were in flight per step (start to completion) and the time the step waited
+   for them; the raw blocking all-reduce time of all the
+   gradient bytes in one buffer; and the same ranks running the same half-batch steps at the
+   same time without any communication. Exposed communication = step time with it - step
+   time without; hidden share = 1 - exposed / raw all-reduce.
 
 Runs `mpiexec` itself (the workers are this file with --worker).
 """
@@ -70,7 +74,7 @@ def worker_allreduce(repeats: int) -> list:
     return rows
 
 
-def worker_train(wid: str, ranks_mode: bool, repeats: int) -> dict:
+def worker_train(wid: str, ranks_mode: bool, repeats: int, communicate: bool = True) -> dict:
     import needle as ndl
     import needle.distributed as dist
     import needle.nn as nn
@@ -81,7 +85,7 @@ def worker_train(wid: str, ranks_mode: bool, repeats: int) -> dict:
     n = dist.world_size()
     model, opt = nd_model(wid)
     model.train()
-    if n > 1:
+    if n > 1 and communicate:
         opt = dist.DistributedOptimizer(opt)
     step = ndl.compile(optim.train_step(model, nn.SoftmaxLoss(), opt))
     x, y = train_batch(wid, quick=False)
@@ -107,12 +111,20 @@ def worker_train(wid: str, ranks_mode: bool, repeats: int) -> dict:
     grad_bytes = sum(int(np.prod(p.shape)) * 4 for p in model.parameters())
     result = {"step_ms": statistics.median(times) * 1e3, "grad_bytes": grad_bytes, "ranks": n}
     if comm is not None:
+        result["step_ms"] = max(comm.allgather(result["step_ms"]))
+    if comm is not None and communicate:
         from mpi4py import MPI
 
         flat = np.zeros(grad_bytes // 4, np.float32)
         out = np.empty_like(flat)
-        result["step_ms"] = max(comm.allgather(result["step_ms"]))
-        result["waited_ms"] = (after["wait_seconds"] - before["wait_seconds"]) / repeats * 1e3
+        per_step = {k: (after[k] - before[k]) / repeats * 1e3 for k in ("exposed_seconds", "in_flight_seconds")}
+        # the rank that waited longest for its buckets
+        result["exposed_ms"], result["in_flight_ms"] = max(comm.allgather(
+            (per_step["exposed_seconds"], per_step["in_flight_seconds"])))
+        from needle.codegen.cpu.steps import CollectiveStartStep
+
+        runner = next(iter(step._cache.values())).runner
+        result["buckets"] = sum(isinstance(s, CollectiveStartStep) for s in runner.steps)
         result["raw_allreduce_ms"] = _median_ms(lambda: comm.Allreduce(flat, out, op=MPI.SUM), 10, comm)
     return result
 
@@ -160,13 +172,14 @@ def main(argv=None) -> None:
     ap.add_argument("--overlap", type=float, default=0.0, help="hidden share of the model's all-reduce (0-1)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--ranks-mode", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--no-comm", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.scaling_model:
         scaling_model(args.latency_us, args.overlap)
         return
     if args.worker is not None:
         result = (worker_allreduce(args.repeats) if args.worker == "allreduce"
-                  else worker_train(args.worker, args.ranks_mode, args.repeats))
+                  else worker_train(args.worker, args.ranks_mode, args.repeats, not args.no_comm))
         import needle.distributed as dist
         if dist.rank() == 0:
             print("RESULT " + json.dumps(result), flush=True)
@@ -191,16 +204,21 @@ def main(argv=None) -> None:
     steps = [w for w in only if w.startswith("T")]
     if steps:
         print(f"\n| step | 1 rank x {args.ranks} threads ms | {args.ranks} ranks x 1 thread ms | speed-up | "
-              "gradients MB | all-reduce waited ms/step | raw all-reduce ms | hidden |")
-        print("|---|---|---|---|---|---|---|---|")
+              "gradients MB | buckets | raw all-reduce ms | ranks without communication ms | exposed ms | "
+              "hidden | in flight ms/step | waited ms/step |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for wid in steps:
         single = _run([*me, "--worker", wid, "--repeats", str(args.repeats)], all_threads)
         multi = _run([mpiexec, "-n", str(args.ranks), *me, "--worker", wid, "--ranks-mode", "--repeats",
                       str(args.repeats)], one_thread)
-        hidden = max(0.0, 1 - multi["waited_ms"] / multi["raw_allreduce_ms"])
+        alone = _run([mpiexec, "-n", str(args.ranks), *me, "--worker", wid, "--ranks-mode", "--no-comm",
+                      "--repeats", str(args.repeats)], one_thread)
+        exposed = max(0.0, multi["step_ms"] - alone["step_ms"])
+        hidden = min(1.0, max(0.0, 1 - exposed / multi["raw_allreduce_ms"]))
         print(f"| {wid} | {single['step_ms']:.1f} | {multi['step_ms']:.1f} | "
-              f"{single['step_ms'] / multi['step_ms']:.2f}x | {multi['grad_bytes'] / 1e6:.1f} | "
-              f"{multi['waited_ms']:.2f} | {multi['raw_allreduce_ms']:.2f} | {100 * hidden:.0f}% |")
+              f"{single['step_ms'] / multi['step_ms']:.2f}x | {multi['grad_bytes'] / 1e6:.1f} | {multi['buckets']} | "
+              f"{multi['raw_allreduce_ms']:.2f} | {alone['step_ms']:.1f} | {exposed:.2f} | {100 * hidden:.0f}% | "
+              f"{multi['in_flight_ms']:.2f} | {multi['exposed_ms']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -112,20 +112,18 @@ class AllReduce(_Collective):
 
     def start(self, spans: list) -> list:
         """Start summing each of `spans` (host float32 arrays) over the ranks, in place, with
-        a background thread moving the requests along (needle/distributed/pending.py); the
-        requests, for `finish` (none in a world of one)."""
+        a background thread moving the requests along (needle/distributed/pending.py); what
+        `finish` takes (nothing in a world of one)."""
         comm = world.comm()
         if comm is None:
             return []
         from mpi4py import MPI  # a world of more than one has mpi4py
 
-        requests = [comm.Iallreduce(MPI.IN_PLACE, span, op=MPI.SUM) for span in spans]
-        pending.track(requests)
-        return requests
+        return pending.track([comm.Iallreduce(MPI.IN_PLACE, span, op=MPI.SUM) for span in spans])
 
-    def finish(self, requests: list) -> None:
+    def finish(self, started: list) -> None:
         """Wait for what `start` started."""
-        pending.finish(requests, f"all_reduce of gradient bucket {self.bucket}")
+        pending.finish(started, f"all_reduce of gradient bucket {self.bucket}")
 
     def _check(self) -> None:
         if self.op not in REDUCE_OPS:

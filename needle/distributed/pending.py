@@ -15,39 +15,53 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any, Optional
 from . import world
 
-__all__ = ["track", "finish", "POLL_SECONDS"]
+__all__ = ["track", "finish", "InFlight", "POLL_SECONDS"]
 
 #: how often the thread tests the requests in flight
 POLL_SECONDS = 0.0005
 
 
+class InFlight:
+    """A started request, when it started and when it was seen complete."""
+
+    __slots__ = ("request", "started", "done")
+
+    def __init__(self, request: Any):
+        self.request = request
+        self.started = time.perf_counter()
+        self.done: Optional[float] = None
+
+
 class _Poller:
     def __init__(self):
         self.lock = threading.Condition()
-        self.requests: list = []
+        self.flying: list[InFlight] = []
         self.thread = None
 
-    def track(self, requests: list) -> None:
+    def track(self, flying: list) -> None:
         with self.lock:
-            self.requests += requests
+            self.flying += flying
             if self.thread is None:
                 self.thread = threading.Thread(target=self._run, name="needle-mpi-progress", daemon=True)
                 self.thread.start()
             self.lock.notify()
 
-    def finish(self, requests: list) -> None:
-        with self.lock:   # the thread tests no request of these once this returns
-            ids = {id(r) for r in requests}
-            self.requests = [r for r in self.requests if id(r) not in ids]
+    def finish(self, flying: list) -> None:
+        with self.lock:   # the thread tests none of these once this returns
+            self.flying = [f for f in self.flying if f not in flying]
 
     def _run(self) -> None:
         while True:
             with self.lock:
-                while not self.requests:
+                while not self.flying:
                     self.lock.wait()
-                self.requests = [r for r in self.requests if not r.Test()]
+                for f in self.flying:
+                    if f.request.Test():
+                        f.done = time.perf_counter()
+                self.flying = [f for f in self.flying if f.done is None]
             time.sleep(POLL_SECONDS)
 
 
@@ -60,15 +74,21 @@ def _threaded() -> bool:
     return MPI.Query_thread() >= MPI.THREAD_MULTIPLE
 
 
-def track(requests: list) -> None:
+def track(requests: list) -> list[InFlight]:
     """Progress `requests` in the background until `finish` takes them back."""
-    if requests and _threaded():
-        _POLLER.track(requests)
+    flying = [InFlight(r) for r in requests]
+    if flying and _threaded():
+        _POLLER.track(flying)
+    return flying
 
 
-def finish(requests: list, what: str) -> None:
-    """Complete `requests` on this thread (bounded by NEEDLE_DIST_TIMEOUT)."""
-    _POLLER.finish(requests)
-    for r in requests:
-        world.wait(r, what)
-
+def finish(flying: list, what: str) -> None:
+    """Complete what `track` returned, on this thread (bounded by NEEDLE_DIST_TIMEOUT), and
+    count in `world.stats()` how long it was in flight and how long this waited for it."""
+    start = time.perf_counter()
+    _POLLER.finish(flying)
+    for f in flying:
+        if f.done is None:
+            world.wait(f.request, what)
+            f.done = time.perf_counter()
+    world.count_overlap(sum(f.done - f.started for f in flying), time.perf_counter() - start)

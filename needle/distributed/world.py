@@ -21,7 +21,7 @@ from typing import Any, Optional
 import numpy as np
 
 __all__ = ["init", "is_initialized", "under_mpiexec", "abort", "stats", "rank", "world_size", "local_rank", "barrier", "comm",
-           "CollectiveTimeout", "timeout_seconds", "wait"]
+           "CollectiveTimeout", "timeout_seconds", "wait", "count_overlap"]
 
 
 #: a rank that has waited this long in a collective publishes that it reached it (a rank that
@@ -43,6 +43,8 @@ class _World:
         self.local_rank = _local_rank(comm)
         self.collectives = 0        # how many collectives this rank has started
         self.wait_seconds = 0.0     # time spent blocked in wait()
+        self.in_flight_seconds = 0.0   # non-blocking collectives (gradient buckets): started to complete
+        self.exposed_seconds = 0.0     # ... and the part of it a rank spent waiting for them
         self.progress: Optional[_Progress] = None
 
 
@@ -200,9 +202,19 @@ class _Progress:
 
 
 def stats() -> dict:
-    """This rank's collective counters: how many it started and the seconds it waited in them."""
+    """This rank's collective counters: how many it started, the seconds it waited in them,
+    and for the non-blocking ones (gradient buckets) the seconds they were in flight and the
+    seconds of that it waited for them (the rest overlapped its compute)."""
     w = _world()
-    return {"collectives": w.collectives, "wait_seconds": w.wait_seconds}
+    return {"collectives": w.collectives, "wait_seconds": w.wait_seconds,
+            "in_flight_seconds": w.in_flight_seconds, "exposed_seconds": w.exposed_seconds}
+
+
+def count_overlap(in_flight: float, exposed: float) -> None:
+    """Count a finished non-blocking collective (needle/distributed/pending.py)."""
+    w = _world()
+    w.in_flight_seconds += in_flight
+    w.exposed_seconds += exposed
 
 
 def _install_abort_hook() -> None:
