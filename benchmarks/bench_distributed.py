@@ -5,7 +5,8 @@
 
 1. All-reduce of float32 buffers from 4 KB to 64 MB on `--ranks` processes: needle's
    `all_reduce(Tensor)` (eager: output allocation and the MPI call) against mpi4py's raw
-   `Allreduce` on numpy buffers of the same size, same run, turn about. Overhead = needle's
+   `Allreduce` on the same memory (the tensor's buffer, and a needle array for the result),
+   same run, turn about. Overhead = needle's
    median time / mpi4py's - 1.
 2. Compiled T2 (ResNet9, batch 128) and T4 (Transformer LM, batch 16) training steps of
    WORKLOADS.md: `--ranks` processes x 1 thread, each on batch/ranks, with
@@ -56,15 +57,20 @@ def worker_allreduce(repeats: int) -> list:
     import needle as ndl
     import needle.distributed as dist
     from mpi4py import MPI
+    from needle.backend_ndarray import NDArray
+    from needle.host_memory import float_view
 
     dist.init()
     comm = MPI.COMM_WORLD
     rows = []
     for nbytes in SIZES:
         n = nbytes // 4
-        x = np.random.default_rng(comm.rank).standard_normal(n).astype(np.float32)
-        out = np.empty_like(x)
-        t = ndl.Tensor(x)
+        t = ndl.Tensor(np.random.default_rng(comm.rank).standard_normal(n).astype(np.float32))
+        # mpi4py on the same memory: the tensor's buffer, and a needle array for the result
+        # (needle's allocator gives each new result a recycled buffer of the same kind)
+        x = float_view(t.realize_cached_data()._handle.ptr(), (n,))
+        result = NDArray.make((n,), device=ndl.cpu())
+        out = float_view(result._handle.ptr(), (n,))
         reps = repeats * 5 if nbytes >= (1 << 20) else repeats * 20
         raw, ours = [], []
         for _ in range(3):   # turn about

@@ -2,14 +2,20 @@
 executor's host steps and callbacks, and the collectives, read and write buffers this way."""
 from __future__ import annotations
 
-import ctypes
-from math import prod
-
 import numpy as np
+
+
+class _Memory:
+    """What numpy reads an array's memory from (the array interface)."""
+
+    __slots__ = ("__array_interface__",)
+
+    def __init__(self, interface: dict):
+        self.__array_interface__ = interface
 
 
 def float_view(address: int, shape: tuple) -> np.ndarray:
     """A float32 array of `shape` over the memory at `address`; it does not keep that memory
     alive (the caller holds its owner)."""
-    n = int(prod(shape))
-    return np.ctypeslib.as_array((ctypes.c_float * max(n, 1)).from_address(address))[:n].reshape(shape)
+    return np.asarray(_Memory({"data": (address, False), "shape": tuple(shape), "typestr": "<f4",
+                               "version": 3}))
