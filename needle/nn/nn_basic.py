@@ -407,12 +407,19 @@ class BatchNorm1d(Module):
     def extra_repr(self) -> str:
         return f"{self.dim}, eps={self.eps}, momentum={self.momentum}"
 
+    def _batch_sum(self, column_sums: Tensor, n: int) -> tuple:
+        """The batch's column sums and row count from this rank's (SyncBatchNorm: over all
+        ranks)."""
+        return column_sums, n
+
     def forward(self, x: Tensor) -> Tensor:
         n, d = x.shape
         if self.training:
-            mean = ops.summation(x, axes=(0,)) / n
+            total, count = self._batch_sum(ops.summation(x, axes=(0,)), n)
+            mean = total / count
             centered = x - ops.broadcast_to(_row(mean, d), x.shape)
-            var = ops.summation(centered * centered, axes=(0,)) / n
+            total, count = self._batch_sum(ops.summation(centered * centered, axes=(0,)), n)
+            var = total / count
             m = self.momentum
             self.running_mean = (self.running_mean.detach() * (1 - m) + mean.detach() * m).detach()
             self.running_var = (self.running_var.detach() * (1 - m) + var.detach() * m).detach()

@@ -61,6 +61,12 @@ def test_gradient_buckets_reduce_in_place_and_train_like_eager(n):
 
 
 @needs_mpi
+@pytest.mark.parametrize("n", [2, 3])
+def test_sync_batchnorm_trains_like_one_rank_with_the_whole_batch(n):
+    assert_ok(mpirun(n, "sync_batchnorm"), n)
+
+
+@needs_mpi
 def test_a_rank_that_raises_stops_every_rank_quickly():
     start = time.monotonic()
     result = mpirun(2, "raises", timeout=60)

@@ -133,6 +133,44 @@ def equivalence() -> None:
                     _close(g, w, f"{kind} {optimizer} {'compiled' if compiled else 'eager'} {what} {k}")
 
 
+def sync_batchnorm() -> None:
+    """With convert_sync_batchnorm, N ranks x batch b train (parameters, running statistics,
+    gradients) like 1 rank x batch N*b with plain BatchNorm, eager and compiled; BatchNorm1d
+    in an MLP and BatchNorm2d in a small conv net."""
+    r, n = dist.rank(), dist.world_size()
+    rng = np.random.default_rng(7)
+    for kind in ("bn1d", "bn2d"):
+        shape = (4 * n, 6) if kind == "bn1d" else (4 * n, 3, 5, 5)
+        batches = [(rng.standard_normal(shape).astype(np.float32), rng.integers(0, 4, 4 * n).astype(np.float32))
+                   for _ in range(3)]
+        mine = [(x[4 * r:4 * r + 4], y[4 * r:4 * r + 4]) for x, y in batches]
+        for compiled in (False, True):
+            got = _train_bn(kind, compiled, mine, synced=True)
+            want = _train_bn(kind, compiled, batches, synced=False)
+            for k, (g, w) in enumerate(zip(got, want)):
+                _close(g, w, f"{kind} {'compiled' if compiled else 'eager'} value {k}")
+
+
+def _train_bn(kind: str, compiled: bool, batches, synced: bool) -> list:
+    np.random.seed(5)   # (no bias before a BatchNorm: its gradient is zero up to rounding)
+    if kind == "bn1d":
+        model = nn.Sequential(nn.Linear(6, 8, bias=False), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 4))
+    else:
+        model = nn.Sequential(nn.Conv(3, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                              nn.Linear(100, 4))
+    opt = ndl.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    if synced:
+        dist.convert_sync_batchnorm(model)
+        opt = dist.DistributedOptimizer(opt)
+    step = ndl.optim.train_step(model, nn.SoftmaxLoss(), opt)
+    run = ndl.compile(step) if compiled else step
+    for x, y in batches:
+        run(ndl.Tensor(x), ndl.Tensor(y))
+    bn = model.modules[1]
+    return ([p.numpy() for p in model.parameters()] + [p.grad.numpy() for p in model.parameters()]
+            + [bn.running_mean.numpy(), bn.running_var.numpy()])
+
+
 def buckets() -> None:
     """A compiled step's gradient all-reduces in several buckets (NEEDLE_BUCKET_CAP_MB is
     small): each bucket one in-place all-reduce started in the backward pass, no gradient
@@ -190,7 +228,7 @@ def mismatch() -> None:
     f(ndl.Tensor(np.ones((2 + dist.rank(), 3), np.float32)))
 
 
-CASES = {f.__name__: f for f in (collectives, equivalence, buckets, raises, stalls, mismatch)}
+CASES = {f.__name__: f for f in (collectives, equivalence, buckets, sync_batchnorm, raises, stalls, mismatch)}
 
 if __name__ == "__main__":
     dist.init()
