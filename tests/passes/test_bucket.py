@@ -169,25 +169,49 @@ needs_native = pytest.mark.skipif(BACKEND != "nd", reason="the native executor r
 
 
 @needs_native
+def test_a_gradient_read_elsewhere_is_copied_into_its_bucket():
+    """w1's gradient %5 is also returned: its all-reduce cannot overwrite it, so the program
+    copies it into the bucket's block, and both values come out right."""
+    from needle.codegen.cpu.steps import CopyStep
+
+    pytest.importorskip("llvmlite")
+    text = STEP.replace("return %9, %10, %11", "return %9, %10, %11, %5")
+    ex, graph = native(text)
+    assert sum(isinstance(s, CopyStep) for s in ex.steps) == 1
+    check_against_interpreter(ex, graph, ir(text))
+
+
+def native(text: str):
+    from needle.runtime.native import NativeExecutor
+
+    graph, plan = pipeline.run(ir(text), "native", names=pipeline.KERNEL_PASSES)
+    return NativeExecutor(graph, plan.fusion, plan.schedule, plan.memory), graph
+
+
+def check_against_interpreter(ex, graph, reference_graph) -> None:
+    """Two calls on fresh random inputs: a world of one, where each all-reduce is the identity."""
+    from needle.backend_ndarray import array_api, cpu
+
+    rng = np.random.default_rng()
+    for _ in range(2):
+        arrays = [rng.standard_normal(n.type.shape).astype(np.float32) for n in graph.inputs]
+        got = ex([array_api.array(a, device=cpu()) for a in arrays])
+        for a, e in zip(got, numerics.reference(reference_graph, arrays)):
+            numerics.assert_close(a.numpy(), e, 1e-6)
+
+
+@needs_native
 def test_native_program_starts_each_bucket_once_and_waits_before_its_readers():
     pytest.importorskip("llvmlite")
     from needle.codegen.cpu.steps import CollectiveStartStep, CollectiveWaitStep, CopyStep
-    from needle.runtime.native import NativeExecutor
 
-    graph, plan = pipeline.run(ir(STEP), "native", names=pipeline.KERNEL_PASSES)
-    ex = NativeExecutor(graph, plan.fusion, plan.schedule, plan.memory)
+    ex, graph = native(STEP)
+    memory = pipeline.plan_kernels(graph).memory
     names = [getattr(s, "name", type(s).__name__) for s in ex.steps]
     assert names.count("bucket0.start") == 1 and names.count("bucket0.wait") == 1, names
     assert names.index("bucket0.start") < names.index("bucket0.wait")
     assert not any(isinstance(s, CopyStep) for s in ex.steps), names
     start = next(s for s in ex.steps if isinstance(s, CollectiveStartStep))
-    assert start.sizes == (plan.memory.buckets[0][1] // 4,)   # one span over the block
+    assert start.sizes == (memory.buckets[0][1] // 4,)   # one span over the block
     assert sum(isinstance(s, CollectiveWaitStep) for s in ex.steps) == 1
-    rng = np.random.default_rng()
-    for _ in range(2):   # a world of one: each all-reduce is the identity
-        arrays = [rng.standard_normal(n.type.shape).astype(np.float32) for n in graph.inputs]
-        from needle.backend_ndarray import array_api, cpu
-
-        got = ex([array_api.array(a, device=cpu()) for a in arrays])
-        for a, e in zip(got, numerics.reference(ir(STEP), arrays)):
-            numerics.assert_close(a.numpy(), e, 1e-6)
+    check_against_interpreter(ex, graph, ir(STEP))
