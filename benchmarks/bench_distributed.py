@@ -6,7 +6,7 @@
 1. All-reduce of float32 buffers from 4 KB to 64 MB on `--ranks` processes: needle's
    `all_reduce(Tensor)` (eager: output allocation and the MPI call) against mpi4py's raw
    `Allreduce` on the same memory (the tensor's buffer, and a needle array for the result),
-   same run, turn about. Overhead = needle's
+   same run, call by call in alternating order. Overhead = needle's
    median time / mpi4py's - 1.
 2. Compiled T2 (ResNet9, batch 128) and T4 (Transformer LM, batch 16) training steps of
    WORKLOADS.md: `--ranks` processes x 1 thread, each on batch/ranks, with
@@ -53,6 +53,22 @@ def _median_ms(call, repeats: int, comm) -> float:
     return max(comm.allgather(statistics.median(times))) * 1e3
 
 
+def _paired_medians_ms(first, second, repeats: int, comm) -> tuple[float, float]:
+    """Median ms of `first` and of `second`, timed call by call in alternating order (the
+    machine's drift hits both alike); each rank's median, the slowest rank's."""
+    for _ in range(3):
+        first(), second()
+    times: tuple[list, list] = ([], [])
+    for k in range(repeats):
+        for which in ((0, 1) if k % 2 else (1, 0)):
+            comm.Barrier()
+            t = time.perf_counter()
+            (first, second)[which]()
+            times[which].append(time.perf_counter() - t)
+    medians = comm.allgather([statistics.median(ts) for ts in times])
+    return tuple(max(m[i] for m in medians) * 1e3 for i in range(2))
+
+
 def worker_allreduce(repeats: int) -> list:
     import needle as ndl
     import needle.distributed as dist
@@ -71,12 +87,9 @@ def worker_allreduce(repeats: int) -> list:
         x = float_view(t.realize_cached_data()._handle.ptr(), (n,))
         result = NDArray.make((n,), device=ndl.cpu())
         out = float_view(result._handle.ptr(), (n,))
-        reps = repeats * 5 if nbytes >= (1 << 20) else repeats * 20
-        raw, ours = [], []
-        for _ in range(3):   # turn about
-            raw.append(_median_ms(lambda: comm.Allreduce(x, out), reps, comm))
-            ours.append(_median_ms(lambda: dist.all_reduce(t), reps, comm))
-        rows.append({"bytes": nbytes, "mpi4py_ms": min(raw), "needle_ms": min(ours)})
+        reps = repeats * 10 if nbytes >= (1 << 20) else repeats * 40
+        raw_ms, needle_ms = _paired_medians_ms(lambda: comm.Allreduce(x, out), lambda: dist.all_reduce(t), reps, comm)
+        rows.append({"bytes": nbytes, "mpi4py_ms": raw_ms, "needle_ms": needle_ms})
     return rows
 
 
