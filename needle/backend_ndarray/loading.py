@@ -16,7 +16,25 @@ def load_cpu_module():
         warnings.warn(f"needle: compiled cpu backend not available ({e}); cpu() falls back to the "
                       "numpy implementation. Build it with `pip install -e .`.", RuntimeWarning)
         return None
+    threads = threads_from_env()
+    if threads is not None:
+        mod.set_num_threads(threads)
     return mod
+
+
+def threads_from_env():
+    """NEEDLE_NUM_THREADS (the cpu backend's threads: its kernels' pool and its BLAS), or None
+    when it is not set (then the pool has one thread per core)."""
+    raw = os.environ.get("NEEDLE_NUM_THREADS")
+    if raw is None or raw == "":
+        return None
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"NEEDLE_NUM_THREADS must be a positive number of threads, got {raw!r}")
+    return n
 
 
 def load_cuda_module():

@@ -5,6 +5,9 @@ process, so a script written for N ranks runs unchanged on one. Inside `mpiexec`
 also makes a rank that raises abort the whole job (`MPI_Abort`), after printing its
 traceback under its rank number, so the other ranks never hang in a collective.
 
+Each rank computes with its share of its machine's cores (cores / ranks on the machine)
+unless NEEDLE_NUM_THREADS sets the threads.
+
 Every blocking wait on a collective goes through `wait(request, what)`, which gives up
 after `NEEDLE_DIST_TIMEOUT` seconds (default 300) with an error naming the collective and
 the ranks that had not reached it.
@@ -19,6 +22,8 @@ import traceback
 from typing import Any, Optional
 
 import numpy as np
+
+from ..threads import set_num_threads
 
 __all__ = ["init", "is_initialized", "under_mpiexec", "abort", "stats", "rank", "world_size", "local_rank", "barrier", "comm",
            "CollectiveTimeout", "timeout_seconds", "wait", "count_overlap"]
@@ -68,6 +73,17 @@ def _local_rank(comm) -> int:
     return comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
 
 
+def _share_the_cores(comm) -> None:
+    """Unless NEEDLE_NUM_THREADS says otherwise, each of the ranks on a machine computes with
+    its share of the machine's cores (one thread per core each would oversubscribe them)."""
+    if os.environ.get("NEEDLE_NUM_THREADS"):
+        return
+    from mpi4py import MPI
+
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size()
+    set_num_threads(max(1, (os.cpu_count() or 1) // local))
+
+
 def init() -> None:
     """Join the world (idempotent). A world of one outside `mpiexec`; inside it, needs mpi4py
     (`pip install needle[distributed]`)."""
@@ -86,6 +102,7 @@ def init() -> None:
     if _WORLD.comm is not None:
         _WORLD.progress = _Progress(_WORLD.comm)
         _install_abort_hook()
+        _share_the_cores(_WORLD.comm)
 
 
 def is_initialized() -> bool:

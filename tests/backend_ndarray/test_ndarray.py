@@ -759,6 +759,25 @@ def test_cpu_threads_and_blas():
     assert isinstance(nd.BLAS_LOADED, bool)
 
 
+@pytest.mark.parametrize("value, expect", [("1", "1"), ("3", "3"), ("", "cores"), ("zero", "error")])
+def test_needle_num_threads_sets_the_pool(value, expect):
+    """NEEDLE_NUM_THREADS was documented (and set by the distributed runs) but read by nothing:
+    every process ran one pool thread per core."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import needle as ndl; ndl.cpu(); print(ndl.get_num_threads())"
+    env = dict(os.environ, NEEDLE_NUM_THREADS=value)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if expect == "error":
+        assert out.returncode != 0 and "NEEDLE_NUM_THREADS must be a positive number" in out.stderr
+    else:
+        assert out.returncode == 0, out.stderr
+        want = str(os.cpu_count()) if expect == "cores" else expect
+        assert out.stdout.strip() == want
+
+
 def _child_work(q):
     X = np.arange(1 << 20, dtype=np.float32) / (1 << 20)
     q.put(float((nd.array(X).exp() + 1.0).sum().numpy()))
