@@ -331,8 +331,9 @@ def test_conv_epilogue_fused(monkeypatch, three_threads, n, h, w, ci, k, co, str
 @pytest.mark.parametrize("n,h,w", [(1, 7, 5), (2, 30, 31)])
 def test_channel_concat_operand_copied_by_rows(monkeypatch, three_threads, n, h, w):
     """A fire module: two convs' outputs concatenated along channels (odd widths) and read
-    by a 1x1 conv (a GEMM operand: materialised by one row copy per piece), and a stack along
-    an inner axis read by a MatMul."""
+    by a 1x1 conv (a GEMM operand: materialised by one row copy per piece) or by the slices
+    of a max pool (read many times: materialised too), and a stack along an inner axis read
+    by a MatMul."""
     def fire(x, w1, w2, w3):
         a = ndl.ops.relu(ndl.ops.conv(x, w1, stride=1, padding=0))
         b = ndl.ops.relu(ndl.ops.conv(x, w2, stride=1, padding=1))
@@ -340,6 +341,16 @@ def test_channel_concat_operand_copied_by_rows(monkeypatch, three_threads, n, h,
     stats, _ = run_both(monkeypatch, fire, randn(n, h, w, 5), randn(1, 1, 5, 7), randn(3, 3, 5, 9),
                         randn(1, 1, 16, 11))
     assert stats["convs"] == 3 and stats["copies"] == 2, stats
+
+    def pooled(x, w1, w2):  # a 2x1 max pool (stride 2) of the concat: two slices read it
+        cat = ndl.ops.concat([ndl.ops.relu(ndl.ops.conv(x, w1, stride=1, padding=0)),
+                              ndl.ops.conv(x, w2, stride=1, padding=1)], axis=3)
+        rows = (h // 2) * 2
+        even = ndl.ops.get_item(cat, (slice(None), slice(0, rows, 2)))
+        odd = ndl.ops.get_item(cat, (slice(None), slice(1, rows, 2)))
+        return -ndl.ops.minimum(-even, -odd)
+    stats, _ = run_both(monkeypatch, pooled, randn(n, h, w, 5), randn(1, 1, 5, 7), randn(3, 3, 5, 9))
+    assert stats["convs"] == 2 and stats["copies"] == 2, stats
 
     def stacked(x, y, m):
         return ndl.ops.stack([ndl.ops.tanh(x), y * 2.0], axis=1).reshape((n * 3, 2 * h)) @ m

@@ -88,6 +88,7 @@ class CpuBuilder(GemmConvSteps, ProgramBuilder):
             else:
                 self.loc[v] = self._new_slot(Slot("arena", home.offset), memory_plan.sizes[v] // F32)
         self.tmp_loc: dict[int, int] = {}       # values materialised in scratch for one group
+        self._users: Optional[dict] = None      # node -> its readers (made when first needed)
         self.position = {n.id: k for k, n in enumerate(graph.nodes)}
         self.scratch_top = 0
         self.scratch_size = 0
@@ -207,13 +208,15 @@ class CpuBuilder(GemmConvSteps, ProgramBuilder):
     def _expand(self, node_ids, outputs, materialize: bool = True) -> FusedGroup:
         """A FusedGroup over `node_ids` plus every view node (and scalar const) they read
         through, so that its inputs are values with buffers. A join of many pieces along
-        axis 0 is not inlined (a select between its pieces per element) but copied piece by
-        piece into scratch first (`materialize`; off for profile labels)."""
+        axis 0, or one of pieces with buffers that several views read (a pooling window's
+        slices of a channel concat), is not inlined (a select between its pieces per element
+        read) but copied piece by piece into scratch first (`materialize`; off for profile
+        labels)."""
         g = self.graph
         inside = set(node_ids)
-        if materialize:  # wide joins fused into the group itself
+        if materialize:  # such joins fused into the group itself
             for i in node_ids:
-                if i not in outputs and self._wide_join(g.node(i)):
+                if i not in outputs and (self._wide_join(g.node(i)) or self._reread_join(g.node(i))):
                     self._materialize_join(g.node(i))
                     inside.discard(i)
         stack = list(inside)
@@ -223,7 +226,7 @@ class CpuBuilder(GemmConvSteps, ProgramBuilder):
                     continue
                 n = g.node(i)
                 if self.is_view(i) or is_literal(n):
-                    if self._wide_join(n):
+                    if self._wide_join(n) or self._reread_join(n):
                         if materialize:
                             self._materialize_join(n)
                         continue
@@ -265,6 +268,12 @@ class CpuBuilder(GemmConvSteps, ProgramBuilder):
         src = self.graph.node(n.inputs[0])
         return (isinstance(src.type, tuple) and len(src.inputs) == len(src.type)
                 and all(p in self.loc or p in self.tmp_loc for p in src.inputs))
+
+    def _reread_join(self, n) -> bool:
+        """A join of pieces with buffers that more than one node reads."""
+        if self._users is None:
+            self._users = self.graph.users()
+        return len(self._users[n.id]) > 1 and self._buffer_join(n)
 
     def _materialize_join(self, n) -> None:
         """A join along an axis: in each block of the axes before it (one block for axis 0),
