@@ -85,6 +85,18 @@ int64_t matrix_span(int64_t rows, int64_t cols, int64_t ld) {
   return rows > 0 && cols > 0 ? (rows - 1) * ld + cols : 0;
 }
 
+// dst[0:n) = src[0:n): short runs (a patch row of a conv of few channels) inline, by 16-byte
+// moves, not by a call to memcpy per run
+inline void copy_floats(float* dst, const float* src, int64_t n) {
+  if (n > 32) {
+    std::memcpy(dst, src, sizeof(float) * n);
+    return;
+  }
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) std::memcpy(dst + i, src + i, 4 * sizeof(float));
+  for (; i < n; ++i) dst[i] = src[i];
+}
+
 bool any_negative(const std::vector<int64_t>& v) {
   return std::any_of(v.begin(), v.end(), [](int64_t x) { return x < 0; });
 }
@@ -342,14 +354,14 @@ class Program {
     for (int64_t dy = 0; dy < d.kh; ++dy) {
       const int64_t iy = oy * d.st + dy - d.pad;
       if (iy >= 0 && iy < d.h && ix0 >= 0 && ix0 + d.kw <= d.w) {
-        std::memcpy(dst, x + ((b * d.h + iy) * d.w + ix0) * d.ci, sizeof(float) * d.kw * d.ci);
+        copy_floats(dst, x + ((b * d.h + iy) * d.w + ix0) * d.ci, d.kw * d.ci);
         dst += d.kw * d.ci;
         continue;
       }
       for (int64_t dx = 0; dx < d.kw; ++dx, dst += d.ci) {
         const int64_t ix = ox * d.st + dx - d.pad;
         if (iy < 0 || iy >= d.h || ix < 0 || ix >= d.w) std::memset(dst, 0, sizeof(float) * d.ci);
-        else std::memcpy(dst, x + ((b * d.h + iy) * d.w + ix) * d.ci, sizeof(float) * d.ci);
+        else copy_floats(dst, x + ((b * d.h + iy) * d.w + ix) * d.ci, d.ci);
       }
     }
   }
@@ -413,8 +425,14 @@ class Program {
       float* buf = scratch + t * rb * row;
       for (int64_t r0 = t * per; r0 < std::min(m, (t + 1) * per); r0 += rb) {
         const int64_t r1 = std::min({m, (t + 1) * per, r0 + rb});
-        for (int64_t r = r0; r < r1; ++r)  // pixel r = (image, oy, ox)
-          patch(d, x, r / (d.ho * d.wo), (r / d.wo) % d.ho, r % d.wo, buf + (r - r0) * row);
+        int64_t b = r0 / (d.ho * d.wo), oy = (r0 / d.wo) % d.ho, ox = r0 % d.wo;  // pixel r0
+        for (int64_t r = r0; r < r1; ++r) {
+          patch(d, x, b, oy, ox, buf + (r - r0) * row);
+          if (++ox == d.wo) {
+            ox = 0;
+            if (++oy == d.ho) oy = 0, ++b;
+          }
+        }
         gemm_ex(false, false, r1 - r0, d.co, row, buf, row, wt, d.co, out + r0 * d.co, d.co, false);
         epilogue(r0, r1);
       }
