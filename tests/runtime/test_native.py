@@ -328,6 +328,22 @@ def test_conv_epilogue_fused(monkeypatch, three_threads, n, h, w, ci, k, co, str
     assert stats["convs"] == 1 and stats["fused_epilogues"] == 1, stats
 
 
+@pytest.mark.parametrize("k,stride,padding", [(1, 1, 0), (3, 1, 1), (3, 2, 0)])
+def test_conv_epilogue_in_place_with_residual(monkeypatch, three_threads, k, stride, padding):
+    """A conv whose fused epilogue adds a residual (whose buffer the output may reuse: the conv
+    then must not write its result there) and one whose output is all the epilogue writes
+    (the conv writes into it and the epilogue rewrites it in place), chained."""
+    def f(x, w1, w2, r):
+        r = ndl.ops.conv(r, w2[1:2, 1:2], stride=1, padding=0)  # a buffer that dies in the next group
+        a = ndl.ops.relu(ndl.ops.conv(x, w1, stride=stride, padding=padding) + r)
+        return ndl.ops.relu(ndl.ops.conv(a, w2, stride=1, padding=1)) * 0.5 + a
+    x = randn(2, 21, 19, 6)
+    ho, wo = (21 + 2 * padding - k) // stride + 1, (19 + 2 * padding - k) // stride + 1
+    stats, _ = run_both(monkeypatch, f, x, randn(k, k, 6, 10, scale=0.3), randn(3, 3, 10, 10, scale=0.2),
+                        randn(2, ho, wo, 10))
+    assert stats["convs"] == 3 and stats["fused_epilogues"] == 2, stats
+
+
 @pytest.mark.parametrize("n,h,w", [(1, 7, 5), (2, 30, 31)])
 def test_channel_concat_operand_copied_by_rows(monkeypatch, three_threads, n, h, w):
     """A fire module: two convs' outputs concatenated along channels (odd widths) and read

@@ -72,6 +72,11 @@ class GemmConvSteps:
         step = self.steps[gemm] if gemm == len(self.steps) - 1 else None
         rows = _epilogue_rows(step) if step is not None else 0
         if kernel is not None and rows and range_extent(kernel) % rows == 0 and self._rowwise(anchor, rest, outputs):
+            if self._in_place(group, anchor, step, c_slot, ins, outs):
+                # the step writes its result where the epilogue writes, which rewrites it in
+                # place while in cache: the result never goes to memory on its own
+                ins = [outs[0] if s == c_slot else s for s in ins]
+                step = dataclasses.replace(step, slots=(*step.slots[:2], outs[0], *step.slots[3:]))
             epilogue = Epilogue(kernel, (*ins, *outs), tuple(p.size for p in kernel.params), range_extent(kernel))
             self.steps[gemm] = dataclasses.replace(step, epilogue=epilogue)
             if self.sources is not None:
@@ -85,6 +90,17 @@ class GemmConvSteps:
             return "epilogue kernel"
         self._callback(ex, ins, outs, f"k{group.id}.epi")
         return "epilogue callback"
+
+    def _in_place(self, group, anchor, step, c_slot, ins, outs) -> bool:
+        """Whether a fused epilogue's one output (of the result's shape: `_rowwise`) can hold
+        the GEMM/conv result too: the result is a transient, and that output's memory is none
+        of the step's operands' nor of the epilogue's other inputs (the step would overwrite
+        them)."""
+        if anchor.id in group.outputs or len(outs) != 1:
+            return False
+        key = lambda slot: self._place(slot) or ("io", slot)  # noqa: E731
+        others = [*step.slots[:2], *(s for s in ins if s != c_slot)]
+        return key(outs[0]) not in {key(s) for s in others}
 
     def _rowwise(self, anchor, rest, outputs) -> bool:
         """True if the epilogue reads the GEMM result only at the element it writes: every
