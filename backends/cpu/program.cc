@@ -64,11 +64,12 @@ int64_t clamped_row(float v, int64_t n_rows) {
   return std::min(static_cast<int64_t>(v), n_rows - 1);
 }
 
-// Runs fn over [0, extent) in at most `threads` contiguous chunks of >= min_chunk
-// iterations (boundaries rounded to `align`).
+// Runs fn over [0, extent) in at most 4 contiguous chunks per thread (claimed as threads
+// finish: a thread held up by another process holds up less) of >= min_chunk iterations
+// (boundaries rounded to `align`).
 void run_range(range_fn fn, void** args, int64_t extent, int64_t min_chunk, int64_t align) {
   int64_t nt = pool_num_threads();
-  int64_t chunks = std::min<int64_t>(nt, extent / std::max<int64_t>(min_chunk, 1));
+  int64_t chunks = std::min<int64_t>(4 * nt, extent / std::max<int64_t>(min_chunk, 1));
   if (chunks <= 1) {
     fn(args, 0, extent);
     return;
@@ -394,8 +395,8 @@ class Program {
     conv_blocked(d, x, wt, out, cols, epilogue);
   }
 
-  // im2col + GEMM by blocks of output pixels: each thread takes a contiguous range of
-  // pixels and, block by block, gathers the block's patches into its own buffer and
+  // im2col + GEMM by blocks of output pixels: each chunk (a contiguous range of pixels, at
+  // most CONV_THREADS of them) is, block by block, gathered into its own patch buffer and
   // multiplies it at once (K = KH*KW*Ci), so the whole patch matrix never goes to memory;
   // then runs `epilogue(r0, r1)` on the block's pixels, still in cache.
   // A block is a cache-sized buffer of patches, but at least CONV_MIN_ROWS pixels (or a
@@ -419,8 +420,10 @@ class Program {
                            const Epilogue& epilogue) {
     const int64_t threads = std::min<int64_t>(CONV_THREADS, pool_num_threads());
     const int64_t row = d.kh * d.kw * d.ci, m = d.n * d.ho * d.wo, rb = conv_block_rows(d, threads);
-    const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(threads, (m + rb - 1) / rb));
-    const int64_t per = (m + nt - 1) / nt;
+    // chunks of whole blocks, up to one buffer each, which the threads claim as they finish
+    // (a thread held up by another process then holds up less than its static share)
+    const int64_t blocks = (m + rb - 1) / rb, chunks = std::max<int64_t>(1, std::min(CONV_THREADS, blocks));
+    const int64_t per = (blocks + chunks - 1) / chunks * rb, nt = (m + per - 1) / per;
     parallel_chunks(nt, [&](int64_t t) {
       float* buf = scratch + t * rb * row;
       for (int64_t r0 = t * per; r0 < std::min(m, (t + 1) * per); r0 += rb) {
