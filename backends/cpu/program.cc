@@ -12,12 +12,14 @@
 //   gemm      batched C = op(A) @ op(B) (gemm_ex: BLAS or small_gemm), optionally followed
 //             per row block by an epilogue kernel's range (the rows still in cache);
 //   conv      NHWC convolution as im2col + GEMM by cache-sized blocks of output pixels
-//             (conv_blocked); its input gradient as GEMM + col2im, its weight gradient as
+//             (conv_blocked), optionally followed per block by an epilogue kernel's range
+//             (as gemm's); its input gradient as GEMM + col2im, its weight gradient as
 //             im2col + one GEMM;
 //   random    counter-based uniform floats (RandomUniform's splitmix64 streams);
 //   gather / index_add   rows along axis 0 (embedding lookup and its gradient); bad ids
 //             are clamped to a row (the graph's id check reports them);
-//   copy      a contiguous copy of n floats;
+//   copy      a contiguous copy of n floats, or of rows of n floats into a destination with
+//             a larger row stride (a piece of a join along an inner axis);
 //   callback  a Python function given the slots' addresses (ops with no native step).
 #include "common.h"
 
@@ -40,8 +42,8 @@ struct Step {
   StepKind kind;
   std::vector<int> slots;
   std::vector<int64_t> p;            // integer parameters (meaning per kind)
-  range_fn fn = nullptr;             // KERNEL, or GEMM's epilogue
-  std::vector<int> epi_slots;        // GEMM's epilogue arguments
+  range_fn fn = nullptr;             // KERNEL, or GEMM's / CONV's epilogue
+  std::vector<int> epi_slots;        // GEMM's / CONV's epilogue arguments
   std::vector<int64_t> offsets;      // GEMM's per-product operand offsets
   py::object callback;               // CALLBACK
   std::string name;                  // for error messages
@@ -63,11 +65,12 @@ int64_t clamped_row(float v, int64_t n_rows) {
   return std::min(static_cast<int64_t>(v), n_rows - 1);
 }
 
-// Runs fn over [0, extent) in at most `threads` contiguous chunks of >= min_chunk
-// iterations (boundaries rounded to `align`).
+// Runs fn over [0, extent) in at most 4 contiguous chunks per thread (claimed as threads
+// finish: a thread held up by another process holds up less) of >= min_chunk iterations
+// (boundaries rounded to `align`).
 void run_range(range_fn fn, void** args, int64_t extent, int64_t min_chunk, int64_t align) {
   int64_t nt = pool_num_threads();
-  int64_t chunks = std::min<int64_t>(nt, extent / std::max<int64_t>(min_chunk, 1));
+  int64_t chunks = std::min<int64_t>(4 * nt, extent / std::max<int64_t>(min_chunk, 1));
   if (chunks <= 1) {
     fn(args, 0, extent);
     return;
@@ -82,6 +85,18 @@ void run_range(range_fn fn, void** args, int64_t extent, int64_t min_chunk, int6
 // dimension ld to its last
 int64_t matrix_span(int64_t rows, int64_t cols, int64_t ld) {
   return rows > 0 && cols > 0 ? (rows - 1) * ld + cols : 0;
+}
+
+// dst[0:n) = src[0:n): short runs (a patch row of a conv of few channels) inline, by 16-byte
+// moves, not by a call to memcpy per run
+inline void copy_floats(float* dst, const float* src, int64_t n) {
+  if (n > 32) {
+    std::memcpy(dst, src, sizeof(float) * n);
+    return;
+  }
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) std::memcpy(dst + i, src + i, 4 * sizeof(float));
+  for (; i < n; ++i) dst[i] = src[i];
 }
 
 bool any_negative(const std::vector<int64_t>& v) {
@@ -151,8 +166,10 @@ class Program {
   // slots x, w, out, scratch; p = n, h, w, c_in, kh, kw, c_out, stride, padding
   // kind: 0 conv (x, w, out, scratch), 1 its input gradient (g, w, dx, scratch), 2 its
   // weight gradient (x, g, dw, scratch); p = n, h, w, c_in, kh, kw, c_out, stride, padding
-  // (h, w: the conv's input size in every case)
-  void add_conv(int kind, std::vector<int> slots, std::vector<int64_t> p) {
+  // (h, w: the conv's input size in every case). A conv (kind 0) may have an epilogue: a
+  // kernel range over [0, epi_extent), split by output pixels (epi_extent a multiple of them).
+  void add_conv(int kind, std::vector<int> slots, std::vector<int64_t> p, size_t epi_fn, std::vector<int> epi_slots,
+                const std::vector<int64_t>& epi_sizes, int64_t epi_extent) {
     if (slots.size() != 4 || p.size() != 9 || kind < 0 || kind > 2)
       value_error("Program.add_conv: expects kind 0-2, 4 slots and 9 parameters");
     if (any_negative(p) || p[7] == 0 || p[1] + 2 * p[8] < p[4] || p[2] + 2 * p[8] < p[5])
@@ -164,7 +181,15 @@ class Program {
     const std::vector<int64_t> need = kind == 0 ? std::vector<int64_t>{x, w, y, cols}
                                       : kind == 1 ? std::vector<int64_t>{y, w, x, cols}
                                                   : std::vector<int64_t>{x, y, w, cols};
-    steps_.push_back(Step{kind == 0 ? CONV : kind == 1 ? CONV_DATA : CONV_FILTER, check("conv", slots, need), p});
+    Step s{kind == 0 ? CONV : kind == 1 ? CONV_DATA : CONV_FILTER, check("conv", slots, need), p};
+    if (epi_fn != 0) {
+      if (kind != 0 || pixels == 0 || epi_extent <= 0 || epi_extent % pixels != 0)
+        value_error("Program.add_conv: an epilogue needs a conv (kind 0) and an extent a multiple of its pixels");
+      s.fn = reinterpret_cast<range_fn>(epi_fn);
+      s.epi_slots = check("conv epilogue", epi_slots, epi_sizes);
+      s.p.push_back(epi_extent);
+    }
+    steps_.push_back(std::move(s));
   }
 
   // slots counter, base, out; p = size, stream
@@ -181,7 +206,11 @@ class Program {
         Step{INDEX_ADD, check("index_add", slots, {n_idx * row, n_idx, n_rows * row}), {n_idx, n_rows, row}});
   }
 
-  void add_copy(std::vector<int> slots, int64_t n) { steps_.push_back(Step{COPY, check("copy", slots, {n, n}), {n}}); }
+  // rows rows of n floats: compact in the source, dst_ld floats apart in the destination
+  void add_copy(std::vector<int> slots, int64_t n, int64_t rows, int64_t dst_ld) {
+    if (n < 0 || rows < 1 || (rows > 1 && dst_ld < n)) value_error("Program.add_copy: bad rows or row stride");
+    steps_.push_back(Step{COPY, check("copy", slots, {rows * n, (rows - 1) * dst_ld + n}), {n, rows, dst_ld}});
+  }
 
   // sizes: floats the callback reads or writes in each slot
   void add_callback(py::function f, std::vector<int> slots, const std::vector<int64_t>& sizes,
@@ -231,13 +260,13 @@ class Program {
           run_range(s.fn, args.data(), s.p[0], s.p[1], s.p[2]);
           break;
         case GEMM: run_gemm(s, args); break;
-        case CONV: run_conv(s); break;
+        case CONV: run_conv(s, args); break;
         case CONV_DATA: run_conv_data(s); break;
         case CONV_FILTER: run_conv_filter(s); break;
         case RANDOM: run_random(s); break;
         case GATHER: run_gather(s); break;
         case INDEX_ADD: run_index_add(s); break;
-        case COPY: std::memcpy(at(s, 1), at(s, 0), sizeof(float) * s.p[0]); break;
+        case COPY: run_copy(s); break;
         case CALLBACK: {
           py::gil_scoped_acquire gil;
           py::list a;
@@ -325,14 +354,21 @@ class Program {
     bool pointwise() const { return kh == 1 && kw == 1 && st == 1 && pad == 0; }
   };
 
-  // dst (KH*KW*Ci) = the patch of image b under output pixel (oy, ox) (zero outside x)
+  // dst (KH*KW*Ci) = the patch of image b under output pixel (oy, ox) (zero outside x); a
+  // kernel row inside the image is one copy (its KW pixels are adjacent in NHWC)
   static void patch(const ConvDims& d, const float* x, int64_t b, int64_t oy, int64_t ox, float* dst) {
+    const int64_t ix0 = ox * d.st - d.pad;
     for (int64_t dy = 0; dy < d.kh; ++dy) {
       const int64_t iy = oy * d.st + dy - d.pad;
+      if (iy >= 0 && iy < d.h && ix0 >= 0 && ix0 + d.kw <= d.w) {
+        copy_floats(dst, x + ((b * d.h + iy) * d.w + ix0) * d.ci, d.kw * d.ci);
+        dst += d.kw * d.ci;
+        continue;
+      }
       for (int64_t dx = 0; dx < d.kw; ++dx, dst += d.ci) {
         const int64_t ix = ox * d.st + dx - d.pad;
         if (iy < 0 || iy >= d.h || ix < 0 || ix >= d.w) std::memset(dst, 0, sizeof(float) * d.ci);
-        else std::memcpy(dst, x + ((b * d.h + iy) * d.w + ix) * d.ci, sizeof(float) * d.ci);
+        else copy_floats(dst, x + ((b * d.h + iy) * d.w + ix) * d.ci, d.ci);
       }
     }
   }
@@ -347,20 +383,28 @@ class Program {
     }, 1);
   }
 
-  void run_conv(const Step& s) {
+  void run_conv(const Step& s, std::vector<void*>& args) {
     const ConvDims d(s.p);
     const float *x = at(s, 0), *wt = at(s, 1);
     float *out = at(s, 2), *cols = at(s, 3);
+    if (s.fn != nullptr) gather_args(s.epi_slots, args);
+    // the epilogue over output pixels [r0, r1)
+    const int64_t per_pixel = s.fn != nullptr ? s.p[9] / (d.n * d.ho * d.wo) : 0;
+    auto epilogue = [&](int64_t r0, int64_t r1) {
+      if (s.fn != nullptr) s.fn(args.data(), r0 * per_pixel, r1 * per_pixel);
+    };
     if (d.pointwise()) {
       gemm_ex(false, false, d.n * d.h * d.w, d.co, d.ci, x, d.ci, wt, d.co, out, d.co, true);
+      if (s.fn != nullptr) run_range(s.fn, args.data(), s.p[9], 4096, per_pixel);
       return;
     }
-    conv_blocked(d, x, wt, out, cols);
+    conv_blocked(d, x, wt, out, cols, epilogue);
   }
 
-  // im2col + GEMM by blocks of output pixels: each thread takes a contiguous range of
-  // pixels and, block by block, gathers the block's patches into its own buffer and
-  // multiplies it at once (K = KH*KW*Ci), so the whole patch matrix never goes to memory.
+  // im2col + GEMM by blocks of output pixels: each chunk (a contiguous range of pixels, at
+  // most CONV_THREADS of them) is, block by block, gathered into its own patch buffer and
+  // multiplies it at once (K = KH*KW*Ci), so the whole patch matrix never goes to memory;
+  // then runs `epilogue(r0, r1)` on the block's pixels, still in cache.
   // A block is a cache-sized buffer of patches, but at least CONV_MIN_ROWS pixels (or a
   // thread's share when fewer): a GEMM of few rows re-reads the whole weight for little
   // work (16 rows of a 3x3x512->512 conv run at 2/3 the speed of 256).
@@ -377,18 +421,29 @@ class Program {
     const int64_t most = std::max(conv_cache_rows(d), CONV_MIN_ROWS);
     return std::min(CONV_THREADS * most, d.n * d.ho * d.wo + most);
   }
-  static void conv_blocked(const ConvDims& d, const float* x, const float* wt, float* out, float* scratch) {
+  template <class Epilogue>
+  static void conv_blocked(const ConvDims& d, const float* x, const float* wt, float* out, float* scratch,
+                           const Epilogue& epilogue) {
     const int64_t threads = std::min<int64_t>(CONV_THREADS, pool_num_threads());
     const int64_t row = d.kh * d.kw * d.ci, m = d.n * d.ho * d.wo, rb = conv_block_rows(d, threads);
-    const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(threads, (m + rb - 1) / rb));
-    const int64_t per = (m + nt - 1) / nt;
+    // chunks of whole blocks, up to one buffer each, which the threads claim as they finish
+    // (a thread held up by another process then holds up less than its static share)
+    const int64_t blocks = (m + rb - 1) / rb, chunks = std::max<int64_t>(1, std::min(CONV_THREADS, blocks));
+    const int64_t per = (blocks + chunks - 1) / chunks * rb, nt = (m + per - 1) / per;
     parallel_chunks(nt, [&](int64_t t) {
       float* buf = scratch + t * rb * row;
       for (int64_t r0 = t * per; r0 < std::min(m, (t + 1) * per); r0 += rb) {
         const int64_t r1 = std::min({m, (t + 1) * per, r0 + rb});
-        for (int64_t r = r0; r < r1; ++r)  // pixel r = (image, oy, ox)
-          patch(d, x, r / (d.ho * d.wo), (r / d.wo) % d.ho, r % d.wo, buf + (r - r0) * row);
+        int64_t b = r0 / (d.ho * d.wo), oy = (r0 / d.wo) % d.ho, ox = r0 % d.wo;  // pixel r0
+        for (int64_t r = r0; r < r1; ++r) {
+          patch(d, x, b, oy, ox, buf + (r - r0) * row);
+          if (++ox == d.wo) {
+            ox = 0;
+            if (++oy == d.ho) oy = 0, ++b;
+          }
+        }
         gemm_ex(false, false, r1 - r0, d.co, row, buf, row, wt, d.co, out + r0 * d.co, d.co, false);
+        epilogue(r0, r1);
       }
     });
   }
@@ -437,6 +492,19 @@ class Program {
       patches = cols;
     }
     gemm_ex(true, false, row, d.co, m, patches, row, g, d.co, dw, d.co, true);
+  }
+
+  void run_copy(const Step& s) {
+    const float* src = at(s, 0);
+    float* dst = at(s, 1);
+    const int64_t n = s.p[0], rows = s.p[1], ld = s.p[2];
+    if (rows == 1) {
+      std::memcpy(dst, src, sizeof(float) * n);
+      return;
+    }
+    parallel_range(rows, std::max<int64_t>(1, PAR_THRESHOLD / std::max<int64_t>(n, 1)), [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) std::memcpy(dst + r * ld, src + r * n, sizeof(float) * n);
+    }, 1);
   }
 
   void run_random(const Step& s) {
@@ -500,13 +568,16 @@ void register_program(py::module_& m) {
            py::arg("extent"), py::arg("min_chunk"), py::arg("align"))
       .def("add_gemm", &Program::add_gemm, py::arg("slots"), py::arg("params"), py::arg("epilogue_fn"),
            py::arg("epilogue_slots"), py::arg("epilogue_sizes"), py::arg("epilogue_extent"), py::arg("offsets"))
-      .def("add_conv", &Program::add_conv, py::arg("kind"), py::arg("slots"), py::arg("params"))
+      .def("add_conv", &Program::add_conv, py::arg("kind"), py::arg("slots"), py::arg("params"),
+           py::arg("epilogue_fn") = 0, py::arg("epilogue_slots") = std::vector<int>(),
+           py::arg("epilogue_sizes") = std::vector<int64_t>(), py::arg("epilogue_extent") = 0)
       .def("add_random", &Program::add_random, py::arg("slots"), py::arg("size"), py::arg("stream"))
       .def("add_gather", &Program::add_gather, py::arg("slots"), py::arg("n_indices"), py::arg("n_rows"),
            py::arg("row_size"))
       .def("add_index_add", &Program::add_index_add, py::arg("slots"), py::arg("n_indices"), py::arg("n_rows"),
            py::arg("row_size"))
-      .def("add_copy", &Program::add_copy, py::arg("slots"), py::arg("n"))
+      .def("add_copy", &Program::add_copy, py::arg("slots"), py::arg("n"), py::arg("rows") = 1,
+           py::arg("dst_ld") = 0)
       .def("add_callback", &Program::add_callback, py::arg("fn"), py::arg("slots"), py::arg("sizes"),
            py::arg("name"))
       .def("__len__", &Program::size)

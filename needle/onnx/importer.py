@@ -172,7 +172,7 @@ def as_input(value: Union[np.ndarray, Tensor, Any], name: str, shape: tuple) -> 
         raise OnnxError(f"input {name!r}: shape {arr_shape}, the model was imported for {shape}")
     if isinstance(value, Tensor):
         return value
-    return Tensor(np.array(arr, np.float32, order="C"), requires_grad=False)
+    return Tensor(np.ascontiguousarray(arr, np.float32), requires_grad=False)  # (Tensor copies it)
 
 
 class ImportedModel:

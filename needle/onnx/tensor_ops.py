@@ -8,6 +8,7 @@ import numpy as np
 
 from .. import ops
 from ..autograd import Tensor
+from ..trace import tracer
 from .registry import Value, to_tensor
 
 
@@ -19,9 +20,15 @@ def binary(fn, a: Value, b: Value) -> Tensor:
 
 
 def broadcast(x: Tensor, shape) -> Tensor:
+    """x broadcast to `shape`. In a trace a constant x is lifted into the graph first, so that
+    the graph holds x and a broadcast view, not a constant of the whole shape (a conv's bias
+    would be a constant as large as its output, read by its epilogue)."""
     shape = tuple(int(d) for d in shape)
     if x.shape == shape:
         return x
+    builder = tracer.active()
+    if builder is not None and not tracer.is_traced(x):
+        x = builder.lift(x)
     if len(x.shape) < len(shape):
         x = ops.reshape(x, (1,) * (len(shape) - len(x.shape)) + x.shape)
     return x if x.shape == shape else ops.broadcast_to(x, shape)

@@ -173,6 +173,15 @@ def _add_gemm(ex: NativeExecutor, s: GemmStep) -> None:
                             e.extent, list(s.offsets))
 
 
+def _add_conv(ex: NativeExecutor, s: ConvStep) -> None:
+    e = s.epilogue
+    if e is None:
+        ex.program.add_conv(s.kind, list(s.slots), list(s.params), 0, [], [], 0)
+    else:
+        ex.program.add_conv(s.kind, list(s.slots), list(s.params), ex._kernel_address(e.loop), list(e.slots),
+                            list(e.sizes), e.extent)
+
+
 def _add_callback(ex: NativeExecutor, s: CallbackStep) -> None:
     sub, device = s.subgraph, ex.device
     in_types = [n.type for n in sub.inputs]
@@ -217,11 +226,11 @@ _ADD = {
     KernelStep: lambda ex, s: ex.program.add_kernel(s.name, ex._kernel_address(s.loop), list(s.slots), list(s.sizes),
                                                     s.extent, s.min_chunk, s.align),
     GemmStep: _add_gemm,
-    ConvStep: lambda ex, s: ex.program.add_conv(s.kind, list(s.slots), list(s.params)),
+    ConvStep: _add_conv,
     RandomStep: lambda ex, s: ex.program.add_random(list(s.slots), s.size, s.stream),
     GatherStep: lambda ex, s: ex.program.add_gather(list(s.slots), s.n_indices, s.n_rows, s.row_size),
     IndexAddStep: lambda ex, s: ex.program.add_index_add(list(s.slots), s.n_indices, s.n_rows, s.row_size),
-    CopyStep: lambda ex, s: ex.program.add_copy(list(s.slots), s.n),
+    CopyStep: lambda ex, s: ex.program.add_copy(list(s.slots), s.n, s.rows, s.dst_ld),
     CallbackStep: _add_callback,
     HostStep: _add_host,
     CollectiveStartStep: _add_collective_start,

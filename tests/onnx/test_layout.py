@@ -49,3 +49,23 @@ def test_cnn_chain_stays_nhwc_and_matches_onnxruntime():
     # the input's permute to NHWC, and the Transpose (merged with the permute back to NCHW)
     assert imported.ir("final").count("= Permute(") == 2
     assert imported.function.folded == {1: 0}  # the BatchNormalization folded into the first conv
+
+
+
+def test_conv_bias_is_a_broadcast_of_its_channels():
+    """A conv's bias and a per-channel constant stay constants of their channels, broadcast
+    by a view in the graph: not constants as large as the conv's output (beyond constant
+    folding's size limit), which the conv's fused epilogue would read from memory."""
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Mul", ["c", "per_channel"], ["m"]),
+             helper.make_node("Relu", ["m"], ["y"])]
+    model = _model(nodes, [_io("x", [2, 3, 31, 29])], [_io("y", [2, 7, 16, 15])],
+                   [_init("w", 7, 3, 3, 3), _init("b", 7), _init("per_channel", 1, 7, 1, 1)])
+    imported = needle.onnx.load(model)
+    x = rng.standard_normal((2, 3, 31, 29)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(imported(x).numpy(), want, rtol=1e-4, atol=1e-5)
+    ir = imported.ir("final")
+    full = [line for line in ir.splitlines() if "[2,16,15,7]" in line and ("const(" in line or 'role="const"' in line)]
+    assert all("value=(" not in line and "input(" not in line for line in full), full  # scalar fills only
+    assert ir.count("= BroadcastTo(") == 2

@@ -314,6 +314,66 @@ def test_conv_bias_relu(monkeypatch, k, stride, padding):
     assert stats["convs"] == 1
 
 
+@pytest.mark.parametrize("n,h,w,ci,k,co,stride,padding", [
+    (1, 9, 7, 3, 3, 5, 2, 1), (2, 9, 7, 3, 3, 5, 1, 0), (3, 6, 5, 17, 1, 19, 1, 0), (1, 40, 37, 3, 3, 21, 1, 1),
+    (4, 23, 29, 5, 3, 33, 2, 0), (2, 30, 30, 16, 1, 70, 1, 0)])
+def test_conv_epilogue_fused(monkeypatch, three_threads, n, h, w, ci, k, co, stride, padding):
+    """A conv's bias + ReLU runs inside the conv step, on each block of output pixels (a 1x1
+    stride-1 conv: a GEMM's row blocks): one or several blocks split across threads, channels
+    not a multiple of the vector width, stride 2, padding, batch 1 and more."""
+    def f(x, wt, b):
+        out = ndl.ops.conv(x, wt, stride=stride, padding=padding)
+        return ndl.ops.relu(out + ndl.ops.broadcast_to(ndl.ops.reshape(b, (1, 1, 1, co)), out.shape))
+    stats, _ = run_both(monkeypatch, f, randn(n, h, w, ci), randn(k, k, ci, co, scale=0.3), randn(co))
+    assert stats["convs"] == 1 and stats["fused_epilogues"] == 1, stats
+
+
+@pytest.mark.parametrize("k,stride,padding", [(1, 1, 0), (3, 1, 1), (3, 2, 0)])
+def test_conv_epilogue_in_place_with_residual(monkeypatch, three_threads, k, stride, padding):
+    """A conv whose fused epilogue adds a residual (whose buffer the output may reuse: the conv
+    then must not write its result there) and one whose output is all the epilogue writes
+    (the conv writes into it and the epilogue rewrites it in place), chained."""
+    def f(x, w1, w2, r):
+        r = ndl.ops.conv(r, w2[1:2, 1:2], stride=1, padding=0)  # a buffer that dies in the next group
+        a = ndl.ops.relu(ndl.ops.conv(x, w1, stride=stride, padding=padding) + r)
+        return ndl.ops.relu(ndl.ops.conv(a, w2, stride=1, padding=1)) * 0.5 + a
+    x = randn(2, 21, 19, 6)
+    ho, wo = (21 + 2 * padding - k) // stride + 1, (19 + 2 * padding - k) // stride + 1
+    stats, _ = run_both(monkeypatch, f, x, randn(k, k, 6, 10, scale=0.3), randn(3, 3, 10, 10, scale=0.2),
+                        randn(2, ho, wo, 10))
+    assert stats["convs"] == 3 and stats["fused_epilogues"] == 2, stats
+
+
+@pytest.mark.parametrize("n,h,w", [(1, 7, 5), (2, 30, 31)])
+def test_channel_concat_operand_copied_by_rows(monkeypatch, three_threads, n, h, w):
+    """A fire module: two convs' outputs concatenated along channels (odd widths) and read
+    by a 1x1 conv (a GEMM operand: materialised by one row copy per piece) or by the slices
+    of a max pool (read many times: materialised too), and a stack along an inner axis read
+    by a MatMul."""
+    def fire(x, w1, w2, w3):
+        a = ndl.ops.relu(ndl.ops.conv(x, w1, stride=1, padding=0))
+        b = ndl.ops.relu(ndl.ops.conv(x, w2, stride=1, padding=1))
+        return ndl.ops.conv(ndl.ops.concat([a, b], axis=3), w3, stride=1, padding=0)
+    stats, _ = run_both(monkeypatch, fire, randn(n, h, w, 5), randn(1, 1, 5, 7), randn(3, 3, 5, 9),
+                        randn(1, 1, 16, 11))
+    assert stats["convs"] == 3 and stats["copies"] == 2, stats
+
+    def pooled(x, w1, w2):  # a 2x1 max pool (stride 2) of the concat: two slices read it
+        cat = ndl.ops.concat([ndl.ops.relu(ndl.ops.conv(x, w1, stride=1, padding=0)),
+                              ndl.ops.conv(x, w2, stride=1, padding=1)], axis=3)
+        rows = (h // 2) * 2
+        even = ndl.ops.get_item(cat, (slice(None), slice(0, rows, 2)))
+        odd = ndl.ops.get_item(cat, (slice(None), slice(1, rows, 2)))
+        return -ndl.ops.minimum(-even, -odd)
+    stats, _ = run_both(monkeypatch, pooled, randn(n, h, w, 5), randn(1, 1, 5, 7), randn(3, 3, 5, 9))
+    assert stats["convs"] == 2 and stats["copies"] == 2, stats
+
+    def stacked(x, y, m):
+        return ndl.ops.stack([ndl.ops.tanh(x), y * 2.0], axis=1).reshape((n * 3, 2 * h)) @ m
+    stats, _ = run_both(monkeypatch, stacked, randn(n * 3, h), randn(n * 3, h), randn(2 * h, 5))
+    assert stats["copies"] == 2, stats
+
+
 @pytest.mark.parametrize("n,h,w,ci,kh,kw,co,stride,padding", [
     (1, 5, 9, 2, 1, 3, 3, 1, 1), (3, 9, 5, 4, 3, 1, 2, 1, 0), (2, 11, 9, 3, 5, 5, 4, 1, 2),
     (2, 8, 6, 3, 2, 2, 5, 1, 0), (2, 9, 11, 3, 5, 3, 4, 2, 2), (1, 7, 7, 1, 7, 7, 3, 1, 0),

@@ -46,19 +46,18 @@ class GemmConvSteps:
         rest = tuple(i for i in group.node_ids if i != anchor.id)
         c = self._out_slot(anchor.id, transient=anchor.id not in group.outputs)
         if anchor.op in _CONV_KINDS:
-            self._conv(anchor, c)
-            how = self._epilogue(group, anchor, rest, c, None) if rest else ""
-            return "conv", how
+            k = self._conv(anchor, c)
+            return "conv", self._epilogue(group, anchor, rest, c, k) if rest else ""
         slots, p, offsets = self._gemm_params(anchor)
         self.stats["gemms"] += 1
         k = self._emit(GemmStep((*slots, c), tuple(p), tuple(offsets)), (anchor.id,), (anchor.id,), "blas",
                        f"k{group.id}")
         return "gemm", self._epilogue(group, anchor, rest, c, k) if rest else ""
 
-    def _epilogue(self, group, anchor, rest, c_slot, gemm) -> str:
-        """The elementwise ops after a GEMM/conv: fused into the GEMM step (`gemm`: its index)
-        by row blocks when they read its result element by element and need no step before
-        them (the copy of a wide join), else a kernel after it.
+    def _epilogue(self, group, anchor, rest, c_slot, gemm: int) -> str:
+        """The elementwise ops after a GEMM/conv: fused into the GEMM or conv step (`gemm`: its
+        index) by row blocks (a conv's: output pixels) when they read its result element by
+        element and need no step before them (the copy of a wide join), else a kernel after it.
         Returns how, for the group's report."""
         outputs = tuple(o for o in group.outputs if o != anchor.id)
         if not outputs:
@@ -70,13 +69,19 @@ class GemmConvSteps:
         outs = [self._out_slot(v) for v in outputs]
         # a single product's rows, when no step (a copy of an operand) came after the GEMM's:
         # the fused epilogue runs inside the GEMM step
-        step = self.steps[gemm] if gemm is not None and gemm == len(self.steps) - 1 else None
-        rows = step.params[1] if step is not None and step.params[0] == 1 else 0
+        step = self.steps[gemm] if gemm == len(self.steps) - 1 else None
+        rows = _epilogue_rows(step) if step is not None else 0
         if kernel is not None and rows and range_extent(kernel) % rows == 0 and self._rowwise(anchor, rest, outputs):
+            if self._in_place(group, anchor, step, c_slot, ins, outs):
+                # the step writes its result where the epilogue writes, which rewrites it in
+                # place while in cache: the result never goes to memory on its own
+                ins = [outs[0] if s == c_slot else s for s in ins]
+                step = dataclasses.replace(step, slots=(*step.slots[:2], outs[0], *step.slots[3:]))
             epilogue = Epilogue(kernel, (*ins, *outs), tuple(p.size for p in kernel.params), range_extent(kernel))
             self.steps[gemm] = dataclasses.replace(step, epilogue=epilogue)
             if self.sources is not None:
-                self.sources[gemm] = self._source(group.node_ids, group.outputs, "blas+llvm", f"k{group.id}")
+                where = self.sources[gemm].where + "+llvm"
+                self.sources[gemm] = self._source(group.node_ids, group.outputs, where, f"k{group.id}")
             self.stats["fused_epilogues"] += 1
             self.stats["llvm_kernels"] += 1
             return "epilogue fused"
@@ -85,6 +90,17 @@ class GemmConvSteps:
             return "epilogue kernel"
         self._callback(ex, ins, outs, f"k{group.id}.epi")
         return "epilogue callback"
+
+    def _in_place(self, group, anchor, step, c_slot, ins, outs) -> bool:
+        """Whether a fused epilogue's one output (of the result's shape: `_rowwise`) can hold
+        the GEMM/conv result too: the result is a transient, and that output's memory is none
+        of the step's operands' nor of the epilogue's other inputs (the step would overwrite
+        them)."""
+        if anchor.id in group.outputs or len(outs) != 1:
+            return False
+        key = lambda slot: self._place(slot) or ("io", slot)  # noqa: E731
+        others = [*step.slots[:2], *(s for s in ins if s != c_slot)]
+        return key(outs[0]) not in {key(s) for s in others}
 
     def _rowwise(self, anchor, rest, outputs) -> bool:
         """True if the epilogue reads the GEMM result only at the element it writes: every
@@ -139,9 +155,10 @@ class GemmConvSteps:
             offsets = [int(x) for pair in zip(*offsets) for x in pair]
         return [sl_a, sl_b], [batch, m, n, k, int(ta), int(tb), lda, ldb, 0, 0, m * n], offsets
 
-    def _conv(self, node, out_slot) -> None:
+    def _conv(self, node, out_slot) -> int:
         """Conv (kind 0), ConvBackwardData (1) or ConvBackwardFilter (2) as a program step,
-        with the scratch backends/cpu/program.cc needs for it."""
+        with the scratch backends/cpu/program.cc needs for it; its index. A 1x1 stride-1
+        unpadded Conv is a GEMM step: (pixels, Ci) @ (Ci, Co)."""
         kind = _CONV_KINDS[node.op]
         a, b = node.inputs
         s, p = int(node.attr("stride")), int(node.attr("padding"))
@@ -155,6 +172,11 @@ class GemmConvSteps:
             n, h, wd, ci = self._shape(a)
             co = self._shape(b)[3]
             kh, kw = node.attr("kernel")
+        self.stats["convs"] += 1
+        if kind == 0 and (kh, kw, s, p) == (1, 1, 1, 0):
+            m = n * h * wd
+            step = GemmStep((self._slot_of(a), self._slot_of(b), out_slot), (1, m, co, ci, 0, 0, ci, co, 0, 0, m * co), ())
+            return self._emit(step, (node.id,), (node.id,), "blas", f"conv%{node.id}")
         ho, wo = (h + 2 * p - kh) // s + 1, (wd + 2 * p - kw) // s + 1
         row = kh * kw * ci
         if kind == 0:     # program.cc conv_blocked: a block of patches per thread
@@ -164,5 +186,15 @@ class GemmConvSteps:
             floats = n * ho * wo * row
         cols = self._scratch(floats * F32)
         step = ConvStep(kind, (self._slot_of(a), self._slot_of(b), out_slot, cols), (n, h, wd, ci, kh, kw, co, s, p))
-        self._emit(step, (node.id,), (node.id,), "im2col+blas", f"conv%{node.id}")
-        self.stats["convs"] += 1
+        return self._emit(step, (node.id,), (node.id,), "im2col+blas", f"conv%{node.id}")
+
+
+def _epilogue_rows(step) -> int:
+    """The rows a step's fused epilogue can run by: a single GEMM's rows, a conv's output
+    pixels (0: none)."""
+    if isinstance(step, GemmStep):
+        return step.params[1] if step.params[0] == 1 else 0
+    if isinstance(step, ConvStep) and step.kind == 0:
+        n, h, w, _, kh, kw, _, s, p = step.params
+        return n * ((h + 2 * p - kh) // s + 1) * ((w + 2 * p - kw) // s + 1)
+    return 0

@@ -93,6 +93,7 @@ class CpuBuilder(BucketSteps, GemmConvSteps, ProgramBuilder):
             else:
                 self.loc[v] = self._new_slot(Slot("arena", home.offset), memory_plan.sizes[v] // F32)
         self.tmp_loc: dict[int, int] = {}       # values materialised in scratch for one group
+        self._users: Optional[dict] = None      # node -> its readers (made when first needed)
         self.position = {n.id: k for k, n in enumerate(graph.nodes)}
         self.scratch_top = 0
         self.scratch_size = 0
@@ -184,7 +185,7 @@ class CpuBuilder(BucketSteps, GemmConvSteps, ProgramBuilder):
         if node.op == "const":
             self.loc[v] = self._new_slot(Slot("const", value=v), prod(node.type.shape))
             return self.loc[v]
-        if self.is_view(v) and self._wide_join(node):
+        if self.is_view(v) and (self._wide_join(node) or self._buffer_join(node)):
             self._materialize_join(node)
             return self.tmp_loc[v]
         if self.is_view(v):
@@ -217,13 +218,15 @@ class CpuBuilder(BucketSteps, GemmConvSteps, ProgramBuilder):
     def _expand(self, node_ids, outputs, materialize: bool = True) -> FusedGroup:
         """A FusedGroup over `node_ids` plus every view node (and scalar const) they read
         through, so that its inputs are values with buffers. A join of many pieces along
-        axis 0 is not inlined (a select between its pieces per element) but copied piece by
-        piece into scratch first (`materialize`; off for profile labels)."""
+        axis 0, or one of pieces with buffers that several views read (a pooling window's
+        slices of a channel concat), is not inlined (a select between its pieces per element
+        read) but copied piece by piece into scratch first (`materialize`; off for profile
+        labels)."""
         g = self.graph
         inside = set(node_ids)
-        if materialize:  # wide joins fused into the group itself
+        if materialize:  # such joins fused into the group itself
             for i in node_ids:
-                if i not in outputs and self._wide_join(g.node(i)):
+                if i not in outputs and (self._wide_join(g.node(i)) or self._reread_join(g.node(i))):
                     self._materialize_join(g.node(i))
                     inside.discard(i)
         stack = list(inside)
@@ -233,7 +236,7 @@ class CpuBuilder(BucketSteps, GemmConvSteps, ProgramBuilder):
                     continue
                 n = g.node(i)
                 if self.is_view(i) or is_literal(n):
-                    if self._wide_join(n):
+                    if self._wide_join(n) or self._reread_join(n):
                         if materialize:
                             self._materialize_join(n)
                         continue
@@ -266,17 +269,38 @@ class CpuBuilder(BucketSteps, GemmConvSteps, ProgramBuilder):
             return False
         return len(src.inputs) == len(src.type) > WIDE_JOIN
 
+    def _buffer_join(self, n) -> bool:
+        """A join (Stack, Concat) along any axis whose pieces all have buffers: copied as rows
+        when it must be materialised (a GEMM or conv operand), not read by a select per element."""
+        cls = OPS.get(n.op)
+        if cls is None or not cls.moves_data or "axis" not in n.attr_dict or not n.inputs or not prod(n.type.shape):
+            return False
+        src = self.graph.node(n.inputs[0])
+        return (isinstance(src.type, tuple) and len(src.inputs) == len(src.type)
+                and all(p in self.loc or p in self.tmp_loc for p in src.inputs))
+
+    def _reread_join(self, n) -> bool:
+        """A join of pieces with buffers that more than one node reads."""
+        if self._users is None:
+            self._users = self.graph.users()
+        return len(self._users[n.id]) > 1 and self._buffer_join(n)
+
     def _materialize_join(self, n) -> None:
-        """A join along axis 0: piece k is a contiguous block of a scratch buffer."""
+        """A join along an axis: in each block of the axes before it (one block for axis 0),
+        piece k's elements are a contiguous run of a scratch buffer's row (pieces not in a
+        buffer, only for axis 0: written there by a copy kernel)."""
         pieces = self.graph.node(n.inputs[0]).inputs
-        slot = self._scratch(prod(n.type.shape) * F32)
+        shape = n.type.shape
+        outer = prod(shape[:int(n.attr("axis")) % len(shape)])
+        row = prod(shape) // outer
+        slot = self._scratch(prod(shape) * F32)
         offset = self.static[slot].offset
         for k, p in enumerate(pieces):
-            size = prod(self._shape(p))
-            dst = self._new_slot(Slot("scratch", offset), size)
-            offset += size * F32
+            width = prod(self._shape(p)) // outer
+            dst = self._new_slot(Slot("scratch", offset), (outer - 1) * row + width)
+            offset += width * F32
             if p in self.loc or p in self.tmp_loc or self.graph.node(p).op == "const":
-                self._emit(CopyStep((self._slot_of(p), dst), size), (), (), "copy", f"stack%{n.id}[{k}]")
+                self._emit(CopyStep((self._slot_of(p), dst), width, outer, row), (), (), "copy", f"join%{n.id}[{k}]")
                 self.stats["copies"] += 1
             else:
                 self._copy_into(p, dst)

@@ -46,7 +46,8 @@ class KernelStep:
 
 @dataclass(frozen=True)
 class Epilogue:
-    """A GEMM's elementwise epilogue, run on each block of rows after the GEMM wrote them."""
+    """A GEMM's or conv's elementwise epilogue, run on each block of rows (a conv's: output
+    pixels) after the step wrote them."""
     loop: LoopKernel
     slots: tuple
     sizes: tuple
@@ -66,10 +67,12 @@ class GemmStep:
 @dataclass(frozen=True)
 class ConvStep:
     """kind 0 Conv, 1 ConvBackwardData, 2 ConvBackwardFilter; slots (a, b, out, scratch);
-    params [n, h, w, ci, kh, kw, co, stride, padding]."""
+    params [n, h, w, ci, kh, kw, co, stride, padding]; a Conv's `epilogue` runs by blocks of
+    output pixels."""
     kind: int
     slots: tuple
     params: tuple
+    epilogue: Optional[Epilogue] = None
 
 
 @dataclass(frozen=True)
@@ -101,9 +104,12 @@ class IndexAddStep:
 
 @dataclass(frozen=True)
 class CopyStep:
-    """slots (src, dst): n floats."""
+    """slots (src, dst): `rows` rows of n floats, compact in src, `dst_ld` floats apart in dst
+    (a piece of a join along an inner axis); one row: n contiguous floats."""
     slots: tuple
     n: int
+    rows: int = 1
+    dst_ld: int = 0
 
 
 @dataclass(frozen=True)
