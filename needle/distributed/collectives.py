@@ -33,11 +33,12 @@ REDUCE_OPS = ("sum", "mean", "max")
 
 
 class _Host:
-    """MPI buffers over an op's input and a new output array, without copies where the array
-    lives in host memory (numpy, or needle's cpu device: a float32 view of its buffer); other
-    devices go through a host copy."""
+    """MPI messages over an op's input and a new output array, without copies where the array
+    lives in host memory (numpy, or needle's cpu device: its buffer by address); other
+    devices go through a host copy. `send`/`recv` are numpy arrays or `[buffer, MPI.FLOAT]`
+    (`_floats` views either as numpy)."""
 
-    def __init__(self, a, out_shape: tuple):
+    def __init__(self, a, out_shape: tuple, comm):
         self.like = a
         self.direct = isinstance(a, np.ndarray) or getattr(a.device, "name", "") == "cpu"
         if isinstance(a, np.ndarray):
@@ -45,10 +46,10 @@ class _Host:
             self.out = np.empty(out_shape, dtype=np.float32)
             self.recv = self.out
         elif self.direct:
-            self.compact = a.compact()   # held: the view below does not keep it alive
-            self.send = float_view(self.compact._handle.ptr(), a.shape)
+            self.compact = a.compact()   # held: the message below does not keep it alive
             self.out = type(a).make(out_shape, device=a.device)
-            self.recv = float_view(self.out._handle.ptr(), out_shape)
+            self.send = _message(self.compact, comm)
+            self.recv = _message(self.out, comm)
         else:
             self.send = np.ascontiguousarray(a.numpy(), dtype=np.float32)
             self.recv = np.empty(out_shape, dtype=np.float32)
@@ -56,6 +57,20 @@ class _Host:
     def result(self):
         """The output array (device arrays: the host buffer copied over)."""
         return self.out if self.direct else array_api.array(self.recv, device=self.like.device)
+
+
+def _message(array, comm):
+    """An MPI message over a cpu NDArray's memory (a numpy view in a world of one)."""
+    if comm is None:
+        return float_view(array._handle.ptr(), array.shape)
+    from mpi4py import MPI  # a world of more than one has mpi4py
+
+    return [MPI.buffer.fromaddress(array._handle.ptr(), 4 * array.size), MPI.FLOAT]
+
+
+def _floats(message) -> np.ndarray:
+    """A flat float32 numpy view of a message (a numpy array, or [buffer, MPI.FLOAT])."""
+    return message.reshape(-1) if isinstance(message, np.ndarray) else np.frombuffer(message[0], np.float32)
 
 
 def _mpi_op(op: str):
@@ -74,19 +89,27 @@ class _Collective(TensorOp, abstract=True):
     collective = True   # every rank must run it, in the same order
 
     def compute(self, a):
-        buf = _Host(a, tuple(self.infer(a)[0]))
-        self.host_compute([buf.recv], [buf.send])
+        comm = world.comm()
+        buf = _Host(a, self.out_shape(a), comm)
+        if comm is None:
+            _floats(buf.recv)[...] = _floats(buf.send)
+        else:
+            self.mpi(comm, buf.send, buf.recv, tuple(a.shape))
         return buf.result()
+
+    def out_shape(self, a) -> tuple:
+        return tuple(self.infer(a)[0])
 
     def host_compute(self, outs: list, ins: list) -> None:
         comm = world.comm()
         if comm is None:
             outs[0][...] = ins[0]
         else:
-            self.mpi(comm, ins[0], outs[0])
+            self.mpi(comm, ins[0], outs[0], ins[0].shape)
 
-    def mpi(self, comm, send: np.ndarray, recv: np.ndarray) -> None:
-        """The collective over the world's ranks, from `send` into `recv`."""
+    def mpi(self, comm, send, recv, shape: tuple) -> None:
+        """The collective over the world's ranks, from message `send` into `recv` (see
+        `_Host`); `shape`: the input's, for messages."""
         raise NotImplementedError
 
 
@@ -135,16 +158,19 @@ class AllReduce(_Collective):
         self._check()   # also for an op rebuilt from IR attributes
         return tuple(a.shape), a.dtype
 
-    def mpi(self, comm, send, recv):
-        what = f"all_reduce({self.op}) of shape {send.shape}"
+    def out_shape(self, a) -> tuple:
+        return tuple(a.shape)   # (infer checked the op when the tensor was made)
+
+    def mpi(self, comm, send, recv, shape):
+        what = f"all_reduce({self.op}) of shape {shape}"
         if self.root >= 0:
             world.wait(comm.Ireduce(send, recv, op=_mpi_op("sum"), root=self.root), what)
             if comm.Get_rank() != self.root:
-                recv[...] = 0.0
+                _floats(recv)[...] = 0.0
         else:
             world.wait(comm.Iallreduce(send, recv, op=_mpi_op(self.op)), what)
             if self.op == "mean":
-                recv *= np.float32(1.0 / comm.Get_size())
+                _floats(recv)[...] *= np.float32(1.0 / comm.Get_size())
 
     # VJPs build the adjoint ops themselves: a graph's collectives are for the world it was
     # traced in, whatever world differentiates it
@@ -166,9 +192,9 @@ class Broadcast(_Collective):
     def infer(self, a):
         return tuple(a.shape), a.dtype
 
-    def mpi(self, comm, send, recv):
-        recv[...] = send
-        world.wait(comm.Ibcast(recv, root=self.src), f"broadcast(src={self.src}) of shape {send.shape}")
+    def mpi(self, comm, send, recv, shape):
+        _floats(recv)[...] = _floats(send)
+        world.wait(comm.Ibcast(recv, root=self.src), f"broadcast(src={self.src}) of shape {shape}")
 
     def gradient(self, out_grad, node):
         return AllReduce("sum", root=self.src)(out_grad)
@@ -185,8 +211,8 @@ class AllGather(_Collective):
             raise self.error("all_gather needs a tensor with at least one axis, got a scalar")
         return (a.shape[0] * self.world_size,) + tuple(a.shape[1:]), a.dtype
 
-    def mpi(self, comm, send, recv):
-        world.wait(comm.Iallgather(send, recv), f"all_gather of shape {send.shape}")
+    def mpi(self, comm, send, recv, shape):
+        world.wait(comm.Iallgather(send, recv), f"all_gather of shape {shape}")
 
     def gradient(self, out_grad, node):
         return ReduceScatter(self.world_size)(out_grad)
@@ -204,8 +230,8 @@ class ReduceScatter(_Collective):
                              f"got shape {tuple(a.shape)}")
         return (a.shape[0] // self.world_size,) + tuple(a.shape[1:]), a.dtype
 
-    def mpi(self, comm, send, recv):
-        world.wait(comm.Ireduce_scatter_block(send, recv, op=_mpi_op("sum")), f"reduce_scatter of shape {send.shape}")
+    def mpi(self, comm, send, recv, shape):
+        world.wait(comm.Ireduce_scatter_block(send, recv, op=_mpi_op("sum")), f"reduce_scatter of shape {shape}")
 
     def gradient(self, out_grad, node):
         return AllGather(self.world_size)(out_grad)
@@ -222,11 +248,16 @@ def all_reduce(t, op: str = "sum"):
     """The elementwise `op` ("sum", "mean" or "max") of `t` over all ranks, on every rank.
     A mean is recorded as a sum times 1/world_size: the sum can join a gradient bucket and
     the scaling fuses into the sum's reader."""
-    collective = AllReduce(op)   # checks op
+    if op not in _ALL_REDUCES:
+        AllReduce(op)   # raises the op's error
     n = world.world_size()
     if n == 1:
         return t
-    return AllReduce("sum")(t) * (1.0 / n) if op == "mean" else collective(t)
+    return _ALL_REDUCES["sum"](t) * (1.0 / n) if op == "mean" else _ALL_REDUCES[op](t)
+
+
+#: one instance per reduction: an eager all_reduce makes no op object per call
+_ALL_REDUCES = {op: AllReduce(op) for op in REDUCE_OPS}
 
 
 def broadcast(t, src: int = 0):
