@@ -18,6 +18,8 @@ Semantics (SPMD: every rank calls the same collectives in the same order):
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ..backend_selection import array_api
@@ -59,12 +61,19 @@ class _Host:
         return self.out if self.direct else array_api.array(self.recv, device=self.like.device)
 
 
+@functools.cache
+def _mpi():
+    """mpi4py's MPI module (only reached in a world of more than one, which has mpi4py)."""
+    from mpi4py import MPI
+
+    return MPI
+
+
 def _message(array, comm):
     """An MPI message over a cpu NDArray's memory (a numpy view in a world of one)."""
     if comm is None:
         return float_view(array._handle.ptr(), array.shape)
-    from mpi4py import MPI  # a world of more than one has mpi4py
-
+    MPI = _mpi()
     return [MPI.buffer.fromaddress(array._handle.ptr(), 4 * array.size), MPI.FLOAT]
 
 
@@ -74,9 +83,7 @@ def _floats(message) -> np.ndarray:
 
 
 def _mpi_op(op: str):
-    from mpi4py import MPI  # only reached with a world of more than one, i.e. mpi4py present
-
-    return MPI.MAX if op == "max" else MPI.SUM
+    return _mpi().MAX if op == "max" else _mpi().SUM
 
 
 class _Collective(TensorOp, abstract=True):
@@ -140,9 +147,7 @@ class AllReduce(_Collective):
         comm = world.comm()
         if comm is None:
             return []
-        from mpi4py import MPI  # a world of more than one has mpi4py
-
-        return pending.track([comm.Iallreduce(MPI.IN_PLACE, span, op=MPI.SUM) for span in spans])
+        return pending.track([comm.Iallreduce(_mpi().IN_PLACE, span, op=_mpi().SUM) for span in spans])
 
     def finish(self, started: list) -> None:
         """Wait for what `start` started."""
@@ -162,7 +167,7 @@ class AllReduce(_Collective):
         return tuple(a.shape)   # (infer checked the op when the tensor was made)
 
     def mpi(self, comm, send, recv, shape):
-        what = f"all_reduce({self.op}) of shape {shape}"
+        what = lambda: f"all_reduce({self.op}) of shape {shape}"  # noqa: E731 (formatted only for an error)
         if self.root >= 0:
             world.wait(comm.Ireduce(send, recv, op=_mpi_op("sum"), root=self.root), what)
             if comm.Get_rank() != self.root:

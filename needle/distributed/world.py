@@ -19,7 +19,7 @@ import os
 import sys
 import time
 import traceback
-from typing import Any, Optional
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
@@ -152,8 +152,9 @@ def timeout_seconds() -> float:
     return value
 
 
-def wait(request: Any, what: str) -> None:
-    """Complete a non-blocking MPI request, or raise CollectiveTimeout after the timeout."""
+def wait(request: Any, what: Union[str, Callable[[], str]]) -> None:
+    """Complete a non-blocking MPI request, or raise CollectiveTimeout after the timeout;
+    `what` names the collective (a callable: formatted only for the error)."""
     w = _world()
     w.collectives += 1
     start = time.monotonic()
@@ -163,7 +164,7 @@ def wait(request: Any, what: str) -> None:
         w.wait_seconds += time.monotonic() - start
 
 
-def _wait(w: _World, request: Any, what: str, start: float) -> None:
+def _wait(w: _World, request: Any, what, start: float) -> None:
     if request.Test():
         return
     limit = timeout_seconds()
@@ -178,7 +179,8 @@ def _wait(w: _World, request: Any, what: str, start: float) -> None:
         if waited > limit:
             missing = w.progress.behind(w.collectives) if w.progress is not None else "unknown"
             raise CollectiveTimeout(
-                f"rank {w.rank}: {what} waited {limit:g} s (NEEDLE_DIST_TIMEOUT) for the other ranks; "
+                f"rank {w.rank}: {what() if callable(what) else what} waited {limit:g} s (NEEDLE_DIST_TIMEOUT) "
+                "for the other ranks; "
                 f"ranks that had not reached it: {missing}")
 
 
