@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from typing import Any, Optional
+
 from . import world
 
 __all__ = ["track", "finish", "InFlight", "POLL_SECONDS"]

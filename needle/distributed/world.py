@@ -48,7 +48,7 @@ class _World:
         self.comm = comm
         self.rank = comm.Get_rank() if comm is not None else 0
         self.size = comm.Get_size() if comm is not None else 1
-        self.local_rank = _local_rank(comm)
+        self.local_rank, self.local_size = _local_rank_and_size(comm)
         self.collectives = 0        # how many collectives this rank has started
         self.wait_seconds = 0.0     # time spent blocked in wait()
         self.in_flight_seconds = 0.0   # non-blocking collectives (gradient buckets): started to complete
@@ -65,23 +65,21 @@ def under_mpiexec() -> bool:
                                          "HYDRA_CONTROL_FD", "PMI_FD"))
 
 
-def _local_rank(comm) -> int:
+def _local_rank_and_size(comm) -> tuple[int, int]:
+    """This rank among the ranks on its machine, and how many they are."""
     if comm is None:
-        return 0
+        return 0, 1
     from mpi4py import MPI
 
-    return comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
+    local = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    return local.Get_rank(), local.Get_size()
 
 
-def _share_the_cores(comm) -> None:
+def _share_the_cores(local_size: int) -> None:
     """Unless NEEDLE_NUM_THREADS says otherwise, each of the ranks on a machine computes with
     its share of the machine's cores (one thread per core each would oversubscribe them)."""
-    if os.environ.get("NEEDLE_NUM_THREADS"):
-        return
-    from mpi4py import MPI
-
-    local = comm.Split_type(MPI.COMM_TYPE_SHARED).Get_size()
-    set_num_threads(max(1, (os.cpu_count() or 1) // local))
+    if not os.environ.get("NEEDLE_NUM_THREADS"):
+        set_num_threads(max(1, (os.cpu_count() or 1) // local_size))
 
 
 def init() -> None:
@@ -102,7 +100,7 @@ def init() -> None:
     if _WORLD.comm is not None:
         _WORLD.progress = _Progress(_WORLD.comm)
         _install_abort_hook()
-        _share_the_cores(_WORLD.comm)
+        _share_the_cores(_WORLD.local_size)
 
 
 def is_initialized() -> bool:

@@ -36,13 +36,24 @@ from ..ops import OPS
 from .manager import Pass, PassResult, register_pass
 from .rewrite import replace_node
 
-__all__ = ["BucketPass", "bucket_collectives", "cap_bytes_from_env", "DEFAULT_CAP_BYTES"]
+__all__ = ["BucketPass", "bucket_collectives", "bucket_members", "cap_bytes_from_env", "DEFAULT_CAP_BYTES"]
 
 #: PyTorch DistributedDataParallel's default bucket_cap_mb
 DEFAULT_CAP_BYTES = 25 << 20
 #: a bucket also closes when the next gradient is this much estimated work away: its
 #: all-reduce can run meanwhile (rates of one core, for the estimate only)
 GAP_SECONDS, GAP_GFLOPS, GAP_GBS = 5e-3, 50.0, 10.0
+
+
+def bucket_members(graph: Graph) -> dict[int, list[int]]:
+    """Bucket -> the ids of its all-reduces, in graph order (what the schedule, the memory
+    plan and the program builder read the pass's `bucket` attributes through)."""
+    members: dict[int, list[int]] = {}
+    for n in graph.nodes:
+        b = n.attr("bucket", -1)
+        if b >= 0:
+            members.setdefault(b, []).append(n.id)
+    return members
 
 
 def _bucketable(node) -> bool:

@@ -58,6 +58,7 @@ import numpy as np
 
 from ..ir.graph import Graph, TensorType
 from ..ops.registry import op_names
+from .bucket import bucket_members
 from .manager import Analysis, register_pass
 from .schedule import Schedule, _op_kind, plan_groups
 
@@ -164,6 +165,8 @@ def plan_memory(graph: Graph, schedule: Schedule, fusion_plan: Any, alignment: O
     inplace: dict[int, int] = {}
     blocks: dict[int, list] = {}                  # bucket -> its members' slots, in schedule order
     bucket_of_slot: dict[int, int] = {}
+    members = bucket_members(graph)
+    bucket_of = {v: b for b, vs in members.items() for v in vs}
 
     def may_take(o: int, v: int, k: int) -> bool:
         return v in sizes and v not in taken and interval[v][1] == k and sizes[v] == sizes[o] \
@@ -179,7 +182,7 @@ def plan_memory(graph: Graph, schedule: Schedule, fusion_plan: Any, alignment: O
         g = groups[gid]
         writes = schedule.writes.get(gid, [])
         outs = [o for o in writes if o in sizes]
-        bucket = _bucket(graph, g)
+        bucket = bucket_of.get(g.node_ids[0], -1) if len(g.node_ids) == 1 else -1
         if bucket >= 0 and outs:
             o, v = outs[0], graph.node(outs[0]).inputs[0]
             if may_take(o, v, k) and slot_of[v] not in bucket_of_slot:
@@ -238,10 +241,6 @@ def plan_memory(graph: Graph, schedule: Schedule, fusion_plan: Any, alignment: O
                       outside, buckets)
 
 
-
-def _bucket(graph: Graph, g) -> int:
-    """The gradient bucket of a group that is one bucketed all-reduce, else -1."""
-    return graph.node(g.node_ids[0]).attr("bucket", -1) if len(g.node_ids) == 1 else -1
 
 def _fit(busy: list, size: int, strategy: str) -> int:
     """The offset for `size` bytes among busy (offset, end) ranges sorted by offset."""
@@ -360,10 +359,11 @@ def check_plan(schedule: Schedule, plan: MemoryPlan, graph: Optional[Graph] = No
             return False
         return a in schedule.reads.get(schedule.producer.get(b), ())
 
+    members = bucket_members(graph) if graph is not None else {}
     for b, (off, size) in plan.buckets.items():
-        for n in (graph.nodes if graph is not None else ()):
-            if n.attr("bucket", -1) == b and n.id in sizes and not off <= offsets[n.id] <= off + size - sizes[n.id]:
-                raise PlanError(f"%{n.id} of bucket {b} at [{offsets[n.id]}, {offsets[n.id] + sizes[n.id]}) is "
+        for v in members.get(b, ()):
+            if v in sizes and not off <= offsets[v] <= off + size - sizes[v]:
+                raise PlanError(f"%{v} of bucket {b} at [{offsets[v]}, {offsets[v] + sizes[v]}) is "
                                 f"outside the bucket's block [{off}, {off + size})")
 
     items = sorted((offsets[v], offsets[v] + s, v) for v, s in sizes.items() if s > 0)

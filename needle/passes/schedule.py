@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..ir.graph import Graph, topological_order
+from .bucket import bucket_members
 from .manager import Analysis, register_pass
 from ..ops import OPS
 
@@ -179,22 +180,25 @@ def _order_buckets(graph: Graph, groups: list, group_of: dict, deps: dict, first
     member's result after all of its bucket's members, and last among the ready groups,
     earlier buckets' readers first (the optimizer's updates of the first buckets run while the
     last bucket's all-reduce is in flight)."""
-    bucket_groups: dict[int, set] = {}
-    for n in graph.nodes:
-        b = n.attr("bucket", -1)
-        if b >= 0 and n.id in group_of:
-            bucket_groups.setdefault(b, set()).add(group_of[n.id])
-            first[group_of[n.id]] = -1
-    if not bucket_groups:
+    members = bucket_members(graph)
+    if not members:
         return
-    late = len(graph.nodes)
+    bucket_groups = {b: {group_of[v] for v in vs if v in group_of} for b, vs in members.items()}
+    bucket_of = {v: b for b, vs in members.items() for v in vs}
+    for groups_of_bucket in bucket_groups.values():
+        for gid in groups_of_bucket:
+            first[gid] = -1
+    last_bucket_read: dict[Any, int] = {}
     for n in graph.nodes:
         gid = group_of.get(n.id)
         for i in n.inputs:
-            b = graph.node(i).attr("bucket", -1)
+            b = bucket_of.get(i, -1)
             if b >= 0 and gid is not None and gid not in bucket_groups[b]:
                 deps[gid] |= bucket_groups[b]
-                first[gid] = max(first[gid], late * (b + 1) + first[gid] % late)
+                last_bucket_read[gid] = max(last_bucket_read.get(gid, -1), b)
+    late = len(graph.nodes)   # above every graph position: readers after all other ready groups
+    for gid, b in last_bucket_read.items():
+        first[gid] = late * (b + 1) + first[gid]
 
 
 class SchedulePass(Analysis):

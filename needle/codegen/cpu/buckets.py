@@ -17,20 +17,16 @@ from __future__ import annotations
 from math import prod
 
 from ...ir.op_table import op_from_node
+from ...passes.bucket import bucket_members
+from .gemm import F32
 from .steps import CollectiveStartStep, CollectiveWaitStep, Slot
-
-F32 = 4
 
 
 class BucketSteps:
     """`CpuBuilder`'s bucketed all-reduces (see the module docstring)."""
 
     def init_buckets(self) -> None:
-        self.bucket_members: dict[int, list[int]] = {}
-        for n in self.graph.nodes:
-            b = n.attr("bucket", -1)
-            if b >= 0:
-                self.bucket_members.setdefault(b, []).append(n.id)
+        self.bucket_members = bucket_members(self.graph)
         self.bucket_of = {v: b for b, members in self.bucket_members.items() for v in members}
         self.bucket_left = {b: len(members) for b, members in self.bucket_members.items()}
         self.bucket_started: list[int] = []    # started and not yet waited for, in start order
