@@ -34,33 +34,6 @@ __all__ = ["AllReduce", "Broadcast", "AllGather", "ReduceScatter", "all_reduce",
 REDUCE_OPS = ("sum", "mean", "max")
 
 
-class _Host:
-    """MPI messages over an op's input and a new output array, without copies where the array
-    lives in host memory (numpy, or needle's cpu device: its buffer by address); other
-    devices go through a host copy. `send`/`recv` are numpy arrays or `[buffer, MPI.FLOAT]`
-    (`_floats` views either as numpy)."""
-
-    def __init__(self, a, out_shape: tuple, comm):
-        self.like = a
-        self.direct = isinstance(a, np.ndarray) or getattr(a.device, "name", "") == "cpu"
-        if isinstance(a, np.ndarray):
-            self.send = np.ascontiguousarray(a, dtype=np.float32)
-            self.out = np.empty(out_shape, dtype=np.float32)
-            self.recv = self.out
-        elif self.direct:
-            self.compact = a.compact()   # held: the message below does not keep it alive
-            self.out = type(a).make(out_shape, device=a.device)
-            self.send = _message(self.compact, comm)
-            self.recv = _message(self.out, comm)
-        else:
-            self.send = np.ascontiguousarray(a.numpy(), dtype=np.float32)
-            self.recv = np.empty(out_shape, dtype=np.float32)
-
-    def result(self):
-        """The output array (device arrays: the host buffer copied over)."""
-        return self.out if self.direct else array_api.array(self.recv, device=self.like.device)
-
-
 @functools.cache
 def _mpi():
     """mpi4py's MPI module (only reached in a world of more than one, which has mpi4py)."""
@@ -70,11 +43,11 @@ def _mpi():
 
 
 def _message(array, comm):
-    """An MPI message over a cpu NDArray's memory (a numpy view in a world of one)."""
+    """An MPI message over a compact cpu NDArray's memory (a numpy view in a world of one)."""
     if comm is None:
         return float_view(array._handle.ptr(), array.shape)
     MPI = _mpi()
-    return [MPI.buffer.fromaddress(array._handle.ptr(), 4 * array.size), MPI.FLOAT]
+    return [MPI.buffer.fromaddress(array._handle.ptr(), 4 * array._handle.size), MPI.FLOAT]
 
 
 def _floats(message) -> np.ndarray:
@@ -87,9 +60,10 @@ def _mpi_op(op: str):
 
 
 class _Collective(TensorOp, abstract=True):
-    """A collective computes on host float32 buffers (`host_compute(outs, ins)`, numpy arrays):
-    eagerly over views of the arrays' memory, and in a compiled step as the native program's
-    host step over its buffers (no copies either way on the cpu device)."""
+    """A collective computes on host float32 buffers: eagerly over the memory of needle's cpu
+    arrays (by address) or over host copies (numpy arrays, other devices), and in a compiled
+    step as the native program's host step over its buffers (`host_compute(outs, ins)`,
+    numpy arrays); no copies on the cpu device either way."""
 
     kind = "opaque"
     pure = False        # never merged, folded or evaluated at compile time
@@ -97,26 +71,31 @@ class _Collective(TensorOp, abstract=True):
 
     def compute(self, a):
         comm = world.comm()
-        buf = _Host(a, self.out_shape(a), comm)
-        if comm is None:
-            _floats(buf.recv)[...] = _floats(buf.send)
-        else:
-            self.mpi(comm, buf.send, buf.recv, tuple(a.shape))
-        return buf.result()
+        if isinstance(a, np.ndarray) or a.device.name != "cpu":   # through host copies
+            out = np.empty(self.out_shape(a), dtype=np.float32)
+            host = a if isinstance(a, np.ndarray) else a.numpy()
+            self._run(comm, np.ascontiguousarray(host, dtype=np.float32), out, tuple(a.shape))
+            return out if isinstance(a, np.ndarray) else array_api.array(out, device=a.device)
+        a = a.compact()   # needle's cpu arrays: MPI reads and writes their memory by address
+        out = type(a).make(self.out_shape(a), device=a.device)
+        self._run(comm, _message(a, comm), _message(out, comm), a.shape)
+        return out
 
     def out_shape(self, a) -> tuple:
         return tuple(self.infer(a)[0])
 
     def host_compute(self, outs: list, ins: list) -> None:
-        comm = world.comm()
+        self._run(world.comm(), ins[0], outs[0], ins[0].shape)
+
+    def _run(self, comm, send, recv, shape: tuple) -> None:
         if comm is None:
-            outs[0][...] = ins[0]
+            _floats(recv)[...] = _floats(send)
         else:
-            self.mpi(comm, ins[0], outs[0], ins[0].shape)
+            self.mpi(comm, send, recv, shape)
 
     def mpi(self, comm, send, recv, shape: tuple) -> None:
-        """The collective over the world's ranks, from message `send` into `recv` (see
-        `_Host`); `shape`: the input's, for messages."""
+        """The collective over the world's ranks, from message `send` into `recv` (numpy arrays
+        or `[buffer, MPI.FLOAT]`, see `_message`); `shape`: the input's."""
         raise NotImplementedError
 
 
@@ -159,12 +138,17 @@ class AllReduce(_Collective):
         if self.root >= 0 and self.op != "sum":
             raise self.error(f"a root reduction is a sum, got op={self.op!r}")
 
+    @classmethod
+    def from_attrs(cls, attrs: dict) -> "AllReduce":
+        op = super().from_attrs(attrs)
+        op._check()
+        return op
+
     def infer(self, a):
-        self._check()   # also for an op rebuilt from IR attributes
         return tuple(a.shape), a.dtype
 
     def out_shape(self, a) -> tuple:
-        return tuple(a.shape)   # (infer checked the op when the tensor was made)
+        return tuple(a.shape)
 
     def mpi(self, comm, send, recv, shape):
         what = lambda: f"all_reduce({self.op}) of shape {shape}"  # noqa: E731 (formatted only for an error)

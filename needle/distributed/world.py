@@ -119,7 +119,7 @@ def rank() -> int:
 
 def world_size() -> int:
     """How many processes train together."""
-    return _world().size
+    return (_WORLD or _world()).size
 
 
 def local_rank() -> int:
@@ -129,7 +129,7 @@ def local_rank() -> int:
 
 def comm() -> Any:
     """The mpi4py communicator, or None in a world of one."""
-    return _world().comm
+    return (_WORLD or _world()).comm
 
 
 def barrier() -> None:
@@ -153,9 +153,11 @@ def timeout_seconds() -> float:
 def wait(request: Any, what: Union[str, Callable[[], str]]) -> None:
     """Complete a non-blocking MPI request, or raise CollectiveTimeout after the timeout;
     `what` names the collective (a callable: formatted only for the error)."""
-    w = _world()
+    w = _WORLD or _world()
     w.collectives += 1
     start = time.monotonic()
+    if request.Test():
+        return
     try:
         _wait(w, request, what, start)
     finally:
@@ -163,8 +165,6 @@ def wait(request: Any, what: Union[str, Callable[[], str]]) -> None:
 
 
 def _wait(w: _World, request: Any, what, start: float) -> None:
-    if request.Test():
-        return
     limit = timeout_seconds()
     published = False
     while not request.Test():   # Test drives MPI's progress engine: spin as MPI_Wait does,
