@@ -12,6 +12,8 @@ namespace needle {
 namespace cpu {
 
 constexpr int TILE = 8;  // tile size of matmul_tiled's layout
+// small_gemm streams B once, row by row, for products of at most this many rows (kernels_gemm.inc)
+constexpr int64_t SKINNY_ROWS = 8;
 
 enum Binary { ADD, MUL, DIV, MAXIMUM, EQ, GE, N_BINARY };
 // SQUARE .. ONES: scalar_power's fast paths (x**2, x**-1, x**1, x**0)

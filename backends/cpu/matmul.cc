@@ -58,9 +58,11 @@ inline bool use_blas() { return g_sgemm != nullptr && g_blas_enabled; }
 // needle's small_gemm takes products with few columns (it packs at most one strip of B at a
 // time, so row blocks split across threads repeat no packing) up to 2^25 multiply-adds (a
 // conv block of 256 pixels by 3x3x64 -> 128 ran 17% faster than in the BLAS, which packs
-// A and B for each block), and everything when no BLAS is loaded; BLAS takes the rest.
+// A and B for each block), products of at most SKINNY_ROWS rows (B streamed once, where the
+// BLAS would pack all of it: a fully connected layer at batch 1 or 8), and everything when no
+// BLAS is loaded; BLAS takes the rest.
 bool use_small(int64_t m, int64_t n, int64_t k) {
-  return !use_blas() || (n <= 128 && m * n * k <= (int64_t(1) << 25));
+  return !use_blas() || m <= SKINNY_ROWS || (n <= 128 && m * n * k <= (int64_t(1) << 25));
 }
 
 // one (m,n,p) product, compact row-major operands

@@ -62,7 +62,8 @@ KERNELS = textwrap.dedent("""
     close(c.max(axis=1), C.max(axis=1), rtol=0, atol=0)
     close(c.max(axis=2), C.max(axis=2), rtol=0, atol=0)
     mod.set_blas_enabled(False)  # every product on the gemm kernel
-    for m, k, n in ((1, 1, 1), (5, 7, 3), (13, 300, 17), (64, 64, 128), (67, 30, 45)):
+    # (few rows: B streamed row by row, with column tails and a K not a multiple of 4)
+    for m, k, n in ((1, 1, 1), (5, 7, 3), (13, 300, 17), (64, 64, 128), (67, 30, 45), (1, 259, 1043), (8, 6, 33)):
         X = rng.standard_normal((m, k)).astype(np.float32)
         Y = rng.standard_normal((k, n)).astype(np.float32)
         close(nd.array(X) @ nd.array(Y), X @ Y, rtol=1e-4, atol=1e-4)
