@@ -425,11 +425,16 @@ class Program {
   static void conv_blocked(const ConvDims& d, const float* x, const float* wt, float* out, float* scratch,
                            const Epilogue& epilogue) {
     const int64_t threads = std::min<int64_t>(CONV_THREADS, pool_num_threads());
-    const int64_t row = d.kh * d.kw * d.ci, m = d.n * d.ho * d.wo, rb = conv_block_rows(d, threads);
+    const int64_t row = d.kh * d.kw * d.ci, m = d.n * d.ho * d.wo;
     // chunks of whole blocks, up to one buffer each, which the threads claim as they finish
-    // (a thread held up by another process then holds up less than its static share)
-    const int64_t blocks = (m + rb - 1) / rb, chunks = std::max<int64_t>(1, std::min(CONV_THREADS, blocks));
-    const int64_t per = (blocks + chunks - 1) / chunks * rb, nt = (m + per - 1) / per;
+    // (a thread held up by another process then holds up less than its static share); as
+    // many chunks as a multiple of the threads, each of as many blocks, blocks of equal rows
+    // (at most conv_block_rows), so that no thread is left with more work than another
+    const auto up = [](int64_t a, int64_t b) { return (a + b - 1) / b * b; };
+    int64_t blocks = (m + conv_block_rows(d, threads) - 1) / conv_block_rows(d, threads);
+    const int64_t chunks = std::min(std::max(threads, CONV_THREADS / threads * threads), up(blocks, threads));
+    blocks = up(blocks, chunks);
+    const int64_t rb = (m + blocks - 1) / blocks, per = blocks / chunks * rb, nt = (m + per - 1) / per;
     parallel_chunks(nt, [&](int64_t t) {
       float* buf = scratch + t * rb * row;
       for (int64_t r0 = t * per; r0 < std::min(m, (t + 1) * per); r0 += rb) {
