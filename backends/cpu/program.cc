@@ -398,6 +398,16 @@ class Program {
       if (s.fn != nullptr) run_range(s.fn, args.data(), s.p[9], 4096, per_pixel);
       return;
     }
+    const int64_t m = d.n * d.ho * d.wo, threads = pool_num_threads(), row = d.kh * d.kw * d.ci;
+    if (threads > 1 && m < CONV_MIN_ROWS * threads && d.co >= 64 * threads) {
+      // few pixels, many channels (a late stage at batch 1): all patches at once, then one
+      // GEMM split across the threads by output channels, so that each thread reads its
+      // share of the weight rather than all of it
+      im2col(d, x, cols);
+      gemm_ex(false, false, m, d.co, row, cols, row, wt, d.co, out, d.co, true);
+      if (s.fn != nullptr) run_range(s.fn, args.data(), s.p[9], 4096, per_pixel);
+      return;
+    }
     conv_blocked(d, x, wt, out, cols, epilogue);
   }
 
