@@ -94,6 +94,10 @@ class _Entry:
         self.checks = checks              # (node id, error): the last outputs, raised on when non-zero
         self.input_shapes = [n.type.shape for n in graph.inputs]
         self.input_names = [n.attr("name") for n in graph.inputs]
+        # the inputs bound to constants, filled in once; the others (index, binding) read per call
+        self.constants = [b[1] if b[0] == "const" else None for b in bindings]
+        self.read = [(i, b, self.input_shapes[i], self.input_names[i]) for i, b in enumerate(bindings)
+                     if b[0] != "const"]
         self.signature: tuple = ()
         self.arg_names: list[str] = []
         self.guards = guards.GuardSet([])
@@ -324,16 +328,13 @@ class CompiledFunction:
     def _inputs(self, entry: _Entry, args: tuple, kwargs: dict) -> tuple[Optional[list], str]:
         """Backend arrays for the graph inputs, read now; (None, why) if a bound tensor
         changed shape or is no longer a Tensor."""
-        inputs = []
+        inputs = entry.constants.copy()
         scalars = getattr(entry.runner, "takes_scalars", False)
-        for binding, shape, name in zip(entry.bindings, entry.input_shapes, entry.input_names):
-            kind = binding[0]
-            if kind == "hyper":
+        for i, binding, shape, name in entry.read:
+            if binding[0] == "hyper":
                 value = float(getattr(binding[1], binding[2]))
                 if not scalars:
                     value = array_api.full((), value, dtype="float32", device=_default_device())
-            elif kind == "const":
-                value = binding[1]
             else:
                 tensor = trace_state.resolve_binding(binding, args, kwargs)
                 if not isinstance(tensor, Tensor):
@@ -341,7 +342,7 @@ class CompiledFunction:
                 value = tensor.realize_cached_data()
                 if tuple(value.shape) != shape:
                     return None, f"`{name}`, shape: {shape} → {tuple(value.shape)}"
-            inputs.append(value)
+            inputs[i] = value
         return inputs, ""
 
     def _run(self, entry: _Entry, key: tuple, args: tuple, kwargs: dict):

@@ -116,20 +116,24 @@ class NativeExecutor:
 
         if self._out_specs is None:
             self._prepare_call()
-        io = []
+        io, seen = self._io, self._seen
         keep = []
-        for x, (strides, size) in zip(inputs, self._in_specs):
-            if x.__class__ is float:
-                view, addr = self._scalar_buffers[len(io)]
-                view[...] = x
-                io.append(addr)
+        for k, x in enumerate(inputs):
+            if x is seen[k]:   # the array of the last call (a weight): its address is in io
                 continue
+            if x.__class__ is float:
+                view, io[k] = self._scalar_buffers[k]
+                view[...] = x
+                continue
+            strides, size = self._in_specs[k]
             if not isinstance(x, NDArray):
                 x = array_api.array(np.asarray(x, dtype=np.float32), device=self.device)
             elif x._offset or x._strides != strides or x._handle.size != size:
                 x = x.compact()  # (returns x itself when only unit axes' strides differ)
+            else:
+                seen[k] = x   # (NDArrays do not change: the same one is at the same address)
             keep.append(x)
-            io.append(x._handle.ptr())
+            io[k] = x._handle.ptr()
         handles = self.program.run_alloc(io)
         device, new = self.device, NDArray.__new__
         outs = []
@@ -148,6 +152,10 @@ class NativeExecutor:
 
         self._in_specs = [(NDArray.compact_strides(n.type.shape), max(prod(n.type.shape), 1))
                           for n in self.graph.inputs]
+        # per input, the address passed last and the NDArray it was (held, so that its address
+        # stays its own): a weight passed again is not checked again
+        self._io = [0] * len(self._in_specs)
+        self._seen = [None] * len(self._in_specs)
         self._out_specs = [(tuple(t.shape), NDArray.compact_strides(t.shape)) for t in self.out_types]
         self._scalar_buffers = {}
         for k, node in enumerate(self.graph.inputs):
