@@ -145,7 +145,8 @@ void gemm_ex(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const 
   } else if (m >= n || (small && n <= 128 && m >= 12 * nt)) {  // row blocks
     const int64_t grain = gemm_row_grain(m, n, k), r = ((m + nt - 1) / nt + grain - 1) / grain * grain;
     parallel_chunks((m + r - 1) / r, [&](int64_t q) { part(q * r, std::min(m, (q + 1) * r), 0, n); });
-  } else {  // column blocks (multiples of 32, small_gemm's strip with AVX-512): each thread reads its share of B
+  } else {  // column blocks, multiples of 32 (small_gemm's strip with AVX-512): each thread
+            // reads its share of B
     const int64_t r = ((n + nt - 1) / nt + 31) / 32 * 32;
     parallel_chunks((n + r - 1) / r, [&](int64_t q) { part(0, m, q * r, std::min(n, (q + 1) * r)); });
   }
