@@ -33,10 +33,10 @@ struct Kernels {
   // dst[j] = sum / max over k < n of src[k * inner + j], for j0 <= j < j1 (n >= 1)
   void (*sum_rows)(const float* src, float* dst, int64_t n, int64_t inner, int64_t j0, int64_t j1);
   void (*max_rows)(const float* src, float* dst, int64_t n, int64_t inner, int64_t j0, int64_t j1);
-  // needle's small_gemm: C[m, n] (row stride ldc) = op(A) @ op(B) on the calling thread
-  // (kernels_gemm.inc)
+  // needle's small_gemm: C[m, n] (row stride ldc) = op(A) @ op(B), or += with `accumulate`,
+  // on the calling thread (kernels_gemm.inc)
   void (*small_gemm)(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
-                     const float* b, int64_t ldb, float* c, int64_t ldc);
+                     const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate);
   // one row of output tiles of the course's tiled-layout matmul: a (nt, T, T) tiles of A's
   // row, b (nt, pt, T, T), out (pt, T, T)
   void (*tiled_row)(const float* a, const float* b, float* out, int64_t nt, int64_t pt);

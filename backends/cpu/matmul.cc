@@ -132,7 +132,7 @@ void gemm_ex(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const 
     const float* pb = trans_b ? b + j0 * ldb : b + j0;
     float* pc = c + i0 * ldc + j0;
     if (small) {
-      kernels().small_gemm(trans_a, trans_b, i1 - i0, j1 - j0, k, pa, lda, pb, ldb, pc, ldc);
+      kernels().small_gemm(trans_a, trans_b, i1 - i0, j1 - j0, k, pa, lda, pb, ldb, pc, ldc, false);
     } else {
       g_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
               static_cast<int>(i1 - i0), static_cast<int>(j1 - j0), static_cast<int>(k), 1.0f, pa,
