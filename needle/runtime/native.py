@@ -128,7 +128,9 @@ class NativeExecutor:
             strides, size = self._in_specs[k]
             if not isinstance(x, NDArray):
                 x = array_api.array(np.asarray(x, dtype=np.float32), device=self.device)
+                seen[k] = None
             elif x._offset or x._strides != strides or x._handle.size != size:
+                seen[k] = None   # a copy for this call only: the next call checks again
                 x = x.compact()  # (returns x itself when only unit axes' strides differ)
             else:
                 seen[k] = x   # (NDArrays do not change: the same one is at the same address)

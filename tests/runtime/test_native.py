@@ -793,3 +793,14 @@ def test_inputs_passed_again_are_read_at_their_address(monkeypatch):
     w.data = ndl.Tensor(randn(5, 3), requires_grad=False)   # a weight rebound
     assert_close(f(x2), want(x2))
     assert_close(f(x1), want(x1))
+
+
+def test_an_array_after_a_strided_view_at_its_place_is_read_again(monkeypatch):
+    """A weight passed again after a call that passed a strided view at its place (compacted
+    into a copy freed after that call) is read from its own memory, not the copy's."""
+    monkeypatch.setenv("NEEDLE_EXECUTOR", "native")
+    f = ndl.compile(lambda x, w: x @ w)
+    x, w = ndl.Tensor(randn(4, 5)), ndl.Tensor(randn(5, 3))
+    view = ndl.ops.transpose(ndl.Tensor(randn(3, 5)))
+    for weight in (w, view, w):
+        assert_close(f(x, weight), x.numpy().astype(np.float64) @ weight.numpy())
