@@ -395,20 +395,20 @@ class Program {
     auto epilogue = [&](int64_t r0, int64_t r1) {
       if (s.fn != nullptr) s.fn(args.data(), r0 * per_pixel, r1 * per_pixel);
     };
-    if (d.pointwise()) {
-      gemm_ex(false, false, d.n * d.h * d.w, d.co, d.ci, x, d.ci, wt, d.co, out, d.co, true);
-      if (s.fn != nullptr) run_range(s.fn, args.data(), s.p[9], 4096, per_pixel);
-      return;
-    }
     const int64_t m = d.n * d.ho * d.wo, threads = pool_num_threads(), row = d.kh * d.kw * d.ci;
+    // all pixels' patches `a` (k floats each) times the weight in one GEMM split across the
+    // pool, then the epilogue over all pixels
+    auto one_gemm = [&](const float* a, int64_t k) {
+      gemm_ex(false, false, m, d.co, k, a, k, wt, d.co, out, d.co, true);
+      if (s.fn != nullptr) run_range(s.fn, args.data(), s.p[9], 4096, per_pixel);
+    };
+    if (d.pointwise()) return one_gemm(x, d.ci);   // the input is the patch matrix
     if (threads > 1 && m < CONV_MIN_ROWS * threads && d.co >= 64 * threads) {
       // few pixels, many channels (a late stage at batch 1): all patches at once, then one
       // GEMM split across the threads by output channels, so that each thread reads its
       // share of the weight rather than all of it
       im2col(d, x, cols);
-      gemm_ex(false, false, m, d.co, row, cols, row, wt, d.co, out, d.co, true);
-      if (s.fn != nullptr) run_range(s.fn, args.data(), s.p[9], 4096, per_pixel);
-      return;
+      return one_gemm(cols, row);
     }
     if (by_kernel_rows(d)) conv_rows(d, x, wt, out, cols, epilogue);
     else conv_blocked(d, x, wt, out, cols, epilogue);
@@ -449,9 +449,7 @@ class Program {
       }
     }, 1);
     // chunks of whole output rows, as many as a multiple of the threads (as conv_blocked)
-    const int64_t threads = std::min<int64_t>(CONV_THREADS, pool_num_threads()), rows = d.n * d.ho;
-    const int64_t chunks = std::min(std::max(threads, CONV_THREADS / threads * threads), rows);
-    const int64_t per = (rows + chunks - 1) / chunks;
+    const int64_t rows = d.n * d.ho, chunks = conv_chunks(rows), per = (rows + chunks - 1) / chunks;
     parallel_chunks((rows + per - 1) / per, [&](int64_t t) {
       const int64_t r0 = t * per, r1 = std::min(rows, r0 + per);
       for (int64_t r = r0; r < r1; ++r) {
@@ -480,6 +478,13 @@ class Program {
     const int64_t share = (d.n * d.ho * d.wo + threads - 1) / threads;
     return std::max(conv_cache_rows(d), std::min(CONV_MIN_ROWS, share));
   }
+  // how many chunks to split `units` of equal work into: a multiple of the threads (each
+  // thread then gets as many), up to CONV_THREADS (one patch buffer each) when there are enough
+  static int64_t conv_chunks(int64_t units) {
+    const int64_t threads = std::min<int64_t>(CONV_THREADS, pool_num_threads());
+    const int64_t most = std::max(threads, CONV_THREADS / threads * threads);
+    return std::min(most, (units + threads - 1) / threads * threads);
+  }
   // the patch rows of all threads' buffers, at most (whatever the thread count)
   static int64_t conv_scratch_rows(const ConvDims& d) {
     const int64_t most = std::max(conv_cache_rows(d), CONV_MIN_ROWS);
@@ -489,15 +494,14 @@ class Program {
   static void conv_blocked(const ConvDims& d, const float* x, const float* wt, float* out, float* scratch,
                            const Epilogue& epilogue) {
     const int64_t threads = std::min<int64_t>(CONV_THREADS, pool_num_threads());
-    const int64_t row = d.kh * d.kw * d.ci, m = d.n * d.ho * d.wo;
+    const int64_t row = d.kh * d.kw * d.ci, m = d.n * d.ho * d.wo, most = conv_block_rows(d, threads);
     // chunks of whole blocks, up to one buffer each, which the threads claim as they finish
-    // (a thread held up by another process then holds up less than its static share); as
-    // many chunks as a multiple of the threads, each of as many blocks, blocks of equal rows
-    // (at most conv_block_rows), so that no thread is left with more work than another
-    const auto up = [](int64_t a, int64_t b) { return (a + b - 1) / b * b; };
-    int64_t blocks = (m + conv_block_rows(d, threads) - 1) / conv_block_rows(d, threads);
-    const int64_t chunks = std::min(std::max(threads, CONV_THREADS / threads * threads), up(blocks, threads));
-    blocks = up(blocks, chunks);
+    // (a thread held up by another process then holds up less than its static share), each
+    // of as many blocks, blocks of equal rows (at most conv_block_rows), so that no thread is
+    // left with more work than another
+    int64_t blocks = (m + most - 1) / most;
+    const int64_t chunks = conv_chunks(blocks);
+    blocks = (blocks + chunks - 1) / chunks * chunks;
     const int64_t rb = (m + blocks - 1) / blocks, per = blocks / chunks * rb, nt = (m + per - 1) / per;
     parallel_chunks(nt, [&](int64_t t) {
       float* buf = scratch + t * rb * row;
