@@ -179,7 +179,7 @@ class Program {
     const int64_t row = d.kh * d.kw * d.ci, pixels = d.n * d.ho * d.wo;
     const int64_t x = d.n * d.h * d.w * d.ci, w = row * d.co, y = pixels * d.co;
     int64_t cols = d.pointwise() ? 0 : kind == 0 ? conv_scratch_rows(d) * row : pixels * row;
-    if (kind == 0 && by_kernel_rows(d)) cols = std::max(cols, padded_floats(d));
+    if (kind == 0 && by_kernel_rows(d) && d.pad > 0) cols = std::max(cols, padded_floats(d));
     const std::vector<int64_t> need = kind == 0 ? std::vector<int64_t>{x, w, y, cols}
                                       : kind == 1 ? std::vector<int64_t>{y, w, x, cols}
                                                   : std::vector<int64_t>{x, y, w, cols};
@@ -414,18 +414,19 @@ class Program {
     else conv_blocked(d, x, wt, out, cols, epilogue);
   }
 
-  // A stride-1 conv whose output rows are long enough for a GEMM each runs as KH GEMMs per
-  // output row that read the zero-padded input in place: the patch row of output pixel
-  // (oy, ox) under kernel row dy is the KW*Ci floats at padded pixel (oy + dy, ox), so the
-  // rows of A for one output row lie Ci apart (overlapping). No patch matrix is written
-  // (im2col writes KH*KW times the input), only the padded copy of the input: 3x3 convs of
-  // 16 -> 64 channels at 55x55 and 64 -> 64 at 224x224 ran 13-17% faster; rows of 27 pixels
-  // ran slower (GEMMs of few rows, few rows to share).
+  // A conv whose output rows are long enough for a GEMM each runs as KH GEMMs per output
+  // row that read the zero-padded input in place: the patch row of output pixel (oy, ox)
+  // under kernel row dy is the KW*Ci floats at padded pixel (oy*S + dy, ox*S), so the rows
+  // of A for one output row lie S*Ci apart (overlapping when S < KW). No patch matrix is
+  // written (im2col writes KH*KW/S^2 times the input), only the padded copy of the input
+  // (none without padding): 3x3 convs of 16 -> 64 channels at 55x55 and 64 -> 64 at 224x224
+  // ran 13-17% faster, SqueezeNet's first conv (3x3/2, 3 -> 64 at 224x224, K = 27) 25-40%;
+  // rows of 27 pixels ran slower (GEMMs of few rows, few rows to share).
   static constexpr int64_t CONV_ROWS_MIN_WIDTH = 48;
   // (and a weight that stays in L2: each output row reads all of it, KH GEMMs of Wo rows)
   static constexpr int64_t CONV_ROWS_MAX_WEIGHT = 512 << 10;
   static bool by_kernel_rows(const ConvDims& d) {
-    return !d.pointwise() && d.st == 1 && d.wo >= CONV_ROWS_MIN_WIDTH &&
+    return !d.pointwise() && d.wo >= CONV_ROWS_MIN_WIDTH &&
            4 * d.kh * d.kw * d.ci * d.co <= CONV_ROWS_MAX_WEIGHT;
   }
   static int64_t padded_floats(const ConvDims& d) { return d.n * (d.h + 2 * d.pad) * (d.w + 2 * d.pad) * d.ci; }
@@ -434,8 +435,9 @@ class Program {
   static void conv_rows(const ConvDims& d, const float* x, const float* wt, float* out, float* xp,
                         const Epilogue& epilogue) {
     const int64_t hp = d.h + 2 * d.pad, wp = d.w + 2 * d.pad, run = d.kw * d.ci;
-    parallel_range(d.n * hp, std::max<int64_t>(1, PAR_THRESHOLD / std::max<int64_t>(wp * d.ci, 1)),
-                   [&](int64_t r0, int64_t r1) {
+    const float* src = d.pad == 0 ? x : xp;  // the padded input
+    if (d.pad > 0) parallel_range(d.n * hp, std::max<int64_t>(1, PAR_THRESHOLD / std::max<int64_t>(wp * d.ci, 1)),
+                                  [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         float* dst = xp + r * wp * d.ci;
         const int64_t y = r % hp - d.pad;
@@ -448,7 +450,9 @@ class Program {
         std::memset(dst + (d.pad + d.w) * d.ci, 0, sizeof(float) * d.pad * d.ci);
       }
     }, 1);
-    // chunks of whole output rows, as many as a multiple of the threads (as conv_blocked)
+    // chunks of whole output rows, as many as a multiple of the threads (as conv_blocked);
+    // the epilogue runs on each output row while it is in L1 (once per chunk, it read
+    // SqueezeNet's first conv output back from L3, 1.5 MB a chunk: the step took 20% longer)
     const int64_t rows = d.n * d.ho, chunks = conv_chunks(rows), per = (rows + chunks - 1) / chunks;
     parallel_chunks((rows + per - 1) / per, [&](int64_t t) {
       const int64_t r0 = t * per, r1 = std::min(rows, r0 + per);
@@ -456,10 +460,10 @@ class Program {
         const int64_t b = r / d.ho, oy = r % d.ho;
         float* c = out + r * d.wo * d.co;
         for (int64_t dy = 0; dy < d.kh; ++dy)
-          kernels().small_gemm(false, false, d.wo, d.co, run, xp + ((b * hp + oy + dy) * wp) * d.ci, d.ci,
+          kernels().small_gemm(false, false, d.wo, d.co, run, src + ((b * hp + oy * d.st + dy) * wp) * d.ci, d.st * d.ci,
                                wt + dy * run * d.co, d.co, c, d.co, dy > 0);
+        epilogue(r * d.wo, (r + 1) * d.wo);
       }
-      epilogue(r0 * d.wo, r1 * d.wo);
     });
   }
 
