@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import math
 from math import prod
-from functools import reduce
 
 import numpy as np
 
 from .. import ops
 from ..autograd import Tensor
 from .registry import NodeInput, attr_is, converter, to_tensor
-from .tensor_ops import binary, broadcast, floor, keepdims, maximum, normalize_axes
+from .tensor_ops import binary, broadcast, floor, fold, keepdims, maximum, normalize_axes
 
 _BINARY = {
     "Add": ops.add, "Sub": lambda a, b: a - b, "Mul": ops.multiply, "Div": ops.divide,
@@ -102,7 +101,7 @@ def _clip(n: NodeInput):
 
 
 def _variadic(fn):
-    return lambda n: reduce(lambda a, b: binary(fn, a, b), [n.tensor(i) for i in range(len(n.inputs))])
+    return lambda n: fold(lambda a, b: binary(fn, a, b), [n.tensor(i) for i in range(len(n.inputs))])
 
 
 converter("Sum")(_variadic(ops.add))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from functools import reduce
 from math import ceil, floor, prod
 
 import numpy as np
@@ -16,7 +15,7 @@ from ..autograd import Tensor
 from .errors import UnsupportedModelError
 from .layout import as_nhwc
 from .registry import Nhwc, NodeInput, attr_is, converter, describe, node_attrs, to_tensor
-from .tensor_ops import broadcast, keepdims, maximum, pad, strided
+from .tensor_ops import broadcast, fold, keepdims, maximum, pad, strided
 
 _AUTO_PAD = ("NOTSET", "VALID", "SAME_UPPER", "SAME_LOWER")
 
@@ -172,7 +171,7 @@ def _max_pool(n: NodeInput):
     kernel, rank = n.attr("kernel_shape"), len(x.shape)
     begin, end, out, strides, dilations = _window(n, [x.shape[a] for a in axes], kernel, bool(n.attr("ceil_mode", 0)))
     xp = pad(x, _place(rank, axes, begin, 0), _place(rank, axes, end, 0), float("-inf"))
-    return _like(reduce(maximum, _windows(xp, axes, _offsets(kernel, dilations), out, strides)), n.inputs[0])
+    return _like(fold(maximum, _windows(xp, axes, _offsets(kernel, dilations), out, strides)), n.inputs[0])
 
 
 @converter("AveragePool", check=attr_is("auto_pad", _AUTO_PAD, "NOTSET"), layout=True)
@@ -183,7 +182,7 @@ def _average_pool(n: NodeInput):
     explicit = _window(n, spatial, kernel)[:2]
     begin, end, out, strides, dilations = _window(n, spatial, kernel, bool(n.attr("ceil_mode", 0)))
     xp = pad(x, _place(rank, axes, begin, 0), _place(rank, axes, end, 0))
-    total = reduce(ops.add, _windows(xp, axes, _offsets(kernel, dilations), out, strides))
+    total = fold(ops.add, _windows(xp, axes, _offsets(kernel, dilations), out, strides))
     # the divisor: how many counted elements each window covers (the input, and the explicit
     # padding when count_include_pad)
     counted = np.zeros([s + b + e for s, b, e in zip(spatial, begin, end)], np.float32)
@@ -275,7 +274,7 @@ def _lrn(n: NodeInput):
     before, after = (size - 1) // 2, size - 1 - (size - 1) // 2
     sq = pad(x * x, [0, before] + [0] * (rank - 2), [0, after] + [0] * (rank - 2))
     channels = x.shape[1]
-    total = reduce(ops.add, (ops.get_item(sq, (slice(None), slice(k, k + channels))) for k in range(size)))
+    total = fold(ops.add, [ops.get_item(sq, (slice(None), slice(k, k + channels))) for k in range(size)])
     return x * ops.power_scalar(total * (alpha / size) + bias, -beta)
 
 

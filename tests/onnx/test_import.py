@@ -191,3 +191,11 @@ def test_unsupported_op_on_values_known_at_import_is_folded():
     model = _model(nodes, [_io("x", [3, 2])], [_io("y", [3, 2])], [_ints("two", [2])])
     x = rng.standard_normal((3, 2)).astype(np.float32)
     np.testing.assert_allclose(needle.onnx.load(model)(x).numpy(), x + np.array([1, 0], np.float32))
+
+
+def test_windows_fold_as_a_balanced_tree():
+    """A pool's windows (and variadic Max/Min/Sum) combine pairwise, then pairs of pairs: the
+    fused kernel's chains of dependent ops are log2(n) long."""
+    from needle.onnx.tensor_ops import fold
+    assert fold(lambda a, b: f"({a}{b})", list("abcdefghi")) == "((((ab)(cd))((ef)(gh)))i)"
+    assert fold(lambda a, b: f"({a}{b})", ["a"]) == "a"
