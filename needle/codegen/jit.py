@@ -16,6 +16,7 @@ The in-memory cache keeps the `MEMORY_CACHE_SIZE` most recently used kernels.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import threading
 from collections import OrderedDict
@@ -27,7 +28,7 @@ import llvmlite.binding as llvm
 from ..cache import cache_dir, code_fingerprint, read_entry, write_entry
 from ..ir.graph import Graph
 from .c_render import render_c
-from .llvm_render import VECTOR_WIDTH, range_extent, render_llvm
+from .llvm_render import VECTOR_WIDTH, WIDE_WIDTH, range_extent, render_llvm
 from .loop_ir import LoopKernel
 from .lower import lower
 
@@ -60,9 +61,15 @@ def target_machine():
     return _TM
 
 
+@functools.lru_cache(maxsize=None)
+def wide_width() -> int:
+    """The lanes of vector loops whose extent allows: WIDE_WIDTH where the host has AVX-512."""
+    return WIDE_WIDTH if llvm.get_host_cpu_features().get("avx512f", False) else VECTOR_WIDTH
+
+
 def target_key() -> str:
     tm = target_machine()
-    return f"{llvm.get_process_triple()};{llvm.get_host_cpu_name()};{tm.feature_string if hasattr(tm, 'feature_string') else llvm.get_host_cpu_features().flatten()};llvmlite {llvmlite.__version__};w{VECTOR_WIDTH}"
+    return f"{llvm.get_process_triple()};{llvm.get_host_cpu_name()};{tm.feature_string if hasattr(tm, 'feature_string') else llvm.get_host_cpu_features().flatten()};llvmlite {llvmlite.__version__};w{VECTOR_WIDTH}/{wide_width()}"
 
 
 def disk_key(c_source: str) -> str:
@@ -72,7 +79,7 @@ def disk_key(c_source: str) -> str:
     parts = [c_source, llvm.get_process_triple(), tm.triple, llvm.get_host_cpu_name(),
              llvm.get_host_cpu_features().flatten(), f"llvmlite {llvmlite.__version__}",
              "llvm " + ".".join(map(str, llvm.llvm_version_info)), f"needle {needle_version}",
-             OPT_OPTIONS, f"w{VECTOR_WIDTH}", f"render {RENDER_VERSION}", code_fingerprint()]
+             OPT_OPTIONS, f"w{VECTOR_WIDTH}/{wide_width()}", f"render {RENDER_VERSION}", code_fingerprint()]
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
@@ -173,7 +180,7 @@ class Kernel:
     def llvm_ir(self) -> str:
         """The kernel's LLVM IR module as rendered (before optimisation)."""
         if self._llvm_ir is None:
-            module = render_llvm(self._named)
+            module = render_llvm(self._named, wide=wide_width())
             tm = target_machine()
             module.triple = tm.triple
             module.data_layout = str(tm.target_data)

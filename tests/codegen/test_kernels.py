@@ -41,7 +41,7 @@ def graph1(op, shape, attrs="", n_in=1, out_shape=None):
     return "graph @k {\n" + "\n".join(lines) + f"\n  return %{n_in}\n}}\n"
 
 
-SHAPES = [(1,), (7,), (37,), (3, 5), (4, 17), (2, 3, 9)]
+SHAPES = [(1,), (7,), (37,), (3, 5), (4, 17), (2, 3, 9), (80,), (3, 32)]  # 16 lanes on AVX-512: the last two
 UNARY = [("Negate", ""), ("Exp", ""), ("Log", ""), ("Tanh", ""), ("Detach", ""),
          ("AddScalar", " {scalar=1.5}"), ("MulScalar", " {scalar=-2.0}"), ("DivScalar", " {scalar=3.0}"),
          ("PowerScalar", " {scalar=2}"), ("PowerScalar", " {scalar=3}"), ("PowerScalar", " {scalar=-2}"),
@@ -189,7 +189,7 @@ def test_reshape_and_getitem():
 
 
 REDUCE_SHAPES = [((7,), None), ((5, 13), (1,)), ((5, 13), (0,)), ((3, 4, 11), (0, 2)),
-                 ((3, 4, 11), None), ((4, 1, 9), (2,)), ((2, 37), (1,))]
+                 ((3, 4, 11), None), ((4, 1, 9), (2,)), ((2, 37), (1,)), ((3, 64), (1,)), ((96,), None)]
 
 
 @pytest.mark.parametrize("op", ["Summation", "Max"])
@@ -324,6 +324,24 @@ def test_gelu_one_kernel_16m():
     import re
     body = k.llvm_ir_optimized.split("define")[1]
     assert not re.search(r"call [^@]*@(?!llvm\.)", body)  # no libm call: only LLVM intrinsics
+
+
+def test_vector_loops_of_16_lanes_where_the_extent_allows():
+    """On AVX-512 hosts a vector loop whose extent is a multiple of 16 runs on 16 lanes, any
+    other on 8; rendered either way the module verifies, and the host's kernels match numpy
+    (the NaN of a max included)."""
+    import llvmlite.binding as llvm
+
+    from needle.codegen.llvm_render import render_llvm
+    for shape, lanes in (((5, 64), 16), ((5, 24), 8), ((37,), 8)):
+        text = graph1("Max", shape, " {axes=(1,)}", out_shape=shape[:1]) if len(shape) == 2 else graph1("Exp", shape)
+        x = np.random.randn(*shape)
+        x.flat[3] = np.nan
+        k, _ = run_both(text, x)
+        module = str(render_llvm(k._named, wide=16))
+        llvm.parse_assembly(module).verify()
+        assert ("<16 x float>" in module) == (lanes == 16)
+        assert ("<16 x float>" in k.llvm_ir) == (lanes == 16 and jit.wide_width() == 16)
 
 
 def test_kernel_cache_returns_same_object():
