@@ -12,7 +12,7 @@ A training step is forward + backward + optimizer update + `float(loss)`.
 
 Median of `--repeats` timed calls after warm-up (default 30 for M1-M5 and T1, calls of
 milliseconds whose median over 10 one burst of load can move; 10 for T2-T4). The variants
-take turns in five blocks of calls, each block after at least 50 ms of untimed calls (the
+take turns in five blocks of calls, each block after at least 250 ms of untimed calls (the
 steady state a training loop sees), so that slow stretches of a shared machine fall on all
 of them alike. `ratio` = median / median of the
 best peer measured in this run (lower is better); with no peer installed it is relative to
@@ -354,11 +354,16 @@ def jax_variant(wid, quick):
 
 
 # ---------------------------------------------------------------------------------------
+#: untimed calls before each block: onnxruntime's idle workers spin for about 60 ms after its
+#: last call, and SqueezeNet's needle calls ran twice slower for that long (on 2 cores)
+SETTLE_S = 0.25
+
+
 def timed(calls: dict, repeats: int, warmup: int, rounds: int = 5) -> dict:
     """{name: (median, min) ms} of `repeats` calls of each variant after `warmup` ones. The
     variants take turns in `rounds` blocks of calls, so that slow stretches of this shared
     machine fall on all of them alike. Each block starts with untimed calls for at least
-    50 ms: a call right after another framework's (whose data now fills the caches and
+    SETTLE_S: a call right after another framework's (whose data now fills the caches and
     whose worker threads may still be spinning) or after idling runs up to twice slower,
     and the steady state is what a training loop sees. The garbage collector is off while
     timing (as timeit does)."""
@@ -376,7 +381,7 @@ def timed(calls: dict, repeats: int, warmup: int, rounds: int = 5) -> dict:
                 start = time.perf_counter()
                 while True:
                     call()
-                    if time.perf_counter() - start >= 0.05:
+                    if time.perf_counter() - start >= SETTLE_S:
                         break
                 for _ in range(count):
                     t = time.perf_counter()
