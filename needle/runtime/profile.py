@@ -3,7 +3,8 @@
 When `NEEDLE_PROFILE=1` is set at the time an executor is built, it times every step and
 counts calls and seconds per step: the native executor's program times each of its steps
 (an LLVM kernel, a GEMM with its fused epilogue, a conv, a callback...) in C++ with a
-steady clock; the kernel executor times each fused group with `time.perf_counter`. Each step also carries static estimates from the
+steady clock, leaving out each step's first call once there are more (it first touches the
+arena: cold, up to several times the steady time); the kernel executor times each fused group with `time.perf_counter`. Each step also carries static estimates from the
 node types: bytes moved (its input and output arrays, 4 bytes per element) and FLOPs, the
 sum of each node's op `cost` (MatMul 2*M*N*K per batch, Conv output size * KH*KW*Cin*2,
 one FLOP per element for every elementwise/reduce node).

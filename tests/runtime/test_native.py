@@ -752,7 +752,10 @@ def test_profile_names_the_steps(monkeypatch):
     def f(x, w):
         return ndl.ops.summation(ndl.ops.relu(x @ w), axes=(1,))
     fn = compile_with(monkeypatch, "native", f)
-    for _ in range(3):
+    fn(T(randn(33, 17)), T(randn(17, 9)))
+    runner = next(iter(fn._cache.values())).runner
+    assert all(p.calls == 1 for p in runner.profile)  # one call: counted
+    for _ in range(2):
         fn(T(randn(33, 17)), T(randn(17, 9)))
     text = fn.profile()
     runner = next(iter(fn._cache.values())).runner
@@ -762,7 +765,7 @@ def test_profile_names_the_steps(monkeypatch):
     for label in labels:
         assert label in text
     assert "MatMul" in text
-    assert all(p.calls == 3 for p in runner.profile)
+    assert all(p.calls == 2 for p in runner.profile)  # three: the first (cold) left out
     assert native_stats(fn)["callbacks"] == 0
 
 
