@@ -115,6 +115,8 @@ void gemm_ex(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const 
              const float* b, int64_t ldb, float* c, int64_t ldc, bool parallel);
 // whether gemm_ex would split an (m, n, k) product across the pool's threads
 bool gemm_split_worth(int64_t m, int64_t n, int64_t k);
+// whether it splits it by blocks of rows (each thread reading all of B), not by columns
+bool gemm_split_by_rows(int64_t m, int64_t n, int64_t k);
 // product(i, parallel) for the i < batch (m, n, k) products of a batch: side by side on the
 // pool's threads (each on one) when each is too small to split but all together are worth
 // it, else one after another, each split across the pool

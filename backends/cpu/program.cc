@@ -332,9 +332,11 @@ class Program {
     const bool split = gemm_split_worth(m, n, k);
     // The epilogue runs on row blocks of C right after the GEMM writes them, while they are
     // in cache: blocks about the size of L2 when B is small (a BLAS block packs all of B
-    // again), else one block per thread. Products too thin to give every thread rows run one
-    // GEMM split over the threads (by columns), then one parallel epilogue pass.
-    if (batch == 1 && s.fn != nullptr && m > 0 && epi_extent % m == 0 && (!split || m >= 16 * nt)) {
+    // again), else one block per thread. Products gemm_ex splits by columns (few rows, a
+    // wide B: each thread then reads its share of B, not all of it; ResNet-50's 1x1 convs
+    // at 7x7 ran 2x slower by rows) run as one GEMM split over the threads, then one
+    // parallel epilogue pass.
+    if (batch == 1 && s.fn != nullptr && m > 0 && epi_extent % m == 0 && (!split || gemm_split_by_rows(m, n, k))) {
       const int64_t per_row = epi_extent / m;
       const int64_t target = std::max<int64_t>(64, (int64_t(1) << 16) / std::max<int64_t>(n, 1));
       int64_t blocks = k * n <= (int64_t(1) << 18) ? (m + target - 1) / target : 1;

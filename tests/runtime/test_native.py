@@ -247,13 +247,14 @@ def relu_linear_numpy(x, w, b, ta, tb):
 @pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True), (True, True)])
 @pytest.mark.parametrize("m,n,k", [(100, 100, 784), (97, 50, 300), (13, 17, 9), (50, 100, 100), (5, 8, 1),
                                    (31, 7, 257), (100, 10, 100), (11, 128, 64),
-                                   (1, 1043, 259), (3, 17, 6), (8, 2100, 33), (7, 300, 1)])
+                                   (1, 1043, 259), (3, 17, 6), (8, 2100, 33), (7, 300, 1), (49, 700, 300),
+                                   (40, 260, 70)])
 def test_small_gemm_shapes_and_transposes(monkeypatch, three_threads, m, n, k, ta, tb):
     """Products with few columns run needle's small_gemm (register tiles of 6 rows by 16
     columns, K in passes of 256), products of at most 8 rows its skinny path (B streamed
     row by row, columns in passes of 1024): row and column edges, operands read transposed in place,
-    split across threads, with a fused bias + ReLU epilogue; checked against numpy (the
-    interpreter's matmul runs the same kernel)."""
+    split across threads (by columns for fewer rows than columns), with a fused bias + ReLU
+    epilogue; checked against numpy (the interpreter's matmul runs the same kernel)."""
     def f(x, w, b):
         x = ndl.ops.transpose(x) if ta else x
         w = ndl.ops.transpose(w) if tb else w
