@@ -7,6 +7,7 @@ implementation of the op). Everything unsupported is found before anything runs.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
@@ -16,6 +17,8 @@ from onnx.reference import ReferenceEvaluator
 
 from ..autograd import Tensor
 from ..compile import compile as ndl_compile
+from ..ir.types import SourceLoc
+from ..trace import tracer
 from . import layout, ops_math, ops_nn, ops_shape  # noqa: F401  (fill the converter table)
 from .checks import ModelSource, read_model
 from .errors import OnnxError, UnsupportedModelError
@@ -46,13 +49,16 @@ class OnnxFunction:
     """The model's graph as a Python function of its runtime inputs (Tensors) returning its
     outputs (Tensors); `static` inputs are fixed arrays folded at import. It has no
     `__dict__`: a compiled function closing over it guards it by identity and does not walk
-    its protobufs for tensors."""
+    its protobufs for tensors. Traced, each node's ops carry the node as their source
+    location: `label (OpType 'name'):k` for the k-th node (1-based) of the model's graph."""
 
     __slots__ = ("model", "opset", "constants", "input_names", "output_names", "input_shapes", "input_types",
-                 "folded")
+                 "folded", "label")
 
-    def __init__(self, model: onnx.ModelProto, input_shapes=None, static: Optional[dict] = None):
+    def __init__(self, model: onnx.ModelProto, input_shapes=None, static: Optional[dict] = None,
+                 label: Optional[str] = None):
         self.model, self.opset = model, model_opset(model)
+        self.label = label or f"{model.graph.name or 'model'}.onnx"
         graph = model.graph
         self.constants: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
         self.constants.update({k: np.asarray(v) for k, v in (static or {}).items()})
@@ -104,19 +110,33 @@ class OnnxFunction:
         env.update(zip(self.input_names, tensors))
         nodes = self.model.graph.node
         skipped = set(self.folded.values())
-        for k, node in enumerate(nodes):
-            if k in skipped:
-                continue
-            if k in self.folded:  # a BatchNormalization: its Conv with folded weights
-                conv = nodes[self.folded[k]]
-                node, inputs = conv, ops_nn.fold_batch_norm([env[i] if i else None for i in conv.input],
-                                                            [env[i] for i in node.input[1:5]],
-                                                            node_attrs(node).get("epsilon", 1e-5))
-            else:
-                inputs = [env[i] if i else None for i in node.input]
-            outputs = self._convert(node, inputs)
-            env.update((name, v) for name, v in zip(nodes[k].output, outputs) if name)
+        builder = tracer.active()
+        before = builder.loc_override if builder is not None else None
+        try:
+            for k, node in enumerate(nodes):
+                if k in skipped:
+                    continue
+                if builder is not None:
+                    builder.loc_override = self.location(k)
+                if k in self.folded:  # a BatchNormalization: its Conv with folded weights
+                    conv = nodes[self.folded[k]]
+                    node, inputs = conv, ops_nn.fold_batch_norm([env[i] if i else None for i in conv.input],
+                                                                [env[i] for i in node.input[1:5]],
+                                                                node_attrs(node).get("epsilon", 1e-5))
+                else:
+                    inputs = [env[i] if i else None for i in node.input]
+                outputs = self._convert(node, inputs)
+                env.update((name, v) for name, v in zip(nodes[k].output, outputs) if name)
+        finally:
+            if builder is not None:
+                builder.loc_override = before
         return tuple(to_tensor(env[name]) for name in self.output_names)
+
+    def location(self, k: int) -> SourceLoc:
+        """The source location of the ops of node k: the model, the node's op type and name."""
+        node = self.model.graph.node[k]
+        name = f" {node.name!r}" if node.name else ""
+        return SourceLoc(f"{self.label} ({node.op_type}{name})", k + 1)
 
     def _convert(self, node: onnx.NodeProto, inputs: list) -> list:
         constant = all(v is None or isinstance(v, np.ndarray) for v in inputs)
@@ -180,8 +200,8 @@ class ImportedModel:
     input order, or by name); it returns a Tensor, or a tuple for several outputs."""
 
     def __init__(self, model: onnx.ModelProto, input_shapes=None, static: Optional[dict] = None,
-                 compiled: bool = True):
-        self.function = OnnxFunction(model, input_shapes, static)
+                 compiled: bool = True, label: Optional[str] = None):
+        self.function = OnnxFunction(model, input_shapes, static, label)
         fn = self.function
 
         def forward(*xs):
@@ -228,7 +248,8 @@ def load(source: ModelSource, input_shapes=None) -> ImportedModel:
     input shapes: e.g. a batch of 8 for a model saved with batch 1, or sizes for dynamic
     dimensions. Raises `InvalidModelError` for an unreadable or unsafe file and
     `UnsupportedModelError` (listing every problem) before anything runs."""
-    return ImportedModel(read_model(source), input_shapes)
+    label = os.path.basename(os.fspath(source)) if isinstance(source, (str, os.PathLike)) else None
+    return ImportedModel(read_model(source), input_shapes, label=label)
 
 
 def supported_ops() -> list[str]:
