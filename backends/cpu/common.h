@@ -108,11 +108,11 @@ void register_ewise(py::module_& m);
 void register_reduce(py::module_& m);
 void register_matmul(py::module_& m);
 void register_program(py::module_& m);
-// C[m,n] (row stride ldc) = op(A) @ op(B), op = transpose when trans_*; row-major operands
-// with row strides lda/ldb (of the stored, untransposed matrices); split across the pool
-// when `parallel` and the product is worth it.
+// C[m,n] (row stride ldc) = op(A) @ op(B), or += with `accumulate`, op = transpose when
+// trans_*; row-major operands with row strides lda/ldb (of the stored, untransposed
+// matrices); split across the pool when `parallel` and the product is worth it.
 void gemm_ex(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
-             const float* b, int64_t ldb, float* c, int64_t ldc, bool parallel);
+             const float* b, int64_t ldb, float* c, int64_t ldc, bool parallel, bool accumulate = false);
 // whether gemm_ex would split an (m, n, k) product across the pool's threads
 bool gemm_split_worth(int64_t m, int64_t n, int64_t k);
 // whether it splits it by blocks of rows (each thread reading all of B), not by columns

@@ -123,8 +123,8 @@ bool gemm_split_by_rows(int64_t m, int64_t n, int64_t k) {
 int64_t gemm_row_grain(int64_t m, int64_t n, int64_t k) { return use_small(m, n, k) ? 2 : 8; }
 
 void gemm_ex(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
-             const float* b, int64_t ldb, float* c, int64_t ldc, bool parallel) {
-  if (m == 0 || n == 0) return;
+             const float* b, int64_t ldb, float* c, int64_t ldc, bool parallel, bool accumulate) {
+  if (m == 0 || n == 0 || (k == 0 && accumulate)) return;
   if (k == 0) {
     for (int64_t i = 0; i < m; ++i) std::memset(c + i * ldc, 0, sizeof(float) * n);
     return;
@@ -136,11 +136,12 @@ void gemm_ex(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const 
     const float* pb = trans_b ? b + j0 * ldb : b + j0;
     float* pc = c + i0 * ldc + j0;
     if (small) {
-      kernels().small_gemm(trans_a, trans_b, i1 - i0, j1 - j0, k, pa, lda, pb, ldb, pc, ldc, false);
+      kernels().small_gemm(trans_a, trans_b, i1 - i0, j1 - j0, k, pa, lda, pb, ldb, pc, ldc, accumulate);
     } else {
       g_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans,
               static_cast<int>(i1 - i0), static_cast<int>(j1 - j0), static_cast<int>(k), 1.0f, pa,
-              static_cast<int>(lda), pb, static_cast<int>(ldb), 0.0f, pc, static_cast<int>(ldc));
+              static_cast<int>(lda), pb, static_cast<int>(ldb), accumulate ? 1.0f : 0.0f, pc,
+              static_cast<int>(ldc));
     }
   };
   const int64_t nt = pool_num_threads();

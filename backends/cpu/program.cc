@@ -133,13 +133,15 @@ class Program {
   }
 
   // slots a, b, c; p = batch, m, n, k, trans_a, trans_b, lda, ldb, batch strides of a, b, c
-  // (elements; 0 broadcasts); epilogue: kernel range over [0, epi_extent), split by rows of C.
-  // offsets: for batch > 1, the element offsets of a and b for each product (a0, b0, a1, b1, ...:
-  // any numpy batch broadcasting); none: products i at i * the batch strides.
+  // (elements; 0 broadcasts), accumulate (1: C += the product); epilogue: kernel range over
+  // [0, epi_extent), split by rows of C. offsets: the element offsets of a and b for each
+  // product (a0, b0, a1, b1, ...: any numpy batch broadcasting, or where a single product's
+  // operands start); none: products i at i * the batch strides.
   // epi_sizes: floats the epilogue kernel reads or writes in each of epi_slots
   void add_gemm(std::vector<int> slots, std::vector<int64_t> p, size_t epi_fn, std::vector<int> epi_slots,
                 const std::vector<int64_t>& epi_sizes, int64_t epi_extent, std::vector<int64_t> offsets) {
-    if (slots.size() != 3 || p.size() != 11) value_error("Program.add_gemm: expects 3 slots and 11 parameters");
+    if (slots.size() != 3 || p.size() != 12 || p[11] > 1)
+      value_error("Program.add_gemm: expects 3 slots and 12 parameters (the last 0 or 1)");
     const int64_t batch = p[0], m = p[1], n = p[2], k = p[3];
     if (!offsets.empty() && static_cast<int64_t>(offsets.size()) != 2 * batch)
       value_error("Program.add_gemm: expects 2 offsets per product");
@@ -324,7 +326,8 @@ class Program {
   void run_gemm(const Step& s, std::vector<void*>& args) {
     const int64_t batch = s.p[0], m = s.p[1], n = s.p[2], k = s.p[3];
     const bool ta = s.p[4], tb = s.p[5];
-    const int64_t lda = s.p[6], ldb = s.p[7], sa = s.p[8], sb = s.p[9], sc = s.p[10], epi_extent = s.p[11];
+    const int64_t lda = s.p[6], ldb = s.p[7], sa = s.p[8], sb = s.p[9], sc = s.p[10], epi_extent = s.p[12];
+    const bool acc = s.p[11];   // C += the product (a product split along K: all but its first part)
     const float *a = at(s, 0), *b = at(s, 1);
     float* c = at(s, 2);
     if (s.fn != nullptr) gather_args(s.epi_slots, args);
@@ -345,8 +348,9 @@ class Program {
       blocks = (m + rows - 1) / rows;
       auto block = [&](int64_t q) {
         int64_t i0 = q * rows, i1 = std::min(m, i0 + rows);
-        const float* pa = ta ? a + i0 : a + i0 * lda;
-        gemm_ex(ta, tb, i1 - i0, n, k, pa, lda, b, ldb, c + i0 * n, n, false);
+        const float* pa = (ta ? a + i0 : a + i0 * lda) + (s.offsets.empty() ? 0 : s.offsets[0]);
+        const float* pb = b + (s.offsets.empty() ? 0 : s.offsets[1]);
+        gemm_ex(ta, tb, i1 - i0, n, k, pa, lda, pb, ldb, c + i0 * n, n, false, acc);
         s.fn(args.data(), i0 * per_row, i1 * per_row);
       };
       if (blocks > 1 && split) parallel_chunks(blocks, block);
@@ -355,7 +359,7 @@ class Program {
     }
     for_each_product(batch, m, n, k, [&](int64_t i, bool parallel) {
       const int64_t oa = s.offsets.empty() ? i * sa : s.offsets[2 * i], ob = s.offsets.empty() ? i * sb : s.offsets[2 * i + 1];
-      gemm_ex(ta, tb, m, n, k, a + oa, lda, b + ob, ldb, c + i * sc, n, parallel);
+      gemm_ex(ta, tb, m, n, k, a + oa, lda, b + ob, ldb, c + i * sc, n, parallel, acc);
     });
     if (s.fn != nullptr) run_range(s.fn, args.data(), epi_extent, 4096, 8);
   }

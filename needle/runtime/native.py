@@ -171,6 +171,7 @@ def _step_profile(source) -> _profile.StepProfile:
     """A step's profile label and estimates, from what it computes."""
     prof = _profile.step_profile(source.group, source.subgraph, None, where=source.where)
     prof.label = source.label + prof.label[prof.label.index(" "):]
+    prof.flops, prof.bytes = int(prof.flops * source.share), int(prof.bytes * source.share)
     return prof
 
 

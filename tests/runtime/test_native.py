@@ -356,16 +356,19 @@ def test_conv_epilogue_in_place_with_residual(monkeypatch, three_threads, k, str
 @pytest.mark.parametrize("n,h,w", [(1, 7, 5), (2, 30, 31)])
 def test_channel_concat_operand_copied_by_rows(monkeypatch, three_threads, n, h, w):
     """A fire module: two convs' outputs concatenated along channels (odd widths) and read
-    by a 1x1 conv (a GEMM operand: materialised by one row copy per piece) or by the slices
-    of a max pool (read many times: materialised too), and a stack along an inner axis read
-    by a MatMul."""
-    def fire(x, w1, w2, w3):
+    by a 1x1 conv: with no more output channels than input ones, one GEMM per piece against
+    its rows of the weight, summed in C (bias + ReLU fused into the last), no copy; with more,
+    a GEMM operand materialised by one row copy per piece. The slices of a max pool read the
+    concat many times: materialised too. A stack along an inner axis read by a MatMul."""
+    def fire(x, w1, w2, w3, b3):
         a = ndl.ops.relu(ndl.ops.conv(x, w1, stride=1, padding=0))
         b = ndl.ops.relu(ndl.ops.conv(x, w2, stride=1, padding=1))
-        return ndl.ops.conv(ndl.ops.concat([a, b], axis=3), w3, stride=1, padding=0)
-    stats, _ = run_both(monkeypatch, fire, randn(n, h, w, 5), randn(1, 1, 5, 7), randn(3, 3, 5, 9),
-                        randn(1, 1, 16, 11))
-    assert stats["convs"] == 3 and stats["copies"] == 2, stats
+        y = ndl.ops.conv(ndl.ops.concat([a, b], axis=3), w3, stride=1, padding=0)
+        return ndl.ops.relu(y + ndl.ops.broadcast_to(b3, y.shape))
+    for co, copies in ((11, 0), (16, 0), (17, 2)):
+        stats, _ = run_both(monkeypatch, fire, randn(n, h, w, 5), randn(1, 1, 5, 7), randn(3, 3, 5, 9),
+                            randn(1, 1, 16, co), randn(co))
+        assert stats["convs"] == 3 and stats["copies"] == copies and stats["fused_epilogues"] == 3, stats
 
     def pooled(x, w1, w2):  # a 2x1 max pool (stride 2) of the concat: two slices read it
         cat = ndl.ops.concat([ndl.ops.relu(ndl.ops.conv(x, w1, stride=1, padding=0)),

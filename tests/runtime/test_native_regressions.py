@@ -253,7 +253,10 @@ def test_program_steps_are_checked_against_their_buffers():
         p.add_copy([0, 3], 8)
     # out (2x4) = a (2x6, lda 6) @ b (6x4): b needs 24 floats, slot 1 holds 6
     with pytest.raises(ValueError, match="gemm would touch 24 floats of slot 1"):
-        p.add_gemm([0, 1, 2], [1, 2, 4, 6, 0, 0, 6, 4, 0, 0, 8], 0, [], [], 0, [])
+        p.add_gemm([0, 1, 2], [1, 2, 4, 6, 0, 0, 6, 4, 0, 0, 8, 0], 0, [], [], 0, [])
+    # the same product from 4 rows of b on: 6 rows at offset 4 need 40 floats
+    with pytest.raises(ValueError, match="gemm would touch 40 floats of slot 1"):
+        p.add_gemm([0, 1, 2], [1, 2, 4, 6, 0, 0, 6, 4, 0, 0, 8, 1], 0, [], [], 0, [0, 16])
     with pytest.raises(ValueError, match="gather would touch 12 floats of slot 3"):
         p.add_gather([0, 1, 3], 6, 3, 2)   # 6 rows of 2 into a 5-float slot
     with pytest.raises(ValueError, match="kernel k0 would touch 9 floats of slot 2"):

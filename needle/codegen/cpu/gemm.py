@@ -80,8 +80,8 @@ class GemmConvSteps:
             epilogue = Epilogue(kernel, (*ins, *outs), tuple(p.size for p in kernel.params), range_extent(kernel))
             self.steps[gemm] = dataclasses.replace(step, epilogue=epilogue)
             if self.sources is not None:
-                where = self.sources[gemm].where + "+llvm"
-                self.sources[gemm] = self._source(group.node_ids, group.outputs, where, f"k{group.id}")
+                where, share = self.sources[gemm].where + "+llvm", self.sources[gemm].share
+                self.sources[gemm] = self._source(group.node_ids, group.outputs, where, f"k{group.id}", share)
             self.stats["fused_epilogues"] += 1
             self.stats["llvm_kernels"] += 1
             return "epilogue fused"
@@ -93,10 +93,12 @@ class GemmConvSteps:
 
     def _in_place(self, group, anchor, step, c_slot, ins, outs) -> bool:
         """Whether a fused epilogue's one output (of the result's shape: `_rowwise`) can hold
-        the GEMM/conv result too: the result is a transient, and that output's memory is none
-        of the step's operands' nor of the epilogue's other inputs (the step would overwrite
-        them)."""
+        the GEMM/conv result too: the result is a transient written by this step alone (not
+        the last part of a product split along K), and that output's memory is none of the
+        step's operands' nor of the epilogue's other inputs (the step would overwrite them)."""
         if anchor.id in group.outputs or len(outs) != 1:
+            return False
+        if isinstance(step, GemmStep) and step.params[11]:
             return False
         key = lambda slot: self._place(slot) or ("io", slot)  # noqa: E731
         others = [*step.slots[:2], *(s for s in ins if s != c_slot)]
@@ -115,6 +117,19 @@ class GemmConvSteps:
                     return False
                 dep.add(i)
         return all(self._shape(o) == shape for o in outputs)
+
+    def _channel_parts(self, x: int, co: int) -> list:
+        """[(value, channels)] a 1x1 conv of `x` reads: `x` whole, or the pieces of a channel
+        concat whose pieces all have buffers when the conv has no more output channels than
+        input ones. Such a conv is one GEMM per piece against its rows of the weight, summed
+        in C: no copy of the pieces into one buffer (SqueezeNet's fire modules), for passes
+        over C of no more floats than that copy."""
+        node = self.graph.node(x)
+        shape = node.type.shape
+        if (node.op != "Concat" or int(node.attr("axis")) % len(shape) != len(shape) - 1
+                or co > shape[-1] or not self._buffer_join(node)):
+            return [(x, shape[-1])]
+        return [(p, self._shape(p)[-1]) for p in self.graph.node(node.inputs[0]).inputs]
 
     def _gemm_operand(self, v: int, ndim_out: int):
         """(slot, transposed, leading dim, batch stride, matrix shape) for GEMM operand v:
@@ -153,7 +168,7 @@ class GemmConvSteps:
                 index = np.broadcast_to(np.arange(prod(lead)).reshape(lead), out[:-2]).reshape(-1)
                 offsets.append(index * (s[-2] * s[-1]))
             offsets = [int(x) for pair in zip(*offsets) for x in pair]
-        return [sl_a, sl_b], [batch, m, n, k, int(ta), int(tb), lda, ldb, 0, 0, m * n], offsets
+        return [sl_a, sl_b], [batch, m, n, k, int(ta), int(tb), lda, ldb, 0, 0, m * n, 0], offsets
 
     def _conv(self, node, out_slot) -> int:
         """Conv (kind 0), ConvBackwardData (1) or ConvBackwardFilter (2) as a program step,
@@ -174,9 +189,14 @@ class GemmConvSteps:
             kh, kw = node.attr("kernel")
         self.stats["convs"] += 1
         if kind == 0 and (kh, kw, s, p) == (1, 1, 1, 0):
-            m = n * h * wd
-            step = GemmStep((self._slot_of(a), self._slot_of(b), out_slot), (1, m, co, ci, 0, 0, ci, co, 0, 0, m * co), ())
-            return self._emit(step, (node.id,), (node.id,), "blas", f"conv%{node.id}")
+            m, parts, c0 = n * h * wd, self._channel_parts(a, co), 0
+            for j, (part, width) in enumerate(parts):  # one GEMM, or one per piece of a concat
+                step = GemmStep((self._slot_of(part), self._slot_of(b), out_slot),
+                                (1, m, co, width, 0, 0, width, co, 0, 0, m * co, int(j > 0)), (0, c0 * co))
+                index = self._emit(step, (node.id,), (node.id,), "blas",
+                                   f"conv%{node.id}" + (f"[{j}]" if len(parts) > 1 else ""), width / ci)
+                c0 += width
+            return index
         ho, wo = (h + 2 * p - kh) // s + 1, (wd + 2 * p - kw) // s + 1
         row = kh * kw * ci
         if kind == 0:     # program.cc conv_blocked: a block of patches per thread

@@ -145,16 +145,17 @@ class CpuBuilder(BucketSteps, GemmConvSteps, ProgramBuilder):
         self._copy_into(v, self.n_in + k)
 
     # ---- steps --------------------------------------------------------------------------
-    def _emit(self, step, node_ids, outputs, where: str, label: str) -> int:
-        """Append a program step (and what it computes, when profiling); its index."""
+    def _emit(self, step, node_ids, outputs, where: str, label: str, share: float = 1.0) -> int:
+        """Append a program step (and what it computes, when profiling: `share` of the work of
+        `node_ids`); its index."""
         self.steps.append(step)
         if self.sources is not None:
-            self.sources.append(self._source(node_ids, outputs, where, label))
+            self.sources.append(self._source(node_ids, outputs, where, label, share))
         return len(self.steps) - 1
 
-    def _source(self, node_ids, outputs, where: str, label: str) -> StepSource:
+    def _source(self, node_ids, outputs, where: str, label: str, share: float = 1.0) -> StepSource:
         ex = self._expand(tuple(node_ids), tuple(outputs), materialize=False)
-        return StepSource(ex, ex.subgraph(self.graph), where, label)
+        return StepSource(ex, ex.subgraph(self.graph), where, label, share)
 
     def _unsafe(self, problem: str) -> UnsafeProgram:
         return UnsafeProgram(f"internal error building @{self.graph.name}'s native program: {problem}")

@@ -56,8 +56,10 @@ class Epilogue:
 
 @dataclass(frozen=True)
 class GemmStep:
-    """slots (a, b, c); params [batch, m, n, k, trans_a, trans_b, lda, ldb, 0, 0, m*n];
-    `offsets`: per product the element offsets of a and b (broadcast batch axes)."""
+    """slots (a, b, c); params [batch, m, n, k, trans_a, trans_b, lda, ldb, 0, 0, m*n,
+    accumulate] (accumulate 1: C += the product, a part of a product split along K);
+    `offsets`: per product the element offsets of a and b (broadcast batch axes, or where a
+    part's operands start)."""
     slots: tuple
     params: tuple
     offsets: tuple
@@ -153,11 +155,13 @@ class CallbackStep:
 @dataclass(frozen=True)
 class StepSource:
     """What a step computes, for the profiler's label and estimates: a group over the graph
-    (views inlined), its subgraph, how it runs (llvm, blas, interp...) and its label."""
+    (views inlined), its subgraph, how it runs (llvm, blas, interp...), its label, and the
+    share of the group's work it does (a part of a product split along K: its terms)."""
     group: Any
     subgraph: Graph
     where: str
     label: str
+    share: float = 1.0
 
 
 @dataclass
