@@ -385,6 +385,11 @@ def test_channel_concat_operand_copied_by_rows(monkeypatch, three_threads, n, h,
     stats, _ = run_both(monkeypatch, stacked, randn(n * 3, h), randn(n * 3, h), randn(2 * h, 5))
     assert stats["copies"] == 2, stats
 
+    def stacked_channels(x, y, w):  # a stack along the channel axis: one GEMM over its copy
+        return ndl.ops.conv(ndl.ops.stack([ndl.ops.relu(x), ndl.ops.relu(y)], axis=3), w, stride=1, padding=0)
+    stats, _ = run_both(monkeypatch, stacked_channels, randn(n, h, w), randn(n, h, w), randn(1, 1, 2, 2))
+    assert stats["convs"] == 1, stats
+
 
 @pytest.mark.parametrize("n,h,w,ci,kh,kw,co,stride,padding", [
     (1, 5, 9, 2, 1, 3, 3, 1, 1), (3, 9, 5, 4, 3, 1, 2, 1, 0), (2, 11, 9, 3, 5, 5, 4, 1, 2),

@@ -126,10 +126,12 @@ class GemmConvSteps:
         over C of no more floats than that copy."""
         node = self.graph.node(x)
         shape = node.type.shape
-        if (node.op != "Concat" or int(node.attr("axis")) % len(shape) != len(shape) - 1
-                or co > shape[-1] or not self._buffer_join(node)):
+        if co > shape[-1] or not self._buffer_join(node) or int(node.attr("axis")) % len(shape) != len(shape) - 1:
             return [(x, shape[-1])]
-        return [(p, self._shape(p)[-1]) for p in self.graph.node(node.inputs[0]).inputs]
+        pieces = self.graph.node(node.inputs[0]).inputs
+        if any(len(self._shape(p)) != len(shape) for p in pieces):   # a stack: pieces of a lower rank
+            return [(x, shape[-1])]
+        return [(p, self._shape(p)[-1]) for p in pieces]
 
     def _gemm_operand(self, v: int, ndim_out: int):
         """(slot, transposed, leading dim, batch stride, matrix shape) for GEMM operand v:
