@@ -22,7 +22,7 @@ from ..trace import tracer
 from . import layout, ops_math, ops_nn, ops_shape  # noqa: F401  (fill the converter table)
 from .checks import ModelSource, read_model
 from .errors import OnnxError, UnsupportedModelError
-from .registry import CONVERTERS, NodeInput, Value, describe, node_attrs, to_tensor
+from .registry import CONVERTERS, NodeInput, Nhwc, Value, describe, node_attrs, to_tensor
 
 #: the ONNX opsets whose semantics the converters follow (default domain)
 OPSETS = range(7, onnx.defs.onnx_opset_version() + 1)
@@ -33,6 +33,10 @@ INPUT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProt
 _OWN_CONSTANTS = {"Constant", "ConstantOfShape"}
 #: ops whose outputs are known at import even from a runtime input (its static shape)
 _SHAPE_OPS = {"Shape", "Size"}
+#: ops that compute each channel from that channel alone: of a channel Concat, they run on
+#: each piece and concatenate the results, which a 1x1 conv then reads piece by piece (one
+#: GEMM each) where a pool's windows would read a copy of the whole concat
+_PER_CHANNEL = {"MaxPool", "AveragePool", "GlobalMaxPool", "GlobalAveragePool"}
 _EXACT_IDS = 2 ** 24
 
 
@@ -110,6 +114,7 @@ class OnnxFunction:
         env.update(zip(self.input_names, tensors))
         nodes = self.model.graph.node
         skipped = set(self.folded.values())
+        concats: dict[str, tuple] = {}   # a channel Concat's output -> (its node, its pieces)
         builder = tracer.active()
         before = builder.loc_override if builder is not None else None
         try:
@@ -125,7 +130,15 @@ class OnnxFunction:
                                                                 node_attrs(node).get("epsilon", 1e-5))
                 else:
                     inputs = [env[i] if i else None for i in node.input]
-                outputs = self._convert(node, inputs)
+                if node.op_type in _PER_CHANNEL and node.input[0] in concats and len(node.output) == 1:
+                    concat, pieces = concats[node.input[0]]
+                    pieces = [self._convert(node, [p, *inputs[1:]])[0] for p in pieces]
+                    outputs = self._convert(concat, pieces)
+                    concats[node.output[0]] = (concat, pieces)
+                else:
+                    outputs = self._convert(node, inputs)
+                    if _channel_concat(node, inputs):
+                        concats[node.output[0]] = (node, inputs)
                 env.update((name, v) for name, v in zip(nodes[k].output, outputs) if name)
         finally:
             if builder is not None:
@@ -144,6 +157,12 @@ class OnnxFunction:
             return _fold(node, inputs, self.opset)
         n = NodeInput(node, self.opset, inputs, node_attrs(node))
         return layout.convert(node.op_type, CONVERTERS[node.op_type], n)
+
+
+def _channel_concat(node: onnx.NodeProto, inputs: list) -> bool:
+    """A Concat of 4-D runtime values (NCHW) along their channels."""
+    return (node.op_type == "Concat" and all(isinstance(v, (Tensor, Nhwc)) and len(v.shape) == 4 for v in inputs)
+            and node_attrs(node)["axis"] % 4 == 1)
 
 
 def _known_at_import(graph: onnx.GraphProto, known: set) -> set:
