@@ -33,6 +33,8 @@ _GEMM_OPS = ("MatMul",)
 #: program.cc's conv_blocked: at most this many threads, each with a patch block of this
 #: size but at least this many rows
 _CONV_THREADS, _CONV_BLOCK_BYTES, _CONV_MIN_ROWS = 8, 256 << 10, 256
+#: terms of a product per pass of backends/cpu/kernels_gemm.inc's small_gemm over C (KC)
+_GEMM_PASS = 256
 
 
 class GemmConvSteps:
@@ -120,18 +122,22 @@ class GemmConvSteps:
 
     def _channel_parts(self, x: int, co: int) -> list:
         """[(value, channels)] a 1x1 conv of `x` reads: `x` whole, or the pieces of a channel
-        concat whose pieces all have buffers when the conv has no more output channels than
-        input ones. Such a conv is one GEMM per piece against its rows of the weight, summed
-        in C: no copy of the pieces into one buffer (SqueezeNet's fire modules), for passes
-        over C of no more floats than that copy."""
+        concat whose pieces all have buffers, as one GEMM per piece against its rows of the
+        weight, summed in C: no copy of the pieces into one buffer (SqueezeNet's fire
+        modules), when the passes over C that the split adds (small_gemm makes one per
+        _GEMM_PASS terms) move no more floats than that copy."""
         node = self.graph.node(x)
         shape = node.type.shape
-        if co > shape[-1] or not self._buffer_join(node) or int(node.attr("axis")) % len(shape) != len(shape) - 1:
+        if not self._buffer_join(node) or int(node.attr("axis")) % len(shape) != len(shape) - 1:
             return [(x, shape[-1])]
         pieces = self.graph.node(node.inputs[0]).inputs
         if any(len(self._shape(p)) != len(shape) for p in pieces):   # a stack: pieces of a lower rank
             return [(x, shape[-1])]
-        return [(p, self._shape(p)[-1]) for p in pieces]
+        widths = [self._shape(p)[-1] for p in pieces]
+        passes = lambda k: -(-k // _GEMM_PASS)  # noqa: E731
+        if (sum(passes(w) for w in widths) - passes(shape[-1])) * co > shape[-1]:
+            return [(x, shape[-1])]
+        return list(zip(pieces, widths))
 
     def _gemm_operand(self, v: int, ndim_out: int):
         """(slot, transposed, leading dim, batch stride, matrix shape) for GEMM operand v:
