@@ -8,6 +8,7 @@ implementation of the op). Everything unsupported is found before anything runs.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
@@ -17,6 +18,7 @@ from onnx.reference import ReferenceEvaluator
 
 from ..autograd import Tensor
 from ..compile import compile as ndl_compile
+from ..host_memory import float_view
 from ..ir.types import SourceLoc
 from ..trace import tracer
 from . import layout, ops_math, ops_nn, ops_shape  # noqa: F401  (fill the converter table)
@@ -198,8 +200,10 @@ def _overrides(input_shapes, names: Sequence[str]) -> dict:
     return {k: list(v) for k, v in zip(names, input_shapes)}
 
 
-def as_input(value: Union[np.ndarray, Tensor, Any], name: str, shape: tuple) -> Tensor:
-    """A runtime input as a float32 Tensor of its declared shape (ints as exact float ids)."""
+def as_input(value: Union[np.ndarray, Tensor, Any], name: str, shape: tuple, into: Optional[Tensor] = None) -> Tensor:
+    """A runtime input as a float32 Tensor of its declared shape (ints as exact float ids): a
+    Tensor as it is, other data copied into `into` (a compact cpu Tensor of that shape) when
+    given, else into a new Tensor."""
     if isinstance(value, Tensor):
         arr_shape = tuple(value.shape)
     else:
@@ -211,6 +215,9 @@ def as_input(value: Union[np.ndarray, Tensor, Any], name: str, shape: tuple) -> 
         raise OnnxError(f"input {name!r}: shape {arr_shape}, the model was imported for {shape}")
     if isinstance(value, Tensor):
         return value
+    if into is not None:
+        np.copyto(float_view(into.realize_cached_data()._handle.ptr(), shape), arr, casting="unsafe")
+        return into
     return Tensor(np.ascontiguousarray(arr, np.float32), requires_grad=False)  # (Tensor copies it)
 
 
@@ -228,6 +235,12 @@ class ImportedModel:
 
         forward.__name__ = forward.__qualname__ = _identifier(model.graph.name or "onnx_model")
         self.forward = ndl_compile(forward) if compiled else forward
+        # per input, the cpu Tensor that numpy data is copied into, call after call: the
+        # compiled program finds the same array at the same address (no allocation, no
+        # checks), and its outputs are arrays of their own; None where the default device
+        # is not needle's cpu, and without compiling (an eager Identity returns its input)
+        self._inputs: dict = {} if compiled else dict.fromkeys(self.function.input_names)
+        self._lock = threading.Lock()   # one call at a time writes the input buffers
 
     @property
     def input_names(self) -> list[str]:
@@ -247,8 +260,18 @@ class ImportedModel:
         missing = [k for k in f.input_names if k not in values]
         if missing:
             raise OnnxError(f"missing inputs {missing}")
-        out = self.forward(*(as_input(values[k], k, f.input_shapes[k]) for k in f.input_names))
+        with self._lock:
+            out = self.forward(*(as_input(values[k], k, f.input_shapes[k], self._buffer(k)) for k in f.input_names))
         return out[0] if len(out) == 1 else out
+
+    def _buffer(self, name: str) -> Optional[Tensor]:
+        """The Tensor numpy data for input `name` is copied into (see `_inputs`)."""
+        if name not in self._inputs:
+            buf = Tensor(np.zeros(self.function.input_shapes[name], np.float32), requires_grad=False)
+            data = buf.realize_cached_data()
+            cpu = getattr(data.device, "name", "") == "cpu" and hasattr(data, "_handle")
+            self._inputs[name] = buf if cpu else None
+        return self._inputs[name]
 
     def ir(self, stage: str = "final") -> str:
         """The IR at `stage`, as `CompiledFunction.ir` (call the model once first)."""

@@ -225,3 +225,47 @@ def test_pool_of_a_channel_concat_pools_each_piece(pool, attrs):
         from needle.codegen.cpu.steps import CopyStep
         runner = next(iter(imported.forward._cache.values())).runner
         assert not any(isinstance(step, CopyStep) for step in runner.steps)
+
+
+def test_numpy_inputs_reuse_one_buffer_safely():
+    """numpy inputs are copied into one buffer per input, call after call: earlier results
+    keep their values, a Tensor input is read where it is, and calls from several threads
+    each see their own input."""
+    import threading
+
+    model = cnn()
+    imported = needle.onnx.load(model, input_shapes={"x": [2, 3, 17, 17]})
+    xs = [rng.standard_normal((2, 3, 17, 17)).astype(np.float32) for _ in range(4)]
+    want = [_ort(model, x=x) for x in xs]
+    first = imported(xs[0])
+    second = imported(xs[1].astype(np.float64))   # converted to float32 on the way in
+    third = imported(ndl.Tensor(xs[2]))
+    for got, w in zip((first, second, third), want):
+        np.testing.assert_allclose(got.numpy(), w, rtol=1e-4, atol=1e-6)
+    results = []
+
+    def call(k):
+        for _ in range(20):
+            results.append((k, imported(xs[k]).numpy()))
+    threads = [threading.Thread(target=call, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 80
+    for k, got in results:
+        np.testing.assert_allclose(got, want[k], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("op", ["Identity", "Flatten"])
+def test_an_output_that_is_the_input_keeps_its_values(op, compiled):
+    """A model returning its input (or a view of it) gives results that later calls with
+    other numpy data leave alone, compiled or eager."""
+    from needle.onnx.importer import ImportedModel
+
+    model = _model([helper.make_node(op, ["x"], ["y"])], [_io("x", [2, 3])], [_io("y", None)], [])
+    imported = ImportedModel(model, compiled=compiled)
+    first = imported(np.ones((2, 3), np.float32))
+    imported(np.full((2, 3), 2.0, np.float32))
+    np.testing.assert_array_equal(first.numpy().reshape(2, 3), np.ones((2, 3), np.float32))
