@@ -7,8 +7,8 @@ and the body ignores lo/hi). Two entry points call it: `void name(float*, ...)` 
 range) and `void name_range(i8** args, i64 lo, i64 hi)`, the native executor's entry,
 which splits the range across the thread pool. Loops count with i64 allocas (mem2reg turns them into phis at
 O3). A `vector` loop runs its body on <W x float> values over the largest multiple of W,
-then the same body on scalars for the tail (W: 8, or 16 on AVX-512 hosts for an extent that
-is a multiple of 16). Inside a vector body a value that does not
+then the same body on scalars for the tail (W: 8, or 16 on AVX-512 hosts for a loop not
+split across threads whose extent is a multiple of 16). Inside a vector body a value that does not
 depend on the vector variable stays scalar (uniform) and is splatted where it meets a
 vector; a load whose index has stride 1 in the vector variable is one vector load, stride 0
 a scalar load, any other stride a gather of scalar loads. Accumulators updated in a vector
@@ -131,9 +131,7 @@ class _Renderer:
         b = self.b
         if isinstance(s, For):
             if s.kind == "vector" and s.extent >= self.W and self.vvar is None:
-                narrow, self.W = self.W, self.wide if s.extent % self.wide == 0 else self.W
                 self.vector_loop(s)
-                self.W = narrow
             elif s.extent < self.W:
                 self.unrolled(s.var, range(s.extent), s.body)
             else:
@@ -194,7 +192,18 @@ class _Renderer:
 
     def vector_loop(self, s: For, lo=None, hi=None):
         """The body on <W x float> over the largest multiple of W, then a scalar tail;
-        over [lo, hi) (i64 values) when given, else over the whole extent."""
+        over [lo, hi) (i64 values) when given, else over the whole extent. W is `wide` for
+        a whole loop whose extent it divides; a ranged one keeps `width` (the thread pool's
+        chunks of it start at multiples of 8)."""
+        narrow = self.W
+        if lo is None and s.extent % self.wide == 0:
+            self.W = self.wide
+        try:
+            self._vector_loop(s, lo, hi)
+        finally:
+            self.W = narrow
+
+    def _vector_loop(self, s: For, lo, hi):
         b, W = self.b, self.W
         if lo is None:
             vend = s.extent - s.extent % W

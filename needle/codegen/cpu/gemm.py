@@ -100,7 +100,7 @@ class GemmConvSteps:
         step's operands' nor of the epilogue's other inputs (the step would overwrite them)."""
         if anchor.id in group.outputs or len(outs) != 1:
             return False
-        if isinstance(step, GemmStep) and step.params[11]:
+        if isinstance(step, GemmStep) and step.accumulate:
             return False
         key = lambda slot: self._place(slot) or ("io", slot)  # noqa: E731
         others = [*step.slots[:2], *(s for s in ins if s != c_slot)]

@@ -65,6 +65,11 @@ class GemmStep:
     offsets: tuple
     epilogue: Optional[Epilogue] = None
 
+    @property
+    def accumulate(self) -> bool:
+        """C += the product (not the first part of a product split along K)."""
+        return bool(self.params[11])
+
 
 @dataclass(frozen=True)
 class ConvStep:
