@@ -2,6 +2,7 @@
 
     python benchmarks/bench_workloads.py [--only M1,M2,T1] [--repeats N] [--quick]
                                          [--modes eager,native] [--torch-compile] [--threads 2]
+                                         [--device cpu|cuda]
 
 Variants per workload (`--modes`, default eager,native): needle eager; needle compiled with
 the native executor (`NEEDLE_EXECUTOR=native`, the default), the kernel executor
@@ -9,6 +10,10 @@ the native executor (`NEEDLE_EXECUTOR=native`, the default), the kernel executor
 torch.compile) and JAX jit. Each compiled variant is a fresh `ndl.compile` object, the env
 var set before its first call. float32, 2 threads, seeded inputs, the same batch reused.
 A training step is forward + backward + optimizer update + `float(loss)`.
+
+`--device cuda` runs needle on `ndl.cuda()` (eager kernels; compiled graphs on the CUDA
+executor, whatever `--modes` names besides eager) against PyTorch on the GPU with TF32 off
+(needle's GEMMs are FP32), each call ending in a device synchronisation; JAX is left out.
 
 Median of `--repeats` timed calls after warm-up (default 30 for M1-M5 and T1, calls of
 milliseconds whose median over 10 one burst of load can move; 10 for T2-T4). The variants
@@ -37,6 +42,7 @@ import needle.nn as nn  # noqa: E402
 import needle.optim as optim  # noqa: E402
 from needle.apps.mlp_resnet import MLPResNet  # noqa: E402
 from needle.apps.models import LanguageModel, ResNet9  # noqa: E402
+from needle.nn.nn_basic import named_tensors  # noqa: E402
 
 MICRO = ("M1", "M2", "M3", "M4", "M5")
 TRAIN = ("T1", "T2", "T3", "T4")
@@ -126,59 +132,76 @@ def nd_conv(x, w):
 ND_MICRO = {"M1": nd_matmul, "M2": nd_gelu, "M3": nd_softmax, "M4": nd_layernorm, "M5": nd_conv}
 
 
-def nd_model(wid):
-    """(model, optimizer) of a training workload, built from a fixed seed."""
+def nd_model(wid, device=None):
+    """(model, optimizer) of a training workload, built from a fixed seed (on the cpu, then
+    moved to `device`, so every device starts from the same values)."""
+    model, opt_cls, kw = _nd_model_on_cpu(wid)
+    if device is not None and device != ndl.cpu():
+        for t in named_tensors(model).values():
+            t.data = ndl.Tensor(t.numpy(), device=device, dtype=t.dtype, requires_grad=False)
+    return model, opt_cls(model.parameters(), **kw)
+
+
+def _nd_model_on_cpu(wid):
     np.random.seed(0)
     if wid == "T1":
         model = MLPResNet(784, hidden_dim=100, num_blocks=3, num_classes=10, drop_prob=0.1)
-        return model, optim.SGD(model.parameters(), lr=0.01)
+        return model, optim.SGD, {"lr": 0.01}
     if wid == "T2":
-        model = ResNet9()
-        return model, optim.SGD(model.parameters(), lr=0.01)
+        return ResNet9(), optim.SGD, {"lr": 0.01}
     if wid == "T3":
-        model = LanguageModel(400, VOCAB, 400, num_layers=2, seq_model="lstm")
-        return model, optim.SGD(model.parameters(), lr=0.01)
+        return LanguageModel(400, VOCAB, 400, num_layers=2, seq_model="lstm"), optim.SGD, {"lr": 0.01}
     if wid == "T4":
         model = LanguageModel(256, VOCAB, 512, num_layers=2, seq_model="transformer")
         model.seq_model = nn.Transformer(256, 512, 2, num_head=4, dim_head=64, dropout=0.0,
                                          causal=True)
-        return model, optim.Adam(model.parameters(), lr=1e-3)
+        return model, optim.Adam, {"lr": 1e-3}
     raise KeyError(wid)
 
 
-def nd_variant(wid, mode, quick):
-    """Returns (call, compiled function or None). mode: eager | native | kernels | interp."""
-    if mode != "eager":
-        os.environ["NEEDLE_EXECUTOR"] = mode  # read at the first call (the compile)
+def nd_variant(wid, mode, quick, device_name="cpu"):
+    """Returns (call, compiled function or None). mode: eager | native | kernels | interp
+    (on cuda every compiled mode is the CUDA executor)."""
+    device = ndl.cuda() if device_name == "cuda" else ndl.cpu()
+    if mode != "eager":  # read at the first call (the compile)
+        os.environ["NEEDLE_EXECUTOR"] = "cuda" if device_name == "cuda" else mode
     if wid in MICRO:
-        args = [ndl.Tensor(a, requires_grad=False) for a in micro_inputs(wid)]
+        args = [ndl.Tensor(a, device=device, requires_grad=False) for a in micro_inputs(wid)]
         fn = ND_MICRO[wid] if mode == "eager" else ndl.compile(ND_MICRO[wid])
+        if device_name == "cuda":
+            sync = device.mod.synchronize
+            return (lambda: (fn(*args), sync())), (None if mode == "eager" else fn)
         return (lambda: fn(*args)), (None if mode == "eager" else fn)
-    model, opt = nd_model(wid)
+    model, opt = nd_model(wid, device)
     model.train()
     loss_fn = nn.SoftmaxLoss()
     step = optim.train_step(model, loss_fn, opt)
 
     fn = step if mode == "eager" else ndl.compile(step)
     x, y = train_batch(wid, quick)
-    xt = ndl.Tensor(x.astype(np.float32), requires_grad=False)
-    yt = ndl.Tensor(y.astype(np.float32), requires_grad=False)
+    xt = ndl.Tensor(x.astype(np.float32), device=device, requires_grad=False)
+    yt = ndl.Tensor(y.astype(np.float32), device=device, requires_grad=False)
     return (lambda: float(fn(xt, yt).numpy())), (None if mode == "eager" else fn)
 
 
 # ---------------------------------------------------------------------------------------
 # PyTorch (eager; torch.compile behind --torch-compile)
 # ---------------------------------------------------------------------------------------
-def torch_variant(wid, quick, use_compile=False):
+def torch_variant(wid, quick, use_compile=False, device_name="cpu"):
     import torch
     import torch.nn as tnn
     import torch.nn.functional as F
 
     torch.set_num_threads(2)
     torch.manual_seed(0)
+    dev = torch.device(device_name)
+    if device_name == "cuda":  # FP32 as needle computes it
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    sync = torch.cuda.synchronize if device_name == "cuda" else (lambda: None)
     maybe = (lambda f: torch.compile(f)) if use_compile else (lambda f: f)  # noqa: E731
     if wid in MICRO:
-        a = [torch.from_numpy(v) for v in micro_inputs(wid)]
+        a = [torch.from_numpy(v).to(dev) for v in micro_inputs(wid)]
         if wid == "M1":
             f = lambda x, y: x @ y  # noqa: E731
         elif wid == "M2":
@@ -196,7 +219,9 @@ def torch_variant(wid, quick, use_compile=False):
 
         def call():
             with torch.no_grad():
-                return f(*a)
+                out = f(*a)
+            sync()
+            return out
         return call
 
     x, y = train_batch(wid, quick)
@@ -262,16 +287,16 @@ def torch_variant(wid, quick, use_compile=False):
             def forward(self, v):  # v: (seq, batch)
                 v = v.t()
                 s = v.shape[1]
-                h = self.emb(v) + self.pos(torch.arange(s))[None]
-                mask = tnn.Transformer.generate_square_subsequent_mask(s)
+                h = self.emb(v) + self.pos(torch.arange(s, device=v.device))[None]
+                mask = tnn.Transformer.generate_square_subsequent_mask(s, device=v.device)
                 h = self.enc(h, mask=mask, is_causal=True)
                 return self.out(h.transpose(0, 1).reshape(-1, 256))
         model = LM()
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         fwd = model
-    model.train()
-    xt = torch.from_numpy(x) if wid in ("T1", "T2") else torch.from_numpy(x.astype(np.int64))
-    yt = torch.from_numpy(y.astype(np.int64))
+    model.to(dev).train()
+    xt = (torch.from_numpy(x) if wid in ("T1", "T2") else torch.from_numpy(x.astype(np.int64))).to(dev)
+    yt = torch.from_numpy(y.astype(np.int64)).to(dev)
     fwd = maybe(fwd)
 
     def call():
@@ -404,7 +429,8 @@ def build(wid, name, make, compiled) -> tuple:
     compile_s = (fn.stats.get("compile_seconds", first) if fn is not None
                  else first if compiled else None)
     if compile_s is not None:
-        log(f"[{wid}] {name}: first call {first:.2f} s (compile {compile_s:.2f} s)")
+        ran = f", executor {fn.stats['executor']}" if fn is not None and "executor" in fn.stats else ""
+        log(f"[{wid}] {name}: first call {first:.2f} s (compile {compile_s:.2f} s{ran})")
     return call, compile_s
 
 
@@ -415,8 +441,10 @@ def run_workload(wid, args, peers):
     warmup = 1 if (heavy or args.quick) else 2
     variants = []  # (name, make, is_peer, counts compile time)
     for mode in args.modes.split(","):
-        name = "needle eager" if mode == "eager" else f"needle compiled ({mode})"
-        variants.append((name, lambda mode=mode: nd_variant(wid, mode, args.quick), False, False))
+        name = ("needle eager" if mode == "eager"
+                else f"needle compiled ({'cuda' if args.device == 'cuda' else mode})")
+        variants.append((name, lambda mode=mode: nd_variant(wid, mode, args.quick, args.device),
+                         False, False))
     for pname, maker in peers:
         variants.append((pname, lambda maker=maker: (maker(wid, args.quick), None), True,
                          "compile" in pname or "jit" in pname))
@@ -453,6 +481,8 @@ def main(argv=None):
                     help="needle variants, comma-separated: eager, native, kernels, interp")
     ap.add_argument("--torch-compile", action="store_true", help="also time torch.compile")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                    help="where needle and PyTorch run (cuda: TF32 off, no JAX)")
     args = ap.parse_args(argv)
     ids = [w.strip().upper() for w in args.only.split(",") if w.strip()] or list(ALL)
     for w in ids:
@@ -464,13 +494,15 @@ def main(argv=None):
     peers = []
     torch = try_import("torch")
     if torch is not None:
-        peers.append(("pytorch eager", lambda w, q: torch_variant(w, q)))
+        peers.append(("pytorch eager", lambda w, q: torch_variant(w, q, device_name=args.device)))
         if args.torch_compile:
-            peers.append(("torch.compile", lambda w, q: torch_variant(w, q, use_compile=True)))
-    jax = try_import("jax")
+            peers.append(("torch.compile", lambda w, q: torch_variant(w, q, use_compile=True,
+                                                                      device_name=args.device)))
+    jax = try_import("jax") if args.device == "cpu" else None
     if jax is not None:
         peers.append(("jax jit", jax_variant))
-    missing = [n for n, m in (("torch", torch), ("jax", jax)) if m is None]
+    missing = [n for n, m in (("torch", torch), ("jax", jax))
+               if m is None and (n == "torch" or args.device == "cpu")]
     log(f"needle threads={ndl.get_num_threads()}  peers: {', '.join(p for p, _ in peers) or 'none'}"
         + (f"  (not installed: {', '.join(missing)})" if missing else ""))
 

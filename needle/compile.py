@@ -295,7 +295,7 @@ class CompiledFunction:
             from .runtime.cuda_executor import CudaGraphExecutor
 
             try:
-                runner = CudaGraphExecutor(final, program=build_program(final, plan))
+                runner = CudaGraphExecutor(final, plan, program=build_program(final, plan))
             except CudaCodegenError as e:
                 if _log("native") or _log("recompile"):
                     print(f"needle: {self.fn.__qualname__} runs on the interpreter: {e}", file=sys.stderr)

@@ -156,7 +156,7 @@ class Program {
       const int64_t ob = offsets.empty() ? i * p[9] : offsets[2 * i + 1];
       need[0] = std::max(need[0], span_a ? oa + span_a : 0);
       need[1] = std::max(need[1], span_b ? ob + span_b : 0);
-      need[2] = std::max(need[2], m * n ? i * p[10] + m * n : 0);
+      need[2] = std::max(need[2], m * n != 0 ? i * p[10] + m * n : 0);
     }
     Step s{GEMM, check("gemm", slots, need), p};
     s.offsets = std::move(offsets);

@@ -14,6 +14,13 @@ every kernel in schedule order on the legacy default stream (the stream the cuda
 backend uses), then waits for the GPU (`synchronize=False` leaves the work queued: the
 eager backend's later kernels and copies are ordered after it on the same stream).
 No Python runs per kernel.
+
+With `NEEDLE_PROFILE=1` when the executor is built, every call goes through the library's
+profiled entry (a CUDA event after each launch; the call waits for the GPU) and `.profile`
+holds one `StepProfile` per launch (its group's ops and source line, the group's FLOPs on
+its first launch, the bytes of the launch's arguments), printed at exit and by
+`CompiledFunction.profile()` like the CPU executors' (the first call is left out once there
+are more).
 """
 from __future__ import annotations
 
@@ -23,7 +30,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from ..codegen.cuda.program import CudaProgram, build_program
-from ..passes.pipeline import KernelPlan
+from ..passes.pipeline import KernelPlan, plan_kernels
+from . import profile as _profile
 
 
 class CudaGraphExecutor:
@@ -40,6 +48,8 @@ class CudaGraphExecutor:
         self.device = cuda()
         if not self.device.enabled():
             raise RuntimeError("CudaGraphExecutor needs the cuda device (ndarray_backend_cuda and a GPU)")
+        if plan is None and (program is None or _profile.enabled()):
+            plan = plan_kernels(graph, "cuda")
         self.program = program or build_program(graph, plan)
         self.source = self.program.source()
         self.arch = arch or compute_capability()
@@ -53,6 +63,10 @@ class CudaGraphExecutor:
         self.steps = self.program.launches
         self.stats = {"launches": len(self.program.launches), "arena_bytes": self.program.arena_bytes,
                       "calls": 0}
+        self.profile: Optional[list] = None
+        if _profile.enabled():
+            self.profile = _launch_profiles(graph, plan, self.program)
+            _profile.register(self, graph.name)
 
     def _on_device(self, x):
         from ..backend_ndarray import NDArray
@@ -79,10 +93,38 @@ class CudaGraphExecutor:
                 raise ValueError(f"input of shape {tuple(a.shape)}, expected {shape}")
             ins.append(a)
         outs = [NDArray.make(shape, device=self.device) for shape in self.output_shapes]
+        times = [] if self.profile is not None else None
         self.library.run([self._ptr(a) for a in ins], [self._ptr(o) if prod(o.shape) else 0 for o in outs],
-                         self._arena_ptr, 0, self.synchronize)
+                         self._arena_ptr, 0, self.synchronize, times)
         self.stats["calls"] += 1
+        if times is not None:
+            for p, t in zip(self.profile, times):
+                if self.stats["calls"] == 2:  # the first call (cold caches, lazy loading) is left out
+                    p.calls, p.seconds = 0, 0.0
+                p.calls += 1
+                p.seconds += t
         return outs
+
+
+def _launch_profiles(graph, plan: KernelPlan, program: CudaProgram) -> list:
+    """A StepProfile per launch: the group's label with the kernel's name and schedule; the
+    group's FLOP estimate on its first launch; the bytes of the launch's arguments."""
+    groups = {g.id: g for g in plan.fusion.groups}
+    seen: set = set()
+    out = []
+    for ln in program.launches:
+        k = ln.kernel
+        nbytes = 4 * sum(p.size for p in k.params)
+        schedule = k.note.split(":")[0]
+        g = groups.get(ln.group)
+        if g is None:  # the output copies
+            out.append(_profile.StepProfile(f"{k.name} [{schedule}] output copy", 0, nbytes))
+            continue
+        base = _profile.step_profile(g, g.subgraph(graph), None, where="cuda")
+        flops = 0 if ln.group in seen else base.flops
+        seen.add(ln.group)
+        out.append(_profile.StepProfile(f"{k.name} [{schedule}] {base.label.split('] ', 1)[-1]}", flops, nbytes))
+    return out
 
 
 __all__ = ["CudaGraphExecutor"]

@@ -129,6 +129,29 @@ def test_column_sums_batchnorm_statistics(shape):
     emulate(f, x)
 
 
+def test_column_blocks_of_a_large_column_sum_bind_as_a_column_reduction():
+    """A column sum large enough for lower's CPU column blocks (one parallel loop over blocks of
+    columns, each running the zero / accumulate / update nests) is distributed back into those
+    nests and bound as a column reduction, not one thread per block summing its columns."""
+    x, p = rnd(600, 128), rnd(128)
+    from needle.codegen.lower import COLUMN_BLOCKS_MIN
+    assert x.size >= COLUMN_BLOCKS_MIN
+
+    def f(a, w):
+        return w - ndl.ops.summation(a, axes=(0,)) * 0.1
+    prog, _ = emulate(f, x, p)
+    notes = [l.kernel.note for l in prog.launches]
+    assert len(notes) == 1 and notes[0].startswith("column reduction"), notes
+    assert prog.launches[0].kernel.threads * prog.launches[0].kernel.blocks >= 128 * 8
+
+
+def test_column_lanes_grow_for_few_long_columns():
+    from needle.codegen.cuda.schedule import COLUMN_TY, COLUMN_TY_MAX, column_lanes
+    assert column_lanes(1, 8192) == COLUMN_TY_MAX      # BatchNorm statistics of 16 channels
+    assert column_lanes(320, 1024) == COLUMN_TY        # a 10k-column bias gradient: grid full
+    assert column_lanes(1, 100) == COLUMN_TY           # short columns keep their 8 lanes
+
+
 @pytest.mark.parametrize("schedule", ["pointwise", "row", "column"])
 @pytest.mark.parametrize("shape,axis", [((37, 53), 1), ((37, 53), 0), ((3, 129, 5), 1), ((600, 7), 0)])
 def test_every_reduce_schedule(schedule, shape, axis):
@@ -176,6 +199,39 @@ def test_matmul_transposed_operands_and_epilogue():
         return ndl.ops.relu(ndl.ops.transpose(x) @ ndl.ops.transpose(w) + c.reshape((1, 19)).broadcast_to((41, 19)))
     prog, _ = emulate(f, a, b, bias)
     assert "gemm" in hows(prog)
+
+
+def _split_launches(prog):
+    return [ln.kernel for ln in prog.launches if "split-K" in ln.kernel.note]
+
+
+@pytest.mark.parametrize("m,k,n", [(20, 2000, 30), (70, 1333, 9), (64, 4096, 64)])
+def test_split_k_gemm_with_an_epilogue(m, k, n):
+    """A GEMM of few output tiles and a long K: slices of K in blockIdx.z, partial products in
+    scratch, summed in order by a second kernel that runs the fused epilogue."""
+    from needle.codegen.cuda.templates import split_k
+    a, b, c = rnd(m, k, scale=0.1), rnd(k, n), rnd(n)
+    splits = split_k(m, n, k, 1)
+    assert splits > 1
+
+    def f(x, w, bias):
+        return ndl.ops.relu(x @ w + bias.reshape((1, n)).broadcast_to((m, n)))
+    prog, _ = emulate(f, a, b, c)
+    gemm, total = _split_launches(prog)
+    assert gemm.grid[2] == splits and f"{splits} slices" in gemm.note
+    assert total.note.startswith(f"split-K sum of {splits} partial products")
+
+
+def test_split_k_batched_gemm_and_conv_weight_gradient():
+    emulate(lambda a, b: a @ b, rnd(2, 9, 700, scale=0.1), rnd(2, 700, 5))
+    x, w = rnd(8, 12, 12, 3), rnd(3, 3, 3, 4)
+
+    def f(a, b):
+        b.requires_grad = True
+        (ndl.ops.conv(a, b, stride=1, padding=1) ** 2).sum().backward()
+        return b.grad
+    prog, _ = emulate(f, x, w)
+    assert _split_launches(prog), [ln.kernel.note for ln in prog.launches]
 
 
 @pytest.mark.parametrize("sa,sb", [((3, 7, 11), (3, 11, 5)), ((2, 3, 9, 4), (4, 6)), ((4, 13), (2, 13, 9)),
@@ -286,7 +342,24 @@ def test_translation_unit_layout():
     assert src.count('extern "C" __global__') >= 2
     assert f'extern "C" int {prog.symbol}(void** inputs, void** outputs, char* arena, cudaStream_t stream)' in src
     assert f"{prog.symbol}_arena_bytes" in src
+    assert f'extern "C" int {prog.symbol}_profiled(' in src
     assert src.count("<<<") == len(prog.launches)
+    assert src.count("if (ev) cudaEventRecord(") == len(prog.launches) + 1
+
+
+def test_launch_profiles_label_every_launch():
+    """NEEDLE_PROFILE's per-launch rows (needle.runtime.cuda_executor): one per launch, each
+    named by its kernel and schedule, the GEMM group's FLOPs counted once."""
+    from needle.passes.pipeline import plan_kernels
+    from needle.runtime.cuda_executor import _launch_profiles
+    g, _ = compiled(lambda a, b: ndl.ops.relu(a @ b).sum(axes=(1,)), rnd(9, 5), rnd(5, 4))
+    plan = plan_kernels(g, "cuda")
+    prog = build_program(g, plan)
+    rows = _launch_profiles(g, plan, prog)
+    assert [r.label.split()[0] for r in rows] == [ln.kernel.name for ln in prog.launches]
+    assert sum(r.flops for r in rows) >= 2 * 9 * 5 * 4
+    gemm = [r for r in rows if "MatMul" in r.label]
+    assert gemm and gemm[0].flops >= 2 * 9 * 5 * 4 and all(r.bytes > 0 for r in rows)
 
 
 def test_identical_kernels_are_emitted_once():

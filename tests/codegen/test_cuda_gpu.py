@@ -105,3 +105,37 @@ def test_library_cache_on_disk(tmp_path, monkeypatch):
     assert first.library.path.startswith(str(tmp_path))
     second = CudaGraphExecutor(g)
     assert second.library.path == first.library.path and os.path.isfile(first.library.path)
+
+
+def test_compile_on_cuda_tensors_matches_eager(monkeypatch):
+    """`@ndl.compile` on cuda() tensors runs the CUDA executor and gives eager cuda's values
+    and gradients."""
+    monkeypatch.delenv("NEEDLE_EXECUTOR", raising=False)
+    dev = ndl.cuda()
+
+    def f(a, w):
+        a.requires_grad = True
+        w.requires_grad = True
+        y = ndl.ops.tanh(a @ w).sum(axes=(1,))
+        (y * y).sum().backward()
+        return y, a.grad, w.grad
+    x, w = rnd(33, 17), rnd(17, 9)
+    step = ndl.compile(f)
+    got = step(ndl.Tensor(x, device=dev), ndl.Tensor(w, device=dev))
+    assert step.stats["executor"] == "cuda"
+    want = f(ndl.Tensor(x, device=dev), ndl.Tensor(w, device=dev))
+    for g_, w_ in zip(got, want):
+        np.testing.assert_allclose(g_.numpy(), w_.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_profile_times_every_launch(monkeypatch):
+    monkeypatch.setenv("NEEDLE_PROFILE", "1")
+    g, ins = compiled(lambda a, b: ndl.ops.relu(a @ b + 1.0), rnd(256, 256), rnd(256, 256))
+    runner, _ = run_on_gpu(g, ins)
+    dev = ndl.backend_ndarray.cuda()
+    for _ in range(3):
+        runner([ndl.backend_ndarray.NDArray(x, device=dev) for x in ins])
+    assert len(runner.profile) == len(runner.program.launches)
+    assert all(p.calls == 3 and p.seconds > 0 for p in runner.profile)  # the first call left out
+    from needle.runtime.profile import format_table
+    assert "MatMul" in format_table(runner.profile, "gemm")

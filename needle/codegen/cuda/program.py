@@ -21,7 +21,8 @@ How each group becomes kernels:
   of the group is lowered with those values as inputs.
 * **extern** (MatMul, Conv): the tiled GEMM template (`templates.gemm_kernel`; a conv is
   an implicit GEMM with im2col computed in the operand loads), operands read through their
-  views in place; an epilogue runs as a second, lowered kernel reading the GEMM result
+  views in place; a GEMM of few output tiles and a long K is split-K (`templates.split_k`:
+  partial products in scratch, summed in order by a second kernel that runs the epilogue); an epilogue runs as a second, lowered kernel reading the GEMM result
   (from scratch unless the result is itself a buffer; a reshape-only epilogue costs nothing).
 * **opaque**: RandomUniform (the compiled RNG), IndexAdd (zero + atomicAdd), ToDevice (a copy).
 * **view** groups make no kernel: their consumers recompute them.
@@ -46,7 +47,7 @@ from ..program import GroupReport, Loc, ProgramBuilder
 from .records import CudaCodegenError, CudaProgram, Launch, align
 from .schedule import bind_all
 from .split import SplitPath, UnknownLoopIR, check_known
-from .templates import (Operand, conv_data_operands, conv_filter_operands, conv_operands, fill_kernel, gemm_kernel,
+from .templates import (Operand, conv_data_operands, conv_filter_operands, conv_operands, fill_kernel, gemm_kernels,
                         pointwise_kernel, rand_kernel, scatter_add_kernels)
 from .views import NotWalkable, Walker, expand, rewrite_tuples
 
@@ -247,14 +248,18 @@ class _Builder(SplitPath, ProgramBuilder):
             aloc = self.scratch(4 * size)
         gemm_args = {} if fused is None else {"epilogue": fused[0], "outputs": [(n, s) for n, s, _ in fused[1]],
                                               "extra_inputs": [(n, s) for n, s, _ in fused[2]]}
-        kernel, detail = emit(self, walker, sub, node, size, **gemm_args)
+        (kernels, splits), detail = emit(self, walker, sub, node, size, **gemm_args)
         locs = {f"in{k}": self.homes[v] if self.graph.node(v).op != "const" else None for k, v in enumerate(leaves)}
         if fused is None:
             locs["out0"] = aloc
         else:
             locs.update({n: loc for n, _, loc in fused[1] + fused[2]})
             detail += f"; epilogue of {len(epi)} ops fused"
-        self.launch(kernel, [locs[p.name] for p in kernel.params], note=f"{node.op} %{anchor.id}")
+        if splits > 1:
+            locs["part"] = self.scratch(4 * splits * size)
+            detail += f"; split-K in {splits}"
+        for kernel in kernels:
+            self.launch(kernel, [locs[p.name] for p in kernel.params], note=f"{node.op} %{anchor.id}")
         if epi and fused is None:
             has = lambda v: v == anchor.id or self.has_buffer(v)  # noqa: E731
             esub, eleaves = expand(self.graph, epi, [o for o in outs if o != anchor.id], has,
@@ -380,8 +385,8 @@ class _Builder(SplitPath, ProgramBuilder):
                 if isinstance(e, Load) and e.buf.startswith("in") and e.buf not in bufs:
                     bufs.append(e.buf)
         inputs = [(n, self._size_of(n)) for n in sorted(bufs, key=lambda s: int(s[2:]))]
-        return gemm_kernel(self.name("_gemm"), M, N, K, batch, Operand(a_fn, inputs), Operand(b_fn, []),
-                           size, note=note, **gemm_args)
+        return gemm_kernels(self.name("_gemm"), M, N, K, batch, Operand(a_fn, inputs), Operand(b_fn, []),
+                            size, note=note, **gemm_args)
 
     def _size_of(self, name):
         return self._sizes[name]

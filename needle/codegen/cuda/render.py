@@ -9,7 +9,9 @@ prints a complete translation unit: the helper prelude, the graph's non-scalar c
 
 that launches every kernel in schedule order on `stream`, with buffer pointers at their
 memory-plan offsets in `arena` (graph inputs and outputs are the caller's pointers), and
-returns `cudaGetLastError()`. `needle_graph_<name>_arena_bytes()` gives the arena size the
+returns `cudaGetLastError()`; `needle_graph_<name>_profiled(..., float* ms)` runs the same
+launches with a CUDA event after each and writes each launch's milliseconds to `ms`
+(`NEEDLE_PROFILE=1`). `needle_graph_<name>_arena_bytes()` gives the arena size the
 caller must allocate (the memory plan's arena plus scratch for values internal to a group).
 
 The kernel text comes from `CudaRenderer`, the C-like renderers' common part
@@ -305,9 +307,12 @@ def render_program(program) -> str:
     out.append(f'extern "C" const char* {sym}_error_string(int code) '
                f'{{ return cudaGetErrorString((cudaError_t)code); }}')
     out.append("")
-    out.append(f'extern "C" int {sym}(void** inputs, void** outputs, char* arena, cudaStream_t stream) {{')
+    # every launch in order; with `ev` (NEEDLE_PROFILE), an event recorded after each one
+    out.append(f"static int {sym}_launch(void** inputs, void** outputs, char* arena, cudaStream_t stream, "
+               "cudaEvent_t* ev) {")
     out.append("  (void)inputs; (void)outputs; (void)arena;")
-    for ln, kname in zip(program.launches, launch_names):
+    out.append("  if (ev) cudaEventRecord(ev[0], stream);")
+    for i, (ln, kname) in enumerate(zip(program.launches, launch_names)):
         k = ln.kernel
         args = ", ".join(_arg(loc, p) for loc, p in zip(ln.args, k.params))
         grid = "dim3({}, {}, {})".format(*k.grid)
@@ -315,6 +320,27 @@ def render_program(program) -> str:
         if ln.note:
             out.append(f"  // {ln.note}")
         out.append(f"  {kname}<<<{grid}, {block}, 0, stream>>>({args});")
+        out.append(f"  if (ev) cudaEventRecord(ev[{i + 1}], stream);")
+    out.append("  return (int)cudaGetLastError();")
+    out.append("}")
+    out.append("")
+    out.append(f'extern "C" int {sym}(void** inputs, void** outputs, char* arena, cudaStream_t stream) {{')
+    out.append(f"  return {sym}_launch(inputs, outputs, arena, stream, NULL);")
+    out.append("}")
+    out.append("")
+    n = len(program.launches)
+    out.append("// the same launches timed: ms[i] = milliseconds of launch i (waits for the GPU)")
+    out.append(f'extern "C" int {sym}_profiled(void** inputs, void** outputs, char* arena, cudaStream_t stream, '
+               "float* ms) {")
+    out.append(f"  static cudaEvent_t ev[{n + 1}];")
+    out.append("  static int made = 0;")
+    out.append("  cudaError_t err;")
+    out.append(f"  for (; made < {n + 1}; made++)")
+    out.append("    if ((err = cudaEventCreate(&ev[made])) != cudaSuccess) return (int)err;")
+    out.append(f"  int rc = {sym}_launch(inputs, outputs, arena, stream, ev);")
+    out.append("  if (rc) return rc;")
+    out.append(f"  if ((err = cudaEventSynchronize(ev[{n}])) != cudaSuccess) return (int)err;")
+    out.append(f"  for (int i = 0; i < {n}; i++) cudaEventElapsedTime(&ms[i], ev[i], ev[i + 1]);")
     out.append("  return (int)cudaGetLastError();")
     out.append("}")
     return "\n".join(out) + "\n"

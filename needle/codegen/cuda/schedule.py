@@ -17,7 +17,8 @@ inside it run once per outer point. Three schedules:
   elements, e.g. `e / sum(e)`, then runs on all threads). Statements outside loops (the
   reduced-shape stores) run on thread 0.
 * **column reduction** (the innermost outer loop is the contiguous one): blocks of
-  32 x 8 threads; `tx` walks 32 consecutive outer points (coalesced), `ty` strides over the
+  32 x 8 threads (32 x 16 or 32 x 32 when the grid would be small and the columns long:
+  `column_lanes`); `tx` walks 32 consecutive outer points (coalesced), `ty` strides over the
   reduced elements; partials are combined across `ty` by a shared-memory tree with a
   barrier per level. Threads past the end of the outer loop (a partial block) keep
   identity partials and still reach every barrier.
@@ -36,6 +37,10 @@ from .gpu_ir import (Assign, Barrier, Decl, GParam, GpuKernel, IAnd, IDecl, If, 
 SERIAL_MAX = 32
 MAX_BLOCK = 256
 COLUMN_TX, COLUMN_TY = 32, 8
+#: a column reduction whose grid has fewer threads than this (few, long columns: BatchNorm
+#: statistics, bias gradients) gets up to COLUMN_TY_MAX lanes per column, each keeping at
+#: least COLUMN_MIN_PER_LANE of the reduced elements
+COLUMN_FEW_THREADS, COLUMN_TY_MAX, COLUMN_MIN_PER_LANE = 32768, 32, 16
 
 
 class ScheduleError(NotImplementedError):
@@ -168,7 +173,7 @@ def bind(lk: LoopKernel, name: str | None = None, restrict=True, schedule: str |
     if choice == "pointwise":
         return pointwise(name, params, loops, inner, note=f"reduction of {rmax} per thread")
     if choice == "column" and loops:
-        return column_reduce(name, params, loops, inner)
+        return column_reduce(name, params, loops, inner, rmax)
     return row_reduce(name, params, loops, inner, rmax)
 
 
@@ -179,9 +184,11 @@ def bind_all(lk: LoopKernel, name: str | None = None, restrict=True, schedule: s
     per nest, a launch boundary being the global barrier between them. A nest whose store
     accumulates into the element it reads (`buf[I] = buf[I] + v`, or the NaN-propagating
     max) is a reduction over the loops that I does not name: it is rebuilt as an
-    accumulator over those loops, inside loops over I's, and bound like any reduction."""
+    accumulator over those loops, inside loops over I's, and bound like any reduction. A
+    parallel loop around several nests is first distributed over them (`_distribute_parallel`)."""
     name = name or lk.name
-    body = tuple(lk.body)
+    body = _distribute_parallel(tuple(lk.body))
+    lk = LoopKernel(lk.name, lk.params, body)
     if len(body) <= 1 or any(isinstance(s, AccInit) for s in body):
         return [bind(lk, name, restrict, schedule)]
     merged = _merge_column_phases(lk)
@@ -199,6 +206,20 @@ def bind_all(lk: LoopKernel, name: str | None = None, restrict=True, schedule: s
                 continue
         out.append(bind(part, f"{name}_p{k}", restrict, schedule if _has_acc(part.body) else None))
     return out
+
+
+def _distribute_parallel(body: tuple) -> tuple:
+    """A body that is one `parallel` loop over several nests (lower's column blocks: each block
+    of columns zeroes, accumulates and updates its own columns) as one copy of that loop
+    around each nest. Its iterations are independent, so running every block's first nest
+    before any block's second changes nothing; the GPU then binds the nests (the column
+    phases merged into one reduction) instead of running each block on one thread."""
+    if len(body) != 1 or not isinstance(body[0], For) or body[0].kind != "parallel" or len(body[0].body) < 2:
+        return body
+    loop = body[0]
+    if any(isinstance(s, AccInit) for s in loop.body):
+        return body
+    return tuple(For(loop.var, loop.extent, loop.kind, (s,)) for s in loop.body)
 
 
 def _stores(stmts):
@@ -379,6 +400,17 @@ def _choose(loops, inner, rmax) -> str:
     return "column" if col > row else "row"
 
 
+def column_lanes(blocks: int, rmax: int) -> int:
+    """Threads per column (`ty` lanes) of a column reduction of `blocks` blocks reducing
+    `rmax` elements per column: COLUMN_TY, doubled while the grid is small and the columns
+    long (see COLUMN_FEW_THREADS)."""
+    ty = COLUMN_TY
+    while (ty < COLUMN_TY_MAX and blocks * COLUMN_TX * ty < COLUMN_FEW_THREADS
+           and rmax >= 2 * ty * COLUMN_MIN_PER_LANE):
+        ty *= 2
+    return ty
+
+
 def pointwise(name, params, loops, inner, note="") -> GpuKernel:
     total = prod(lp.extent for lp in loops)
     B = _block_size(total)
@@ -484,12 +516,13 @@ def row_reduce(name, params, loops, inner, rmax) -> GpuKernel:
                      note=f"row reduction: {total} blocks of {B} threads, {rmax} elements per block")
 
 
-def column_reduce(name, params, loops, inner) -> GpuKernel:
-    TX, TY = COLUMN_TX, COLUMN_TY
+def column_reduce(name, params, loops, inner, rmax: int = 0) -> GpuKernel:
+    TX = COLUMN_TX
     last = loops[-1]
     chunks = -(-last.extent // TX)
     rest = loops[:-1]
     total = prod(lp.extent for lp in rest) * chunks
+    TY = column_lanes(total, rmax)
     shared: list = []
     body = [IDecl("chunk", _mod(IVar("bx"), chunks))]
     if rest:

@@ -13,11 +13,13 @@
 """
 from __future__ import annotations
 
+import dataclasses
+import os
 from dataclasses import dataclass
 from math import prod
 
-from ..loop_ir import (Buffer, FConst, For, ICmp, IConst, IVar, Load, LoopKernel, Select, Store, coefficient, iadd,
-                       idiv, imod, imul, linearize, walk_exprs)
+from ..loop_ir import (AccInit, AccRef, AccUpdate, Buffer, FConst, For, ICmp, IConst, IVar, Load, LoopKernel, Select,
+                       Store, coefficient, iadd, idiv, imod, imul, linearize, walk_exprs)
 from .gpu_ir import (AtomicAdd, Barrier, GParam, GpuKernel, IAnd, IDecl, IFloat, If, MicroGemm, Rand, Shared, SStore,
                      TileDecl, TileRef)
 from .schedule import bind, decode
@@ -115,16 +117,83 @@ def _fast(value, var) -> bool:
     return ld is not None and coefficient(ld.index, var) == 1
 
 
+#: a GEMM of fewer blocks than this splits K (when K is long) until it has about this many
+SPLIT_K_BLOCKS = 256
+#: ... each split keeping at least this many BK-steps of K; at most SPLIT_K_MAX splits
+SPLIT_K_MIN_STEPS, SPLIT_K_MAX = 16, 16
+
+
+def split_k(M, N, K, batch: int, tile: Tile | None = None) -> int:
+    """How many slices of K a GEMM's blocks share (1: none): a GEMM with few output tiles
+    and a long K (weight gradients: K = the batch's rows) would leave most of the GPU idle.
+    `NEEDLE_CUDA_SPLIT_K=0` turns it off (to measure what it gains)."""
+    if os.environ.get("NEEDLE_CUDA_SPLIT_K", "1") == "0":
+        return 1
+    t = tile or choose_tile(M, N)
+    blocks = -(-N // t.BN) * -(-M // t.BM) * batch
+    steps = -(-K // t.BK)
+    if blocks >= SPLIT_K_BLOCKS // 2 or steps < 2 * SPLIT_K_MIN_STEPS:
+        return 1
+    return max(1, min(-(-SPLIT_K_BLOCKS // blocks), steps // SPLIT_K_MIN_STEPS, SPLIT_K_MAX))
+
+
+def gemm_kernels(name, M, N, K, batch_shape, a: Operand, b: Operand, out_size, restrict=True, note="",
+                 epilogue=None, outputs=None, extra_inputs=()) -> tuple[list, int]:
+    """(kernels, splits) of a GEMM (see gemm_kernel): one tiled kernel, or with split-K
+    (`split_k`) a tiled kernel writing one partial product per slice of K into the
+    parameter `part` (scratch the caller places) and a pointwise kernel summing the slices
+    in a fixed order (deterministic) and applying the epilogue."""
+    nb = prod(batch_shape)
+    splits = split_k(M, N, K, nb)
+    if splits == 1:
+        return [gemm_kernel(name, M, N, K, batch_shape, a, b, out_size, restrict=restrict, note=note,
+                            epilogue=epilogue, outputs=outputs, extra_inputs=extra_inputs)], 1
+    partial = gemm_kernel(name, M, N, K, batch_shape, a, b, out_size, restrict=restrict, note=note, splits=splits)
+    total = split_k_sum(f"{name}_sum", M, N, batch_shape, splits, out_size, restrict, epilogue, outputs,
+                        extra_inputs)
+    return [partial, total], splits
+
+
+def split_k_sum(name, M, N, batch_shape, splits, out_size, restrict=True, epilogue=None, outputs=None,
+                extra_inputs=()) -> GpuKernel:
+    """C = the sum of the `splits` partial products in `part`, stored into `out0` or through
+    `epilogue` like gemm_kernel's; one thread per element, the slices added in order."""
+    nb = prod(batch_shape)
+    bb = IVar("bb") if nb > 1 else IConst(0)
+    gm, gn = IVar("gm"), IVar("gn")
+    bvars, stride = [], nb
+    for d in batch_shape:
+        stride //= d
+        bvars.append(IConst(0) if d == 1 else imod(idiv(bb, stride), d))
+    cell = iadd(imul(iadd(imul(bb, IConst(M)), gm), IConst(N)), gn)
+    part = Load("part", iadd(imul(IVar("s"), IConst(nb * M * N)), cell))
+    inner = (AccInit("acc", "sum"), For("s", splits, "serial", (AccUpdate("acc", "sum", part),)))
+    if epilogue is None:
+        inner += (Store("out0", cell, AccRef("acc")),)
+    else:
+        inner += tuple(epilogue(tuple(bvars), gm, gn, AccRef("acc")))
+    body = (For("gm", M, "serial", (For("gn", N, "serial", inner),)),)
+    if nb > 1:
+        body = (For("bb", nb, "serial", body),)
+    params = ((Buffer("part", splits * nb * M * N, "in"),) + tuple(Buffer(n, s, "in") for n, s in extra_inputs)
+              + tuple(Buffer(n, s, "out") for n, s in (outputs or [("out0", out_size)])))
+    kernel = bind(LoopKernel(name, params, body), name, restrict=restrict)
+    return dataclasses.replace(kernel, note=f"split-K sum of {splits} partial products; " + kernel.note)
+
+
 def gemm_kernel(name, M, N, K, batch_shape, a: Operand, b: Operand, out_size, tile: Tile | None = None,
-                restrict=True, note="", epilogue=None, outputs=None, extra_inputs=()) -> GpuKernel:
+                restrict=True, note="", epilogue=None, outputs=None, extra_inputs=(), splits: int = 1) -> GpuKernel:
     """C[batch, m, n] = sum_k A(batch, m, k) * B(batch, k, n), stored contiguously in `out0`
     (A's and B's buffers are the kernel's inputs, in order). With `epilogue(bvars, m, n,
     value)` -> [Store...] the tile's values are stored by those statements instead (fused
-    elementwise epilogue), into `outputs` [(name, size)], reading `extra_inputs` too."""
+    elementwise epilogue), into `outputs` [(name, size)], reading `extra_inputs` too. With
+    `splits` > 1 (split-K; no epilogue), blockIdx.z also picks a slice of K and the block's
+    partial product goes to `part[slice, batch, m, n]`."""
     t = tile or choose_tile(M, N)
     NT = t.threads
     BM, BN, BK, TM, TN = t.BM, t.BN, t.BK, t.TM, t.TN
     assert (BM * BK) % NT == 0 and (BN * BK) % NT == 0
+    assert splits == 1 or (epilogue is None and not outputs and not extra_inputs)
     nb = prod(batch_shape)
     a_decls, a_cond, a_val, _, a_col = a.fn(tuple(IConst(0) if d == 1 else IVar(f"b{k}") for k, d in enumerate(batch_shape)),
                                             IVar("gm"), IVar("gk"))
@@ -138,9 +207,15 @@ def gemm_kernel(name, M, N, K, batch_shape, a: Operand, b: Operand, out_size, ti
     SB = BN + (0 if n_fast else 1)
     bvars = tuple(IConst(0) if d == 1 else IVar(f"b{k}") for k, d in enumerate(batch_shape))
     body = [IDecl("m0", imul(IVar("by"), IConst(BM))), IDecl("n0", imul(IVar("bx"), IConst(BN)))]
+    bz = IVar("bz")
+    if splits > 1 and nb > 1:
+        body += [IDecl("bb", idiv(bz, splits)), IDecl("ks", imod(bz, splits))]
+        bz = IVar("bb")
+    elif splits > 1:
+        body.append(IDecl("ks", bz))
     if nb > 1:
         loops = [For(f"b{k}", d, "serial", ()) for k, d in enumerate(batch_shape) if d != 1]
-        body += decode(IVar("bz"), loops)
+        body += decode(bz, loops)
     body += [IDecl("trow", idiv(IVar("tx"), BN // TN)), IDecl("tcol", imod(IVar("tx"), BN // TN)),
              TileDecl("c", TM, TN)]
 
@@ -173,13 +248,21 @@ def gemm_kernel(name, M, N, K, batch_shape, a: Operand, b: Operand, out_size, ti
                       "Bs", iadd(iadd(imul(IVar("kk"), IConst(SB)), IVar("tcol")), imul(IVar("nj"), IConst(BN // TN))),
                       BK, TM, TN),
             Barrier()]
-    body.append(For("kt", ktiles, "serial", tuple(step)))
+    if splits > 1:  # slice ks runs K-steps ks*per ... (the last slice's overshoot loads zeros)
+        per = -(-ktiles // splits)
+        body.append(For("kq", per, "serial", (IDecl("kt", iadd(imul(IVar("ks"), IConst(per)), IVar("kq"))),)
+                        + tuple(step)))
+    else:
+        body.append(For("kt", ktiles, "serial", tuple(step)))
     for mi in range(TM):
         for nj in range(TN):
             gm = iadd(iadd(IVar("m0"), IVar("trow")), IConst(mi * (BM // TM)))
             gn = iadd(iadd(IVar("n0"), IVar("tcol")), IConst(nj * (BN // TN)))
-            row = iadd(imul(IVar("bz"), IConst(M)), gm) if nb > 1 else gm
-            if epilogue is None:
+            row = iadd(imul(bz, IConst(M)), gm) if nb > 1 else gm
+            if splits > 1:
+                cell = iadd(imul(iadd(imul(IVar("ks"), IConst(nb * M)), row), IConst(N)), gn)
+                stores = (Store("part", cell, TileRef("c", mi, nj)),)
+            elif epilogue is None:
                 stores = (Store("out0", iadd(imul(row, IConst(N)), gn), TileRef("c", mi, nj)),)
             else:
                 stores = tuple(epilogue(bvars, gm, gn, TileRef("c", mi, nj)))
@@ -190,12 +273,13 @@ def gemm_kernel(name, M, N, K, batch_shape, a: Operand, b: Operand, out_size, ti
             ins.append((n, s))
     params = tuple(GParam(n, s, "in", restrict if isinstance(restrict, bool) else restrict.get(n, True))
                    for n, s in ins)
-    for n, s in (outputs or [("out0", out_size)]):
+    for n, s in ([("part", splits * nb * M * N)] if splits > 1 else (outputs or [("out0", out_size)])):
         params += (GParam(n, s, "out", restrict if isinstance(restrict, bool) else restrict.get(n, True)),)
-    grid = (-(-N // BN), -(-M // BM), nb)
+    grid = (-(-N // BN), -(-M // BM), nb * splits)
     kernel = GpuKernel(name, params, grid, (NT, 1, 1), tuple(body), (Shared("As", BK * SA), Shared("Bs", BK * SB)),
                        note=f"tiled GEMM {BM}x{BN}x{BK}, {TM}x{TN} per thread: M={M} N={N} K={K} batch={nb}"
                             f" ({'k' if k_fast else 'm'}-contiguous A, {'n' if n_fast else 'k'}-contiguous B)"
+                            + (f"; split-K in {splits} slices" if splits > 1 else "")
                             + (f"; {note}" if note else ""))
     return kernel
 
@@ -296,5 +380,6 @@ def conv_filter_operands(a_fn_, g_fn, a_shape, g_shape, kernel, stride, padding)
     return Operand(a_fn, []), Operand(b_fn, []), (KH * KW * CI, CO, n_ * Ho * Wo)
 
 
-__all__ = ["conv_data_operands", "conv_filter_operands", "pointwise_kernel", "fill_kernel", "rand_kernel", "scatter_add_kernels", "gemm_kernel", "conv_operands",
+__all__ = ["conv_data_operands", "conv_filter_operands", "pointwise_kernel", "fill_kernel", "rand_kernel", "scatter_add_kernels", "gemm_kernel", "gemm_kernels",
+           "split_k", "split_k_sum", "conv_operands",
            "Operand", "Tile", "TILES", "choose_tile", "loop_nest"]
