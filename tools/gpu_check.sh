@@ -48,7 +48,5 @@ if [ "$bench" = 1 ]; then
     timeout "${BENCH_TIMEOUT:-240}" python3 benchmarks/bench_workloads.py --device cuda \
         --only "${BENCH_ONLY:-M1,M2,M3,M4,M5,T1,T2,T3,T4}" --repeats 10 2>"$OUT/bench.err" | tee "$OUT/bench.md"
     echo "bench: rc $?"; grep -i "fail\|error" "$OUT/bench.err" | head -5
-    # what split-K gains: the compiled steps again without it
-    NEEDLE_CUDA_SPLIT_K=0 timeout "${BENCH_TIMEOUT:-240}" python3 benchmarks/bench_workloads.py --device cuda \
-        --only "${SPLIT_ONLY:-M5,T2,T4}" --repeats 10 --modes native 2>"$OUT/bench_nosplit.err" | grep "compiled"
+
 fi

@@ -69,8 +69,9 @@ class LoweringError(NotImplementedError):
 
 
 class _Lowerer:
-    def __init__(self, graph: Graph):
+    def __init__(self, graph: Graph, column_blocks: bool = True):
         self.g = graph
+        self.column_blocks = column_blocks
         self.memo: dict = {}
         self.bufs = {n.id: f"in{k}" for k, n in enumerate(graph.inputs)}
         self.reds: dict = {}  # reduction node id -> kept-index tuple (its loop's)
@@ -252,9 +253,12 @@ def _loads(exprs):
                 yield x
 
 
-def lower(graph: Graph, name: str = "kernel") -> LoopKernel:
-    """The loop nest of a kernel subgraph; its outputs are `graph.outputs` in order."""
-    lw = _Lowerer(graph)
+def lower(graph: Graph, name: str = "kernel", column_blocks: bool = True) -> LoopKernel:
+    """The loop nest of a kernel subgraph; its outputs are `graph.outputs` in order.
+    `column_blocks=False` leaves a large column reduction's nests whole (the GPU binds them
+    to its own grid) instead of one parallel loop over blocks of columns (`_column_blocks`,
+    for CPU threads)."""
+    lw = _Lowerer(graph, column_blocks)
     params = [Buffer(lw.bufs[n.id], prod(lw.shape(n.id)), "in", n.type.shape) for n in graph.inputs]
     outs = [(f"out{k}", o, lw.shape(o)) for k, o in enumerate(graph.outputs)]
     params += [Buffer(b, prod(s), "out", s) for b, o, s in outs]
@@ -500,7 +504,7 @@ def _lower_columns(lw, red, full, raxes, rshape, kept_idx, value, outs, first, s
     tail = sorted((st for st in map(sub, after) if not (st.buf == buf and st.value == cur)),
                   key=lambda st: st.buf == buf)
     body += _nest(kdims, "i", tail, outer_parallel=False)
-    return _column_blocks(body, full, last)
+    return _column_blocks(body, full, last) if lw.column_blocks else body
 
 
 #: elements a column reduction must cover before its columns are split across threads

@@ -129,10 +129,11 @@ def test_column_sums_batchnorm_statistics(shape):
     emulate(f, x)
 
 
-def test_column_blocks_of_a_large_column_sum_bind_as_a_column_reduction():
+def test_a_large_column_sum_binds_as_a_column_reduction():
     """A column sum large enough for lower's CPU column blocks (one parallel loop over blocks of
-    columns, each running the zero / accumulate / update nests) is distributed back into those
-    nests and bound as a column reduction, not one thread per block summing its columns."""
+    columns) is lowered whole for the GPU and bound as a column reduction over all its
+    columns, not one thread per block of columns (a 10k-column bias gradient once ran on 10
+    threads); few columns for a grid become two launches over slices of the rows."""
     x, p = rnd(600, 128), rnd(128)
     from needle.codegen.lower import COLUMN_BLOCKS_MIN
     assert x.size >= COLUMN_BLOCKS_MIN
@@ -140,13 +141,30 @@ def test_column_blocks_of_a_large_column_sum_bind_as_a_column_reduction():
     def f(a, w):
         return w - ndl.ops.summation(a, axes=(0,)) * 0.1
     prog, _ = emulate(f, x, p)
-    notes = [l.kernel.note for l in prog.launches]
-    assert len(notes) == 1 and notes[0].startswith("column reduction"), notes
-    assert prog.launches[0].kernel.threads * prog.launches[0].kernel.blocks >= 128 * 8
+    kernels = [ln.kernel for ln in prog.launches]
+    assert len(kernels) == 2 and all(k.note.startswith("column reduction") for k in kernels), kernels
+    assert all(k.threads * k.blocks >= 128 * 8 * 4 for k in kernels)
+    assert kernels[0].name.endswith("_part") and "part" in [p.name for p in kernels[1].params]
+
+
+@pytest.mark.parametrize("shape", [(8192, 16), (3000, 40), (4096, 24)])
+def test_split_column_reduction_batchnorm(shape):
+    """BatchNorm statistics of few channels over many rows: partials per slice of rows, then
+    the normalisation over every slice (two launches, several blocks each)."""
+    x = rnd(*shape)
+
+    def f(a):
+        mean = ndl.ops.summation(a, axes=(0,)) / shape[0]
+        centred = a - mean.reshape((1, shape[1])).broadcast_to(shape)
+        var = ndl.ops.summation(centred * centred, axes=(0,)) / shape[0]
+        return centred / ((var + 1e-5) ** 0.5).reshape((1, shape[1])).broadcast_to(shape), var
+    prog, _ = emulate(f, x)
+    split = [ln.kernel for ln in prog.launches if "row slices" in ln.kernel.note]
+    assert split and all(k.blocks >= 8 for k in split)
 
 
 def test_column_lanes_grow_for_few_long_columns():
-    from needle.codegen.cuda.schedule import COLUMN_TY, COLUMN_TY_MAX, column_lanes
+    from needle.codegen.cuda.columns import COLUMN_TY, COLUMN_TY_MAX, column_lanes
     assert column_lanes(1, 8192) == COLUMN_TY_MAX      # BatchNorm statistics of 16 channels
     assert column_lanes(320, 1024) == COLUMN_TY        # a 10k-column bias gradient: grid full
     assert column_lanes(1, 100) == COLUMN_TY           # short columns keep their 8 lanes
@@ -199,6 +217,16 @@ def test_matmul_transposed_operands_and_epilogue():
         return ndl.ops.relu(ndl.ops.transpose(x) @ ndl.ops.transpose(w) + c.reshape((1, 19)).broadcast_to((41, 19)))
     prog, _ = emulate(f, a, b, bias)
     assert "gemm" in hows(prog)
+
+
+def test_big_tile_gemm_odd_sizes():
+    """128x128 tiles (8x8 per thread) on a GEMM with partial tiles on both sides."""
+    prog, _ = emulate(lambda a, b: ndl.ops.relu(a @ b), rnd(1500, 9), rnd(9, 1730))
+    assert "tiled GEMM 128x128x8, 8x8 per thread" in prog.launches[0].kernel.note
+    if shutil.which("nvcc"):
+        from needle.codegen.cuda.build import compile_object
+        messages = compile_object(prog.source(), "sm_90")
+        assert "warning" not in messages.lower(), messages
 
 
 def _split_launches(prog):

@@ -194,7 +194,7 @@ class _Builder(SplitPath, ProgramBuilder):
         reason = "forced"
         if not (self.force_split if force_split is None else force_split):
             try:
-                lk = lower(sub, self.name())
+                lk = lower(sub, self.name(), column_blocks=False)
                 check_known(lk)
                 self.emit_loop_kernel(lk, leaves, in_locs, out_locs)
                 return "lowered", ""
@@ -212,6 +212,9 @@ class _Builder(SplitPath, ProgramBuilder):
         by_name = {f"in{k}": loc for k, loc in enumerate(in_locs)}
         by_name.update({f"out{k}": loc for k, loc in enumerate(out_locs)})
         for kernel in bind_all(lk, lk.name):
+            for p in kernel.params:  # scratch shared by the launches of a split reduction
+                if p.name not in by_name:
+                    by_name[p.name] = self.scratch(4 * p.size)
             self.launch(kernel, [by_name[p.name] for p in kernel.params], note)
 
     # ---- extern groups ---------------------------------------------------------------

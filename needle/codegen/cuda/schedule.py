@@ -36,11 +36,6 @@ from .gpu_ir import (Assign, Barrier, Decl, GParam, GpuKernel, IAnd, IDecl, If, 
 #: reductions over at most this many elements run serially, one thread per output
 SERIAL_MAX = 32
 MAX_BLOCK = 256
-COLUMN_TX, COLUMN_TY = 32, 8
-#: a column reduction whose grid has fewer threads than this (few, long columns: BatchNorm
-#: statistics, bias gradients) gets up to COLUMN_TY_MAX lanes per column, each keeping at
-#: least COLUMN_MIN_PER_LANE of the reduced elements
-COLUMN_FEW_THREADS, COLUMN_TY_MAX, COLUMN_MIN_PER_LANE = 32768, 32, 16
 
 
 class ScheduleError(NotImplementedError):
@@ -160,21 +155,30 @@ def _block_size(n: int) -> int:
 
 def bind(lk: LoopKernel, name: str | None = None, restrict=True, schedule: str | None = None) -> GpuKernel:
     """The GPU kernel of a loop kernel; `schedule` forces pointwise/row/column."""
+    return bind_kernels(lk, name, restrict, schedule, split=False)[0]
+
+
+def bind_kernels(lk: LoopKernel, name: str | None = None, restrict=True, schedule: str | None = None,
+                 split: bool = True) -> list:
+    """`bind`, except that with `split` a column reduction of few long columns may become two
+    launches (`columns.split_column_reduce`: partials per slice of rows, then the rest)."""
     name = name or lk.name
     loops, inner = perfect_nest(lk.body)
     params = _params(lk, restrict)
     if not _has_acc(inner):
-        return pointwise(name, params, loops, inner)
+        return [pointwise(name, params, loops, inner)]
     rmax = max([prod(lp.extent for lp in perfect_nest((s,))[0]) for s in inner if isinstance(s, For)] + [1])
     choice = schedule or _choose(loops, inner, rmax)
     nested = [s for s in walk_stmts(inner) if isinstance(s, AccInit) and s not in inner]
     if nested:  # accumulators inside inner loops: each thread runs the statements as they are
         choice = "pointwise"
     if choice == "pointwise":
-        return pointwise(name, params, loops, inner, note=f"reduction of {rmax} per thread")
+        return [pointwise(name, params, loops, inner, note=f"reduction of {rmax} per thread")]
     if choice == "column" and loops:
-        return column_reduce(name, params, loops, inner, rmax)
-    return row_reduce(name, params, loops, inner, rmax)
+        from .columns import column_reduce, split_column_reduce  # columns.py builds on this module
+        parts = split_column_reduce(name, params, loops, inner, rmax) if split and schedule is None else None
+        return parts or [column_reduce(name, params, loops, inner, rmax)]
+    return [row_reduce(name, params, loops, inner, rmax)]
 
 
 def bind_all(lk: LoopKernel, name: str | None = None, restrict=True, schedule: str | None = None) -> list:
@@ -184,16 +188,14 @@ def bind_all(lk: LoopKernel, name: str | None = None, restrict=True, schedule: s
     per nest, a launch boundary being the global barrier between them. A nest whose store
     accumulates into the element it reads (`buf[I] = buf[I] + v`, or the NaN-propagating
     max) is a reduction over the loops that I does not name: it is rebuilt as an
-    accumulator over those loops, inside loops over I's, and bound like any reduction. A
-    parallel loop around several nests is first distributed over them (`_distribute_parallel`)."""
+    accumulator over those loops, inside loops over I's, and bound like any reduction."""
     name = name or lk.name
-    body = _distribute_parallel(tuple(lk.body))
-    lk = LoopKernel(lk.name, lk.params, body)
+    body = tuple(lk.body)
     if len(body) <= 1 or any(isinstance(s, AccInit) for s in body):
-        return [bind(lk, name, restrict, schedule)]
+        return bind_kernels(lk, name, restrict, schedule)
     merged = _merge_column_phases(lk)
     if merged is not None:
-        return [bind(merged, name, restrict, schedule)]
+        return bind_kernels(merged, name, restrict, schedule)
     out = []
     for k, s in enumerate(body):
         if not _stores((s,)):
@@ -204,22 +206,8 @@ def bind_all(lk: LoopKernel, name: str | None = None, restrict=True, schedule: s
             if not _has_acc(part.body) and not _parallel_safe(part):
                 out.append(_single_thread(part, f"{name}_p{k}", restrict))
                 continue
-        out.append(bind(part, f"{name}_p{k}", restrict, schedule if _has_acc(part.body) else None))
+        out += bind_kernels(part, f"{name}_p{k}", restrict, schedule if _has_acc(part.body) else None)
     return out
-
-
-def _distribute_parallel(body: tuple) -> tuple:
-    """A body that is one `parallel` loop over several nests (lower's column blocks: each block
-    of columns zeroes, accumulates and updates its own columns) as one copy of that loop
-    around each nest. Its iterations are independent, so running every block's first nest
-    before any block's second changes nothing; the GPU then binds the nests (the column
-    phases merged into one reduction) instead of running each block on one thread."""
-    if len(body) != 1 or not isinstance(body[0], For) or body[0].kind != "parallel" or len(body[0].body) < 2:
-        return body
-    loop = body[0]
-    if any(isinstance(s, AccInit) for s in loop.body):
-        return body
-    return tuple(For(loop.var, loop.extent, loop.kind, (s,)) for s in loop.body)
 
 
 def _stores(stmts):
@@ -400,17 +388,6 @@ def _choose(loops, inner, rmax) -> str:
     return "column" if col > row else "row"
 
 
-def column_lanes(blocks: int, rmax: int) -> int:
-    """Threads per column (`ty` lanes) of a column reduction of `blocks` blocks reducing
-    `rmax` elements per column: COLUMN_TY, doubled while the grid is small and the columns
-    long (see COLUMN_FEW_THREADS)."""
-    ty = COLUMN_TY
-    while (ty < COLUMN_TY_MAX and blocks * COLUMN_TX * ty < COLUMN_FEW_THREADS
-           and rmax >= 2 * ty * COLUMN_MIN_PER_LANE):
-        ty *= 2
-    return ty
-
-
 def pointwise(name, params, loops, inner, note="") -> GpuKernel:
     total = prod(lp.extent for lp in loops)
     B = _block_size(total)
@@ -516,40 +493,5 @@ def row_reduce(name, params, loops, inner, rmax) -> GpuKernel:
                      note=f"row reduction: {total} blocks of {B} threads, {rmax} elements per block")
 
 
-def column_reduce(name, params, loops, inner, rmax: int = 0) -> GpuKernel:
-    TX = COLUMN_TX
-    last = loops[-1]
-    chunks = -(-last.extent // TX)
-    rest = loops[:-1]
-    total = prod(lp.extent for lp in rest) * chunks
-    TY = column_lanes(total, rmax)
-    shared: list = []
-    body = [IDecl("chunk", _mod(IVar("bx"), chunks))]
-    if rest:
-        body.append(IDecl("orow", _div(IVar("bx"), chunks)))
-        body += decode(IVar("orow"), rest)
-    body.append(IDecl(last.var, _add(_mul(IVar("chunk"), IConst(TX)), IVar("tx"))))
-    valid = ICmp("lt", IVar(last.var), IConst(last.extent))
-
-    def tree(acc, op):
-        sm = f"{acc}_s"
-        shared.append(Shared(sm, TX * TY))
-        tx, ty = IVar("tx"), IVar("ty")
-        out = [SStore(sm, _add(_mul(ty, IConst(TX)), tx), Var(acc)), Barrier()]
-        s = TY // 2
-        while s >= 1:
-            out.append(If(ICmp("lt", ty, IConst(s)), (
-                AccUpdate(acc, op, SLoad(sm, _add(_mul(_add(ty, IConst(s)), IConst(TX)), tx))),
-                SStore(sm, _add(_mul(ty, IConst(TX)), tx), Var(acc)))))
-            out.append(Barrier())
-            s //= 2
-        out.append(Assign(acc, SLoad(sm, tx)))
-        return out
-
-    body += _distribute(inner, "ty", TY, valid, tree, {})
-    return GpuKernel(name, params, (total, 1, 1), (TX, TY, 1), tuple(body), tuple(shared),
-                     note=f"column reduction: {total} blocks of {TX}x{TY} threads")
-
-
-__all__ = ["bind", "bind_all", "pointwise", "row_reduce", "column_reduce", "block_reduce", "decode", "perfect_nest",
-           "serial", "ScheduleError"]
+__all__ = ["bind", "bind_all", "pointwise", "row_reduce", "block_reduce", "decode", "perfect_nest", "serial",
+           "ScheduleError"]

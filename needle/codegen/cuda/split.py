@@ -122,7 +122,7 @@ class SplitPath:
         hard = [n.id for n in sub.nodes if n.op in HARD_OPS]
         if not hard:  # nothing to materialise: the rest must lower, or this would recurse
             try:
-                check_known(lower(sub))
+                check_known(lower(sub, column_blocks=False))
             except (LoweringError, UnknownLoopIR) as e:
                 raise CudaCodegenError(f"cannot lower {sorted({n.op for n in sub.nodes})}: {e}") from e
         for h in hard:

@@ -81,11 +81,16 @@ class Tile:
         return (self.BM // self.TM) * (self.BN // self.TN)
 
 
-TILES = {"64x64": Tile(64, 64, 16, 4, 4), "32x32": Tile(32, 32, 16, 2, 2), "16x64": Tile(16, 64, 16, 1, 4),
-         "64x16": Tile(64, 16, 16, 4, 1)}
+TILES = {"128x128": Tile(128, 128, 8, 8, 8), "64x64": Tile(64, 64, 16, 4, 4), "32x32": Tile(32, 32, 16, 2, 2),
+         "16x64": Tile(16, 64, 16, 1, 4), "64x16": Tile(64, 16, 16, 4, 1)}
+#: 128x128 tiles (8x8 outputs per thread: twice the FMAs per shared-memory load of 4x4)
+#: once they alone make at least this many blocks
+BIG_TILE_BLOCKS = 128
 
 
 def choose_tile(M, N) -> Tile:
+    if M >= 128 and N >= 128 and (M // 128) * (N // 128) >= BIG_TILE_BLOCKS:
+        return TILES["128x128"]
     if M <= 16 and N > 32:
         return TILES["16x64"]
     if N <= 16 and M > 32:
