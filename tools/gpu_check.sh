@@ -48,5 +48,5 @@ if [ "$bench" = 1 ]; then
     timeout "${BENCH_TIMEOUT:-240}" python3 benchmarks/bench_workloads.py --device cuda \
         --only "${BENCH_ONLY:-M1,M2,M3,M4,M5,T1,T2,T3,T4}" --repeats 10 2>"$OUT/bench.err" | tee "$OUT/bench.md"
     echo "bench: rc $?"; grep -i "fail\|error" "$OUT/bench.err" | head -5
-
 fi
+exit 0
