@@ -25,7 +25,7 @@ from math import prod
 from ..loop_ir import (AccInit, AccRef, AccUpdate, For, iadd, ICmp, IConst, idiv, imod, imul, IVar, Load, Store,
                        walk_exprs)
 from .gpu_ir import Assign, Barrier, GParam, GpuKernel, IAnd, IDecl, If, Shared, SLoad, SStore, Var, walk_stmts
-from .schedule import _acc_reads, _acc_updates, _distribute, decode, perfect_nest, serial
+from .nests import acc_reads, acc_updates, decode, distribute, perfect_nest, serial
 
 COLUMN_TX, COLUMN_TY = 32, 8
 #: a column reduction whose grid has fewer threads than this (few, long columns: BatchNorm
@@ -84,7 +84,7 @@ def column_reduce(name, params, loops, inner, rmax: int = 0) -> GpuKernel:
     body, valid, total = _column_decls(loops, IVar("bx"))
     TY = column_lanes(total, rmax)
     shared: list = []
-    body += _distribute(inner, "ty", TY, valid, lambda a, op: _tree(a, op, TY, shared), {})
+    body += distribute(inner, "ty", TY, valid, lambda a, op: _tree(a, op, TY, shared), {})
     return GpuKernel(name, params, (total, 1, 1), (COLUMN_TX, TY, 1), tuple(body), tuple(shared),
                      note=f"column reduction: {total} blocks of {COLUMN_TX}x{TY} threads")
 
@@ -110,12 +110,12 @@ def _phases(inner):
         return None
     acc, op = inner[0].acc, inner[0].op
     k = 1
-    while k < len(inner) and _acc_updates(inner[k]):
-        if not isinstance(inner[k], For) or acc in _acc_reads(inner[k]):
+    while k < len(inner) and acc_updates(inner[k]):
+        if not isinstance(inner[k], For) or acc in acc_reads(inner[k]):
             return None
         k += 1
     reduce, rest = list(inner[1:k]), list(inner[k:])
-    if not reduce or any(_acc_updates(s) for s in rest):
+    if not reduce or any(acc_updates(s) for s in rest):
         return None
     passes = [s for s in rest if isinstance(s, For)]
     kept = [s for s in rest if not isinstance(s, For)]

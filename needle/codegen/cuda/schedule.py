@@ -16,12 +16,11 @@ inside it run once per outer point. Three schedules:
   through shared memory, so every thread holds the total (a second pass over the reduced
   elements, e.g. `e / sum(e)`, then runs on all threads). Statements outside loops (the
   reduced-shape stores) run on thread 0.
-* **column reduction** (the innermost outer loop is the contiguous one): blocks of
-  32 x 8 threads (32 x 16 or 32 x 32 when the grid would be small and the columns long:
-  `column_lanes`); `tx` walks 32 consecutive outer points (coalesced), `ty` strides over the
-  reduced elements; partials are combined across `ty` by a shared-memory tree with a
-  barrier per level. Threads past the end of the outer loop (a partial block) keep
-  identity partials and still reach every barrier.
+* **column reduction** (the innermost outer loop is the contiguous one): blocks of 32 x 8
+  threads, `tx` across 32 consecutive outer points, `ty` over the reduced elements; few long
+  columns take two launches over slices of the rows (columns.py, which holds both).
+
+The loop nests' decoding, serial running and spreading over lanes are in nests.py.
 """
 from __future__ import annotations
 
@@ -30,8 +29,10 @@ from math import prod
 from ..loop_ir import (ACC_COMBINE, ACC_IDENTITY, AccInit, AccRef, AccUpdate, Binary, Cmp, coefficient, FConst, For,
                        iadd, ICmp, IConst, idiv, imod, imul, IVar, ivars, Load, LoopKernel, operands, Select, Store,
                        Unary, walk_exprs)
-from .gpu_ir import (Assign, Barrier, Decl, GParam, GpuKernel, IAnd, IDecl, If, Shared, Shfl, SLoad, SStore, Var,
+from .columns import column_reduce, split_column_reduce
+from .gpu_ir import (Assign, Barrier, Decl, GParam, GpuKernel, IDecl, If, Shared, Shfl, SLoad, SStore, Var,
                      walk_stmts)
+from .nests import decode, distribute, has_acc, perfect_nest, serial
 
 #: reductions over at most this many elements run serially, one thread per output
 SERIAL_MAX = 32
@@ -40,104 +41,6 @@ MAX_BLOCK = 256
 
 class ScheduleError(NotImplementedError):
     pass
-
-
-def _div(a, b):
-    return idiv(a, b)
-
-
-def _mod(a, b):
-    return imod(a, b)
-
-
-def _add(a, b):
-    return iadd(a, b)
-
-
-def _mul(a, b):
-    return imul(a, b)
-
-
-def decode(lin, loops) -> list:
-    """IDecls of each loop's variable from a linear index over the loops' extents (the
-    last loop fastest)."""
-    out = []
-    stride = 1
-    strides = []
-    for lp in reversed(loops):
-        strides.append(stride)
-        stride *= lp.extent
-    strides.reverse()
-    for k, (lp, st) in enumerate(zip(loops, strides)):
-        e = _div(lin, st)
-        if k > 0:
-            e = _mod(e, lp.extent)
-        out.append(IDecl(lp.var, e))
-    return out
-
-
-def perfect_nest(body):
-    """(loops, inner body) of the outermost perfect nest of `body`."""
-    loops = []
-    while len(body) == 1 and isinstance(body[0], For):
-        loops.append(body[0])
-        body = body[0].body
-    return loops, tuple(body)
-
-
-def serial(stmts) -> tuple:
-    """Loop-IR statements as per-thread GPU statements (loops run serially). A run of
-    several stores computes every value before storing any: an output may share memory
-    with an input (the memory plan's in-place reuse), so a store must not precede a load
-    of the same element by a later store's expression."""
-    out = []
-    run: list = []
-
-    def flush():
-        if len(run) > 1:
-            base = sum(1 for x in out if isinstance(x, Decl))
-            names = [f"v{base + k}" for k in range(len(run))]
-            out.extend(Decl(n, st.value) for n, st in zip(names, run))
-            out.extend(Store(st.buf, st.index, Var(n)) for n, st in zip(names, run))
-        else:
-            out.extend(run)
-        run.clear()
-
-    for s in stmts:
-        if isinstance(s, Store):
-            written = {st.buf for st in run}
-            if any(isinstance(e, Load) and e.buf in written for e in walk_exprs(s.value)):
-                flush()  # this store reads what the run stored: it comes after those stores
-            run.append(s)
-            continue
-        flush()
-        if isinstance(s, For):
-            out.append(For(s.var, s.extent, "serial", serial(s.body)))
-        else:
-            out.append(s)
-    flush()
-    return tuple(out)
-
-
-def _has_acc(stmts) -> bool:
-    return any(isinstance(s, AccInit) for s in walk_stmts(stmts))
-
-
-def _acc_reads(s) -> set:
-    out = set()
-    for x in walk_stmts((s,)):
-        vals = []
-        if isinstance(x, (Store, AccUpdate)):
-            vals.append(x.value)
-        for v in vals:
-            for e in walk_exprs(v):
-                if isinstance(e, AccRef):
-                    out.add(e.acc)
-    return out
-
-
-def _acc_updates(s) -> set:
-    return {x.acc for x in walk_stmts((s,)) if isinstance(x, AccUpdate)}
 
 
 def _params(lk: LoopKernel, restrict=True) -> tuple:
@@ -165,7 +68,7 @@ def bind_kernels(lk: LoopKernel, name: str | None = None, restrict=True, schedul
     name = name or lk.name
     loops, inner = perfect_nest(lk.body)
     params = _params(lk, restrict)
-    if not _has_acc(inner):
+    if not has_acc(inner):
         return [pointwise(name, params, loops, inner)]
     rmax = max([prod(lp.extent for lp in perfect_nest((s,))[0]) for s in inner if isinstance(s, For)] + [1])
     choice = schedule or _choose(loops, inner, rmax)
@@ -175,7 +78,6 @@ def bind_kernels(lk: LoopKernel, name: str | None = None, restrict=True, schedul
     if choice == "pointwise":
         return [pointwise(name, params, loops, inner, note=f"reduction of {rmax} per thread")]
     if choice == "column" and loops:
-        from .columns import column_reduce, split_column_reduce  # columns.py builds on this module
         parts = split_column_reduce(name, params, loops, inner, rmax) if split and schedule is None else None
         return parts or [column_reduce(name, params, loops, inner, rmax)]
     return [row_reduce(name, params, loops, inner, rmax)]
@@ -201,12 +103,12 @@ def bind_all(lk: LoopKernel, name: str | None = None, restrict=True, schedule: s
         if not _stores((s,)):
             continue  # a nest that stores nothing (lower may leave an empty tail)
         part = LoopKernel(f"{name}_p{k}", lk.params, (s,))
-        if not _has_acc((s,)):
+        if not has_acc((s,)):
             part = _carried_to_accumulator(part) or part
-            if not _has_acc(part.body) and not _parallel_safe(part):
+            if not has_acc(part.body) and not _parallel_safe(part):
                 out.append(_single_thread(part, f"{name}_p{k}", restrict))
                 continue
-        out += bind_kernels(part, f"{name}_p{k}", restrict, schedule if _has_acc(part.body) else None)
+        out += bind_kernels(part, f"{name}_p{k}", restrict, schedule if has_acc(part.body) else None)
     return out
 
 
@@ -394,7 +296,7 @@ def pointwise(name, params, loops, inner, note="") -> GpuKernel:
     grid = (max(1, -(-total // B)), 1, 1)
     body = []
     if loops:
-        body.append(IDecl("gid", _add(_mul(IVar("bx"), IConst(B)), IVar("tx"))))
+        body.append(IDecl("gid", iadd(imul(IVar("bx"), IConst(B)), IVar("tx"))))
         guarded = decode(IVar("gid"), loops) + list(serial(inner))
         body.append(If(ICmp("lt", IVar("gid"), IConst(total)), tuple(guarded)))
     else:
@@ -425,7 +327,7 @@ def block_reduce(acc, op, B, shared: list) -> list:
     sm = f"{acc}_s"
     shared.append(Shared(sm, nw + 1))
     tx = IVar("tx")
-    out.append(If(ICmp("eq", _mod(tx, 32), IConst(0)), (SStore(sm, _div(tx, 32), Var(acc)),)))
+    out.append(If(ICmp("eq", imod(tx, 32), IConst(0)), (SStore(sm, idiv(tx, 32), Var(acc)),)))
     out.append(Barrier())
     stage = [Assign(acc, Select(ICmp("lt", tx, IConst(nw)), SLoad(sm, tx), FConst(ACC_IDENTITY[op])))]
     stage += warp_reduce(acc, op, tmp, nw)
@@ -436,59 +338,12 @@ def block_reduce(acc, op, B, shared: list) -> list:
     return out
 
 
-def _distribute(inner, lane: str, nlanes: int, guard, reduce_fn, accs_out: dict) -> list:
-    """The statements of one outer point spread over `nlanes` threads (`lane` their index):
-    loop nests strided over the lanes, other statements on lane 0; accumulators reduced
-    across lanes (reduce_fn) before their first read."""
-    out = []
-    accs: dict = {}
-    pending: set = set()
-    stored: set = set()
-    lv = IVar(lane)
-    for n, s in enumerate(inner):
-        if isinstance(s, AccInit):
-            accs[s.acc] = s.op
-            out.append(s)
-            continue
-        for a in sorted(_acc_reads(s) & pending):
-            out += reduce_fn(a, accs[a])
-            pending.discard(a)
-        loads = {e.buf for x in walk_stmts((s,)) if isinstance(x, (Store, AccUpdate))
-                 for e in walk_exprs(x.value) if isinstance(e, Load)}
-        if loads & stored:  # global values written by other threads of the block
-            out.append(Barrier())
-            stored.clear()
-        if isinstance(s, For):
-            nest, body = perfect_nest((s,))
-            R = prod(lp.extent for lp in nest)
-            rv = f"r{n}"
-            cond = ICmp("lt", IVar(rv), IConst(R))
-            if guard is not None:
-                cond = IAnd(guard, cond)
-            work = (If(cond, tuple(decode(IVar(rv), nest)) + serial(body)),)
-            if R <= nlanes:
-                out += [IDecl(rv, lv), *work]
-            else:
-                kv = f"k{n}"
-                lane_r = IDecl(rv, _add(_mul(IVar(kv), IConst(nlanes)), lv))
-                out.append(For(kv, -(-R // nlanes), "serial", (lane_r,) + work))
-        else:
-            cond = ICmp("eq", lv, IConst(0))
-            if guard is not None:
-                cond = IAnd(guard, cond)
-            out.append(If(cond, serial((s,))))
-        pending |= _acc_updates(s)
-        stored |= {x.buf for x in walk_stmts((s,)) if isinstance(x, Store)}
-    accs_out.update(accs)
-    return out
-
-
 def row_reduce(name, params, loops, inner, rmax) -> GpuKernel:
     total = prod(lp.extent for lp in loops)
     B = _block_size(rmax)
     shared: list = []
     body = decode(IVar("bx"), loops) if loops else []
-    body += _distribute(inner, "tx", B, None, lambda a, op: block_reduce(a, op, B, shared), {})
+    body += distribute(inner, "tx", B, None, lambda a, op: block_reduce(a, op, B, shared), {})
     return GpuKernel(name, params, (max(total, 1), 1, 1), (B, 1, 1), tuple(body), tuple(shared),
                      note=f"row reduction: {total} blocks of {B} threads, {rmax} elements per block")
 
