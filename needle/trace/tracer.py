@@ -24,7 +24,11 @@ from ..errors import NeedleError, user_frame
 from ..ir.graph import Graph, Node, SourceLoc, TensorType, make_attrs
 from ..ir.op_table import OPS
 
-_local = threading.local()
+class _Local(threading.local):
+    builder: Optional["GraphBuilder"] = None   # a class default: no AttributeError per lookup
+
+
+_local = _Local()
 
 
 class _TracerModule(types.ModuleType):
@@ -33,12 +37,12 @@ class _TracerModule(types.ModuleType):
 
     @property
     def ACTIVE(self) -> Optional["GraphBuilder"]:
-        return getattr(_local, "builder", None)
+        return _local.builder
 
 
 def active() -> Optional["GraphBuilder"]:
     """The builder of the calling thread's trace in progress, or None."""
-    return getattr(_local, "builder", None)
+    return _local.builder
 
 #: largest constant folded into the IR as a literal; larger ones are captured inputs
 MAX_LITERAL = 1024
