@@ -117,18 +117,6 @@ def test_layernorm(shape):
     emulate(lambda a: ln(a), x)
 
 
-@pytest.mark.parametrize("shape", [(100, 10), (4000, 3), (13, 64)])
-def test_column_sums_batchnorm_statistics(shape):
-    x = rnd(*shape)
-
-    def f(a):
-        mean = ndl.ops.summation(a, axes=(0,)) / shape[0]
-        centred = a - mean.reshape((1, shape[1])).broadcast_to(shape)
-        var = ndl.ops.summation(centred * centred, axes=(0,)) / shape[0]
-        return centred / ((var + 1e-5) ** 0.5).reshape((1, shape[1])).broadcast_to(shape), mean
-    emulate(f, x)
-
-
 def test_a_large_column_sum_binds_as_a_column_reduction():
     """A column sum large enough for lower's CPU column blocks (one parallel loop over blocks of
     columns) is lowered whole for the GPU and bound as a column reduction over all its
@@ -147,20 +135,22 @@ def test_a_large_column_sum_binds_as_a_column_reduction():
     assert kernels[0].name.endswith("_part") and "part" in [p.name for p in kernels[1].params]
 
 
-@pytest.mark.parametrize("shape", [(8192, 16), (3000, 40), (4096, 24)])
-def test_split_column_reduction_batchnorm(shape):
-    """BatchNorm statistics of few channels over many rows: partials per slice of rows, then
-    the normalisation over every slice (two launches, several blocks each)."""
+@pytest.mark.parametrize("shape", [(100, 10), (4000, 3), (13, 64), (8192, 16), (3000, 40), (4096, 24)])
+def test_column_sums_batchnorm_statistics(shape):
+    """BatchNorm statistics; few channels (16 or more, fewer would reduce by rows) over many
+    rows take two launches over slices of the rows: partials, then the normalisation over
+    every slice, several blocks each."""
     x = rnd(*shape)
 
     def f(a):
         mean = ndl.ops.summation(a, axes=(0,)) / shape[0]
         centred = a - mean.reshape((1, shape[1])).broadcast_to(shape)
         var = ndl.ops.summation(centred * centred, axes=(0,)) / shape[0]
-        return centred / ((var + 1e-5) ** 0.5).reshape((1, shape[1])).broadcast_to(shape), var
+        return centred / ((var + 1e-5) ** 0.5).reshape((1, shape[1])).broadcast_to(shape), mean, var
     prog, _ = emulate(f, x)
     split = [ln.kernel for ln in prog.launches if "row slices" in ln.kernel.note]
-    assert split and all(k.blocks >= 8 for k in split)
+    if shape[0] >= 3000 and shape[1] >= 16:
+        assert split and all(k.blocks >= 8 for k in split)
 
 
 def test_column_lanes_grow_for_few_long_columns():
