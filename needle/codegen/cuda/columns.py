@@ -12,8 +12,8 @@ e.g. BatchNorm statistics over the rows of (N*H*W, C) or a bias gradient over a 
   the GPU idle): the rows are cut into P slices, one block per (slice, 32 columns). The
   first launch (`<name>_part`) runs the reduction nest over its slice (and the stores inside
   that nest) and writes one partial per column to the scratch parameter `part`; the second
-  combines the P partials of its columns in slice order (the same total in every block:
-  deterministic), runs the passes over its slice, and block 0 of each column chunk the
+  combines the P partials of its columns in one fixed order (the same bits in every block
+  and every run), runs the passes over its slice, and block 0 of each column chunk the
   statements after them (the kept-shape stores). Used when the kernel has one accumulator,
   reduced before anything reads it, and no pass or kept-shape store reads what another
   block writes in the same launch.
