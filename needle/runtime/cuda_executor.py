@@ -120,10 +120,9 @@ def _launch_profiles(graph, plan: KernelPlan, program: CudaProgram) -> list:
         if g is None:  # the output copies
             out.append(_profile.StepProfile(f"{k.name} [{schedule}] output copy", 0, nbytes))
             continue
-        base = _profile.step_profile(g, g.subgraph(graph), None, where="cuda")
-        flops = 0 if ln.group in seen else base.flops
+        step = _profile.step_profile(g, g.subgraph(graph), None, head=f"{k.name} [{schedule}]")
+        out.append(_profile.StepProfile(step.label, 0 if ln.group in seen else step.flops, nbytes))
         seen.add(ln.group)
-        out.append(_profile.StepProfile(f"{k.name} [{schedule}] {base.label.split('] ', 1)[-1]}", flops, nbytes))
     return out
 
 

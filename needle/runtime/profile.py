@@ -78,10 +78,12 @@ class StepProfile:
         self.seconds = 0.0
 
 
-def step_profile(group, subgraph, kernel, epilogue: bool = False, where: Optional[str] = None) -> StepProfile:
+def step_profile(group, subgraph, kernel, epilogue: bool = False, where: Optional[str] = None,
+                 head: Optional[str] = None) -> StepProfile:
     """The label and estimates of a step (its group, the group's subgraph, its kernel or None;
     `epilogue`: the elementwise tail split off a GEMM/conv group, labelled `k<id>.epi`;
-    `where` overrides how it runs: llvm, interp, blas, native...)."""
+    `where` overrides how it runs: llvm, interp, blas, native...; `head` replaces the label's
+    `k<id> [kind/where]` start, e.g. a CUDA launch's kernel name and schedule)."""
     work = [n for n in subgraph.nodes if n.op != "input"]
     ops: list[str] = []
     for n in work:
@@ -90,7 +92,9 @@ def step_profile(group, subgraph, kernel, epilogue: bool = False, where: Optiona
     shown = ",".join(ops[:4]) + (f",+{len(ops) - 4}" if len(ops) > 4 else "")
     where = where or ("llvm" if kernel is not None else "interp")
     loc = next((n.loc for n in work if n.loc is not None), None)
-    label = f"k{group.id}{'.epi' if epilogue else ''} [{group.kind}/{where}] {shown}"
+    if head is None:
+        head = f"k{group.id}{'.epi' if epilogue else ''} [{group.kind}/{where}]"
+    label = f"{head} {shown}"
     if loc is not None:
         label += f" @ {os.path.basename(loc.file)}:{loc.line}"
     flops = sum(node_flops(n, subgraph) for n in work)
