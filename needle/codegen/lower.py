@@ -126,6 +126,8 @@ class _Lowerer:
                 raise LoweringError("non-scalar const in a kernel (pass it as an input)")
             return FConst(float(v))
         if op in REDUCTIONS:
+            if not reduced_axes(n, len(self.shape(ins[0]))):  # one element folded: itself
+                return self.val(ins[0], idx)
             if n.id not in self.reds:
                 raise LoweringError(f"reduction %{n.id} is not one of the kernel's")
             if self.simp(idx) != self.reds[n.id]:

@@ -82,6 +82,16 @@ def test_where(shape):
     run_both(graph1("Where", shape, n_in=3), c, np.random.randn(*shape), np.random.randn(*shape))
 
 
+@pytest.mark.parametrize("op", ["Summation", "Max"])
+def test_reduction_of_a_scalar_is_the_value(op):
+    """A reduction over no axes (a 0-d input) folds one element: lower reads the value (it
+    refused the kernel, which then ran on numpy, and made the CUDA path fall back)."""
+    text = ("graph @k {\n  %0 = input() {name=\"x0\", role=\"arg\"} : f32[] cpu\n"
+            f"  %1 = {op}(%0) {{axes=None}} : f32[] cpu\n  %2 = Exp(%1) : f32[] cpu\n  return %2\n}}\n")
+    lower(parse_graph(text))
+    run_both(text, np.float32(np.random.randn()))
+
+
 def test_nan_inf_propagate():
     x = np.random.randn(4, 19).astype(np.float32)
     x[0, :5] = [np.nan, np.inf, -np.inf, 0.0, -0.0]

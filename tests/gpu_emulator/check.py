@@ -118,7 +118,8 @@ def scaled_error(a, b, scale: float) -> float:
     fin = np.isfinite(b64)
     if np.any(np.isfinite(a64) != fin) or np.any(np.isnan(a64) != np.isnan(b64)):
         return float("inf")
-    if np.any(a64[~fin] != b64[~fin]) and not np.all(np.isnan(b64[~fin])):
+    infinite = np.isinf(b64)   # NaN positions match (above); infinities must match in sign
+    if np.any(a64[infinite] != b64[infinite]):
         return float("inf")
     floor = scale * np.sqrt(max(fin.sum(), 1))
     return float(np.linalg.norm(a64[fin] - b64[fin]) / max(np.linalg.norm(b64[fin]), floor, 1e-30))

@@ -59,4 +59,4 @@ def emulate_program(program, inputs, checks: bool = True, trace=None) -> list:
         KernelRun(k, bufs, mem.consts, checks).run()
         if trace is not None:
             trace(ln, mem)
-    return [o[:max(prod(shape), 1)].reshape(shape).copy() for o, shape in zip(mem.outputs, program.outputs)]
+    return [o[:prod(shape)].reshape(shape).copy() for o, shape in zip(mem.outputs, program.outputs)]
