@@ -23,10 +23,10 @@ from needle.testing.fuzz.run import _draw, _Harness
 from tests.gpu_emulator import check_program, reference_values
 from tests.gpu_emulator.check import relative_error
 
-SEEDS = range(0, 120)
-CHUNK = 30
+SEEDS = range(0, 400)
+CHUNK = 50
 #: programs of the seeds above the CUDA path cannot emit (each a reason): at most these
-UNSUPPORTED_AT_MOST = 4
+UNSUPPORTED_AT_MOST = 3
 
 
 @pytest.fixture(autouse=True)
