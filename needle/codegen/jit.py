@@ -88,6 +88,10 @@ def entry_name(key: str) -> str:
     return f"kernels/{key[:2]}/{key}.o"
 
 
+#: the range entry's C type: void (void** args, int64 lo, int64 hi)
+_RANGE_FN = ctypes.CFUNCTYPE(None, ctypes.POINTER(ctypes.c_void_p), ctypes.c_int64, ctypes.c_int64)
+
+
 class _Address(int):
     """A function address that keeps its kernel (and so its code) alive while referenced: the
     native executor records bare addresses, and the in-memory cache may drop the kernel."""
@@ -146,8 +150,6 @@ class Kernel:
             self._engine.set_object_cache(notify, getbuffer)
         self._engine.finalize_object()
         addr = self._engine.get_function_address(self.name)
-        n = len(loop.params)
-        self._fn = ctypes.CFUNCTYPE(None, *([ctypes.c_void_p] * n))(addr)
         #: `void name_range(void** args, int64 lo, int64 hi)`: iterations [lo, hi) of the
         #: kernel's top-level loop (of `range_extent`; 1 = not splittable), for the native executor
         self.range_address = _Address(self._engine.get_function_address(self.name + "_range"), self)
@@ -155,6 +157,10 @@ class Kernel:
             raise RuntimeError(f"kernel {self.name}: entry points missing from its compiled object"
                                + (f" (disk cache entry {entry})" if self.from_disk else ""))
         self.range_extent = range_extent(loop)
+        # Python calls go through the range entry too: its arguments are one array, where a
+        # ctypes call of the plain entry takes at most 1,024 (a stack of 1,500 pieces has more)
+        self._range = _RANGE_FN(self.range_address)
+        self._n_args = len(loop.params)
         self.inputs = loop.inputs
         self.outputs = loop.outputs
 
@@ -168,13 +174,15 @@ class Kernel:
                 raise ValueError(f"input {p.name}: expected shape {p.shape}, got {a.shape}")
             ins.append(a)
         outs = [np.empty(p.shape, dtype=np.float32) for p in self.outputs]
-        self._fn(*[x.ctypes.data for x in ins + outs])
+        self.launch([x.ctypes.data for x in ins + outs])
         return outs
 
     def launch(self, addresses) -> None:
         """Run on raw buffer addresses (inputs then outputs, compact float32, sizes as
         `self.inputs`/`self.outputs` say): the executor's path, with no copies."""
-        self._fn(*addresses)
+        if len(addresses) != self._n_args:
+            raise ValueError(f"kernel {self.name} takes {self._n_args} buffers, got {len(addresses)}")
+        self._range((ctypes.c_void_p * max(self._n_args, 1))(*addresses), 0, self.range_extent)
 
     @property
     def llvm_ir(self) -> str:

@@ -182,34 +182,37 @@ def _tuple_get_item(lw: _Lowerer, n: Node, idx):
     return lw.parts(n.inputs[0])[int(n.attr("index"))][0](idx)
 
 
+def _select_tree(i, values: list, starts: list):
+    """values[k] where starts[k] <= i < starts[k + 1], as a balanced tree of selects on i
+    (depth log2 of the pieces: a stack of 1,500 split pieces made a chain of 1,500 selects,
+    deeper than the recursive walkers over expressions can go)."""
+    if len(values) == 1:
+        return values[0]
+    mid = len(values) // 2
+    return Select(ICmp("lt", i, IConst(starts[mid])), _select_tree(i, values[:mid], starts[:mid]),
+                  _select_tree(i, values[mid:], starts[mid:]))
+
+
 def _stack(lw: _Lowerer, n: Node, idx):
     """A select between the pieces on the new axis."""
     ax = int(n.attr("axis")) % len(idx)
     rest = idx[:ax] + idx[ax + 1:]
     pieces = lw.parts(n.inputs[0])
-    v = pieces[-1][0](rest)
-    for j in range(len(pieces) - 2, -1, -1):
-        v = Select(ICmp("eq", idx[ax], IConst(j)), pieces[j][0](rest), v)
-    return v
+    return _select_tree(idx[ax], [piece(rest) for piece, _ in pieces], list(range(len(pieces))))
 
 
 def _concat(lw: _Lowerer, n: Node, idx):
     """A select between the pieces by the range of the axis index."""
     ax = int(n.attr("axis")) % len(idx)
-    pieces = lw.parts(n.inputs[0])
-    ends, end = [], 0
-    for _, shape in pieces:
-        end += shape[ax]
-        ends.append(end)
-    v = None
-    for j in range(len(pieces) - 1, -1, -1):
-        d = pieces[j][1][ax]
-        if d == 0:
-            continue
-        local = _wrap(iadd(idx[ax], IConst(-(ends[j] - d))), d)
-        pv = pieces[j][0](lw.simp(idx[:ax] + (local,) + idx[ax + 1:]))
-        v = pv if v is None else Select(ICmp("lt", idx[ax], IConst(ends[j])), pv, v)
-    return v
+    values, starts, start = [], [], 0
+    for piece, shape in lw.parts(n.inputs[0]):
+        d = shape[ax]
+        if d:
+            local = _wrap(iadd(idx[ax], IConst(-start)), d)
+            values.append(piece(lw.simp(idx[:ax] + (local,) + idx[ax + 1:])))
+            starts.append(start)
+        start += d
+    return _select_tree(idx[ax], values, starts)
 
 
 def _make_tuple_parts(lw: _Lowerer, src: Node) -> list:

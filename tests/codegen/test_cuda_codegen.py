@@ -324,6 +324,17 @@ def test_stack_concat_unslice_dilate_flip(force_split):
         assert "split" in hows(prog)
 
 
+def test_a_stack_of_1500_pieces():
+    """Stack/Concat select between their pieces by a balanced tree (depth log2 of the pieces):
+    a chain of 1,500 selects was deeper than the recursive walkers over expressions go."""
+    n = 1500
+
+    def f(a):
+        parts = ndl.ops.split(a, 1)
+        return ndl.ops.stack([parts[i] * 2.0 for i in range(n)], 1), ndl.ops.concat([a, a * 3.0], 1)
+    emulate(f, rnd(3, n))
+
+
 def test_split_and_tuple_items():
     x = rnd(3, 4, 5)
 

@@ -57,7 +57,8 @@ def noise(graph, inputs) -> float:
     rng = np.random.default_rng(0)
     worst = 0.0
     for _ in range(3):
-        moved = reference_values(graph, [a * (1 + 1e-6 * rng.standard_normal(a.shape)).astype(np.float32)
+        moved = reference_values(graph, [a if np.all(a == np.round(a)) else   # ids stay ids
+                                         a * (1 + 1e-6 * rng.standard_normal(a.shape)).astype(np.float32)
                                          for a in inputs])
         for v, a in ref.items():
             if isinstance(a, np.ndarray) and a.dtype == np.float32 and v in moved:

@@ -9,6 +9,7 @@ import pytest
 
 pytest.importorskip("llvmlite")
 
+import needle as ndl  # noqa: E402
 from needle.backend_selection import BACKEND  # noqa: E402
 from needle.codegen import compile_kernel, lower  # noqa: E402
 from needle.codegen import jit  # noqa: E402
@@ -90,6 +91,17 @@ def test_reduction_of_a_scalar_is_the_value(op):
             f"  %1 = {op}(%0) {{axes=None}} : f32[] cpu\n  %2 = Exp(%1) : f32[] cpu\n  return %2\n}}\n")
     lower(parse_graph(text))
     run_both(text, np.float32(np.random.randn()))
+
+
+def test_a_kernel_of_1100_buffers_runs_compiled():
+    """A fused kernel of 1,100 input buffers (a stack of 1,100 tensors) is called through its
+    range entry with one array of addresses: a ctypes call takes at most 1,024 arguments."""
+    xs = [np.random.randn(3).astype(np.float32) for _ in range(1100)]
+
+    def f(*ts):
+        return ndl.stack(list(ts), 1) * 2.0
+    got = ndl.compile(f)(*[ndl.Tensor(x) for x in xs]).numpy()
+    np.testing.assert_allclose(got, 2 * np.stack(xs, 1), rtol=0, atol=0)
 
 
 def test_nan_inf_propagate():
