@@ -161,6 +161,7 @@ class Kernel:
         # ctypes call of the plain entry takes at most 1,024 (a stack of 1,500 pieces has more)
         self._range = _RANGE_FN(self.range_address)
         self._n_args = len(loop.params)
+        self._args_type = ctypes.c_void_p * max(self._n_args, 1)
         self.inputs = loop.inputs
         self.outputs = loop.outputs
 
@@ -182,7 +183,7 @@ class Kernel:
         `self.inputs`/`self.outputs` say): the executor's path, with no copies."""
         if len(addresses) != self._n_args:
             raise ValueError(f"kernel {self.name} takes {self._n_args} buffers, got {len(addresses)}")
-        self._range((ctypes.c_void_p * max(self._n_args, 1))(*addresses), 0, self.range_extent)
+        self._range(self._args_type(*addresses), 0, self.range_extent)
 
     @property
     def llvm_ir(self) -> str:

@@ -15,7 +15,6 @@ the ranks that had not reached it.
 from __future__ import annotations
 
 import atexit
-import functools
 import os
 import sys
 import time
@@ -146,11 +145,7 @@ def barrier() -> None:
 
 
 def timeout_seconds() -> float:
-    return _timeout(os.environ.get("NEEDLE_DIST_TIMEOUT", "300"))
-
-
-@functools.lru_cache(maxsize=8)
-def _timeout(raw: str) -> float:
+    raw = os.environ.get("NEEDLE_DIST_TIMEOUT", "300")
     try:
         value = float(raw)
     except ValueError:

@@ -22,10 +22,9 @@ from __future__ import annotations
 
 from math import prod
 
-from ..loop_ir import (AccInit, AccRef, AccUpdate, For, iadd, ICmp, IConst, idiv, imod, imul, IVar, Load, Store,
-                       walk_exprs)
+from ..loop_ir import AccInit, AccRef, AccUpdate, For, iadd, ICmp, IConst, idiv, imod, imul, IVar, Load, Store
 from .gpu_ir import Assign, Barrier, GParam, GpuKernel, IAnd, IDecl, If, Shared, SLoad, SStore, Var, walk_stmts
-from .nests import acc_reads, acc_updates, decode, distribute, perfect_nest, serial
+from .nests import acc_reads, acc_updates, decode, distribute, loads, perfect_nest, serial, stores
 
 COLUMN_TX, COLUMN_TY = 32, 8
 #: a column reduction whose grid has fewer threads than this (few, long columns: BatchNorm
@@ -89,18 +88,6 @@ def column_reduce(name, params, loops, inner, rmax: int = 0) -> GpuKernel:
                      note=f"column reduction: {total} blocks of {COLUMN_TX}x{TY} threads")
 
 
-def _loads(stmts) -> set:
-    out = set()
-    for x in walk_stmts(stmts):
-        if isinstance(x, (Store, AccUpdate)):
-            out |= {e.buf for e in walk_exprs(x.value) if isinstance(e, Load)}
-    return out
-
-
-def _stored(stmts) -> set:
-    return {x.buf for x in walk_stmts(stmts) if isinstance(x, Store)}
-
-
 def _phases(inner):
     """(accumulator, op, reduction nests, passes, kept-shape statements) of a column kernel
     that split_column_reduce can take, else None."""
@@ -121,8 +108,7 @@ def _phases(inner):
     kept = [s for s in rest if not isinstance(s, For)]
     if rest != passes + kept:  # a pass after a kept-shape store
         return None
-    written = _stored(passes) | _stored(kept)
-    if _loads(passes) & _stored(passes) or _loads(kept) & (written | _stored(reduce)):
+    if loads(passes) & stores(passes) or loads(kept) & stores(passes + kept + reduce):
         return None
     return acc, op, reduce, passes, kept
 

@@ -76,21 +76,29 @@ def has_acc(stmts) -> bool:
     return any(isinstance(s, AccInit) for s in walk_stmts(stmts))
 
 
-def acc_reads(s) -> set:
-    out = set()
-    for x in walk_stmts((s,)):
-        vals = []
+def _values(stmts):
+    """Every expression the statements compute (stores' and accumulator updates' values)."""
+    for x in walk_stmts(stmts):
         if isinstance(x, (Store, AccUpdate)):
-            vals.append(x.value)
-        for v in vals:
-            for e in walk_exprs(v):
-                if isinstance(e, AccRef):
-                    out.add(e.acc)
-    return out
+            yield from walk_exprs(x.value)
+
+
+def acc_reads(s) -> set:
+    return {e.acc for e in _values((s,)) if isinstance(e, AccRef)}
 
 
 def acc_updates(s) -> set:
     return {x.acc for x in walk_stmts((s,)) if isinstance(x, AccUpdate)}
+
+
+def loads(stmts) -> set:
+    """The buffers the statements read."""
+    return {e.buf for e in _values(stmts) if isinstance(e, Load)}
+
+
+def stores(stmts) -> set:
+    """The buffers the statements write."""
+    return {x.buf for x in walk_stmts(stmts) if isinstance(x, Store)}
 
 
 def distribute(inner, lane: str, nlanes: int, guard, reduce_fn, accs_out: dict) -> list:
@@ -110,9 +118,7 @@ def distribute(inner, lane: str, nlanes: int, guard, reduce_fn, accs_out: dict) 
         for a in sorted(acc_reads(s) & pending):
             out += reduce_fn(a, accs[a])
             pending.discard(a)
-        loads = {e.buf for x in walk_stmts((s,)) if isinstance(x, (Store, AccUpdate))
-                 for e in walk_exprs(x.value) if isinstance(e, Load)}
-        if loads & stored:  # global values written by other threads of the block
+        if loads((s,)) & stored:  # global values written by other threads of the block
             out.append(Barrier())
             stored.clear()
         if isinstance(s, For):
@@ -135,9 +141,9 @@ def distribute(inner, lane: str, nlanes: int, guard, reduce_fn, accs_out: dict) 
                 cond = IAnd(guard, cond)
             out.append(If(cond, serial((s,))))
         pending |= acc_updates(s)
-        stored |= {x.buf for x in walk_stmts((s,)) if isinstance(x, Store)}
+        stored |= stores((s,))
     accs_out.update(accs)
     return out
 
 
-__all__ = ["decode", "perfect_nest", "serial", "has_acc", "acc_reads", "acc_updates", "distribute"]
+__all__ = ["decode", "perfect_nest", "serial", "has_acc", "acc_reads", "acc_updates", "loads", "stores", "distribute"]

@@ -211,11 +211,17 @@ class _Builder(SplitPath, ProgramBuilder):
         lk = _rename_loads(lk, consts)
         by_name = {f"in{k}": loc for k, loc in enumerate(in_locs)}
         by_name.update({f"out{k}": loc for k, loc in enumerate(out_locs)})
-        for kernel in bind_all(lk, lk.name):
-            for p in kernel.params:  # scratch shared by the launches of a split reduction
-                if p.name not in by_name:
-                    by_name[p.name] = self.scratch(4 * p.size)
-            self.launch(kernel, [by_name[p.name] for p in kernel.params], note)
+        self.launch_all(bind_all(lk, lk.name), by_name, note)
+
+    def launch_all(self, kernels: list, locs: dict, note="") -> None:
+        """Launch `kernels` in order with their arguments at `locs` (parameter name -> Loc); a
+        parameter not there (the partials a split reduction or a split-K GEMM passes from its
+        first launch to its second) gets scratch, shared by the launches."""
+        for kernel in kernels:
+            for p in kernel.params:
+                if p.name not in locs:
+                    locs[p.name] = self.scratch(4 * p.size)
+            self.launch(kernel, [locs[p.name] for p in kernel.params], note)
 
     # ---- extern groups ---------------------------------------------------------------
     def extern(self, g):
@@ -259,10 +265,8 @@ class _Builder(SplitPath, ProgramBuilder):
             locs.update({n: loc for n, _, loc in fused[1] + fused[2]})
             detail += f"; epilogue of {len(epi)} ops fused"
         if splits > 1:
-            locs["part"] = self.scratch(4 * splits * size)
             detail += f"; split-K in {splits}"
-        for kernel in kernels:
-            self.launch(kernel, [locs[p.name] for p in kernel.params], note=f"{node.op} %{anchor.id}")
+        self.launch_all(kernels, locs, note=f"{node.op} %{anchor.id}")
         if epi and fused is None:
             has = lambda v: v == anchor.id or self.has_buffer(v)  # noqa: E731
             esub, eleaves = expand(self.graph, epi, [o for o in outs if o != anchor.id], has,
