@@ -17,7 +17,7 @@ from .array_math import ArrayMath
 from .blas import init_blas
 from .loading import load_cpu_module, load_cuda_module
 from .shapes import (_as_shape, _builtin_sum, _check_dtype, _compact_strides, _explicit_slice, _is_scalar, _layout,
-                     _norm_axis, _shape_str, prod)
+                     _new_layout, _norm_axis, _shape_str, prod)
 
 
 class BackendDevice:
@@ -165,20 +165,19 @@ class NDArray(ArrayMath):
     def make(shape, strides=None, device=None, handle=None, offset=0):
         """An NDArray with the given fields; a new buffer when handle is None."""
         array = NDArray.__new__(NDArray)
-        array._shape = shape = tuple(map(int, shape))
-        array._strides = _compact_strides(shape) if strides is None else tuple(map(int, strides))
-        array._offset = int(offset)
         array._device = device if device is not None else default_device()
-        if handle is None:
-            if builtins.min(shape, default=1) < 0:
-                raise ValueError(f"negative dimensions are not allowed: {shape}")
-            if prod(shape) >= 2 ** 62 // 4:
-                raise ValueError(f"array of shape {shape} is too large ({prod(shape)} elements of 4 bytes)")
-            array._handle = array._device.Array(prod(shape))
-        else:
-            array._handle = handle
-            if strides is not None or offset:
-                array._check_view()
+        if handle is None:   # a new buffer, compact
+            array._shape, compact, size = _new_layout(shape)
+            array._strides = compact if strides is None else tuple(map(int, strides))
+            array._offset = int(offset)
+            array._handle = array._device.Array(size)
+            return array
+        array._shape = tuple(map(int, shape))
+        array._strides = _compact_strides(array._shape) if strides is None else tuple(map(int, strides))
+        array._offset = int(offset)
+        array._handle = handle
+        if strides is not None or offset:
+            array._check_view()
         return array
 
     def _check_view(self):

@@ -40,6 +40,27 @@ def _layout(shape: tuple) -> tuple:
     return layout
 
 
+_NEW_LAYOUTS: dict = {}
+
+
+def _new_layout(shape) -> tuple:
+    """(shape as ints, compact strides, size) of a new array of `shape`, validated (no
+    negative dimension, addressable) and memoised: allocation is every op's hot path."""
+    key = shape if type(shape) is tuple else tuple(shape)
+    layout = _NEW_LAYOUTS.get(key)
+    if layout is None:
+        ints = tuple(map(int, key))
+        if builtins.min(ints, default=1) < 0:
+            raise ValueError(f"negative dimensions are not allowed: {ints}")
+        size = prod(ints)
+        if size >= 2 ** 62 // 4:
+            raise ValueError(f"array of shape {ints} is too large ({size} elements of 4 bytes)")
+        if len(_NEW_LAYOUTS) > 4096:
+            _NEW_LAYOUTS.clear()
+        layout = _NEW_LAYOUTS[key] = (ints, _compact_strides(ints), size)
+    return layout
+
+
 def _check_dtype(dtype):
     """Accept float32 and bool (stored as float32 0/1, exact); any other requested dtype
     (float16, bfloat16, float64, integers, ...) is a TypeError naming float32."""

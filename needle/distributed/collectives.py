@@ -44,10 +44,11 @@ def _mpi():
 
 def _message(array, comm):
     """An MPI message over a compact cpu NDArray's memory (a numpy view in a world of one)."""
+    handle = array._handle
     if comm is None:
-        return float_view(array._handle.ptr(), array.shape)
+        return float_view(handle.ptr(), array.shape)
     MPI = _mpi()
-    return [MPI.buffer.fromaddress(array._handle.ptr(), 4 * array._handle.size), MPI.FLOAT]
+    return [MPI.buffer.fromaddress(handle.ptr(), 4 * handle.size), MPI.FLOAT]
 
 
 def _floats(message) -> np.ndarray:
@@ -76,7 +77,9 @@ class _Collective(TensorOp, abstract=True):
             host = a if isinstance(a, np.ndarray) else a.numpy()
             self._run(comm, np.ascontiguousarray(host, dtype=np.float32), out, tuple(a.shape))
             return out if isinstance(a, np.ndarray) else array_api.array(out, device=a.device)
-        a = a.compact()   # needle's cpu arrays: MPI reads and writes their memory by address
+        # needle's cpu arrays: MPI reads and writes their memory by address (an eager
+        # collective's Python is its overhead over MPI: kept to these lines)
+        a = a.compact()
         out = type(a).make(self.out_shape(a), device=a.device)
         self._run(comm, _message(a, comm), _message(out, comm), a.shape)
         return out
@@ -144,11 +147,10 @@ class AllReduce(_Collective):
         op._check()
         return op
 
-    def infer(self, a):
-        return tuple(a.shape), a.dtype
+    # infer: Op's (the input's type), so eager calls skip validating
 
     def out_shape(self, a) -> tuple:
-        return tuple(a.shape)
+        return a.shape
 
     def mpi(self, comm, send, recv, shape):
         what = lambda: f"all_reduce({self.op}) of shape {shape}"  # noqa: E731 (formatted only for an error)
@@ -177,9 +179,6 @@ class Broadcast(_Collective):
 
     def __init__(self, src: int = 0):
         self.src = int(src)
-
-    def infer(self, a):
-        return tuple(a.shape), a.dtype
 
     def mpi(self, comm, send, recv, shape):
         _floats(recv)[...] = _floats(send)

@@ -823,3 +823,14 @@ def test_cuda_without_a_gpu_says_so():
 def test_a_huge_shape_is_a_clear_value_error():
     with pytest.raises(ValueError, match=r"too large"):
         nd.empty((2 ** 40, 2 ** 40), device=nd.cpu())
+
+
+def test_new_arrays_validate_their_shape_every_time():
+    """The layout of a new array is memoised per shape: a bad shape still fails on every call,
+    and numpy integer dimensions give a shape of Python ints."""
+    for _ in range(2):
+        with pytest.raises(ValueError, match=r"negative dimensions are not allowed: \(-1, -1\)"):
+            nd.NDArray.make((-1, -1))
+    a = nd.NDArray.make((np.int64(3), 2))
+    assert a.shape == (3, 2) and all(type(s) is int for s in a.shape) and a.strides == (2, 1)
+    assert nd.NDArray.make([3, 2]).shape == (3, 2)
