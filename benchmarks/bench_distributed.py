@@ -7,7 +7,9 @@
    `all_reduce(Tensor)` (eager: output allocation and the MPI call) against mpi4py's raw
    `Allreduce` on the same memory (from the tensor's buffer into a new needle array, as
    all_reduce makes), same run, call by call in alternating order. Overhead = needle's
-   median time / mpi4py's - 1.
+   median time / mpi4py's - 1. And a compiled training step's gradient bucket: the native
+   executor's start and wait steps (`AllReduce.start` / `finish`, in place on needle's
+   memory, moved along by the progress thread) against mpi4py's in-place `Allreduce`.
 2. Compiled T2 (ResNet9, batch 128) and T4 (Transformer LM, batch 16) training steps of
    WORKLOADS.md: `--ranks` processes x 1 thread, each on batch/ranks, with
    DistributedOptimizer, against 1 process x `--ranks` threads on the whole batch. Also the
@@ -75,10 +77,12 @@ def worker_allreduce(repeats: int) -> list:
     import needle.distributed as dist
     from mpi4py import MPI
     from needle.backend_ndarray import NDArray
+    from needle.distributed.collectives import AllReduce
     from needle.host_memory import float_view
 
     dist.init()
     comm = MPI.COMM_WORLD
+    BUCKET = AllReduce("sum", bucket=0)
     rows = []
     for nbytes in SIZES:
         n = nbytes // 4
@@ -94,7 +98,15 @@ def worker_allreduce(repeats: int) -> list:
 
         reps = repeats * 10 if nbytes >= (1 << 20) else repeats * 40
         raw_ms, needle_ms = _paired_medians_ms(raw, lambda: dist.all_reduce(t), reps, comm)
-        rows.append({"bytes": nbytes, "mpi4py_ms": raw_ms, "needle_ms": needle_ms})
+        # a compiled step's gradient bucket, in place on needle memory (zeros: repeated sums
+        # stay finite): the native executor's start and wait steps against mpi4py's in-place
+        # Allreduce on the same buffer
+        held = NDArray(np.zeros(n, dtype=np.float32), device=ndl.cpu())
+        span = float_view(held._handle.ptr(), (n,))
+        raw_in_place_ms, bucket_ms = _paired_medians_ms(
+            lambda: comm.Allreduce(MPI.IN_PLACE, span), lambda: BUCKET.finish(BUCKET.start([span])), reps, comm)
+        rows.append({"bytes": nbytes, "mpi4py_ms": raw_ms, "needle_ms": needle_ms,
+                     "mpi4py_in_place_ms": raw_in_place_ms, "bucket_ms": bucket_ms})
     return rows
 
 
@@ -221,12 +233,15 @@ def main(argv=None) -> None:
     if "allreduce" in only:
         rows = _run([mpiexec, "-n", str(args.ranks), *me, "--worker", "allreduce", "--repeats",
                      str(args.repeats)], one_thread)
-        print("\n| message | mpi4py Allreduce ms | needle all_reduce ms | needle GB/s | overhead |")
-        print("|---|---|---|---|---|")
+        print("\n| message | mpi4py Allreduce ms | needle all_reduce ms | needle GB/s | overhead "
+              "| mpi4py in place ms | needle bucket ms | overhead |")
+        print("|---|---|---|---|---|---|---|---|")
         for r in rows:
             size = f"{r['bytes'] >> 20} MB" if r["bytes"] >= 1 << 20 else f"{r['bytes'] >> 10} KB"
             print(f"| {size} | {r['mpi4py_ms']:.3f} | {r['needle_ms']:.3f} | "
-                  f"{r['bytes'] / r['needle_ms'] / 1e6:.2f} | {100 * (r['needle_ms'] / r['mpi4py_ms'] - 1):+.1f}% |")
+                  f"{r['bytes'] / r['needle_ms'] / 1e6:.2f} | {100 * (r['needle_ms'] / r['mpi4py_ms'] - 1):+.1f}% | "
+                  f"{r['mpi4py_in_place_ms']:.3f} | {r['bucket_ms']:.3f} | "
+                  f"{100 * (r['bucket_ms'] / r['mpi4py_in_place_ms'] - 1):+.1f}% |")
     steps = [w for w in only if w.startswith("T")]
     if steps:
         print(f"\n| step | 1 rank x {args.ranks} threads ms | {args.ranks} ranks x 1 thread ms | speed-up | "

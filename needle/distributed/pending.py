@@ -13,6 +13,7 @@ the requests simply progress in `finish`.
 """
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from typing import Any, Optional
@@ -69,6 +70,7 @@ class _Poller:
 _POLLER = _Poller()
 
 
+@functools.cache
 def _threaded() -> bool:
     from mpi4py import MPI  # requests exist only in a world of more than one
 
