@@ -102,18 +102,12 @@ class Value:
         value = cls.__new__(cls)
         inputs = list(inputs)
         value._init(op, inputs)
-        if LAZY_MODE:
-            return value
-        if op.validates:
-            op.infer(*inputs)
-        # the eager hot path: what an op costs beyond its kernel is these lines
-        arrays = [x.cached_data if x.cached_data is not None else x.realize_cached_data() for x in inputs]
-        try:
-            value.cached_data = op.compute(*arrays)
-        except (ValueError, IndexError, TypeError, RuntimeError) as e:
-            _raise_naming_op(e, op, inputs)
-        if not value.requires_grad:
-            value.op, value.inputs = None, []
+        if not LAZY_MODE:
+            if op.validates:
+                op.infer(*inputs)
+            value.cached_data = _compute(op, [x.realize_cached_data() for x in inputs], inputs)
+            if not value.requires_grad:
+                value.op, value.inputs = None, []
         return value
 
 
@@ -121,18 +115,12 @@ def _compute(op, arrays, inputs):
     """Run an op's eager kernel; backend errors are re-raised naming the op and the shapes."""
     try:
         return op.compute(*arrays)
+    except OpError:
+        raise
     except (ValueError, IndexError, TypeError, RuntimeError) as e:
-        _raise_naming_op(e, op, inputs)
-
-
-def _raise_naming_op(e: Exception, op, inputs) -> None:
-    """Re-raise a backend error of `op`'s kernel naming the op, the input shapes and the
-    user's line (an OpError names them already)."""
-    if isinstance(e, OpError):
-        raise e
-    shapes = ", ".join(str(getattr(x, "shape", "?")) for x in inputs)
-    where = user_location()
-    raise type(e)(f"{op.name}: {e} [input shapes {shapes}]" + (f" (at {where})" if where else "")) from e
+        shapes = ", ".join(str(getattr(x, "shape", "?")) for x in inputs)
+        where = user_location()
+        raise type(e)(f"{op.name}: {e} [input shapes {shapes}]" + (f" (at {where})" if where else "")) from e
 
 
 class TensorTuple(Value):
