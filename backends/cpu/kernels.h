@@ -37,6 +37,10 @@ struct Kernels {
   // on the calling thread (kernels_gemm.inc)
   void (*small_gemm)(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
                      const float* b, int64_t ldb, float* c, int64_t ldc, bool accumulate);
+  // a convolution's GEMM over its patches read in place (kernels_gemm.inc): C[m, n] = the
+  // sum over taps t and channels q < ci of x[off[r] + toff[t] + q] * w[(t * ci + q) * ldw + j]
+  void (*conv_gemm)(int64_t m, int64_t n, int64_t taps, int64_t ci, const float* x, const int64_t* off,
+                    const int64_t* toff, const float* w, int64_t ldw, float* c, int64_t ldc);
   // one row of output tiles of the course's tiled-layout matmul: a (nt, T, T) tiles of A's
   // row, b (nt, pt, T, T), out (pt, T, T)
   void (*tiled_row)(const float* a, const float* b, float* out, int64_t nt, int64_t pt);

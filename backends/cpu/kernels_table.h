@@ -33,6 +33,7 @@ extern const Kernels table = {
     combine_rows<false>,
     combine_rows<true>,
     small_gemm,
+    conv_gemm,
     tiled_row,
 };
 

@@ -13,7 +13,8 @@
 //             per row block by an epilogue kernel's range (the rows still in cache);
 //   conv      NHWC convolution as im2col + GEMM by cache-sized blocks of output pixels
 //             (conv_blocked), or for wide stride-1 convs one GEMM per kernel row and output
-//             row over the padded input (conv_rows), optionally followed per block by an
+//             row over the padded input (conv_rows), or with few output pixels one GEMM
+//             over the patches read in place (conv_in_place), optionally followed by an
 //             epilogue kernel's range (as gemm's); its input gradient as GEMM + col2im, its
 //             weight gradient as im2col + one GEMM;
 //   random    counter-based uniform floats (RandomUniform's splitmix64 streams);
@@ -29,6 +30,7 @@
 #include <cmath>
 #include <cstring>
 #include <mutex>
+#include <optional>
 
 namespace needle {
 namespace cpu {
@@ -181,7 +183,8 @@ class Program {
     const int64_t row = d.kh * d.kw * d.ci, pixels = d.n * d.ho * d.wo;
     const int64_t x = d.n * d.h * d.w * d.ci, w = row * d.co, y = pixels * d.co;
     int64_t cols = d.pointwise() ? 0 : kind == 0 ? conv_scratch_rows(d) * row : pixels * row;
-    if (kind == 0 && by_kernel_rows(d) && d.pad > 0) cols = std::max(cols, padded_floats(d));
+    if (kind == 0 && d.pad > 0 && (by_kernel_rows(d) || d.ci >= CONV_IN_PLACE_MIN_CHANNELS))
+      cols = std::max(cols, padded_floats(d));   // the padded input (conv_rows, conv_in_place)
     const std::vector<int64_t> need = kind == 0 ? std::vector<int64_t>{x, w, y, cols}
                                       : kind == 1 ? std::vector<int64_t>{y, w, x, cols}
                                                   : std::vector<int64_t>{x, y, w, cols};
@@ -420,14 +423,74 @@ class Program {
     };
     if (d.pointwise()) return one_gemm(x, d.ci);   // the input is the patch matrix
     if (threads > 1 && m < CONV_MIN_ROWS * threads && d.co >= 64 * threads) {
-      // few pixels, many channels (a late stage at batch 1): all patches at once, then one
-      // GEMM split across the threads by output channels, so that each thread reads its
-      // share of the weight rather than all of it
+      // few pixels, many channels (a late stage at batch 1): one GEMM over all patches
+      // split across the threads by output channels, so that each thread reads its share of
+      // the weight rather than all of it; with enough channels a tap, the patches read in
+      // place from the padded input (no patch matrix)
+      if (d.ci >= CONV_IN_PLACE_MIN_CHANNELS) {
+        conv_in_place(d, x, wt, out, cols);
+        if (s.fn != nullptr) run_range(s.fn, args.data(), s.p[9], 4096, per_pixel);
+        return;
+      }
       im2col(d, x, cols);
       return one_gemm(cols, row);
     }
     if (by_kernel_rows(d)) conv_rows(d, x, wt, out, cols, epilogue);
     else conv_blocked(d, x, wt, out, cols, epilogue);
+  }
+
+  // The patches of a conv read in place: the padded input (into `xp` when padded), each
+  // output pixel's patch origin in it and each kernel tap's offset from there, for the GEMMs
+  // of kernels().conv_gemm. A tap's channels are a pass of those GEMMs: with few of them the
+  // C tile goes back to memory after few multiply-adds, hence CONV_IN_PLACE_MIN_CHANNELS.
+  static constexpr int64_t CONV_IN_PLACE_MIN_CHANNELS = 64;
+  struct InPlace {
+    const float* src;
+    std::vector<int64_t> off, toff;
+    InPlace(const ConvDims& d, const float* x, float* xp)
+        : src(d.pad == 0 ? x : pad_input(d, x, xp)), off(d.n * d.ho * d.wo), toff(d.kh * d.kw) {
+      const int64_t hp = d.h + 2 * d.pad, wp = d.w + 2 * d.pad;
+      for (int64_t r = 0; r < static_cast<int64_t>(off.size()); ++r) {
+        const int64_t b = r / (d.ho * d.wo), oy = (r / d.wo) % d.ho, ox = r % d.wo;
+        off[r] = ((b * hp + oy * d.st) * wp + ox * d.st) * d.ci;
+      }
+      for (int64_t t = 0; t < d.kh * d.kw; ++t) toff[t] = ((t / d.kw) * wp + t % d.kw) * d.ci;
+    }
+    // out[r0:r1, j0:j1) = the conv's output pixels r0:r1, channels j0:j1
+    void gemm(const ConvDims& d, const float* wt, float* out, int64_t r0, int64_t r1, int64_t j0, int64_t j1) const {
+      kernels().conv_gemm(r1 - r0, j1 - j0, d.kh * d.kw, d.ci, src, off.data() + r0, toff.data(), wt + j0, d.co,
+                          out + r0 * d.co + j0, d.co);
+    }
+  };
+
+  // all output pixels, the channels split across the threads (multiples of 32, the strip of
+  // AVX-512): each thread reads its share of the weight
+  static void conv_in_place(const ConvDims& d, const float* x, const float* wt, float* out, float* xp) {
+    const InPlace patches(d, x, xp);
+    const int64_t nt = pool_num_threads(), per = ((d.co + nt - 1) / nt + 31) / 32 * 32;
+    parallel_chunks((d.co + per - 1) / per, [&](int64_t q) {
+      patches.gemm(d, wt, out, 0, d.n * d.ho * d.wo, q * per, std::min(d.co, (q + 1) * per));
+    });
+  }
+
+  // xp = x zero-padded by d.pad on each side of its rows and columns; returns xp
+  static const float* pad_input(const ConvDims& d, const float* x, float* xp) {
+    const int64_t hp = d.h + 2 * d.pad, wp = d.w + 2 * d.pad;
+    parallel_range(d.n * hp, std::max<int64_t>(1, PAR_THRESHOLD / std::max<int64_t>(wp * d.ci, 1)),
+                   [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        float* dst = xp + r * wp * d.ci;
+        const int64_t y = r % hp - d.pad;
+        if (y < 0 || y >= d.h) {
+          std::memset(dst, 0, sizeof(float) * wp * d.ci);
+          continue;
+        }
+        std::memset(dst, 0, sizeof(float) * d.pad * d.ci);
+        std::memcpy(dst + d.pad * d.ci, x + ((r / hp) * d.h + y) * d.w * d.ci, sizeof(float) * d.w * d.ci);
+        std::memset(dst + (d.pad + d.w) * d.ci, 0, sizeof(float) * d.pad * d.ci);
+      }
+    }, 1);
+    return xp;
   }
 
   // A conv whose output rows are long enough for a GEMM each runs as KH GEMMs per output
@@ -451,21 +514,7 @@ class Program {
   static void conv_rows(const ConvDims& d, const float* x, const float* wt, float* out, float* xp,
                         const Epilogue& epilogue) {
     const int64_t hp = d.h + 2 * d.pad, wp = d.w + 2 * d.pad, run = d.kw * d.ci;
-    const float* src = d.pad == 0 ? x : xp;  // the padded input
-    if (d.pad > 0) parallel_range(d.n * hp, std::max<int64_t>(1, PAR_THRESHOLD / std::max<int64_t>(wp * d.ci, 1)),
-                                  [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {
-        float* dst = xp + r * wp * d.ci;
-        const int64_t y = r % hp - d.pad;
-        if (y < 0 || y >= d.h) {
-          std::memset(dst, 0, sizeof(float) * wp * d.ci);
-          continue;
-        }
-        std::memset(dst, 0, sizeof(float) * d.pad * d.ci);
-        std::memcpy(dst + d.pad * d.ci, x + ((r / hp) * d.h + y) * d.w * d.ci, sizeof(float) * d.w * d.ci);
-        std::memset(dst + (d.pad + d.w) * d.ci, 0, sizeof(float) * d.pad * d.ci);
-      }
-    }, 1);
+    const float* src = d.pad == 0 ? x : pad_input(d, x, xp);
     // chunks of whole output rows, as many as a multiple of the threads (as conv_blocked);
     // the epilogue runs on each output row while it is in L1 (once per chunk, it read
     // SqueezeNet's first conv output back from L3, 1.5 MB a chunk: the step took 20% longer)
@@ -523,19 +572,27 @@ class Program {
     const int64_t chunks = conv_chunks(blocks);
     blocks = (blocks + chunks - 1) / chunks * chunks;
     const int64_t rb = (m + blocks - 1) / blocks, per = blocks / chunks * rb, nt = (m + per - 1) / per;
+    // with enough channels a tap, each block's GEMM reads its patches in place (the scratch
+    // then holds the padded input), else they are gathered into the chunk's buffer first
+    std::optional<InPlace> in_place;
+    if (d.ci >= CONV_IN_PLACE_MIN_CHANNELS) in_place.emplace(d, x, scratch);
     parallel_chunks(nt, [&](int64_t t) {
       float* buf = scratch + t * rb * row;
       for (int64_t r0 = t * per; r0 < std::min(m, (t + 1) * per); r0 += rb) {
         const int64_t r1 = std::min({m, (t + 1) * per, r0 + rb});
-        int64_t b = r0 / (d.ho * d.wo), oy = (r0 / d.wo) % d.ho, ox = r0 % d.wo;  // pixel r0
-        for (int64_t r = r0; r < r1; ++r) {
-          patch(d, x, b, oy, ox, buf + (r - r0) * row);
-          if (++ox == d.wo) {
-            ox = 0;
-            if (++oy == d.ho) oy = 0, ++b;
+        if (in_place) {
+          in_place->gemm(d, wt, out, r0, r1, 0, d.co);
+        } else {
+          int64_t b = r0 / (d.ho * d.wo), oy = (r0 / d.wo) % d.ho, ox = r0 % d.wo;  // pixel r0
+          for (int64_t r = r0; r < r1; ++r) {
+            patch(d, x, b, oy, ox, buf + (r - r0) * row);
+            if (++ox == d.wo) {
+              ox = 0;
+              if (++oy == d.ho) oy = 0, ++b;
+            }
           }
+          gemm_ex(false, false, r1 - r0, d.co, row, buf, row, wt, d.co, out + r0 * d.co, d.co, false);
         }
-        gemm_ex(false, false, r1 - r0, d.co, row, buf, row, wt, d.co, out + r0 * d.co, d.co, false);
         epilogue(r0, r1);
       }
     });

@@ -321,15 +321,19 @@ def test_conv_bias_relu(monkeypatch, k, stride, padding):
     (1, 9, 7, 3, 3, 5, 2, 1), (2, 9, 7, 3, 3, 5, 1, 0), (3, 6, 5, 17, 1, 19, 1, 0), (1, 40, 37, 3, 3, 21, 1, 1),
     (4, 23, 29, 5, 3, 33, 2, 0), (2, 30, 30, 16, 1, 70, 1, 0), (1, 28, 28, 64, 3, 40, 1, 1),
     (1, 9, 8, 16, 3, 200, 1, 1), (2, 9, 9, 8, 3, 197, 2, 0), (2, 30, 52, 5, 5, 24, 1, 2), (1, 20, 50, 8, 3, 16, 1, 0),
-    (1, 15, 101, 3, 3, 64, 2, 0), (2, 9, 100, 5, 3, 24, 2, 1), (1, 8, 150, 4, 5, 16, 3, 2)])
+    (1, 15, 101, 3, 3, 64, 2, 0), (2, 9, 100, 5, 3, 24, 2, 1), (1, 8, 150, 4, 5, 16, 3, 2),
+    (1, 14, 14, 64, 3, 200, 1, 1), (2, 7, 9, 96, 3, 256, 2, 1), (1, 8, 8, 70, 3, 193, 1, 0),
+    (1, 7, 7, 300, 3, 192, 1, 1), (1, 6, 6, 64, 5, 200, 1, 2), (2, 30, 30, 64, 3, 72, 2, 1),
+    (3, 20, 20, 128, 3, 64, 1, 1)])
 def test_conv_epilogue_fused(monkeypatch, three_threads, n, h, w, ci, k, co, stride, padding):
     """A conv's bias + ReLU runs inside the conv step, on each block of output pixels (a 1x1
     stride-1 conv: a GEMM's row blocks): one or several blocks split across threads (in
     equal blocks, as many chunks as a multiple of the threads; few pixels and many channels:
-    one GEMM split by channels; rows of 48 pixels or more and a small weight: one GEMM per
-    kernel row and output row, over the zero-padded input or the input itself, at strides
-    1 to 3), channels not a
-    multiple of the vector width, stride 2, padding 0 to 2, batch 1 and more."""
+    one GEMM split by channels; with 64 channels a kernel tap or more, every GEMM reads the
+    patches in place from the zero-padded input or the input itself, in passes of at most
+    256 channels; rows of 48 pixels or more and a small weight: one GEMM per kernel row and
+    output row, over the zero-padded input or the input itself, at strides 1 to 3),
+    channels not a multiple of the vector width, stride 2, padding 0 to 2, batch 1 and more."""
     def f(x, wt, b):
         out = ndl.ops.conv(x, wt, stride=stride, padding=padding)
         return ndl.ops.relu(out + ndl.ops.broadcast_to(ndl.ops.reshape(b, (1, 1, 1, co)), out.shape))

@@ -210,7 +210,7 @@ class GemmConvSteps:
         if kind == 0:     # program.cc conv_blocked: a block of patches per thread
             most = max(16, _CONV_BLOCK_BYTES // (4 * row), _CONV_MIN_ROWS)
             floats = min(_CONV_THREADS * most, n * ho * wo + most) * row
-            if p > 0:     # or conv_rows (program.cc decides): the zero-padded input
+            if p > 0:     # or conv_rows, conv_in_place (program.cc decides): the zero-padded input
                 floats = max(floats, n * (h + 2 * p) * (wd + 2 * p) * ci)
         else:             # the im2col matrix (patches, or their gradients)
             floats = n * ho * wo * row
