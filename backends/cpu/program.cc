@@ -450,10 +450,10 @@ class Program {
     InPlace(const ConvDims& d, const float* x, float* xp)
         : src(d.pad == 0 ? x : pad_input(d, x, xp)), off(d.n * d.ho * d.wo), toff(d.kh * d.kw) {
       const int64_t hp = d.h + 2 * d.pad, wp = d.w + 2 * d.pad;
-      for (int64_t r = 0; r < static_cast<int64_t>(off.size()); ++r) {
-        const int64_t b = r / (d.ho * d.wo), oy = (r / d.wo) % d.ho, ox = r % d.wo;
-        off[r] = ((b * hp + oy * d.st) * wp + ox * d.st) * d.ci;
-      }
+      int64_t* o = off.data();
+      for (int64_t b = 0; b < d.n; ++b)
+        for (int64_t oy = 0; oy < d.ho; ++oy)
+          for (int64_t ox = 0; ox < d.wo; ++ox) *o++ = ((b * hp + oy * d.st) * wp + ox * d.st) * d.ci;
       for (int64_t t = 0; t < d.kh * d.kw; ++t) toff[t] = ((t / d.kw) * wp + t % d.kw) * d.ci;
     }
     // out[r0:r1, j0:j1) = the conv's output pixels r0:r1, channels j0:j1
