@@ -11,12 +11,14 @@
 //             across the thread pool when the work is large enough;
 //   gemm      batched C = op(A) @ op(B) (gemm_ex: BLAS or small_gemm), optionally followed
 //             per row block by an epilogue kernel's range (the rows still in cache);
-//   conv      NHWC convolution as im2col + GEMM by cache-sized blocks of output pixels
-//             (conv_blocked), or for wide stride-1 convs one GEMM per kernel row and output
-//             row over the padded input (conv_rows), or with few output pixels one GEMM
-//             over the patches read in place (conv_in_place), optionally followed by an
-//             epilogue kernel's range (as gemm's); its input gradient as GEMM + col2im, its
-//             weight gradient as im2col + one GEMM;
+//   conv      NHWC convolution as GEMMs over its patches by cache-sized blocks of output
+//             pixels (conv_blocked), or with few output pixels one GEMM split by output
+//             channels, the patches read in place from the zero-padded input when a kernel
+//             tap has 64 channels or more (InPlace), else gathered first (im2col); or for
+//             wide stride-1 convs one GEMM per kernel row and output row over the padded
+//             input (conv_rows); optionally followed per block by an epilogue kernel's range
+//             (as gemm's); its input gradient as GEMM + col2im, its weight gradient as
+//             im2col + one GEMM;
 //   random    counter-based uniform floats (RandomUniform's splitmix64 streams);
 //   gather / index_add   rows along axis 0 (embedding lookup and its gradient); bad ids
 //             are clamped to a row (the graph's id check reports them);
