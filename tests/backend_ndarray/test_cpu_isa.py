@@ -1,6 +1,7 @@
 """The cpu module's kernels in every instruction set built and usable here (baseline, avx2,
 avx512; backends/cpu/dispatch.cc picks one at import, NEEDLE_CPU_ISA forces one): each
-computes the same results as numpy, tails and NaNs included."""
+computes the same results as numpy, tails and NaNs included (convs reading their patches in
+place: the baseline set's plain loop too)."""
 import os
 import subprocess
 import sys
@@ -71,6 +72,19 @@ KERNELS = textwrap.dedent("""
     X = rng.standard_normal((16, 24)).astype(np.float32)
     Y = rng.standard_normal((24, 32)).astype(np.float32)
     close(nd.matmul_tiled(nd.array(X), nd.array(Y)), X @ Y, rtol=1e-4, atol=1e-4)
+    # convs whose GEMMs read the patches in place (conv_gemm): few pixels split by channels,
+    # and a blocked one at stride 2
+    import needle as ndl
+    from needle.threads import set_num_threads
+    set_num_threads(2)
+    for n, h, ci, co, st in ((1, 7, 64, 130, 1), (2, 9, 72, 40, 2)):
+        X = rng.standard_normal((n, h, h, ci)).astype(np.float32)
+        K = (rng.standard_normal((3, 3, ci, co)) * 0.1).astype(np.float32)
+        P = np.pad(X.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+        ho = (h - 1) // st + 1
+        want = sum(P[:, dy:dy + st * ho:st, dx:dx + st * ho:st, :] @ K[dy, dx] for dy in range(3) for dx in range(3))
+        conv = ndl.compile(lambda x, w: ndl.ops.conv(x, w, stride=st, padding=1))
+        np.testing.assert_allclose(conv(ndl.Tensor(X), ndl.Tensor(K)).numpy(), want, rtol=1e-4, atol=1e-4)
     print("ok", ISA)
 """)
 
