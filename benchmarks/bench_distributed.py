@@ -82,7 +82,7 @@ def worker_allreduce(repeats: int) -> list:
 
     dist.init()
     comm = MPI.COMM_WORLD
-    BUCKET = AllReduce("sum", bucket=0)
+    bucket = AllReduce("sum", bucket=0)
     rows = []
     for nbytes in SIZES:
         n = nbytes // 4
@@ -104,7 +104,7 @@ def worker_allreduce(repeats: int) -> list:
         held = NDArray(np.zeros(n, dtype=np.float32), device=ndl.cpu())
         span = float_view(held._handle.ptr(), (n,))
         raw_in_place_ms, bucket_ms = _paired_medians_ms(
-            lambda: comm.Allreduce(MPI.IN_PLACE, span), lambda: BUCKET.finish(BUCKET.start([span])), reps, comm)
+            lambda: comm.Allreduce(MPI.IN_PLACE, span), lambda: bucket.finish(bucket.start([span])), reps, comm)
         rows.append({"bytes": nbytes, "mpi4py_ms": raw_ms, "needle_ms": needle_ms,
                      "mpi4py_in_place_ms": raw_in_place_ms, "bucket_ms": bucket_ms})
     return rows

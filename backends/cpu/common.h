@@ -128,6 +128,8 @@ void for_each_product(int64_t batch, int64_t m, int64_t n, int64_t k, F&& produc
     for (int64_t i = 0; i < batch; ++i) product(i, true);
   }
 }
+// the columns of each thread's block when gemm_ex splits n columns across the pool
+int64_t gemm_column_share(int64_t n);
 // the multiple of rows gemm_ex's row blocks of an (m, n, k) product keep
 int64_t gemm_row_grain(int64_t m, int64_t n, int64_t k);
 void register_gather(py::module_& m);

@@ -118,6 +118,12 @@ bool gemm_split_by_rows(int64_t m, int64_t n, int64_t k) {
   return m >= n || (use_small(m, n, k) && n <= 128 && m >= 12 * pool_num_threads());
 }
 
+// a thread's share of n columns: a multiple of 32 (small_gemm's strip with AVX-512)
+int64_t gemm_column_share(int64_t n) {
+  const int64_t nt = pool_num_threads();
+  return ((n + nt - 1) / nt + 31) / 32 * 32;
+}
+
 // small_gemm's partial tiles cost by the row (a 2-row tile ~1/3 of a 6-row one): fine
 // splits balance best; the BLAS is given whole 8-row multiples
 int64_t gemm_row_grain(int64_t m, int64_t n, int64_t k) { return use_small(m, n, k) ? 2 : 8; }
@@ -150,9 +156,8 @@ void gemm_ex(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const 
   } else if (gemm_split_by_rows(m, n, k)) {  // row blocks
     const int64_t grain = gemm_row_grain(m, n, k), r = ((m + nt - 1) / nt + grain - 1) / grain * grain;
     parallel_chunks((m + r - 1) / r, [&](int64_t q) { part(q * r, std::min(m, (q + 1) * r), 0, n); });
-  } else {  // column blocks, multiples of 32 (small_gemm's strip with AVX-512): each thread
-            // reads its share of B
-    const int64_t r = ((n + nt - 1) / nt + 31) / 32 * 32;
+  } else {  // column blocks: each thread reads its share of B
+    const int64_t r = gemm_column_share(n);
     parallel_chunks((n + r - 1) / r, [&](int64_t q) { part(0, m, q * r, std::min(n, (q + 1) * r)); });
   }
 }

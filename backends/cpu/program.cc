@@ -417,11 +417,15 @@ class Program {
       if (s.fn != nullptr) s.fn(args.data(), r0 * per_pixel, r1 * per_pixel);
     };
     const int64_t m = d.n * d.ho * d.wo, threads = pool_num_threads(), row = d.kh * d.kw * d.ci;
+    // the epilogue over all pixels, split across the pool (after a GEMM split by columns)
+    auto epilogue_all = [&]() {
+      if (s.fn != nullptr) run_range(s.fn, args.data(), s.p[9], 4096, per_pixel);
+    };
     // all pixels' patches `a` (k floats each) times the weight in one GEMM split across the
     // pool, then the epilogue over all pixels
     auto one_gemm = [&](const float* a, int64_t k) {
       gemm_ex(false, false, m, d.co, k, a, k, wt, d.co, out, d.co, true);
-      if (s.fn != nullptr) run_range(s.fn, args.data(), s.p[9], 4096, per_pixel);
+      epilogue_all();
     };
     if (d.pointwise()) return one_gemm(x, d.ci);   // the input is the patch matrix
     if (threads > 1 && m < CONV_MIN_ROWS * threads && d.co >= 64 * threads) {
@@ -431,8 +435,7 @@ class Program {
       // place from the padded input (no patch matrix)
       if (d.ci >= CONV_IN_PLACE_MIN_CHANNELS) {
         conv_in_place(d, x, wt, out, cols);
-        if (s.fn != nullptr) run_range(s.fn, args.data(), s.p[9], 4096, per_pixel);
-        return;
+        return epilogue_all();
       }
       im2col(d, x, cols);
       return one_gemm(cols, row);
@@ -465,11 +468,11 @@ class Program {
     }
   };
 
-  // all output pixels, the channels split across the threads (multiples of 32, the strip of
-  // AVX-512): each thread reads its share of the weight
+  // all output pixels, the channels split across the threads as gemm_ex splits columns:
+  // each thread reads its share of the weight
   static void conv_in_place(const ConvDims& d, const float* x, const float* wt, float* out, float* xp) {
     const InPlace patches(d, x, xp);
-    const int64_t nt = pool_num_threads(), per = ((d.co + nt - 1) / nt + 31) / 32 * 32;
+    const int64_t per = gemm_column_share(d.co);
     parallel_chunks((d.co + per - 1) / per, [&](int64_t q) {
       patches.gemm(d, wt, out, 0, d.n * d.ho * d.wo, q * per, std::min(d.co, (q + 1) * per));
     });

@@ -17,7 +17,7 @@ from .array_math import ArrayMath
 from .blas import init_blas
 from .loading import load_cpu_module, load_cuda_module
 from .shapes import (_as_shape, _builtin_sum, _check_dtype, _compact_strides, _explicit_slice, _is_scalar, _layout,
-                     _new_layout, _norm_axis, _shape_str, prod)
+                     _norm_axis, _shape_str, prod)
 
 
 class BackendDevice:
@@ -167,7 +167,7 @@ class NDArray(ArrayMath):
         array = NDArray.__new__(NDArray)
         array._device = device if device is not None else default_device()
         if handle is None:   # a new buffer, compact
-            array._shape, compact, size = _new_layout(shape)
+            array._shape, compact, size = _layout(shape)
             array._strides = compact if strides is None else tuple(map(int, strides))
             array._offset = int(offset)
             array._handle = array._device.Array(size)
@@ -276,7 +276,7 @@ class NDArray(ArrayMath):
 
     def is_compact(self):
         """True when the array is the whole buffer in row-major order."""
-        cs, size = _layout(self._shape)
+        _, cs, size = _layout(self._shape)
         if self._offset != 0 or size != self._handle.size:
             return False
         return self._strides == cs or all(st == c for s, st, c in zip(self._shape, self._strides, cs) if s != 1)
@@ -443,7 +443,7 @@ class NDArray(ArrayMath):
         """A new compact array of this shape on this device (the hot path of every op)."""
         out = NDArray.__new__(NDArray)
         out._shape = shape = self._shape
-        out._strides, size = _layout(shape)
+        _, out._strides, size = _layout(shape)
         out._offset = 0
         out._device = device = self._device
         out._handle = device.Array(size)

@@ -30,24 +30,11 @@ def _compact_strides(shape):
 _LAYOUTS: dict = {}
 
 
-def _layout(shape: tuple) -> tuple:
-    """(compact strides, size) of a shape tuple, memoised (hot path of every op)."""
-    layout = _LAYOUTS.get(shape)
-    if layout is None:
-        if len(_LAYOUTS) > 4096:
-            _LAYOUTS.clear()
-        layout = _LAYOUTS[shape] = (_compact_strides(shape), prod(shape))
-    return layout
-
-
-_NEW_LAYOUTS: dict = {}
-
-
-def _new_layout(shape) -> tuple:
-    """(shape as ints, compact strides, size) of a new array of `shape`, validated (no
-    negative dimension, addressable) and memoised: allocation is every op's hot path."""
+def _layout(shape) -> tuple:
+    """(shape as ints, compact strides, size) of `shape` (any sequence of integers), validated
+    (no negative dimension, addressable) and memoised: every new array's hot path."""
     key = shape if type(shape) is tuple else tuple(shape)
-    layout = _NEW_LAYOUTS.get(key)
+    layout = _LAYOUTS.get(key)
     if layout is None:
         ints = tuple(map(int, key))
         if builtins.min(ints, default=1) < 0:
@@ -55,9 +42,9 @@ def _new_layout(shape) -> tuple:
         size = prod(ints)
         if size >= 2 ** 62 // 4:
             raise ValueError(f"array of shape {ints} is too large ({size} elements of 4 bytes)")
-        if len(_NEW_LAYOUTS) > 4096:
-            _NEW_LAYOUTS.clear()
-        layout = _NEW_LAYOUTS[key] = (ints, _compact_strides(ints), size)
+        if len(_LAYOUTS) > 4096:
+            _LAYOUTS.clear()
+        layout = _LAYOUTS[key] = (ints, _compact_strides(ints), size)
     return layout
 
 
