@@ -78,7 +78,6 @@ def worker_allreduce(repeats: int) -> list:
     from mpi4py import MPI
     from needle.backend_ndarray import NDArray
     from needle.distributed.collectives import AllReduce
-    from needle.host_memory import float_view
 
     dist.init()
     comm = MPI.COMM_WORLD
@@ -87,14 +86,15 @@ def worker_allreduce(repeats: int) -> list:
     for nbytes in SIZES:
         n = nbytes // 4
         t = ndl.Tensor(np.random.default_rng(comm.rank).standard_normal(n).astype(np.float32))
-        # mpi4py on the same memory: from the tensor's buffer into a new needle array each
-        # call, as all_reduce returns one (which buffer MPI writes changes its speed here by up
-        # to 2x: a fixed numpy output is not the same experiment)
-        x = float_view(t.realize_cached_data()._handle.ptr(), (n,))
+        # mpi4py on the same memory, through the same messages (a needle buffer and MPI.FLOAT):
+        # from the tensor's buffer into a new needle array each call, as all_reduce returns one
+        # (which buffer MPI writes changes its speed here by up to 2x: a fixed numpy output is
+        # not the same experiment)
+        x = [t.realize_cached_data()._handle, MPI.FLOAT]
 
         def raw():
             result = NDArray.make((n,), device=ndl.cpu())
-            comm.Allreduce(x, float_view(result._handle.ptr(), (n,)))
+            comm.Allreduce(x, [result._handle, MPI.FLOAT])
 
         reps = repeats * 10 if nbytes >= (1 << 20) else repeats * 40
         raw_ms, needle_ms = _paired_medians_ms(raw, lambda: dist.all_reduce(t), reps, comm)
@@ -102,7 +102,7 @@ def worker_allreduce(repeats: int) -> list:
         # stay finite): the native executor's start and wait steps against mpi4py's in-place
         # Allreduce on the same buffer
         held = NDArray(np.zeros(n, dtype=np.float32), device=ndl.cpu())
-        span = float_view(held._handle.ptr(), (n,))
+        span = np.asarray(held._handle)
         raw_in_place_ms, bucket_ms = _paired_medians_ms(
             lambda: comm.Allreduce(MPI.IN_PLACE, span), lambda: bucket.finish(bucket.start([span])), reps, comm)
         rows.append({"bytes": nbytes, "mpi4py_ms": raw_ms, "needle_ms": needle_ms,

@@ -132,8 +132,14 @@ PYBIND11_MODULE(ndarray_backend_cpu, m) {
   m.attr("__device_name__") = "cpu";
   m.attr("__tile_size__") = TILE;
 
-  py::class_<Array>(m, "Array")
+  // the buffer protocol: numpy and mpi4py read and write an Array's memory directly
+  // (np.asarray(handle), an MPI message [handle, MPI.FLOAT]) without a Python call for its address
+  py::class_<Array>(m, "Array", py::buffer_protocol())
       .def(py::init<size_t>(), py::return_value_policy::take_ownership)
+      .def_buffer([](Array& a) {
+        return py::buffer_info(a.ptr, sizeof(scalar_t), py::format_descriptor<scalar_t>::format(), 1,
+                               {py::ssize_t(a.size)}, {py::ssize_t(sizeof(scalar_t))});
+      })
       .def("ptr", &Array::ptr_as_int)
       .def_readonly("size", &Array::size)
       .def("__repr__", [](const Array& a) { return "<ndarray_backend_cpu.Array size=" + std::to_string(a.size) + ">"; });

@@ -8,9 +8,9 @@ from .collectives import (AllGather, AllReduce, Broadcast, ReduceScatter, all_ga
 from .fingerprint import GraphMismatch, check_same_graph
 from .sync_batchnorm import SyncBatchNorm, convert_sync_batchnorm
 from .training import DistributedOptimizer, broadcast_parameters
-from .world import (CollectiveTimeout, abort, barrier, comm, init, is_initialized, local_rank, rank, stats,
+from .world import (abort, barrier, comm, init, is_initialized, local_rank, rank, stats,
                     under_mpiexec, world_size)
 
 __all__ = ["init", "is_initialized", "under_mpiexec", "abort", "comm", "stats", "rank", "world_size", "local_rank", "barrier", "all_reduce", "broadcast",
-           "all_gather", "reduce_scatter", "broadcast_parameters", "DistributedOptimizer", "CollectiveTimeout", "GraphMismatch", "check_same_graph",
+           "all_gather", "reduce_scatter", "broadcast_parameters", "DistributedOptimizer", "GraphMismatch", "check_same_graph",
            "AllReduce", "Broadcast", "AllGather", "ReduceScatter", "SyncBatchNorm", "convert_sync_batchnorm"]

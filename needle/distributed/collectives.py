@@ -23,7 +23,6 @@ import functools
 import numpy as np
 
 from ..backend_selection import array_api
-from ..host_memory import float_view
 from ..ops.elementwise import compare
 from ..ops.registry import TensorOp, op_names
 from . import pending, world
@@ -43,12 +42,12 @@ def _mpi():
 
 
 def _message(array, comm):
-    """An MPI message over a compact cpu NDArray's memory (a numpy view in a world of one)."""
+    """An MPI message over a compact cpu NDArray's memory (its buffer, through the buffer
+    protocol; in a world of one, a flat numpy view of it)."""
     handle = array._handle
     if comm is None:
-        return float_view(handle.ptr(), array.shape)
-    MPI = _mpi()
-    return [MPI.buffer.fromaddress(handle.ptr(), 4 * handle.size), MPI.FLOAT]
+        return np.asarray(handle)
+    return [handle, _mpi().FLOAT]
 
 
 def _floats(message) -> np.ndarray:
@@ -155,11 +154,11 @@ class AllReduce(_Collective):
     def mpi(self, comm, send, recv, shape):
         what = lambda: f"all_reduce({self.op}) of shape {shape}"  # noqa: E731 (formatted only for an error)
         if self.root >= 0:
-            world.wait(comm.Ireduce(send, recv, op=_mpi_op("sum"), root=self.root), what)
+            world.blocking(what, comm.Reduce, send, recv, op=_mpi_op("sum"), root=self.root)
             if comm.Get_rank() != self.root:
                 _floats(recv)[...] = 0.0
         else:
-            world.wait(comm.Iallreduce(send, recv, op=_mpi_op(self.op)), what)
+            world.blocking(what, comm.Allreduce, send, recv, op=_mpi_op(self.op))
             if self.op == "mean":
                 _floats(recv)[...] *= np.float32(1.0 / comm.Get_size())
 
@@ -182,7 +181,7 @@ class Broadcast(_Collective):
 
     def mpi(self, comm, send, recv, shape):
         _floats(recv)[...] = _floats(send)
-        world.wait(comm.Ibcast(recv, root=self.src), f"broadcast(src={self.src}) of shape {shape}")
+        world.blocking(f"broadcast(src={self.src}) of shape {shape}", comm.Bcast, recv, root=self.src)
 
     def gradient(self, out_grad, node):
         return AllReduce("sum", root=self.src)(out_grad)
@@ -200,7 +199,7 @@ class AllGather(_Collective):
         return (a.shape[0] * self.world_size,) + tuple(a.shape[1:]), a.dtype
 
     def mpi(self, comm, send, recv, shape):
-        world.wait(comm.Iallgather(send, recv), f"all_gather of shape {shape}")
+        world.blocking(f"all_gather of shape {shape}", comm.Allgather, send, recv)
 
     def gradient(self, out_grad, node):
         return ReduceScatter(self.world_size)(out_grad)
@@ -219,7 +218,7 @@ class ReduceScatter(_Collective):
         return (a.shape[0] // self.world_size,) + tuple(a.shape[1:]), a.dtype
 
     def mpi(self, comm, send, recv, shape):
-        world.wait(comm.Ireduce_scatter_block(send, recv, op=_mpi_op("sum")), f"reduce_scatter of shape {shape}")
+        world.blocking(f"reduce_scatter of shape {shape}", comm.Reduce_scatter_block, send, recv, op=_mpi_op("sum"))
 
     def gradient(self, out_grad, node):
         return AllGather(self.world_size)(out_grad)

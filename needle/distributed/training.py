@@ -21,7 +21,7 @@ def broadcast_parameters(module: Any, src: int = 0) -> None:
     names = sorted(state)
     flat = np.concatenate([np.asarray(state[k], dtype=np.float32).ravel() for k in names]) if names \
         else np.zeros(0, np.float32)
-    world.wait(comm.Ibcast(flat, root=src), f"broadcast_parameters ({flat.size} floats)")
+    world.blocking(f"broadcast_parameters ({flat.size} floats)", comm.Bcast, flat, root=src)
     offset, received = 0, {}
     for k in names:
         size = int(np.prod(state[k].shape))

@@ -8,15 +8,16 @@ traceback under its rank number, so the other ranks never hang in a collective.
 Each rank computes with its share of its machine's cores (cores / ranks on the machine)
 unless NEEDLE_NUM_THREADS sets the threads.
 
-Every blocking wait on a collective goes through `wait(request, what)`, which gives up
-after `NEEDLE_DIST_TIMEOUT` seconds (default 300) with an error naming the collective and
-the ranks that had not reached it.
+Every collective blocks in MPI through `blocking(what, call)` (or `wait(request, what)`),
+watched by a thread that aborts the job after `NEEDLE_DIST_TIMEOUT` seconds (default 300)
+with a message naming the collective and the ranks that had not reached it.
 """
 from __future__ import annotations
 
 import atexit
 import os
 import sys
+import threading
 import time
 import traceback
 from typing import Any, Callable, Optional, Union
@@ -26,23 +27,14 @@ import numpy as np
 from ..threads import set_num_threads
 
 __all__ = ["init", "is_initialized", "under_mpiexec", "abort", "stats", "rank", "world_size", "local_rank", "barrier", "comm",
-           "CollectiveTimeout", "timeout_seconds", "wait", "count_overlap"]
+           "timeout_seconds", "blocking", "wait", "count_overlap"]
 
 
 #: a rank that has waited this long in a collective publishes that it reached it (a rank that
 #: times out names the ranks whose published count is behind its own)
 PUBLISH_AFTER = 0.5
-#: a wait polls without yielding its core this long (a yield between tests slows the
-#: hand-offs of a large message through shared memory by up to a quarter)
-SPIN_SECONDS = 0.1
-#: Tests between two readings of the clock: the other ranks' hand-offs through shared memory
-#: wait for this rank's next Test, so a poll loop with more Python in it runs the collective
-#: slower (a clock reading per Test: +8% on a 1 MB all-reduce of 2 ranks)
-SPIN_BURST = 16
-
-
-class CollectiveTimeout(RuntimeError):
-    """A collective waited longer than NEEDLE_DIST_TIMEOUT for the other ranks."""
+#: how often the watchdog looks at the collective this rank is blocked in
+TICK_SECONDS = 0.25
 
 
 class _World:
@@ -54,7 +46,7 @@ class _World:
         self.size = comm.Get_size() if comm is not None else 1
         self.local_rank, self.local_size = _local_rank_and_size(comm)
         self.collectives = 0        # how many collectives this rank has started
-        self.wait_seconds = 0.0     # time spent blocked in wait()
+        self.waiting: Any = None    # what names the collective blocked in (None: none)
         self.in_flight_seconds = 0.0   # non-blocking collectives (gradient buckets): started to complete
         self.exposed_seconds = 0.0     # ... and the part of it a rank spent waiting for them
         self.progress: Optional[_Progress] = None
@@ -103,7 +95,9 @@ def init() -> None:
     timeout_seconds()   # a bad NEEDLE_DIST_TIMEOUT fails here, not in the first long wait
     _WORLD = _World(comm if comm.Get_size() > 1 else None)
     if _WORLD.comm is not None:
-        _WORLD.progress = _Progress(_WORLD.comm)
+        if MPI.Query_thread() >= MPI.THREAD_MULTIPLE:   # the watchdog may call MPI beside a collective
+            _WORLD.progress = _Progress(_WORLD.comm)
+        _Watchdog(_WORLD)
         _install_abort_hook()
         _share_the_cores(_WORLD.local_size)
 
@@ -141,7 +135,7 @@ def barrier() -> None:
     """Wait until every rank reaches this point (bounded by NEEDLE_DIST_TIMEOUT)."""
     w = _world()
     if w.comm is not None:
-        wait(w.comm.Ibarrier(), "barrier")
+        blocking("barrier", w.comm.Barrier)
 
 
 def timeout_seconds() -> float:
@@ -155,43 +149,59 @@ def timeout_seconds() -> float:
     return value
 
 
-def wait(request: Any, what: Union[str, Callable[[], str]]) -> None:
-    """Complete a non-blocking MPI request, or raise CollectiveTimeout after the timeout;
-    `what` names the collective (a callable: formatted only for the error)."""
+def blocking(what: Union[str, Callable[[], str]], call: Callable, *args: Any, **kwargs: Any) -> Any:
+    """`call(*args, **kwargs)`: a blocking MPI call (mpi4py releases the GIL in it) under the
+    watchdog, which aborts the job if it has not returned after NEEDLE_DIST_TIMEOUT seconds
+    (`what` names the collective in that message; a callable: formatted only then). No clock
+    is read here: an eager collective's Python runs with caches its message just emptied."""
     w = _WORLD or _world()
     w.collectives += 1
-    if request.Test():
-        return
-    start = time.monotonic()
+    w.waiting = what   # the watchdog times how long collective number w.collectives keeps this
     try:
-        _wait(w, request, what, start)
+        return call(*args, **kwargs)
     finally:
-        w.wait_seconds += time.monotonic() - start
+        w.waiting = None
 
 
-def _wait(w: _World, request: Any, what, start: float) -> None:
-    # Test drives MPI's progress engine: spin as MPI_Wait does (the clock read between
-    # bursts of Tests), then yield the core between Tests once the wait is long
-    while True:
-        for _ in range(SPIN_BURST):
-            if request.Test():
-                return
-        if time.monotonic() - start > SPIN_SECONDS:
-            break
-    limit = timeout_seconds()
-    published = False
-    while not request.Test():
-        os.sched_yield()
-        waited = time.monotonic() - start
-        if not published and waited > PUBLISH_AFTER and w.progress is not None:
-            w.progress.publish(w.collectives)   # this rank has reached collective number n
-            published = True
-        if waited > limit:
-            missing = w.progress.behind(w.collectives) if w.progress is not None else "unknown"
-            raise CollectiveTimeout(
-                f"rank {w.rank}: {what() if callable(what) else what} waited {limit:g} s (NEEDLE_DIST_TIMEOUT) "
-                "for the other ranks; "
-                f"ranks that had not reached it: {missing}")
+def wait(request: Any, what: Union[str, Callable[[], str]]) -> None:
+    """Complete a non-blocking MPI request (under the watchdog, as `blocking`)."""
+    blocking(what, request.Wait)
+
+
+class _Watchdog:
+    """A daemon thread that looks every TICK_SECONDS at the collective this rank is blocked
+    in, if any (the same collective number at consecutive looks: the same wait). Past
+    PUBLISH_AFTER it publishes this rank's count of collectives (`_Progress`); past
+    NEEDLE_DIST_TIMEOUT it prints a CollectiveTimeout naming the collective and the ranks
+    behind, and aborts the job."""
+
+    def __init__(self, w: _World):
+        self.world = w
+        self.limit = timeout_seconds()
+        self.tick = min(TICK_SECONDS, self.limit / 8)
+        threading.Thread(target=self._run, name="needle-mpi-watchdog", daemon=True).start()
+
+    def _run(self) -> None:
+        w, seen, since, published = self.world, 0, 0.0, 0
+        while True:
+            time.sleep(self.tick)
+            what, count = w.waiting, w.collectives
+            if what is None:
+                continue
+            now = time.monotonic()
+            if count != seen:   # a new wait
+                seen, since = count, now
+                continue
+            if now - since > PUBLISH_AFTER and published < count and w.progress is not None:
+                w.progress.publish(count)   # this rank has reached collective number `count`
+                published = count
+            if now - since > self.limit:
+                missing = w.progress.behind(count) if w.progress is not None else "unknown"
+                sys.stderr.write(
+                    f"needle.distributed: CollectiveTimeout: rank {w.rank}: {what() if callable(what) else what} "
+                    f"waited {self.limit:g} s (NEEDLE_DIST_TIMEOUT) for the other ranks; "
+                    f"ranks that had not reached it: {missing}\n")
+                abort(1)
 
 
 class _Progress:
@@ -235,12 +245,11 @@ class _Progress:
 
 
 def stats() -> dict:
-    """This rank's collective counters: how many it started, the seconds it waited in them,
-    and for the non-blocking ones (gradient buckets) the seconds they were in flight and the
-    seconds of that it waited for them (the rest overlapped its compute)."""
+    """This rank's collective counters: how many it started, and for the non-blocking ones
+    (gradient buckets) the seconds they were in flight and the seconds of that it waited for
+    them (the rest overlapped its compute)."""
     w = _world()
-    return {"collectives": w.collectives, "wait_seconds": w.wait_seconds,
-            "in_flight_seconds": w.in_flight_seconds, "exposed_seconds": w.exposed_seconds}
+    return {"collectives": w.collectives, "in_flight_seconds": w.in_flight_seconds, "exposed_seconds": w.exposed_seconds}
 
 
 def count_overlap(in_flight: float, exposed: float) -> None:

@@ -140,6 +140,24 @@ def test_ptr_sharing(device):
     assert (a + 1)._handle.ptr() != ptr
 
 
+@pytest.mark.parametrize("n", [0, 1, 1000, 1 << 18])
+def test_cpu_buffer_protocol_is_the_array_memory(n):
+    """numpy (and mpi4py's messages) see a cpu buffer's memory itself: every element, float32,
+    writable both ways, at the buffer's address."""
+    x = rand(n)
+    a = nd.array(x, device=nd.cpu())
+    view = np.asarray(a._handle)
+    assert view.dtype == np.float32 and view.shape == (n,) and view.flags.writeable
+    np.testing.assert_array_equal(view, x)
+    if n:
+        assert view.ctypes.data == a._handle.ptr()
+        view[-1] = -7.0
+        assert a.numpy()[-1] == -7.0
+        a[0] = 3.0
+        assert view[0] == 3.0
+    assert memoryview(a._handle).nbytes == 4 * n
+
+
 @pytest.mark.parametrize("device", WITH_CUDA)
 @pytest.mark.parametrize("idx", [
     (slice(1, 3), slice(None)),

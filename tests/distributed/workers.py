@@ -210,16 +210,12 @@ def raises() -> None:
 
 
 def stalls() -> None:
-    """The last rank never reaches the collective: the others time out naming it."""
+    """The last rank never reaches the collective: the others abort the job naming it."""
     if dist.rank() == dist.world_size() - 1:
         import time
         time.sleep(60)
         return
-    try:
-        dist.all_reduce(ndl.Tensor(np.ones(3, np.float32)))
-    except dist.CollectiveTimeout as e:
-        print(f"TIMEOUT {e}", flush=True)
-        raise
+    dist.all_reduce(ndl.Tensor(np.ones(3, np.float32)))
 
 
 def mismatch() -> None:
