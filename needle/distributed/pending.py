@@ -91,7 +91,10 @@ def finish(flying: list, what: str) -> None:
     start = time.perf_counter()
     _POLLER.finish(flying)
     for f in flying:
+        # waited for even when the progress thread saw it complete (an MPI request that has
+        # completed waits for nothing): every rank counts every bucket as one collective, which
+        # the watchdog's report of the ranks behind compares across ranks
+        world.wait(f.request, what)
         if f.done is None:
-            world.wait(f.request, what)
             f.done = time.perf_counter()
     world.count_overlap(sum(f.done - f.started for f in flying), time.perf_counter() - start)

@@ -109,6 +109,31 @@ def test_world_of_one_collectives_are_the_identity():
         dist.all_reduce(x, "prod")
 
 
+def test_every_finished_bucket_counts_as_one_collective():
+    """A rank names the ranks behind it by comparing counts of collectives reached, so every
+    rank counts every gradient bucket once, whether the progress thread saw its request
+    complete or the wait completed it."""
+    from needle.distributed import pending
+
+    class Request:
+        def __init__(self, done: bool):
+            self.done = done
+
+        def Test(self):
+            return self.done
+
+        def Wait(self):
+            self.done = True
+
+    dist.init()
+    flying = [pending.InFlight(Request(done)) for done in (True, False)]
+    flying[0].done = time.perf_counter()   # seen complete by the progress thread
+    before = dist.stats()["collectives"]
+    pending.finish(flying, "test buckets")
+    assert dist.stats()["collectives"] == before + 2
+    assert all(f.request.done and f.done is not None for f in flying)
+
+
 def test_distributed_optimizer_of_one_rank_is_the_optimizer():
     np.random.seed(0)
     a, b = nn.Linear(4, 3), nn.Linear(4, 3)
