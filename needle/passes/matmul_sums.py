@@ -6,7 +6,8 @@ A weight used at every time step of a recurrent layer gets its gradient as such 
 T thin GEMMs (the inner dimension is the batch) become one GEMM over K = T * batch, which
 runs near the BLAS's peak. The sum is a tree of `EWiseAdd` nodes (each inner add read only by
 its parent); its `MatMul` leaves must be 2-D, of the sum's type and read only by the tree;
-at least `MIN_TERMS` of them. When every left operand is a transpose (`x_i^T @ g_i`, as
+at least `MIN_TERMS` of them, thin enough that their concatenated operands are no larger
+than the partial products they replace (`_thin`). When every left operand is a transpose (`x_i^T @ g_i`, as
 autodiff makes them), the left side is `transpose(concat(x_i, axis=0))` (a transposed GEMM
 operand over a contiguous stack) instead of a concat along axis 1. Other leaves are added to
 the product. The products' order in the sum changes (float rounding).
@@ -46,6 +47,15 @@ def _is_2d_transpose(graph: Graph, node: Node) -> bool:
             and len(graph.node(node.inputs[0]).type.shape) == 2)
 
 
+def _thin(graph: Graph, terms: list[Node], t: TensorType) -> bool:
+    """The concatenated operands (K_total x (M + N) floats) are no larger than the partial
+    products the one GEMM saves writing and adding (2 T M N): thick terms each make a
+    reasonable GEMM, and copying their operands every call costs more than it saves."""
+    m, n = t.shape
+    k = sum(graph.node(p.inputs[1]).type.shape[0] for p in terms)
+    return k * (m + n) <= 2 * len(terms) * m * n
+
+
 def batch_matmul_sums(graph: Graph) -> tuple[Graph, int]:
     """The rewritten graph and the number of sums rewritten."""
     users = graph.users()
@@ -64,7 +74,7 @@ def batch_matmul_sums(graph: Graph) -> tuple[Graph, int]:
         inner, leaves = _tree(graph, users, root)
         terms = [l for l in leaves if l.op == MATMUL and l.type == root.type and len(root.type.shape) == 2
                  and len(users[l.id]) == 1 and leaves.count(l) == 1]
-        if len(terms) < MIN_TERMS:
+        if len(terms) < MIN_TERMS or not _thin(graph, terms, root.type):
             continue
         t, loc = root.type, root.loc
         new: list[Node] = []

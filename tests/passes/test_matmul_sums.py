@@ -112,6 +112,19 @@ def test_too_few_terms_or_shared_products_stay():
     assert [n.op for n in out.nodes].count("MatMul") == 4
 
 
+def test_thick_terms_stay():
+    """Products whose concatenated operands would be larger than the partial sums they save
+    (K (M + N) > 2 T M N: here 64 x 4 against 32) stay separate: copying both operands each
+    call cost more than the one GEMM saves (a sum of 30 products of 49x512 by 512x2048 ran 2x
+    slower rewritten)."""
+    lines = [f'  %{i} = input() {{name="a{i}", role="arg"}} : f32[2,16] cpu' for i in range(4)]
+    lines += [f'  %{4 + i} = input() {{name="b{i}", role="arg"}} : f32[16,2] cpu' for i in range(4)]
+    lines += [f"  %{8 + i} = MatMul(%{i}, %{4 + i}) : f32[2,2] cpu" for i in range(4)]
+    lines += ["  %12 = EWiseAdd(%8, %9) : f32[2,2] cpu", "  %13 = EWiseAdd(%12, %10) : f32[2,2] cpu",
+              "  %14 = EWiseAdd(%13, %11) : f32[2,2] cpu"]
+    unchanged("matmul_sums", "graph @g {\n" + "\n".join(lines) + "\n  return %14\n}\n")
+
+
 def test_compiled_recurrent_weight_gradient_matches_eager():
     """An RNN step unrolled 6 times: the weight gradient (6 products) is one GEMM, and the
     compiled gradient equals eager's."""
