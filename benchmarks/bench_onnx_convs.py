@@ -19,6 +19,7 @@ import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -94,6 +95,7 @@ def main() -> None:
     import needle.onnx
 
     rng = np.random.default_rng(0)
+    scratch = tempfile.mkdtemp(prefix="bench_onnx_convs_")
     print(f"batch {args.batch}, {args.threads} threads, {args.calls} calls x 3 blocks each, medians\n")
     print("| conv (count in the model) | needle µs | GFLOP/s | onnxruntime µs | GFLOP/s | ort/needle | gap x count µs |")
     print("|---|---:|---:|---:|---:|---:|---:|")
@@ -105,6 +107,7 @@ def main() -> None:
         nd = needle.onnx.load(model)
         opts = ort.SessionOptions()
         opts.enable_profiling = True
+        opts.profile_file_prefix = os.path.join(scratch, "ort_profile")   # read, then removed
         opts.intra_op_num_threads, opts.inter_op_num_threads = args.threads, 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
@@ -117,8 +120,10 @@ def main() -> None:
         for _ in range(3):
             block(ort_call, args.calls)
             needle_us.append(needle_conv_us(nd, needle_call, args.calls))
-        with open(sess.end_profiling()) as f:
+        profile = sess.end_profiling()
+        with open(profile) as f:
             events = json.load(f)
+        os.remove(profile)
         ort_us = statistics.median(e["dur"] for e in events if e.get("cat") == "Node"
                                    and e["name"].endswith("_kernel_time")
                                    and e.get("args", {}).get("op_name") in CONV_OPS)
@@ -127,6 +132,7 @@ def main() -> None:
         totals[1] += ort_us * count
         print(f"| {label} ({count}) | {mine:.0f} | {flops / mine / 1e3:.0f} | {ort_us:.0f} | {flops / ort_us / 1e3:.0f} | "
               f"{ort_us / mine:.2f} | {(mine - ort_us) * count:+.0f} |", flush=True)
+    os.rmdir(scratch)
     print(f"\nall convs, weighted: needle {totals[0] / 1e3:.1f} ms, onnxruntime {totals[1] / 1e3:.1f} ms, "
           f"ort/needle {totals[1] / totals[0]:.2f}")
 
