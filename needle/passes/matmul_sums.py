@@ -7,10 +7,10 @@ T thin GEMMs (the inner dimension is the batch) become one GEMM over K = T * bat
 runs near the BLAS's peak. The sum is a tree of `EWiseAdd` nodes (each inner add read only by
 its parent); its `MatMul` leaves must be 2-D, of the sum's type and read only by the tree;
 at least `MIN_TERMS` of them, thin enough that their concatenated operands are no larger
-than the partial products they replace (`_thin`). When every left operand is a transpose (`x_i^T @ g_i`, as
-autodiff makes them), the left side is `transpose(concat(x_i, axis=0))` (a transposed GEMM
-operand over a contiguous stack) instead of a concat along axis 1. Other leaves are added to
-the product. The products' order in the sum changes (float rounding).
+than the partial products they replace (`_thin`). When every left operand is a transpose
+(`x_i^T @ g_i`, as autodiff makes them), the left side is `transpose(concat(x_i, axis=0))`
+(a transposed GEMM operand over a contiguous stack) instead of a concat along axis 1. Other
+leaves are added to the product. The products' order in the sum changes (float rounding).
 """
 from __future__ import annotations
 
@@ -47,13 +47,13 @@ def _is_2d_transpose(graph: Graph, node: Node) -> bool:
             and len(graph.node(node.inputs[0]).type.shape) == 2)
 
 
-def _thin(graph: Graph, terms: list[Node], t: TensorType) -> bool:
-    """The concatenated operands (K_total x (M + N) floats) are no larger than the partial
-    products the one GEMM saves writing and adding (2 T M N): thick terms each make a
-    reasonable GEMM, and copying their operands every call costs more than it saves."""
+def _thin(k: int, terms: int, t: TensorType) -> bool:
+    """The concatenated operands (K x (M + N) floats, K the inner sizes' total) are no larger
+    than the partial products the one GEMM saves writing and adding (2 T M N): thick terms
+    each make a reasonable GEMM, and copying their operands every call costs more than it
+    saves."""
     m, n = t.shape
-    k = sum(graph.node(p.inputs[1]).type.shape[0] for p in terms)
-    return k * (m + n) <= 2 * len(terms) * m * n
+    return k * (m + n) <= 2 * terms * m * n
 
 
 def batch_matmul_sums(graph: Graph) -> tuple[Graph, int]:
@@ -74,9 +74,14 @@ def batch_matmul_sums(graph: Graph) -> tuple[Graph, int]:
         inner, leaves = _tree(graph, users, root)
         terms = [l for l in leaves if l.op == MATMUL and l.type == root.type and len(root.type.shape) == 2
                  and len(users[l.id]) == 1 and leaves.count(l) == 1]
-        if len(terms) < MIN_TERMS or not _thin(graph, terms, root.type):
+        if len(terms) < MIN_TERMS:
             continue
         t, loc = root.type, root.loc
+        lefts = [graph.node(m.inputs[0]) for m in terms]
+        rights = [graph.node(m.inputs[1]) for m in terms]
+        k = sum(r.type.shape[0] for r in rights)
+        if not _thin(k, len(terms), t):
+            continue
         new: list[Node] = []
 
         def add(op, inputs, typ, **attrs):
@@ -86,9 +91,6 @@ def batch_matmul_sums(graph: Graph) -> tuple[Graph, int]:
             new.append(node)
             return node.id
 
-        lefts = [graph.node(m.inputs[0]) for m in terms]
-        rights = [graph.node(m.inputs[1]) for m in terms]
-        k = sum(r.type.shape[0] for r in rights)
         if all(_is_2d_transpose(graph, a) for a in lefts):
             xs = [graph.node(a.inputs[0]) for a in lefts]
             tup = add(TUPLE, [x.id for x in xs], tuple(x.type for x in xs))
