@@ -118,7 +118,8 @@ bool gemm_split_by_rows(int64_t m, int64_t n, int64_t k) {
   return m >= n || (use_small(m, n, k) && n <= 128 && m >= 12 * pool_num_threads());
 }
 
-// a thread's share of n columns: a multiple of 32 (small_gemm's strip with AVX-512)
+// a thread's share of n columns: a multiple of 32 (half of small_gemm's strip with AVX-512:
+// finer shares balance the threads better, a last 32 columns run as a two-vector strip)
 int64_t gemm_column_share(int64_t n) {
   const int64_t nt = pool_num_threads();
   return ((n + nt - 1) / nt + 31) / 32 * 32;

@@ -63,8 +63,11 @@ KERNELS = textwrap.dedent("""
     close(c.max(axis=1), C.max(axis=1), rtol=0, atol=0)
     close(c.max(axis=2), C.max(axis=2), rtol=0, atol=0)
     mod.set_blas_enabled(False)  # every product on the gemm kernel
-    # (few rows: B streamed row by row, with column tails and a K not a multiple of 4)
-    for m, k, n in ((1, 1, 1), (5, 7, 3), (13, 300, 17), (64, 64, 128), (67, 30, 45), (1, 259, 1043), (8, 6, 33)):
+    # (few rows: B streamed row by row, with column tails and a K not a multiple of 4; strips
+    # of every width in vectors, with and without a tail; B exactly one strip wide, read in
+    # place, over one pass and several)
+    for m, k, n in ((1, 1, 1), (5, 7, 3), (13, 300, 17), (64, 64, 128), (67, 30, 45), (1, 259, 1043), (8, 6, 33),
+                    (9, 5, 48), (25, 129, 61), (20, 70, 64), (30, 300, 64), (17, 40, 16), (11, 3, 8)):
         X = rng.standard_normal((m, k)).astype(np.float32)
         Y = rng.standard_normal((k, n)).astype(np.float32)
         close(nd.array(X) @ nd.array(Y), X @ Y, rtol=1e-4, atol=1e-4)
@@ -73,11 +76,11 @@ KERNELS = textwrap.dedent("""
     Y = rng.standard_normal((24, 32)).astype(np.float32)
     close(nd.matmul_tiled(nd.array(X), nd.array(Y)), X @ Y, rtol=1e-4, atol=1e-4)
     # convs whose GEMMs read the patches in place (conv_gemm): few pixels split by channels,
-    # and a blocked one at stride 2
+    # a blocked one at stride 2, and one whose weight is one strip wide (read in place too)
     import needle as ndl
     from needle.threads import set_num_threads
     set_num_threads(2)
-    for n, h, ci, co, st in ((1, 7, 64, 130, 1), (2, 9, 72, 40, 2)):
+    for n, h, ci, co, st in ((1, 7, 64, 130, 1), (2, 9, 72, 40, 2), (1, 8, 64, 64, 1)):
         X = rng.standard_normal((n, h, h, ci)).astype(np.float32)
         K = (rng.standard_normal((3, 3, ci, co)) * 0.1).astype(np.float32)
         P = np.pad(X.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
@@ -116,3 +119,34 @@ def test_an_unknown_instruction_set_is_a_clear_error():
     assert res.returncode != 0
     assert ("NEEDLE_CPU_ISA=sse9 is not an instruction set this module was built for "
             "(usable here: baseline") in res.stderr
+
+
+PRODUCTS = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import needle.backend_ndarray as nd
+
+    nd.cpu().mod.set_blas_enabled(False)
+    rng = np.random.default_rng(1)
+    for m, k, n in ((9, 700, 70), (40, 300, 64), (30, 513, 200), (3, 900, 50)):
+        X = rng.standard_normal((m, k)).astype(np.float32)
+        Y = rng.standard_normal((k, n)).astype(np.float32)
+        sys.stdout.buffer.write((nd.array(X) @ nd.array(Y)).numpy().tobytes())
+""")
+
+
+def test_avx2_and_avx512_products_round_alike():
+    """needle's GEMM kernel sums each product's terms in the same order with AVX2 as with
+    AVX-512 (passes of the same KC rows, whatever the strip width), so results, and the
+    training figures docs/training.md prints, are bit for bit the same on either CPU."""
+    usable = nd.cpu().mod.cpu_isas()
+    if "avx512" not in usable:
+        pytest.skip(f"needs the avx2 and avx512 kernels (usable: {usable})")
+    outs = {}
+    for isa in ("avx2", "avx512"):
+        env = dict(os.environ, NEEDLE_CPU_ISA=isa, PYTHONPATH=ROOT)
+        res = subprocess.run([sys.executable, "-c", PRODUCTS], capture_output=True, env=env, timeout=600, cwd=ROOT)
+        assert res.returncode == 0, res.stderr[-4000:]
+        outs[isa] = res.stdout
+    assert len(outs["avx2"]) == 4 * (9 * 70 + 40 * 64 + 30 * 200 + 3 * 50)
+    assert outs["avx2"] == outs["avx512"]
