@@ -76,17 +76,21 @@ KERNELS = textwrap.dedent("""
     Y = rng.standard_normal((24, 32)).astype(np.float32)
     close(nd.matmul_tiled(nd.array(X), nd.array(Y)), X @ Y, rtol=1e-4, atol=1e-4)
     # convs whose GEMMs read the patches in place (conv_gemm): few pixels split by channels,
-    # a blocked one at stride 2, and one whose weight is one strip wide (read in place too)
+    # a blocked one at stride 2, one whose weight is one strip wide (read in place too), and
+    # passes over the channels of several taps (16 or 20 channels a tap; 5x5 taps of 100
+    # channels in pairs, the last alone)
     import needle as ndl
     from needle.threads import set_num_threads
     set_num_threads(2)
-    for n, h, ci, co, st in ((1, 7, 64, 130, 1), (2, 9, 72, 40, 2), (1, 8, 64, 64, 1)):
+    for n, h, ci, co, st, k in ((1, 7, 64, 130, 1, 3), (2, 9, 72, 40, 2, 3), (1, 8, 64, 64, 1, 3),
+                                (1, 20, 16, 24, 1, 3), (2, 13, 20, 70, 1, 3), (1, 9, 100, 36, 1, 5)):
         X = rng.standard_normal((n, h, h, ci)).astype(np.float32)
-        K = (rng.standard_normal((3, 3, ci, co)) * 0.1).astype(np.float32)
-        P = np.pad(X.astype(np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+        K = (rng.standard_normal((k, k, ci, co)) * 0.1).astype(np.float32)
+        p = k // 2
+        P = np.pad(X.astype(np.float64), ((0, 0), (p, p), (p, p), (0, 0)))
         ho = (h - 1) // st + 1
-        want = sum(P[:, dy:dy + st * ho:st, dx:dx + st * ho:st, :] @ K[dy, dx] for dy in range(3) for dx in range(3))
-        conv = ndl.compile(lambda x, w: ndl.ops.conv(x, w, stride=st, padding=1))
+        want = sum(P[:, dy:dy + st * ho:st, dx:dx + st * ho:st, :] @ K[dy, dx] for dy in range(k) for dx in range(k))
+        conv = ndl.compile(lambda x, w: ndl.ops.conv(x, w, stride=st, padding=p))
         np.testing.assert_allclose(conv(ndl.Tensor(X), ndl.Tensor(K)).numpy(), want, rtol=1e-4, atol=1e-4)
     print("ok", ISA)
 """)
