@@ -61,7 +61,7 @@ def _mpi_op(op: str):
 
 class _Collective(TensorOp, abstract=True):
     """A collective computes on host float32 buffers: eagerly over the memory of needle's cpu
-    arrays (by address) or over host copies (numpy arrays, other devices), and in a compiled
+    arrays (their buffers) or over host copies (numpy arrays, other devices), and in a compiled
     step as the native program's host step over its buffers (`host_compute(outs, ins)`,
     numpy arrays); no copies on the cpu device either way."""
 

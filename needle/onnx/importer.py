@@ -18,13 +18,12 @@ from onnx.reference import ReferenceEvaluator
 
 from ..autograd import Tensor
 from ..compile import compile as ndl_compile
-from ..host_memory import float_view
 from ..ir.types import SourceLoc
 from ..trace import tracer
 from . import layout, ops_math, ops_nn, ops_shape  # noqa: F401  (fill the converter table)
 from .checks import ModelSource, read_model
 from .errors import OnnxError, UnsupportedModelError
-from .registry import CONVERTERS, NodeInput, Nhwc, Value, describe, node_attrs, to_tensor
+from .registry import CONVERTERS, NodeInput, Nhwc, describe, node_attrs, to_tensor
 
 #: the ONNX opsets whose semantics the converters follow (default domain)
 OPSETS = range(7, onnx.defs.onnx_opset_version() + 1)
@@ -216,7 +215,7 @@ def as_input(value: Union[np.ndarray, Tensor, Any], name: str, shape: tuple, int
     if isinstance(value, Tensor):
         return value
     if into is not None:
-        np.copyto(float_view(into.realize_cached_data()._handle.ptr(), shape), arr, casting="unsafe")
+        np.copyto(np.asarray(into.realize_cached_data()._handle).reshape(shape), arr, casting="unsafe")
         return into
     return Tensor(np.ascontiguousarray(arr, np.float32), requires_grad=False)  # (Tensor copies it)
 
